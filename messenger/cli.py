@@ -1,0 +1,209 @@
+"""`messenger serve | ask | job | tail | jobs | health`: a thin shell over the Runtime."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from messenger.collector import Transcript
+from messenger.jobs import JobNotFound
+from messenger.runtime import Runtime, health, open_runtime
+from shared.events import Event
+from shared.logs import setup_logging
+from shared.models import ChatRequest, JobResult
+from shared.settings import Settings, SettingsError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="messenger", description="mcp-queue: LLM calls as jobs on a Redis queue."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server")
+    serve.add_argument(
+        "--transport", choices=["stdio", "http", "sse"], help="default: MCP_TRANSPORT or stdio"
+    )
+    serve.add_argument("--host", help="default: MCP_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: MCP_PORT or 8000")
+
+    ask = sub.add_parser("ask", help="send one message through the queue and stream the answer")
+    ask.add_argument("text")
+    ask.add_argument("--model")
+    ask.add_argument("--temperature", type=float)
+    ask.add_argument("--max-tokens", type=int)
+    ask.add_argument("--conversation")
+    ask.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming")
+
+    job = sub.add_parser("job", help="show a job: status, text so far, result")
+    job.add_argument("job_id")
+    tail = sub.add_parser("tail", help="print a job's tokens from the start, then live until it ends")
+    tail.add_argument("job_id")
+    jobs = sub.add_parser("jobs", help="list recent jobs")
+    jobs.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
+    jobs.add_argument("--json", action="store_true")
+    hl = sub.add_parser("health", help="Redis, workers, queue depth, provider")
+    hl.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = {}
+        if args.command == "serve":
+            overrides = {
+                k: v
+                for k, v in (
+                    ("mcp_transport", args.transport),
+                    ("mcp_host", args.host),
+                    ("mcp_port", args.port),
+                )
+                if v is not None
+            }
+        settings = load_settings(**overrides)
+    except SettingsError as e:
+        print(f"messenger: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level if args.command == "serve" else "WARNING", settings.log_format)
+    if settings.embedded and args.command in ("job", "tail", "jobs"):
+        print(
+            "messenger: REDIS_URL is not set, so jobs live inside each process (embedded mode) and another "
+            "process cannot see them. Set REDIS_URL=redis://… to share jobs.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return asyncio.run(_run(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.providers import ProviderError  # embedded mode starts a worker, which may refuse its settings
+
+    try:
+        async with open_runtime(settings) as runtime:
+            return await COMMANDS[args.command](runtime, args)
+    except JobNotFound as e:
+        print(f"messenger: {e}", file=sys.stderr)
+        return 1
+    except ProviderError as e:
+        print(f"messenger: {e.message}", file=sys.stderr)
+        return 2
+    except (ConnectionError, OSError) as e:
+        print(f"messenger: cannot reach Redis: {e}", file=sys.stderr)
+        return 1
+
+
+async def _serve(runtime: Runtime, args) -> int:
+    from messenger.serve import serve
+
+    s = runtime.settings
+    await serve(runtime, s.mcp_transport, s.mcp_host, s.mcp_port)
+    return 0
+
+
+def _printer(out=sys.stdout):
+    async def on_event(event: Event | None, transcript: Transcript) -> None:
+        if event is None:
+            return
+        if event.type == "start" and event.attempt > 1:
+            out.write(f"\n[re-run on another worker, attempt {event.attempt}]\n")
+        elif event.type == "token":
+            out.write(event.text)
+        out.flush()
+
+    return on_event
+
+
+def _summary(result: JobResult) -> str:
+    u = result.usage
+    cost = "unpriced" if u.estimated_cost is None else f"${u.estimated_cost:.6f}"
+    took = f"{result.processing_time:.2f}s" if result.processing_time is not None else "?"
+    return (
+        f"model {result.model} · {u.total_tokens} tokens ({u.prompt_tokens} prompt + {u.completion_tokens} "
+        f"completion) · {cost} · {took} · job {result.job_id}"
+    )
+
+
+async def _ask(runtime: Runtime, args) -> int:
+    from pydantic import ValidationError
+
+    try:
+        request = ChatRequest(
+            message=args.text,
+            model=args.model,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            conversation_id=args.conversation,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        print(f"messenger: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        return 2
+    result = await runtime.jobs.run(request, None if args.json else _printer())
+    return _finish(result, args.json)
+
+
+def _finish(result: JobResult, as_json: bool) -> int:
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print()
+        if result.status == "completed":
+            print(_summary(result), file=sys.stderr)
+        else:
+            print(f"job {result.job_id} {result.status}: {result.error}", file=sys.stderr)
+    return 0 if result.status == "completed" else 1
+
+
+async def _job(runtime: Runtime, args) -> int:
+    print((await runtime.jobs.get(args.job_id)).model_dump_json(indent=2))
+    return 0
+
+
+async def _tail(runtime: Runtime, args) -> int:
+    result = await runtime.jobs.wait(args.job_id, None, on_event=_printer())
+    return _finish(result, False)
+
+
+async def _jobs(runtime: Runtime, args) -> int:
+    found = await runtime.jobs.list(args.status)
+    if args.json:
+        print(json.dumps([j.model_dump(mode="json") for j in found], indent=2))
+        return 0
+    print(f"{'JOB ID':32}  {'STATUS':9}  {'MODEL':14}  {'TOKENS':>6}  TEXT")
+    for j in found:
+        preview = (j.error or j.ai_response).replace("\n", " ")[:50]
+        print(
+            f"{j.job_id:32}  {j.status:9}  {(j.model or '-')[:14]:14}  {j.usage.total_tokens:>6}  {preview}"
+        )
+    return 0
+
+
+async def _health(runtime: Runtime, args) -> int:
+    report = await health(runtime)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        r = report["redis"]
+        print(f"status     {report['status']}")
+        print(
+            f"redis      {r['url']}  {'ok ' + str(r.get('latency_ms')) + ' ms' if r['ok'] else r.get('error')}"
+        )
+        print(f"queue      {report.get('queue_depth', '?')} waiting")
+        print(
+            f"provider   {report['provider']}  {'reachable' if report.get('provider_reachable') else 'NOT reachable'}"
+        )
+        for w in report.get("workers", []):
+            running = ", ".join(w["running_jobs"]) or "idle"
+            print(f"worker     {w['worker_id']}  beat {w['heartbeat_age_s']}s ago  {running}")
+        if report.get("problem"):
+            print(f"problem    {report['problem']}")
+    return 0 if report["status"] == "ok" else 1
+
+
+COMMANDS = {"serve": _serve, "ask": _ask, "job": _job, "tail": _tail, "jobs": _jobs, "health": _health}

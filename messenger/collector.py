@@ -1,0 +1,152 @@
+"""Turns a job's events, live and replayed, into one ordered story: its Transcript.
+
+Events are ordered by (attempt, seq). A stale or duplicate event is dropped; a gap (a message lost
+while disconnected) is filled from the job's stream; a new attempt (the job re-run after a worker
+died) discards the text of the old one, so the caller gets one whole answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from pydantic import ValidationError
+
+from messenger.hub import RESYNC
+from shared import keys
+from shared.events import TERMINAL, DoneEvent, ErrorEvent, Event, StartEvent, TokenEvent, parse_event
+from shared.models import JobResult, ResultUsage
+
+log = logging.getLogger("messenger.collector")
+
+IDLE_SECONDS = 5.0  # how often a quiet follower re-checks the stream and the job
+
+
+class Transcript:
+    """What the events of one job say so far."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.attempt = 0
+        self.last_seq = -1
+        self.parts: list[str] = []
+        self.tokens = 0
+        self.status = "queued"
+        self.model: str | None = None
+        self.worker_id: str | None = None
+        self.usage: ResultUsage | None = None
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.started_ts: float | None = None
+        self.ended_ts: float | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def final(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+    def position(self, event: Event) -> Literal["stale", "next", "gap"]:
+        if (event.attempt, event.seq) <= (self.attempt, self.last_seq) or self.final:
+            return "stale"
+        if (event.attempt == self.attempt and event.seq == self.last_seq + 1) or (
+            event.attempt > self.attempt and event.seq == 0
+        ):
+            return "next"
+        return "gap"
+
+    def apply(self, event: Event) -> None:
+        if event.attempt != self.attempt:
+            self.attempt, self.parts, self.tokens, self.started_ts = event.attempt, [], 0, None
+        self.last_seq = event.seq
+        self.started_ts = self.started_ts or event.ts
+        if isinstance(event, StartEvent):
+            self.status, self.model, self.worker_id = "running", event.model, event.worker_id
+        elif isinstance(event, TokenEvent):
+            self.status = "running"
+            self.parts.append(event.text)
+            self.tokens += 1
+        elif isinstance(event, DoneEvent):
+            self.status, self.model, self.finish_reason = "completed", event.model, event.finish_reason
+            self.usage = ResultUsage(**event.usage.model_dump(), estimated_cost=event.cost)
+        elif isinstance(event, ErrorEvent):
+            self.status, self.error = "failed", event.error
+        else:
+            self.status, self.error = "cancelled", "cancelled by request"
+        if event.type in TERMINAL:
+            self.ended_ts = event.ts
+
+    def result(self) -> JobResult:
+        elapsed = None
+        if self.started_ts is not None and self.ended_ts is not None:
+            elapsed = round(self.ended_ts - self.started_ts, 4)
+        return JobResult(
+            job_id=self.job_id,
+            status=self.status,  # type: ignore[arg-type]
+            ai_response=self.text,
+            model=self.model,
+            usage=self.usage or ResultUsage(completion_tokens=self.tokens),
+            processing_time=elapsed,
+            finish_reason=self.finish_reason,
+            error=self.error,
+            worker_id=self.worker_id,
+            attempt=self.attempt,
+        )
+
+
+async def replay(redis, transcript: Transcript, after: bytes = b"-") -> tuple[list[Event], bytes]:
+    """Events from the job's stream that the transcript has not seen, and the last stream id read."""
+    start = b"-" if after == b"-" else b"(" + after
+    entries = await redis.xrange(keys.stream(transcript.job_id), min=start)
+    fresh: list[Event] = []
+    for entry_id, fields in entries:
+        after = entry_id
+        event = _parse(fields.get(b"event", b""), transcript.job_id)
+        if event is not None and transcript.position(event) != "stale":
+            transcript.apply(event)
+            fresh.append(event)
+    return fresh, after
+
+
+async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> AsyncIterator[Event | None]:
+    """Yield the job's events in order until a terminal one; None on each idle tick.
+
+    `live` must already be subscribed (EventHub.follow), so replaying the stream first and then
+    reading live messages misses nothing.
+    """
+    fresh, cursor = await replay(redis, transcript)
+    for event in fresh:
+        yield event
+    while not transcript.final:
+        try:
+            raw = await asyncio.wait_for(live.get(), IDLE_SECONDS)
+        except TimeoutError:
+            raw = RESYNC
+            yield None
+        if raw is RESYNC:
+            where = "gap"
+        else:
+            event = _parse(raw, transcript.job_id)
+            if event is None:
+                continue
+            where = transcript.position(event)
+        if where == "next":
+            transcript.apply(event)  # type: ignore[arg-type]
+            yield event
+        elif where == "gap":
+            fresh, cursor = await replay(redis, transcript, cursor)
+            for event in fresh:
+                yield event
+
+
+def _parse(raw: bytes, job_id: str) -> Event | None:
+    try:
+        event = parse_event(raw)
+    except ValidationError:
+        log.warning("ignoring a malformed event for job %s: %.200r", job_id, raw)
+        return None
+    return event if event.job_id == job_id else None

@@ -1,0 +1,101 @@
+"""One pub/sub connection for every job this messenger follows.
+
+Callers `follow(job_id)` to get a queue of that job's raw events; the subscription is confirmed by
+Redis before `follow` returns, so a job enqueued afterwards cannot publish into the void. After a
+reconnect every follower gets RESYNC and re-reads the job's stream for what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from redis.exceptions import RedisError
+
+from shared import keys
+
+log = logging.getLogger("messenger.hub")
+
+RESYNC = object()  # put into every follower's queue after a reconnect
+SUBSCRIBE_TIMEOUT = 10.0
+
+
+class EventHub:
+    def __init__(self, redis):
+        self._redis = redis
+        self._pubsub = redis.pubsub()
+        self._followers: dict[str, set[asyncio.Queue]] = {}
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._connected = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read(), name="event-hub")
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+
+    @property
+    def following(self) -> int:
+        return len(self._followers)
+
+    @contextlib.asynccontextmanager
+    async def follow(self, job_id: str) -> AsyncIterator[asyncio.Queue]:
+        channel = keys.events(job_id)
+        queue: asyncio.Queue = asyncio.Queue()
+        followers = self._followers.setdefault(channel, set())
+        followers.add(queue)
+        try:
+            if len(followers) == 1:
+                self._confirmations[channel] = asyncio.get_running_loop().create_future()
+                await self._pubsub.subscribe(channel)
+                if not self._connected.is_set():
+                    self._pubsub.connection.register_connect_callback(self._on_reconnect)
+                    self._connected.set()
+            pending = self._confirmations.get(channel)
+            if pending is not None:
+                await asyncio.wait_for(asyncio.shield(pending), SUBSCRIBE_TIMEOUT)
+            yield queue
+        finally:
+            followers.discard(queue)
+            if not followers:
+                self._followers.pop(channel, None)
+                self._confirmations.pop(channel, None)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _on_reconnect(self, _connection) -> None:
+        log.warning("event subscription reconnected; %d jobs re-read their streams", len(self._followers))
+        for followers in self._followers.values():
+            for queue in followers:
+                queue.put_nowait(RESYNC)
+
+    async def _read(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._connected.wait()
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.05
+            except (RedisError, OSError) as e:
+                log.warning("event subscription lost (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if message is None:
+                continue
+            channel = message["channel"].decode()
+            if message["type"] == "message":
+                for queue in self._followers.get(channel, ()):
+                    queue.put_nowait(message["data"])
+            elif message["type"] == "subscribe":
+                pending = self._confirmations.pop(channel, None)
+                if pending is not None and not pending.done():
+                    pending.set_result(None)

@@ -1,0 +1,208 @@
+"""The messenger's side of the queue: enqueue a request, follow a job, read, cancel and list jobs.
+
+Every read is built from what Redis holds (arq's keys plus the job's event stream), so any
+messenger replica can answer for any job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from arq.jobs import SerializationError, deserialize_job_raw, deserialize_result, serialize_result
+from redis.exceptions import WatchError
+
+from messenger.collector import Transcript, follow_events, replay
+from messenger.hub import EventHub
+from shared import keys
+from shared.events import CancelledEvent, Event, publish_events
+from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus
+from shared.serializer import deserialize, serialize
+from shared.settings import Settings
+
+KEEP_RESULT_SECONDS = 3600  # arq's default keep_result; results and streams expire together
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+OnEvent = Callable[[Event | None, Transcript], Awaitable[None]]
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str):
+        super().__init__(
+            f"no job with id {job_id!r}: it never existed, or it finished more than "
+            f"{KEEP_RESULT_SECONDS // 60} minutes ago and its result expired"
+        )
+
+
+def new_job_id() -> str:
+    """122 random bits: unguessable, so a job id is also a handle only its holder knows."""
+    return uuid.uuid4().hex
+
+
+class JobClient:
+    def __init__(self, redis, hub: EventHub, settings: Settings):
+        self.redis = redis
+        self.hub = hub
+        self.settings = settings
+
+    async def submit(self, request: ChatRequest) -> str:
+        job_id = new_job_id()
+        await self._enqueue(job_id, request)
+        return job_id
+
+    async def run(self, request: ChatRequest, on_event: OnEvent | None = None, timeout: float | None = None):
+        """Enqueue and follow to the end. Subscribes first, so not one token can be missed."""
+        job_id = new_job_id()
+        async with self.hub.follow(job_id) as live:
+            await self._enqueue(job_id, request)
+            return await self._follow(job_id, live, on_event, timeout)
+
+    async def wait(
+        self, job_id: str, timeout: float | None = None, on_event: OnEvent | None = None
+    ) -> JobResult:
+        """Follow an existing job until it ends or `timeout` passes; returns its state either way."""
+        _check_id(job_id)
+        async with self.hub.follow(job_id) as live:
+            snapshot = await self.get(job_id)
+            if snapshot.status in FINAL_STATUSES:
+                if on_event:  # a late follower still sees the whole story
+                    transcript = Transcript(job_id)
+                    for event in (await replay(self.redis, transcript))[0]:
+                        await on_event(event, transcript)
+                return snapshot
+            return await self._follow(job_id, live, on_event, timeout)
+
+    async def get(self, job_id: str) -> JobResult:
+        _check_id(job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.result(job_id))
+            pipe.exists(keys.in_progress(job_id))
+            pipe.exists(keys.job(job_id))
+            raw_result, running, queued = await pipe.execute()
+        transcript = Transcript(job_id)
+        await replay(self.redis, transcript)
+        if raw_result is not None:
+            return _from_arq_result(job_id, raw_result, transcript)
+        if transcript.final:
+            return transcript.result()
+        if running or queued or transcript.attempt:
+            snapshot = transcript.result()
+            snapshot.status = "running" if running else "queued"
+            return snapshot
+        raise JobNotFound(job_id)
+
+    async def cancel(self, job_id: str) -> JobResult:
+        """Stop a job: a queued one is taken off the queue here; a running one is aborted by its worker."""
+        snapshot = await self.get(job_id)
+        if snapshot.status in FINAL_STATUSES:
+            return snapshot
+        if await self._cancel_queued(job_id, snapshot.attempt + 1):
+            return await self.get(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.cancel(job_id), b"1", ex=int(self.settings.job_timeout_seconds) + 600)
+            pipe.zadd(keys.ABORT_SET, {job_id: int(time.time() * 1000)})
+            pipe.publish(keys.WAKEUP_CHANNEL, b"cancel")
+            await pipe.execute()
+        return await self.wait(job_id, timeout=10)
+
+    async def list(self, status: JobStatus | None = None, limit: int = 50) -> list[JobResult]:
+        recent = await self.redis.zrevrange(keys.RECENT_JOBS, 0, max(limit * 4, 200) - 1)
+        jobs: list[JobResult] = []
+        for raw_id in recent:
+            try:
+                job = await self.get(raw_id.decode())
+            except JobNotFound:
+                continue
+            if status is None or job.status == status:
+                jobs.append(job)
+                if len(jobs) >= limit:
+                    break
+        return jobs
+
+    async def queue_depth(self) -> int:
+        return await self.redis.zcard(keys.QUEUE)
+
+    async def _enqueue(self, job_id: str, request: ChatRequest) -> None:
+        job = await self.redis.enqueue_job("chat", request.model_dump(exclude_none=True), _job_id=job_id)
+        if job is None:  # the same id twice: cannot happen with random ids, but never run a job twice
+            raise RuntimeError(f"job {job_id} already exists")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.publish(keys.WAKEUP_CHANNEL, b"job")
+            pipe.zadd(keys.RECENT_JOBS, {job_id: int(time.time() * 1000)})
+            pipe.zremrangebyrank(keys.RECENT_JOBS, 0, -keys.RECENT_JOBS_KEPT - 1)
+            await pipe.execute()
+
+    async def _follow(
+        self, job_id: str, live: asyncio.Queue, on_event: OnEvent | None, timeout: float | None
+    ):
+        transcript = Transcript(job_id)
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in follow_events(self.redis, transcript, live):
+                    if on_event:
+                        await on_event(event, transcript)
+                    if event is None:  # quiet for a while: did the job end without us seeing it?
+                        snapshot = await self.get(job_id)
+                        if snapshot.status in FINAL_STATUSES:
+                            return snapshot
+            return transcript.result()
+        except TimeoutError:
+            return await self.get(job_id)
+
+    async def _cancel_queued(self, job_id: str, attempt: int) -> bool:
+        """Atomically take a job that no worker holds off the queue and record it as cancelled.
+
+        Writing the in-progress key makes a worker that is about to claim the job fail its WATCH.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(keys.in_progress(job_id), keys.job(job_id))
+                if await pipe.exists(keys.in_progress(job_id)):
+                    return False
+                raw_job = await pipe.get(keys.job(job_id))
+                if raw_job is None:
+                    return False
+                function, args, kwargs, _, enqueue_ms = deserialize_job_raw(raw_job, deserializer=deserialize)
+                now_ms = int(time.time() * 1000)
+                result = JobResult(job_id=job_id, status="cancelled", error="cancelled before it started")
+                data = serialize_result(
+                    function, args, kwargs, attempt, enqueue_ms, True, result.model_dump(mode="json"),
+                    now_ms, now_ms, f"{job_id}:{function}", keys.QUEUE, job_id=job_id, serializer=serialize,
+                )  # fmt: skip
+                pipe.multi()
+                pipe.psetex(keys.in_progress(job_id), 1000, b"cancelled")
+                pipe.zrem(keys.QUEUE, job_id)
+                pipe.delete(keys.job(job_id), keys.retry(job_id))
+                pipe.set(keys.result(job_id), data, ex=KEEP_RESULT_SECONDS)
+                await pipe.execute()
+            except WatchError:
+                return False
+        event = CancelledEvent(job_id=job_id, seq=0, attempt=attempt, ts=time.time())
+        await publish_events(self.redis, [event])
+        return True
+
+
+def _check_id(job_id: str) -> None:
+    if not _JOB_ID.match(job_id):
+        raise JobNotFound(job_id)
+
+
+def _from_arq_result(job_id: str, raw: bytes, transcript: Transcript) -> JobResult:
+    """The JobResult inside arq's result record; arq's own failures become a readable error."""
+    try:
+        info = deserialize_result(raw, deserializer=deserialize)
+    except SerializationError:
+        return JobResult(job_id=job_id, status="failed", error="the stored result is not valid JSON")
+    if info.success and isinstance(info.result, dict) and "status" in info.result:
+        return JobResult.model_validate(info.result)
+    err = info.result if isinstance(info.result, dict) else {"error": "Error", "message": str(info.result)}
+    if err.get("error") == "CancelledError":
+        return JobResult(job_id=job_id, status="cancelled", error="cancelled", attempt=info.job_try)
+    snapshot = transcript.result()
+    snapshot.status = "failed"
+    snapshot.error = f"{err.get('error')}: {err.get('message')}".strip(": ")
+    snapshot.attempt = info.job_try
+    return snapshot

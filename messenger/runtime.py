@@ -1,0 +1,107 @@
+"""Everything a messenger process holds while it runs: Redis, the event hub, the job client,
+and in embedded mode the in-process worker. Shared by the MCP server and the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from messenger.hub import EventHub
+from messenger.jobs import JobClient
+from shared import keys, prices
+from shared.connection import connect, redacted
+from shared.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: object
+    hub: EventHub
+    jobs: JobClient
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    redis = connect(settings.redis_url)
+    hub = EventHub(redis)
+    await hub.start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.embedded:
+                from worker import embedded_worker
+
+                await stack.enter_async_context(embedded_worker(settings))
+            yield Runtime(settings=settings, redis=redis, hub=hub, jobs=JobClient(redis, hub, settings))
+    finally:
+        await hub.close()
+        await redis.aclose()
+
+
+async def live_workers(redis) -> list[dict]:
+    workers = []
+    async for key in redis.scan_iter(match=keys.WORKER_PREFIX + "*", count=500):
+        raw = await redis.get(key)
+        with contextlib.suppress(ValueError, TypeError):
+            workers.append(json.loads(raw))
+    return sorted(workers, key=lambda w: w.get("worker_id", ""))
+
+
+async def health(runtime: Runtime) -> dict:
+    """Redis, live workers, queue depth and provider reachability, as one JSON-able dict."""
+    settings = runtime.settings
+    out: dict = {
+        "mode": "embedded" if settings.embedded else "redis",
+        "redis": {"url": redacted(settings.redis_url), "ok": False},
+        "provider": settings.ai_provider,
+    }
+    try:
+        t0 = time.perf_counter()
+        await runtime.redis.ping()
+        out["redis"].update(ok=True, latency_ms=round((time.perf_counter() - t0) * 1000, 2))
+    except Exception as e:
+        out["redis"]["error"] = f"{type(e).__name__}: {e}"
+        out["status"] = "down"
+        return out
+    workers = await live_workers(runtime.redis)
+    now = time.time()
+    out["workers"] = [
+        {
+            "worker_id": w.get("worker_id"),
+            "host": w.get("host"),
+            "heartbeat_age_s": round(now - w.get("last_seen", now), 2),
+            "running_jobs": list((w.get("running_jobs") or {}).keys()),
+            "jobs_done": w.get("jobs_done"),
+            "provider_error": w.get("provider_error"),
+        }
+        for w in workers
+    ]
+    out["queue_depth"] = await runtime.jobs.queue_depth()
+    provider_errors = [w["provider_error"] for w in out["workers"] if w["provider_error"]]
+    out["provider_reachable"] = bool(workers) and len(provider_errors) < len(workers)
+    if provider_errors:
+        out["provider_error"] = provider_errors[0]
+    out["status"] = "ok" if workers and out["provider_reachable"] else "degraded"
+    if not workers:
+        out["problem"] = "no live workers: queued jobs wait until a `worker` process starts"
+    return out
+
+
+def models(settings: Settings) -> dict:
+    listed = dict.fromkeys([settings.default_model, *prices.PROVIDER_MODELS.get(settings.ai_provider, [])])
+    rows = []
+    for name in listed:
+        key = prices.resolve(name)
+        price = prices.PRICES[key] if key else None
+        rows.append(
+            {
+                "id": name,
+                "default": name == settings.default_model,
+                "input_usd_per_mtok": price.input if price else None,
+                "output_usd_per_mtok": price.output if price else None,
+            }
+        )
+    return {"provider": settings.ai_provider, "default_model": settings.default_model, "models": rows}

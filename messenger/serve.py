@@ -1,0 +1,70 @@
+"""Serving the MCP server over stdio, streamable HTTP (/mcp) or SSE (/sse), with bearer auth on HTTP."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from messenger.runtime import Runtime
+from messenger.server import build_server
+
+log = logging.getLogger("messenger")
+OPEN_PATHS = frozenset({"/health"})
+
+
+class BearerAuth:
+    """Requires `Authorization: Bearer <token>` (or `X-Api-Key: <token>`) on everything but /health.
+
+    A wrong or missing token gets a bare 401: nothing about which part was wrong.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: list[str]):
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"error":"unauthorized"}'})
+
+    def _allowed(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        offered = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            offered = auth[7:].strip()
+        return bool(offered) and any(hmac.compare_digest(offered, t) for t in self.tokens)
+
+
+def api_tokens(runtime: Runtime) -> list[str]:
+    key = runtime.settings.mcp_api_key
+    return [t.strip() for t in key.get_secret_value().split(",") if t.strip()] if key else []
+
+
+def http_app(runtime: Runtime, transport: str, host: str):
+    mcp = build_server(runtime)
+    app = mcp.sse_app(host=host) if transport == "sse" else mcp.streamable_http_app(host=host)
+    tokens = api_tokens(runtime)
+    return BearerAuth(app, tokens) if tokens else app
+
+
+async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
+    if transport == "stdio":
+        await build_server(runtime).run_stdio_async()
+        return
+    app = http_app(runtime, transport, host)
+    path = "/sse" if transport == "sse" else "/mcp"
+    log.info("serving MCP over %s at http://%s:%d%s", transport, host, port, path)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    await uvicorn.Server(config).serve()

@@ -1,0 +1,214 @@
+"""The MCP tools. Each model call becomes an arq job; its tokens come back as progress notifications.
+
+Tools are thin: they validate, call the JobClient, and turn its errors into ToolErrors a person can
+act on. The Runtime (Redis, hub, embedded worker) is opened once per process, not per MCP session.
+"""
+
+import time
+from typing import Annotated, Literal
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field, ValidationError
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from messenger.collector import Transcript
+from messenger.jobs import JobNotFound
+from messenger.runtime import Runtime, health, models
+from shared.connection import redacted
+from shared.events import Event
+from shared.models import (
+    ChatRequest,
+    ContextText,
+    ConversationId,
+    JobResult,
+    MaxTokens,
+    MessageText,
+    ModelName,
+    Temperature,
+)
+
+PROGRESS_INTERVAL = 0.05  # seconds between progress notifications: tokens are batched, not one per message
+JobId = Annotated[str, Field(description="The job id returned by submit_message or send_message_to_ai.")]
+StatusFilter = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class JobList(BaseModel):
+    queue_depth: int
+    jobs: list[JobResult]
+
+
+class ProgressRelay:
+    """Sends a job's tokens as MCP progress notifications, at most one per PROGRESS_INTERVAL.
+
+    `progress` counts tokens received; `message` carries the text that arrived since the previous
+    notification (joined, the messages are the answer). While a job waits in the queue, a keep-alive
+    notification goes out on each idle tick so clients that reset their timeout on progress wait on.
+    """
+
+    def __init__(self, ctx: Context, total: int | None):
+        self.ctx = ctx
+        self.total = total
+        self.pending: list[str] = []
+        self.last_sent = 0.0
+        self.progress = 0.0
+
+    async def __call__(self, event: Event | None, transcript: Transcript) -> None:
+        if event is None:
+            await self._send(f"[{transcript.status}: waiting]", transcript.tokens, keepalive=True)
+            return
+        if event.type == "start" and event.attempt > 1:
+            self.pending.clear()  # a re-run: its tokens replace the old attempt's
+            await self._send(f"[restarted on another worker, attempt {event.attempt}]", 0, keepalive=True)
+        if event.type == "token":
+            self.pending.append(event.text)
+        now = time.monotonic()
+        if self.pending and (event.type != "token" or now - self.last_sent >= PROGRESS_INTERVAL):
+            text, self.pending = "".join(self.pending), []
+            await self._send(text, transcript.tokens)
+
+    async def _send(self, message: str, tokens: int, keepalive: bool = False) -> None:
+        # the spec wants progress to rise with every notification; keep-alives add a hair
+        self.progress = max(float(tokens), self.progress + (0.001 if keepalive else 0))
+        self.last_sent = time.monotonic()
+        await self.ctx.report_progress(self.progress, self.total, message)
+
+
+def build_server(runtime: Runtime) -> MCPServer:
+    settings = runtime.settings
+    jobs = runtime.jobs
+    mcp = MCPServer(
+        "mcp-queue",
+        version="0.1.0",
+        instructions=(
+            "Model calls run as jobs on a Redis queue. send_message_to_ai waits and streams tokens as "
+            "progress; submit_message returns a job id at once to poll with get_job or wait_for_job."
+        ),
+    )
+
+    def request_of(**fields) -> ChatRequest:
+        try:
+            return ChatRequest(**fields)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "request"
+            raise ToolError(f"invalid {where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+    async def guarded(coro):
+        try:
+            return await coro
+        except JobNotFound as e:
+            raise ToolError(str(e)) from None
+        except (RedisError, OSError) as e:
+            raise ToolError(
+                f"the queue is unreachable (Redis at {redacted(settings.redis_url)}): {type(e).__name__}"
+            ) from None
+
+    @mcp.tool()
+    async def send_message_to_ai(
+        message: MessageText,
+        ctx: Context,
+        context: ContextText = None,
+        model: ModelName = None,
+        temperature: Temperature = None,
+        max_tokens: MaxTokens = None,
+        conversation_id: ConversationId = None,
+    ) -> JobResult:
+        """Ask the model and wait for the whole answer; tokens stream as progress notifications.
+
+        The call runs as a queued job. If the wait is cut short the job goes on: fetch it later with
+        get_job or wait_for_job (its id is in every result)."""
+        request = request_of(
+            message=message, context=context, model=model, temperature=temperature,
+            max_tokens=max_tokens, conversation_id=conversation_id,
+        )  # fmt: skip
+        relay = ProgressRelay(ctx, request.max_tokens or settings.openai_max_tokens)
+        started: list[str] = []
+
+        async def on_event(event, transcript):
+            if not started:
+                started.append(transcript.job_id)
+            await relay(event, transcript)
+
+        try:
+            result = await guarded(jobs.run(request, on_event, timeout=settings.job_timeout_seconds + 60))
+        except anyio.get_cancelled_exc_class():
+            if started:  # the caller gave up: stop the work it no longer wants
+                with anyio.CancelScope(shield=True):
+                    await jobs.cancel(started[0])
+            raise
+        if result.status == "failed":
+            raise ToolError(f"job {result.job_id} failed: {result.error}")
+        if result.status in ("queued", "running"):
+            raise ToolError(
+                f"job {result.job_id} is still {result.status}; fetch its answer later with "
+                f"wait_for_job or get_job"
+            )
+        return result
+
+    @mcp.tool()
+    async def submit_message(
+        message: MessageText,
+        context: ContextText = None,
+        model: ModelName = None,
+        temperature: Temperature = None,
+        max_tokens: MaxTokens = None,
+        conversation_id: ConversationId = None,
+    ) -> JobResult:
+        """Queue a model call and return its job id at once; poll with get_job or wait_for_job."""
+        request = request_of(
+            message=message, context=context, model=model, temperature=temperature,
+            max_tokens=max_tokens, conversation_id=conversation_id,
+        )  # fmt: skip
+        job_id = await guarded(jobs.submit(request))
+        return JobResult(job_id=job_id, status="queued")
+
+    @mcp.tool()
+    async def get_job(job_id: JobId) -> JobResult:
+        """A job's status, its text so far, and its result once it has ended."""
+        return await guarded(jobs.get(job_id))
+
+    @mcp.tool()
+    async def wait_for_job(
+        job_id: JobId,
+        ctx: Context,
+        timeout_seconds: Annotated[
+            float, Field(gt=0, le=3600, description="Give up waiting after this.")
+        ] = 60,
+    ) -> JobResult:
+        """Wait until a job ends (or the timeout passes) and return it; tokens stream as progress."""
+        return await guarded(jobs.wait(job_id, timeout_seconds, on_event=ProgressRelay(ctx, None)))
+
+    @mcp.tool()
+    async def cancel_job(job_id: JobId) -> JobResult:
+        """Stop a job. A queued job never starts; a running one stops calling the model."""
+        return await guarded(jobs.cancel(job_id))
+
+    @mcp.tool()
+    async def list_jobs(
+        status: Annotated[StatusFilter | None, Field(description="Only jobs in this state.")] = None,
+        limit: Annotated[int, Field(ge=1, le=500)] = 50,
+    ) -> JobList:
+        """Recent jobs, newest first: queued, running and finished."""
+        found = await guarded(jobs.list(status, limit))
+        return JobList(queue_depth=await guarded(jobs.queue_depth()), jobs=found)
+
+    @mcp.tool()
+    async def list_models() -> dict:
+        """The configured provider's models, with prices in USD per million tokens."""
+        return models(settings)
+
+    @mcp.tool()
+    async def check_health() -> dict:
+        """Redis, live workers, queue depth and whether the provider can be reached."""
+        return await health(runtime)
+
+    @mcp.custom_route("/health", methods=["GET"])
+    async def health_route(_: Request) -> JSONResponse:
+        report = await health(runtime)
+        return JSONResponse(report, status_code=200 if report["redis"]["ok"] else 503)
+
+    return mcp

@@ -1,0 +1,59 @@
+"""One way to reach Redis for both sides: an arq pool with the JSON serializer.
+
+`memory://` gives an in-process fakeredis server, shared by everything in the process, so the
+embedded messenger and its worker talk through exactly the same code as separate processes would.
+"""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeAsyncRedisMixin
+from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+
+from shared.serializer import deserialize, serialize
+from shared.settings import MEMORY_URL
+
+_memory_server: FakeServer | None = None
+
+
+class _MemoryArqRedis(FakeAsyncRedisMixin, ArqRedis):
+    """ArqRedis whose connections go to an in-process fakeredis server."""
+
+
+def memory_server() -> FakeServer:
+    global _memory_server
+    if _memory_server is None:
+        _memory_server = FakeServer()
+    return _memory_server
+
+
+def connect(redis_url: str) -> ArqRedis:
+    """An arq pool for `redis_url`; connections are made lazily and retried with backoff."""
+    if redis_url == MEMORY_URL:
+        redis: ArqRedis = _MemoryArqRedis(server=memory_server())
+    else:
+        pool = ConnectionPool.from_url(
+            redis_url,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+            retry_on_error=[ConnectionError, TimeoutError],
+            socket_keepalive=True,
+            health_check_interval=15,
+        )
+        redis = ArqRedis(pool)
+    redis.job_serializer = serialize
+    redis.job_deserializer = deserialize
+    return redis
+
+
+def redacted(redis_url: str) -> str:
+    """The URL without its password, for logs and health output."""
+    if "@" not in redis_url:
+        return redis_url
+    scheme, rest = redis_url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0] if ":" in creds else ""
+    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"

@@ -1,0 +1,88 @@
+"""The token events a worker publishes for a job: the wire format is the type.
+
+Each event goes to the job's pub/sub channel (live readers) and to its Redis Stream (late or
+reconnecting readers). `seq` rises by one per event within an `attempt`; an attempt starts with
+`start` and every job ends with exactly one terminal event (`done`, `error` or `cancelled`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int = Field(0, ge=0)
+    completion_tokens: int = Field(0, ge=0)
+    total_tokens: int = Field(0, ge=0)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    job_id: str
+    seq: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    ts: float  # unix seconds, when the worker emitted it
+
+
+class StartEvent(_Event):
+    type: Literal["start"] = "start"
+    worker_id: str
+    model: str
+
+
+class TokenEvent(_Event):
+    type: Literal["token"] = "token"
+    text: str
+
+
+class DoneEvent(_Event):
+    type: Literal["done"] = "done"
+    usage: TokenUsage
+    cost: float | None  # None: the model has no known price (never reported as $0)
+    finish_reason: str | None
+    model: str
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"] = "error"
+    error: str  # a message a person can act on
+
+
+class CancelledEvent(_Event):
+    type: Literal["cancelled"] = "cancelled"
+
+
+Event = Annotated[
+    StartEvent | TokenEvent | DoneEvent | ErrorEvent | CancelledEvent, Field(discriminator="type")
+]
+TERMINAL = frozenset({"done", "error", "cancelled"})
+_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Parse one event; raises pydantic.ValidationError (a ValueError) on anything else."""
+    return _adapter.validate_json(raw)
+
+
+def dump_event(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+async def publish_events(redis, events: list[Event]) -> None:
+    """Append events to their job's stream, then publish them, in one round trip.
+
+    Stream first: any event a live reader sees is already there for a reader that replays.
+    """
+    from shared import keys
+
+    async with redis.pipeline(transaction=False) as pipe:
+        for event in events:
+            data = dump_event(event)
+            pipe.xadd(keys.stream(event.job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
+            pipe.publish(keys.events(event.job_id), data)
+        for job_id in {e.job_id for e in events}:
+            pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
+        await pipe.execute()

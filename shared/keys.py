@@ -1,0 +1,65 @@
+"""Every Redis key and channel name, in one place.
+
+A user with `redis-cli` and a developer reading the code see the same names. arq's own keys are
+listed first (they must match `arq.constants`); everything of ours lives under `mcpq:`.
+"""
+
+# arq's keys (one queue, the default name)
+QUEUE = "arq:queue"  # zset: job id -> run-at time in ms
+JOB_PREFIX = "arq:job:"  # the job definition (JSON), deleted when the job finishes
+IN_PROGRESS_PREFIX = "arq:in-progress:"  # exists while a worker holds the job
+RESULT_PREFIX = "arq:result:"  # the finished job's result (JSON)
+RETRY_PREFIX = "arq:retry:"  # how many times the job has been started
+ABORT_SET = "arq:abort"  # zset of job ids asked to stop
+
+# ours
+WAKEUP_CHANNEL = "mcpq:wakeup"  # pub/sub: "a job was enqueued or cancelled, poll now"
+RECENT_JOBS = "mcpq:jobs:recent"  # zset: job id -> enqueue time in ms, trimmed to RECENT_JOBS_KEPT
+RECENT_JOBS_KEPT = 1000
+WORKER_PREFIX = "mcpq:worker:"  # heartbeat JSON, expires when the worker stops beating
+EVENTS_PREFIX = "mcpq:events:"  # pub/sub channel per job, one JSON event per message
+STREAM_PREFIX = "mcpq:stream:"  # Redis Stream per job: the same events, for replay
+
+STREAM_MAXLEN = (
+    20_000  # events kept per job (approximate trim); a reply longer than this replays from the result
+)
+STREAM_TTL_SECONDS = 3600  # same as arq's default keep_result, so text and result expire together
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS  # a worker missing three beats is gone
+
+
+def job(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def in_progress(job_id: str) -> str:
+    return IN_PROGRESS_PREFIX + job_id
+
+
+def result(job_id: str) -> str:
+    return RESULT_PREFIX + job_id
+
+
+def retry(job_id: str) -> str:
+    return RETRY_PREFIX + job_id
+
+
+def events(job_id: str) -> str:
+    return EVENTS_PREFIX + job_id
+
+
+def stream(job_id: str) -> str:
+    return STREAM_PREFIX + job_id
+
+
+def worker(worker_id: str) -> str:
+    return WORKER_PREFIX + worker_id
+
+
+CANCEL_PREFIX = (
+    "mcpq:cancel:"  # set by cancel_job; tells the worker a CancelledError is a user's stop, not a shutdown
+)
+
+
+def cancel(job_id: str) -> str:
+    return CANCEL_PREFIX + job_id

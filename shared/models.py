@@ -1,0 +1,91 @@
+"""The request a caller sends and the result it gets back.
+
+The result keeps the field names users of the earlier two-server HTTP design know
+(`aiResponse`, `processingTime`, `usage.promptTokens`, ...), so it is camelCase on the wire.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+MAX_MESSAGE_CHARS = 100_000  # message and context each; a larger prompt belongs in a file, not a tool call
+MAX_TOKENS_LIMIT = 200_000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
+
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+# The request's fields, described once for both the pydantic model and the MCP tool schemas.
+MessageText = Annotated[
+    str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS, description="What to ask the model.")
+]
+ContextText = Annotated[
+    str | None,
+    Field(max_length=MAX_MESSAGE_CHARS, description="Background for the model, sent as a system message."),
+]
+ModelName = Annotated[str | None, Field(description="Model name; default: the configured default model.")]
+Temperature = Annotated[float | None, Field(ge=0, le=2, description="Sampling temperature, 0 to 2.")]
+MaxTokens = Annotated[
+    int | None, Field(ge=1, le=MAX_TOKENS_LIMIT, description="Upper bound on the reply's length in tokens.")
+]
+ConversationId = Annotated[str | None, Field(description="Keep turns together under this id.")]
+
+
+class ChatRequest(BaseModel):
+    """One model call. Unset options take the runtime defaults of the worker that runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: MessageText
+    context: ContextText = None
+    model: ModelName = None
+    temperature: Temperature = None
+    max_tokens: MaxTokens = None
+    conversation_id: ConversationId = None
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("message is empty")
+        return v
+
+    @field_validator("model", "conversation_id")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError(
+                "must be 1-200 characters: letters, digits and . _ : / @ + -, starting alphanumeric"
+            )
+        return v
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+class ResultUsage(_Camel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated_cost: float | None = None  # USD; None when the model has no known price
+
+
+class JobResult(_Camel):
+    """A job as a caller sees it: while it runs `ai_response` is the text so far."""
+
+    job_id: str
+    status: JobStatus
+    ai_response: str = ""
+    model: str | None = None
+    usage: ResultUsage = Field(default_factory=ResultUsage)
+    processing_time: float | None = None  # seconds from job start to its last event
+    finish_reason: str | None = None
+    error: str | None = None
+    worker_id: str | None = None
+    attempt: int = 0

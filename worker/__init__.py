@@ -1,0 +1,40 @@
+"""Server B: arq workers that run model calls and stream every token through Redis.
+
+Public entry points: `build_worker` (the `worker` command), `embedded_worker` (the messenger's
+in-process worker), and `WorkerSettings` for `arq worker.WorkerSettings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["WorkerSettings", "build_worker", "embedded_worker"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so importing the package never reads the environment; arq reads WorkerSettings on demand.
+    if name == "WorkerSettings":
+        return _worker_settings()
+    if name in ("build_worker", "embedded_worker"):
+        from worker import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)
+
+
+def _worker_settings() -> type:
+    from arq.connections import RedisSettings
+
+    from shared.settings import load_settings
+    from worker.runner import worker_options
+
+    settings = load_settings()
+    if settings.embedded:
+        raise SystemExit(
+            "arq worker.WorkerSettings needs REDIS_URL=redis://… (memory:// lives inside one process)"
+        )
+    return type(
+        "WorkerSettings",
+        (),
+        {**worker_options(settings), "redis_settings": RedisSettings.from_dsn(settings.redis_url)},
+    )

@@ -1,0 +1,41 @@
+"""Each worker says it is alive, and what it is doing, in `mcpq:worker:<id>` (JSON with a TTL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+
+from shared import keys
+from worker.job import WorkerState
+
+log = logging.getLogger("worker.heartbeat")
+
+
+def heartbeat(state: WorkerState, started_at: float) -> dict:
+    return {
+        "worker_id": state.worker_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "provider": state.provider.name,
+        "provider_error": state.provider_error,
+        "concurrency": state.settings.worker_concurrency,
+        "running_jobs": dict(state.running),
+        "jobs_done": state.jobs_done,
+        "started_at": round(started_at, 3),
+        "last_seen": round(time.time(), 3),
+    }
+
+
+async def beat_forever(redis, state: WorkerState) -> None:
+    started_at = time.time()
+    while True:
+        try:
+            payload = json.dumps(heartbeat(state, started_at))
+            await redis.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
+        except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
+            log.warning("heartbeat failed: %s", e)
+        await asyncio.sleep(keys.HEARTBEAT_SECONDS)

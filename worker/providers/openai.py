@@ -1,0 +1,116 @@
+"""Any OpenAI-compatible chat-completions server, through the official `openai` SDK.
+
+One AsyncOpenAI client per worker (its connection pool is reused by every job). Usage comes from
+the final stream chunk (`stream_options.include_usage`); servers that do not send it get an
+estimate, flagged as such in StreamEnd.extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import openai
+from openai import AsyncOpenAI
+
+from shared.events import TokenUsage
+from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd
+
+NO_KEY_PLACEHOLDER = "not-needed"  # self-hosted servers (vLLM, llama.cpp, Ollama) accept any key
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+
+    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float, max_retries: int):
+        if not api_key and not base_url:
+            raise ProviderError(
+                "AI_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a server that needs no key)"
+            )
+        self._secret = api_key or ""
+        self.base_url = base_url
+        self.client = AsyncOpenAI(
+            api_key=api_key or NO_KEY_PLACEHOLDER, base_url=base_url, timeout=timeout, max_retries=max_retries
+        )
+
+    async def stream(self, call: ModelCall) -> AsyncIterator[str | StreamEnd]:
+        usage: TokenUsage | None = None
+        finish_reason: str | None = None
+        model = call.model
+        pieces = 0
+        try:
+            stream = await self.client.chat.completions.create(
+                model=call.model,
+                messages=call.messages,  # type: ignore[arg-type]
+                temperature=call.temperature,
+                max_tokens=call.max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async with stream:
+                async for chunk in stream:
+                    model = chunk.model or model
+                    if chunk.usage is not None:
+                        usage = TokenUsage(
+                            prompt_tokens=chunk.usage.prompt_tokens or 0,
+                            completion_tokens=chunk.usage.completion_tokens or 0,
+                            total_tokens=chunk.usage.total_tokens or 0,
+                        )
+                    for choice in chunk.choices:
+                        if choice.finish_reason:
+                            finish_reason = choice.finish_reason
+                        if choice.delta and choice.delta.content:
+                            pieces += 1
+                            yield choice.delta.content
+        except openai.APIError as e:
+            raise self._explain(e, call.model) from None
+        extra: dict[str, object] = {}
+        if usage is None:
+            prompt = sum(len(m["content"]) for m in call.messages) // 4 + 1
+            usage = TokenUsage(prompt_tokens=prompt, completion_tokens=pieces, total_tokens=prompt + pieces)
+            extra["usage_estimated"] = True
+        yield StreamEnd(model=model, finish_reason=finish_reason, usage=usage, extra=extra)
+
+    async def check(self) -> str | None:
+        try:
+            await self.client.models.list()
+        except openai.APIError as e:
+            if isinstance(e, openai.NotFoundError):
+                return None  # reachable; some compatible servers have no /models
+            return self._explain(e, "").message
+        return None
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    def _explain(self, e: openai.APIError, model: str) -> ProviderError:
+        where = self.base_url or "the OpenAI API"
+        detail = self._redact(getattr(e, "message", "") or str(e))
+        if isinstance(e, openai.APITimeoutError):
+            return ProviderError(f"the provider at {where} did not answer in time", retryable=True)
+        if isinstance(e, openai.APIConnectionError):
+            return ProviderError(
+                f"cannot connect to the provider at {where}; check OPENAI_BASE_URL", retryable=True
+            )
+        status = getattr(e, "status_code", None)
+        if isinstance(e, openai.AuthenticationError):
+            msg = f"the provider rejected the API key (HTTP 401); check OPENAI_API_KEY. {detail}"
+        elif isinstance(e, openai.PermissionDeniedError):
+            msg = f"the API key may not use this model or endpoint (HTTP 403). {detail}"
+        elif isinstance(e, openai.NotFoundError):
+            msg = f"model {model!r} was not found at {where} (HTTP 404). {detail}"
+        elif isinstance(e, openai.RateLimitError):
+            return ProviderError(
+                f"the provider is rate limiting (HTTP 429). {detail}", retryable=True, status=429
+            )
+        elif status is not None and status >= 500:
+            return ProviderError(
+                f"the provider failed (HTTP {status}). {detail}", retryable=True, status=status
+            )
+        elif status is not None:
+            msg = f"the provider refused the request (HTTP {status}). {detail}"
+        else:
+            msg = f"the provider stream failed: {detail}"
+        return ProviderError(msg.strip(), status=status)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
