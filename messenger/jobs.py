@@ -12,7 +12,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from arq.jobs import SerializationError, deserialize_job_raw, deserialize_result, serialize_result
+from arq.jobs import (
+    SerializationError,
+    deserialize_job_raw,
+    deserialize_result,
+    serialize_job,
+    serialize_result,
+)
 from redis.exceptions import WatchError
 
 from messenger.collector import Transcript, follow_events, replay
@@ -23,6 +29,20 @@ from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 
+# arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
+# also records the job as recent and wakes the workers with its id, so one round trip enqueues.
+ENQUEUE_LUA = """
+-- KEYS: arq:job:<id>, arq:result:<id>, arq:queue, mcpq:jobs:recent, mcpq:wakeup
+-- ARGV: job id, serialized job, enqueue time ms, job expiry ms, recent jobs kept
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[5]) - 1)
+redis.call('PUBLISH', KEYS[5], ARGV[1])
+return 1
+"""
+JOB_EXPIRES_MS = 86_400_000  # arq's expires_extra_ms: a job not started within a day fails as expired
 KEEP_RESULT_SECONDS = 3600  # arq's default keep_result; results and streams expire together
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
@@ -126,14 +146,16 @@ class JobClient:
         return await self.redis.zcard(keys.QUEUE)
 
     async def _enqueue(self, job_id: str, request: ChatRequest) -> None:
-        job = await self.redis.enqueue_job("chat", request.model_dump(exclude_none=True), _job_id=job_id)
-        if job is None:  # the same id twice: cannot happen with random ids, but never run a job twice
+        now_ms = int(time.time() * 1000)
+        payload = serialize_job(
+            "chat", (request.model_dump(exclude_none=True),), {}, None, now_ms, serializer=serialize
+        )
+        added = await self.redis.register_script(ENQUEUE_LUA)(
+            keys=[keys.job(job_id), keys.result(job_id), keys.QUEUE, keys.RECENT_JOBS, keys.WAKEUP_CHANNEL],
+            args=[job_id, payload, now_ms, JOB_EXPIRES_MS, keys.RECENT_JOBS_KEPT],
+        )
+        if not added:  # the same id twice: cannot happen with random ids, but never run a job twice
             raise RuntimeError(f"job {job_id} already exists")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.publish(keys.WAKEUP_CHANNEL, b"job")
-            pipe.zadd(keys.RECENT_JOBS, {job_id: int(time.time() * 1000)})
-            pipe.zremrangebyrank(keys.RECENT_JOBS, 0, -keys.RECENT_JOBS_KEPT - 1)
-            await pipe.execute()
 
     async def _follow(
         self, job_id: str, live: asyncio.Queue, on_event: OnEvent | None, timeout: float | None

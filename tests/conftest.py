@@ -58,8 +58,19 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.tmp)],  # fmt: skip
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -108,7 +119,9 @@ def redis_url(redis_server: RedisServer) -> str:
 
 def test_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The environment for a messenger or worker subprocess; nothing leaks in from a developer's .env."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AI_", "MCP_", "MOCK_", "REDIS_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AI_", "MCP_", "MOCK_", "REDIS_"))
+    }
     env.update(
         REDIS_URL=redis_url,
         AI_PROVIDER="mock",
@@ -133,7 +146,7 @@ class WorkerProcesses:
         before = len(list(client.scan_iter("mcpq:worker:*")))
         started = []
         for _ in range(count):
-            log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+            log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "worker.cli"],
                 env=test_env(redis_url, **env),

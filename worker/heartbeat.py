@@ -1,4 +1,7 @@
-"""Each worker says it is alive, and what it is doing, in `mcpq:worker:<id>` (JSON with a TTL)."""
+"""Each worker says it is alive, and what it is doing, in `mcpq:worker:<id>` (JSON with a TTL),
+and renews the lease (`arq:in-progress:<id>`) of every job it runs. A worker that dies stops
+renewing, so its jobs become free for another worker within LEASE_SECONDS instead of arq's
+job-timeout-plus-10-seconds."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from shared import keys
 from worker.job import WorkerState
 
 log = logging.getLogger("worker.heartbeat")
+
+LEASE_SECONDS = 10.0
 
 
 def heartbeat(state: WorkerState, started_at: float) -> dict:
@@ -35,7 +40,11 @@ async def beat_forever(redis, state: WorkerState) -> None:
     while True:
         try:
             payload = json.dumps(heartbeat(state, started_at))
-            await redis.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
+                for job_id in state.running:
+                    pipe.pexpire(keys.in_progress(job_id), int(LEASE_SECONDS * 1000))
+                await pipe.execute()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)
         await asyncio.sleep(keys.HEARTBEAT_SECONDS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 
 from arq.worker import Worker, func
@@ -19,7 +20,7 @@ from shared import keys
 from shared.connection import connect
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
-from worker.heartbeat import beat_forever
+from worker.heartbeat import LEASE_SECONDS, beat_forever
 from worker.job import WorkerState, chat
 from worker.providers import make_provider
 
@@ -79,28 +80,82 @@ def worker_options(settings: Settings) -> dict:
     }
 
 
-class QueueWorker(Worker):
-    """arq's Worker with a wake-up path; everything else (keys, retries, aborts) is arq's."""
+# arq's claim (WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC: four round trips) as one atomic script.
+CLAIM_LUA = """
+-- KEYS: arq:in-progress:<id>, arq:queue   ARGV: job id, now ms, lease ms
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return tonumber(score)
+"""
 
-    def __init__(self, *args, **kwargs):
+
+class QueueWorker(Worker):
+    """arq's Worker with a wake-up path; keys, retries and aborts stay arq's.
+
+    A wake-up message carries the new job's id, so an idle worker claims that job directly (one
+    script call) instead of scanning the queue; every other message, a freed slot, or a second
+    without news runs arq's full poll (queue scan, aborts, health).
+    """
+
+    def __init__(self, *args, lease_seconds: float = LEASE_SECONDS, **kwargs):
         super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = lease_seconds  # renewed by the heartbeat while the job runs
         self._wake = asyncio.Event()
+        self._woken: list[str] = []
+        self._full_poll_due = True
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
         listener = asyncio.create_task(self._listen_for_wakeups())
+        loop = asyncio.get_running_loop()
+        last_poll = 0.0
         try:
             while True:
                 self._wake.clear()
-                await self._poll_iteration()
-                if self.burst and await self._burst_done():
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                woken, self._woken = self._woken, []
+                if woken and not self._full_poll_due and loop.time() - last_poll < self.poll_delay_s:
+                    if self.allow_pick_jobs:
+                        await self.start_jobs(woken)
+                else:
+                    self._full_poll_due = False
+                    last_poll = loop.time()
+                    await self._poll_iteration()
+                    if self.burst and await self._burst_done():
+                        return
+                if not self._woken and not self._full_poll_due:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
         finally:
             listener.cancel()
+
+    async def start_jobs(self, job_ids: list) -> None:
+        claim = self.pool.register_script(CLAIM_LUA)
+        lease_ms = int(self.in_progress_timeout_s * 1000)
+        for raw_id in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            score = await claim(
+                keys=[keys.in_progress(job_id), self.queue_name],
+                args=[job_id, int(time.time() * 1000), lease_ms],
+            )
+            if not score:  # another worker has it, or it is finished or deferred
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
@@ -110,7 +165,8 @@ class QueueWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._wake.set()  # a slot is free: take the next queued job now, not at the next poll
+        self._full_poll_due = True  # a slot is free: look for queued work now, not at the next poll
+        self._wake.set()
 
     async def _listen_for_wakeups(self) -> None:
         backoff = 0.05
@@ -118,11 +174,18 @@ class QueueWorker(Worker):
             pubsub = self.pool.pubsub()
             try:
                 await pubsub.subscribe(keys.WAKEUP_CHANNEL)
-                self._wake.set()  # anything enqueued while we were not listening
+                self._full_poll_due = True  # anything enqueued while we were not listening
+                self._wake.set()
                 backoff = 0.05
                 async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._wake.set()
+                    if message["type"] != "message":
+                        continue
+                    data = message["data"]
+                    if data == b"cancel":
+                        self._full_poll_due = True  # arq's poll handles aborts
+                    else:
+                        self._woken.append(data)
+                    self._wake.set()
             except (RedisError, OSError) as e:
                 log.warning("wake-up subscription lost (%s); retrying in %.2fs", e, backoff)
                 await asyncio.sleep(backoff)

@@ -1,0 +1,311 @@
+"""A small OpenAI-compatible chat-completions server for tests, over real HTTP on 127.0.0.1.
+
+It streams the way OpenAI and llama.cpp's `llama-server` do (see research/real-peers.md §2):
+`data: {chunk}\\n\\n` lines, the role delta first, one content delta per word, a chunk with the
+finish_reason, then (when `stream_options.include_usage` is true) a chunk with `"choices":[]` and
+`usage`, then `data: [DONE]`. It records every request it received and every stream the client
+closed before the end, and each test scripts the reply, its pace and its failures with `script()`.
+
+Uvicorn runs in a background thread with its own event loop, so a worker subprocess and the test
+process both reach it the same way: over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+DEFAULT_REPLY = "Hello from the test server."
+
+_ERRORS = {
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    503: ("server_error", None),
+}
+
+
+def words(text: str) -> list[str]:
+    """The reply as the server streams it: one piece per word, each keeping its trailing space."""
+    return [piece for piece in re.split(r"(?<=\s)(?=\S)", text) if piece]
+
+
+@dataclass
+class Received:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict | None
+
+    @property
+    def api_key(self) -> str | None:
+        auth = self.headers.get("authorization", "")
+        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+
+
+@dataclass
+class Script:
+    """What the server answers with; every field can be changed by `OpenAIServer.script()`."""
+
+    reply: str = DEFAULT_REPLY
+    token_delay: float = 0.0  # seconds before each content chunk
+    status: int | None = None  # answer chat completions with this HTTP error instead
+    error_message: str | None = None
+    retry_after: float | None = None  # Retry-After header on an error answer
+    include_usage: bool = True  # False: behave like llama-cpp-python, which ignores include_usage
+    usage: tuple[int, int] | None = None  # (prompt, completion) to report; default: counted words
+    model: str | None = None  # the model name the chunks carry; default: the requested one
+    expected_api_key: str | None = None  # 401 on every endpoint when the bearer token differs
+    models: list[str] = field(default_factory=lambda: ["gpt-4o-mini", "test-model"])
+
+
+@dataclass
+class StreamRecord:
+    request_index: int
+    sent_tokens: int = 0
+    finished: bool = False  # `data: [DONE]` was sent
+    disconnected: bool = False  # the client went away before `data: [DONE]`
+
+
+class OpenAIServer:
+    def __init__(self) -> None:
+        self._script = Script()
+        self.requests: list[Received] = []
+        self.streams: list[StreamRecord] = []
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # -- what tests use ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, **changes) -> Script:
+        """Change what the server answers, e.g. `script(reply="a b c", token_delay=0.05)`."""
+        for name, value in changes.items():
+            if not hasattr(self._script, name):
+                raise TypeError(f"Script has no field {name!r}")
+            setattr(self._script, name, value)
+        return self._script
+
+    @property
+    def chat_requests(self) -> list[Received]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def disconnects(self) -> list[StreamRecord]:
+        """Streams the client closed before the server sent `data: [DONE]`."""
+        return [s for s in self.streams if s.disconnected]
+
+    async def wait_until(self, condition: Callable[[], object], timeout: float = 10.0) -> None:
+        """Poll `condition` (the server lives in another thread) until it is true."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.02)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        config = uvicorn.Config(
+            self._app(),
+            host="127.0.0.1",
+            port=0,
+            http="h11",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="openai-test-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the OpenAI test server did not start")
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
+            if self._thread.is_alive():
+                self._server.force_exit = True
+                self._thread.join(5)
+
+    # -- the HTTP side ----------------------------------------------------------------------------
+
+    def _app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    async def _record(self, request: Request) -> tuple[int, Received]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        received = Received(request.method, request.url.path, dict(request.headers), body)
+        with self._lock:
+            self.requests.append(received)
+            return len(self.requests) - 1, received
+
+    def _auth_error(self, received: Received) -> Response | None:
+        expected = self._script.expected_api_key
+        if expected is None or received.api_key == expected:
+            return None
+        # Some OpenAI-compatible proxies echo the key they were given; the client must redact it.
+        return _error(401, f"Incorrect API key provided: {received.api_key}.")
+
+    async def _models(self, request: Request) -> Response:
+        _, received = await self._record(request)
+        if (denied := self._auth_error(received)) is not None:
+            return denied
+        now = int(time.time())
+        data = [
+            {"id": m, "object": "model", "created": now, "owned_by": "tests"} for m in self._script.models
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _chat(self, request: Request) -> Response:
+        index, received = await self._record(request)
+        if (denied := self._auth_error(received)) is not None:
+            return denied
+        script = self._script
+        body = received.body or {}
+        model = body.get("model", "")
+        if script.status is not None:
+            message = script.error_message or _default_error(script.status, model)
+            headers = {"retry-after": f"{script.retry_after:g}"} if script.retry_after is not None else None
+            return _error(script.status, message, headers)
+
+        tokens = words(script.reply)
+        finish = "stop"
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        if isinstance(max_tokens, int) and len(tokens) > max_tokens:
+            tokens, finish = tokens[:max_tokens], "length"
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        prompt, completion = script.usage or (prompt_words, len(tokens))
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": script.model or model,
+            "system_fingerprint": "fp_tests",
+        }
+
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(tokens)},
+                            "logprobs": None,
+                            "finish_reason": finish,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and script.include_usage
+        record = StreamRecord(index)
+        with self._lock:
+            self.streams.append(record)
+
+        def chunk(delta: dict, finish_reason: str | None = None) -> str:
+            data = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+            if include_usage:
+                data["usage"] = None  # OpenAI sends usage:null on every chunk but the last
+            return _sse(data)
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            for token in tokens:
+                if script.token_delay:
+                    await asyncio.sleep(script.token_delay)
+                yield chunk({"content": token})
+                record.sent_tokens += 1
+            yield chunk({}, finish)
+            if include_usage:
+                yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+            record.finished = True
+            yield "data: [DONE]\n\n"
+
+        return _TrackedStream(record, events(), media_type="text/event-stream")
+
+
+class _TrackedStream(StreamingResponse):
+    """Notes when the client goes away before the stream's end (uvicorn sends http.disconnect)."""
+
+    def __init__(self, record: StreamRecord, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.record = record
+
+    async def listen_for_disconnect(self, receive) -> None:
+        await super().listen_for_disconnect(receive)
+        if not self.record.finished:
+            self.record.disconnected = True
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _default_error(status: int, model: str) -> str:
+    return {
+        404: f"The model `{model}` does not exist or you do not have access to it.",
+        429: "Rate limit reached for requests. Please try again in 1s.",
+        500: "The server had an error while processing your request. Sorry about that!",
+    }.get(status, f"test server error {status}")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    kind, code = _ERRORS.get(status, ("invalid_request_error", None))
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAIServer]:
+    """A fresh OpenAI-compatible server on a free port; `.base_url` ends in /v1."""
+    server = OpenAIServer()
+    server.start()
+    yield server
+    server.stop()
