@@ -70,14 +70,14 @@ class JobClient:
 
     async def submit(self, request: ChatRequest) -> str:
         job_id = new_job_id()
-        await self._enqueue(job_id, request)
+        await self.enqueue(job_id, request)
         return job_id
 
     async def run(self, request: ChatRequest, on_event: OnEvent | None = None, timeout: float | None = None):
         """Enqueue and follow to the end. Subscribes first, so not one token can be missed."""
         job_id = new_job_id()
         async with self.hub.follow(job_id) as live:
-            await self._enqueue(job_id, request)
+            await self.enqueue(job_id, request)
             return await self._follow(job_id, live, on_event, timeout)
 
     async def wait(
@@ -145,7 +145,8 @@ class JobClient:
     async def queue_depth(self) -> int:
         return await self.redis.zcard(keys.QUEUE)
 
-    async def _enqueue(self, job_id: str, request: ChatRequest) -> None:
+    async def enqueue(self, job_id: str, request: ChatRequest) -> None:
+        """Put a job with a caller-chosen id on the queue and wake the workers (one round trip)."""
         now_ms = int(time.time() * 1000)
         payload = serialize_job(
             "chat", (request.model_dump(exclude_none=True),), {}, None, now_ms, serializer=serialize

@@ -23,7 +23,9 @@ LONG_PROMPT = " ".join(f"word{i}" for i in range(60))  # the mock echoes 40 of t
 UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"
 
 
-pytestmark = pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])
+# The explicit anyio mark matters: conftest marks async tests only after collection, and the anyio
+# plugin then re-creates those items without their parametrization.
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])]
 
 
 @contextlib.asynccontextmanager
