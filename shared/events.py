@@ -19,7 +19,7 @@ class TokenUsage(BaseModel):
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     job_id: str
     seq: int = Field(ge=0)

@@ -58,7 +58,7 @@ class ChatRequest(BaseModel):
     @field_validator("model", "conversation_id")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.match(v):
+        if v is not None and not _NAME.fullmatch(v):
             raise ValueError(
                 "must be 1-200 characters: letters, digits and . _ : / @ + -, starting alphanumeric"
             )

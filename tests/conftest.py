@@ -8,7 +8,6 @@ else's Redis; its pid is checked against the port before use.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import shutil
 import socket
@@ -25,12 +24,6 @@ from messenger.runtime import open_runtime
 from shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if inspect.iscoroutinefunction(getattr(item, "function", None)):
-            item.add_marker(pytest.mark.anyio)
 
 
 @pytest.fixture

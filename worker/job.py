@@ -80,7 +80,10 @@ async def chat(ctx: dict, request: dict) -> dict:
         try:
             req = ChatRequest.model_validate(request)
         except ValidationError as e:
-            msg = f"invalid request in the queue: {e.errors()[0]['msg']}"
+            err = e.errors()[0]
+            where = ".".join(str(part) for part in err["loc"])
+            detail = err["msg"].removeprefix("Value error, ")
+            msg = f"invalid request in the queue: {where + ': ' if where else ''}{detail}"
             await publisher.start(state.worker_id, model)
             await publisher.error(msg)
             return result("failed", msg)

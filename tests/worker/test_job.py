@@ -1,0 +1,269 @@
+"""The `chat` job: called as arq calls it, it always ends with one terminal event and a JobResult."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from shared import keys
+from shared.connection import connect
+from shared.events import TERMINAL, parse_event
+from shared.models import JobResult
+from shared.settings import load_settings
+from worker.job import WorkerState, chat
+from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
+from worker.providers.mock import MockProvider, mock_reply
+
+pytestmark = pytest.mark.anyio
+
+JOB = "job-test-1"
+
+
+@pytest.fixture
+async def redis(monkeypatch):
+    monkeypatch.setattr("shared.connection._memory_server", None)  # a fresh in-memory Redis per test
+    client = connect("memory://")
+    yield client
+    await client.aclose()
+
+
+def make_ctx(redis, provider: Provider | None = None, *, job_try: int = 1, **settings) -> dict:
+    settings.setdefault("mock_token_delay_ms", 0)
+    state = WorkerState(
+        settings=load_settings(redis_url="memory://", ai_provider="mock", **settings),
+        provider=provider or MockProvider(),
+        worker_id="worker-test",
+    )
+    return {"mcpq": state, "job_id": JOB, "job_try": job_try, "redis": redis}
+
+
+async def stream_events(redis) -> list:
+    return [parse_event(fields[b"event"]) for _id, fields in await redis.xrange(keys.stream(JOB))]
+
+
+def token_text(events) -> str:
+    return "".join(e.text for e in events if e.type == "token")
+
+
+def assert_one_terminal_last(events, kind: str) -> None:
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert events[0].type == "start"
+    assert [e.type for e in events if e.type in TERMINAL] == [kind]
+    assert events[-1].type == kind
+
+
+@pytest.fixture
+def clean(clean_env):
+    """No developer environment leaks into load_settings()."""
+    return clean_env
+
+
+class ScriptedProvider(Provider):
+    """Yields the given pieces, then fails with `error` (if any) or ends normally."""
+
+    name = "scripted"
+
+    def __init__(self, pieces: list[str], error: ProviderError | None = None):
+        self.pieces = pieces
+        self.error = error
+
+    async def stream(self, call: ModelCall):
+        for piece in self.pieces:
+            yield piece
+        if self.error:
+            raise self.error
+        yield StreamEnd(model=call.model, finish_reason="stop")
+
+
+class HangingProvider(Provider):
+    """Sends one token, then waits forever (a slow model), until the job is stopped."""
+
+    name = "hanging"
+
+    def __init__(self):
+        self.streaming = asyncio.Event()
+        self.closed = False
+
+    async def stream(self, call: ModelCall):
+        try:
+            yield "first "
+            self.streaming.set()
+            await asyncio.Event().wait()
+            yield StreamEnd(model=call.model, finish_reason="stop")
+        finally:
+            self.closed = True
+
+
+async def test_completed_job_returns_the_streamed_text(redis, clean):
+    out = await chat(make_ctx(redis), {"message": "what is a queue?", "context": "be brief"})
+    result = JobResult.model_validate(out)
+    events = await stream_events(redis)
+
+    assert out["status"] == "completed"
+    assert out["jobId"] == JOB
+    assert out["aiResponse"] == token_text(events)
+    expected = mock_reply(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is a queue?"}]
+    )
+    assert out["aiResponse"] == "".join(expected)
+    assert out["model"] == "mock-1"
+    assert out["finishReason"] == "stop"
+    assert out["usage"] == {
+        "promptTokens": 6,
+        "completionTokens": len(expected),
+        "totalTokens": 6 + len(expected),
+        "estimatedCost": 0.0,
+    }
+    assert result.processing_time is not None and result.processing_time >= 0
+    assert (result.worker_id, result.attempt, result.error) == ("worker-test", 1, None)
+    assert_one_terminal_last(events, "done")
+    assert events[-1].usage.completion_tokens == len(expected)
+    assert events[0].worker_id == "worker-test" and events[0].model == "mock-1"
+
+
+async def test_request_options_reach_the_provider(redis, clean):
+    out = await chat(
+        make_ctx(redis), {"message": "one two three four five", "max_tokens": 3, "model": "mock-x"}
+    )
+    assert out["status"] == "completed"
+    assert out["finishReason"] == "length"
+    assert out["usage"]["completionTokens"] == 3
+    assert out["model"] == "mock-x"
+    assert out["usage"]["estimatedCost"] is None  # mock-x has no price: unpriced, not free
+    assert (await stream_events(redis))[-1].cost is None
+
+
+async def test_retry_attempt_is_recorded_and_numbered_from_zero(redis, clean):
+    out = await chat(make_ctx(redis, job_try=3), {"message": "again"})
+    events = await stream_events(redis)
+    assert out["attempt"] == 3
+    assert {e.attempt for e in events} == {3}
+    assert_one_terminal_last(events, "done")
+
+
+@pytest.mark.parametrize(
+    ("request_dict", "field"),
+    [
+        ({"message": ""}, "message"),
+        ({"message": "   "}, "message"),
+        ({"bogus": 1}, "message"),  # the message is missing
+        ({"message": "hi", "bogus": 1}, "bogus"),
+        ({"message": "hi", "temperature": 9}, "temperature"),
+        ({"message": "hi", "model": "bad model!"}, "model"),
+    ],
+)
+async def test_invalid_request_fails_with_a_readable_error_naming_the_field(
+    redis, clean, request_dict, field
+):
+    out = await chat(make_ctx(redis), request_dict)
+    events = await stream_events(redis)
+    assert out["status"] == "failed"
+    assert out["error"].startswith("invalid request in the queue")
+    assert field in out["error"], f"the error should say which field is wrong: {out['error']!r}"
+    assert "\n" not in out["error"]
+    assert_one_terminal_last(events, "error")
+    assert events[-1].error == out["error"]
+    assert token_text(events) == ""
+
+
+@pytest.mark.parametrize("garbage", [None, "hello", 42, ["message", "hi"]])
+async def test_a_request_that_is_not_an_object_fails_cleanly(redis, clean, garbage):
+    out = await chat(make_ctx(redis), garbage)  # type: ignore[arg-type]
+    assert out["status"] == "failed"
+    assert out["error"].startswith("invalid request in the queue")
+    assert_one_terminal_last(await stream_events(redis), "error")
+
+
+async def test_unknown_model_fails_with_an_error_naming_it(redis, clean):
+    out = await chat(make_ctx(redis), {"message": "hi", "model": "gpt-4o"})
+    events = await stream_events(redis)
+    assert out["status"] == "failed"
+    assert "'gpt-4o'" in out["error"]
+    assert_one_terminal_last(events, "error")
+    assert events[-1].error == out["error"]
+
+
+async def test_provider_error_mid_stream_keeps_the_partial_text(redis, clean):
+    failure = ProviderError("the provider failed (HTTP 503). try again later", retryable=True, status=503)
+    ctx = make_ctx(redis, ScriptedProvider(["partial ", "answer"], error=failure))
+    out = await chat(ctx, {"message": "hi"})
+    events = await stream_events(redis)
+
+    assert out["status"] == "failed"
+    assert out["error"] == failure.message
+    assert out["aiResponse"] == "partial answer"
+    assert token_text(events) == "partial answer"
+    assert_one_terminal_last(events, "error")
+    assert events[-1].error == failure.message
+    assert ctx["mcpq"].provider_error == failure.message  # health shows the provider is in trouble
+
+
+async def test_a_good_call_clears_the_provider_error(redis, clean):
+    ctx = make_ctx(redis)
+    ctx["mcpq"].provider_error = "was down"
+    await chat(ctx, {"message": "hi"})
+    assert ctx["mcpq"].provider_error is None
+
+
+async def test_job_timeout_fails_with_a_message_naming_the_setting(redis, clean):
+    ctx = make_ctx(redis, MockProvider(token_delay_ms=10_000), job_timeout_seconds=0.05)
+    out = await chat(ctx, {"message": "slow please"})
+    events = await stream_events(redis)
+    assert out["status"] == "failed"
+    assert "JOB_TIMEOUT_SECONDS" in out["error"]
+    assert "0.05" in out["error"]
+    assert_one_terminal_last(events, "error")
+    assert events[-1].error == out["error"]
+
+
+async def test_cancel_with_the_cancel_key_ends_the_job_as_cancelled(redis, clean):
+    provider = HangingProvider()
+    ctx = make_ctx(redis, provider)
+    task = asyncio.create_task(chat(ctx, {"message": "hi"}))
+    with anyio.fail_after(5):
+        await provider.streaming.wait()
+    await redis.set(keys.cancel(JOB), "1")
+    task.cancel()
+    with anyio.fail_after(5):
+        out = await task
+
+    events = await stream_events(redis)
+    assert out["status"] == "cancelled"
+    assert out["aiResponse"] == "first "
+    assert token_text(events) == "first "
+    assert_one_terminal_last(events, "cancelled")
+    assert provider.closed, "the provider stream was closed: no more calls to the model"
+    assert JOB not in ctx["mcpq"].running
+
+
+async def test_cancel_without_the_cancel_key_is_a_shutdown_and_re_raises(redis, clean):
+    provider = HangingProvider()
+    ctx = make_ctx(redis, provider)
+    task = asyncio.create_task(chat(ctx, {"message": "hi"}))
+    with anyio.fail_after(5):
+        await provider.streaming.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError), anyio.fail_after(5):
+        await task
+
+    events = await stream_events(redis)
+    assert not [e for e in events if e.type in TERMINAL], "arq runs it again; that attempt sends the ending"
+    assert provider.closed
+    assert JOB not in ctx["mcpq"].running
+
+
+async def test_running_jobs_are_tracked_while_they_run(redis, clean):
+    provider = HangingProvider()
+    ctx = make_ctx(redis, provider, job_try=2)
+    task = asyncio.create_task(chat(ctx, {"message": "hi"}))
+    with anyio.fail_after(5):
+        await provider.streaming.wait()
+    assert ctx["mcpq"].running == {JOB: 2}
+    await redis.set(keys.cancel(JOB), "1")
+    task.cancel()
+    with anyio.fail_after(5):
+        await task
+    assert ctx["mcpq"].running == {}
+    assert ctx["mcpq"].jobs_done == 1

@@ -1,0 +1,146 @@
+"""The mock provider: deterministic, honours max_tokens and its token delay, refuses other models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from worker.providers import ModelCall, ProviderError, StreamEnd
+from worker.providers.mock import MockProvider, mock_reply
+
+# module-level marker: the conftest adds `anyio` too late for parametrized async tests (see report)
+pytestmark = pytest.mark.anyio
+
+
+def _call(text: str = "What is a queue?", *, model: str = "mock-1", max_tokens: int = 1000, context=None):
+    messages = [{"role": "system", "content": context}] if context else []
+    messages.append({"role": "user", "content": text})
+    return ModelCall(model=model, messages=messages, temperature=0.7, max_tokens=max_tokens)
+
+
+async def _collect(provider: MockProvider, call: ModelCall) -> tuple[list[str], StreamEnd]:
+    pieces = [piece async for piece in provider.stream(call)]
+    *tokens, end = pieces
+    assert isinstance(end, StreamEnd), "the stream ends with exactly one StreamEnd"
+    assert all(isinstance(t, str) for t in tokens)
+    return tokens, end
+
+
+async def test_same_messages_give_the_same_tokens():
+    first, _ = await _collect(MockProvider(), _call("hello there"))
+    second, _ = await _collect(MockProvider(), _call("hello there"))
+    assert first == second
+    assert first == mock_reply(_call("hello there").messages)
+
+
+async def test_reply_echoes_the_prompt():
+    tokens, end = await _collect(MockProvider(), _call("tell me about queues"))
+    assert "".join(tokens).startswith("Mock answer to: tell me about queues —")
+    assert "".join(tokens).endswith(".")
+    assert end.finish_reason == "stop"
+    assert end.model == "mock-1"
+
+
+async def test_different_prompts_give_different_replies():
+    a, _ = await _collect(MockProvider(), _call("first question"))
+    b, _ = await _collect(MockProvider(), _call("second question"))
+    assert "".join(a) != "".join(b)
+
+
+def test_the_tail_depends_on_the_prompt_digest():
+    tails = {tuple(mock_reply([{"role": "user", "content": f"q{i}"}])[4:]) for i in range(20)}
+    assert len(tails) > 1
+
+
+async def test_max_tokens_cuts_the_reply_and_says_length():
+    full, full_end = await _collect(MockProvider(), _call("cut me short please"))
+    assert len(full) > 3
+    cut, end = await _collect(MockProvider(), _call("cut me short please", max_tokens=3))
+    assert cut == full[:3]
+    assert end.finish_reason == "length"
+    assert end.usage.completion_tokens == 3
+    assert full_end.finish_reason == "stop"
+
+
+async def test_max_tokens_equal_to_the_reply_length_is_not_a_cut():
+    full, _ = await _collect(MockProvider(), _call("exact fit"))
+    tokens, end = await _collect(MockProvider(), _call("exact fit", max_tokens=len(full)))
+    assert tokens == full
+    assert end.finish_reason == "stop"
+
+
+async def test_usage_counts_match_what_was_sent_and_streamed():
+    tokens, end = await _collect(MockProvider(), _call("one two three four", context="be brief"))
+    assert end.usage is not None
+    assert end.usage.prompt_tokens == 4 + 2  # words of every message, system included
+    assert end.usage.completion_tokens == len(tokens)
+    assert end.usage.total_tokens == end.usage.prompt_tokens + end.usage.completion_tokens
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "Mock-1", "my-mock", ""])
+async def test_unknown_model_raises_provider_error_naming_it(model):
+    with pytest.raises(ProviderError) as info:
+        await _collect(MockProvider(), _call(model=model))
+    assert repr(model) in info.value.message
+    assert "mock-1" in info.value.message  # says what would work
+    assert info.value.retryable is False
+
+
+@pytest.mark.parametrize("model", ["mock-1", "mock-fast"])
+async def test_any_mock_model_is_served(model):
+    _, end = await _collect(MockProvider(), _call(model=model))
+    assert end.model == model
+
+
+async def test_token_delay_is_waited_before_every_token(monkeypatch):
+    log: list[object] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(seconds, *args, **kwargs):
+        log.append(("sleep", seconds))
+        await real_sleep(0)
+
+    monkeypatch.setattr("worker.providers.mock.asyncio.sleep", recording_sleep)
+    provider = MockProvider(token_delay_ms=7)
+    async for piece in provider.stream(_call("delay check")):
+        log.append(("end",) if isinstance(piece, StreamEnd) else ("token", piece))
+    monkeypatch.undo()
+
+    tokens = [entry for entry in log if entry[0] == "token"]
+    assert len(tokens) > 3
+    expected = []
+    for token in tokens:
+        expected += [("sleep", 0.007), token]
+    assert log == [*expected, ("end",)]
+
+
+async def test_token_delay_lets_other_tasks_run_between_tokens():
+    order: list[str] = []
+
+    async def ticker():
+        while True:
+            order.append("tick")
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    try:
+        async for piece in MockProvider(token_delay_ms=0.5).stream(_call("interleave")):
+            if not isinstance(piece, StreamEnd):
+                order.append("token")
+    finally:
+        task.cancel()
+    first_token = order.index("token")
+    assert "tick" in order[first_token:], "the event loop ran other work while the mock streamed"
+
+
+async def test_without_delay_the_mock_never_sleeps(monkeypatch):
+    calls = []
+
+    async def recording_sleep(seconds, *args, **kwargs):
+        calls.append(seconds)
+
+    monkeypatch.setattr("worker.providers.mock.asyncio.sleep", recording_sleep)
+    tokens, _ = await _collect(MockProvider(token_delay_ms=0), _call("no delay"))
+    monkeypatch.undo()
+    assert tokens and calls == []

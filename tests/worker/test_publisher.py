@@ -1,0 +1,204 @@
+"""The event publisher: every event reaches both the stream and the channel, numbered, in order, once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared import keys
+from shared.connection import connect
+from shared.events import TERMINAL, TokenUsage, parse_event
+from worker.publisher import EventPublisher
+
+pytestmark = pytest.mark.anyio
+
+JOB = "job-pub-1"
+USAGE = TokenUsage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+
+
+@pytest.fixture
+async def redis(monkeypatch):
+    monkeypatch.setattr("shared.connection._memory_server", None)  # a fresh in-memory Redis per test
+    client = connect("memory://")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def channel(redis):
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.events(JOB))
+    yield pubsub
+    await pubsub.aclose()
+
+
+async def stream_events(redis, job_id: str = JOB) -> list:
+    return [parse_event(fields[b"event"]) for _id, fields in await redis.xrange(keys.stream(job_id))]
+
+
+async def channel_events(pubsub) -> list:
+    """Read the channel up to and including the terminal event (fails the test if it never comes)."""
+    events = []
+    with anyio.fail_after(5):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is None:
+                continue
+            events.append(parse_event(message["data"]))
+            if events[-1].type in TERMINAL:
+                return events
+
+
+async def done(publisher: EventPublisher) -> None:
+    await publisher.done(usage=USAGE, cost=None, finish_reason="stop", model="mock-1")
+
+
+def assert_well_formed(events, attempt: int = 1) -> None:
+    assert [e.seq for e in events] == list(range(len(events))), "seq rises by one with no gaps"
+    assert {e.job_id for e in events} == {JOB}
+    assert {e.attempt for e in events} == {attempt}
+    assert events[0].type == "start"
+    assert [e.type in TERMINAL for e in events].count(True) == 1, "exactly one terminal event"
+    assert events[-1].type in TERMINAL, "the terminal event is last"
+
+
+async def test_events_land_in_the_stream_and_on_the_channel(redis, channel):
+    publisher = EventPublisher(redis, JOB, attempt=1)
+    await publisher.start("worker-a", "mock-1")
+    for token in ["Hello", ", ", "world"]:
+        publisher.token(token)
+    await done(publisher)
+
+    streamed = await stream_events(redis)
+    live = await channel_events(channel)
+    assert streamed == live
+    assert_well_formed(streamed)
+    assert "".join(e.text for e in streamed if e.type == "token") == "Hello, world"
+    start, end = streamed[0], streamed[-1]
+    assert (start.worker_id, start.model) == ("worker-a", "mock-1")
+    assert (end.type, end.usage, end.cost, end.finish_reason, end.model) == (
+        "done",
+        USAGE,
+        None,
+        "stop",
+        "mock-1",
+    )
+
+
+async def test_many_unawaited_tokens_are_coalesced_without_losing_text(redis, channel):
+    publisher = EventPublisher(redis, JOB, attempt=1)
+    await publisher.start("worker-a", "mock-1")
+    emitted = [f"t{i} " for i in range(500)]
+    for token in emitted:
+        publisher.token(token)  # a fast model: no await between tokens
+    await done(publisher)
+
+    streamed = await stream_events(redis)
+    assert streamed == await channel_events(channel)
+    assert_well_formed(streamed)
+    token_events = [e for e in streamed if e.type == "token"]
+    assert "".join(e.text for e in token_events) == "".join(emitted)
+    assert 1 <= len(token_events) < len(emitted)
+
+
+async def test_tokens_emitted_across_awaits_keep_their_order(redis, channel):
+    publisher = EventPublisher(redis, JOB, attempt=1)
+    await publisher.start("worker-a", "mock-1")
+    emitted = []
+    for burst in range(30):
+        for i in range(burst % 5 + 1):
+            emitted.append(f"<{burst}.{i}>")
+            publisher.token(emitted[-1])
+        await asyncio.sleep(0)  # let the background writer run between bursts
+    await done(publisher)
+
+    streamed = await stream_events(redis)
+    assert streamed == await channel_events(channel)
+    assert_well_formed(streamed)
+    token_events = [e for e in streamed if e.type == "token"]
+    assert "".join(e.text for e in token_events) == "".join(emitted)
+    assert all(e.text for e in token_events), "no empty token events"
+
+
+@pytest.mark.parametrize("ending", ["done", "error", "cancelled"])
+async def test_each_ending_is_the_single_last_event(redis, channel, ending):
+    publisher = EventPublisher(redis, JOB, attempt=1)
+    await publisher.start("worker-a", "mock-1")
+    publisher.token("partial")
+    if ending == "done":
+        await done(publisher)
+    elif ending == "error":
+        await publisher.error("the provider failed (HTTP 503)")
+    else:
+        await publisher.cancelled()
+
+    streamed = await stream_events(redis)
+    assert streamed == await channel_events(channel)
+    assert_well_formed(streamed)
+    assert [e.type for e in streamed] == ["start", "token", ending]
+    if ending == "error":
+        assert streamed[-1].error == "the provider failed (HTTP 503)"
+
+
+async def test_terminal_event_is_in_redis_when_its_call_returns(redis):
+    publisher = EventPublisher(redis, JOB, attempt=1)
+    await publisher.start("worker-a", "mock-1")
+    assert [e.type for e in await stream_events(redis)] == ["start"]
+    publisher.token("a")
+    publisher.token("b")
+    await publisher.error("stop")
+    assert [e.type for e in await stream_events(redis)] == ["start", "token", "error"]
+
+
+async def test_a_new_attempt_numbers_from_zero_again(redis):
+    first = EventPublisher(redis, JOB, attempt=1)
+    await first.start("worker-a", "mock-1")
+    first.token("lost when the worker died")
+    await asyncio.sleep(0)
+    second = EventPublisher(redis, JOB, attempt=2)
+    await second.start("worker-b", "mock-1")
+    second.token("whole answer")
+    await done(second)
+
+    events = [e for e in await stream_events(redis) if e.attempt == 2]
+    assert_well_formed(events, attempt=2)
+    assert "".join(e.text for e in events if e.type == "token") == "whole answer"
+
+
+async def test_the_stream_expires(redis):
+    publisher = EventPublisher(redis, JOB, attempt=1)
+    await publisher.start("worker-a", "mock-1")
+    await done(publisher)
+    ttl = await redis.ttl(keys.stream(JOB))
+    assert 0 < ttl <= keys.STREAM_TTL_SECONDS
+
+
+async def test_events_of_different_jobs_stay_apart(redis):
+    a, b = EventPublisher(redis, "job-a", 1), EventPublisher(redis, "job-b", 1)
+    await a.start("w", "mock-1")
+    await b.start("w", "mock-1")
+    a.token("for a")
+    b.token("for b")
+    await a.cancelled()
+    await done(b)
+    events_a, events_b = await stream_events(redis, "job-a"), await stream_events(redis, "job-b")
+    assert [e.type for e in events_a] == ["start", "token", "cancelled"]
+    assert [e.type for e in events_b] == ["start", "token", "done"]
+    assert events_a[1].text == "for a" and events_b[1].text == "for b"
+
+
+class _BrokenRedis:
+    """A Redis whose every pipeline fails, as when the server has gone away."""
+
+    def pipeline(self, transaction: bool = True):
+        raise RedisConnectionError("Redis went away")
+
+
+async def test_a_failed_background_write_is_reported_not_swallowed():
+    publisher = EventPublisher(_BrokenRedis(), JOB, attempt=1)
+    publisher.token("lost")
+    with pytest.raises(RedisConnectionError):
+        await publisher.error("could not finish")
