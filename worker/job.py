@@ -20,7 +20,7 @@ from shared.events import TokenUsage
 from shared.models import ChatRequest, JobResult, ResultUsage
 from shared.settings import Settings
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
-from worker.publisher import EventPublisher
+from worker.publisher import EventWriter
 
 log = logging.getLogger("worker.job")
 
@@ -32,6 +32,7 @@ class WorkerState:
     settings: Settings
     provider: Provider
     worker_id: str
+    writer: EventWriter
     running: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     jobs_done: int = 0
     provider_error: str | None = None
@@ -49,7 +50,7 @@ async def chat(ctx: dict, request: dict) -> dict:
     state: WorkerState = ctx["mcpq"]
     job_id, attempt = ctx["job_id"], ctx["job_try"]
     redis = ctx["redis"]
-    publisher = EventPublisher(redis, job_id, attempt)
+    publisher = state.writer.publisher(job_id, attempt)
     started = time.monotonic()
     text: list[str] = []
     end: StreamEnd | None = None

@@ -23,6 +23,7 @@ from shared.settings import Settings
 from worker.heartbeat import LEASE_SECONDS, beat_forever
 from worker.job import WorkerState, chat
 from worker.providers import make_provider
+from worker.publisher import EventWriter
 
 log = logging.getLogger("worker")
 
@@ -40,7 +41,10 @@ async def startup(ctx: dict) -> None:
     settings: Settings = ctx["settings"]
     provider = make_provider(settings)
     state = WorkerState(
-        settings=settings, provider=provider, worker_id=ctx.get("worker_id") or new_worker_id()
+        settings=settings,
+        provider=provider,
+        worker_id=ctx.get("worker_id") or new_worker_id(),
+        writer=EventWriter(ctx["redis"]),
     )
     state.provider_error = await provider.check()
     if state.provider_error:

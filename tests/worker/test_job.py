@@ -15,6 +15,7 @@ from shared.settings import load_settings
 from worker.job import WorkerState, chat
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
 from worker.providers.mock import MockProvider, mock_reply
+from worker.publisher import EventWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -35,6 +36,7 @@ def make_ctx(redis, provider: Provider | None = None, *, job_try: int = 1, **set
         settings=load_settings(redis_url="memory://", ai_provider="mock", **settings),
         provider=provider or MockProvider(),
         worker_id="worker-test",
+        writer=EventWriter(redis),
     )
     return {"mcpq": state, "job_id": JOB, "job_try": job_try, "redis": redis}
 

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from shared import keys
 from shared.connection import connect
 from shared.events import TERMINAL, TokenUsage, parse_event
-from worker.publisher import EventPublisher
+from worker.publisher import EventPublisher, EventWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -66,7 +66,7 @@ def assert_well_formed(events, attempt: int = 1) -> None:
 
 
 async def test_events_land_in_the_stream_and_on_the_channel(redis, channel):
-    publisher = EventPublisher(redis, JOB, attempt=1)
+    publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
     for token in ["Hello", ", ", "world"]:
         publisher.token(token)
@@ -89,7 +89,7 @@ async def test_events_land_in_the_stream_and_on_the_channel(redis, channel):
 
 
 async def test_many_unawaited_tokens_are_coalesced_without_losing_text(redis, channel):
-    publisher = EventPublisher(redis, JOB, attempt=1)
+    publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
     emitted = [f"t{i} " for i in range(500)]
     for token in emitted:
@@ -105,7 +105,7 @@ async def test_many_unawaited_tokens_are_coalesced_without_losing_text(redis, ch
 
 
 async def test_tokens_emitted_across_awaits_keep_their_order(redis, channel):
-    publisher = EventPublisher(redis, JOB, attempt=1)
+    publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
     emitted = []
     for burst in range(30):
@@ -125,7 +125,7 @@ async def test_tokens_emitted_across_awaits_keep_their_order(redis, channel):
 
 @pytest.mark.parametrize("ending", ["done", "error", "cancelled"])
 async def test_each_ending_is_the_single_last_event(redis, channel, ending):
-    publisher = EventPublisher(redis, JOB, attempt=1)
+    publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
     publisher.token("partial")
     if ending == "done":
@@ -144,7 +144,7 @@ async def test_each_ending_is_the_single_last_event(redis, channel, ending):
 
 
 async def test_terminal_event_is_in_redis_when_its_call_returns(redis):
-    publisher = EventPublisher(redis, JOB, attempt=1)
+    publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
     assert [e.type for e in await stream_events(redis)] == ["start"]
     publisher.token("a")
@@ -154,11 +154,11 @@ async def test_terminal_event_is_in_redis_when_its_call_returns(redis):
 
 
 async def test_a_new_attempt_numbers_from_zero_again(redis):
-    first = EventPublisher(redis, JOB, attempt=1)
+    first = EventWriter(redis).publisher(JOB, attempt=1)
     await first.start("worker-a", "mock-1")
     first.token("lost when the worker died")
     await asyncio.sleep(0)
-    second = EventPublisher(redis, JOB, attempt=2)
+    second = EventWriter(redis).publisher(JOB, attempt=2)
     await second.start("worker-b", "mock-1")
     second.token("whole answer")
     await done(second)
@@ -169,7 +169,7 @@ async def test_a_new_attempt_numbers_from_zero_again(redis):
 
 
 async def test_the_stream_expires(redis):
-    publisher = EventPublisher(redis, JOB, attempt=1)
+    publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
     await done(publisher)
     ttl = await redis.ttl(keys.stream(JOB))
@@ -177,7 +177,8 @@ async def test_the_stream_expires(redis):
 
 
 async def test_events_of_different_jobs_stay_apart(redis):
-    a, b = EventPublisher(redis, "job-a", 1), EventPublisher(redis, "job-b", 1)
+    writer = EventWriter(redis)
+    a, b = writer.publisher("job-a", 1), writer.publisher("job-b", 1)
     await a.start("w", "mock-1")
     await b.start("w", "mock-1")
     a.token("for a")
@@ -198,7 +199,7 @@ class _BrokenRedis:
 
 
 async def test_a_failed_background_write_is_reported_not_swallowed():
-    publisher = EventPublisher(_BrokenRedis(), JOB, attempt=1)
+    publisher = EventWriter(_BrokenRedis()).publisher(JOB, attempt=1)
     publisher.token("lost")
     with pytest.raises(RedisConnectionError):
         await publisher.error("could not finish")
