@@ -8,7 +8,7 @@ import json
 import sys
 
 from messenger.collector import Transcript
-from messenger.jobs import JobNotFound
+from messenger.jobs import JobNotFound, QueueFull
 from messenger.runtime import Runtime, health, open_runtime
 from shared.events import Event
 from shared.logs import setup_logging
@@ -87,7 +87,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with open_runtime(settings) as runtime:
             return await COMMANDS[args.command](runtime, args)
-    except JobNotFound as e:
+    except (JobNotFound, QueueFull) as e:
         print(f"messenger: {e}", file=sys.stderr)
         return 1
     except ProviderError as e:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from messenger.hub import RESYNC
 from shared import keys
@@ -102,6 +103,22 @@ async def replay(redis, transcript: Transcript, after: bytes = b"-") -> tuple[li
     """Events from the job's stream that the transcript has not seen, and the last stream id read."""
     start = b"-" if after == b"-" else b"(" + after
     entries = await redis.xrange(keys.stream(transcript.job_id), min=start)
+    return _fresh(transcript, entries, after)
+
+
+async def replay_patiently(redis, transcript: Transcript, after: bytes) -> tuple[list[Event], bytes]:
+    """replay(), waiting out a Redis restart instead of failing the caller (the caller's timeout bounds it)."""
+    backoff = 0.05
+    while True:
+        try:
+            return await replay(redis, transcript, after)
+        except (RedisError, OSError) as e:
+            log.warning("re-reading job %s from its stream failed (%s); retrying", transcript.job_id, e)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+
+def _fresh(transcript: Transcript, entries, after: bytes) -> tuple[list[Event], bytes]:
     fresh: list[Event] = []
     for entry_id, fields in entries:
         after = entry_id
@@ -138,7 +155,7 @@ async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> A
             transcript.apply(event)  # type: ignore[arg-type]
             yield event
         elif where == "gap":
-            fresh, cursor = await replay(redis, transcript, cursor)
+            fresh, cursor = await replay_patiently(redis, transcript, cursor)
             for event in fresh:
                 yield event
 

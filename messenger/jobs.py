@@ -19,7 +19,7 @@ from arq.jobs import (
     serialize_job,
     serialize_result,
 )
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from messenger.collector import Transcript, follow_events, replay
 from messenger.hub import EventHub
@@ -33,8 +33,10 @@ from shared.settings import Settings
 # also records the job as recent and wakes the workers with its id, so one round trip enqueues.
 ENQUEUE_LUA = """
 -- KEYS: arq:job:<id>, arq:result:<id>, arq:queue, mcpq:jobs:recent, mcpq:wakeup
--- ARGV: job id, serialized job, enqueue time ms, job expiry ms, recent jobs kept
+-- ARGV: job id, serialized job, enqueue time ms, job expiry ms, recent jobs kept, max queue depth
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+local depth = redis.call('ZCARD', KEYS[3])
+if depth >= tonumber(ARGV[6]) then return -depth end
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -54,6 +56,14 @@ class JobNotFound(LookupError):
         super().__init__(
             f"no job with id {job_id!r}: it never existed, or it finished more than "
             f"{KEEP_RESULT_SECONDS // 60} minutes ago and its result expired"
+        )
+
+
+class QueueFull(RuntimeError):
+    def __init__(self, depth: int, limit: int):
+        super().__init__(
+            f"the queue is full: {depth} jobs are waiting or running (MAX_QUEUE_DEPTH={limit}); "
+            "try again later, or start more workers"
         )
 
 
@@ -153,8 +163,17 @@ class JobClient:
         )
         added = await self.redis.register_script(ENQUEUE_LUA)(
             keys=[keys.job(job_id), keys.result(job_id), keys.QUEUE, keys.RECENT_JOBS, keys.WAKEUP_CHANNEL],
-            args=[job_id, payload, now_ms, JOB_EXPIRES_MS, keys.RECENT_JOBS_KEPT],
+            args=[
+                job_id,
+                payload,
+                now_ms,
+                JOB_EXPIRES_MS,
+                keys.RECENT_JOBS_KEPT,
+                self.settings.max_queue_depth,
+            ],
         )
+        if added < 0:
+            raise QueueFull(-added, self.settings.max_queue_depth)
         if not added:  # the same id twice: cannot happen with random ids, but never run a job twice
             raise RuntimeError(f"job {job_id} already exists")
 
@@ -168,7 +187,10 @@ class JobClient:
                     if on_event:
                         await on_event(event, transcript)
                     if event is None:  # quiet for a while: did the job end without us seeing it?
-                        snapshot = await self.get(job_id)
+                        try:
+                            snapshot = await self.get(job_id)
+                        except (RedisError, OSError):
+                            continue  # Redis is restarting; the hub resubscribes and we re-read the stream
                         if snapshot.status in FINAL_STATUSES:
                             return snapshot
             return transcript.result()

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from messenger.collector import Transcript
-from messenger.jobs import JobNotFound
+from messenger.jobs import JobNotFound, QueueFull
 from messenger.runtime import Runtime, health, models
 from shared.connection import redacted
 from shared.events import Event
@@ -100,7 +100,7 @@ def build_server(runtime: Runtime) -> MCPServer:
     async def guarded(coro):
         try:
             return await coro
-        except JobNotFound as e:
+        except (JobNotFound, QueueFull) as e:
             raise ToolError(str(e)) from None
         except (RedisError, OSError) as e:
             raise ToolError(

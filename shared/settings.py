@@ -24,7 +24,9 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     redis_url: str = MEMORY_URL
     ai_provider: Literal["mock", "openai", "bedrock"] = "mock"
@@ -39,6 +41,9 @@ class Settings(BaseSettings):
     mcp_port: int = Field(8000, ge=1, le=65535)
     mcp_api_key: SecretStr | None = None
     worker_concurrency: int = Field(10, ge=1, le=10_000)
+    worker_lease_seconds: float = Field(10, ge=1, le=3600)
+    worker_shutdown_grace_seconds: float = Field(30, ge=0, le=86_400)
+    max_queue_depth: int = Field(10_000, ge=1, le=10_000_000)
     job_timeout_seconds: float = Field(300, gt=0, le=86_400)
     retry_attempts: int = Field(3, ge=1, le=100)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,6 +1,6 @@
 """Each worker says it is alive, and what it is doing, in `mcpq:worker:<id>` (JSON with a TTL),
 and renews the lease (`arq:in-progress:<id>`) of every job it runs. A worker that dies stops
-renewing, so its jobs become free for another worker within LEASE_SECONDS instead of arq's
+renewing, so its jobs become free for another worker within WORKER_LEASE_SECONDS instead of arq's
 job-timeout-plus-10-seconds."""
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from worker.job import WorkerState
 
 log = logging.getLogger("worker.heartbeat")
 
-LEASE_SECONDS = 10.0
+
+def beat_interval(lease_seconds: float) -> float:
+    """Three beats per lease, so one slow beat never lets a live worker's job go."""
+    return min(keys.HEARTBEAT_SECONDS, lease_seconds / 3)
 
 
 def heartbeat(state: WorkerState, started_at: float) -> dict:
@@ -37,14 +40,16 @@ def heartbeat(state: WorkerState, started_at: float) -> dict:
 
 async def beat_forever(redis, state: WorkerState) -> None:
     started_at = time.time()
+    lease_ms = int(state.settings.worker_lease_seconds * 1000)
+    interval = beat_interval(state.settings.worker_lease_seconds)
     while True:
         try:
             payload = json.dumps(heartbeat(state, started_at))
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
                 for job_id in state.running:
-                    pipe.pexpire(keys.in_progress(job_id), int(LEASE_SECONDS * 1000))
+                    pipe.pexpire(keys.in_progress(job_id), lease_ms)
                 await pipe.execute()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)
-        await asyncio.sleep(keys.HEARTBEAT_SECONDS)
+        await asyncio.sleep(interval)

@@ -38,6 +38,16 @@ class WorkerState:
     provider_error: str | None = None
 
 
+def estimated_usage(request: dict, text: list[str]) -> TokenUsage:
+    """About four characters a token: for calls that ended before the provider reported usage."""
+    prompt = (
+        sum(len(str(v)) for k, v in request.items() if k in ("message", "context")) // 4
+        if isinstance(request, dict)
+        else 0
+    )
+    return TokenUsage(prompt_tokens=prompt, completion_tokens=len(text), total_tokens=prompt + len(text))
+
+
 def build_messages(request: ChatRequest) -> list[dict[str, str]]:
     messages = []
     if request.context:
@@ -57,7 +67,7 @@ async def chat(ctx: dict, request: dict) -> dict:
     model = "?"
 
     def result(status: str, error: str | None = None) -> dict:
-        usage = end.usage if end and end.usage else TokenUsage(completion_tokens=len(text))
+        usage = end.usage if end and end.usage else estimated_usage(request, text)
         return JobResult(
             job_id=job_id,
             status=status,  # type: ignore[arg-type]
@@ -121,8 +131,13 @@ async def chat(ctx: dict, request: dict) -> dict:
             await asyncio.shield(publisher.cancelled())
             return result("cancelled", "cancelled by request")
         state.provider_error = None
-        assert end is not None and end.usage is not None
-        usage = end.usage
+        if end is None or not text:  # never report an empty answer as a success
+            msg = (
+                f"the provider returned an empty answer (finish_reason={end.finish_reason if end else None})"
+            )
+            await publisher.error(msg)
+            return result("failed", msg)
+        usage = end.usage or estimated_usage(request, text)
         await publisher.done(
             usage=usage,
             cost=prices.cost(end.model, usage.prompt_tokens, usage.completion_tokens),

@@ -20,7 +20,7 @@ from shared import keys
 from shared.connection import connect
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
-from worker.heartbeat import LEASE_SECONDS, beat_forever
+from worker.heartbeat import beat_forever
 from worker.job import WorkerState, chat
 from worker.providers import make_provider
 from worker.publisher import EventWriter
@@ -80,6 +80,8 @@ def worker_options(settings: Settings) -> dict:
         "job_timeout": settings.job_timeout_seconds + 30,
         "allow_abort_jobs": True,
         "poll_delay": SAFETY_POLL_SECONDS,
+        # on SIGTERM/SIGINT: take no new jobs, let running ones finish for this long, hand back the rest
+        "job_completion_wait": settings.worker_shutdown_grace_seconds,
         "ctx": {"settings": settings},
     }
 
@@ -103,9 +105,9 @@ class QueueWorker(Worker):
     without news runs arq's full poll (queue scan, aborts, health).
     """
 
-    def __init__(self, *args, lease_seconds: float = LEASE_SECONDS, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.in_progress_timeout_s = lease_seconds  # renewed by the heartbeat while the job runs
+        self.in_progress_timeout_s = self.ctx["settings"].worker_lease_seconds  # the heartbeat renews it
         self._wake = asyncio.Event()
         self._woken: list[str] = []
         self._full_poll_due = True
@@ -121,15 +123,21 @@ class QueueWorker(Worker):
             while True:
                 self._wake.clear()
                 woken, self._woken = self._woken, []
-                if woken and not self._full_poll_due and loop.time() - last_poll < self.poll_delay_s:
-                    if self.allow_pick_jobs:
-                        await self.start_jobs(woken)
-                else:
-                    self._full_poll_due = False
-                    last_poll = loop.time()
-                    await self._poll_iteration()
-                    if self.burst and await self._burst_done():
-                        return
+                try:
+                    if woken and not self._full_poll_due and loop.time() - last_poll < self.poll_delay_s:
+                        if self.allow_pick_jobs:
+                            await self.start_jobs(woken)
+                    else:
+                        self._full_poll_due = False
+                        last_poll = loop.time()
+                        await self._poll_iteration()
+                        if self.burst and await self._burst_done():
+                            return
+                except (RedisError, OSError) as e:  # Redis away: keep the jobs we hold, try again
+                    log.warning("queue poll failed (%s); retrying in %.1fs", e, self.poll_delay_s)
+                    self._full_poll_due = True
+                    await asyncio.sleep(self.poll_delay_s)
+                    continue
                 if not self._woken and not self._full_poll_due:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
@@ -160,6 +168,12 @@ class QueueWorker(Worker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+
+    async def finish_job(self, job_id: str, finish: bool, *args, **kwargs) -> None:
+        await super().finish_job(job_id, finish, *args, **kwargs)
+        if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
+            with contextlib.suppress(RedisError, OSError):
+                await self.pool.publish(keys.WAKEUP_CHANNEL, job_id)
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
