@@ -207,3 +207,7 @@ async def _health(runtime: Runtime, args) -> int:
 
 
 COMMANDS = {"serve": _serve, "ask": _ask, "job": _job, "tail": _tail, "jobs": _jobs, "health": _health}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,12 +5,13 @@ act on. The Runtime (Redis, hub, embedded worker) is opened once per process, no
 """
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -37,6 +38,8 @@ StatusFilter = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
 class JobList(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
     queue_depth: int
     jobs: list[JobResult]
 
@@ -197,12 +200,12 @@ def build_server(runtime: Runtime) -> MCPServer:
         return JobList(queue_depth=await guarded(jobs.queue_depth()), jobs=found)
 
     @mcp.tool()
-    async def list_models() -> dict:
+    async def list_models() -> dict[str, Any]:
         """The configured provider's models, with prices in USD per million tokens."""
         return models(settings)
 
     @mcp.tool()
-    async def check_health() -> dict:
+    async def check_health() -> dict[str, Any]:
         """Redis, live workers, queue depth and whether the provider can be reached."""
         return await health(runtime)
 

@@ -63,3 +63,57 @@ CANCEL_PREFIX = (
 
 def cancel(job_id: str) -> str:
     return CANCEL_PREFIX + job_id
+
+
+# usage and cost, summed by every worker (hashes of counters: requests, completed, failed, cancelled,
+# prompt_tokens, completion_tokens, total_tokens, cost_usd, unpriced, latency_ms)
+USAGE_TOTAL = "mcpq:usage:total"
+USAGE_MODELS = "mcpq:usage:models"  # set of the model names that have a usage hash
+USAGE_COUNTED_PREFIX = "mcpq:usage:counted:"  # a job whose usage is already counted (a re-run never counts twice)
+USAGE_LATENCY_KEPT = 1000  # latencies kept per model for the p95
+
+# conversations and the worker-side log of processed jobs (JSON values)
+CONVERSATION_PREFIX = "mcpq:conversation:"  # list of turns, oldest first
+CONVERSATIONS = "mcpq:conversations"  # zset: conversation id -> last turn time (s)
+RECEIVED = "mcpq:received"  # list: newest first, what workers processed
+RECEIVED_KEPT = 1000
+
+MODEL_DEFAULTS = "mcpq:config:model-defaults"  # JSON: default_model, temperature, max_tokens (configure_ai_model)
+
+# budgets and rate limits (admission)
+BUDGET_RESERVED = "mcpq:budget:reserved"  # hash: job id -> USD held back until the job settles
+BUDGET_RESERVED_UNTIL = "mcpq:budget:reserved-until"  # zset: job id -> ms when its hold lapses
+BUDGET_SPENT_PREFIX = "mcpq:budget:spent:"  # + hour:<YYYY-MM-DDTHH> / day:<YYYY-MM-DD>: settled USD
+RATE_PREFIX = "mcpq:rate:"  # + <caller>:<minute>: requests admitted in that minute
+
+
+def usage_model(model: str) -> str:
+    return "mcpq:usage:model:" + model
+
+
+def usage_day(day: str) -> str:
+    return "mcpq:usage:day:" + day
+
+
+def usage_latency(model: str) -> str:
+    return "mcpq:usage:latency:" + model
+
+
+def usage_counted(job_id: str) -> str:
+    return USAGE_COUNTED_PREFIX + job_id
+
+
+def conversation(conversation_id: str) -> str:
+    return CONVERSATION_PREFIX + conversation_id
+
+
+def spent_hour(hour: str) -> str:
+    return BUDGET_SPENT_PREFIX + "hour:" + hour
+
+
+def spent_day(day: str) -> str:
+    return BUDGET_SPENT_PREFIX + "day:" + day
+
+
+def rate(caller: str, minute: int) -> str:
+    return f"{RATE_PREFIX}{caller}:{minute}"

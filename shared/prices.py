@@ -2,6 +2,7 @@
 
 Dated snapshots (`gpt-4o-2024-08-06`), Bedrock ids (`us.anthropic.claude-3-5-haiku-20241022-v1:0`)
 and provider prefixes resolve to the base entry. A model with no price is *unpriced* (None), never $0.
+MODEL_PRICES / PRICES_FILE add or replace entries at start-up (`configure`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,22 @@ _BEDROCK_VERSION = re.compile(r"-v\d+(:\d+)?$")
 _BEDROCK_REGION = re.compile(r"^(us|eu|apac|global)\.")
 
 
+_DEFAULTS = dict(PRICES)
+
+
+def configure(overrides: dict[str, tuple[float, float]] | None) -> None:
+    """Set the table to the built-in prices plus `overrides` (names are matched case-insensitively)."""
+    PRICES.clear()
+    PRICES.update(_DEFAULTS)
+    for name, (inp, out) in (overrides or {}).items():
+        PRICES[name.strip().lower()] = Price(float(inp), float(out))
+
+
+def price(model: str) -> Price | None:
+    key = resolve(model)
+    return PRICES[key] if key else None
+
+
 def resolve(model: str) -> str | None:
     """The price-table name for `model`, or None if it has no known price."""
     name = model.strip().lower()
@@ -63,8 +80,7 @@ def _candidates(name: str):
 
 def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     """USD for one call, or None when the model is unpriced."""
-    key = resolve(model)
-    if key is None:
+    p = price(model)
+    if p is None:
         return None
-    p = PRICES[key]
     return round((prompt_tokens * p.input + completion_tokens * p.output) / 1_000_000, 8)

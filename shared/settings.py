@@ -6,9 +6,11 @@ secret values are never echoed.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MEMORY_URL = "memory://"
@@ -46,6 +48,16 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(10_000, ge=1, le=10_000_000)
     job_timeout_seconds: float = Field(300, gt=0, le=86_400)
     retry_attempts: int = Field(3, ge=1, le=100)
+    history_max_turns: int = Field(20, ge=0, le=10_000)
+    history_max_tokens: int = Field(8000, ge=0, le=2_000_000)
+    history_ttl_seconds: int = Field(7 * 86_400, ge=60, le=365 * 86_400)
+    budget_per_request_usd: float | None = Field(None, gt=0)
+    budget_hourly_usd: float | None = Field(None, gt=0)
+    budget_daily_usd: float | None = Field(None, gt=0)
+    budget_reservation_seconds: float = Field(900, ge=1, le=86_400)
+    rate_limit_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    model_prices: dict[str, tuple[float, float]] | None = None  # JSON: {"model": [input, output]} USD/1M tokens
+    prices_file: Path | None = None  # a JSON file of the same shape
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -69,6 +81,20 @@ class Settings(BaseSettings):
             return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
         return values
 
+    @model_validator(mode="after")
+    def _read_prices_file(self) -> Settings:
+        if self.prices_file is not None:
+            try:
+                table = json.loads(self.prices_file.read_text())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"PRICES_FILE {str(self.prices_file)!r} is not a readable JSON file: {e}") from None
+            try:
+                parsed = TypeAdapter(dict[str, tuple[float, float]]).validate_python(table)
+            except ValidationError:
+                raise ValueError('PRICES_FILE must hold {"model": [input, output], ...} in USD per 1M tokens') from None
+            self.model_prices = {**parsed, **(self.model_prices or {})}
+        return self
+
     @property
     def embedded(self) -> bool:
         """No REDIS_URL: an in-memory Redis and one in-process worker."""
@@ -80,6 +106,7 @@ class Settings(BaseSettings):
 
 
 _SECRET_FIELDS = {"openai_api_key", "mcp_api_key"}
+_HINTS = {"model_prices": 'must be JSON like {"gpt-4o": [2.5, 10]} (USD per 1M prompt and completion tokens)'}
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -88,8 +115,11 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)
     except ValidationError as e:
         err = e.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "settings"
         msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a check across settings; its message names the variable
+            raise SettingsError(msg) from None
+        field = str(err["loc"][0])
+        msg = _HINTS.get(field, msg)
         if field in _SECRET_FIELDS:
             raise SettingsError(f"{field.upper()}: {msg}") from None
         raise SettingsError(f"{field.upper()}: {msg} (got {err.get('input')!r})") from None

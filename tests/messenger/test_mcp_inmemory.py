@@ -23,9 +23,7 @@ LONG_PROMPT = " ".join(f"word{i}" for i in range(60))  # the mock echoes 40 of t
 UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"
 
 
-# The explicit anyio mark matters: conftest marks async tests only after collection, and the anyio
-# plugin then re-creates those items without their parametrization.
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])]
+pytestmark = pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])
 
 
 @contextlib.asynccontextmanager
@@ -157,8 +155,10 @@ async def test_cancel_job_stops_a_running_job(slow_runtime, mode):
     with anyio.fail_after(30):
         async with Client(build_server(slow_runtime), mode=mode) as client:
             job_id = (await call(client, "submit_message", message=LONG_PROMPT, max_tokens=100_000))["jobId"]
-            while not (await call(client, "get_job", job_id=job_id))["aiResponse"]:
-                await anyio.sleep(0.02)  # wait until the worker is streaming
+            job = await call(client, "get_job", job_id=job_id)
+            while not job["aiResponse"]:  # wait until the worker is streaming
+                await anyio.sleep(0.02)
+                job = await call(client, "get_job", job_id=job_id)
             cancelled = await call(client, "cancel_job", job_id=job_id)
             await anyio.sleep(0.5)  # five token intervals: a job still running would have grown
             later = await call(client, "get_job", job_id=job_id)
@@ -218,7 +218,9 @@ BAD_CALLS = [
     pytest.param(
         "send_message_to_ai", {"message": "hi", "temperature": 5}, ["temperature", r"\b2\b"], id="temperature"
     ),
-    pytest.param("send_message_to_ai", {"message": "hi", "max_tokens": 0}, ["max_tokens", r"\b1\b"], id="max_tokens"),
+    pytest.param(
+        "send_message_to_ai", {"message": "hi", "max_tokens": 0}, ["max_tokens", r"\b1\b"], id="max_tokens"
+    ),
     pytest.param("get_job", {"job_id": UNKNOWN_JOB}, ["no job", UNKNOWN_JOB], id="get_job-unknown"),
     pytest.param("wait_for_job", {"job_id": UNKNOWN_JOB}, ["no job", UNKNOWN_JOB], id="wait_for_job-unknown"),
     pytest.param("cancel_job", {"job_id": UNKNOWN_JOB}, ["no job", UNKNOWN_JOB], id="cancel_job-unknown"),
