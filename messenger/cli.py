@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="list recent jobs")
     jobs.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
     jobs.add_argument("--json", action="store_true")
+    st = sub.add_parser("stats", help="requests, tokens, cost and latency per model, from all workers")
+    st.add_argument("--json", action="store_true")
     hl = sub.add_parser("health", help="Redis, workers, queue depth, provider")
     hl.add_argument("--json", action="store_true")
     return p
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"messenger: {e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level if args.command == "serve" else "WARNING", settings.log_format)
-    if settings.embedded and args.command in ("job", "tail", "jobs"):
+    if settings.embedded and args.command in ("job", "tail", "jobs", "stats"):
         print(
             "messenger: REDIS_URL is not set, so jobs live inside each process (embedded mode) and another "
             "process cannot see them. Set REDIS_URL=redis://… to share jobs.",
@@ -206,7 +208,41 @@ async def _health(runtime: Runtime, args) -> int:
     return 0 if report["status"] == "ok" else 1
 
 
-COMMANDS = {"serve": _serve, "ask": _ask, "job": _job, "tail": _tail, "jobs": _jobs, "health": _health}
+async def _stats(runtime: Runtime, args) -> int:
+    from messenger.usage import usage_stats
+
+    stats = await usage_stats(runtime.redis)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+
+    def cost(v) -> str:
+        return "unpriced" if v is None else f"${v:.6f}"
+
+    def ms(v) -> str:
+        return "-" if v is None else f"{v:.0f} ms"
+
+    header = f"{'MODEL':24} {'REQ':>6} {'OK':>6} {'FAIL':>5} {'CANC':>5} {'PROMPT':>9} {'COMPL':>9} {'COST':>12} {'AVG':>8} {'P95':>8}"
+    print(header)
+    rows = [*stats["models"].items(), ("TOTAL", stats["totals"])]
+    for name, r in rows:
+        print(
+            f"{name[:24]:24} {r['requests']:>6} {r['completed']:>6} {r['failed']:>5} {r['cancelled']:>5} "
+            f"{r['prompt_tokens']:>9} {r['completion_tokens']:>9} {cost(r['cost_usd']):>12} "
+            f"{ms(r['avg_latency_ms']):>8} {ms(r['p95_latency_ms']):>8}"
+        )
+    return 0
+
+
+COMMANDS = {
+    "serve": _serve,
+    "ask": _ask,
+    "job": _job,
+    "tail": _tail,
+    "jobs": _jobs,
+    "stats": _stats,
+    "health": _health,
+}
 
 
 if __name__ == "__main__":

@@ -140,10 +140,14 @@ async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> A
         yield event
     while not transcript.final:
         try:
-            raw = await asyncio.wait_for(live.get(), IDLE_SECONDS)
-        except TimeoutError:
-            raw = RESYNC
-            yield None
+            raw = live.get_nowait()
+        except asyncio.QueueEmpty:
+            try:
+                async with asyncio.timeout(IDLE_SECONDS):
+                    raw = await live.get()
+            except TimeoutError:
+                raw = RESYNC
+                yield None
         if raw is RESYNC:
             where = "gap"
         else:

@@ -20,6 +20,7 @@ log = logging.getLogger("messenger.hub")
 
 RESYNC = object()  # put into every follower's queue after a reconnect
 SUBSCRIBE_TIMEOUT = 10.0
+KEEPALIVE_CHANNEL = keys.EVENTS_PREFIX + "~hub"  # "~" never occurs in a job id
 
 
 class EventHub:
@@ -30,6 +31,7 @@ class EventHub:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._subscribe_lock = asyncio.Lock()  # concurrent first subscribes would each open a connection
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read(), name="event-hub")
@@ -55,10 +57,9 @@ class EventHub:
         try:
             if len(followers) == 1:
                 self._confirmations[channel] = asyncio.get_running_loop().create_future()
-                await self._pubsub.subscribe(channel)
-                if not self._connected.is_set():
-                    self._pubsub.connection.register_connect_callback(self._on_reconnect)
-                    self._connected.set()
+                await asyncio.wait_for(self._connected.wait(), SUBSCRIBE_TIMEOUT)
+                async with self._subscribe_lock:
+                    await self._pubsub.subscribe(channel)
             pending = self._confirmations.get(channel)
             if pending is not None:
                 await asyncio.wait_for(asyncio.shield(pending), SUBSCRIBE_TIMEOUT)
@@ -80,11 +81,12 @@ class EventHub:
     async def _read(self) -> None:
         backoff = 0.05
         while True:
-            await self._connected.wait()
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                if not self._connected.is_set():
+                    await self._connect()
+                message = await self._pubsub.get_message(timeout=None)  # blocks; no timer per message
                 backoff = 0.05
-            except (RedisError, OSError) as e:
+            except (RedisError, OSError, RuntimeError) as e:
                 log.warning("event subscription lost (%s); retrying in %.2fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -99,3 +101,14 @@ class EventHub:
                 pending = self._confirmations.pop(channel, None)
                 if pending is not None and not pending.done():
                     pending.set_result(None)
+
+    async def _connect(self) -> None:
+        """Open the one connection, subscribed for good to a channel nobody publishes on.
+
+        Staying subscribed keeps redis-py from sending a health-check PING and reading its reply
+        itself, which would collide with this reader.
+        """
+        async with self._subscribe_lock:
+            await self._pubsub.subscribe(KEEPALIVE_CHANNEL)
+            self._pubsub.connection.register_connect_callback(self._on_reconnect)
+            self._connected.set()

@@ -21,6 +21,7 @@ from arq.jobs import (
 )
 from redis.exceptions import RedisError, WatchError
 
+from messenger import admission, usage
 from messenger.collector import Transcript, follow_events, replay
 from messenger.hub import EventHub
 from shared import keys
@@ -45,6 +46,7 @@ redis.call('PUBLISH', KEYS[5], ARGV[1])
 return 1
 """
 JOB_EXPIRES_MS = 86_400_000  # arq's expires_extra_ms: a job not started within a day fails as expired
+ANONYMOUS = "anonymous"  # the caller of a request that came without an API key (stdio, CLI)
 KEEP_RESULT_SECONDS = 3600  # arq's default keep_result; results and streams expire together
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
@@ -78,16 +80,22 @@ class JobClient:
         self.hub = hub
         self.settings = settings
 
-    async def submit(self, request: ChatRequest) -> str:
+    async def submit(self, request: ChatRequest, caller: str = ANONYMOUS) -> str:
         job_id = new_job_id()
-        await self.enqueue(job_id, request)
+        await self.enqueue(job_id, request, caller)
         return job_id
 
-    async def run(self, request: ChatRequest, on_event: OnEvent | None = None, timeout: float | None = None):
+    async def run(
+        self,
+        request: ChatRequest,
+        on_event: OnEvent | None = None,
+        timeout: float | None = None,
+        caller: str = ANONYMOUS,
+    ) -> JobResult:
         """Enqueue and follow to the end. Subscribes first, so not one token can be missed."""
         job_id = new_job_id()
         async with self.hub.follow(job_id) as live:
-            await self.enqueue(job_id, request)
+            await self.enqueue(job_id, request, caller)
             return await self._follow(job_id, live, on_event, timeout)
 
     async def wait(
@@ -155,8 +163,22 @@ class JobClient:
     async def queue_depth(self) -> int:
         return await self.redis.zcard(keys.QUEUE)
 
-    async def enqueue(self, job_id: str, request: ChatRequest) -> None:
-        """Put a job with a caller-chosen id on the queue and wake the workers (one round trip)."""
+    async def enqueue(self, job_id: str, request: ChatRequest, caller: str = ANONYMOUS) -> None:
+        """Admit (budgets, rate limit), put a job with a chosen id on the queue and wake the workers.
+
+        Without budgets or rate limits this is one round trip; with them, two.
+        """
+        if admission.enabled(self.settings):
+            request = admission.pinned(request, await usage.model_defaults(self.redis), self.settings)
+            await admission.admit(self.redis, self.settings, request, job_id=job_id, caller=caller)
+        try:
+            await self._enqueue(job_id, request)
+        except BaseException:
+            if admission.enabled(self.settings):
+                await admission.release(self.redis, job_id)
+            raise
+
+    async def _enqueue(self, job_id: str, request: ChatRequest) -> None:
         now_ms = int(time.time() * 1000)
         payload = serialize_job(
             "chat", (request.model_dump(exclude_none=True),), {}, None, now_ms, serializer=serialize

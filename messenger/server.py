@@ -4,6 +4,7 @@ Tools are thin: they validate, call the JobClient, and turn its errors into Tool
 act on. The Runtime (Redis, hub, embedded worker) is opened once per process, not per MCP session.
 """
 
+import hashlib
 import time
 from typing import Annotated, Any, Literal
 
@@ -16,8 +17,10 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from messenger import usage
+from messenger.admission import Refused
 from messenger.collector import Transcript
-from messenger.jobs import JobNotFound, QueueFull
+from messenger.jobs import ANONYMOUS, JobNotFound, QueueFull
 from messenger.runtime import Runtime, health, models
 from shared.connection import redacted
 from shared.events import Event
@@ -28,6 +31,7 @@ from shared.models import (
     JobResult,
     MaxTokens,
     MessageText,
+    ModelDefaults,
     ModelName,
     Temperature,
 )
@@ -80,9 +84,22 @@ class ProgressRelay:
         await self.ctx.report_progress(self.progress, self.total, message)
 
 
+def caller_of(ctx: Context, auth_on: bool) -> str:
+    """Who is calling: a digest of the API key the HTTP layer already verified, else anonymous."""
+    headers = ctx.headers if auth_on else None
+    if not headers:
+        return ANONYMOUS
+    token = headers.get("x-api-key", "")
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        token = auth[7:].strip()
+    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else ANONYMOUS
+
+
 def build_server(runtime: Runtime) -> MCPServer:
     settings = runtime.settings
     jobs = runtime.jobs
+    auth_on = settings.mcp_api_key is not None
     mcp = MCPServer(
         "mcp-queue",
         version="0.1.0",
@@ -103,7 +120,7 @@ def build_server(runtime: Runtime) -> MCPServer:
     async def guarded(coro):
         try:
             return await coro
-        except (JobNotFound, QueueFull) as e:
+        except (JobNotFound, QueueFull, Refused) as e:
             raise ToolError(str(e)) from None
         except (RedisError, OSError) as e:
             raise ToolError(
@@ -137,7 +154,14 @@ def build_server(runtime: Runtime) -> MCPServer:
             await relay(event, transcript)
 
         try:
-            result = await guarded(jobs.run(request, on_event, timeout=settings.job_timeout_seconds + 60))
+            result = await guarded(
+                jobs.run(
+                    request,
+                    on_event,
+                    timeout=settings.job_timeout_seconds + 60,
+                    caller=caller_of(ctx, auth_on),
+                )
+            )
         except anyio.get_cancelled_exc_class():
             if started:  # the caller gave up: stop the work it no longer wants
                 with anyio.CancelScope(shield=True):
@@ -155,6 +179,7 @@ def build_server(runtime: Runtime) -> MCPServer:
     @mcp.tool()
     async def submit_message(
         message: MessageText,
+        ctx: Context,
         context: ContextText = None,
         model: ModelName = None,
         temperature: Temperature = None,
@@ -166,7 +191,7 @@ def build_server(runtime: Runtime) -> MCPServer:
             message=message, context=context, model=model, temperature=temperature,
             max_tokens=max_tokens, conversation_id=conversation_id,
         )  # fmt: skip
-        job_id = await guarded(jobs.submit(request))
+        job_id = await guarded(jobs.submit(request, caller_of(ctx, auth_on)))
         return JobResult(job_id=job_id, status="queued")
 
     @mcp.tool()
@@ -208,6 +233,55 @@ def build_server(runtime: Runtime) -> MCPServer:
     async def check_health() -> dict[str, Any]:
         """Redis, live workers, queue depth and whether the provider can be reached."""
         return await health(runtime)
+
+    @mcp.tool()
+    async def get_ai_usage_stats() -> dict[str, Any]:
+        """Requests, tokens, cost (USD) per model and per day, average and p95 latency, from all workers."""
+        return await guarded(usage.usage_stats(runtime.redis))
+
+    @mcp.tool()
+    async def get_conversation_history(
+        conversation_id: Annotated[
+            str | None, Field(description="Omit to list the most recent conversations.")
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=1000)] = 50,
+    ) -> dict[str, Any]:
+        """A conversation's turns with their tokens and cost, or the recent conversations."""
+        if conversation_id is None:
+            return await guarded(usage.conversations(runtime.redis, limit))
+        request_of(message="-", conversation_id=conversation_id)  # same name rules as requests
+        return await guarded(usage.conversation(runtime.redis, conversation_id, limit))
+
+    @mcp.tool()
+    async def get_received_messages(limit: Annotated[int, Field(ge=1, le=1000)] = 50) -> dict[str, Any]:
+        """What the workers processed, newest first: job, worker, model, outcome, tokens, cost."""
+        return await guarded(usage.received_messages(runtime.redis, limit))
+
+    @mcp.tool()
+    async def configure_ai_model(
+        default_model: ModelName = None,
+        temperature: Temperature = None,
+        max_tokens: MaxTokens = None,
+    ) -> dict[str, Any]:
+        """Set the defaults every worker uses from its next job on (unset fields keep their value)."""
+        try:
+            changes = ModelDefaults(
+                default_model=default_model, temperature=temperature, max_tokens=max_tokens
+            )
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ToolError(f"invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        stored = await guarded(usage.configure_defaults(runtime.redis, changes))
+        return {
+            "stored": stored.model_dump(),
+            "effective": {
+                "default_model": stored.default_model or settings.default_model,
+                "temperature": stored.temperature
+                if stored.temperature is not None
+                else settings.openai_temperature,
+                "max_tokens": stored.max_tokens or settings.openai_max_tokens,
+            },
+        }
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health_route(_: Request) -> JSONResponse:

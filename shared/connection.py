@@ -38,8 +38,9 @@ def connect(redis_url: str) -> ArqRedis:
     else:
         pool = ConnectionPool.from_url(
             redis_url,
+            # OSError too: a refused connect (Redis restarting) is a builtin ConnectionRefusedError
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
-            retry_on_error=[ConnectionError, TimeoutError],
+            retry_on_error=[ConnectionError, TimeoutError, OSError],
             socket_keepalive=True,
             health_check_interval=15,
         )

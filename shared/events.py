@@ -83,6 +83,6 @@ async def publish_events(redis, events: list[Event]) -> None:
             data = dump_event(event)
             pipe.xadd(keys.stream(event.job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
             pipe.publish(keys.events(event.job_id), data)
-        for job_id in {e.job_id for e in events}:
+        for job_id in {e.job_id for e in events if e.type != "token"}:  # running jobs: the heartbeat renews
             pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
         await pipe.execute()

@@ -69,7 +69,9 @@ def cancel(job_id: str) -> str:
 # prompt_tokens, completion_tokens, total_tokens, cost_usd, unpriced, latency_ms)
 USAGE_TOTAL = "mcpq:usage:total"
 USAGE_MODELS = "mcpq:usage:models"  # set of the model names that have a usage hash
-USAGE_COUNTED_PREFIX = "mcpq:usage:counted:"  # a job whose usage is already counted (a re-run never counts twice)
+USAGE_COUNTED_PREFIX = (
+    "mcpq:usage:counted:"  # a job whose usage is already counted (a re-run never counts twice)
+)
 USAGE_LATENCY_KEPT = 1000  # latencies kept per model for the p95
 
 # conversations and the worker-side log of processed jobs (JSON values)
@@ -78,7 +80,9 @@ CONVERSATIONS = "mcpq:conversations"  # zset: conversation id -> last turn time 
 RECEIVED = "mcpq:received"  # list: newest first, what workers processed
 RECEIVED_KEPT = 1000
 
-MODEL_DEFAULTS = "mcpq:config:model-defaults"  # JSON: default_model, temperature, max_tokens (configure_ai_model)
+MODEL_DEFAULTS = (
+    "mcpq:config:model-defaults"  # JSON: default_model, temperature, max_tokens (configure_ai_model)
+)
 
 # budgets and rate limits (admission)
 BUDGET_RESERVED = "mcpq:budget:reserved"  # hash: job id -> USD held back until the job settles

@@ -65,6 +65,21 @@ class ChatRequest(BaseModel):
         return v
 
 
+class ModelDefaults(BaseModel):
+    """Runtime defaults every worker applies to requests that leave the field unset (configure_ai_model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: ModelName = None
+    temperature: Temperature = None
+    max_tokens: MaxTokens = None
+
+    @field_validator("default_model")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return ChatRequest._name(v)
+
+
 class _Camel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 

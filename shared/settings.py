@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     budget_daily_usd: float | None = Field(None, gt=0)
     budget_reservation_seconds: float = Field(900, ge=1, le=86_400)
     rate_limit_per_minute: int | None = Field(None, ge=1, le=1_000_000)
-    model_prices: dict[str, tuple[float, float]] | None = None  # JSON: {"model": [input, output]} USD/1M tokens
+    model_prices: dict[str, tuple[float, float]] | None = (
+        None  # JSON: {"model": [input, output]} USD/1M tokens
+    )
     prices_file: Path | None = None  # a JSON file of the same shape
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -87,11 +89,15 @@ class Settings(BaseSettings):
             try:
                 table = json.loads(self.prices_file.read_text())
             except (OSError, ValueError) as e:
-                raise ValueError(f"PRICES_FILE {str(self.prices_file)!r} is not a readable JSON file: {e}") from None
+                raise ValueError(
+                    f"PRICES_FILE {str(self.prices_file)!r} is not a readable JSON file: {e}"
+                ) from None
             try:
                 parsed = TypeAdapter(dict[str, tuple[float, float]]).validate_python(table)
             except ValidationError:
-                raise ValueError('PRICES_FILE must hold {"model": [input, output], ...} in USD per 1M tokens') from None
+                raise ValueError(
+                    'PRICES_FILE must hold {"model": [input, output], ...} in USD per 1M tokens'
+                ) from None
             self.model_prices = {**parsed, **(self.model_prices or {})}
         return self
 

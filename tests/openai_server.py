@@ -13,6 +13,7 @@ process both reach it the same way: over TCP.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import re
 import threading
@@ -40,6 +41,18 @@ _ERRORS = {
 }
 
 
+async def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):
+    """Poll `check` (sync or async) until it returns something truthy, and return that."""
+    async with asyncio.timeout(timeout):
+        while True:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+            await asyncio.sleep(interval)
+
+
 def words(text: str) -> list[str]:
     """The reply as the server streams it: one piece per word, each keeping its trailing space."""
     return [piece for piece in re.split(r"(?<=\s)(?=\S)", text) if piece]
@@ -53,6 +66,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict | None
+    at: float = field(default_factory=time.monotonic)  # when it arrived (this process's monotonic clock)
 
     @property
     def api_key(self) -> str | None:
@@ -67,6 +81,7 @@ class Script:
     reply: str = DEFAULT_REPLY
     token_delay: float = 0.0  # seconds before each content chunk
     status: int | None = None  # answer chat completions with this HTTP error instead
+    failures: int | None = None  # answer only this many chat completions with `status`, then stream the reply
     error_message: str | None = None
     retry_after: float | None = None  # Retry-After header on an error answer
     include_usage: bool = True  # False: behave like llama-cpp-python, which ignores include_usage
@@ -89,6 +104,7 @@ class OpenAIServer:
         self._script = Script()
         self.requests: list[Received] = []
         self.streams: list[StreamRecord] = []
+        self.failed = 0  # chat completions answered with the scripted error status
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -119,9 +135,7 @@ class OpenAIServer:
 
     async def wait_until(self, condition: Callable[[], object], timeout: float = 10.0) -> None:
         """Poll `condition` (the server lives in another thread) until it is true."""
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.02)
+        await eventually(condition, timeout)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -182,6 +196,14 @@ class OpenAIServer:
         # Some OpenAI-compatible proxies echo the key they were given; the client must redact it.
         return _error(401, f"Incorrect API key provided: {received.api_key}.")
 
+    def _take_failure(self, script: Script) -> bool:
+        """Whether this chat completion gets the scripted error (always, or while `failures` lasts)."""
+        with self._lock:
+            if script.failures is not None and self.failed >= script.failures:
+                return False
+            self.failed += 1
+            return True
+
     async def _models(self, request: Request) -> Response:
         _, received = await self._record(request)
         if (denied := self._auth_error(received)) is not None:
@@ -199,7 +221,7 @@ class OpenAIServer:
         script = self._script
         body = received.body or {}
         model = body.get("model", "")
-        if script.status is not None:
+        if script.status is not None and self._take_failure(script):
             message = script.error_message or _default_error(script.status, model)
             headers = {"retry-after": f"{script.retry_after:g}"} if script.retry_after is not None else None
             return _error(script.status, message, headers)

@@ -49,6 +49,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
                 pipe.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
                 for job_id in state.running:
                     pipe.pexpire(keys.in_progress(job_id), lease_ms)
+                    pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
                 await pipe.execute()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)

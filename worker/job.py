@@ -1,8 +1,9 @@
 """The arq job: one model call, streamed, every event published, the result returned to arq.
 
 The job always ends with exactly one terminal event and returns a JobResult (as JSON), whether the
-call succeeded, failed or was cancelled, so a caller never waits on a job that ended silently.
-A CancelledError that is not a user's cancel (worker shutdown) is re-raised so arq runs the job again.
+call succeeded, failed or was cancelled, so a caller never waits on a job that ended silently; the
+ending is counted once (usage, cost, budget, history). A CancelledError that is not a user's cancel
+(worker shutdown) is re-raised so arq runs the job again.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from pydantic import ValidationError
 
 from shared import keys, prices
 from shared.events import TokenUsage
-from shared.models import ChatRequest, JobResult, ResultUsage
+from shared.models import ChatRequest, JobResult, ModelDefaults, ResultUsage
 from shared.settings import Settings
+from worker import accounting
+from worker.history import earlier_turns
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
 from worker.publisher import EventWriter
 
 log = logging.getLogger("worker.job")
+
+DEFAULTS_MAX_AGE = 1.0  # seconds a worker trusts its copy of configure_ai_model's defaults
 
 
 @dataclass
@@ -36,28 +41,45 @@ class WorkerState:
     running: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     jobs_done: int = 0
     provider_error: str | None = None
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    defaults_read_at: float = float("-inf")  # monotonic; -inf: read before the next job
+
+    async def model_defaults(self, redis) -> ModelDefaults:
+        if time.monotonic() - self.defaults_read_at > DEFAULTS_MAX_AGE:
+            raw = await redis.get(keys.MODEL_DEFAULTS)
+            try:
+                self.defaults = ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()
+            except ValidationError:
+                log.warning("ignoring invalid %s: %.200r", keys.MODEL_DEFAULTS, raw)
+            self.defaults_read_at = time.monotonic()
+        return self.defaults
 
 
 def estimated_usage(request: dict, text: list[str]) -> TokenUsage:
     """About four characters a token: for calls that ended before the provider reported usage."""
     prompt = (
-        sum(len(str(v)) for k, v in request.items() if k in ("message", "context")) // 4
+        sum(len(str(request.get(k) or "")) for k in ("message", "context")) // 4
         if isinstance(request, dict)
         else 0
     )
     return TokenUsage(prompt_tokens=prompt, completion_tokens=len(text), total_tokens=prompt + len(text))
 
 
-def build_messages(request: ChatRequest) -> list[dict[str, str]]:
-    messages = []
-    if request.context:
-        messages.append({"role": "system", "content": request.context})
-    messages.append({"role": "user", "content": request.message})
-    return messages
+def build_messages(request: ChatRequest, history: list[dict[str, str]]) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": request.context}] if request.context else []
+    return [*messages, *history, {"role": "user", "content": request.message}]
+
+
+def invalid_request_message(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(part) for part in err["loc"])
+    detail = err["msg"].removeprefix("Value error, ")
+    return f"invalid request in the queue: {where + ': ' if where else ''}{detail}"
 
 
 async def chat(ctx: dict, request: dict) -> dict:
     state: WorkerState = ctx["mcpq"]
+    settings = state.settings
     job_id, attempt = ctx["job_id"], ctx["job_try"]
     redis = ctx["redis"]
     publisher = state.writer.publisher(job_id, attempt)
@@ -66,18 +88,21 @@ async def chat(ctx: dict, request: dict) -> dict:
     end: StreamEnd | None = None
     model = "?"
 
-    def result(status: str, error: str | None = None) -> dict:
-        usage = end.usage if end and end.usage else estimated_usage(request, text)
-        return JobResult(
+    async def finish(status: str, error: str | None = None) -> dict:
+        """The job's result; counted once in the usage totals (and history, when completed)."""
+        name = end.model if end else model
+        if end and end.usage:
+            usage = end.usage
+        else:  # ended early: the prompt was paid for only if the model started answering
+            usage = estimated_usage(request, text) if text else TokenUsage()
+        result = JobResult(
             job_id=job_id,
             status=status,  # type: ignore[arg-type]
             ai_response="".join(text),
-            model=end.model if end else model,
+            model=name,
             usage=ResultUsage(
                 **usage.model_dump(),
-                estimated_cost=prices.cost(
-                    end.model if end else model, usage.prompt_tokens, usage.completion_tokens
-                ),
+                estimated_cost=prices.cost(name, usage.prompt_tokens, usage.completion_tokens),
             ),
             processing_time=round(time.monotonic() - started, 4),
             finish_reason=end.finish_reason if end else None,
@@ -85,29 +110,54 @@ async def chat(ctx: dict, request: dict) -> dict:
             worker_id=state.worker_id,
             attempt=attempt,
         ).model_dump(mode="json")
+        try:
+            await asyncio.shield(
+                accounting.record(redis, result, request if isinstance(request, dict) else {},
+                                  history_ttl=settings.history_ttl_seconds)
+            )  # fmt: skip
+        except Exception as e:  # the answer still goes out; only the totals miss it
+            log.warning("could not count the usage of job %s: %s", job_id, e)
+        log.info(
+            "job %s %s", job_id, status,
+            extra={"job_id": job_id, "worker_id": state.worker_id, "model": name, "outcome": status,
+                   "attempt": attempt, "prompt_tokens": usage.prompt_tokens,
+                   "completion_tokens": usage.completion_tokens, "cost_usd": result["usage"]["estimatedCost"],
+                   "duration_s": result["processingTime"], "error": error},
+        )  # fmt: skip
+        return result
 
     state.running[job_id] = attempt
     try:
         try:
             req = ChatRequest.model_validate(request)
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(part) for part in err["loc"])
-            detail = err["msg"].removeprefix("Value error, ")
-            msg = f"invalid request in the queue: {where + ': ' if where else ''}{detail}"
+            msg = invalid_request_message(e)
             await publisher.start(state.worker_id, model)
             await publisher.error(msg)
-            return result("failed", msg)
-        model = req.model or state.settings.default_model
+            return await finish("failed", msg)
+        defaults = await state.model_defaults(redis)
+        model = req.model or defaults.default_model or settings.default_model
+        history = []
+        if req.conversation_id:
+            history = await earlier_turns(
+                redis,
+                req.conversation_id,
+                max_turns=settings.history_max_turns,
+                max_tokens=settings.history_max_tokens,
+            )
         call = ModelCall(
             model=model,
-            messages=build_messages(req),
-            temperature=req.temperature if req.temperature is not None else state.settings.openai_temperature,
-            max_tokens=req.max_tokens or state.settings.openai_max_tokens,
+            messages=build_messages(req, history),
+            temperature=next(
+                t
+                for t in (req.temperature, defaults.temperature, settings.openai_temperature)
+                if t is not None
+            ),
+            max_tokens=req.max_tokens or defaults.max_tokens or settings.openai_max_tokens,
         )
         await publisher.start(state.worker_id, model)
         try:
-            async with asyncio.timeout(state.settings.job_timeout_seconds):
+            async with asyncio.timeout(settings.job_timeout_seconds):
                 async with aclosing(state.provider.stream(call)) as pieces:
                     async for piece in pieces:
                         if isinstance(piece, StreamEnd):
@@ -118,25 +168,23 @@ async def chat(ctx: dict, request: dict) -> dict:
         except ProviderError as e:
             state.provider_error = e.message if e.retryable else None
             await publisher.error(e.message)
-            return result("failed", e.message)
+            return await finish("failed", e.message)
         except TimeoutError:
-            msg = (
-                f"the model call took longer than JOB_TIMEOUT_SECONDS={state.settings.job_timeout_seconds:g}"
-            )
+            msg = f"the model call took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
             await publisher.error(msg)
-            return result("failed", msg)
+            return await finish("failed", msg)
         except asyncio.CancelledError:
             if not await asyncio.shield(redis.exists(keys.cancel(job_id))):
                 raise  # shutdown: arq puts the job back and another worker runs it again
             await asyncio.shield(publisher.cancelled())
-            return result("cancelled", "cancelled by request")
+            return await finish("cancelled", "cancelled by request")
         state.provider_error = None
         if end is None or not text:  # never report an empty answer as a success
             msg = (
                 f"the provider returned an empty answer (finish_reason={end.finish_reason if end else None})"
             )
             await publisher.error(msg)
-            return result("failed", msg)
+            return await finish("failed", msg)
         usage = end.usage or estimated_usage(request, text)
         await publisher.done(
             usage=usage,
@@ -144,7 +192,7 @@ async def chat(ctx: dict, request: dict) -> dict:
             finish_reason=end.finish_reason,
             model=end.model,
         )
-        return result("completed")
+        return await finish("completed")
     except Exception as e:  # a bug or Redis failure: say so in the stream instead of going silent
         log.exception("job %s failed", job_id)
         msg = f"internal error in the worker: {type(e).__name__}: {e}"
@@ -152,7 +200,7 @@ async def chat(ctx: dict, request: dict) -> dict:
             await publisher.error(msg)
         except Exception:
             log.warning("could not publish the error event for job %s", job_id)
-        return result("failed", msg)
+        return await finish("failed", msg)
     finally:
         state.running.pop(job_id, None)
         state.jobs_done += 1

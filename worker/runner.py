@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid
@@ -16,7 +17,7 @@ import uuid
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, prices
 from shared.connection import connect
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
@@ -39,6 +40,7 @@ def new_worker_id() -> str:
 
 async def startup(ctx: dict) -> None:
     settings: Settings = ctx["settings"]
+    prices.configure(settings.model_prices)
     provider = make_provider(settings)
     state = WorkerState(
         settings=settings,
@@ -51,6 +53,8 @@ async def startup(ctx: dict) -> None:
         log.warning("provider %s not reachable yet: %s", provider.name, state.provider_error)
     ctx["mcpq"] = state
     ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx["redis"], state))
+    gc.collect()
+    gc.freeze()  # start-up objects are never scanned again: no long GC pauses between tokens
     log.info("worker %s ready (provider %s)", state.worker_id, provider.name)
 
 
@@ -89,11 +93,12 @@ def worker_options(settings: Settings) -> dict:
 # arq's claim (WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC: four round trips) as one atomic script.
 CLAIM_LUA = """
 -- KEYS: arq:in-progress:<id>, arq:queue   ARGV: job id, now ms, lease ms
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+-- returns the job's score as a string ("0" is a score too), or nil when the job is not ours to run
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
 redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return tonumber(score)
+return score
 """
 
 
@@ -140,7 +145,8 @@ class QueueWorker(Worker):
                     continue
                 if not self._woken and not self._full_poll_due:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                        async with asyncio.timeout(self.poll_delay_s):  # (3.11's wait_for can lose a cancel)
+                            await self._wake.wait()
         finally:
             listener.cancel()
 
@@ -148,21 +154,27 @@ class QueueWorker(Worker):
         claim = self.pool.register_script(CLAIM_LUA)
         lease_ms = int(self.in_progress_timeout_s * 1000)
         for raw_id in job_ids:
+            try:
+                job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            except UnicodeDecodeError:  # pushed by hand: no job id we could ever run
+                log.warning("dropping a queue entry or wake-up that is not a job id: %.100r", raw_id)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.pool.zrem(self.queue_name, raw_id)
+                continue
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
                 self.sem.release()
                 return
             self.job_counter += 1
-            job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
             score = await claim(
                 keys=[keys.in_progress(job_id), self.queue_name],
                 args=[job_id, int(time.time() * 1000), lease_ms],
             )
-            if not score:  # another worker has it, or it is finished or deferred
+            if score is None:  # another worker has it, or it is finished or deferred
                 self.job_counter -= 1
                 self.sem.release()
                 continue
-            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
         for job_id, task in list(self.tasks.items()):
@@ -201,6 +213,9 @@ class QueueWorker(Worker):
                     data = message["data"]
                     if data == b"cancel":
                         self._full_poll_due = True  # arq's poll handles aborts
+                    elif data == b"config":
+                        self.ctx["mcpq"].defaults_read_at = float("-inf")  # configure_ai_model: re-read
+                        continue
                     else:
                         self._woken.append(data)
                     self._wake.set()
@@ -231,7 +246,14 @@ async def embedded_worker(settings: Settings):
     try:
         yield worker
     finally:
+        worker.allow_pick_jobs = False
+        if worker.tasks:  # let jobs that are writing their result finish, as a stopping `worker` would
+            await asyncio.wait(list(worker.tasks.values()), timeout=settings.worker_shutdown_grace_seconds)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await worker.close()
+        try:
+            await worker.close()
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # we are being cancelled ourselves: pass it on
+                raise

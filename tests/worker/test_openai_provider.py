@@ -124,7 +124,6 @@ async def test_unknown_model_names_the_model(openai_server, provider):
     assert error.status == 404
 
 
-@pytest.mark.anyio  # parametrize needs the marker at collection, not added afterwards
 @pytest.mark.parametrize("status", [500, 503])
 async def test_server_errors_are_retryable(openai_server, provider, status):
     openai_server.script(status=status)

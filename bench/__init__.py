@@ -1,0 +1,1 @@
+"""mcp-queue's benchmark suite: `uv run python bench/run.py [--rounds N] [--quick]`."""

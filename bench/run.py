@@ -1,0 +1,447 @@
+"""mcp-queue's benchmarks: every figure of the speed targets, beside arq's stock settings, in one run.
+
+    uv run python bench/run.py [--rounds N] [--quick]
+
+Each configuration gets its own redis-server and worker processes, started here and stopped at the
+end. Each round runs every configuration once, round-robin, so they all see the same noise; the
+table shows medians over rounds. The 1,000-in-flight figure runs once, first, while this process
+is still fresh (its memory is what it measures). Exit status: 0 when every correctness check held
+(even if a speed target was missed: the table says so), 1 when a token was lost or reordered or an
+answer came back incomplete, 2 when the bench itself could not run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from bench import cold_start, inflight, start_latency, throughput, token_delivery, ttft  # noqa: E402
+from bench.lab import Lab, Site, box_cpu_seconds, child_env, forget_settings, own_cpu_seconds  # noqa: E402
+from bench.stats import median  # noqa: E402
+
+CORRECTNESS = (
+    cold_start.NotSubscribed,
+    start_latency.Incomplete,
+    token_delivery.Lost,
+    throughput.Unfinished,
+    ttft.NoAnswer,
+    inflight.Incomplete,
+)
+TTFT_REPLY = "Hello from the bench server, a short reply of ten words."
+TTFT_TOKEN_DELAY = 0.002
+COLD_FOLLOWS = 200
+
+
+@dataclass
+class Plan:
+    rounds: int
+    start_samples: int = 200
+    stock_start_samples: int = 16
+    idle_seconds: float = 5.0
+    streams: int = 200
+    tokens: int = 150
+    throughput_jobs: int = 3000
+    stock_throughput_jobs: int = 600
+    ttft_samples: int = 30
+    stock_ttft_samples: int = 6
+    inflight_jobs: int = 1000
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Plan:
+        if args.quick:
+            return cls(
+                rounds=args.rounds or 1,
+                start_samples=50,
+                stock_start_samples=4,
+                idle_seconds=2.0,
+                tokens=75,
+                throughput_jobs=1000,
+                stock_throughput_jobs=200,
+                ttft_samples=10,
+                stock_ttft_samples=3,
+            )
+        return cls(rounds=args.rounds or 3)
+
+
+@dataclass
+class Row:
+    figure: str
+    target: str
+    key: str
+    stock_key: str | None = None
+    unit: str = "ms"
+    met: Callable[[float], bool] | None = None
+    higher_is_better: bool = False
+    digits: int = 2
+
+
+def at_most(limit: float) -> Callable[[float], bool]:
+    return lambda v: v <= limit
+
+
+def at_least(limit: float) -> Callable[[float], bool]:
+    return lambda v: v >= limit
+
+
+def rows(plan: Plan) -> list[Row]:
+    n = plan.inflight_jobs
+    streams = f"{plan.streams} streams × 50 tok/s"
+    return [
+        Row(
+            "enqueue → job start, p50",
+            "≤ 1 ms",
+            "start.ours.start_p50",
+            "start.stock.start_p50",
+            met=at_most(1),
+        ),
+        Row(
+            "enqueue → job start, p99",
+            "≤ 3 ms",
+            "start.ours.start_p99",
+            "start.stock.start_p99",
+            met=at_most(3),
+        ),
+        Row("enqueue → messenger sees start, p50", "–", "start.ours.seen_p50", "start.stock.seen_p50"),
+        Row("enqueue call (messenger), p50", "–", "start.ours.enqueue_p50", "start.stock.enqueue_p50"),
+        Row(
+            "idle worker CPU (% of a core)",
+            "≤ 0.5 %",
+            "idle.ours",
+            "idle.stock",
+            unit="%",
+            met=at_most(0.5),
+            digits=3,
+        ),
+        Row(f"token → messenger, p50 ({streams})", "≤ 0.5 ms", "tokens.token_p50", met=at_most(0.5)),
+        Row(f"token → messenger, p99 ({streams})", "≤ 2 ms", "tokens.token_p99", met=at_most(2)),
+        Row("tokens lost or reordered", "0", "tokens.lost", unit="", met=at_most(0), digits=0),
+        Row("token handed to publisher → messenger, p50", "–", "tokens.handed_p50"),
+        Row("token handed to publisher → messenger, p99", "–", "tokens.handed_p99"),
+        Row("floor: bare PUBLISH → bare subscriber, p50", "–", "tokens.floor_p50"),
+        Row("floor: bare PUBLISH → bare subscriber, p99", "–", "tokens.floor_p99"),
+        Row("tokens per event (coalescing)", "–", "tokens.tokens_per_event", unit=""),
+        Row("messenger CPU while following (% of a core)", "–", "tokens.messenger_cpu", unit="%", digits=1),
+        Row("messenger longest full GC pause during the figure", "–", "tokens.gc_pause_max"),
+        Row("publisher pacing late, p99", "–", "tokens.publisher_late_p99"),
+        Row(
+            "throughput, 2 workers, mock",
+            "≥ 1,000 jobs/s",
+            "tput.ours.jobs_per_s",
+            "tput.stock.jobs_per_s",
+            unit="jobs/s",
+            met=at_least(1000),
+            higher_is_better=True,
+            digits=0,
+        ),
+        Row(
+            "enqueue rate (32 concurrent calls)",
+            "–",
+            "tput.ours.enqueue_per_s",
+            "tput.stock.enqueue_per_s",
+            unit="jobs/s",
+            higher_is_better=True,
+            digits=0,
+        ),
+        Row(
+            "worker CPU per job",
+            "–",
+            "tput.ours.worker_cpu_us_per_job",
+            "tput.stock.worker_cpu_us_per_job",
+            unit="µs",
+            digits=0,
+        ),
+        Row(
+            "TTFT system − direct, p50",
+            "≤ 3 ms",
+            "ttft.overhead_p50",
+            "ttft.stock_overhead_p50",
+            met=at_most(3),
+        ),
+        Row("TTFT through the system, p50", "–", "ttft.system_p50"),
+        Row("TTFT calling the server directly, p50", "–", "ttft.direct_p50"),
+        Row(
+            f"{n} in flight (4 workers): answers complete",
+            f"{n}/{n}",
+            "inflight.complete",
+            unit="",
+            met=at_least(n),
+            higher_is_better=True,
+            digits=0,
+        ),
+        Row(f"{n} in flight: most running at once", "–", "inflight.peak_running", unit="", digits=0),
+        Row(
+            f"{n} in flight: messenger memory per job", "report", "inflight.kib_per_job", unit="KiB", digits=1
+        ),
+        Row(f"{n} in flight: time to finish all", "–", "inflight.seconds", unit="s"),
+        Row(f"{n} in flight: peak Redis clients", "–", "inflight.peak_redis_clients", unit="", digits=0),
+        Row(
+            f"fresh messenger: {COLD_FOLLOWS} follows at once subscribed",
+            f"{COLD_FOLLOWS}/{COLD_FOLLOWS}",
+            "cold.confirmed",
+            unit="",
+            met=at_least(COLD_FOLLOWS),
+            higher_is_better=True,
+            digits=0,
+        ),
+    ]
+
+
+class Results:
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = defaultdict(list)
+        self.failures: list[str] = []
+
+    def get(self, key: str | None) -> float | None:
+        return median(self.values[key]) if key and self.values.get(key) else None
+
+    async def record(self, prefix: str, coro) -> None:
+        """Run one figure and keep its values; a correctness failure is noted and the run goes on."""
+        try:
+            figures = await coro
+        except CORRECTNESS as e:
+            self.failures.append(f"{prefix}: {e}")
+            print(f"  CORRECTNESS FAILURE in {prefix}: {e}", file=sys.stderr)
+            return
+        for name, value in figures.items():
+            self.values[f"{prefix}.{name}"].append(value)
+
+
+async def start_provider(lab: Lab) -> str:
+    """The OpenAI-compatible test server, in a process of its own; returns its base URL."""
+    provider = lab.spawn(
+        "openai-server",
+        ["-m", "bench.openai_proc", TTFT_REPLY, str(TTFT_TOKEN_DELAY)],
+        child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    base_url = (await asyncio.to_thread(provider.stdout.readline)).decode().strip()
+    if not base_url.startswith("http"):
+        raise RuntimeError(f"the OpenAI test server did not start:\n{lab.log_tail(provider)}")
+    return base_url
+
+
+def start_sites(lab: Lab, base_url: str) -> dict[str, Site]:
+    """One redis-server per configuration, with its worker processes (they boot meanwhile)."""
+    openai_env = {"AI_PROVIDER": "openai", "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sk-bench"}
+    workers: dict[str, tuple[bool, int, dict]] = {  # name: (stock arq?, processes, settings)
+        "inflight": (False, 4, {"WORKER_CONCURRENCY": 250, "MOCK_TOKEN_DELAY_MS": 100}),
+        "start-ours": (False, 1, {}),
+        "start-stock": (True, 1, {}),
+        "tokens": (False, 0, {}),
+        "tput-ours": (False, 2, {"WORKER_CONCURRENCY": 50}),
+        "tput-stock": (True, 2, {"WORKER_CONCURRENCY": 50}),
+        "ttft-ours": (False, 1, openai_env),
+        "ttft-stock": (True, 1, openai_env),
+    }
+    sites = {}
+    for name, (stock, count, settings) in workers.items():
+        sites[name] = lab.site(name, stock=stock)
+        lab.add_workers(sites[name], count, **settings)
+    return sites
+
+
+async def bench(plan: Plan, lab: Lab, results: Results) -> None:
+    from openai import AsyncOpenAI
+
+    import messenger.server  # noqa: F401  (a messenger's heap: what a full GC pause walks through)
+    from messenger.runtime import open_runtime
+    from shared.settings import load_settings
+
+    rng = random.Random(20261121)
+    base_url = await start_provider(lab)
+    sites = start_sites(lab, base_url)
+    async with contextlib.AsyncExitStack() as stack:
+        for site in sites.values():
+            site.runtime = await stack.enter_async_context(open_runtime(load_settings(redis_url=site.url)))
+        client = AsyncOpenAI(base_url=base_url, api_key="sk-bench")
+        stack.push_async_callback(client.close)
+        t0 = time.monotonic()
+        await asyncio.gather(*(lab.wait_ready(site) for site in sites.values()))
+        print(f"workers ready in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        for site in sites.values():  # the figures measure a messenger that is up and running
+            async with site.runtime.hub.follow("bench-warm-up"):
+                pass
+        await ttft.direct(client)  # open both paths' HTTP connections once
+        await ttft.through_system(sites["ttft-ours"])
+
+        t0 = time.monotonic()  # once, first: this process's memory is what it measures
+        await results.record("inflight", inflight.measure(sites["inflight"], plan.inflight_jobs))
+        lab.stop(sites["inflight"].workers)
+        await results.record("cold", cold_start.measure(sites["tokens"], COLD_FOLLOWS))
+        print(
+            f"{plan.inflight_jobs} in flight, fresh messenger: {time.monotonic() - t0:.1f} s", file=sys.stderr
+        )
+
+        for r in range(plan.rounds):
+            t0 = time.monotonic()
+            await one_round(plan, lab, sites, client, results, rng, stock_first=r % 2 == 1)
+            print(f"round {r + 1}/{plan.rounds}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+
+async def one_round(
+    plan: Plan,
+    lab: Lab,
+    sites: dict[str, Site],
+    client,
+    results: Results,
+    rng: random.Random,
+    *,
+    stock_first: bool,
+) -> None:
+    """Every configuration once; which of each pair goes first alternates between rounds."""
+
+    def ordered(pair: list) -> list:
+        return pair[::-1] if stock_first else pair
+
+    ours, stock = sites["start-ours"], sites["start-stock"]
+    for site, samples in ordered([(ours, plan.start_samples), (stock, plan.stock_start_samples)]):
+        kind = "stock" if site.stock else "ours"
+        await results.record(f"start.{kind}", start_latency.measure(site, samples, rng))
+    cpu = await start_latency.idle_cpu([*ours.pids, *stock.pids], plan.idle_seconds)
+    results.values["idle.ours"].append(cpu[ours.pids[0]])
+    results.values["idle.stock"].append(cpu[stock.pids[0]])
+
+    for how in ordered([token_delivery.floor, token_delivery.measure]):
+        load = {"streams": plan.streams, "tokens": plan.tokens, "seed": rng.randrange(1 << 30)}
+        await results.record("tokens", how(lab, sites["tokens"], **load))
+
+    pairs = [(sites["tput-ours"], plan.throughput_jobs), (sites["tput-stock"], plan.stock_throughput_jobs)]
+    for site, jobs in ordered(pairs):
+        await results.record(f"tput.{'stock' if site.stock else 'ours'}", throughput.measure(site, jobs))
+
+    samples = (plan.ttft_samples, plan.stock_ttft_samples)
+    await results.record("ttft", ttft.measure(client, sites["ttft-ours"], sites["ttft-stock"], *samples, rng))
+
+
+def fmt(value: float | None, row: Row) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:,.{row.digits}f}"
+    return f"{text} {row.unit}".strip()
+
+
+def table(plan: Plan, results: Results) -> list[str]:
+    lines = [
+        f"| figure | target | measured (median of {plan.rounds}) | stock arq (same run) | ratio (× better) | met? | each round |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows(plan):
+        ours, stock = results.get(row.key), results.get(row.stock_key)
+        ratio = "–"
+        if ours and stock:
+            factor = ours / stock if row.higher_is_better else stock / ours
+            ratio = f"×{factor:,.1f}"
+        if row.met is None:
+            met = "–"
+        else:
+            met = "not measured" if ours is None else ("yes" if row.met(ours) else "no")
+        each = results.values.get(row.key, [])
+        rounds = " / ".join(f"{v:,.{row.digits}f}" for v in each) if len(each) > 1 else ""
+        lines.append(
+            f"| {row.figure} | {row.target} | {fmt(ours, row)} | {fmt(stock, row)} | {ratio} | {met} | {rounds} |"
+        )
+    return lines
+
+
+def machine() -> str:
+    cpus = len(os.sched_getaffinity(0))
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        "?",
+    )
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True
+    ).stdout.split()
+    version = next((w.removeprefix("v=") for w in redis_version if w.startswith("v=")), "?")
+    import arq
+    import redis
+
+    return (
+        f"nproc {cpus} ({model}), load average {' '.join(open('/proc/loadavg').read().split()[:3])}, "
+        f"Python {platform.python_version()}, Redis {version}, arq {arq.VERSION}, redis-py {redis.__version__}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, help="rounds to take the median of (default 3; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run with fewer samples")
+    args = parser.parse_args()
+    plan = Plan.from_args(args)
+    command = "uv run python bench/run.py" + "".join(f" {a}" for a in sys.argv[1:])
+    print(f"$ {command}\n{machine()}", file=sys.stderr)
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    results = Results()
+    started = time.monotonic()
+    busy0, stolen0 = box_cpu_seconds()
+    own0 = own_cpu_seconds()
+    forget_settings()
+    stopped = None
+    with tempfile.TemporaryDirectory(prefix="mcpq-bench-") as tmp:
+        os.chdir(tmp)  # no `.env` of a developer's applies to the bench's settings
+        lab = Lab(Path(tmp))
+        try:
+            asyncio.run(bench(plan, lab, results))
+        except Exception as e:
+            traceback.print_exc()
+            where = traceback.extract_tb(e.__traceback__)
+            ours = [
+                f for f in where if "/site-packages/" not in f.filename and "/lib/python" not in f.filename
+            ]
+            frame = (ours or where)[-1]
+            stopped = (
+                f"{type(e).__name__}: {e} (at {Path(frame.filename).name}:{frame.lineno} in {frame.name})"
+            )
+        finally:
+            lab.close()
+    wall = time.monotonic() - started
+    busy1, stolen1 = box_cpu_seconds()
+    cores = len(os.sched_getaffinity(0))
+    others = max(0.0, (busy1 - busy0) - (own_cpu_seconds() - own0))
+    noise = (
+        f"other processes used {100 * others / (wall * cores):.0f} % of the box's {cores} cores during the run "
+        f"(hypervisor steal {100 * (stolen1 - stolen0) / (wall * cores):.1f} %)"
+    )
+
+    print()
+    print(f"$ {command}")
+    print(machine().replace(", load average", f", wall {wall:.0f} s, load average at end"))
+    print(noise)
+    print()
+    print("\n".join(table(plan, results)))
+    if stopped:
+        print(f"\nTHE BENCH STOPPED EARLY (the table holds what was measured before): {stopped}")
+        return 2
+    if results.failures:
+        print("\nCORRECTNESS FAILURES:")
+        for failure in results.failures:
+            print(f"- {failure}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Watching jobs from the test process while faults are injected: what the caller saw, what the job's
+stream holds, which process a worker id is, and how a job ended."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from messenger.jobs import JobNotFound
+from messenger.runtime import open_runtime
+from shared import keys
+from shared.events import TERMINAL, Event
+from shared.models import FINAL_STATUSES, JobResult
+from shared.settings import load_settings
+from worker.providers.mock import mock_reply
+
+ROOT = Path(__file__).resolve().parents[2]
+LONG_MESSAGE = " ".join(f"word{i}" for i in range(40))  # the mock echoes all 40: a 55-token answer
+
+
+def runtime_for(redis_url: str, **settings):
+    """A messenger Runtime in the test process (what one messenger replica holds)."""
+    return open_runtime(load_settings(redis_url=redis_url, **settings))
+
+
+def expected_text(message: str) -> str:
+    """The whole answer the mock provider gives to `message`, on any worker, on any attempt."""
+    return "".join(mock_reply([{"role": "user", "content": message}]))
+
+
+def root_conftest():
+    """tests/conftest.py as a module (`import conftest` may find another suite's conftest)."""
+    path = ROOT / "tests" / "conftest.py"
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) and Path(module.__file__) == path:
+            return module
+    spec = importlib.util.spec_from_file_location("_mcpq_root_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Recorder:
+    """An `on_event` for JobClient.run / wait: every event the caller was given, with its arrival time."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, Event]] = []
+
+    async def __call__(self, event: Event | None, transcript) -> None:
+        if event is not None:
+            self.events.append((time.monotonic(), event))
+
+    def text(self, attempt: int) -> str:
+        return "".join(e.text for _, e in self.events if e.type == "token" and e.attempt == attempt)
+
+    def words(self, attempt: int) -> int:
+        return len(self.text(attempt).split())
+
+    def arrival(self, kind: str, attempt: int) -> float | None:
+        return next((t for t, e in self.events if e.type == kind and e.attempt == attempt), None)
+
+
+def parse_stream(entries) -> list[dict]:
+    """A job's stream entries as dicts; entries that are not events (garbage pushed by hand) are skipped."""
+    events = []
+    for _, fields in entries:
+        try:
+            event = json.loads(fields.get(b"event", b""))
+        except ValueError:
+            continue
+        if isinstance(event, dict) and "type" in event:
+            events.append(event)
+    return events
+
+
+def stream_events(client, job_id: str) -> list[dict]:
+    """The job's event history as Redis holds it (sync client)."""
+    return parse_stream(client.xrange(keys.stream(job_id)))
+
+
+def terminal_events(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["type"] in TERMINAL]
+
+
+def starts(events: list[dict]) -> list[int]:
+    return [e["attempt"] for e in events if e["type"] == "start"]
+
+
+async def ended(jobs, job_id: str, timeout: float = 20.0) -> JobResult:
+    """Poll the job until it is completed, failed or cancelled (a job nobody knows yet counts as not ended)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                job = await jobs.get(job_id)
+            except JobNotFound:
+                job = None
+            if job is not None and job.status in FINAL_STATUSES:
+                return job
+            await asyncio.sleep(0.05)
+
+
+def heartbeat(client, worker_id: str) -> dict | None:
+    raw = client.get(keys.worker(worker_id))
+    return json.loads(raw) if raw else None
+
+
+async def exit_code(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    return await asyncio.to_thread(proc.wait, timeout)

@@ -1,0 +1,100 @@
+"""Cancelling a running job (with cancel_job, or by an MCP client abandoning its request) stops it:
+the worker closes the provider stream, the caller gets `cancelled`, and partial usage is recorded."""
+
+import asyncio
+import json
+
+import anyio
+import pytest
+from mcp import Client
+from observe import ended, runtime_for, stream_events, terminal_events
+from openai_server import eventually, words
+
+from messenger.server import build_server
+from shared import keys
+
+SLOW_REPLY = " ".join(f"w{i}" for i in range(400))  # 20 s at 50 ms a token: only a cancel ends it early
+
+
+def start_openai_workers(workers, redis_url, server):
+    return workers.start(
+        redis_url, AI_PROVIDER="openai", OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-x"
+    )
+
+
+def data_of(result) -> dict:
+    assert not result.is_error, result.content
+    return result.structured_content or json.loads(result.content[0].text)
+
+
+async def test_cancel_job_stops_a_running_openai_job_and_records_partial_usage(
+    redis_url, workers, openai_server, clean_env, redis_server
+):
+    openai_server.script(reply=SLOW_REPLY, token_delay=0.05)
+    start_openai_workers(workers, redis_url, openai_server)
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
+        async with Client(build_server(runtime)) as client:
+            submitted = data_of(
+                await client.call_tool(
+                    "submit_message", {"message": "talk", "model": "gpt-4o-mini", "max_tokens": 1000}
+                )
+            )
+            job_id = submitted["jobId"]
+            follower = asyncio.create_task(runtime.jobs.wait(job_id, timeout=40))
+
+            async def streaming():
+                return data_of(await client.call_tool("get_job", {"job_id": job_id}))["aiResponse"]
+
+            await eventually(streaming, timeout=20)
+            cancelled = data_of(await client.call_tool("cancel_job", {"job_id": job_id}))
+            await openai_server.wait_until(lambda: openai_server.disconnects, timeout=15)
+            followed = await follower
+            stored = await ended(runtime.jobs, job_id)
+
+    assert cancelled["status"] == "cancelled"
+    assert followed.status == "cancelled", "a caller following the job sees it cancelled"
+    assert 0 < cancelled["usage"]["completionTokens"] < len(words(SLOW_REPLY)), "partial usage"
+    assert stored.status == "cancelled"
+    assert 0 < stored.usage.completion_tokens < len(words(SLOW_REPLY)), "partial usage is kept"
+    (closed,) = openai_server.disconnects
+    assert closed.sent_tokens < len(words(SLOW_REPLY)), "the worker closed the provider stream"
+    assert len(openai_server.chat_requests) == 1
+    events = stream_events(redis_server.client(), job_id)
+    assert [e["type"] for e in terminal_events(events)] == ["cancelled"]
+    usage = redis_server.client().hget(keys.USAGE_TOTAL, "cancelled")
+    assert usage == b"1", "the cancelled job's usage is counted"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])
+async def test_an_mcp_client_cancelling_send_message_cancels_the_job(
+    redis_url, workers, openai_server, clean_env, mode
+):
+    openai_server.script(reply=SLOW_REPLY, token_delay=0.05)
+    start_openai_workers(workers, redis_url, openai_server)
+    progress = anyio.Event()
+
+    async def on_progress(value, total, message):
+        if message and not message.startswith("["):
+            progress.set()  # a token reached the client: the job is streaming
+
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
+        async with Client(build_server(runtime), mode=mode) as client:
+            async with anyio.create_task_group() as tg:
+
+                async def ask():
+                    await client.call_tool(
+                        "send_message_to_ai",
+                        {"message": "talk", "model": "gpt-4o-mini", "max_tokens": 1000},
+                        progress_callback=on_progress,
+                    )
+
+                tg.start_soon(ask)
+                await progress.wait()
+                tg.cancel_scope.cancel()  # the client gives up on its request
+            (job,) = await runtime.jobs.list()
+            job = await ended(runtime.jobs, job.job_id, timeout=20)
+            await openai_server.wait_until(lambda: openai_server.disconnects, timeout=15)
+
+    assert job.status == "cancelled", job
+    assert 0 < job.usage.completion_tokens < len(words(SLOW_REPLY))
+    assert len(openai_server.chat_requests) == 1

@@ -1,0 +1,86 @@
+"""Garbage pushed into Redis by hand (as with redis-cli) and a flood of requests: each bad job ends
+with a readable error instead of staying queued or running, and worker, messenger and the jobs
+running meanwhile carry on."""
+
+import asyncio
+import json
+import time
+
+from observe import LONG_MESSAGE, ended, expected_text, runtime_for
+from openai_server import eventually
+
+from messenger.runtime import health
+from shared import keys
+from shared.models import ChatRequest
+
+UNDECODABLE = b"\xff\xfe"  # a queue entry that is not even UTF-8
+
+
+def push_job(client, job_id: str, payload: bytes, score: int | None = None) -> None:
+    client.set(keys.job(job_id), payload)
+    client.zadd(keys.QUEUE, {job_id: int(time.time() * 1000) if score is None else score})
+    client.publish(keys.WAKEUP_CHANNEL, job_id)
+
+
+def job_json(function: str, args: list) -> bytes:
+    return json.dumps({"f": function, "a": args, "k": {}, "t": None, "et": int(time.time() * 1000)}).encode()
+
+
+async def test_garbage_in_redis_ends_each_bad_job_readably_and_everything_keeps_serving(
+    redis_url, workers, clean_env, redis_server
+):
+    (proc,) = workers.start(redis_url, MOCK_TOKEN_DELAY_MS="60", WORKER_CONCURRENCY="20")
+    client = redis_server.client()
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(90):
+        live = asyncio.create_task(runtime.jobs.run(ChatRequest(message=LONG_MESSAGE), timeout=60))
+        running = await eventually(lambda: runtime.jobs.list(status="running"), timeout=20)
+        live_id = running[0].job_id
+
+        for garbage in (b"not json", b"[1, 2]", b'{"job_id": "x"}', b"\xff\xfe"):
+            client.publish(keys.events(live_id), garbage)
+            client.xadd(keys.stream(live_id), {"event": garbage})
+        client.xadd(keys.stream(live_id), {"something": "else"})
+        for _ in range(3):  # wake-ups that are no job id, while the worker is busy (its fast path)
+            client.publish(keys.WAKEUP_CHANNEL, b"\x00garbage\xff")
+            await asyncio.sleep(0.2)
+        client.zadd(keys.QUEUE, {UNDECODABLE: int(time.time() * 1000)})
+        client.zadd(keys.QUEUE, {"ghost": 0})  # a queue entry with no job behind it
+        client.publish(keys.WAKEUP_CHANNEL, "ghost")
+        push_job(client, "bad", b"not json")
+        push_job(client, "wrongargs", job_json("chat", ["hello"]))
+        push_job(client, "nofunction", job_json("no_such_function", [{"message": "hi"}]))
+        client.set(keys.worker("x"), b"not json")
+        client.set(keys.worker("y"), b"[1, 2]")
+
+        flood = await asyncio.gather(
+            *(runtime.jobs.submit(ChatRequest(message=f"flood {i}", max_tokens=2)) for i in range(200))
+        )
+
+        answer = await live
+        assert answer.status == "completed", answer.error
+        assert answer.ai_response == expected_text(LONG_MESSAGE), "the live job's answer is whole"
+        await asyncio.sleep(1.5)  # a worker that crashed on the garbage exits once its running job is done
+        assert proc.poll() is None, f"the worker crashed on garbage:\n{workers.logs()[-2000:]}"
+
+        bad = {}
+        for job_id in ("ghost", "bad", "wrongargs", "nofunction"):
+            try:
+                bad[job_id] = await ended(runtime.jobs, job_id, timeout=10)
+            except TimeoutError:
+                bad[job_id] = f"not ended after 10 s; its queue score: {client.zscore(keys.QUEUE, job_id)}"
+        for job_id in flood:
+            assert (await ended(runtime.jobs, job_id, timeout=30)).status == "completed"
+        after = await runtime.jobs.run(ChatRequest(message="still serving?"), timeout=30)
+        report = await health(runtime)
+
+    for job_id, job in bad.items():
+        assert job.status == "failed", f"{job_id}: {job}"
+        assert job.error and len(job.error) < 500, f"{job_id}: {job.error!r}"
+    assert "message" in bad["wrongargs"].error or "invalid request" in bad["wrongargs"].error
+    assert "no_such_function" in bad["nofunction"].error
+    assert after.status == "completed" and after.ai_response == expected_text("still serving?")
+    assert proc.poll() is None, "the worker did not crash"
+    assert report["redis"]["ok"] and report["status"] == "ok", report
+    assert [w["worker_id"] for w in report["workers"]] == [answer.worker_id]
+    left = client.zrange(keys.QUEUE, 0, -1)
+    assert not left, f"nothing stays in the queue (where it would count towards MAX_QUEUE_DEPTH): {left}"

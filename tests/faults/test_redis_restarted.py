@@ -1,0 +1,88 @@
+"""Redis stopped for a second and started again on the same port (with its data kept, as a production
+Redis with persistence would): messenger and workers reconnect by themselves, tokens published while
+the messenger was cut off come back from the job's stream, and the job in flight completes."""
+
+import asyncio
+import subprocess
+import time
+
+import pytest
+import redis as sync_redis
+from observe import LONG_MESSAGE, Recorder, expected_text, runtime_for, stream_events, terminal_events
+from openai_server import eventually
+from redis_server import RedisServer
+
+from messenger.runtime import health
+from shared.models import ChatRequest
+
+OUTAGE_SECONDS = 1.5
+
+
+class PersistentRedis(RedisServer):
+    """A redis-server that writes every change to an append-only file, so a restart keeps the queue."""
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.tmp)]
+        self.proc = subprocess.Popen(
+            ["redis-server", *args, "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = sync_redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                if client.info("persistence")["loading"] == 0:
+                    break
+            except (sync_redis.ConnectionError, sync_redis.BusyLoadingError):
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+        if client.info("server")["process_id"] != self.proc.pid:
+            raise RuntimeError(f"port {self.port} is served by another Redis")
+
+
+@pytest.fixture
+def persistent_redis(tmp_path, workers):
+    server = PersistentRedis(tmp_path / "redis")
+    server.tmp.mkdir()
+    server.start()
+    workers.redis_server = server  # the workers fixture watches this server for heartbeats
+    yield server
+    workers.stop_all()
+    server.stop()
+
+
+async def test_redis_restarted_mid_stream_the_job_completes_whole_and_everyone_keeps_serving(
+    persistent_redis, workers, clean_env
+):
+    url = persistent_redis.url
+    (proc,) = workers.start(url, MOCK_TOKEN_DELAY_MS="60")
+    seen = Recorder()
+    async with runtime_for(url) as runtime, asyncio.timeout(90):
+        in_flight = asyncio.create_task(runtime.jobs.run(ChatRequest(message=LONG_MESSAGE), seen, timeout=60))
+        await eventually(lambda: seen.words(1) >= 5, timeout=20)
+        await asyncio.to_thread(persistent_redis.stop)
+        words_before_outage = seen.words(1)
+        await asyncio.sleep(OUTAGE_SECONDS)
+        await asyncio.to_thread(persistent_redis.start)
+
+        result = await in_flight
+        assert words_before_outage < len(expected_text(LONG_MESSAGE).split()), "the outage was mid-stream"
+        assert result.status == "completed", result.error
+        assert result.ai_response == expected_text(LONG_MESSAGE)
+        assert result.attempt == 1, "the worker rode out the restart: the job was not dropped and run again"
+        assert seen.text(result.attempt) == result.ai_response, "no token lost or repeated at the caller"
+        events = stream_events(persistent_redis.client(), result.job_id)
+        assert [e["type"] for e in terminal_events(events)] == ["done"]
+
+        after = await runtime.jobs.run(ChatRequest(message="after the restart"), timeout=30)
+        assert after.status == "completed", after.error
+        assert after.ai_response == expected_text("after the restart")
+        assert after.worker_id == result.worker_id, "the same worker process kept serving"
+        report = await health(runtime)
+    assert proc.poll() is None
+    assert report["redis"]["ok"] is True
+    assert [w["worker_id"] for w in report["workers"]] == [result.worker_id]

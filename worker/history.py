@@ -1,0 +1,35 @@
+"""The earlier turns of a conversation, as messages for the model, within the configured caps."""
+
+from __future__ import annotations
+
+import json
+
+from shared import keys
+
+
+async def earlier_turns(
+    redis, conversation_id: str, *, max_turns: int, max_tokens: int
+) -> list[dict[str, str]]:
+    """The newest turns that fit both caps (about four characters a token), oldest first."""
+    if max_turns <= 0 or max_tokens <= 0:
+        return []
+    raw = await redis.lrange(keys.conversation(conversation_id), -max_turns, -1)
+    messages: list[dict[str, str]] = []
+    budget = max_tokens
+    for item in reversed(raw):
+        try:
+            turn = json.loads(item)
+            role, content = turn["role"], str(turn["content"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a hand-edited or damaged turn is skipped, not fatal
+        if role not in ("user", "assistant"):
+            continue
+        cost = len(content) // 4 + 4
+        if cost > budget:
+            break
+        budget -= cost
+        messages.append({"role": role, "content": content})
+    messages.reverse()
+    if messages and messages[0]["role"] == "assistant":
+        messages.pop(0)  # start on a user turn
+    return messages
