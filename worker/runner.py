@@ -241,6 +241,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
 @contextlib.asynccontextmanager
 async def embedded_worker(settings: Settings):
     """Run one worker inside the current process (the messenger's embedded mode)."""
+    await make_provider(settings).aclose()  # a provider that cannot start fails here, not in the background
     worker = build_worker(settings, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:

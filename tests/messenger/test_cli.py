@@ -1,0 +1,72 @@
+"""The commands as a person types them: `messenger ask` in embedded mode, and clear one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, module: str = "messenger.cli", **env: str) -> subprocess.CompletedProcess:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AI_", "MCP_", "MOCK_", "REDIS_"))
+    }
+    clean.update(MOCK_TOKEN_DELAY_MS="1", **env)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT / "tests",
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_ask_streams_an_answer_with_no_redis_and_no_key():
+    done = run("ask", "hello")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Mock answer to: hello")
+    assert "model mock-1" in done.stderr and "tokens" in done.stderr and "job " in done.stderr
+
+
+def test_ask_json_prints_the_result():
+    done = run("ask", "hello", "--json")
+    result = json.loads(done.stdout)
+    assert result["status"] == "completed" and result["aiResponse"].startswith("Mock answer to: hello")
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [({"OPENAI_TEMPERATURE": "5"}, "OPENAI_TEMPERATURE"), ({"MCP_PORT": "http"}, "MCP_PORT"),
+     ({"AI_PROVIDER": "gemini"}, "AI_PROVIDER"), ({"REDIS_URL": "http://x"}, "REDIS_URL")],
+)  # fmt: skip
+def test_a_bad_setting_stops_start_up_with_one_line_naming_it(env, variable):
+    done = run("ask", "hello", **env)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and variable in done.stderr
+
+
+def test_openai_without_a_key_says_which_setting_is_missing_and_never_echoes_secrets():
+    done = run("ask", "hello", AI_PROVIDER="openai", MCP_API_KEY="topsecret")
+    assert done.returncode == 2 and "OPENAI_API_KEY" in done.stderr and "topsecret" not in done.stderr
+
+
+def test_an_empty_message_is_refused():
+    done = run("ask", "   ")
+    assert done.returncode == 2 and "message" in done.stderr
+
+
+def test_job_commands_explain_that_embedded_jobs_are_not_shared():
+    done = run("job", "abc")
+    assert done.returncode == 2 and "REDIS_URL" in done.stderr
+
+
+def test_a_separate_worker_needs_redis_url():
+    done = run(module="worker.cli")
+    assert done.returncode == 2 and "REDIS_URL" in done.stderr
