@@ -15,7 +15,7 @@ from redis_server import RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_env(redis_url: str, **extra: str) -> dict[str, str]:
+def process_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The environment for a messenger or worker subprocess; nothing leaks in from a developer's .env."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AI_", "MCP_", "MOCK_", "REDIS_"))
@@ -47,7 +47,7 @@ class WorkerProcesses:
             log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "worker.cli"],
-                env=test_env(redis_url, **env),
+                env=process_env(redis_url, **env),
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

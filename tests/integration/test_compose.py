@@ -16,7 +16,7 @@ from pathlib import Path
 import compose_spec
 import pytest
 from mcp import Client
-from processes import ROOT, test_env
+from processes import ROOT, process_env
 from redis_server import free_port
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -48,7 +48,7 @@ def _command(service: dict, redis_url: str, port: int) -> tuple[list[str], dict[
     command = [str(x) for x in service["command"]]
     command[0] = shutil.which(command[0]) or command[0]  # the console script in this environment
     command = [str(port) if x == "8000" else x for x in command]
-    env = test_env(redis_url, **{k: str(v) for k, v in service.get("environment", {}).items()})
+    env = process_env(redis_url, **{k: str(v) for k, v in service.get("environment", {}).items()})
     env["REDIS_URL"] = redis_url
     return command, env
 
