@@ -133,8 +133,9 @@ async def chat(ctx: dict, request: dict) -> dict:
         except ValidationError as e:
             msg = invalid_request_message(e)
             await publisher.start(state.worker_id, model)
+            result = await finish("failed", msg)
             await publisher.error(msg)
-            return await finish("failed", msg)
+            return result
         defaults = await state.model_defaults(redis)
         model = req.model or defaults.default_model or settings.default_model
         history = []
@@ -167,32 +168,34 @@ async def chat(ctx: dict, request: dict) -> dict:
                             publisher.token(piece)
         except ProviderError as e:
             state.provider_error = e.message if e.retryable else None
+            result = await finish("failed", e.message)
             await publisher.error(e.message)
-            return await finish("failed", e.message)
+            return result
         except TimeoutError:
             msg = f"the model call took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
+            result = await finish("failed", msg)
             await publisher.error(msg)
-            return await finish("failed", msg)
+            return result
         except asyncio.CancelledError:
             if not await asyncio.shield(redis.exists(keys.cancel(job_id))):
                 raise  # shutdown: arq puts the job back and another worker runs it again
+            result = await finish("cancelled", "cancelled by request")
             await asyncio.shield(publisher.cancelled())
-            return await finish("cancelled", "cancelled by request")
+            return result
         state.provider_error = None
         if end is None or not text:  # never report an empty answer as a success
             msg = (
                 f"the provider returned an empty answer (finish_reason={end.finish_reason if end else None})"
             )
+            result = await finish("failed", msg)
             await publisher.error(msg)
-            return await finish("failed", msg)
+            return result
         usage = end.usage or estimated_usage(request, text)
+        result = await finish("completed")  # counted (usage, history) before the caller hears "done"
         await publisher.done(
-            usage=usage,
-            cost=prices.cost(end.model, usage.prompt_tokens, usage.completion_tokens),
-            finish_reason=end.finish_reason,
-            model=end.model,
+            usage=usage, cost=result["usage"]["estimatedCost"], finish_reason=end.finish_reason, model=end.model
         )
-        return await finish("completed")
+        return result
     except Exception as e:  # a bug or Redis failure: say so in the stream instead of going silent
         log.exception("job %s failed", job_id)
         msg = f"internal error in the worker: {type(e).__name__}: {e}"

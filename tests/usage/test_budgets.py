@@ -1,0 +1,202 @@
+"""Budgets and rate limits at admission: a Lua script reserves each request's worst case, atomically
+across messenger replicas; the worker settles the real cost; a reservation lapses after its expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import anyio
+import pytest
+from mcp import Client
+from usage_helpers import runtime_for, stored_result, text_of
+
+from messenger import admission
+from messenger.admission import Refused
+from messenger.server import build_server
+from shared import prices
+from shared.models import ChatRequest
+from shared.settings import load_settings
+
+RESERVED = "mcpq:budget:reserved"
+REQUEST = ChatRequest(message="How much will this cost?", model="gpt-4o-mini", max_tokens=1000)
+
+
+def worst_case(request: ChatRequest, **settings) -> float:
+    """What admission reserves for `request` (gpt-4o-mini: a built-in price)."""
+    worst = admission.worst_case_usd(request, load_settings(**settings))
+    assert worst is not None and worst > 0
+    return worst
+
+
+def reserved_total(client) -> float:
+    return sum(float(v) for v in client.hvals(RESERVED))
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+async def test_100_concurrent_requests_against_a_budget_for_10_admit_exactly_10(
+    redis_url, clean_env, redis_server
+):
+    worst = worst_case(REQUEST)
+    cap = worst * 10.5  # room for ten worst cases, not eleven
+    client = redis_server.client()
+    most_held = 0.0
+    burst_over = asyncio.Event()
+
+    async def watch(runtime) -> None:
+        nonlocal most_held
+        while not burst_over.is_set():
+            held = sum(float(v) for v in await runtime.redis.hvals(RESERVED))
+            most_held = max(most_held, held)
+            await asyncio.sleep(0)
+
+    # two messenger replicas, no worker: every admitted job stays reserved
+    async with (
+        runtime_for(redis_url, budget_daily_usd=cap) as one,
+        runtime_for(redis_url, budget_daily_usd=cap) as two,
+        asyncio.timeout(60),
+    ):
+        watcher = asyncio.create_task(watch(one))
+        outcomes = await asyncio.gather(
+            *((one, two)[i % 2].jobs.submit(REQUEST) for i in range(100)), return_exceptions=True
+        )
+        burst_over.set()
+        await watcher
+        depth = await one.jobs.queue_depth()
+
+    admitted = [o for o in outcomes if isinstance(o, str)]
+    refused = [o for o in outcomes if isinstance(o, Refused)]
+    assert len(admitted) == 10, [o for o in outcomes if not isinstance(o, str | Refused)]
+    assert len(refused) == 90
+    assert depth == 10
+    for e in refused:
+        assert "BUDGET_DAILY_USD" in str(e)
+        assert "resets in" in str(e)
+    assert most_held <= cap
+    assert reserved_total(client) <= cap
+    assert reserved_total(client) == pytest.approx(10 * worst)
+    assert set(client.hkeys(RESERVED)) == {job_id.encode() for job_id in admitted}
+    assert client.get(f"mcpq:budget:spent:day:{today()}") is None  # nothing ran, nothing spent
+
+
+async def test_hourly_and_per_request_caps_name_their_limit(redis_url, clean_env):
+    worst = worst_case(REQUEST)
+    small = REQUEST.model_copy(update={"max_tokens": 10})
+    small_worst = worst_case(small)
+    async with runtime_for(
+        redis_url, budget_per_request_usd=worst / 2, budget_hourly_usd=small_worst * 5.5
+    ) as rt:
+        with pytest.raises(Refused) as too_big:
+            await rt.jobs.submit(REQUEST)
+        with pytest.raises(Refused) as unpriced:
+            await rt.jobs.submit(ChatRequest(message="hi", model="my-local-llama", max_tokens=10))
+        admitted = 0
+        with pytest.raises(Refused) as hourly:
+            for _ in range(20):
+                await rt.jobs.submit(small)
+                admitted += 1
+    message = str(too_big.value)
+    assert "BUDGET_PER_REQUEST_USD" in message and "max_tokens" in message
+    assert admitted == 5
+    assert "BUDGET_HOURLY_USD" in str(hourly.value) and "resets in" in str(hourly.value)
+    assert "MODEL_PRICES" in str(unpriced.value) and "my-local-llama" in str(unpriced.value)
+
+
+async def test_rate_limit_is_per_caller_and_names_its_setting(redis_url, clean_env):
+    async with runtime_for(redis_url, rate_limit_per_minute=3) as rt:
+        for attempt in range(3):  # a minute boundary in the middle restarts the count: try again
+            alice, bob = f"key-alice-{attempt}", f"key-bob-{attempt}"
+            minute = int(time.time() // 60)
+            for _ in range(3):
+                await rt.jobs.submit(REQUEST, caller=alice)
+            try:
+                await rt.jobs.submit(REQUEST, caller=alice)
+            except Refused as e:
+                refused = e
+            else:
+                assert int(time.time() // 60) != minute, "a fourth request in the same minute was admitted"
+                continue
+            await rt.jobs.submit(REQUEST, caller=bob)  # another caller still passes
+            break
+    assert "RATE_LIMIT_PER_MINUTE=3" in str(refused)
+    assert "resets in" in str(refused)
+
+
+async def test_a_refused_request_is_an_mcp_tool_error_with_the_limit(redis_url, clean_env):
+    big = {"message": "hi", "model": "gpt-4o-mini", "max_tokens": 1000}
+    small = {**big, "max_tokens": 400}
+    per_request = worst_case(ChatRequest(**big)) / 2
+    daily = worst_case(ChatRequest(**small)) * 1.5  # one small request fits, two do not
+    async with runtime_for(redis_url, budget_per_request_usd=per_request, budget_daily_usd=daily) as rt:
+        with anyio.fail_after(30):
+            async with Client(build_server(rt)) as mcp:
+                too_big = await mcp.call_tool("send_message_to_ai", big)
+                first = await mcp.call_tool("submit_message", small)
+                over_daily = await mcp.call_tool("send_message_to_ai", small)
+    assert too_big.is_error
+    assert "BUDGET_PER_REQUEST_USD" in text_of(too_big)
+    assert not first.is_error, text_of(first)
+    assert over_daily.is_error
+    assert "BUDGET_DAILY_USD" in text_of(over_daily) and "resets in" in text_of(over_daily)
+
+
+async def test_a_reservation_lapses_after_its_expiry(redis_url, clean_env, redis_server):
+    worst = worst_case(REQUEST)
+    client = redis_server.client()
+    async with runtime_for(redis_url, budget_daily_usd=worst * 1.5, budget_reservation_seconds=1) as rt:
+        stuck = await rt.jobs.submit(REQUEST)  # no worker: as if its worker was killed
+        with pytest.raises(Refused, match="BUDGET_DAILY_USD"):
+            await rt.jobs.submit(REQUEST)
+        await asyncio.sleep(1.5)
+        later = await rt.jobs.submit(REQUEST)  # fits only because the first hold lapsed
+    assert client.hkeys(RESERVED) == [later.encode()]
+    assert client.zscore("mcpq:budget:reserved-until", stuck) is None
+    assert reserved_total(client) == pytest.approx(worst)
+
+
+async def test_a_finished_job_settles_its_real_cost(redis_url, workers, clean_env, redis_server):
+    table = {"mock-1": [2.0, 8.0]}
+    client = redis_server.client()
+    async with runtime_for(redis_url, budget_daily_usd=1.0, model_prices=table) as rt:
+        request = ChatRequest(message="settle me please", max_tokens=50)  # model: the default, mock-1
+        job_id = await rt.jobs.submit(request)
+        held = float(client.hget(RESERVED, job_id))
+        pinned = admission.pinned(request, admission.ModelDefaults(), rt.settings)
+        assert held == pytest.approx(admission.worst_case_usd(pinned, rt.settings))
+        workers.start(redis_url, count=1, MODEL_PRICES=json.dumps(table))
+        with anyio.fail_after(30):
+            result = await stored_result(client, job_id)
+    assert result["status"] == "completed", result["error"]
+    usage = result["usage"]
+    cost = prices.cost("mock-1", usage["promptTokens"], usage["completionTokens"])
+    assert usage["estimatedCost"] == pytest.approx(cost) and 0 < cost < held
+    assert client.hget(RESERVED, job_id) is None
+    assert client.zscore("mcpq:budget:reserved-until", job_id) is None
+    assert float(client.get(f"mcpq:budget:spent:day:{today()}")) == pytest.approx(cost)
+
+
+async def test_cancelling_a_queued_job_gives_back_its_reservation(redis_url, clean_env, redis_server):
+    """A job cancelled before any worker took it ends too; its hold must not wait for the expiry."""
+    worst = worst_case(REQUEST)
+    client = redis_server.client()
+    async with runtime_for(redis_url, budget_daily_usd=worst * 1.5) as rt:
+        queued = await rt.jobs.submit(REQUEST)
+        cancelled = await rt.jobs.cancel(queued)
+        assert cancelled.status == "cancelled"
+        assert client.hget(RESERVED, queued) is None, "the cancelled job still holds its worst case"
+        await rt.jobs.submit(REQUEST)  # the budget it held is free again
+
+
+async def test_a_request_the_queue_cannot_take_gives_back_its_reservation(redis_url, clean_env, redis_server):
+    from messenger.jobs import QueueFull
+
+    client = redis_server.client()
+    async with runtime_for(redis_url, budget_daily_usd=1.0, max_queue_depth=1) as rt:
+        first = await rt.jobs.submit(REQUEST)
+        with pytest.raises(QueueFull):
+            await rt.jobs.submit(REQUEST)
+    assert client.hkeys(RESERVED) == [first.encode()]
