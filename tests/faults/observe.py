@@ -4,10 +4,8 @@ stream holds, which process a worker id is, and how a job ended."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,18 +29,6 @@ def runtime_for(redis_url: str, **settings):
 def expected_text(message: str) -> str:
     """The whole answer the mock provider gives to `message`, on any worker, on any attempt."""
     return "".join(mock_reply([{"role": "user", "content": message}]))
-
-
-def root_conftest():
-    """tests/conftest.py as a module (`import conftest` may find another suite's conftest)."""
-    path = ROOT / "tests" / "conftest.py"
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) and Path(module.__file__) == path:
-            return module
-    spec = importlib.util.spec_from_file_location("_mcpq_root_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Recorder:

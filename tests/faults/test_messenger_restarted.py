@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 
-from observe import LONG_MESSAGE, ROOT, Recorder, expected_text, root_conftest, runtime_for
+from observe import LONG_MESSAGE, ROOT, Recorder, expected_text, runtime_for
 from openai_server import eventually
+from processes import process_env
 
 from shared.models import ChatRequest
 
@@ -42,7 +43,7 @@ async def test_a_job_outlives_the_messenger_that_submitted_it_and_another_replic
     assert [e.seq for _, e in history.events] == list(range(len(kinds))), "the whole history, in order"
     assert history.text(1) == expected_text(LONG_MESSAGE)
 
-    env = root_conftest().test_env(redis_url)
+    env = process_env(redis_url)
     shown = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "messenger.cli", "job", job_id],

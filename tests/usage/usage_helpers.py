@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from openai_server import eventually
+from processes import process_env
 
 from messenger.runtime import open_runtime
 from shared.settings import load_settings
@@ -16,21 +15,9 @@ API_KEY = "sk-test"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def root_conftest():
-    """tests/conftest.py as a module (`import conftest` may find this suite's conftest)."""
-    path = ROOT / "tests" / "conftest.py"
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) and Path(module.__file__) == path:
-            return module
-    spec = importlib.util.spec_from_file_location("_mcpq_root_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def subprocess_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The root conftest's environment for a subprocess: mock provider, no developer .env."""
-    return root_conftest().test_env(redis_url, **extra)
+    return process_env(redis_url, **extra)
 
 
 def runtime_for(redis_url: str, **settings):
