@@ -33,11 +33,13 @@ from shared.settings import Settings
 # arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
 # also records the job as recent and wakes the workers with its id, so one round trip enqueues.
 ENQUEUE_LUA = """
--- KEYS: arq:job:<id>, arq:result:<id>, arq:queue, mcpq:jobs:recent, mcpq:wakeup
--- ARGV: job id, serialized job, enqueue time ms, job expiry ms, recent jobs kept, max queue depth
+-- KEYS: arq:job:<id>, arq:result:<id>, arq:queue, mcpq:jobs:recent, mcpq:wakeup, mcpq:owner:<id>
+-- ARGV: job id, serialized job, enqueue time ms, job expiry ms, recent jobs kept, max queue depth,
+--       caller, owner record lifetime s
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 local depth = redis.call('ZCARD', KEYS[3])
 if depth >= tonumber(ARGV[6]) then return -depth end
+redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[8])
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -99,12 +101,16 @@ class JobClient:
             return await self._follow(job_id, live, on_event, timeout)
 
     async def wait(
-        self, job_id: str, timeout: float | None = None, on_event: OnEvent | None = None
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        on_event: OnEvent | None = None,
+        reader: str | None = None,
     ) -> JobResult:
         """Follow an existing job until it ends or `timeout` passes; returns its state either way."""
         _check_id(job_id)
         async with self.hub.follow(job_id) as live:
-            snapshot = await self.get(job_id)
+            snapshot = await self.get(job_id, reader)
             if snapshot.status in FINAL_STATUSES:
                 if on_event:  # a late follower still sees the whole story
                     transcript = Transcript(job_id)
@@ -113,13 +119,17 @@ class JobClient:
                 return snapshot
             return await self._follow(job_id, live, on_event, timeout)
 
-    async def get(self, job_id: str) -> JobResult:
+    async def get(self, job_id: str, reader: str | None = None) -> JobResult:
+        """A job's state. With a `reader`, a job another caller owns is as unknown as a missing one."""
         _check_id(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.result(job_id))
             pipe.exists(keys.in_progress(job_id))
             pipe.exists(keys.job(job_id))
-            raw_result, running, queued = await pipe.execute()
+            pipe.get(keys.owner(job_id))
+            raw_result, running, queued, owner = await pipe.execute()
+        if reader is not None and (owner is None or owner.decode() != reader):
+            raise JobNotFound(job_id)
         transcript = Transcript(job_id)
         await replay(self.redis, transcript)
         if raw_result is not None:
@@ -132,9 +142,9 @@ class JobClient:
             return snapshot
         raise JobNotFound(job_id)
 
-    async def cancel(self, job_id: str) -> JobResult:
+    async def cancel(self, job_id: str, reader: str | None = None) -> JobResult:
         """Stop a job: a queued one is taken off the queue here; a running one is aborted by its worker."""
-        snapshot = await self.get(job_id)
+        snapshot = await self.get(job_id, reader)
         if snapshot.status in FINAL_STATUSES:
             return snapshot
         if await self._cancel_queued(job_id, snapshot.attempt + 1):
@@ -146,8 +156,17 @@ class JobClient:
             await pipe.execute()
         return await self.wait(job_id, timeout=10)
 
-    async def list(self, status: JobStatus | None = None, limit: int = 50) -> list[JobResult]:
-        recent = await self.redis.zrevrange(keys.RECENT_JOBS, 0, max(limit * 4, 200) - 1)
+    async def list(
+        self, status: JobStatus | None = None, limit: int = 50, reader: str | None = None
+    ) -> list[JobResult]:
+        """Recent jobs, newest first; with a `reader`, only the jobs it owns."""
+        window = keys.RECENT_JOBS_KEPT if reader is not None else max(limit * 4, 200)
+        recent = await self.redis.zrevrange(keys.RECENT_JOBS, 0, window - 1)
+        if reader is not None and recent:
+            owners = await self.redis.mget([keys.owner(raw_id.decode()) for raw_id in recent])
+            recent = [
+                raw_id for raw_id, owner in zip(recent, owners, strict=True) if owner == reader.encode()
+            ]
         jobs: list[JobResult] = []
         for raw_id in recent:
             try:
@@ -163,6 +182,16 @@ class JobClient:
     async def queue_depth(self) -> int:
         return await self.redis.zcard(keys.QUEUE)
 
+    async def timeline(self, job_id: str) -> tuple[int, int]:
+        """When a job was enqueued and when its last event came, in ms (the enqueue time if none yet)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(keys.RECENT_JOBS, job_id)
+            pipe.xrevrange(keys.stream(job_id), count=1)
+            enqueued, last = await pipe.execute()
+        updated = int(last[0][0].split(b"-")[0]) if last else None
+        created = int(enqueued) if enqueued is not None else updated or int(time.time() * 1000)
+        return created, max(created, updated or created)
+
     async def enqueue(self, job_id: str, request: ChatRequest, caller: str = ANONYMOUS) -> None:
         """Admit (budgets, rate limit), put a job with a chosen id on the queue and wake the workers.
 
@@ -172,19 +201,28 @@ class JobClient:
             request = admission.pinned(request, await usage.model_defaults(self.redis), self.settings)
             await admission.admit(self.redis, self.settings, request, job_id=job_id, caller=caller)
         try:
-            await self._enqueue(job_id, request)
+            await self._enqueue(job_id, request, caller)
         except BaseException:
             if admission.enabled(self.settings):
                 await admission.release(self.redis, job_id)
             raise
 
-    async def _enqueue(self, job_id: str, request: ChatRequest) -> None:
+    async def _enqueue(self, job_id: str, request: ChatRequest, caller: str) -> None:
         now_ms = int(time.time() * 1000)
         payload = serialize_job(
             "chat", (request.model_dump(exclude_none=True),), {}, None, now_ms, serializer=serialize
         )
+        # the owner record lives as long as the job can: a day in the queue, its run, its kept result
+        owner_ttl = JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + KEEP_RESULT_SECONDS
         added = await self.redis.register_script(ENQUEUE_LUA)(
-            keys=[keys.job(job_id), keys.result(job_id), keys.QUEUE, keys.RECENT_JOBS, keys.WAKEUP_CHANNEL],
+            keys=[
+                keys.job(job_id),
+                keys.result(job_id),
+                keys.QUEUE,
+                keys.RECENT_JOBS,
+                keys.WAKEUP_CHANNEL,
+                keys.owner(job_id),
+            ],
             args=[
                 job_id,
                 payload,
@@ -192,6 +230,8 @@ class JobClient:
                 JOB_EXPIRES_MS,
                 keys.RECENT_JOBS_KEPT,
                 self.settings.max_queue_depth,
+                caller,
+                owner_ttl,
             ],
         )
         if added < 0:
@@ -244,6 +284,8 @@ class JobClient:
                 pipe.zrem(keys.QUEUE, job_id)
                 pipe.delete(keys.job(job_id), keys.retry(job_id))
                 pipe.set(keys.result(job_id), data, ex=KEEP_RESULT_SECONDS)
+                pipe.hdel(keys.BUDGET_RESERVED, job_id)  # it will never run: give back its budget
+                pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)
                 await pipe.execute()
             except WatchError:
                 return False

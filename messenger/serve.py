@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 
 import uvicorn
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from messenger.runtime import Runtime
@@ -52,9 +54,33 @@ def api_tokens(runtime: Runtime) -> list[str]:
     return [t.strip() for t in key.get_secret_value().split(",") if t.strip()] if key else []
 
 
+LOCAL_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+
+
+def transport_security(allowed_hosts: list[str]) -> TransportSecuritySettings | None:
+    """The Host/Origin check (DNS-rebinding protection) for MCP_ALLOWED_HOSTS.
+
+    Unset: the SDK's default (on for a localhost bind, off otherwise). Set: localhost plus the
+    named hosts, on any port unless one is given; `*` turns the check off.
+    """
+    if not allowed_hosts:
+        return None
+    if "*" in allowed_hosts:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    hosts = list(LOCAL_HOSTS)
+    for host in allowed_hosts:
+        hosts += [host] if re.search(r":(\d+|\*)$", host) else [host, f"{host}:*"]
+    origins = [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins)
+
+
 def http_app(runtime: Runtime, transport: str, host: str):
     mcp = build_server(runtime)
-    app = mcp.sse_app(host=host) if transport == "sse" else mcp.streamable_http_app(host=host)
+    security = transport_security(runtime.settings.allowed_hosts)
+    if transport == "sse":
+        app = mcp.sse_app(host=host, transport_security=security)
+    else:
+        app = mcp.streamable_http_app(host=host, transport_security=security)
     tokens = api_tokens(runtime)
     return BearerAuth(app, tokens) if tokens else app
 

@@ -4,7 +4,6 @@ Tools are thin: they validate, call the JobClient, and turn its errors into Tool
 act on. The Runtime (Redis, hub, embedded worker) is opened once per process, not per MCP session.
 """
 
-import hashlib
 import time
 from typing import Annotated, Any, Literal
 
@@ -13,19 +12,18 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from messenger import usage
-from messenger.admission import Refused
+from messenger.calls import caller_from, chat_request, final_answer, reader_from
+from messenger.calls import guarded as guarded_by
 from messenger.collector import Transcript
-from messenger.jobs import ANONYMOUS, JobNotFound, QueueFull
+from messenger.resources import add_resources
 from messenger.runtime import Runtime, health, models
-from shared.connection import redacted
+from messenger.tasks import JobTasks
 from shared.events import Event
 from shared.models import (
-    ChatRequest,
     ContextText,
     ConversationId,
     JobResult,
@@ -86,46 +84,31 @@ class ProgressRelay:
 
 def caller_of(ctx: Context, auth_on: bool) -> str:
     """Who is calling: a digest of the API key the HTTP layer already verified, else anonymous."""
-    headers = ctx.headers if auth_on else None
-    if not headers:
-        return ANONYMOUS
-    token = headers.get("x-api-key", "")
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        token = auth[7:].strip()
-    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else ANONYMOUS
+    return caller_from(ctx.headers, auth_on)
 
 
 def build_server(runtime: Runtime) -> MCPServer:
     settings = runtime.settings
     jobs = runtime.jobs
     auth_on = settings.mcp_api_key is not None
+    tasks = JobTasks(runtime, tool="send_message_to_ai")
     mcp = MCPServer(
         "mcp-queue",
         version="0.1.0",
         instructions=(
             "Model calls run as jobs on a Redis queue. send_message_to_ai waits and streams tokens as "
-            "progress; submit_message returns a job id at once to poll with get_job or wait_for_job."
+            "progress (or runs as an MCP task); submit_message returns a job id at once to poll with "
+            "get_job or wait_for_job."
         ),
+        extensions=[tasks],
+        middleware=[tasks.middleware],
     )
 
-    def request_of(**fields) -> ChatRequest:
-        try:
-            return ChatRequest(**fields)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "request"
-            raise ToolError(f"invalid {where}: {err['msg'].removeprefix('Value error, ')}") from None
+    def reader_of(ctx: Context) -> str | None:
+        return reader_from(ctx.headers, auth_on)
 
     async def guarded(coro):
-        try:
-            return await coro
-        except (JobNotFound, QueueFull, Refused) as e:
-            raise ToolError(str(e)) from None
-        except (RedisError, OSError) as e:
-            raise ToolError(
-                f"the queue is unreachable (Redis at {redacted(settings.redis_url)}): {type(e).__name__}"
-            ) from None
+        return await guarded_by(coro, settings)
 
     @mcp.tool()
     async def send_message_to_ai(
@@ -141,7 +124,7 @@ def build_server(runtime: Runtime) -> MCPServer:
 
         The call runs as a queued job. If the wait is cut short the job goes on: fetch it later with
         get_job or wait_for_job (its id is in every result)."""
-        request = request_of(
+        request = chat_request(
             message=message, context=context, model=model, temperature=temperature,
             max_tokens=max_tokens, conversation_id=conversation_id,
         )  # fmt: skip
@@ -167,14 +150,7 @@ def build_server(runtime: Runtime) -> MCPServer:
                 with anyio.CancelScope(shield=True):
                     await jobs.cancel(started[0])
             raise
-        if result.status == "failed":
-            raise ToolError(f"job {result.job_id} failed: {result.error}")
-        if result.status in ("queued", "running"):
-            raise ToolError(
-                f"job {result.job_id} is still {result.status}; fetch its answer later with "
-                f"wait_for_job or get_job"
-            )
-        return result
+        return final_answer(result)
 
     @mcp.tool()
     async def submit_message(
@@ -187,7 +163,7 @@ def build_server(runtime: Runtime) -> MCPServer:
         conversation_id: ConversationId = None,
     ) -> JobResult:
         """Queue a model call and return its job id at once; poll with get_job or wait_for_job."""
-        request = request_of(
+        request = chat_request(
             message=message, context=context, model=model, temperature=temperature,
             max_tokens=max_tokens, conversation_id=conversation_id,
         )  # fmt: skip
@@ -195,9 +171,9 @@ def build_server(runtime: Runtime) -> MCPServer:
         return JobResult(job_id=job_id, status="queued")
 
     @mcp.tool()
-    async def get_job(job_id: JobId) -> JobResult:
+    async def get_job(job_id: JobId, ctx: Context) -> JobResult:
         """A job's status, its text so far, and its result once it has ended."""
-        return await guarded(jobs.get(job_id))
+        return await guarded(jobs.get(job_id, reader_of(ctx)))
 
     @mcp.tool()
     async def wait_for_job(
@@ -208,20 +184,22 @@ def build_server(runtime: Runtime) -> MCPServer:
         ] = 60,
     ) -> JobResult:
         """Wait until a job ends (or the timeout passes) and return it; tokens stream as progress."""
-        return await guarded(jobs.wait(job_id, timeout_seconds, on_event=ProgressRelay(ctx, None)))
+        relay = ProgressRelay(ctx, None)
+        return await guarded(jobs.wait(job_id, timeout_seconds, on_event=relay, reader=reader_of(ctx)))
 
     @mcp.tool()
-    async def cancel_job(job_id: JobId) -> JobResult:
+    async def cancel_job(job_id: JobId, ctx: Context) -> JobResult:
         """Stop a job. A queued job never starts; a running one stops calling the model."""
-        return await guarded(jobs.cancel(job_id))
+        return await guarded(jobs.cancel(job_id, reader_of(ctx)))
 
     @mcp.tool()
     async def list_jobs(
+        ctx: Context,
         status: Annotated[StatusFilter | None, Field(description="Only jobs in this state.")] = None,
         limit: Annotated[int, Field(ge=1, le=500)] = 50,
     ) -> JobList:
         """Recent jobs, newest first: queued, running and finished."""
-        found = await guarded(jobs.list(status, limit))
+        found = await guarded(jobs.list(status, limit, reader_of(ctx)))
         return JobList(queue_depth=await guarded(jobs.queue_depth()), jobs=found)
 
     @mcp.tool()
@@ -249,7 +227,7 @@ def build_server(runtime: Runtime) -> MCPServer:
         """A conversation's turns with their tokens and cost, or the recent conversations."""
         if conversation_id is None:
             return await guarded(usage.conversations(runtime.redis, limit))
-        request_of(message="-", conversation_id=conversation_id)  # same name rules as requests
+        chat_request(message="-", conversation_id=conversation_id)  # same name rules as requests
         return await guarded(usage.conversation(runtime.redis, conversation_id, limit))
 
     @mcp.tool()
@@ -270,7 +248,9 @@ def build_server(runtime: Runtime) -> MCPServer:
             )
         except ValidationError as e:
             err = e.errors()[0]
-            raise ToolError(f"invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            raise ToolError(
+                f"invalid {'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+            ) from None
         stored = await guarded(usage.configure_defaults(runtime.redis, changes))
         return {
             "stored": stored.model_dump(),
@@ -282,6 +262,8 @@ def build_server(runtime: Runtime) -> MCPServer:
                 "max_tokens": stored.max_tokens or settings.openai_max_tokens,
             },
         }
+
+    add_resources(mcp, runtime, reader_of)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health_route(_: Request) -> JSONResponse:

@@ -65,6 +65,14 @@ def cancel(job_id: str) -> str:
     return CANCEL_PREFIX + job_id
 
 
+# the caller a job belongs to (an API key's digest, or "anonymous"); lives as long as the job and its result
+OWNER_PREFIX = "mcpq:owner:"
+
+
+def owner(job_id: str) -> str:
+    return OWNER_PREFIX + job_id
+
+
 # usage and cost, summed by every worker (hashes of counters: requests, completed, failed, cancelled,
 # prompt_tokens, completion_tokens, total_tokens, cost_usd, unpriced, latency_ms)
 USAGE_TOTAL = "mcpq:usage:total"

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     mcp_host: str = "127.0.0.1"
     mcp_port: int = Field(8000, ge=1, le=65535)
     mcp_api_key: SecretStr | None = None
+    # comma-separated Host names that HTTP and SSE accept besides localhost; "*" = any
+    mcp_allowed_hosts: str | None = None
     worker_concurrency: int = Field(10, ge=1, le=10_000)
     worker_lease_seconds: float = Field(10, ge=1, le=3600)
     worker_shutdown_grace_seconds: float = Field(30, ge=0, le=86_400)
@@ -100,6 +102,10 @@ class Settings(BaseSettings):
                 ) from None
             self.model_prices = {**parsed, **(self.model_prices or {})}
         return self
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        return [h.strip() for h in (self.mcp_allowed_hosts or "").split(",") if h.strip()]
 
     @property
     def embedded(self) -> bool:

@@ -193,7 +193,10 @@ async def chat(ctx: dict, request: dict) -> dict:
         usage = end.usage or estimated_usage(request, text)
         result = await finish("completed")  # counted (usage, history) before the caller hears "done"
         await publisher.done(
-            usage=usage, cost=result["usage"]["estimatedCost"], finish_reason=end.finish_reason, model=end.model
+            usage=usage,
+            cost=result["usage"]["estimatedCost"],
+            finish_reason=end.finish_reason,
+            model=end.model,
         )
         return result
     except Exception as e:  # a bug or Redis failure: say so in the stream instead of going silent

@@ -1,0 +1,90 @@
+"""What every MCP call shares, tool or task: who is calling, the request it carries, and how queue
+failures and job endings read to the caller."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import pydantic_core
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from messenger.admission import Refused
+from messenger.jobs import ANONYMOUS, JobNotFound, QueueFull
+from shared.connection import redacted
+from shared.models import ChatRequest, JobResult
+from shared.settings import Settings
+
+
+def offered_token(headers: Mapping[str, str]) -> str:
+    """The API key a request offers: `Authorization: Bearer <token>`, else `X-Api-Key: <token>`."""
+    token = headers.get("x-api-key", "")
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        token = auth[7:].strip()
+    return token
+
+
+def caller_from(headers: Mapping[str, str] | None, auth_on: bool) -> str:
+    """Who is calling: a digest of the API key the HTTP layer already verified, else anonymous."""
+    token = offered_token(headers) if auth_on and headers else ""
+    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else ANONYMOUS
+
+
+def reader_from(headers: Mapping[str, str] | None, auth_on: bool) -> str | None:
+    """Whose jobs a request may see: its caller's when it came over HTTP with MCP_API_KEY set, else
+    every job (no keys configured, or stdio, which is as trusted as the local CLI)."""
+    return caller_from(headers, auth_on) if auth_on and headers else None
+
+
+def chat_request(**fields) -> ChatRequest:
+    try:
+        return ChatRequest(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        raise ToolError(f"invalid {where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+async def guarded(coro, settings: Settings):
+    """Await a queue operation; its failures become ToolErrors a person can act on."""
+    try:
+        return await coro
+    except (JobNotFound, QueueFull, Refused) as e:
+        raise ToolError(str(e)) from None
+    except (RedisError, OSError) as e:
+        raise ToolError(
+            f"the queue is unreachable (Redis at {redacted(settings.redis_url)}): {type(e).__name__}"
+        ) from None
+
+
+def final_answer(result: JobResult) -> JobResult:
+    """What send_message_to_ai answers once its job stops: the result, or an error naming the job."""
+    if result.status == "failed":
+        raise ToolError(f"job {result.job_id} failed: {result.error}")
+    if result.status in ("queued", "running"):
+        raise ToolError(
+            f"job {result.job_id} is still {result.status}; fetch its answer later with "
+            f"wait_for_job or get_job"
+        )
+    return result
+
+
+def error_result(text: str) -> CallToolResult:
+    """A tool's error as MCPServer reports a ToolError."""
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def tool_result(result: JobResult) -> CallToolResult:
+    """The CallToolResult send_message_to_ai returns for this job, built the way MCPServer builds it."""
+    try:
+        answer = final_answer(result)
+    except ToolError as e:
+        return error_result(str(e))
+    return CallToolResult(
+        content=[TextContent(type="text", text=pydantic_core.to_json(answer, indent=2).decode())],
+        structured_content=answer.model_dump(mode="json", by_alias=True),
+    )

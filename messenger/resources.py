@@ -1,0 +1,47 @@
+"""MCP resources: a job as `job://<id>`, usage as `stats://usage`, health as `health://status` (all JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+from redis.exceptions import RedisError
+
+from messenger import usage
+from messenger.jobs import JobNotFound
+from messenger.runtime import Runtime, health
+from shared.connection import redacted
+
+JSON = "application/json"
+
+
+def add_resources(mcp: MCPServer, runtime: Runtime, reader_of: Callable[[Context], str | None]) -> None:
+    def unreachable(e: Exception) -> ResourceError:
+        where = redacted(runtime.settings.redis_url)
+        return ResourceError(f"the queue is unreachable (Redis at {where}): {type(e).__name__}")
+
+    @mcp.resource("job://{job_id}", name="job", mime_type=JSON)
+    async def job(job_id: str, ctx: Context) -> str:
+        """A job's status, its text so far, and its result once it has ended (as get_job returns it)."""
+        try:
+            found = await runtime.jobs.get(job_id, reader_of(ctx))
+        except JobNotFound as e:
+            raise ResourceNotFoundError(str(e)) from None
+        except (RedisError, OSError) as e:
+            raise unreachable(e) from None
+        return found.model_dump_json()
+
+    @mcp.resource("stats://usage", name="usage", mime_type=JSON)
+    async def usage_stats() -> str:
+        """Requests, tokens, cost (USD) per model and per day, and latency, summed over every worker."""
+        try:
+            return json.dumps(await usage.usage_stats(runtime.redis))
+        except (RedisError, OSError) as e:
+            raise unreachable(e) from None
+
+    @mcp.resource("health://status", name="health", mime_type=JSON)
+    async def health_status() -> str:
+        """Redis, live workers, queue depth and provider reachability."""
+        return json.dumps(await health(runtime))
