@@ -23,6 +23,7 @@ from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 from worker.heartbeat import beat_forever
 from worker.job import WorkerState, chat
+from worker.metrics import MetricsServer, WorkerMetrics
 from worker.providers import make_provider
 from worker.publisher import EventWriter
 
@@ -47,18 +48,23 @@ async def startup(ctx: dict) -> None:
         provider=provider,
         worker_id=ctx.get("worker_id") or new_worker_id(),
         writer=EventWriter(ctx["redis"]),
+        metrics=WorkerMetrics(ctx.get("metrics_registry")),  # the messenger's, in embedded mode
     )
     state.provider_error = await provider.check()
     if state.provider_error:
         log.warning("provider %s not reachable yet: %s", provider.name, state.provider_error)
     ctx["mcpq"] = state
     ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx["redis"], state))
+    if settings.worker_metrics_port is not None:
+        ctx["metrics_server"] = MetricsServer(state.metrics.registry, settings.worker_metrics_port)
     gc.collect()
     gc.freeze()  # start-up objects are never scanned again: no long GC pauses between tokens
     log.info("worker %s ready (provider %s)", state.worker_id, provider.name)
 
 
 async def shutdown(ctx: dict) -> None:
+    if server := ctx.pop("metrics_server", None):
+        server.close()
     task = ctx.pop("heartbeat", None)
     if task:
         task.cancel()
@@ -90,15 +96,27 @@ def worker_options(settings: Settings) -> dict:
     }
 
 
-# arq's claim (WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC: four round trips) as one atomic script.
+# arq's claim (per job: WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC, four round trips) as one atomic
+# script for a whole batch of candidate ids, stopping once the worker's free slots are filled.
 CLAIM_LUA = """
--- KEYS: arq:in-progress:<id>, arq:queue   ARGV: job id, now ms, lease ms
--- returns the job's score as a string ("0" is a score too), or nil when the job is not ours to run
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
+-- KEYS: arq:queue   ARGV: now ms, lease ms, free slots, in-progress key prefix, candidate job ids...
+-- returns {id, score, id, score, ...} for the jobs now leased to this worker
+local claimed = {}
+local free = tonumber(ARGV[3])
+for i = 5, #ARGV do
+  if #claimed >= 2 * free then break end
+  local id = ARGV[i]
+  local lease = ARGV[4] .. id
+  if redis.call('EXISTS', lease) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= tonumber(ARGV[1]) then
+      redis.call('PSETEX', lease, ARGV[2], '1')
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+    end
+  end
+end
+return claimed
 """
 
 
@@ -151,35 +169,32 @@ class QueueWorker(Worker):
             listener.cancel()
 
     async def start_jobs(self, job_ids: list) -> None:
-        claim = self.pool.register_script(CLAIM_LUA)
-        lease_ms = int(self.in_progress_timeout_s * 1000)
+        candidates = []
         for raw_id in job_ids:
             try:
-                job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+                candidates.append(raw_id.decode() if isinstance(raw_id, bytes) else raw_id)
             except UnicodeDecodeError:  # pushed by hand: no job id we could ever run
                 log.warning("dropping a queue entry or wake-up that is not a job id: %.100r", raw_id)
                 with contextlib.suppress(RedisError, OSError):
                     await self.pool.zrem(self.queue_name, raw_id)
-                continue
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
-            self.job_counter += 1
-            score = await claim(
-                keys=[keys.in_progress(job_id), self.queue_name],
-                args=[job_id, int(time.time() * 1000), lease_ms],
-            )
-            if score is None:  # another worker has it, or it is finished or deferred
-                self.job_counter -= 1
-                self.sem.release()
-                continue
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not candidates:
+            return
+        claimed = await self.pool.register_script(CLAIM_LUA)(
+            keys=[self.queue_name],
+            args=[int(time.time() * 1000), int(self.in_progress_timeout_s * 1000), free, keys.IN_PROGRESS_PREFIX,
+                  *candidates],
+        )  # fmt: skip
+        for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
+            job_id = job_id.decode()
+            await self.sem.acquire()  # never waits: the script claimed no more than the free slots
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     async def finish_job(self, job_id: str, finish: bool, *args, **kwargs) -> None:
         await super().finish_job(job_id, finish, *args, **kwargs)
@@ -239,10 +254,12 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
 
 
 @contextlib.asynccontextmanager
-async def embedded_worker(settings: Settings):
-    """Run one worker inside the current process (the messenger's embedded mode)."""
+async def embedded_worker(settings: Settings, metrics_registry=None):
+    """Run one worker inside the current process (the messenger's embedded mode); its metrics go
+    into `metrics_registry` (the messenger's) when given."""
     await make_provider(settings).aclose()  # a provider that cannot start fails here, not in the background
     worker = build_worker(settings, handle_signals=False)
+    worker.ctx["metrics_registry"] = metrics_registry
     task = asyncio.create_task(worker.async_run())
     try:
         yield worker
