@@ -24,7 +24,7 @@ from redis.exceptions import RedisError, WatchError
 from messenger import admission, usage
 from messenger.collector import Transcript, follow_events, replay
 from messenger.hub import EventHub
-from shared import keys
+from shared import keys, tracing
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus
 from shared.serializer import deserialize, serialize
@@ -209,9 +209,11 @@ class JobClient:
 
     async def _enqueue(self, job_id: str, request: ChatRequest, caller: str) -> None:
         now_ms = int(time.time() * 1000)
+        trace = tracing.current_carrier()  # the caller's trace, when there is one, goes with the job
         payload = serialize_job(
-            "chat", (request.model_dump(exclude_none=True),), {}, None, now_ms, serializer=serialize
-        )
+            "chat", (request.model_dump(exclude_none=True),), {"trace": trace} if trace else {}, None, now_ms,
+            serializer=serialize,
+        )  # fmt: skip
         # the owner record lives as long as the job can: a day in the queue, its run, its kept result
         owner_ttl = JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + KEEP_RESULT_SECONDS
         added = await self.redis.register_script(ENQUEUE_LUA)(

@@ -8,10 +8,11 @@ import gc
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from messenger.hub import EventHub
 from messenger.jobs import JobClient
+from messenger.metrics import MessengerMetrics
 from shared import keys, prices
 from shared.connection import connect, redacted
 from shared.settings import Settings
@@ -23,6 +24,7 @@ class Runtime:
     redis: object
     hub: EventHub
     jobs: JobClient
+    metrics: MessengerMetrics = field(default_factory=MessengerMetrics)
 
 
 def settle_heap() -> None:
@@ -40,6 +42,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     prices.configure(settings.model_prices)
     redis = connect(settings.redis_url)
     hub = EventHub(redis)
+    metrics = MessengerMetrics()
     await hub.start()
     settle_heap()
     try:
@@ -47,8 +50,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             if settings.embedded:
                 from worker import embedded_worker
 
-                await stack.enter_async_context(embedded_worker(settings))
-            yield Runtime(settings=settings, redis=redis, hub=hub, jobs=JobClient(redis, hub, settings))
+                await stack.enter_async_context(embedded_worker(settings, metrics.registry))
+            yield Runtime(
+                settings=settings, redis=redis, hub=hub, jobs=JobClient(redis, hub, settings), metrics=metrics
+            )
     finally:
         await hub.close()
         await redis.aclose()

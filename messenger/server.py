@@ -19,6 +19,7 @@ from messenger import usage
 from messenger.calls import caller_from, chat_request, final_answer, reader_from
 from messenger.calls import guarded as guarded_by
 from messenger.collector import Transcript
+from messenger.metrics import metrics_route
 from messenger.resources import add_resources
 from messenger.runtime import Runtime, health, models
 from messenger.tasks import JobTasks
@@ -101,7 +102,7 @@ def build_server(runtime: Runtime) -> MCPServer:
             "get_job or wait_for_job."
         ),
         extensions=[tasks],
-        middleware=[tasks.middleware],
+        middleware=[runtime.metrics.middleware, tasks.middleware],
     )
 
     def reader_of(ctx: Context) -> str | None:
@@ -270,4 +271,5 @@ def build_server(runtime: Runtime) -> MCPServer:
         report = await health(runtime)
         return JSONResponse(report, status_code=200 if report["redis"]["ok"] else 503)
 
+    mcp.custom_route("/metrics", methods=["GET"])(metrics_route(runtime))
     return mcp

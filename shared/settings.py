@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(10, ge=1, le=10_000)
     worker_lease_seconds: float = Field(10, ge=1, le=3600)
     worker_shutdown_grace_seconds: float = Field(30, ge=0, le=86_400)
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535)  # 0: any free port (logged)
     max_queue_depth: int = Field(10_000, ge=1, le=10_000_000)
     job_timeout_seconds: float = Field(300, gt=0, le=86_400)
     retry_attempts: int = Field(3, ge=1, le=100)

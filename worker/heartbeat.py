@@ -51,6 +51,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
                     pipe.pexpire(keys.in_progress(job_id), lease_ms)
                     pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
                 await pipe.execute()
+            state.metrics.heartbeat.set_to_current_time()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)
         await asyncio.sleep(interval)

@@ -14,14 +14,16 @@ import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from shared import keys, prices
+from shared import keys, prices, tracing
 from shared.events import TokenUsage
 from shared.models import ChatRequest, JobResult, ModelDefaults, ResultUsage
 from shared.settings import Settings
 from worker import accounting
 from worker.history import earlier_turns
+from worker.metrics import WorkerMetrics
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
 from worker.publisher import EventWriter
 
@@ -43,6 +45,10 @@ class WorkerState:
     provider_error: str | None = None
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
     defaults_read_at: float = float("-inf")  # monotonic; -inf: read before the next job
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+
+    def __post_init__(self) -> None:
+        self.metrics.watch_running(lambda: len(self.running))
 
     async def model_defaults(self, redis) -> ModelDefaults:
         if time.monotonic() - self.defaults_read_at > DEFAULTS_MAX_AGE:
@@ -77,7 +83,14 @@ def invalid_request_message(e: ValidationError) -> str:
     return f"invalid request in the queue: {where + ': ' if where else ''}{detail}"
 
 
-async def chat(ctx: dict, request: dict) -> dict:
+async def chat(ctx: dict, request: dict, trace: dict | None = None) -> dict:
+    """`trace`: the caller's W3C trace context (traceparent, tracestate), when it sent one."""
+    attributes = {"messaging.message.id": ctx["job_id"], "mcpq.attempt": ctx["job_try"]}
+    with tracing.span("mcp-queue.worker", "chat", trace, SpanKind.CONSUMER, attributes) as span:
+        return await _chat(ctx, request, span)
+
+
+async def _chat(ctx: dict, request: dict, span) -> dict:
     state: WorkerState = ctx["mcpq"]
     settings = state.settings
     job_id, attempt = ctx["job_id"], ctx["job_try"]
@@ -110,6 +123,8 @@ async def chat(ctx: dict, request: dict) -> dict:
             worker_id=state.worker_id,
             attempt=attempt,
         ).model_dump(mode="json")
+        state.metrics.job_ended(result)
+        span.set_attributes({"gen_ai.request.model": name, "mcpq.outcome": status})
         try:
             await asyncio.shield(
                 accounting.record(redis, result, request if isinstance(request, dict) else {},
@@ -121,8 +136,9 @@ async def chat(ctx: dict, request: dict) -> dict:
             "job %s %s", job_id, status,
             extra={"job_id": job_id, "worker_id": state.worker_id, "model": name, "outcome": status,
                    "attempt": attempt, "prompt_tokens": usage.prompt_tokens,
-                   "completion_tokens": usage.completion_tokens, "cost_usd": result["usage"]["estimatedCost"],
-                   "duration_s": result["processingTime"], "error": error},
+                   "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens,
+                   "cost_usd": result["usage"]["estimatedCost"], "duration_s": result["processingTime"],
+                   "error": error, "trace_id": tracing.trace_id(span)},
         )  # fmt: skip
         return result
 
@@ -164,6 +180,8 @@ async def chat(ctx: dict, request: dict) -> dict:
                         if isinstance(piece, StreamEnd):
                             end = piece
                         else:
+                            if not text:
+                                state.metrics.first_token.observe(time.monotonic() - started)
                             text.append(piece)
                             publisher.token(piece)
         except ProviderError as e:

@@ -35,6 +35,8 @@ SECRET_MCP = "mcp-bearer-token-SECRET-42"
         ("LOG_LEVEL", "WARNING", "log_level", "WARNING"),
         ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("LOG_FORMAT", "json", "log_format", "json"),
+        ("WORKER_METRICS_PORT", "9101", "worker_metrics_port", 9101),
+        ("WORKER_METRICS_PORT", "0", "worker_metrics_port", 0),
     ],
 )
 def test_each_documented_variable_is_read_from_the_environment(clean_env, var, raw, attr, expected):

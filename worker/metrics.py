@@ -1,0 +1,74 @@
+"""A worker's Prometheus metrics, and the small HTTP server that serves them (WORKER_METRICS_PORT).
+
+Each worker keeps its own CollectorRegistry (never the global default), so an embedded worker and
+the messenger hosting it, or several test runtimes in one process, never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("worker.metrics")
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.jobs = Counter("mcpq_worker_jobs", "Jobs this worker ended, by outcome", ["outcome"], registry=r)
+        self.in_flight = Gauge("mcpq_worker_jobs_in_flight", "Jobs this worker is running now", registry=r)
+        self.duration = Histogram(
+            "mcpq_worker_job_duration_seconds",
+            "Job run time, start to end",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "mcpq_worker_first_token_seconds",
+            "From a job's start to the model's first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "mcpq_worker_tokens",
+            "Tokens used, by model and kind (prompt, completion)",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter("mcpq_worker_cost_usd", "Estimated cost in USD, by model", ["model"], registry=r)
+        self.heartbeat = Gauge(
+            "mcpq_worker_heartbeat_timestamp_seconds", "Unix time of this worker's last heartbeat", registry=r
+        )
+
+    def watch_running(self, running: Callable[[], int]) -> None:
+        self.in_flight.set_function(running)
+
+    def job_ended(self, result: dict) -> None:
+        """Count a JobResult (as JSON, camelCase) once."""
+        self.jobs.labels(result["status"]).inc()
+        if result.get("processingTime") is not None:
+            self.duration.observe(result["processingTime"])
+        model, usage = result.get("model") or "?", result.get("usage") or {}
+        for kind in ("prompt", "completion"):
+            if usage.get(f"{kind}Tokens"):
+                self.tokens.labels(model, kind).inc(usage[f"{kind}Tokens"])
+        if usage.get("estimatedCost"):
+            self.cost.labels(model).inc(usage["estimatedCost"])
+
+
+class MetricsServer:
+    """prometheus_client's HTTP server in a daemon thread; `/metrics` (any path) serves the registry."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0"):
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.port = self._httpd.server_address[1]
+        log.info("worker metrics at http://%s:%d/metrics", host, self.port, extra={"metrics_port": self.port})
+
+    def close(self) -> None:
+        threading.Thread(target=self._httpd.shutdown, daemon=True).start()  # never blocks the event loop
+        self._httpd.server_close()
