@@ -5,11 +5,13 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from urllib.parse import parse_qs
 
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from messenger import dashboard
 from messenger.runtime import Runtime
 from messenger.server import build_server
 
@@ -46,6 +48,8 @@ class BearerAuth:
         auth = headers.get(b"authorization", b"")
         if auth[:7].lower() == b"bearer ":
             offered = auth[7:].strip()
+        if not offered and scope["path"].startswith("/dashboard"):  # EventSource cannot send headers
+            offered = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0].encode()
         return bool(offered) and any(hmac.compare_digest(offered, t) for t in self.tokens)
 
 
@@ -81,6 +85,7 @@ def http_app(runtime: Runtime, transport: str, host: str):
         app = mcp.sse_app(host=host, transport_security=security)
     else:
         app = mcp.streamable_http_app(host=host, transport_security=security)
+    app.router.routes.extend(dashboard.routes(runtime))
     tokens = api_tokens(runtime)
     return BearerAuth(app, tokens) if tokens else app
 
