@@ -13,14 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from processes import WorkerProcesses, process_env
+from processes import WorkerProcesses
 from redis_server import RedisServer, free_port  # noqa: F401  (free_port is used by test modules)
 
 from messenger.runtime import open_runtime
 from shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-test_env = process_env  # older helpers reach it through this module
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ test ends (pytest shows it only for a failing test) and the process is always st
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -20,30 +19,20 @@ from typing import TextIO
 
 from mcp import StdioServerParameters
 from mcp.client.stdio import stdio_client
+from processes import process_env
+from redis_server import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MESSENGER = [sys.executable, "-m", "messenger.cli", "serve"]
 
 
-def _root_conftest():
-    """tests/conftest.py as a module; `import conftest` may find another suite's conftest."""
-    path = ROOT / "tests" / "conftest.py"
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) and Path(module.__file__) == path:
-            return module
-    spec = importlib.util.spec_from_file_location("_mcpq_root_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def free_port() -> int:
-    return _root_conftest().free_port()
+    return _free_port()
 
 
 def messenger_env(redis_url: str, **extra: str) -> dict[str, str]:
     """conftest's environment for a subprocess: mock provider, nothing from a developer's .env."""
-    return _root_conftest().test_env(redis_url, **extra)
+    return process_env(redis_url, **extra)
 
 
 class HttpMessenger:

@@ -16,6 +16,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_helpers import HttpMessenger, error_text, messenger_env, progress_recorder, running_messengers
+from processes import WorkerProcesses
 
 from worker.providers.mock import mock_reply
 
@@ -40,11 +41,10 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(redis_server, tmp_path_factory):
     """One messenger over streamable HTTP on real Redis, with two worker processes."""
-    from mcp_helpers import _root_conftest
 
     tmp = tmp_path_factory.mktemp("http-stack")
     redis_server.client().flushall()
-    workers = _root_conftest().WorkerProcesses(redis_server, tmp)
+    workers = WorkerProcesses(redis_server, tmp)
     try:
         workers.start(redis_server.url, count=2, MOCK_TOKEN_DELAY_MS="2")
         with running_messengers(tmp) as messengers:

@@ -7,6 +7,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp_helpers import error_text, messenger_env, progress_recorder, running_messengers
+from processes import WorkerProcesses
 
 from messenger.task_client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
 from worker.providers.mock import mock_reply
@@ -24,11 +25,10 @@ def whole_answer(prompt: str) -> str:
 @pytest.fixture(scope="module")
 def stack(redis_server, tmp_path_factory):
     """A worker process (20 ms a token) and an HTTP messenger on the session's real Redis."""
-    from mcp_helpers import _root_conftest
 
     tmp = tmp_path_factory.mktemp("tasks-stack")
     redis_server.client().flushall()
-    workers = _root_conftest().WorkerProcesses(redis_server, tmp)
+    workers = WorkerProcesses(redis_server, tmp)
     try:
         workers.start(redis_server.url, count=1, MOCK_TOKEN_DELAY_MS="20")
         with running_messengers(tmp) as messengers:
