@@ -29,7 +29,7 @@ from messenger import usage
 from messenger.calls import caller_from
 from messenger.collector import Transcript, follow_events
 from messenger.jobs import QueueFull
-from messenger.runtime import Runtime, live_workers
+from messenger.runtime import Runtime, live_workers, worker_rows
 from shared.models import FINAL_STATUSES, ChatRequest
 
 SNAPSHOT_SECONDS = 1.0  # how often the whole picture is re-read from Redis
@@ -77,17 +77,7 @@ def routes(runtime: Runtime) -> list[Route]:
 async def snapshot(runtime: Runtime) -> dict:
     """The whole picture, from Redis, as one JSON-able dict."""
     now = time.time()
-    workers = [
-        {
-            "worker_id": w.get("worker_id"),
-            "host": w.get("host"),
-            "heartbeat_age_s": round(now - w.get("last_seen", now), 1),
-            "running_jobs": list((w.get("running_jobs") or {}).keys()),
-            "jobs_done": w.get("jobs_done"),
-            "provider_error": w.get("provider_error"),
-        }
-        for w in await live_workers(runtime.redis)
-    ]
+    workers = worker_rows(await live_workers(runtime.redis))
     jobs = [job_row(j) for j in await runtime.jobs.list(None, JOBS_SHOWN)]
     stats = await usage.usage_stats(runtime.redis, days=1)
     return {

@@ -70,6 +70,22 @@ async def live_workers(redis) -> list[dict]:
     return sorted(workers, key=lambda w: w.get("worker_id", ""))
 
 
+def worker_rows(workers: list[dict]) -> list[dict]:
+    """What a person wants to see of each heartbeat (health, dashboard)."""
+    now = time.time()
+    return [
+        {
+            "worker_id": w.get("worker_id"),
+            "host": w.get("host"),
+            "heartbeat_age_s": round(now - w.get("last_seen", now), 2),
+            "running_jobs": list((w.get("running_jobs") or {}).keys()),
+            "jobs_done": w.get("jobs_done"),
+            "provider_error": w.get("provider_error"),
+        }
+        for w in workers
+    ]
+
+
 async def health(runtime: Runtime) -> dict:
     """Redis, live workers, queue depth and provider reachability, as one JSON-able dict."""
     settings = runtime.settings
@@ -87,18 +103,7 @@ async def health(runtime: Runtime) -> dict:
         out["status"] = "down"
         return out
     workers = await live_workers(runtime.redis)
-    now = time.time()
-    out["workers"] = [
-        {
-            "worker_id": w.get("worker_id"),
-            "host": w.get("host"),
-            "heartbeat_age_s": round(now - w.get("last_seen", now), 2),
-            "running_jobs": list((w.get("running_jobs") or {}).keys()),
-            "jobs_done": w.get("jobs_done"),
-            "provider_error": w.get("provider_error"),
-        }
-        for w in workers
-    ]
+    out["workers"] = worker_rows(workers)
     out["queue_depth"] = await runtime.jobs.queue_depth()
     provider_errors = [w["provider_error"] for w in out["workers"] if w["provider_error"]]
     out["provider_reachable"] = bool(workers) and len(provider_errors) < len(workers)

@@ -22,9 +22,10 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process the tests own; `restart()` keeps the port (for fault tests)."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, persistent: bool = False):
         self.port = free_port()
         self.tmp = tmp
+        self.persistent = persistent  # append-only file: data survives a restart, as in production
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -32,7 +33,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(
             ["redis-server", *args, "--dir", str(self.tmp)],
             stdout=subprocess.DEVNULL,
@@ -42,12 +46,14 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                info = client.info("server")
-                break
-            except sync_redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)
+                if client.info("persistence")["loading"] == 0:  # a persistent restart reloads its data first
+                    info = client.info("server")
+                    break
+            except (sync_redis.ConnectionError, sync_redis.BusyLoadingError):
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+            time.sleep(0.02)
         if info["process_id"] != self.proc.pid:
             raise RuntimeError(f"port {self.port} is served by another Redis (pid {info['process_id']})")
 

@@ -3,11 +3,8 @@ Redis with persistence would): messenger and workers reconnect by themselves, to
 the messenger was cut off come back from the job's stream, and the job in flight completes."""
 
 import asyncio
-import subprocess
-import time
 
 import pytest
-import redis as sync_redis
 from observe import LONG_MESSAGE, Recorder, expected_text, runtime_for, stream_events, terminal_events
 from openai_server import eventually
 from redis_server import RedisServer
@@ -18,35 +15,9 @@ from shared.models import ChatRequest
 OUTAGE_SECONDS = 1.5
 
 
-class PersistentRedis(RedisServer):
-    """A redis-server that writes every change to an append-only file, so a restart keeps the queue."""
-
-    def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.tmp)]
-        self.proc = subprocess.Popen(
-            ["redis-server", *args, "--appendonly", "yes", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = sync_redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                if client.info("persistence")["loading"] == 0:
-                    break
-            except (sync_redis.ConnectionError, sync_redis.BusyLoadingError):
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-        if client.info("server")["process_id"] != self.proc.pid:
-            raise RuntimeError(f"port {self.port} is served by another Redis")
-
-
 @pytest.fixture
 def persistent_redis(tmp_path, workers):
-    server = PersistentRedis(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis", persistent=True)
     server.tmp.mkdir()
     server.start()
     workers.redis_server = server  # the workers fixture watches this server for heartbeats
