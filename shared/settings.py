@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     openai_default_model: str | None = None
     openai_temperature: float = Field(0.7, ge=0, le=2)
     openai_max_tokens: int = Field(1024, ge=1, le=200_000)
+    aws_region: str | None = None  # AWS_REGION for Bedrock; unset: AWS_DEFAULT_REGION or the profile's
     mock_token_delay_ms: float = Field(20, ge=0, le=10_000)
     mcp_transport: Literal["stdio", "http", "sse"] = "stdio"
     mcp_host: str = "127.0.0.1"

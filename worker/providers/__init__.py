@@ -23,6 +23,14 @@ def make_provider(settings: Settings) -> Provider:
             timeout=settings.job_timeout_seconds,
             max_retries=settings.retry_attempts,
         )
+    if settings.ai_provider == "bedrock":
+        from worker.providers.bedrock import BedrockProvider  # imports boto3 only when chosen
+
+        return BedrockProvider(
+            region=settings.aws_region,  # None: boto3's chain (AWS_DEFAULT_REGION, the profile)
+            timeout=settings.job_timeout_seconds,
+            max_retries=settings.retry_attempts,
+        )
     raise ProviderError(
-        f"AI_PROVIDER={settings.ai_provider} is not available in this version; use mock or openai"
+        f"AI_PROVIDER={settings.ai_provider} is not available in this version; use mock, openai or bedrock"
     )

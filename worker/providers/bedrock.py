@@ -1,0 +1,217 @@
+"""AWS Bedrock through the Converse stream API (`bedrock-runtime` `converse_stream`, boto3).
+
+boto3 is synchronous, so the blocking parts — the `converse_stream` call and every read of the event
+stream — run in worker threads (`asyncio.to_thread`); the event loop keeps serving other jobs. When
+the generator is closed early (cancellation, timeout) the event stream is closed, which drops the
+HTTP connection so Bedrock stops generating.
+
+Region and credentials come from boto3's default chain (AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
+AWS_PROFILE, SSO, instance roles…). botocore retries the initial call itself (standard mode,
+RETRY_ATTEMPTS + 1 attempts); failures map to ProviderError, `retryable` for throttling and 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+
+from shared.events import TokenUsage
+from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd
+
+_END = object()
+_RETRYABLE = {
+    "throttlingexception",
+    "serviceunavailableexception",
+    "internalserverexception",
+    "modelnotreadyexception",
+    "modelstreamerrorexception",
+    "modeltimeoutexception",
+}
+_CREDENTIALS = {"accessdeniedexception", "unrecognizedclientexception", "expiredtokenexception"}
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "content_filtered": "content_filter",
+    "guardrail_intervened": "content_filter",
+    "tool_use": "tool_calls",
+}
+_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{12,}\b")
+_CHECK_CREDENTIALS = (
+    "check AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) "
+    "and that they may call bedrock:InvokeModelWithResponseStream for this model"
+)
+
+
+def to_converse(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """Chat messages → (Converse `system` blocks, Converse `messages`); same-role turns are merged."""
+    system: list[dict[str, str]] = []
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        if m["role"] == "system":
+            system.append({"text": m["content"]})
+            continue
+        role = "assistant" if m["role"] == "assistant" else "user"
+        if turns and turns[-1]["role"] == role:  # Converse requires alternating roles
+            turns[-1]["content"].append({"text": m["content"]})
+        else:
+            turns.append({"role": role, "content": [{"text": m["content"]}]})
+    return system, turns
+
+
+class BedrockProvider(Provider):
+    name = "bedrock"
+
+    def __init__(
+        self,
+        *,
+        region: str | None = None,
+        timeout: float = 300,
+        max_retries: int = 3,
+        client: Any = None,
+    ):
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"max_attempts": max_retries + 1, "mode": "standard"},
+                read_timeout=timeout,
+                connect_timeout=min(timeout, 10),
+            )
+            try:
+                client = boto3.client("bedrock-runtime", region_name=region, config=config)
+            except NoRegionError:
+                raise ProviderError(
+                    "AI_PROVIDER=bedrock needs an AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, "
+                    "or a region in your AWS profile)"
+                ) from None
+        self.client = client
+
+    @property
+    def region(self) -> str:
+        return self.client.meta.region_name
+
+    async def stream(self, call: ModelCall) -> AsyncIterator[str | StreamEnd]:
+        system, messages = to_converse(call.messages)
+        request: dict[str, Any] = {
+            "modelId": call.model,
+            "messages": messages,
+            "inferenceConfig": {"maxTokens": call.max_tokens, "temperature": call.temperature},
+        }
+        if system:
+            request["system"] = system
+        try:
+            response = await asyncio.to_thread(self.client.converse_stream, **request)
+        except (ClientError, BotoCoreError) as e:
+            raise self._explain(e, call.model) from None
+
+        events = response["stream"]
+        usage: TokenUsage | None = None
+        stop_reason: str | None = None
+        pieces = 0
+        try:
+            iterator = iter(events)
+            while True:
+                event = await asyncio.to_thread(next, iterator, _END)
+                if event is _END:
+                    break
+                if "contentBlockDelta" in event:
+                    text = event["contentBlockDelta"].get("delta", {}).get("text")
+                    if text:
+                        pieces += 1
+                        yield text
+                elif "messageStop" in event:
+                    stop_reason = event["messageStop"].get("stopReason")
+                elif "metadata" in event and "usage" in event["metadata"]:
+                    u = event["metadata"]["usage"]
+                    prompt, completion = u.get("inputTokens", 0), u.get("outputTokens", 0)
+                    usage = TokenUsage(
+                        prompt_tokens=prompt,
+                        completion_tokens=completion,
+                        total_tokens=u.get("totalTokens", prompt + completion),
+                    )
+        except (ClientError, BotoCoreError) as e:
+            raise self._explain(e, call.model) from None
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()  # early close (cancellation) drops the connection; harmless after the end
+
+        extra: dict[str, object] = {"stop_reason": stop_reason} if stop_reason else {}
+        if usage is None:
+            prompt = sum(len(m["content"]) for m in call.messages) // 4 + 1
+            usage = TokenUsage(prompt_tokens=prompt, completion_tokens=pieces, total_tokens=prompt + pieces)
+            extra["usage_estimated"] = True
+        finish = _FINISH.get(stop_reason, stop_reason) if stop_reason else None
+        yield StreamEnd(model=call.model, finish_reason=finish, usage=usage, extra=extra)
+
+    async def aclose(self) -> None:
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
+
+    def _explain(self, e: Exception, model: str) -> ProviderError:
+        where = f"Bedrock in {self.region}"
+        if isinstance(e, NoCredentialsError | PartialCredentialsError):
+            return ProviderError(
+                "no usable AWS credentials were found for Bedrock; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an IAM role is available"
+            )
+        if isinstance(e, ReadTimeoutError | ConnectTimeoutError):
+            return ProviderError(f"{where} did not answer in time", retryable=True)
+        if isinstance(e, EndpointConnectionError):
+            return ProviderError(
+                f"cannot connect to {where}; check AWS_REGION and the network", retryable=True
+            )
+        if not isinstance(e, ClientError):
+            return ProviderError(f"the Bedrock call failed: {self._redact(str(e))}")
+
+        error = e.response.get("Error", {})
+        code = str(error.get("Code", "") or "")
+        detail = self._redact(str(error.get("Message", "") or ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        key = code.lower()  # errors inside the event stream are spelled throttlingException etc.
+        label = f"{code[:1].upper()}{code[1:]}" if code else "an error"
+        if key in _RETRYABLE or (status is not None and status >= 500):
+            return ProviderError(
+                f"{where} is busy or failing ({label}); the job will be retried. {detail}".strip(),
+                retryable=True,
+                status=status,
+            )
+        if key in _CREDENTIALS:
+            msg = f"{where} refused the request ({label}); {_CHECK_CREDENTIALS}. {detail}"
+        elif key == "resourcenotfoundexception":
+            msg = (
+                f"model {model!r} was not found in {where} ({label}); check the model id and region. {detail}"
+            )
+        elif key == "validationexception":
+            msg = f"{where} rejected the request for model {model!r} ({label}): {detail}"
+        else:
+            msg = f"{where} refused the request ({label}). {detail}"
+        return ProviderError(msg.strip(), status=status)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return _KEY_ID.sub("***", text)
+
+    def _secrets(self) -> list[str]:
+        try:  # the client's own credentials, whatever part of the chain they came from
+            creds = self.client._request_signer._credentials.get_frozen_credentials()
+        except Exception:
+            return []
+        return [s for s in (creds.secret_key, creds.token, creds.access_key) if s]
