@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 from processes import WorkerProcesses
 from redis_server import RedisServer, free_port  # noqa: F401  (free_port is used by test modules)
-
-from messenger.runtime import open_runtime
-from shared.settings import load_settings
+from runtimes import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,9 +53,7 @@ def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[WorkerProcess
 async def embedded_runtime(monkeypatch):
     """A messenger Runtime in embedded mode (in-memory Redis, in-process worker)."""
     _clean_env(monkeypatch)
-    monkeypatch.setattr("shared.connection._memory_server", None)  # a fresh in-memory Redis per test
-    settings = load_settings(redis_url="memory://", mock_token_delay_ms=0, ai_provider="mock")
-    async with open_runtime(settings) as runtime:
+    async with embedded(monkeypatch) as runtime:
         yield runtime
 
 

@@ -7,31 +7,21 @@ The runtime is embedded (fakeredis and one in-process worker with the mock provi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 
 import anyio
 import pytest
 from mcp import Client
+from runtimes import embedded
 
-from messenger.runtime import open_runtime
 from messenger.server import build_server
-from shared.settings import load_settings
 
 LONG_PROMPT = " ".join(f"word{i}" for i in range(60))  # the mock echoes 40 of these: a 56-token answer
 UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"
 
 
 pytestmark = pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])
-
-
-@contextlib.asynccontextmanager
-async def embedded(monkeypatch, token_delay_ms: float):
-    monkeypatch.setattr("shared.connection._memory_server", None)  # a fresh in-memory Redis
-    settings = load_settings(redis_url="memory://", mock_token_delay_ms=token_delay_ms, ai_provider="mock")
-    async with open_runtime(settings) as runtime:
-        yield runtime
 
 
 @pytest.fixture

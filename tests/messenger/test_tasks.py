@@ -7,7 +7,6 @@ the client through messenger.task_client.Tasks.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from datetime import datetime
@@ -16,8 +15,8 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from runtimes import embedded
 
-from messenger.runtime import open_runtime
 from messenger.server import build_server
 from messenger.task_client import (
     NotATask,
@@ -29,19 +28,10 @@ from messenger.task_client import (
     task_result,
 )
 from messenger.tasks import TASKS_EXTENSION
-from shared.settings import load_settings
 
 ERAS = pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])
 LONG_PROMPT = " ".join(f"word{i}" for i in range(60))  # a 56-token answer from the mock
 UNKNOWN = "0123456789abcdef0123456789abcdef"
-
-
-@contextlib.asynccontextmanager
-async def embedded(monkeypatch, token_delay_ms: float):
-    monkeypatch.setattr("shared.connection._memory_server", None)
-    settings = load_settings(redis_url="memory://", mock_token_delay_ms=token_delay_ms, ai_provider="mock")
-    async with open_runtime(settings) as runtime:
-        yield runtime
 
 
 @pytest.fixture

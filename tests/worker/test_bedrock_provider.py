@@ -23,10 +23,12 @@ import pytest
 from botocore.eventstream import EventStream
 from botocore.parsers import EventStreamJSONParser
 from botocore.stub import Stubber
+from stream_helpers import collect
+from stream_helpers import failure as stream_failure
 
 from shared.events import TokenUsage
 from shared.models import JobResult
-from worker.providers import ModelCall, ProviderError, StreamEnd
+from worker.providers import ModelCall, ProviderError
 from worker.providers.bedrock import BedrockProvider
 
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
@@ -160,20 +162,8 @@ def provider(bedrock):
     return BedrockProvider(client=bedrock.client)
 
 
-async def collect(provider: BedrockProvider, model_call: ModelCall) -> tuple[list[str], StreamEnd]:
-    pieces: list[str] = []
-    ends: list[StreamEnd] = []
-    async with asyncio.timeout(20):
-        async for piece in provider.stream(model_call):
-            (ends if isinstance(piece, StreamEnd) else pieces).append(piece)
-    assert len(ends) == 1, "a stream ends with exactly one StreamEnd"
-    return pieces, ends[0]
-
-
 async def failure(provider: BedrockProvider, model_call: ModelCall | None = None) -> ProviderError:
-    with pytest.raises(ProviderError) as info:
-        await collect(provider, model_call or call())
-    return info.value
+    return await stream_failure(provider, model_call or call())
 
 
 async def test_tokens_arrive_in_order_and_join_to_the_reply(bedrock, provider):

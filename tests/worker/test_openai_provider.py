@@ -7,9 +7,11 @@ import urllib.request
 
 import pytest
 from openai_server import words
+from stream_helpers import collect
+from stream_helpers import failure as stream_failure
 
 from shared.events import TokenUsage
-from worker.providers import ModelCall, ProviderError, StreamEnd
+from worker.providers import ModelCall, ProviderError
 from worker.providers.openai import OpenAIProvider
 
 KEY = "sk-test-0123456789abcdef"
@@ -37,20 +39,8 @@ async def provider(openai_server):
     await p.aclose()
 
 
-async def collect(provider: OpenAIProvider, model_call: ModelCall) -> tuple[list[str], StreamEnd]:
-    pieces: list[str] = []
-    ends: list[StreamEnd] = []
-    async with asyncio.timeout(20):
-        async for piece in provider.stream(model_call):
-            (ends if isinstance(piece, StreamEnd) else pieces).append(piece)
-    assert len(ends) == 1, "a stream ends with exactly one StreamEnd"
-    return pieces, ends[0]
-
-
 async def failure(provider: OpenAIProvider, model_call: ModelCall | None = None) -> ProviderError:
-    with pytest.raises(ProviderError) as info:
-        await collect(provider, model_call or call())
-    return info.value
+    return await stream_failure(provider, model_call or call())
 
 
 async def test_tokens_arrive_in_order_and_join_to_the_reply(openai_server, provider):
