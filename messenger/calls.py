@@ -4,6 +4,7 @@ failures and job endings read to the caller."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 
 import pydantic_core
@@ -15,8 +16,10 @@ from redis.exceptions import RedisError
 from messenger.admission import Refused
 from messenger.jobs import ANONYMOUS, JobNotFound, QueueFull
 from shared.connection import redacted
+from shared.events import ToolCallEvent, ToolResultEvent
 from shared.models import ChatRequest, JobResult
 from shared.settings import Settings
+from shared.tool_servers import ToolServerError
 
 
 def offered_token(headers: Mapping[str, str]) -> str:
@@ -53,7 +56,7 @@ async def guarded(coro, settings: Settings):
     """Await a queue operation; its failures become ToolErrors a person can act on."""
     try:
         return await coro
-    except (JobNotFound, QueueFull, Refused) as e:
+    except (JobNotFound, QueueFull, Refused, ToolServerError) as e:
         raise ToolError(str(e)) from None
     except (RedisError, OSError) as e:
         raise ToolError(
@@ -71,6 +74,19 @@ def final_answer(result: JobResult) -> JobResult:
             f"wait_for_job or get_job"
         )
     return result
+
+
+def tool_notice(event: ToolCallEvent | ToolResultEvent) -> str:
+    """A tool call or result as one bracketed progress line (like the queue's keep-alives)."""
+    if isinstance(event, ToolCallEvent):
+        arguments = (
+            json.dumps(event.arguments, ensure_ascii=False)
+            if isinstance(event.arguments, dict)
+            else event.arguments
+        )
+        return f"[tool call {event.server}/{event.tool} {arguments[:300]}]"
+    outcome = "error" if event.is_error else "result"
+    return f"[tool {outcome} {event.server}/{event.tool}: {event.result[:300]}]"
 
 
 def error_result(text: str) -> CallToolResult:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 
+from messenger.calls import tool_notice
 from messenger.collector import Transcript
 from messenger.jobs import JobNotFound, QueueFull
 from messenger.runtime import Runtime, health, open_runtime
@@ -14,6 +15,7 @@ from shared.events import Event
 from shared.logs import setup_logging
 from shared.models import ChatRequest, JobResult
 from shared.settings import Settings, SettingsError, load_settings
+from shared.tool_servers import ToolServerError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--temperature", type=float)
     ask.add_argument("--max-tokens", type=int)
     ask.add_argument("--conversation")
+    ask.add_argument(
+        "--mcp-server",
+        action="append",
+        metavar="NAME",
+        help="let the model use this MCP_SERVERS entry's tools",
+    )
     ask.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming")
 
     job = sub.add_parser("job", help="show a job: status, text so far, result")
@@ -89,7 +97,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with open_runtime(settings) as runtime:
             return await COMMANDS[args.command](runtime, args)
-    except (JobNotFound, QueueFull) as e:
+    except (JobNotFound, QueueFull, ToolServerError) as e:
         print(f"messenger: {e}", file=sys.stderr)
         return 1
     except ProviderError as e:
@@ -116,6 +124,8 @@ def _printer(out=sys.stdout):
             out.write(f"\n[re-run on another worker, attempt {event.attempt}]\n")
         elif event.type == "token":
             out.write(event.text)
+        elif event.type in ("tool_call", "tool_result"):
+            out.write(f"\n{tool_notice(event)}\n")
         out.flush()
 
     return on_event
@@ -141,6 +151,7 @@ async def _ask(runtime: Runtime, args) -> int:
             temperature=args.temperature,
             max_tokens=args.max_tokens,
             conversation_id=args.conversation,
+            mcp_servers=args.mcp_server,
         )
     except ValidationError as e:
         err = e.errors()[0]

@@ -17,8 +17,18 @@ from redis.exceptions import RedisError
 
 from messenger.hub import RESYNC
 from shared import keys
-from shared.events import TERMINAL, DoneEvent, ErrorEvent, Event, StartEvent, TokenEvent, parse_event
-from shared.models import JobResult, ResultUsage
+from shared.events import (
+    TERMINAL,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    StartEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    parse_event,
+)
+from shared.models import JobResult, ResultUsage, ToolCallRecord
 
 log = logging.getLogger("messenger.collector")
 
@@ -42,6 +52,7 @@ class Transcript:
         self.error: str | None = None
         self.started_ts: float | None = None
         self.ended_ts: float | None = None
+        self.tool_calls: dict[str, ToolCallRecord] = {}  # by call id, in the order they were made
 
     @property
     def text(self) -> str:
@@ -63,6 +74,7 @@ class Transcript:
     def apply(self, event: Event) -> None:
         if event.attempt != self.attempt:
             self.attempt, self.parts, self.tokens, self.started_ts = event.attempt, [], 0, None
+            self.tool_calls = {}
         self.last_seq = event.seq
         self.started_ts = self.started_ts or event.ts
         if isinstance(event, StartEvent):
@@ -71,6 +83,17 @@ class Transcript:
             self.status = "running"
             self.parts.append(event.text)
             self.tokens += 1
+        elif isinstance(event, ToolCallEvent):
+            self.status = "running"
+            self.tool_calls[event.call_id] = ToolCallRecord(
+                call_id=event.call_id, server=event.server, tool=event.tool,
+                arguments=event.arguments, round=event.round,
+            )  # fmt: skip
+        elif isinstance(event, ToolResultEvent):
+            record = self.tool_calls.get(event.call_id)
+            if record is not None:
+                record.result, record.is_error = event.result, event.is_error
+                record.duration_ms = event.duration_ms
         elif isinstance(event, DoneEvent):
             self.status, self.model, self.finish_reason = "completed", event.model, event.finish_reason
             self.usage = ResultUsage(**event.usage.model_dump(), estimated_cost=event.cost)
@@ -96,6 +119,7 @@ class Transcript:
             error=self.error,
             worker_id=self.worker_id,
             attempt=self.attempt,
+            tool_calls=[r.model_copy() for r in self.tool_calls.values()],
         )
 
 

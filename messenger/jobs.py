@@ -26,9 +26,10 @@ from messenger.collector import Transcript, follow_events, replay
 from messenger.hub import EventHub
 from shared import keys, tracing
 from shared.events import CancelledEvent, Event, publish_events
-from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus
+from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus, ToolCallRequest
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
+from shared.tool_servers import ToolServerError, unknown_servers_message
 
 # arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
 # also records the job as recent and wakes the workers with its id, so one round trip enqueues.
@@ -89,15 +90,20 @@ class JobClient:
 
     async def run(
         self,
-        request: ChatRequest,
+        request: ChatRequest | ToolCallRequest,
         on_event: OnEvent | None = None,
         timeout: float | None = None,
         caller: str = ANONYMOUS,
     ) -> JobResult:
-        """Enqueue and follow to the end. Subscribes first, so not one token can be missed."""
+        """Enqueue and follow to the end. Subscribes first, so not one token can be missed.
+
+        A ToolCallRequest (one downstream tool call) becomes a `call_tool` job: no model, no budget."""
         job_id = new_job_id()
         async with self.hub.follow(job_id) as live:
-            await self.enqueue(job_id, request, caller)
+            if isinstance(request, ToolCallRequest):
+                await self._enqueue(job_id, "call_tool", request.model_dump(), caller)
+            else:
+                await self.enqueue(job_id, request, caller)
             return await self._follow(job_id, live, on_event, timeout)
 
     async def wait(
@@ -197,23 +203,26 @@ class JobClient:
 
         Without budgets or rate limits this is one round trip; with them, two.
         """
+        if request.mcp_servers:
+            unknown = [n for n in request.mcp_servers if n not in self.settings.mcp_servers]
+            if unknown:
+                raise ToolServerError(unknown_servers_message(unknown, self.settings.mcp_servers))
         if admission.enabled(self.settings):
             request = admission.pinned(request, await usage.model_defaults(self.redis), self.settings)
             await admission.admit(self.redis, self.settings, request, job_id=job_id, caller=caller)
         try:
-            await self._enqueue(job_id, request, caller)
+            await self._enqueue(job_id, "chat", request.model_dump(exclude_none=True), caller)
         except BaseException:
             if admission.enabled(self.settings):
                 await admission.release(self.redis, job_id)
             raise
 
-    async def _enqueue(self, job_id: str, request: ChatRequest, caller: str) -> None:
+    async def _enqueue(self, job_id: str, function: str, request: dict, caller: str) -> None:
         now_ms = int(time.time() * 1000)
         trace = tracing.current_carrier()  # the caller's trace, when there is one, goes with the job
         payload = serialize_job(
-            "chat", (request.model_dump(exclude_none=True),), {"trace": trace} if trace else {}, None, now_ms,
-            serializer=serialize,
-        )  # fmt: skip
+            function, (request,), {"trace": trace} if trace else {}, None, now_ms, serializer=serialize
+        )
         # the owner record lives as long as the job can: a day in the queue, its run, its kept result
         owner_ttl = JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + KEEP_RESULT_SECONDS
         added = await self.redis.register_script(ENQUEUE_LUA)(

@@ -10,12 +10,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from messenger.aggregate import list_exposed
 from messenger.hub import EventHub
 from messenger.jobs import JobClient
 from messenger.metrics import MessengerMetrics
 from shared import keys, prices
 from shared.connection import connect, redacted
 from shared.settings import Settings
+from shared.tool_servers import RemoteTool
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Runtime:
     hub: EventHub
     jobs: JobClient
     metrics: MessengerMetrics = field(default_factory=MessengerMetrics)
+    exposed: dict[str, list[RemoteTool] | str] = field(default_factory=dict)  # server -> tools, or why not
 
 
 def settle_heap() -> None:
@@ -52,7 +55,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
 
                 await stack.enter_async_context(embedded_worker(settings, metrics.registry))
             yield Runtime(
-                settings=settings, redis=redis, hub=hub, jobs=JobClient(redis, hub, settings), metrics=metrics
+                settings=settings,
+                redis=redis,
+                hub=hub,
+                jobs=JobClient(redis, hub, settings),
+                metrics=metrics,
+                exposed=await list_exposed(settings),
             )
     finally:
         await hub.close()
@@ -109,6 +117,15 @@ async def health(runtime: Runtime) -> dict:
     out["provider_reachable"] = bool(workers) and len(provider_errors) < len(workers)
     if provider_errors:
         out["provider_error"] = provider_errors[0]
+    if settings.mcp_servers:  # the ones this messenger serves as server/tool were listed at start-up
+        out["mcp_servers"] = {
+            name: {"exposed": False}
+            if name not in runtime.exposed
+            else {"exposed": True, "error": listed}
+            if isinstance(listed := runtime.exposed[name], str)
+            else {"exposed": True, "tools": len(listed)}
+            for name in sorted(settings.mcp_servers)
+        }
     out["status"] = "ok" if workers and out["provider_reachable"] else "degraded"
     if not workers:
         out["problem"] = "no live workers: queued jobs wait until a `worker` process starts"

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from messenger import usage
-from messenger.calls import caller_from, chat_request, final_answer, reader_from
+from messenger.aggregate import add_exposed_tools
+from messenger.calls import caller_from, chat_request, final_answer, reader_from, tool_notice
 from messenger.calls import guarded as guarded_by
 from messenger.collector import Transcript
 from messenger.metrics import metrics_route
@@ -29,6 +30,7 @@ from shared.models import (
     ConversationId,
     JobResult,
     MaxTokens,
+    McpServers,
     MessageText,
     ModelDefaults,
     ModelName,
@@ -71,8 +73,15 @@ class ProgressRelay:
             await self._send(f"[restarted on another worker, attempt {event.attempt}]", 0, keepalive=True)
         if event.type == "token":
             self.pending.append(event.text)
-        now = time.monotonic()
-        if self.pending and (event.type != "token" or now - self.last_sent >= PROGRESS_INTERVAL):
+        elif event.type in ("tool_call", "tool_result"):
+            await self._flush(transcript)
+            await self._send(tool_notice(event), transcript.tokens, keepalive=True)
+            return
+        if event.type != "token" or time.monotonic() - self.last_sent >= PROGRESS_INTERVAL:
+            await self._flush(transcript)
+
+    async def _flush(self, transcript: Transcript) -> None:
+        if self.pending:
             text, self.pending = "".join(self.pending), []
             await self._send(text, transcript.tokens)
 
@@ -120,6 +129,7 @@ def build_server(runtime: Runtime) -> MCPServer:
         temperature: Temperature = None,
         max_tokens: MaxTokens = None,
         conversation_id: ConversationId = None,
+        mcp_servers: McpServers = None,
     ) -> JobResult:
         """Ask the model and wait for the whole answer; tokens stream as progress notifications.
 
@@ -127,7 +137,7 @@ def build_server(runtime: Runtime) -> MCPServer:
         get_job or wait_for_job (its id is in every result)."""
         request = chat_request(
             message=message, context=context, model=model, temperature=temperature,
-            max_tokens=max_tokens, conversation_id=conversation_id,
+            max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
         )  # fmt: skip
         relay = ProgressRelay(ctx, request.max_tokens or settings.openai_max_tokens)
         started: list[str] = []
@@ -162,11 +172,12 @@ def build_server(runtime: Runtime) -> MCPServer:
         temperature: Temperature = None,
         max_tokens: MaxTokens = None,
         conversation_id: ConversationId = None,
+        mcp_servers: McpServers = None,
     ) -> JobResult:
         """Queue a model call and return its job id at once; poll with get_job or wait_for_job."""
         request = chat_request(
             message=message, context=context, model=model, temperature=temperature,
-            max_tokens=max_tokens, conversation_id=conversation_id,
+            max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
         )  # fmt: skip
         job_id = await guarded(jobs.submit(request, caller_of(ctx, auth_on)))
         return JobResult(job_id=job_id, status="queued")
@@ -265,6 +276,7 @@ def build_server(runtime: Runtime) -> MCPServer:
         }
 
     add_resources(mcp, runtime, reader_of)
+    add_exposed_tools(mcp, runtime, auth_on)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health_route(_: Request) -> JSONResponse:

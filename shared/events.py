@@ -7,7 +7,7 @@ reconnecting readers). `seq` rises by one per event within an `attempt`; an atte
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -16,6 +16,7 @@ class TokenUsage(BaseModel):
     prompt_tokens: int = Field(0, ge=0)
     completion_tokens: int = Field(0, ge=0)
     total_tokens: int = Field(0, ge=0)
+    estimated: bool = False  # True: the provider did not report usage, so the worker estimated it
 
 
 class _Event(BaseModel):
@@ -46,6 +47,27 @@ class DoneEvent(_Event):
     model: str
 
 
+class ToolCallEvent(_Event):
+    """The model asked for a tool; the worker is running it."""
+
+    type: Literal["tool_call"] = "tool_call"
+    call_id: str
+    server: str
+    tool: str
+    arguments: dict[str, Any] | str  # str: the model wrote arguments that are not a JSON object
+    round: int = Field(ge=1)
+
+
+class ToolResultEvent(_Event):
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    server: str
+    tool: str
+    result: str  # what the model is given (an error's text when is_error)
+    is_error: bool
+    duration_ms: float
+
+
 class ErrorEvent(_Event):
     type: Literal["error"] = "error"
     error: str  # a message a person can act on
@@ -56,7 +78,8 @@ class CancelledEvent(_Event):
 
 
 Event = Annotated[
-    StartEvent | TokenEvent | DoneEvent | ErrorEvent | CancelledEvent, Field(discriminator="type")
+    StartEvent | TokenEvent | ToolCallEvent | ToolResultEvent | DoneEvent | ErrorEvent | CancelledEvent,
+    Field(discriminator="type"),
 ]
 TERMINAL = frozenset({"done", "error", "cancelled"})
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)

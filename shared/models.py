@@ -7,10 +7,12 @@ The result keeps the field names users of the earlier two-server HTTP design kno
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+from shared.tool_servers import SERVER_NAME
 
 MAX_MESSAGE_CHARS = 100_000  # message and context each; a larger prompt belongs in a file, not a tool call
 MAX_TOKENS_LIMIT = 200_000
@@ -34,6 +36,13 @@ MaxTokens = Annotated[
     int | None, Field(ge=1, le=MAX_TOKENS_LIMIT, description="Upper bound on the reply's length in tokens.")
 ]
 ConversationId = Annotated[str | None, Field(description="Keep turns together under this id.")]
+McpServers = Annotated[
+    list[str] | None,
+    Field(
+        max_length=20,
+        description="Names of configured MCP servers (MCP_SERVERS) whose tools the model may call.",
+    ),
+]
 
 
 class ChatRequest(BaseModel):
@@ -47,6 +56,7 @@ class ChatRequest(BaseModel):
     temperature: Temperature = None
     max_tokens: MaxTokens = None
     conversation_id: ConversationId = None
+    mcp_servers: McpServers = None
 
     @field_validator("message")
     @classmethod
@@ -62,6 +72,33 @@ class ChatRequest(BaseModel):
             raise ValueError(
                 "must be 1-200 characters: letters, digits and . _ : / @ + -, starting alphanumeric"
             )
+        return v
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _servers(cls, v: list[str] | None) -> list[str] | None:
+        if not v:
+            return None
+        for name in v:
+            if not SERVER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an MCP server name (letters, digits, - and _)")
+        return list(dict.fromkeys(v))
+
+
+class ToolCallRequest(BaseModel):
+    """One call of a downstream MCP server's tool, run by a worker (the messenger's `server/tool` tools)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str
+    tool: str = Field(min_length=1, max_length=128)
+    arguments: dict[str, Any] = {}
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        if not SERVER_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not an MCP server name (letters, digits, - and _)")
         return v
 
 
@@ -89,6 +126,22 @@ class ResultUsage(_Camel):
     completion_tokens: int = 0
     total_tokens: int = 0
     estimated_cost: float | None = None  # USD; None when the model has no known price
+    estimated: bool = (
+        False  # True: the provider reported no usage; the token counts are the worker's estimate
+    )
+
+
+class ToolCallRecord(_Camel):
+    """One tool call a job's model made, and what came back."""
+
+    call_id: str
+    server: str
+    tool: str
+    arguments: dict[str, Any] | str
+    round: int
+    result: str | None = None  # None while the tool runs
+    is_error: bool = False
+    duration_ms: float | None = None
 
 
 class JobResult(_Camel):
@@ -104,3 +157,4 @@ class JobResult(_Camel):
     error: str | None = None
     worker_id: str | None = None
     attempt: int = 0
+    tool_calls: list[ToolCallRecord] = []

@@ -7,11 +7,15 @@ secret values are never echoed.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
+
+from shared.tool_servers import SERVER_NAME, ToolServerConfig, unknown_servers_message
 
 MEMORY_URL = "memory://"
 DEFAULT_MODELS = {
@@ -64,6 +68,13 @@ class Settings(BaseSettings):
         None  # JSON: {"model": [input, output]} USD/1M tokens
     )
     prices_file: Path | None = None  # a JSON file of the same shape
+    # JSON: {"name": {"command": "...", "args": [...], "env": {...}} or {"url": "...", "token": "..."}}
+    mcp_servers: dict[str, ToolServerConfig] = {}
+    mcp_expose_servers: str | None = (
+        None  # comma-separated names (or "*") the messenger re-exports as name/tool
+    )
+    tool_max_rounds: int = Field(8, ge=1, le=100)  # model turns that may ask for tools, per job
+    tool_call_timeout_seconds: float = Field(60, gt=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -105,6 +116,28 @@ class Settings(BaseSettings):
             self.model_prices = {**parsed, **(self.model_prices or {})}
         return self
 
+    @field_validator("mcp_servers")
+    @classmethod
+    def _server_names(cls, v: dict[str, ToolServerConfig]) -> dict[str, ToolServerConfig]:
+        for name in v:
+            if not SERVER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"server name {name!r} must be 1-32 letters, digits, - or single _, starting alphanumeric"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _exposed_are_configured(self) -> Settings:
+        unknown = [n for n in self.exposed_servers if n not in self.mcp_servers]
+        if unknown:
+            raise ValueError(f"MCP_EXPOSE_SERVERS: {unknown_servers_message(unknown, self.mcp_servers)}")
+        return self
+
+    @property
+    def exposed_servers(self) -> list[str]:
+        names = [n.strip() for n in (self.mcp_expose_servers or "").split(",") if n.strip()]
+        return sorted(self.mcp_servers) if names == ["*"] else names
+
     @property
     def allowed_hosts(self) -> list[str]:
         return [h.strip() for h in (self.mcp_allowed_hosts or "").split(",") if h.strip()]
@@ -119,14 +152,25 @@ class Settings(BaseSettings):
         return self.openai_default_model or DEFAULT_MODELS[self.ai_provider]
 
 
-_SECRET_FIELDS = {"openai_api_key", "mcp_api_key"}
-_HINTS = {"model_prices": 'must be JSON like {"gpt-4o": [2.5, 10]} (USD per 1M prompt and completion tokens)'}
+_SECRET_FIELDS = {"openai_api_key", "mcp_api_key", "mcp_servers"}  # never echoed back
+_HINTS = {
+    "model_prices": 'must be JSON like {"gpt-4o": [2.5, 10]} (USD per 1M prompt and completion tokens)',
+}
+_SERVERS_HINT = (
+    'must be JSON like {"clock": {"command": "python", "args": ["clock.py"]}, '
+    '"docs": {"url": "https://example.com/mcp", "token": "..."}}'
+)
 
 
 def load_settings(**overrides: object) -> Settings:
     """Read the environment; raise SettingsError with one readable line on the first bad value."""
     try:
         return Settings(**overrides)
+    except PydanticSettingsError as e:  # a JSON setting that is not JSON
+        field = re.search(r'field "(\w+)"', str(e))
+        name = field.group(1) if field else "?"
+        hint = _SERVERS_HINT if name == "mcp_servers" else _HINTS.get(name, "must be valid JSON")
+        raise SettingsError(f"{name.upper()}: {hint}") from None
     except ValidationError as e:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
@@ -134,6 +178,9 @@ def load_settings(**overrides: object) -> Settings:
             raise SettingsError(msg) from None
         field = str(err["loc"][0])
         msg = _HINTS.get(field, msg)
+        if field == "mcp_servers" and len(err["loc"]) > 1:
+            where = ".".join(str(part) for part in err["loc"][1:])
+            msg = _SERVERS_HINT if err["type"] in ("dict_type", "model_type") else f"{where}: {msg}"
         if field in _SECRET_FIELDS:
             raise SettingsError(f"{field.upper()}: {msg}") from None
         raise SettingsError(f"{field.upper()}: {msg} (got {err.get('input')!r})") from None

@@ -89,6 +89,13 @@ class Script:
     model: str | None = None  # the model name the chunks carry; default: the requested one
     expected_api_key: str | None = None  # 401 on every endpoint when the bearer token differs
     models: list[str] = field(default_factory=lambda: ["gpt-4o-mini", "test-model"])
+    # Tool use, as a model does it: while a request offers tools and has had fewer than `tool_rounds`
+    # tool turns, answer with these (function name, JSON arguments) calls, streamed in pieces after
+    # `tool_preamble`; once tool results are in, answer `reply` followed by every result of the turn.
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
+    tool_rounds: int = 1
+    tool_preamble: str = ""
+    models_endpoint: bool = True  # False: GET /v1/models answers 404, like a server that has no such route
 
 
 @dataclass
@@ -206,6 +213,8 @@ class OpenAIServer:
 
     async def _models(self, request: Request) -> Response:
         _, received = await self._record(request)
+        if not self._script.models_endpoint:
+            return Response("Not Found", status_code=404, media_type="text/plain")
         if (denied := self._auth_error(received)) is not None:
             return denied
         now = int(time.time())
@@ -226,8 +235,13 @@ class OpenAIServer:
             headers = {"retry-after": f"{script.retry_after:g}"} if script.retry_after is not None else None
             return _error(script.status, message, headers)
 
-        tokens = words(script.reply)
-        finish = "stop"
+        messages = body.get("messages", [])
+        tool_turns = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
+        calls = script.tool_calls if body.get("tools") and tool_turns < script.tool_rounds else []
+        results = [str(m.get("content")) for m in _last_tool_turn(messages)]
+        reply = script.reply + "".join(f" {r}" for r in results)
+        tokens = words(script.tool_preamble if calls else reply)
+        finish = "tool_calls" if calls else "stop"
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         if isinstance(max_tokens, int) and len(tokens) > max_tokens:
             tokens, finish = tokens[:max_tokens], "length"
@@ -284,6 +298,12 @@ class OpenAIServer:
                     await asyncio.sleep(script.token_delay)
                 yield chunk({"content": token})
                 record.sent_tokens += 1
+            for i, (name, arguments) in enumerate(calls):  # id and name first, then the arguments in pieces
+                head = {"index": i, "id": f"call_{index}_{i}", "type": "function"}
+                yield chunk({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]})
+                for start in range(0, len(arguments), 5):
+                    piece = {"index": i, "function": {"arguments": arguments[start : start + 5]}}
+                    yield chunk({"tool_calls": [piece]})
             yield chunk({}, finish)
             if include_usage:
                 yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
@@ -304,6 +324,16 @@ class _TrackedStream(StreamingResponse):
         await super().listen_for_disconnect(receive)
         if not self.record.finished:
             self.record.disconnected = True
+
+
+def _last_tool_turn(messages: list[dict]) -> list[dict]:
+    """The tool results at the end of a conversation (the answers to the model's last calls)."""
+    turn: list[dict] = []
+    for m in reversed(messages):
+        if m.get("role") != "tool":
+            break
+        turn.insert(0, m)
+    return turn
 
 
 def _sse(data: dict) -> str:

@@ -1,4 +1,5 @@
-"""The arq job: one model call, streamed, every event published, the result returned to arq.
+"""The arq jobs: `chat` (one model call, streamed, with tool use when asked) and `call_tool` (one
+downstream MCP tool call); every event published, the result returned to arq.
 
 The job always ends with exactly one terminal event and returns a JobResult (as JSON), whether the
 call succeeded, failed or was cancelled, so a caller never waits on a job that ended silently; the
@@ -9,23 +10,27 @@ ending is counted once (usage, cost, budget, history). A CancelledError that is 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from shared import keys, prices, tracing
 from shared.events import TokenUsage
-from shared.models import ChatRequest, JobResult, ModelDefaults, ResultUsage
+from shared.models import ChatRequest, JobResult, ModelDefaults, ResultUsage, ToolCallRecord, ToolCallRequest
 from shared.settings import Settings
+from shared.tool_servers import ToolServerError, ToolServers
 from worker import accounting
 from worker.history import earlier_turns
 from worker.metrics import WorkerMetrics
-from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
+from worker.providers import ModelCall, Provider, ProviderError, StreamEnd, ToolCall
 from worker.publisher import EventWriter
+from worker.tool_use import Toolbox, open_toolbox, run_tool_calls
 
 log = logging.getLogger("worker.job")
 
@@ -46,6 +51,7 @@ class WorkerState:
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
     defaults_read_at: float = float("-inf")  # monotonic; -inf: read before the next job
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    tool_servers: ToolServers = field(default_factory=lambda: ToolServers({}))
 
     def __post_init__(self) -> None:
         self.metrics.watch_running(lambda: len(self.running))
@@ -61,6 +67,25 @@ class WorkerState:
         return self.defaults
 
 
+class ToolRoundsExceeded(Exception):
+    def __init__(self, limit: int):
+        super().__init__(
+            f"the model was still asking for tools after TOOL_MAX_ROUNDS={limit} rounds; "
+            "raise TOOL_MAX_ROUNDS or ask for less"
+        )
+
+
+def _add(total: TokenUsage | None, more: TokenUsage | None) -> TokenUsage | None:
+    if more is None or total is None:
+        return more or total
+    return TokenUsage(
+        prompt_tokens=total.prompt_tokens + more.prompt_tokens,
+        completion_tokens=total.completion_tokens + more.completion_tokens,
+        total_tokens=total.total_tokens + more.total_tokens,
+        estimated=total.estimated or more.estimated,
+    )
+
+
 def estimated_usage(request: dict, text: list[str]) -> TokenUsage:
     """About four characters a token: for calls that ended before the provider reported usage."""
     prompt = (
@@ -68,10 +93,12 @@ def estimated_usage(request: dict, text: list[str]) -> TokenUsage:
         if isinstance(request, dict)
         else 0
     )
-    return TokenUsage(prompt_tokens=prompt, completion_tokens=len(text), total_tokens=prompt + len(text))
+    return TokenUsage(
+        prompt_tokens=prompt, completion_tokens=len(text), total_tokens=prompt + len(text), estimated=True
+    )
 
 
-def build_messages(request: ChatRequest, history: list[dict[str, str]]) -> list[dict[str, str]]:
+def build_messages(request: ChatRequest, history: list[dict[str, str]]) -> list[dict[str, Any]]:
     messages = [{"role": "system", "content": request.context}] if request.context else []
     return [*messages, *history, {"role": "user", "content": request.message}]
 
@@ -99,13 +126,15 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
     started = time.monotonic()
     text: list[str] = []
     end: StreamEnd | None = None
+    spent: TokenUsage | None = None  # summed over the model turns that ended
+    tool_calls: list[ToolCallRecord] = []
     model = "?"
 
     async def finish(status: str, error: str | None = None) -> dict:
         """The job's result; counted once in the usage totals (and history, when completed)."""
         name = end.model if end else model
-        if end and end.usage:
-            usage = end.usage
+        if spent:
+            usage = spent
         else:  # ended early: the prompt was paid for only if the model started answering
             usage = estimated_usage(request, text) if text else TokenUsage()
         result = JobResult(
@@ -122,6 +151,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             error=error,
             worker_id=state.worker_id,
             attempt=attempt,
+            tool_calls=tool_calls,
         ).model_dump(mode="json")
         state.metrics.job_ended(result)
         span.set_attributes({"gen_ai.request.model": name, "mcpq.outcome": status})
@@ -175,19 +205,39 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         await publisher.start(state.worker_id, model)
         try:
             async with asyncio.timeout(settings.job_timeout_seconds):
-                async with aclosing(state.provider.stream(call)) as pieces:
-                    async for piece in pieces:
-                        if isinstance(piece, StreamEnd):
-                            end = piece
-                        else:
+                toolbox = await open_toolbox(state.tool_servers, req.mcp_servers) if req.mcp_servers else None
+                if toolbox:
+                    call = replace(call, tools=toolbox.specs)
+                for round_no in range(1, settings.tool_max_rounds + 2):
+                    turn: list[str] = []
+                    async with aclosing(state.provider.stream(call)) as pieces:
+                        async for piece in pieces:
+                            if isinstance(piece, StreamEnd):
+                                end = piece
+                                continue
                             if not text:
                                 state.metrics.first_token.observe(time.monotonic() - started)
+                            elif not turn and not text[-1][-1:].isspace():
+                                piece = "\n\n" + piece  # a new turn's text starts a new paragraph
                             text.append(piece)
+                            turn.append(piece)
                             publisher.token(piece)
-        except ProviderError as e:
-            state.provider_error = e.message if e.retryable else None
-            result = await finish("failed", e.message)
-            await publisher.error(e.message)
+                    spent = _add(spent, end.usage if end else None)
+                    if toolbox is None or end is None or not end.tool_calls:
+                        break
+                    if round_no > settings.tool_max_rounds:
+                        raise ToolRoundsExceeded(settings.tool_max_rounds)
+                    turn_messages = await run_tool_calls(
+                        toolbox, state.tool_servers, end.tool_calls, text="".join(turn),
+                        round_no=round_no, publisher=publisher, records=tool_calls,
+                    )  # fmt: skip
+                    call = replace(call, messages=[*call.messages, *turn_messages])
+        except (ProviderError, ToolServerError, ToolRoundsExceeded) as e:
+            message = e.message if isinstance(e, ProviderError) else str(e)
+            if isinstance(e, ProviderError):
+                state.provider_error = message if e.retryable else None
+            result = await finish("failed", message)
+            await publisher.error(message)
             return result
         except TimeoutError:
             msg = f"the model call took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
@@ -208,7 +258,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             result = await finish("failed", msg)
             await publisher.error(msg)
             return result
-        usage = end.usage or estimated_usage(request, text)
+        usage = spent or estimated_usage(request, text)
         result = await finish("completed")  # counted (usage, history) before the caller hears "done"
         await publisher.done(
             usage=usage,
@@ -225,6 +275,62 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         except Exception:
             log.warning("could not publish the error event for job %s", job_id)
         return await finish("failed", msg)
+    finally:
+        state.running.pop(job_id, None)
+        state.jobs_done += 1
+
+
+async def call_tool(ctx: dict, request: dict, trace: dict | None = None) -> dict:
+    """One call of a downstream MCP server's tool, for the messenger's `server/tool` tools.
+
+    The tool's answer, error or not, is the job's completed result (its `toolCalls[0]`); only a
+    request that is not valid fails the job. No model runs, so nothing is counted in usage.
+    """
+    state: WorkerState = ctx["mcpq"]
+    job_id, attempt = ctx["job_id"], ctx["job_try"]
+    publisher = state.writer.publisher(job_id, attempt)
+    started = time.monotonic()
+    state.running[job_id] = attempt
+    try:
+        try:
+            req = ToolCallRequest.model_validate(request)
+        except ValidationError as e:
+            msg = invalid_request_message(e)
+            await publisher.start(state.worker_id, "mcp")
+            await publisher.error(msg)
+            return JobResult(job_id=job_id, status="failed", error=msg, attempt=attempt).model_dump(
+                mode="json"
+            )
+        label = f"mcp:{req.server}"
+        await publisher.start(state.worker_id, label)
+        records: list[ToolCallRecord] = []
+        toolbox = Toolbox(specs=(), routes={"call": (req.server, req.tool)})
+        call = ToolCall(id=f"{job_id}-1", name="call", arguments=json.dumps(req.arguments))
+        await run_tool_calls(
+            toolbox, state.tool_servers, (call,), text="", round_no=1, publisher=publisher, records=records
+        )
+        (record,) = records
+        result = JobResult(
+            job_id=job_id,
+            status="completed",
+            ai_response=record.result or "",
+            model=label,
+            processing_time=round(time.monotonic() - started, 4),
+            finish_reason="tool_error" if record.is_error else "stop",
+            worker_id=state.worker_id,
+            attempt=attempt,
+            tool_calls=records,
+        ).model_dump(mode="json")
+        await publisher.done(usage=TokenUsage(), cost=None, finish_reason=result["finishReason"], model=label)
+        log.info("tool job %s %s/%s done", job_id, req.server, req.tool, extra={"job_id": job_id})
+        return result
+    except asyncio.CancelledError:
+        if not await asyncio.shield(ctx["redis"].exists(keys.cancel(job_id))):
+            raise
+        await asyncio.shield(publisher.cancelled())
+        return JobResult(job_id=job_id, status="cancelled", error="cancelled by request").model_dump(
+            mode="json"
+        )
     finally:
         state.running.pop(job_id, None)
         state.jobs_done += 1

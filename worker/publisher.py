@@ -20,10 +20,19 @@ from shared.events import (
     StartEvent,
     TokenEvent,
     TokenUsage,
+    ToolCallEvent,
+    ToolResultEvent,
     publish_events,
 )
 
-_EVENT_TYPES = {"start": StartEvent, "token": TokenEvent, "done": DoneEvent, "error": ErrorEvent}
+_EVENT_TYPES = {
+    "start": StartEvent,
+    "token": TokenEvent,
+    "tool_call": ToolCallEvent,
+    "tool_result": ToolResultEvent,
+    "done": DoneEvent,
+    "error": ErrorEvent,
+}
 
 
 class EventWriter:
@@ -92,6 +101,12 @@ class EventPublisher:
         self, *, usage: TokenUsage, cost: float | None, finish_reason: str | None, model: str
     ) -> None:
         await self._write("done", usage=usage, cost=cost, finish_reason=finish_reason, model=model)
+
+    async def tool_call(self, **fields) -> None:
+        await self._write("tool_call", **fields)
+
+    async def tool_result(self, **fields) -> None:
+        await self._write("tool_result", **fields)
 
     async def error(self, message: str) -> None:
         await self._write("error", error=message)

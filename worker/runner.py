@@ -21,8 +21,9 @@ from shared import keys, prices
 from shared.connection import connect
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
+from shared.tool_servers import ToolServers
 from worker.heartbeat import beat_forever
-from worker.job import WorkerState, chat
+from worker.job import WorkerState, call_tool, chat
 from worker.metrics import MetricsServer, WorkerMetrics
 from worker.providers import make_provider
 from worker.publisher import EventWriter
@@ -49,6 +50,7 @@ async def startup(ctx: dict) -> None:
         worker_id=ctx.get("worker_id") or new_worker_id(),
         writer=EventWriter(ctx["redis"]),
         metrics=WorkerMetrics(ctx.get("metrics_registry")),  # the messenger's, in embedded mode
+        tool_servers=ToolServers(settings.mcp_servers, settings.tool_call_timeout_seconds),
     )
     state.provider_error = await provider.check()
     if state.provider_error:
@@ -75,12 +77,16 @@ async def shutdown(ctx: dict) -> None:
         with contextlib.suppress(RedisError):
             await ctx["redis"].delete(keys.worker(state.worker_id))
         await state.provider.aclose()
+        await state.tool_servers.aclose()
 
 
 def worker_options(settings: Settings) -> dict:
     """The arq Worker arguments both `worker` and `arq worker.WorkerSettings` use."""
     return {
-        "functions": [func(chat, name="chat", max_tries=MAX_TRIES)],
+        "functions": [
+            func(chat, name="chat", max_tries=MAX_TRIES),
+            func(call_tool, name="call_tool", max_tries=MAX_TRIES),
+        ],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "job_serializer": serialize,

@@ -70,6 +70,7 @@ async def test_reply_model_usage_and_cost_come_from_the_openai_server(
         "completionTokens": 500,
         "totalTokens": 1500,
         "estimatedCost": pytest.approx(0.00045),  # 1000 * $0.15/M + 500 * $0.60/M
+        "estimated": False,  # the server reported usage
     }
     (sent,) = openai_server.chat_requests
     assert sent.api_key == API_KEY

@@ -60,7 +60,12 @@ def test_wire_format_has_the_documented_envelope(event):
 
 def test_done_event_wire_fields():
     wire = json.loads(dump_event(EXAMPLES[2]))
-    assert wire["usage"] == {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
+    assert wire["usage"] == {
+        "prompt_tokens": 12,
+        "completion_tokens": 30,
+        "total_tokens": 42,
+        "estimated": False,
+    }
     assert wire["cost"] == 0.000123
     assert wire["finish_reason"] == "stop"
     assert wire["model"] == "gpt-4o-mini"

@@ -31,6 +31,7 @@ def test_full_request_is_accepted():
         temperature=0.2,
         max_tokens=256,
         conversation_id="conv-42",
+        mcp_servers=["clock", "docs", "clock"],
     )
     assert req.model_dump() == {
         "message": "hi",
@@ -39,7 +40,15 @@ def test_full_request_is_accepted():
         "temperature": 0.2,
         "max_tokens": 256,
         "conversation_id": "conv-42",
+        "mcp_servers": ["clock", "docs"],  # each named once
     }
+
+
+@pytest.mark.parametrize("name", ["", "a__b", "has space", "-x", "x" * 33, "a/b"])
+def test_a_malformed_mcp_server_name_is_rejected(name):
+    with pytest.raises(ValidationError) as info:
+        ChatRequest(message="hi", mcp_servers=[name])
+    assert _error_field(info) == "mcp_servers"
 
 
 @pytest.mark.parametrize("message", ["", " ", "   \t\n  ", "\u3000", "\n"])
@@ -221,6 +230,7 @@ def test_job_result_dumps_the_camel_case_names_users_know():
         "completionTokens": 5,
         "totalTokens": 15,
         "estimatedCost": 0.0000045,
+        "estimated": False,
     }
     for snake in ("job_id", "ai_response", "processing_time", "finish_reason", "worker_id"):
         assert snake not in wire
@@ -229,7 +239,9 @@ def test_job_result_dumps_the_camel_case_names_users_know():
 def test_job_result_json_uses_camel_case_too():
     wire = json.loads(_result().model_dump_json())
     assert {"jobId", "aiResponse", "processingTime", "usage"} <= wire.keys()
-    assert {"promptTokens", "completionTokens", "totalTokens", "estimatedCost"} == wire["usage"].keys()
+    assert {"promptTokens", "completionTokens", "totalTokens", "estimatedCost", "estimated"} == wire[
+        "usage"
+    ].keys()
 
 
 def test_job_result_reads_back_from_its_own_json():

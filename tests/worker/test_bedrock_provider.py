@@ -28,8 +28,8 @@ from stream_helpers import failure as stream_failure
 
 from shared.events import TokenUsage
 from shared.models import JobResult
-from worker.providers import ModelCall, ProviderError
-from worker.providers.bedrock import BedrockProvider
+from worker.providers import ModelCall, ProviderError, ToolCall, ToolSpec
+from worker.providers.bedrock import BedrockProvider, to_converse
 
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
@@ -76,6 +76,72 @@ def reply_frames(pieces: list[str], *, stop: str = "end_turn", usage=(12, 3)) ->
             },
         ),
     ]
+
+
+def tool_use_frames(index: int, tool_id: str, name: str, parts: list[str]) -> list[bytes]:
+    """A toolUse content block: its id and name first, then the input JSON in pieces."""
+    return [
+        event(
+            "contentBlockStart",
+            {"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": tool_id, "name": name}}},
+        ),
+        *(
+            event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": p}}})
+            for p in parts
+        ),
+        event("contentBlockStop", {"contentBlockIndex": index}),
+    ]
+
+
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="Current weather for a city",
+    parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+CLOCK = ToolSpec(name="clock", description="", parameters={"type": "object", "properties": {}})
+
+# One tool round in the OpenAI chat format, as the job keeps it.
+TOOL_ROUND = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Weather in Paris and the time?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "tooluse_a1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            {"id": "tooluse_b2", "type": "function", "function": {"name": "clock", "arguments": "{}"}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "tooluse_a1", "content": '{"temp_c": 18}'},
+    {"role": "tool", "tool_call_id": "tooluse_b2", "content": "Error: clock is unavailable"},
+]
+TOOL_ROUND_CONVERSE = [
+    {"role": "user", "content": [{"text": "Weather in Paris and the time?"}]},
+    {
+        "role": "assistant",
+        "content": [
+            {"toolUse": {"toolUseId": "tooluse_a1", "name": "get_weather", "input": {"city": "Paris"}}},
+            {"toolUse": {"toolUseId": "tooluse_b2", "name": "clock", "input": {}}},
+        ],
+    },
+    {
+        "role": "user",
+        "content": [
+            {"toolResult": {"toolUseId": "tooluse_a1", "content": [{"text": '{"temp_c": 18}'}]}},
+            {
+                "toolResult": {
+                    "toolUseId": "tooluse_b2",
+                    "content": [{"text": "Error: clock is unavailable"}],
+                    "status": "error",
+                }
+            },
+        ],
+    },
+]
 
 
 class FakeBody:
@@ -208,6 +274,140 @@ async def test_the_request_carries_model_messages_system_and_inference_config(be
     ]
     pieces, _ = await collect(provider, call(messages=messages))
     assert pieces == ["ok"]  # the Stubber raises if the request differs from `expected`
+
+
+async def test_the_request_offers_the_tools_as_tool_config(bedrock, provider):
+    expected = {
+        "modelId": MODEL,
+        "system": [{"text": "You are terse."}],
+        "messages": [{"role": "user", "content": [{"text": "Say hello to the queue"}]}],
+        "inferenceConfig": {"maxTokens": 64, "temperature": 0.3},
+        "toolConfig": {
+            "tools": [
+                {
+                    "toolSpec": {
+                        "name": "get_weather",
+                        "description": "Current weather for a city",
+                        "inputSchema": {"json": WEATHER.parameters},
+                    }
+                },
+                # no description: Bedrock refuses an empty one
+                {"toolSpec": {"name": "clock", "inputSchema": {"json": CLOCK.parameters}}},
+            ]
+        },
+    }
+    bedrock.answer(FakeBody(reply_frames(["ok"])), expected_params=expected)
+    pieces, end = await collect(provider, call(tools=(WEATHER, CLOCK)))
+    assert pieces == ["ok"] and end.tool_calls == ()
+
+
+async def test_text_then_tool_use_blocks_end_with_the_tool_calls(bedrock, provider):
+    frames = [
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Let me "}}),
+        event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "check."}}),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        *tool_use_frames(1, "tooluse_a1", "get_weather", ['{"ci', 'ty": "Pa', 'ris"}']),
+        *tool_use_frames(2, "tooluse_b2", "clock", []),  # no arguments at all
+        event("messageStop", {"stopReason": "tool_use"}),
+        event("metadata", {"usage": {"inputTokens": 310, "outputTokens": 41, "totalTokens": 351}}),
+    ]
+    body = bedrock.answer(FakeBody(frames))
+    pieces, end = await collect(provider, call(tools=(WEATHER, CLOCK)))
+    assert pieces == ["Let me ", "check."]  # the tool input is never streamed as text
+    assert end.finish_reason == "tool_calls" and end.extra == {"stop_reason": "tool_use"}
+    assert end.tool_calls == (
+        ToolCall(id="tooluse_a1", name="get_weather", arguments='{"city": "Paris"}'),
+        ToolCall(id="tooluse_b2", name="clock", arguments="{}"),
+    )
+    assert end.usage == TokenUsage(prompt_tokens=310, completion_tokens=41, total_tokens=351)
+    assert body.closed.is_set()
+
+
+def test_a_tool_round_converts_to_alternating_converse_turns():
+    system, turns = to_converse(TOOL_ROUND)
+    assert system == [{"text": "You are terse."}]
+    assert turns == TOOL_ROUND_CONVERSE
+
+
+def test_tool_round_edges_convert_without_empty_text_blocks():
+    messages = [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": "Go"},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "clock", "arguments": "not json"}},
+                {"id": "t2", "type": "function", "function": {"name": "clock", "arguments": "[1, 2]"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "t1", "content": ""},
+        {"role": "tool", "tool_call_id": "t2", "content": None},
+        {"role": "user", "content": "And now?"},  # joins the tool results: roles must alternate
+        {"role": "assistant", "content": ""},  # nothing to send
+    ]
+    system, turns = to_converse(messages)
+    assert system == []
+    assert turns == [
+        {"role": "user", "content": [{"text": "Go"}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"text": "Checking."},
+                {"toolUse": {"toolUseId": "t1", "name": "clock", "input": {}}},
+                {"toolUse": {"toolUseId": "t2", "name": "clock", "input": {}}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"toolResult": {"toolUseId": "t1", "content": [{"text": "(no output)"}]}},
+                {"toolResult": {"toolUseId": "t2", "content": [{"text": "(no output)"}]}},
+                {"text": "And now?"},
+            ],
+        },
+    ]
+
+
+async def test_a_tool_round_is_sent_with_the_tools_and_without_them_still_gets_a_tool_config(
+    bedrock, provider
+):
+    base = {
+        "modelId": MODEL,
+        "system": [{"text": "You are terse."}],
+        "messages": TOOL_ROUND_CONVERSE,
+        "inferenceConfig": {"maxTokens": 64, "temperature": 0.3},
+    }
+    offered = {"tools": [{"toolSpec": {"name": "clock", "inputSchema": {"json": CLOCK.parameters}}}]}
+    bedrock.answer(FakeBody(reply_frames(["18 C."])), expected_params={**base, "toolConfig": offered})
+    pieces, _ = await collect(provider, call(messages=TOOL_ROUND, tools=(CLOCK,)))
+    assert pieces == ["18 C."]
+
+    # Bedrock refuses toolUse/toolResult blocks without a toolConfig: declare what the history used
+    from_history = {
+        "tools": [
+            {"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}},
+            {"toolSpec": {"name": "clock", "inputSchema": {"json": {"type": "object"}}}},
+        ]
+    }
+    bedrock.answer(FakeBody(reply_frames(["18 C."])), expected_params={**base, "toolConfig": from_history})
+    pieces, _ = await collect(provider, call(messages=TOOL_ROUND))
+    assert pieces == ["18 C."]
+    bedrock.stubber.assert_no_pending_responses()
+
+
+async def test_usage_is_estimated_for_a_tool_round_without_metadata(bedrock, provider):
+    frames = [
+        event("messageStart", {"role": "assistant"}),
+        *tool_use_frames(0, "tooluse_c3", "clock", ["{", "}"]),
+        event("messageStop", {"stopReason": "tool_use"}),
+    ]
+    bedrock.answer(FakeBody(frames))
+    _, end = await collect(provider, call(messages=TOOL_ROUND, tools=(CLOCK,)))  # content None inside
+    assert end.tool_calls == (ToolCall(id="tooluse_c3", name="clock", arguments="{}"),)
+    assert end.usage is not None and end.usage.estimated
+    assert end.usage.completion_tokens == 2  # one per streamed input piece
 
 
 async def test_throttling_is_retryable(bedrock, provider):
@@ -367,4 +567,5 @@ async def test_a_chat_job_through_bedrock_completes_with_priced_usage(
         "completionTokens": 2000,
         "totalTokens": 3000,
         "estimatedCost": pytest.approx(0.0008 + 0.008),
+        "estimated": False,  # Bedrock reported the counts
     }

@@ -58,7 +58,7 @@ async def test_usage_is_taken_from_the_final_usage_chunk(openai_server, provider
     openai_server.script(reply="one two three", usage=(31, 3), model="gpt-4o-mini-2024-07-18")
     _, end = await collect(provider, call())
     assert end.usage == TokenUsage(prompt_tokens=31, completion_tokens=3, total_tokens=34)
-    assert "usage_estimated" not in end.extra
+    assert end.usage.estimated is False
     assert end.model == "gpt-4o-mini-2024-07-18", "the model name the server reports is kept"
 
 
@@ -66,7 +66,7 @@ async def test_a_server_without_usage_gives_an_estimate_flagged_as_such(openai_s
     openai_server.script(reply="one two three four", include_usage=False)
     pieces, end = await collect(provider, call())
     assert "".join(pieces) == "one two three four"
-    assert end.extra.get("usage_estimated") is True
+    assert end.usage.estimated is True
     assert end.usage is not None
     assert end.usage.completion_tokens == 4
     assert end.usage.prompt_tokens > 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from shared.settings import Settings
-from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd
+from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd, ToolCall, ToolSpec
 
-__all__ = ["ModelCall", "Provider", "ProviderError", "StreamEnd", "make_provider"]
+__all__ = ["ModelCall", "Provider", "ProviderError", "StreamEnd", "ToolCall", "ToolSpec", "make_provider"]
 
 
 def make_provider(settings: Settings) -> Provider:

@@ -13,6 +13,7 @@ RETRY_ATTEMPTS + 1 attempts); failures map to ProviderError, `retryable` for thr
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,7 +30,15 @@ from botocore.exceptions import (
 )
 
 from shared.events import TokenUsage
-from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd
+from worker.providers.base import (
+    ModelCall,
+    Provider,
+    ProviderError,
+    StreamEnd,
+    ToolCall,
+    ToolSpec,
+    estimate_usage,
+)
 
 _END = object()
 _RETRYABLE = {
@@ -49,6 +58,7 @@ _FINISH = {
     "guardrail_intervened": "content_filter",
     "tool_use": "tool_calls",
 }
+_NO_OUTPUT = "(no output)"  # an empty tool result would be an empty text block, which Bedrock rejects
 _KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{12,}\b")
 _CHECK_CREDENTIALS = (
     "check AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) "
@@ -56,20 +66,75 @@ _CHECK_CREDENTIALS = (
 )
 
 
-def to_converse(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
-    """Chat messages → (Converse `system` blocks, Converse `messages`); same-role turns are merged."""
+def to_converse(messages: list[dict[str, Any]]) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """Chat messages → (Converse `system` blocks, Converse `messages`).
+
+    Converse requires alternating roles, so same-role turns merge (tool results are user blocks, and
+    join the user text after them), and it rejects empty text blocks, so none are sent.
+    """
     system: list[dict[str, str]] = []
     turns: list[dict[str, Any]] = []
     for m in messages:
+        text = m.get("content") or ""
         if m["role"] == "system":
-            system.append({"text": m["content"]})
+            if text:
+                system.append({"text": text})
             continue
-        role = "assistant" if m["role"] == "assistant" else "user"
-        if turns and turns[-1]["role"] == role:  # Converse requires alternating roles
-            turns[-1]["content"].append({"text": m["content"]})
+        if m["role"] == "tool":
+            result: dict[str, Any] = {
+                "toolUseId": m.get("tool_call_id") or "",
+                "content": [{"text": text or _NO_OUTPUT}],
+            }
+            if text.startswith("Error:"):  # how the job words a failed tool
+                result["status"] = "error"
+            role, blocks = "user", [{"toolResult": result}]
         else:
-            turns.append({"role": role, "content": [{"text": m["content"]}]})
+            role = "assistant" if m["role"] == "assistant" else "user"
+            blocks = [{"text": text}] if text else []
+            blocks += [_tool_use(c) for c in m.get("tool_calls") or []]
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
     return system, turns
+
+
+def _tool_use(tool_call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call as a Converse toolUse block; Converse wants the input as an object."""
+    function = tool_call.get("function") or {}
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        arguments = None
+    return {
+        "toolUse": {
+            "toolUseId": tool_call.get("id") or "",
+            "name": function.get("name") or "",
+            "input": arguments if isinstance(arguments, dict) else {},
+        }
+    }
+
+
+def tool_config(tools: tuple[ToolSpec, ...], turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The request's `toolConfig`, or None when it needs none.
+
+    Bedrock refuses toolUse/toolResult blocks without a toolConfig, so a call that offers no tools
+    but carries a tool round in its history declares the tools that history used.
+    """
+    specs = [_tool_spec(t.name, t.description, t.parameters) for t in tools]
+    if not specs:
+        used = (block["toolUse"]["name"] for turn in turns for block in turn["content"] if "toolUse" in block)
+        specs = [_tool_spec(name, "", {"type": "object"}) for name in dict.fromkeys(used) if name]
+    return {"tools": specs} if specs else None
+
+
+def _tool_spec(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": name, "inputSchema": {"json": schema}}
+    if description:  # optional, but Bedrock rejects an empty one
+        spec["description"] = description
+    return {"toolSpec": spec}
 
 
 class BedrockProvider(Provider):
@@ -114,6 +179,9 @@ class BedrockProvider(Provider):
         }
         if system:
             request["system"] = system
+        tools = tool_config(call.tools, messages)
+        if tools:
+            request["toolConfig"] = tools
         try:
             response = await asyncio.to_thread(self.client.converse_stream, **request)
         except (ClientError, BotoCoreError) as e:
@@ -123,17 +191,37 @@ class BedrockProvider(Provider):
         usage: TokenUsage | None = None
         stop_reason: str | None = None
         pieces = 0
+        calls: dict[int, dict[str, Any]] = {}  # toolUse blocks by contentBlockIndex
+        open_blocks: set[int] = set()
         try:
             iterator = iter(events)
             while True:
                 event = await asyncio.to_thread(next, iterator, _END)
                 if event is _END:
                     break
-                if "contentBlockDelta" in event:
-                    text = event["contentBlockDelta"].get("delta", {}).get("text")
-                    if text:
+                if "contentBlockStart" in event:
+                    start = event["contentBlockStart"]
+                    tool = start.get("start", {}).get("toolUse")
+                    if tool:
+                        index = start.get("contentBlockIndex", 0)
+                        calls[index] = {
+                            "id": tool.get("toolUseId", ""),
+                            "name": tool.get("name", ""),
+                            "input": [],
+                        }
+                        open_blocks.add(index)
+                elif "contentBlockDelta" in event:
+                    block = event["contentBlockDelta"]
+                    delta = block.get("delta", {})
+                    index = block.get("contentBlockIndex", 0)
+                    if delta.get("text"):
                         pieces += 1
-                        yield text
+                        yield delta["text"]
+                    elif "toolUse" in delta and index in open_blocks:
+                        pieces += 1  # output tokens too, for the estimate
+                        calls[index]["input"].append(delta["toolUse"].get("input", ""))
+                elif "contentBlockStop" in event:
+                    open_blocks.discard(event["contentBlockStop"].get("contentBlockIndex", 0))
                 elif "messageStop" in event:
                     stop_reason = event["messageStop"].get("stopReason")
                 elif "metadata" in event and "usage" in event["metadata"]:
@@ -153,11 +241,15 @@ class BedrockProvider(Provider):
 
         extra: dict[str, object] = {"stop_reason": stop_reason} if stop_reason else {}
         if usage is None:
-            prompt = sum(len(m["content"]) for m in call.messages) // 4 + 1
-            usage = TokenUsage(prompt_tokens=prompt, completion_tokens=pieces, total_tokens=prompt + pieces)
-            extra["usage_estimated"] = True
+            usage = estimate_usage(call.messages, pieces)
         finish = _FINISH.get(stop_reason, stop_reason) if stop_reason else None
-        yield StreamEnd(model=call.model, finish_reason=finish, usage=usage, extra=extra)
+        tool_calls = tuple(
+            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments="".join(c["input"]) or "{}")
+            for i, c in sorted(calls.items())
+        )
+        yield StreamEnd(
+            model=call.model, finish_reason=finish, usage=usage, tool_calls=tool_calls, extra=extra
+        )
 
     async def aclose(self) -> None:
         close = getattr(self.client, "close", None)

@@ -2,18 +2,19 @@
 
 One AsyncOpenAI client per worker (its connection pool is reused by every job). Usage comes from
 the final stream chunk (`stream_options.include_usage`); servers that do not send it get an
-estimate, flagged as such in StreamEnd.extra.
+estimate, flagged `estimated` in the usage (see base.estimate_usage).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 from openai import AsyncOpenAI
 
 from shared.events import TokenUsage
-from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd
+from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd, ToolCall, estimate_usage
 
 NO_KEY_PLACEHOLDER = "not-needed"  # self-hosted servers (vLLM, llama.cpp, Ollama) accept any key
 
@@ -37,6 +38,16 @@ class OpenAIProvider(Provider):
         finish_reason: str | None = None
         model = call.model
         pieces = 0
+        calls: dict[int, dict[str, str]] = {}  # tool calls arrive in pieces, keyed by index
+        options: dict[str, Any] = {}
+        if call.tools:
+            options["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in call.tools
+            ]
         try:
             stream = await self.client.chat.completions.create(
                 model=call.model,
@@ -45,6 +56,7 @@ class OpenAIProvider(Provider):
                 max_tokens=call.max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
+                **options,
             )
             async with stream:
                 async for chunk in stream:
@@ -61,14 +73,21 @@ class OpenAIProvider(Provider):
                         if choice.delta and choice.delta.content:
                             pieces += 1
                             yield choice.delta.content
+                        for delta in (choice.delta.tool_calls or []) if choice.delta else []:
+                            part = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                            part["id"] = delta.id or part["id"]
+                            if delta.function:
+                                part["name"] += delta.function.name or ""
+                                part["arguments"] += delta.function.arguments or ""
         except openai.APIError as e:
             raise self._explain(e, call.model) from None
-        extra: dict[str, object] = {}
         if usage is None:
-            prompt = sum(len(m["content"]) for m in call.messages) // 4 + 1
-            usage = TokenUsage(prompt_tokens=prompt, completion_tokens=pieces, total_tokens=prompt + pieces)
-            extra["usage_estimated"] = True
-        yield StreamEnd(model=model, finish_reason=finish_reason, usage=usage, extra=extra)
+            usage = estimate_usage(call.messages, pieces)
+        tool_calls = tuple(
+            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
+            for i, c in sorted(calls.items())
+        )
+        yield StreamEnd(model=model, finish_reason=finish_reason, usage=usage, tool_calls=tool_calls)
 
     async def check(self) -> str | None:
         try:

@@ -1,0 +1,122 @@
+"""Downstream MCP servers' tools, served by the messenger as `server/tool` (MCP_EXPOSE_SERVERS).
+
+The messenger lists each exposed server's tools once at start-up; every call of one becomes a
+`call_tool` job that a worker runs, so one endpoint serves many servers and the calls get the
+queue's job ids, streams and scale-out. A server that cannot be listed is left out and reported by
+check_health; the rest are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools.base import Tool
+from mcp_types import CallToolResult, TextContent
+
+from messenger.calls import caller_from, error_result, guarded, tool_notice
+from shared.models import ToolCallRequest
+from shared.settings import Settings
+from shared.tool_servers import RemoteTool, ToolServerError, ToolServers
+
+log = logging.getLogger("messenger.aggregate")
+
+SEPARATOR = "/"  # as asked of the product; the SDK's SEP-986 check would prefer [A-Za-z0-9_.-]
+logging.getLogger("mcp.shared.tool_name_validation").setLevel(logging.ERROR)  # it warns on every "/"
+JOB_ID_META = "io.github.mcp-queue/jobId"  # in each result's _meta: the queued job that ran the call
+
+
+async def list_exposed(settings: Settings) -> dict[str, list[RemoteTool] | str]:
+    """Each exposed server's tools, or why they could not be listed."""
+    names = settings.exposed_servers
+    if not names:
+        return {}
+    servers = ToolServers({n: settings.mcp_servers[n] for n in names})
+
+    async def listed(name: str) -> list[RemoteTool] | str:
+        try:
+            return await servers.tools(name)
+        except ToolServerError as e:
+            log.warning("not serving the tools of MCP server %r: %s", name, e)
+            return str(e)
+
+    try:
+        found = await asyncio.gather(*(listed(n) for n in names))
+    finally:
+        await servers.aclose()  # the messenger only lists; workers make the calls
+    return dict(zip(names, found, strict=True))
+
+
+class ForwardedTool(Tool):
+    """A downstream tool: arguments pass through unchanged (the downstream server validates them)."""
+
+    async def run(self, arguments: dict[str, Any], context: Context, convert_result: bool = False) -> Any:
+        return await self.fn(arguments, context)
+
+
+def add_exposed_tools(mcp: MCPServer, runtime, auth_on: bool) -> None:
+    for server, tools in runtime.exposed.items():
+        if isinstance(tools, str):
+            continue
+        for tool in tools:
+            name = f"{server}{SEPARATOR}{tool.name}"
+            forwarded = ForwardedTool.from_function(
+                _forwarder(runtime, server, tool.name, auth_on),
+                name=name,
+                description=f"[{server}] {tool.description}".strip(),
+                context_kwarg="ctx",
+            )
+            mcp._tool_manager._tools[name] = forwarded.model_copy(update={"parameters": tool.input_schema})
+
+
+def _forwarder(runtime, server: str, tool: str, auth_on: bool):
+    settings = runtime.settings
+
+    async def forward(arguments: dict[str, Any], ctx: Context) -> CallToolResult:
+        call = ToolCallRequest(server=server, tool=tool, arguments=arguments)
+        job_ids: list[str] = []
+        notices = 0
+
+        async def on_event(event, transcript) -> None:
+            nonlocal notices
+            if not job_ids:
+                job_ids.append(transcript.job_id)
+            if event is not None and event.type in ("tool_call", "tool_result"):
+                notices += 1
+                await ctx.report_progress(notices, None, tool_notice(event))
+
+        try:
+            job = await guarded(
+                runtime.jobs.run(
+                    call,
+                    on_event,
+                    timeout=settings.tool_call_timeout_seconds + 60,
+                    caller=caller_from(ctx.headers, auth_on),
+                ),
+                settings,
+            )
+        except ToolError as e:
+            return error_result(str(e))
+        except anyio.get_cancelled_exc_class():
+            if job_ids:
+                with anyio.CancelScope(shield=True):
+                    await runtime.jobs.cancel(job_ids[0])
+            raise
+        meta = {JOB_ID_META: job.job_id}
+        if job.status != "completed" or not job.tool_calls:
+            detail = job.error or f"the job is still {job.status}"
+            return CallToolResult(
+                content=[TextContent(type="text", text=f"job {job.job_id} {job.status}: {detail}")],
+                is_error=True,
+                _meta=meta,
+            )
+        record = job.tool_calls[0]
+        return CallToolResult(
+            content=[TextContent(type="text", text=record.result or "")], is_error=record.is_error, _meta=meta
+        )
+
+    return forward

@@ -1,0 +1,268 @@
+"""MCP servers that jobs may use as tools, configured by name in MCP_SERVERS, and the client side.
+
+Workers connect to them to run the tool calls a model asks for; the messenger connects only to list
+the tools it re-exports (`name/tool`). Each process keeps one connection per server, opened on first
+use and shared by every job: a stdio server is one child process per worker, not one per job. A
+connection that breaks is dropped and opened again on the next use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+
+log = logging.getLogger("mcpq.tool_servers")
+
+SERVER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_)){0,31}$")  # no "__": it joins server and tool
+RESULT_MAX_CHARS = 50_000  # of a tool's answer, kept for the model and the job's events
+CONNECT_TIMEOUT_SECONDS = 30.0
+
+
+class ToolServerConfig(BaseModel):
+    """One entry of MCP_SERVERS: a command to start over stdio, or a streamable-HTTP URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    url: str | None = None
+    token: SecretStr | None = None  # sent as `Authorization: Bearer <token>` to the URL
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ToolServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError('each server needs either "command" (stdio) or "url" (streamable HTTP)')
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f'"url" must start with http:// or https:// (got {self.url!r})')
+        if self.token is not None and self.url is None:
+            raise ValueError('"token" is only for "url" servers; give a stdio server its secrets in "env"')
+        return self
+
+    @property
+    def where(self) -> str:
+        """How the server is reached, without secrets (for errors and logs)."""
+        return self.url if self.url else " ".join([self.command or "", *self.args])[:200]
+
+
+class ToolServerError(Exception):
+    """A configured server cannot be reached or listed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RemoteTool:
+    server: str
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    text: str
+    is_error: bool
+
+
+def function_name(server: str, tool: str) -> str:
+    """`server__tool` as a function name every provider accepts: [A-Za-z0-9_-], at most 64."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", f"{server}__{tool}")
+    if len(name) > 64:
+        name = name[:55] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name
+
+
+def outcome_of(result) -> ToolOutcome:
+    """A CallToolResult as text for the model: text blocks joined, other blocks described."""
+    parts: list[str] = []
+    for block in result.content or []:
+        kind = getattr(block, "type", "")
+        if kind == "text":
+            parts.append(block.text)
+        elif kind == "resource":
+            resource = block.resource
+            parts.append(getattr(resource, "text", None) or f"[resource {resource.uri}]")
+        else:
+            parts.append(f"[{kind} {getattr(block, 'mime_type', '') or ''}]".replace(" ]", "]"))
+    if not parts and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content, ensure_ascii=False))
+    text = "\n".join(parts)
+    if len(text) > RESULT_MAX_CHARS:
+        text = text[:RESULT_MAX_CHARS] + f"\n[… cut at {RESULT_MAX_CHARS} characters]"
+    return ToolOutcome(text=text, is_error=bool(result.is_error))
+
+
+class _Connection:
+    """One live MCP client, held open by its own task (anyio scopes must close where they opened)."""
+
+    def __init__(self, name: str, config: ToolServerConfig):
+        self.name = name
+        self.config = config
+        self.client = None
+        self.tools: list[RemoteTool] | None = None
+        self._task: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done() and self.client is not None
+
+    async def open(self):
+        if self._task is None or self._task.done():
+            self._ready, self._stop, self._error, self.client, self.tools = (
+                asyncio.Event(), asyncio.Event(), None, None, None,
+            )  # fmt: skip
+            self._task = asyncio.create_task(self._hold(), name=f"mcp-server-{self.name}")
+        await self._ready.wait()
+        if self.client is None:
+            raise ToolServerError(
+                f"cannot connect to MCP server {self.name!r} ({self.config.where}): {_describe(self._error)}"
+            )
+        return self.client
+
+    async def _hold(self) -> None:
+        try:
+            async with _client(self.config) as client:
+                self.client = client
+                self._ready.set()
+                await self._stop.wait()
+        except Exception as e:  # a server that exits or a URL that refuses: reported by open()
+            self._error = e
+            if self.client is not None:
+                log.warning("MCP server %r went away: %s", self.name, _describe(e))
+        finally:
+            self.client = None
+            self._ready.set()
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._stop.set()
+            try:
+                async with asyncio.timeout(5):
+                    await asyncio.shield(self._task)
+            except (TimeoutError, Exception):
+                self._task.cancel()
+
+
+class ToolServers:
+    """This process's connections to the configured servers, by name."""
+
+    def __init__(self, configs: dict[str, ToolServerConfig], call_timeout: float = 60.0):
+        self.configs = configs
+        self.call_timeout = call_timeout
+        self._connections: dict[str, _Connection] = {}
+        self._lock = asyncio.Lock()
+
+    def check_names(self, names: list[str]) -> None:
+        unknown = [n for n in names if n not in self.configs]
+        if unknown:
+            raise ToolServerError(unknown_servers_message(unknown, self.configs))
+
+    async def tools(self, name: str) -> list[RemoteTool]:
+        """The server's tools, listed once per connection."""
+        connection = await self._open(name)
+        if connection.tools is None:
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                    listed, cursor = [], None
+                    while True:
+                        page = await connection.client.list_tools(cursor=cursor)
+                        listed += page.tools
+                        cursor = page.next_cursor
+                        if not cursor:
+                            break
+            except Exception as e:
+                await self._drop(name)
+                raise ToolServerError(f"MCP server {name!r} did not list its tools: {_describe(e)}") from None
+            connection.tools = [
+                RemoteTool(name, t.name, t.description or "", dict(t.input_schema or {"type": "object"}))
+                for t in listed
+            ]
+        return connection.tools
+
+    async def call(self, name: str, tool: str, arguments: dict[str, Any]) -> ToolOutcome:
+        """Run one tool; every failure comes back as an error outcome (the model reads it), never raised."""
+        try:
+            connection = await self._open(name)
+            async with asyncio.timeout(self.call_timeout):
+                result = await connection.client.call_tool(tool, arguments)
+        except TimeoutError:
+            return ToolOutcome(f"Error: {name}/{tool} gave no answer within {self.call_timeout:g} s", True)
+        except ToolServerError as e:
+            return ToolOutcome(f"Error: {e}", True)
+        except Exception as e:  # the connection broke: the next call reconnects
+            await self._drop(name)
+            return ToolOutcome(f"Error: MCP server {name!r} failed during {tool}: {_describe(e)}", True)
+        return outcome_of(result)
+
+    async def aclose(self) -> None:
+        for connection in list(self._connections.values()):
+            await connection.close()
+        self._connections.clear()
+
+    async def _open(self, name: str) -> _Connection:
+        self.check_names([name])
+        async with self._lock:
+            connection = self._connections.get(name)
+            if connection is None or not connection.alive:
+                connection = self._connections[name] = connection or _Connection(name, self.configs[name])
+                try:
+                    async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                        await connection.open()
+                except TimeoutError:
+                    await connection.close()
+                    raise ToolServerError(
+                        f"MCP server {name!r} ({connection.config.where}) did not answer within "
+                        f"{CONNECT_TIMEOUT_SECONDS:g} s"
+                    ) from None
+        return connection
+
+    async def _drop(self, name: str) -> None:
+        connection = self._connections.pop(name, None)
+        if connection is not None:
+            await connection.close()
+
+
+def unknown_servers_message(unknown: list[str], configs: dict[str, ToolServerConfig]) -> str:
+    known = ", ".join(sorted(configs)) if configs else "none (set MCP_SERVERS)"
+    return f"unknown MCP server {', '.join(map(repr, unknown))}; configured servers: {known}"
+
+
+@contextlib.asynccontextmanager
+async def _client(config: ToolServerConfig):
+    from mcp import Client, StdioServerParameters
+
+    if config.url is None:
+        params = StdioServerParameters(
+            command=config.command or "", args=config.args, env=config.env or None, cwd=config.cwd
+        )
+        async with Client(params) as client:
+            yield client
+        return
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {config.token.get_secret_value()}"} if config.token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http:
+        async with Client(streamable_http_client(config.url, http_client=http)) as client:
+            yield client
+
+
+def _describe(e: BaseException | None) -> str:
+    """An exception as one line; exception groups (anyio task groups) show their first cause."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    if e is None:
+        return "it closed the connection"
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

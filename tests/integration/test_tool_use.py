@@ -1,0 +1,271 @@
+"""Tool use end to end: a real MCP client calls the messenger, the job goes through real Redis to a
+`worker` process, the model (the OpenAI-compatible test server, over HTTP) asks for a tool, the
+worker calls a real MCP server (tests/mcp_clock_server.py, over stdio or streamable HTTP), and the
+model's final answer carries the tool's result. Tool calls and results are events in the job's
+stream, arrive live as progress, and show in get_job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp_clock_server import PREFIX
+from openai_server import eventually
+from redis_server import free_port
+
+from messenger.runtime import open_runtime
+from messenger.server import build_server
+from shared.settings import load_settings
+
+CLOCK = str(Path(__file__).resolve().parents[1] / "mcp_clock_server.py")
+ANSWER = "The clock says"
+
+
+def stdio_clock(log: Path) -> dict:
+    return {"command": sys.executable, "args": [CLOCK], "env": {"CLOCK_CALL_LOG": str(log)}}
+
+
+def calls_logged(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.fixture
+def http_clock(tmp_path):
+    """The clock server over streamable HTTP, requiring a bearer token."""
+    port = free_port()
+    log = tmp_path / "http-clock.log"
+    proc = subprocess.Popen(
+        [sys.executable, CLOCK, "--port", str(port), "--token", "clock-secret"],
+        env={**__import__("os").environ, "CLOCK_CALL_LOG": str(tmp_path / "http-calls.jsonl")},
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/mcp", timeout=1)
+        except urllib.error.HTTPError:
+            break  # it answers (401 without the token): up
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the HTTP clock server did not start: {log.read_text()}") from None
+            time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}/mcp", "token": "clock-secret"}, tmp_path / "http-calls.jsonl"
+    proc.terminate()
+    proc.wait(10)
+
+
+def start_workers(workers, redis_url, server, servers: dict, **env):
+    return workers.start(
+        redis_url,
+        AI_PROVIDER="openai",
+        OPENAI_BASE_URL=server.base_url,
+        OPENAI_API_KEY="sk-test",
+        MCP_SERVERS=json.dumps(servers),
+        **env,
+    )
+
+
+def messenger_runtime(redis_url, servers: dict):
+    return open_runtime(load_settings(redis_url=redis_url, mcp_servers=servers))
+
+
+def stream_types(redis_server, job_id) -> list[dict]:
+    client = redis_server.client()
+    return [json.loads(fields[b"event"]) for _, fields in client.xrange(f"mcpq:stream:{job_id}")]
+
+
+async def ask(runtime, arguments: dict):
+    progress: list[str] = []
+
+    async def on_progress(_p, _t, message):
+        if message:
+            progress.append(message)
+
+    async with Client(build_server(runtime)) as client:
+        result = await client.call_tool("send_message_to_ai", arguments, progress_callback=on_progress)
+    return result, progress
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_the_model_calls_a_real_mcp_tool_and_answers_with_its_result(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path, transport, request
+):
+    if transport == "stdio":
+        log = tmp_path / "calls.jsonl"
+        servers = {"clock": stdio_clock(log)}
+    else:
+        config, log = request.getfixturevalue("http_clock")
+        servers = {"clock": config}
+    openai_server.script(
+        reply=ANSWER,
+        tool_preamble="Let me look at the clock.",
+        tool_calls=[("clock__now", '{"timezone_offset_hours": 2}')],
+    )
+    start_workers(workers, redis_url, openai_server, servers)
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        result, progress = await ask(runtime, {"message": "What time is it?", "mcp_servers": ["clock"]})
+        assert not result.is_error, result.content
+        job = result.structured_content
+        fetched = (await runtime.jobs.get(job["jobId"])).model_dump(mode="json")
+
+    # the tool really ran, with the model's arguments, and its answer reached the model and the caller
+    (called,) = calls_logged(log)
+    assert called["tool"] == "now" and called["arguments"] == {"timezone_offset_hours": 2}
+    assert job["status"] == "completed"
+    assert job["aiResponse"].startswith("Let me look at the clock.\n\n" + ANSWER + f" {PREFIX} ")
+    assert job["aiResponse"].endswith("+02:00")
+
+    first, second = openai_server.chat_requests
+    offered = {t["function"]["name"]: t["function"] for t in first.body["tools"]}
+    assert set(offered) == {"clock__now", "clock__add", "clock__broken", "clock__sleep"}
+    assert offered["clock__add"]["parameters"]["required"] == ["a", "b"]
+    assistant, tool_message = second.body["messages"][-2:]
+    assert assistant["tool_calls"][0]["function"] == {
+        "name": "clock__now",
+        "arguments": '{"timezone_offset_hours": 2}',
+    }
+    assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == assistant["tool_calls"][0]["id"]
+    assert tool_message["content"].startswith(PREFIX)
+
+    # the job's stream and get_job show the call and its result
+    events = stream_types(redis_server, job["jobId"])
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.index("tool_call") < kinds.index("tool_result") < len(kinds) - 1
+    call_event = next(e for e in events if e["type"] == "tool_call")
+    assert (call_event["server"], call_event["tool"], call_event["arguments"], call_event["round"]) == (
+        "clock", "now", {"timezone_offset_hours": 2}, 1,
+    )  # fmt: skip
+    (record,) = fetched["toolCalls"]
+    assert record["server"] == "clock" and record["tool"] == "now"
+    assert record["result"].startswith(PREFIX) and record["isError"] is False
+    assert record["durationMs"] >= 0
+    assert fetched["toolCalls"] == job["toolCalls"]
+
+    # live progress told the caller about the call while it happened
+    assert any(m.startswith("[tool call clock/now") for m in progress), progress
+    assert any(m.startswith(f"[tool result clock/now: {PREFIX}") for m in progress), progress
+    # usage covers both model turns
+    assert job["usage"]["promptTokens"] == sum(
+        r for r in (_prompt_words(first.body), _prompt_words(second.body))
+    )
+
+
+def _prompt_words(body: dict) -> int:
+    return sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+
+
+async def test_tool_errors_go_back_to_the_model_and_the_job_still_completes(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    servers = {"clock": stdio_clock(tmp_path / "calls.jsonl")}
+    openai_server.script(
+        reply=ANSWER,
+        tool_calls=[
+            ("clock__broken", "{}"),  # the tool reports an error
+            ("clock__add", '{"a": "three"}'),  # arguments the tool rejects
+            ("clock__add", "{not json"),  # arguments that are not JSON at all
+            ("clock__launch", "{}"),  # a tool that does not exist
+            ("clock__add", '{"a": 2, "b": 3}'),  # and one that works
+        ],
+    )
+    start_workers(workers, redis_url, openai_server, servers)
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        result = await runtime.jobs.run(_request("Add things.", ["clock"]))
+
+    assert result.status == "completed", result.error
+    by_tool = [(r.tool, r.is_error) for r in result.tool_calls]
+    assert by_tool == [
+        ("broken", True), ("add", True), ("add", True), ("clock__launch", True), ("add", False),
+    ]  # fmt: skip
+    results = [r.result for r in result.tool_calls]
+    assert "the clock is broken" in results[0]
+    assert "a" in results[1] and "valid integer" in results[1]
+    assert "must be a JSON object" in results[2]
+    assert "no tool named 'clock__launch'" in results[3]
+    assert results[4] == f"{PREFIX} 5"
+    # the model was told, as errors, and answered anyway
+    tool_messages = [m for m in openai_server.chat_requests[1].body["messages"] if m["role"] == "tool"]
+    assert [m["content"].startswith("Error:") for m in tool_messages] == [True, True, True, True, False]
+    assert result.ai_response.startswith(ANSWER) and f"{PREFIX} 5" in result.ai_response
+    # the calls ran concurrently on one connection to one server process
+    assert len({c["pid"] for c in calls_logged(tmp_path / "calls.jsonl")}) == 1
+
+
+async def test_a_model_that_keeps_calling_tools_is_stopped_after_tool_max_rounds(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    servers = {"clock": stdio_clock(tmp_path / "calls.jsonl")}
+    openai_server.script(tool_calls=[("clock__now", "{}")], tool_rounds=1000)
+    start_workers(workers, redis_url, openai_server, servers, TOOL_MAX_ROUNDS="3")
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        result = await runtime.jobs.run(_request("Loop.", ["clock"]))
+        assert result.status == "failed"
+        assert "TOOL_MAX_ROUNDS=3" in result.error
+        assert [r.round for r in result.tool_calls] == [1, 2, 3]
+        assert len(openai_server.chat_requests) == 4  # three tool turns, and the fourth asked again
+        # the worker keeps serving
+        openai_server.script(tool_calls=[])
+        assert (await runtime.jobs.run(_request("Plain question.", ["clock"]))).status == "completed"
+
+
+async def test_an_unknown_server_is_refused_before_anything_is_queued(
+    redis_url, redis_server, clean_env, tmp_path
+):
+    servers = {"clock": stdio_clock(tmp_path / "calls.jsonl")}
+    async with messenger_runtime(redis_url, servers) as runtime:
+        async with Client(build_server(runtime)) as client:
+            result = await client.call_tool(
+                "submit_message", {"message": "hi", "mcp_servers": ["clock", "weather"]}
+            )
+            depth = await runtime.jobs.queue_depth()
+    assert result.is_error
+    assert result.content[0].text.endswith(": unknown MCP server 'weather'; configured servers: clock")
+    assert depth == 0
+
+
+async def test_a_server_that_cannot_start_fails_the_job_with_a_clear_error(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    servers = {"ghost": {"command": str(tmp_path / "no-such-server")}}
+    start_workers(workers, redis_url, openai_server, servers)
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        result = await runtime.jobs.run(_request("Use the ghost.", ["ghost"]))
+        assert result.status == "failed"
+        assert result.error.startswith("cannot connect to MCP server 'ghost'")
+        assert "no-such-server" in result.error
+        assert openai_server.chat_requests == []  # the model was never called half-equipped
+        assert (await runtime.jobs.run(_request("No tools."))).status == "completed"
+
+
+async def test_cancelling_a_job_stops_it_while_a_tool_runs(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    log = tmp_path / "calls.jsonl"
+    servers = {"clock": stdio_clock(log)}
+    openai_server.script(tool_calls=[("clock__sleep", '{"seconds": 30}')])
+    start_workers(workers, redis_url, openai_server, servers)
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        job_id = await runtime.jobs.submit(_request("Sleep.", ["clock"]))
+        await eventually(lambda: calls_logged(log), timeout=30)
+        started = time.monotonic()
+        cancelled = await runtime.jobs.cancel(job_id)
+        assert cancelled.status == "cancelled"
+        assert time.monotonic() - started < 5
+        assert [r.tool for r in cancelled.tool_calls] == ["sleep"]
+        assert cancelled.tool_calls[0].result is None  # it never answered
+        assert len(openai_server.chat_requests) == 1
+
+
+def _request(message: str, servers: list[str] | None = None):
+    from shared.models import ChatRequest
+
+    return ChatRequest(message=message, mcp_servers=servers)
