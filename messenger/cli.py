@@ -117,15 +117,24 @@ async def _serve(runtime: Runtime, args) -> int:
 
 
 def _printer(out=sys.stdout):
+    midline = False  # the last thing written did not end a line
+
+    def notice(text: str) -> None:
+        nonlocal midline
+        out.write(("\n" if midline else "") + text + "\n")
+        midline = False
+
     async def on_event(event: Event | None, transcript: Transcript) -> None:
+        nonlocal midline
         if event is None:
             return
         if event.type == "start" and event.attempt > 1:
-            out.write(f"\n[re-run on another worker, attempt {event.attempt}]\n")
+            notice(f"[re-run on another worker, attempt {event.attempt}]")
         elif event.type == "token":
             out.write(event.text)
+            midline = not event.text.endswith("\n")
         elif event.type in ("tool_call", "tool_result"):
-            out.write(f"\n{tool_notice(event)}\n")
+            notice(tool_notice(event))
         out.flush()
 
     return on_event

@@ -178,7 +178,9 @@ def load_settings(**overrides: object) -> Settings:
             raise SettingsError(msg) from None
         field = str(err["loc"][0])
         msg = _HINTS.get(field, msg)
-        if field == "mcp_servers" and len(err["loc"]) > 1:
+        if field == "mcp_servers" and err["type"] == "dict_type" and len(err["loc"]) == 1:
+            msg = _SERVERS_HINT
+        elif field == "mcp_servers" and len(err["loc"]) > 1:
             where = ".".join(str(part) for part in err["loc"][1:])
             msg = _SERVERS_HINT if err["type"] in ("dict_type", "model_type") else f"{where}: {msg}"
         if field in _SECRET_FIELDS:

@@ -16,6 +16,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
@@ -43,15 +44,19 @@ class ToolServerConfig(BaseModel):
         if (self.command is None) == (self.url is None):
             raise ValueError('each server needs either "command" (stdio) or "url" (streamable HTTP)')
         if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f'"url" must start with http:// or https:// (got {self.url!r})')
+            raise ValueError('"url" must start with http:// or https://')
         if self.token is not None and self.url is None:
             raise ValueError('"token" is only for "url" servers; give a stdio server its secrets in "env"')
         return self
 
     @property
     def where(self) -> str:
-        """How the server is reached, without secrets (for errors and logs)."""
-        return self.url if self.url else " ".join([self.command or "", *self.args])[:200]
+        """How the server is reached, for errors and logs: a URL loses its user:password and query
+        (either may hold a key); a command shows its arguments but never its env."""
+        if self.url:
+            parts = urlsplit(self.url)
+            return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
+        return " ".join([self.command or "", *self.args])[:200]
 
 
 class ToolServerError(Exception):

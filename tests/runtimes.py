@@ -10,8 +10,14 @@ from shared.settings import load_settings
 
 
 @contextlib.asynccontextmanager
-async def embedded(monkeypatch, token_delay_ms: float = 0) -> AsyncIterator[Runtime]:
+async def embedded(
+    monkeypatch, token_delay_ms: float = 0, mcp_servers: dict | None = None
+) -> AsyncIterator[Runtime]:
+    """`mcp_servers`: MCP_SERVERS as a dict (default: the environment's), for jobs that use tools."""
     monkeypatch.setattr("shared.connection._memory_server", None)  # a fresh in-memory Redis
-    settings = load_settings(redis_url="memory://", mock_token_delay_ms=token_delay_ms, ai_provider="mock")
+    overrides = {} if mcp_servers is None else {"mcp_servers": mcp_servers}
+    settings = load_settings(
+        redis_url="memory://", mock_token_delay_ms=token_delay_ms, ai_provider="mock", **overrides
+    )
     async with open_runtime(settings) as runtime:
         yield runtime

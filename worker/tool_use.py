@@ -35,6 +35,8 @@ async def open_toolbox(servers: ToolServers, names: list[str]) -> Toolbox:
     for name in names:
         for tool in await servers.tools(name):
             fn = function_name(name, tool.name)
+            if fn in routes:  # `get.x` and `get_x` sanitise alike: keep both callable
+                fn = function_name(name, f"{tool.name}_{len(routes)}")
             routes[fn] = (name, tool.name)
             description = tool.description or f"{tool.name} (from the MCP server {name})"
             specs.append(ToolSpec(fn, description[:DESCRIPTION_MAX_CHARS], tool.input_schema))

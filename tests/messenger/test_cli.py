@@ -70,3 +70,29 @@ def test_job_commands_explain_that_embedded_jobs_are_not_shared():
 def test_a_separate_worker_needs_redis_url():
     done = run(module="worker.cli")
     assert done.returncode == 2 and "REDIS_URL" in done.stderr
+
+
+CLOCK = {"clock": {"command": sys.executable, "args": [str(ROOT / "tests" / "mcp_clock_server.py")]}}
+
+
+def test_ask_with_an_mcp_server_shows_the_tool_call_and_answers_with_its_result():
+    done = run("ask", "--mcp-server", "clock", "what time is it now?", MCP_SERVERS=json.dumps(CLOCK))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "[tool call clock/now {}]"
+    assert lines[1].startswith("[tool result clock/now: CLOCK-7f3a ")
+    assert lines[2].startswith("Mock answer to: CLOCK-7f3a ")
+
+
+def test_ask_with_an_unknown_mcp_server_names_the_configured_ones():
+    done = run("ask", "--mcp-server", "weather", "rain?", MCP_SERVERS=json.dumps(CLOCK))
+    assert done.returncode == 1
+    assert done.stderr.strip() == "messenger: unknown MCP server 'weather'; configured servers: clock"
+
+
+def test_a_bad_mcp_servers_setting_is_one_line_and_keeps_the_token_secret():
+    bad = {"docs": {"url": "ftp://docs.example.com/mcp", "token": "tok-secret-42"}}
+    done = run("ask", "hi", MCP_SERVERS=json.dumps(bad))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("messenger: MCP_SERVERS: docs")
+    assert "tok-secret-42" not in done.stderr

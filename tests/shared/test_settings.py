@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shared.settings import MEMORY_URL, SettingsError, load_settings
@@ -201,3 +203,191 @@ def test_an_empty_variable_counts_as_unset(clean_env, var):
 def test_a_whitespace_only_text_variable_counts_as_unset(clean_env, var, attr, default):
     clean_env.setenv(var, "   ")
     assert getattr(load_settings(), attr) == default
+
+
+# -- MCP_SERVERS, MCP_EXPOSE_SERVERS and the tool-use limits ----------------------------------------
+
+MCP_TOKEN = "sekret-token-123"
+
+
+def test_mcp_servers_are_read_as_stdio_and_url_servers(clean_env):
+    clean_env.setenv(
+        "MCP_SERVERS",
+        json.dumps(
+            {
+                "clock": {
+                    "command": "python",
+                    "args": ["clock.py", "-v"],
+                    "env": {"TZ": "UTC"},
+                    "cwd": "/srv",
+                },
+                "docs": {"url": "https://docs.example.com/mcp", "token": MCP_TOKEN},
+                "local_notes-2": {"url": "http://127.0.0.1:9000/mcp"},
+            }
+        ),
+    )
+    settings = load_settings()
+    clock, docs, notes = (settings.mcp_servers[n] for n in ("clock", "docs", "local_notes-2"))
+    assert (clock.command, clock.args, clock.env, clock.cwd, clock.url) == (
+        "python", ["clock.py", "-v"], {"TZ": "UTC"}, "/srv", None,
+    )  # fmt: skip
+    assert (docs.command, docs.url) == (None, "https://docs.example.com/mcp")
+    assert docs.token is not None and docs.token.get_secret_value() == MCP_TOKEN
+    assert notes.url == "http://127.0.0.1:9000/mcp" and notes.token is None
+    assert MCP_TOKEN not in repr(settings) and MCP_TOKEN not in str(settings)
+
+
+def test_no_mcp_servers_by_default(clean_env):
+    settings = load_settings()
+    assert settings.mcp_servers == {}
+    assert settings.exposed_servers == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        ("{clock: python}", "must be JSON like"),
+        ('{"clock": "python clock.py"}', "must be JSON like"),
+        ('{"clock": {}}', 'clock: each server needs either "command" (stdio) or "url"'),
+        (
+            '{"clock": {"command": "python", "url": "https://x.example/mcp"}}',
+            'clock: each server needs either "command" (stdio) or "url"',
+        ),
+        (
+            '{"docs": {"url": "ftp://x.example/mcp", "token": "sekret-token-123"}}',
+            'docs: "url" must start with http:// or https://',
+        ),
+        (
+            '{"docs": {"url": "docs.example.com/mcp"}}',
+            'docs: "url" must start with http:// or https://',
+        ),
+        (
+            '{"clock": {"command": "python", "token": "sekret-token-123"}}',
+            'clock: "token" is only for "url" servers',
+        ),
+        ('{"a__b": {"command": "python"}}', "server name 'a__b' must be"),
+        ('{"-clock": {"command": "python"}}', "server name '-clock' must be"),
+        (json.dumps({"c" * 33: {"command": "python"}}), "must be 1-32"),
+        (
+            '{"clock": {"command": "python", "argv": ["clock.py"]}}',
+            "clock.argv: Extra inputs are not permitted",
+        ),
+        (
+            '{"docs": {"url": "https://x.example/mcp", "tokn": "sekret-token-123"}}',
+            "docs.tokn: Extra inputs are not permitted",
+        ),
+        ('{"clock": {"command": "python", "args": "clock.py"}}', "clock.args: "),
+        ('{"docs": {"url": "https://x.example/mcp", "token": 123456}}', "docs.token: "),
+    ],
+)
+def test_a_bad_mcp_servers_entry_fails_with_one_line_naming_the_problem(clean_env, raw, names):
+    clean_env.setenv("MCP_SERVERS", raw)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("MCP_SERVERS: "), message
+    assert "\n" not in message and "\r" not in message
+    assert names in message, message
+    assert MCP_TOKEN not in message
+    assert "123456" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_bad_mcp_servers_entry_does_not_echo_the_other_servers_tokens(clean_env):
+    clean_env.setenv(
+        "MCP_SERVERS",
+        json.dumps({"docs": {"url": "https://x.example/mcp", "token": MCP_TOKEN}, "clock": {}}),
+    )
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value).startswith("MCP_SERVERS: clock: ")
+    assert MCP_TOKEN not in str(info.value)
+
+
+SERVERS = {"clock": {"command": "python", "args": ["clock.py"]}, "docs": {"url": "https://x.example/mcp"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "exposed"),
+    [("clock", ["clock"]), (" docs , clock ", ["docs", "clock"]), ("*", ["clock", "docs"]), ("", [])],
+)
+def test_mcp_expose_servers_names_configured_servers_or_star_for_all(clean_env, raw, exposed):
+    clean_env.setenv("MCP_SERVERS", json.dumps(SERVERS))
+    clean_env.setenv("MCP_EXPOSE_SERVERS", raw)
+    assert load_settings().exposed_servers == exposed
+
+
+@pytest.mark.parametrize(
+    ("servers", "raw", "expected"),
+    [
+        (
+            SERVERS,
+            "clock,calendar",
+            "MCP_EXPOSE_SERVERS: unknown MCP server 'calendar'; configured servers: clock, docs",
+        ),
+        (
+            {},
+            "clock",
+            "MCP_EXPOSE_SERVERS: unknown MCP server 'clock'; configured servers: none (set MCP_SERVERS)",
+        ),
+    ],
+)
+def test_mcp_expose_servers_naming_an_unconfigured_server_fails_naming_it(clean_env, servers, raw, expected):
+    if servers:
+        clean_env.setenv("MCP_SERVERS", json.dumps(servers))
+    clean_env.setenv("MCP_EXPOSE_SERVERS", raw)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == expected
+
+
+def test_star_with_no_servers_exposes_nothing(clean_env):
+    clean_env.setenv("MCP_EXPOSE_SERVERS", "*")
+    assert load_settings().exposed_servers == []
+
+
+def test_mcp_servers_can_be_passed_as_an_override(clean_env):
+    settings = load_settings(mcp_servers={"clock": {"command": "python"}})
+    assert settings.mcp_servers["clock"].command == "python"
+
+
+def test_tool_limits_have_defaults(clean_env):
+    clean_env.delenv("TOOL_MAX_ROUNDS", raising=False)
+    clean_env.delenv("TOOL_CALL_TIMEOUT_SECONDS", raising=False)
+    settings = load_settings()
+    assert settings.tool_max_rounds == 8
+    assert settings.tool_call_timeout_seconds == 60
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "attr", "expected"),
+    [
+        ("TOOL_MAX_ROUNDS", "1", "tool_max_rounds", 1),
+        ("TOOL_MAX_ROUNDS", "100", "tool_max_rounds", 100),
+        ("TOOL_CALL_TIMEOUT_SECONDS", "0.5", "tool_call_timeout_seconds", 0.5),
+        ("TOOL_CALL_TIMEOUT_SECONDS", "3600", "tool_call_timeout_seconds", 3600.0),
+    ],
+)
+def test_tool_limits_are_read_within_their_range(clean_env, var, raw, attr, expected):
+    clean_env.setenv(var, raw)
+    assert getattr(load_settings(), attr) == expected
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "accepts"),
+    [
+        ("TOOL_MAX_ROUNDS", "0", "greater than or equal to 1"),
+        ("TOOL_MAX_ROUNDS", "101", "less than or equal to 100"),
+        ("TOOL_MAX_ROUNDS", "lots", "integer"),
+        ("TOOL_CALL_TIMEOUT_SECONDS", "0", "greater than 0"),
+        ("TOOL_CALL_TIMEOUT_SECONDS", "-5", "greater than 0"),
+        ("TOOL_CALL_TIMEOUT_SECONDS", "3601", "less than or equal to 3600"),
+    ],
+)
+def test_tool_limits_out_of_range_fail_with_one_line(clean_env, var, raw, accepts):
+    clean_env.setenv(var, raw)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"{var}: ") and "\n" not in message
+    assert accepts in message, message

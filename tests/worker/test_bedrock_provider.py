@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import sys
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import boto3
 import pytest
@@ -32,6 +34,7 @@ from worker.providers import ModelCall, ProviderError, ToolCall, ToolSpec
 from worker.providers.bedrock import BedrockProvider, to_converse
 
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
+CLOCK_SERVER = Path(__file__).resolve().parents[1] / "mcp_clock_server.py"
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
@@ -569,3 +572,61 @@ async def test_a_chat_job_through_bedrock_completes_with_priced_usage(
         "estimatedCost": pytest.approx(0.0008 + 0.008),
         "estimated": False,  # Bedrock reported the counts
     }
+
+
+async def test_a_chat_job_with_tools_runs_a_real_mcp_tool_through_bedrock(
+    bedrock, provider, clean_env, monkeypatch
+):
+    """The job's tool loop with Bedrock: toolUse → the clock server runs → toolResult → the answer."""
+    from shared.connection import connect
+    from shared.settings import load_settings
+    from shared.tool_servers import ToolServerConfig, ToolServers
+    from worker.job import WorkerState, chat
+    from worker.publisher import EventWriter
+
+    sent: list[dict] = []
+    bedrock.client.meta.events.register(
+        "provide-client-params.bedrock-runtime.ConverseStream", lambda params, **_: sent.append(params)
+    )
+    first = tool_use_frames(0, "tooluse_add1", "clock__add", ['{"a": 2', ', "b": 3}'])
+    first += [
+        event("messageStop", {"stopReason": "tool_use"}),
+        event("metadata", {"usage": {"inputTokens": 100, "outputTokens": 10, "totalTokens": 110}}),
+    ]
+    bedrock.answer(FakeBody([event("messageStart", {"role": "assistant"}), *first]))
+    bedrock.reply(["The sum is ", "5."], usage=(200, 5))
+
+    monkeypatch.setattr("shared.connection._memory_server", None)
+    redis = connect("memory://")
+    servers = ToolServers({"clock": ToolServerConfig(command=sys.executable, args=[str(CLOCK_SERVER)])})
+    state = WorkerState(
+        settings=load_settings(redis_url="memory://", ai_provider="bedrock"),
+        provider=provider,
+        worker_id="worker-test",
+        writer=EventWriter(redis),
+        tool_servers=servers,
+    )
+    try:
+        out = await chat(
+            {"mcpq": state, "job_id": "job-tools", "job_try": 1, "redis": redis},
+            {"message": "add 2 and 3", "model": MODEL, "mcp_servers": ["clock"]},
+        )
+    finally:
+        await servers.aclose()
+        await redis.aclose()
+
+    assert out["status"] == "completed", out["error"]
+    assert out["aiResponse"] == "The sum is 5."
+    (record,) = out["toolCalls"]
+    assert (record["tool"], record["arguments"], record["result"]) == (
+        "add",
+        {"a": 2, "b": 3},
+        "CLOCK-7f3a 5",
+    )
+    assert out["usage"]["promptTokens"] == 300 and out["usage"]["completionTokens"] == 15
+    assert out["usage"]["estimatedCost"] == pytest.approx((300 * 0.8 + 15 * 4.0) / 1e6)
+    offered = {t["toolSpec"]["name"] for t in sent[0]["toolConfig"]["tools"]}
+    assert offered == {"clock__now", "clock__add", "clock__broken", "clock__sleep"}
+    result_block = sent[1]["messages"][-1]["content"][0]["toolResult"]
+    assert result_block["toolUseId"] == "tooluse_add1"
+    assert result_block["content"] == [{"text": "CLOCK-7f3a 5"}]

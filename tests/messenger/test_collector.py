@@ -1,0 +1,141 @@
+"""The Transcript: how a follower turns a job's tool events into the result's `toolCalls`."""
+
+from __future__ import annotations
+
+from messenger.collector import Transcript
+from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolCallEvent, ToolResultEvent
+from shared.models import ToolCallRecord
+
+JOB = "job-1"
+
+
+class Events:
+    """Numbers events the way a worker does: seq rises by one within an attempt."""
+
+    def __init__(self, attempt: int = 1):
+        self.attempt, self.seq = attempt, -1
+
+    def _next(self) -> dict:
+        self.seq += 1
+        return {"job_id": JOB, "seq": self.seq, "attempt": self.attempt, "ts": 1000.0 + self.seq}
+
+    def start(self):
+        return StartEvent(**self._next(), worker_id="w1", model="mock-1")
+
+    def token(self, text: str):
+        return TokenEvent(**self._next(), text=text)
+
+    def call(self, call_id: str, tool: str = "now", arguments=None, round: int = 1):
+        return ToolCallEvent(
+            **self._next(), call_id=call_id, server="clock", tool=tool, arguments=arguments or {}, round=round
+        )
+
+    def result(self, call_id: str, text: str, is_error: bool = False, tool: str = "now"):
+        return ToolResultEvent(
+            **self._next(), call_id=call_id, server="clock", tool=tool, result=text, is_error=is_error,
+            duration_ms=12.5,
+        )  # fmt: skip
+
+    def done(self):
+        return DoneEvent(
+            **self._next(), usage=TokenUsage(prompt_tokens=3, completion_tokens=2, total_tokens=5),
+            cost=None, finish_reason="stop", model="mock-1",
+        )  # fmt: skip
+
+
+def feed(transcript: Transcript, *events) -> None:
+    for event in events:
+        assert transcript.position(event) == "next", event
+        transcript.apply(event)
+
+
+def test_a_tool_call_shows_while_it_runs_and_its_result_fills_it_in():
+    transcript, e = Transcript(JOB), Events()
+    feed(transcript, e.start(), e.call("c1", arguments={"timezone_offset_hours": 2}))
+    (running,) = transcript.result().tool_calls
+    assert running == ToolCallRecord(
+        call_id="c1", server="clock", tool="now", arguments={"timezone_offset_hours": 2}, round=1
+    )
+    assert running.result is None and running.duration_ms is None
+    assert transcript.result().status == "running"
+
+    feed(transcript, e.result("c1", "CLOCK-7f3a 12:00"))
+    (done,) = transcript.result().tool_calls
+    assert (done.result, done.is_error, done.duration_ms) == ("CLOCK-7f3a 12:00", False, 12.5)
+
+    feed(transcript, e.token("It is "), e.token("noon."), e.done())
+    final = transcript.result()
+    assert final.status == "completed" and final.ai_response == "It is noon."
+    assert [r.result for r in final.tool_calls] == ["CLOCK-7f3a 12:00"]
+    # camelCase on the wire, as the rest of the result
+    assert final.model_dump(mode="json")["toolCalls"][0] == {
+        "callId": "c1", "server": "clock", "tool": "now", "arguments": {"timezone_offset_hours": 2},
+        "round": 1, "result": "CLOCK-7f3a 12:00", "isError": False, "durationMs": 12.5,
+    }  # fmt: skip
+
+
+def test_several_calls_keep_the_order_they_were_made_in_and_match_results_by_id():
+    transcript, e = Transcript(JOB), Events()
+    feed(
+        transcript,
+        e.start(),
+        e.call("a", "now"),
+        e.call("b", "broken"),
+        e.result("b", "Error: the clock is broken", is_error=True, tool="broken"),
+        e.result("a", "CLOCK-7f3a 12:00"),
+        e.call("c", "add", {"a": 1, "b": 2}, round=2),
+    )
+    calls = transcript.result().tool_calls
+    assert [(r.call_id, r.tool, r.round) for r in calls] == [
+        ("a", "now", 1),
+        ("b", "broken", 1),
+        ("c", "add", 2),
+    ]
+    assert [(r.result, r.is_error) for r in calls] == [
+        ("CLOCK-7f3a 12:00", False),
+        ("Error: the clock is broken", True),
+        (None, False),
+    ]
+
+
+def test_a_result_for_a_call_never_seen_is_ignored():
+    transcript, e = Transcript(JOB), Events()
+    feed(transcript, e.start(), e.result("ghost", "?"))
+    assert transcript.result().tool_calls == []
+
+
+def test_the_result_is_a_copy_that_later_events_do_not_change():
+    transcript, e = Transcript(JOB), Events()
+    feed(transcript, e.start(), e.call("c1"))
+    snapshot = transcript.result()
+    feed(transcript, e.result("c1", "CLOCK-7f3a 12:00"))
+    assert snapshot.tool_calls[0].result is None
+    assert transcript.result().tool_calls[0].result == "CLOCK-7f3a 12:00"
+
+
+def test_a_new_attempt_drops_the_old_attempts_tool_calls():
+    transcript, first = Transcript(JOB), Events(attempt=1)
+    feed(
+        transcript,
+        first.start(),
+        first.call("old"),
+        first.result("old", "CLOCK-7f3a 11:59"),
+        first.token("x"),
+    )
+    assert [r.call_id for r in transcript.result().tool_calls] == ["old"]
+
+    second = Events(attempt=2)  # the worker died; another one runs the job again
+    feed(transcript, second.start())
+    retried = transcript.result()
+    assert retried.attempt == 2 and retried.tool_calls == [] and retried.ai_response == ""
+
+    feed(transcript, second.call("new"), second.result("new", "CLOCK-7f3a 12:00"))
+    assert [(r.call_id, r.result) for r in transcript.result().tool_calls] == [("new", "CLOCK-7f3a 12:00")]
+
+
+def test_a_stale_tool_event_from_the_old_attempt_is_not_applied():
+    transcript, first = Transcript(JOB), Events(attempt=1)
+    feed(transcript, first.start())
+    late = first.call("late")
+    feed(transcript, Events(attempt=2).start())
+    assert transcript.position(late) == "stale"
