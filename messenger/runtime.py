@@ -133,7 +133,12 @@ async def health(runtime: Runtime) -> dict:
 
 
 def models(settings: Settings) -> dict:
-    listed = dict.fromkeys([settings.default_model, *prices.PROVIDER_MODELS.get(settings.ai_provider, [])])
+    """The default model and, for a provider's own API, its well-known models (a self-hosted server
+    at OPENAI_BASE_URL serves what it serves: only the default and any MODEL_PRICES entries)."""
+    known = prices.PROVIDER_MODELS.get(settings.ai_provider, [])
+    if settings.ai_provider == "openai" and settings.openai_base_url:
+        known = list(settings.model_prices or {})
+    listed = dict.fromkeys([settings.default_model, *known])
     rows = []
     for name in listed:
         price = prices.price(name)

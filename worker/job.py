@@ -321,6 +321,7 @@ async def call_tool(ctx: dict, request: dict, trace: dict | None = None) -> dict
             attempt=attempt,
             tool_calls=records,
         ).model_dump(mode="json")
+        state.metrics.job_ended(result)
         await publisher.done(usage=TokenUsage(), cost=None, finish_reason=result["finishReason"], model=label)
         log.info("tool job %s %s/%s done", job_id, req.server, req.tool, extra={"job_id": job_id})
         return result

@@ -41,6 +41,15 @@ class WorkerMetrics:
             registry=r,
         )
         self.cost = Counter("mcpq_worker_cost_usd", "Estimated cost in USD, by model", ["model"], registry=r)
+        self.tool_calls = Counter(
+            "mcpq_worker_tool_calls",
+            "MCP tool calls this worker ran, by server and outcome (ok, error)",
+            ["server", "outcome"],
+            registry=r,
+        )
+        self.tool_duration = Histogram(
+            "mcpq_worker_tool_call_seconds", "MCP tool call time", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.heartbeat = Gauge(
             "mcpq_worker_heartbeat_timestamp_seconds", "Unix time of this worker's last heartbeat", registry=r
         )
@@ -59,6 +68,10 @@ class WorkerMetrics:
                 self.tokens.labels(model, kind).inc(usage[f"{kind}Tokens"])
         if usage.get("estimatedCost"):
             self.cost.labels(model).inc(usage["estimatedCost"])
+        for call in result.get("toolCalls") or []:
+            if call.get("result") is not None:  # it answered (a cancelled job's last call may not have)
+                self.tool_calls.labels(call["server"], "error" if call["isError"] else "ok").inc()
+                self.tool_duration.observe((call.get("durationMs") or 0) / 1000)
 
 
 class MetricsServer:

@@ -258,3 +258,13 @@ async def test_tools_whose_names_sanitise_alike_stay_separately_callable():
     names = [spec.name for spec in toolbox.specs]
     assert len(set(names)) == 2
     assert sorted(toolbox.routes[n] for n in names) == [("srv", "get.x"), ("srv", "get_x")]
+
+
+async def test_tool_calls_are_counted_in_the_worker_metrics(runtime, call_log):
+    from prometheus_client import generate_latest
+
+    async with asyncio.timeout(60):
+        await runtime.jobs.run(ChatRequest(message="now, please", mcp_servers=["clock"]))
+    scraped = generate_latest(runtime.metrics.registry).decode()
+    assert 'mcpq_worker_tool_calls_total{outcome="ok",server="clock"} 1.0' in scraped
+    assert "mcpq_worker_tool_call_seconds_count 1.0" in scraped
