@@ -9,11 +9,15 @@ connection that breaks is dropped and opened again on the next use.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -105,6 +109,32 @@ def outcome_of(result) -> ToolOutcome:
     return ToolOutcome(text=text, is_error=bool(result.is_error))
 
 
+class _Stderr:
+    """A stdio server's stderr: every line goes to our log (tagged with the server's name), and the
+    last few are kept so a server that dies at start-up can say why in the error."""
+
+    def __init__(self, name: str):
+        read_fd, write_fd = os.pipe()
+        self.file = os.fdopen(write_fd, "w")  # the child's stderr
+        self.lines: collections.deque[str] = collections.deque(maxlen=5)
+        self._thread = threading.Thread(
+            target=self._pump, args=(os.fdopen(read_fd, errors="replace"), name), daemon=True
+        )
+        self._thread.start()
+
+    def _pump(self, stream, name: str) -> None:
+        with stream:
+            for line in stream:
+                if line := line.rstrip():
+                    self.lines.append(line)
+                    log.info("[%s] %s", name, line)
+
+    def close(self, wait: float = 0.0) -> None:
+        """Close our end; with `wait`, give the pump that long to read what the exited child wrote."""
+        self.file.close()
+        self._thread.join(wait)
+
+
 class _Connection:
     """One live MCP client, held open by its own task (anyio scopes must close where they opened)."""
 
@@ -117,6 +147,7 @@ class _Connection:
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._error: BaseException | None = None
+        self._stderr: _Stderr | None = None
 
     @property
     def alive(self) -> bool:
@@ -130,14 +161,20 @@ class _Connection:
             self._task = asyncio.create_task(self._hold(), name=f"mcp-server-{self.name}")
         await self._ready.wait()
         if self.client is None:
+            said = (
+                f"; its stderr: {self._stderr.lines[-1][:300]}"
+                if self._stderr and self._stderr.lines
+                else ""
+            )
             raise ToolServerError(
-                f"cannot connect to MCP server {self.name!r} ({self.config.where}): {_describe(self._error)}"
+                f"cannot connect to MCP server {self.name!r} ({self.config.where}): {_describe(self._error)}{said}"
             )
         return self.client
 
     async def _hold(self) -> None:
+        self._stderr = _Stderr(self.name) if self.config.command is not None else None
         try:
-            async with _client(self.config) as client:
+            async with _client(self.config, self._stderr) as client:
                 self.client = client
                 self._ready.set()
                 await self._stop.wait()
@@ -147,6 +184,8 @@ class _Connection:
                 log.warning("MCP server %r went away: %s", self.name, _describe(e))
         finally:
             self.client = None
+            if self._stderr is not None:
+                self._stderr.close(wait=1.0 if self._error is not None else 0.0)
             self._ready.set()
 
     async def close(self) -> None:
@@ -244,14 +283,15 @@ def unknown_servers_message(unknown: list[str], configs: dict[str, ToolServerCon
 
 
 @contextlib.asynccontextmanager
-async def _client(config: ToolServerConfig):
+async def _client(config: ToolServerConfig, stderr: _Stderr | None):
     from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
 
     if config.url is None:
         params = StdioServerParameters(
             command=config.command or "", args=config.args, env=config.env or None, cwd=config.cwd
         )
-        async with Client(params) as client:
+        async with Client(stdio_client(params, errlog=stderr.file if stderr else sys.stderr)) as client:
             yield client
         return
     import httpx2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -337,6 +338,21 @@ async def test_a_command_that_exits_at_once_fails_fast_naming_the_command(tmp_pa
         await servers.aclose()
     assert time.monotonic() - started < 15  # not the 30 s connect timeout
     assert str(info.value).startswith(f"cannot connect to MCP server 'clock' ({sys.executable} {script}): ")
+    assert str(info.value).endswith(
+        f"; its stderr: {sys.executable}: can't open file {script!r}: [Errno 2] No such file or directory"
+    )
+
+
+async def test_a_stdio_servers_stderr_goes_to_the_log_tagged_with_its_name(caplog, call_log):
+    caplog.set_level(logging.INFO, logger="mcpq.tool_servers")
+    servers = ToolServers({"clock": clock_config(call_log)})
+    try:
+        outcome = await servers.call("clock", "broken", {})  # the server logs the failure on stderr
+        await asyncio.sleep(0.5)
+    finally:
+        await servers.aclose()
+    assert outcome.is_error
+    assert any(r.getMessage().startswith("[clock] ") and "broken" in r.getMessage() for r in caplog.records)
 
 
 async def test_aclose_stops_the_server_process(call_log):
