@@ -162,9 +162,7 @@ class _Connection:
         await self._ready.wait()
         if self.client is None:
             said = (
-                f"; its stderr: {self._stderr.lines[-1][:300]}"
-                if self._stderr and self._stderr.lines
-                else ""
+                f"; its stderr: {self._stderr.lines[-1][:300]}" if self._stderr and self._stderr.lines else ""
             )
             raise ToolServerError(
                 f"cannot connect to MCP server {self.name!r} ({self.config.where}): {_describe(self._error)}{said}"

@@ -210,6 +210,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
                     call = replace(call, tools=toolbox.specs)
                 for round_no in range(1, settings.tool_max_rounds + 2):
                     turn: list[str] = []
+                    end = None
                     async with aclosing(state.provider.stream(call)) as pieces:
                         async for piece in pieces:
                             if isinstance(piece, StreamEnd):
@@ -240,7 +241,8 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             await publisher.error(message)
             return result
         except TimeoutError:
-            msg = f"the model call took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
+            what = "the model call and its tool calls" if tool_calls else "the model call"
+            msg = f"{what} took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
             result = await finish("failed", msg)
             await publisher.error(msg)
             return result

@@ -265,6 +265,34 @@ async def test_cancelling_a_job_stops_it_while_a_tool_runs(
         assert len(openai_server.chat_requests) == 1
 
 
+async def test_a_slow_tool_is_given_up_after_tool_call_timeout_and_the_model_is_told(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    servers = {"clock": stdio_clock(tmp_path / "calls.jsonl")}
+    openai_server.script(reply=ANSWER, tool_calls=[("clock__sleep", '{"seconds": 30}')])
+    start_workers(workers, redis_url, openai_server, servers, TOOL_CALL_TIMEOUT_SECONDS="1")
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        result = await runtime.jobs.run(_request("Sleep.", ["clock"]))
+    assert result.status == "completed", result.error
+    (record,) = result.tool_calls
+    assert record.is_error and record.result == "Error: clock/sleep gave no answer within 1 s"
+    assert result.ai_response == f"{ANSWER} Error: clock/sleep gave no answer within 1 s"
+
+
+async def test_a_job_past_job_timeout_seconds_in_a_tool_fails_naming_the_setting(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    servers = {"clock": stdio_clock(tmp_path / "calls.jsonl")}
+    openai_server.script(tool_calls=[("clock__sleep", '{"seconds": 30}')])
+    start_workers(workers, redis_url, openai_server, servers, JOB_TIMEOUT_SECONDS="3")
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        result = await runtime.jobs.run(_request("Sleep.", ["clock"]))
+        assert result.status == "failed"
+        assert result.error == "the model call and its tool calls took longer than JOB_TIMEOUT_SECONDS=3"
+        openai_server.script(tool_calls=[])
+        assert (await runtime.jobs.run(_request("Still there?", ["clock"]))).status == "completed"
+
+
 def _request(message: str, servers: list[str] | None = None):
     from shared.models import ChatRequest
 
