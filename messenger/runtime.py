@@ -117,19 +117,32 @@ async def health(runtime: Runtime) -> dict:
     out["provider_reachable"] = bool(workers) and len(provider_errors) < len(workers)
     if provider_errors:
         out["provider_error"] = provider_errors[0]
-    if settings.mcp_servers:  # the ones this messenger serves as server/tool were listed at start-up
+    if settings.mcp_servers:
         out["mcp_servers"] = {
-            name: {"exposed": False}
-            if name not in runtime.exposed
-            else {"exposed": True, "error": listed}
-            if isinstance(listed := runtime.exposed[name], str)
-            else {"exposed": True, "tools": len(listed)}
-            for name in sorted(settings.mcp_servers)
+            row.pop("name"): {k: len(v) if k == "tools" else v for k, v in row.items() if k != "transport"}
+            for row in mcp_server_rows(runtime)
         }
     out["status"] = "ok" if workers and out["provider_reachable"] else "degraded"
     if not workers:
         out["problem"] = "no live workers: queued jobs wait until a `worker` process starts"
     return out
+
+
+def mcp_server_rows(runtime: Runtime) -> list[dict]:
+    """Each configured MCP server, without secrets; the tools of the ones this messenger serves as
+    server/tool (listed at start-up), or why they could not be listed."""
+    rows = []
+    for name, config in sorted(runtime.settings.mcp_servers.items()):
+        row: dict = {"name": name, "transport": "http" if config.url else "stdio", "exposed": False}
+        if name in runtime.exposed:
+            listed = runtime.exposed[name]
+            row["exposed"] = True
+            if isinstance(listed, str):
+                row["error"] = listed
+            else:
+                row["tools"] = [f"{name}/{tool.name}" for tool in listed]
+        rows.append(row)
+    return rows
 
 
 def models(settings: Settings) -> dict:

@@ -22,7 +22,7 @@ from messenger.calls import guarded as guarded_by
 from messenger.collector import Transcript
 from messenger.metrics import metrics_route
 from messenger.resources import add_resources
-from messenger.runtime import Runtime, health, models
+from messenger.runtime import Runtime, health, mcp_server_rows, models
 from messenger.tasks import JobTasks
 from shared.events import Event
 from shared.models import (
@@ -213,6 +213,12 @@ def build_server(runtime: Runtime) -> MCPServer:
         """Recent jobs, newest first: queued, running and finished."""
         found = await guarded(jobs.list(status, limit, reader_of(ctx)))
         return JobList(queue_depth=await guarded(jobs.queue_depth()), jobs=found)
+
+    @mcp.tool()
+    async def list_mcp_servers() -> dict[str, Any]:
+        """The MCP servers a request may name in `mcp_servers` (MCP_SERVERS), and which of them this
+        endpoint also serves as `server/tool`."""
+        return {"servers": mcp_server_rows(runtime)}
 
     @mcp.tool()
     async def list_models() -> dict[str, Any]:

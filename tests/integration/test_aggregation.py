@@ -86,3 +86,19 @@ async def test_health_reports_a_downstream_server_that_could_not_be_listed(stack
     assert servers["ghost"]["exposed"] is True
     assert servers["ghost"]["error"].startswith("cannot connect to MCP server 'ghost'")
     assert "not serving the tools of MCP server 'ghost'" in messenger.log()
+
+
+async def test_list_mcp_servers_tells_a_caller_which_names_it_may_use(stack):
+    messenger, _ = stack
+    async with Client(messenger.url) as client, asyncio.timeout(30):
+        listed = (await client.call_tool("list_mcp_servers", {})).structured_content
+    rows = {row["name"]: row for row in listed["servers"]}
+    assert rows["clock"] == {
+        "name": "clock",
+        "transport": "stdio",
+        "exposed": True,
+        "tools": ["clock/now", "clock/add", "clock/broken", "clock/sleep"],
+    }
+    assert rows["private"] == {"name": "private", "transport": "stdio", "exposed": False}
+    assert rows["ghost"]["exposed"] is True and "error" in rows["ghost"] and "tools" not in rows["ghost"]
+    assert "not-installed" in rows["ghost"]["error"]

@@ -77,7 +77,7 @@ async def test_tools_are_listed_with_their_limits(embedded_runtime, mode):
         async with Client(build_server(embedded_runtime), mode=mode) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
     expected = {"send_message_to_ai", "submit_message", "get_job", "wait_for_job", "cancel_job",
-                "list_jobs", "list_models", "check_health"}  # fmt: skip
+                "list_jobs", "list_models", "list_mcp_servers", "check_health"}  # fmt: skip
     assert expected <= set(tools)
     for name in ("send_message_to_ai", "submit_message"):
         props = tools[name].input_schema["properties"]
@@ -88,6 +88,9 @@ async def test_tools_are_listed_with_their_limits(embedded_runtime, mode):
         assert (temperature["minimum"], temperature["maximum"]) == (0, 2)
         max_tokens = next(s for s in props["max_tokens"]["anyOf"] if s.get("type") == "integer")
         assert max_tokens["minimum"] == 1
+        servers = next(s for s in props["mcp_servers"]["anyOf"] if s.get("type") == "array")
+        assert servers["items"] == {"type": "string"} and servers["maxItems"] == 20
+        assert "MCP_SERVERS" in props["mcp_servers"]["description"]
     assert tools["get_job"].input_schema["required"] == ["job_id"]
     assert tools["send_message_to_ai"].description and "progress" in tools["send_message_to_ai"].description
 
