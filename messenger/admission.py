@@ -67,13 +67,16 @@ def pinned(request: ChatRequest, defaults: ModelDefaults, settings: Settings) ->
 
 
 def worst_case_usd(request: ChatRequest, settings: Settings) -> float | None:
+    """A byte a token, the whole max_tokens; a request that may use tools pays for every model turn
+    it may take (TOOL_MAX_ROUNDS + 1), and its worker stops before a turn the reservation cannot cover."""
     price = prices.price(request.model or settings.default_model)
     if price is None:
         return None
     prompt = len(request.message.encode()) + len((request.context or "").encode()) + 32
     if request.conversation_id:
         prompt += 4 * settings.history_max_tokens
-    return (prompt * price.input + (request.max_tokens or 0) * price.output) / 1_000_000
+    turns = settings.tool_max_rounds + 1 if request.mcp_servers else 1
+    return turns * (prompt * price.input + (request.max_tokens or 0) * price.output) / 1_000_000
 
 
 def _resets_in(window: str, now: float) -> str:
@@ -95,9 +98,15 @@ async def admit(redis, settings: Settings, request: ChatRequest, *, job_id: str,
             )
         worst = 0.0
     if settings.budget_per_request_usd is not None and worst > settings.budget_per_request_usd:
+        turns = (
+            f", over up to {settings.tool_max_rounds + 1} model turns with tools"
+            if request.mcp_servers
+            else ""
+        )
         raise Refused(
-            f"this request could cost up to ${worst:.6f} ({request.max_tokens} max_tokens on {model}), over "
-            f"BUDGET_PER_REQUEST_USD=${settings.budget_per_request_usd:g}; ask for fewer max_tokens"
+            f"this request could cost up to ${worst:.6f} ({request.max_tokens} max_tokens on {model}{turns}), "
+            f"over BUDGET_PER_REQUEST_USD=${settings.budget_per_request_usd:g}; ask for fewer max_tokens"
+            + (" or lower TOOL_MAX_ROUNDS" if turns else "")
         )
     now = time.time()
     minute = int(now // 60)

@@ -107,6 +107,11 @@ def _forwarder(runtime, server: str, tool: str, auth_on: bool):
                     await runtime.jobs.cancel(job_ids[0])
             raise
         meta = {JOB_ID_META: job.job_id}
+        if job.status in ("queued", "running"):  # waited too long: do not let it run unseen later
+            job = await guarded(runtime.jobs.cancel(job.job_id), settings)
+            job.error = (
+                f"gave up after {settings.tool_call_timeout_seconds + 60:g} s; {job.error or 'cancelled'}"
+            )
         if job.status != "completed" or not job.tool_calls:
             detail = job.error or f"the job is still {job.status}"
             return CallToolResult(

@@ -6,6 +6,7 @@ The result keeps the field names users of the earlier two-server HTTP design kno
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -93,6 +94,13 @@ class ToolCallRequest(BaseModel):
     server: str
     tool: str = Field(min_length=1, max_length=128)
     arguments: dict[str, Any] = {}
+
+    @field_validator("arguments")
+    @classmethod
+    def _not_huge(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(v, default=str)) > MAX_MESSAGE_CHARS:
+            raise ValueError(f"the arguments take more than {MAX_MESSAGE_CHARS} characters as JSON")
+        return v
 
     @field_validator("server")
     @classmethod

@@ -29,6 +29,18 @@ log = logging.getLogger("mcpq.tool_servers")
 SERVER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_)){0,31}$")  # no "__": it joins server and tool
 RESULT_MAX_CHARS = 50_000  # of a tool's answer, kept for the model and the job's events
 CONNECT_TIMEOUT_SECONDS = 30.0
+_SECRETS = [  # what a command line or a server's stderr may carry that must not reach a caller
+    (re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@]+@", re.I), r"\1***@"),  # scheme://user:password@
+    (re.compile(r"(://[^\s?#]*)\?[^\s#]*"), r"\1?***"),  # a URL's query
+    (re.compile(r"(?i)\b(bearer\s+)\S+"), r"\1***"),
+    (
+        re.compile(
+            r"(?i)\b([\w-]*(?:password|passwd|pwd|token|secret|api[_-]?key|apikey)[\w-]*)(\s*[=:]\s*)"
+            r"(\"[^\"]*\"|'[^']*'|[^\s&,;]+)"
+        ),
+        r"\1\2***",
+    ),
+]
 
 
 class ToolServerConfig(BaseModel):
@@ -56,11 +68,12 @@ class ToolServerConfig(BaseModel):
     @property
     def where(self) -> str:
         """How the server is reached, for errors and logs: a URL loses its user:password and query
-        (either may hold a key); a command shows its arguments but never its env."""
+        (either may hold a key); a command shows its arguments with anything secret-looking masked,
+        never its env."""
         if self.url:
             parts = urlsplit(self.url)
             return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
-        return " ".join([self.command or "", *self.args])[:200]
+        return redact(" ".join([self.command or "", *self.args]))[:200]
 
 
 class ToolServerError(Exception):
@@ -129,18 +142,17 @@ class _Stderr:
                     self.lines.append(line)
                     log.info("[%s] %s", name, line)
 
-    def close(self, wait: float = 0.0) -> None:
-        """Close our end; with `wait`, give the pump that long to read what the exited child wrote."""
-        self.file.close()
-        self._thread.join(wait)
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
 
 class _Connection:
     """One live MCP client, held open by its own task (anyio scopes must close where they opened)."""
 
-    def __init__(self, name: str, config: ToolServerConfig):
+    def __init__(self, name: str, config: ToolServerConfig, call_timeout: float):
         self.name = name
         self.config = config
+        self.call_timeout = call_timeout
         self.client = None
         self.tools: list[RemoteTool] | None = None
         self._task: asyncio.Task | None = None
@@ -162,7 +174,9 @@ class _Connection:
         await self._ready.wait()
         if self.client is None:
             said = (
-                f"; its stderr: {self._stderr.lines[-1][:300]}" if self._stderr and self._stderr.lines else ""
+                f"; its stderr: {redact(self._stderr.lines[-1])[:300]}"
+                if self._stderr and self._stderr.lines
+                else ""
             )
             raise ToolServerError(
                 f"cannot connect to MCP server {self.name!r} ({self.config.where}): {_describe(self._error)}{said}"
@@ -172,7 +186,7 @@ class _Connection:
     async def _hold(self) -> None:
         self._stderr = _Stderr(self.name) if self.config.command is not None else None
         try:
-            async with _client(self.config, self._stderr) as client:
+            async with _client(self.config, self._stderr, self.call_timeout) as client:
                 self.client = client
                 self._ready.set()
                 await self._stop.wait()
@@ -183,7 +197,10 @@ class _Connection:
         finally:
             self.client = None
             if self._stderr is not None:
-                self._stderr.close(wait=1.0 if self._error is not None else 0.0)
+                self._stderr.file.close()
+                if self._error is not None:  # let the pump read what the exited server wrote, off the loop
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.to_thread(self._stderr.join, 1.0)
             self._ready.set()
 
     async def close(self) -> None:
@@ -203,7 +220,7 @@ class ToolServers:
         self.configs = configs
         self.call_timeout = call_timeout
         self._connections: dict[str, _Connection] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}  # per server: a slow one never holds up the others
 
     def check_names(self, names: list[str]) -> None:
         unknown = [n for n in names if n not in self.configs]
@@ -224,7 +241,7 @@ class ToolServers:
                         if not cursor:
                             break
             except Exception as e:
-                await self._drop(name)
+                await self._drop(connection)
                 raise ToolServerError(f"MCP server {name!r} did not list its tools: {_describe(e)}") from None
             connection.tools = [
                 RemoteTool(name, t.name, t.description or "", dict(t.input_schema or {"type": "object"}))
@@ -234,6 +251,7 @@ class ToolServers:
 
     async def call(self, name: str, tool: str, arguments: dict[str, Any]) -> ToolOutcome:
         """Run one tool; every failure comes back as an error outcome (the model reads it), never raised."""
+        connection = None
         try:
             connection = await self._open(name)
             async with asyncio.timeout(self.call_timeout):
@@ -242,8 +260,9 @@ class ToolServers:
             return ToolOutcome(f"Error: {name}/{tool} gave no answer within {self.call_timeout:g} s", True)
         except ToolServerError as e:
             return ToolOutcome(f"Error: {e}", True)
-        except Exception as e:  # the connection broke: the next call reconnects
-            await self._drop(name)
+        except Exception as e:
+            if _connection_lost(e):  # the next call reconnects; a server's error answer keeps the connection
+                await self._drop(connection)
             return ToolOutcome(f"Error: MCP server {name!r} failed during {tool}: {_describe(e)}", True)
         return outcome_of(result)
 
@@ -254,10 +273,15 @@ class ToolServers:
 
     async def _open(self, name: str) -> _Connection:
         self.check_names([name])
-        async with self._lock:
+        connection = self._connections.get(name)
+        if connection is not None and connection.alive:
+            return connection
+        async with self._locks.setdefault(name, asyncio.Lock()):
             connection = self._connections.get(name)
             if connection is None or not connection.alive:
-                connection = self._connections[name] = connection or _Connection(name, self.configs[name])
+                connection = self._connections[name] = connection or _Connection(
+                    name, self.configs[name], self.call_timeout
+                )
                 try:
                     async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
                         await connection.open()
@@ -269,10 +293,13 @@ class ToolServers:
                     ) from None
         return connection
 
-    async def _drop(self, name: str) -> None:
-        connection = self._connections.pop(name, None)
-        if connection is not None:
-            await connection.close()
+    async def _drop(self, connection: _Connection | None) -> None:
+        """Close a connection that failed, unless another call already replaced it."""
+        if connection is None:
+            return
+        if self._connections.get(connection.name) is connection:
+            del self._connections[connection.name]
+        await connection.close()
 
 
 def unknown_servers_message(unknown: list[str], configs: dict[str, ToolServerConfig]) -> str:
@@ -281,7 +308,7 @@ def unknown_servers_message(unknown: list[str], configs: dict[str, ToolServerCon
 
 
 @contextlib.asynccontextmanager
-async def _client(config: ToolServerConfig, stderr: _Stderr | None):
+async def _client(config: ToolServerConfig, stderr: _Stderr | None, call_timeout: float):
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
@@ -296,9 +323,27 @@ async def _client(config: ToolServerConfig, stderr: _Stderr | None):
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {config.token.get_secret_value()}"} if config.token else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http:
+    timeout = httpx2.Timeout(30, read=max(300.0, call_timeout + 10))  # the call's own timeout decides
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
         async with Client(streamable_http_client(config.url, http_client=http)) as client:
             yield client
+
+
+def redact(text: str) -> str:
+    """Mask credentials in URLs, bearer tokens and `password=…`-style pairs."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _connection_lost(e: BaseException) -> bool:
+    """Whether an exception from a call means the connection is gone (not just an error answer)."""
+    from mcp.shared.exceptions import MCPError
+    from mcp_types.jsonrpc import CONNECTION_CLOSED
+
+    if isinstance(e, MCPError):
+        return e.error.code == CONNECTION_CLOSED
+    return True
 
 
 def _describe(e: BaseException | None) -> str:

@@ -17,6 +17,7 @@ import os
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 
 PREFIX = "CLOCK-7f3a"
 
@@ -50,6 +51,13 @@ def broken() -> str:
     """Always fails, the way a tool reports an error."""
     _log("broken", {})
     raise ToolError(f"{PREFIX} the clock is broken")
+
+
+@mcp.tool()
+def reject() -> str:
+    """Answers with a JSON-RPC error instead of a result (the server refuses the call)."""
+    _log("reject", {})
+    raise MCPError(code=-32602, message=f"{PREFIX} rejected")
 
 
 @mcp.tool()

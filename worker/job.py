@@ -10,6 +10,7 @@ ending is counted once (usage, cost, budget, history). A CancelledError that is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from worker import accounting
 from worker.history import earlier_turns
 from worker.metrics import WorkerMetrics
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd, ToolCall
+from worker.providers.base import estimate_usage
 from worker.publisher import EventWriter
 from worker.tool_use import Toolbox, open_toolbox, run_tool_calls
 
@@ -72,6 +74,29 @@ class ToolRoundsExceeded(Exception):
         super().__init__(
             f"the model was still asking for tools after TOOL_MAX_ROUNDS={limit} rounds; "
             "raise TOOL_MAX_ROUNDS or ask for less"
+        )
+
+
+class ReservationSpent(Exception):
+    """The budget the messenger reserved for this job cannot pay for another model turn."""
+
+
+async def _check_reservation(
+    redis, job_id: str, model: str, spent: TokenUsage | None, call: ModelCall
+) -> None:
+    """With budgets on, the messenger reserved this job's worst case; stop before a turn that could
+    cost more than what is left of it (the same byte-a-token rule the reservation used)."""
+    reserved = await redis.hget(keys.BUDGET_RESERVED, job_id)
+    if reserved is None:
+        return  # no budgets, or the reservation lapsed (BUDGET_RESERVATION_SECONDS)
+    so_far = prices.cost(model, spent.prompt_tokens, spent.completion_tokens) if spent else 0.0
+    prompt = sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in call.messages) + 32
+    turn = prices.cost(model, prompt, call.max_tokens)
+    if so_far is not None and turn is not None and so_far + turn > float(reserved):
+        raise ReservationSpent(
+            f"stopped before another model turn: it could cost up to ${turn:.6f}, and ${so_far:.6f} of the "
+            f"${float(reserved):.6f} reserved for this job (BUDGET_* settings) is spent; ask for fewer "
+            "max_tokens or lower TOOL_MAX_ROUNDS"
         )
 
 
@@ -128,13 +153,16 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
     end: StreamEnd | None = None
     spent: TokenUsage | None = None  # summed over the model turns that ended
     tool_calls: list[ToolCallRecord] = []
+    turn: list[str] = []  # the text of the model turn in progress
     model = "?"
 
     async def finish(status: str, error: str | None = None) -> dict:
         """The job's result; counted once in the usage totals (and history, when completed)."""
         name = end.model if end else model
-        if spent:
-            usage = spent
+        if spent:  # plus a later turn cut short: its prompt and what it streamed were paid for too
+            usage = _add(
+                spent, estimate_usage(call.messages, len(turn)) if turn and status != "completed" else None
+            )
         else:  # ended early: the prompt was paid for only if the model started answering
             usage = estimated_usage(request, text) if text else TokenUsage()
         result = JobResult(
@@ -209,7 +237,9 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
                 if toolbox:
                     call = replace(call, tools=toolbox.specs)
                 for round_no in range(1, settings.tool_max_rounds + 2):
-                    turn: list[str] = []
+                    if round_no > 1:
+                        await _check_reservation(redis, job_id, model, spent, call)
+                    turn = []
                     end = None
                     async with aclosing(state.provider.stream(call)) as pieces:
                         async for piece in pieces:
@@ -224,16 +254,17 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
                             turn.append(piece)
                             publisher.token(piece)
                     spent = _add(spent, end.usage if end else None)
+                    turn_text, turn = "".join(turn), []
                     if toolbox is None or end is None or not end.tool_calls:
                         break
                     if round_no > settings.tool_max_rounds:
                         raise ToolRoundsExceeded(settings.tool_max_rounds)
                     turn_messages = await run_tool_calls(
-                        toolbox, state.tool_servers, end.tool_calls, text="".join(turn),
+                        toolbox, state.tool_servers, end.tool_calls, text=turn_text,
                         round_no=round_no, publisher=publisher, records=tool_calls,
                     )  # fmt: skip
                     call = replace(call, messages=[*call.messages, *turn_messages])
-        except (ProviderError, ToolServerError, ToolRoundsExceeded) as e:
+        except (ProviderError, ToolServerError, ToolRoundsExceeded, ReservationSpent) as e:
             message = e.message if isinstance(e, ProviderError) else str(e)
             if isinstance(e, ProviderError):
                 state.provider_error = message if e.retryable else None
@@ -285,55 +316,83 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
 async def call_tool(ctx: dict, request: dict, trace: dict | None = None) -> dict:
     """One call of a downstream MCP server's tool, for the messenger's `server/tool` tools.
 
-    The tool's answer, error or not, is the job's completed result (its `toolCalls[0]`); only a
-    request that is not valid fails the job. No model runs, so nothing is counted in usage.
+    The tool's answer, error or not, is the job's completed result (its `toolCalls[0]`); a request
+    that is not valid, or a call past JOB_TIMEOUT_SECONDS, fails the job. No model runs, so nothing
+    is counted in usage. Like `chat`, it always ends with exactly one terminal event.
     """
+    attributes = {"messaging.message.id": ctx["job_id"], "mcpq.attempt": ctx["job_try"]}
+    with tracing.span("mcp-queue.worker", "call_tool", trace, SpanKind.CONSUMER, attributes):
+        return await _call_tool(ctx, request)
+
+
+async def _call_tool(ctx: dict, request: dict) -> dict:
     state: WorkerState = ctx["mcpq"]
+    settings = state.settings
     job_id, attempt = ctx["job_id"], ctx["job_try"]
     publisher = state.writer.publisher(job_id, attempt)
     started = time.monotonic()
+    records: list[ToolCallRecord] = []
+    label = "mcp"
+
+    def finish(status: str, error: str | None = None) -> dict:
+        record = records[0] if records else None
+        result = JobResult(
+            job_id=job_id,
+            status=status,  # type: ignore[arg-type]
+            ai_response=(record.result or "") if record else "",
+            model=label,
+            processing_time=round(time.monotonic() - started, 4),
+            finish_reason=("tool_error" if record.is_error else "stop")
+            if record and status == "completed"
+            else None,
+            error=error,
+            worker_id=state.worker_id,
+            attempt=attempt,
+            tool_calls=records,
+        ).model_dump(mode="json")
+        state.metrics.job_ended(result)
+        log.info(
+            "tool job %s %s", job_id, status, extra={"job_id": job_id, "outcome": status, "error": error}
+        )
+        return result
+
     state.running[job_id] = attempt
     try:
         try:
             req = ToolCallRequest.model_validate(request)
         except ValidationError as e:
             msg = invalid_request_message(e)
-            await publisher.start(state.worker_id, "mcp")
+            await publisher.start(state.worker_id, label)
             await publisher.error(msg)
-            return JobResult(job_id=job_id, status="failed", error=msg, attempt=attempt).model_dump(
-                mode="json"
-            )
+            return finish("failed", msg)
         label = f"mcp:{req.server}"
         await publisher.start(state.worker_id, label)
-        records: list[ToolCallRecord] = []
         toolbox = Toolbox(specs=(), routes={"call": (req.server, req.tool)})
         call = ToolCall(id=f"{job_id}-1", name="call", arguments=json.dumps(req.arguments))
-        await run_tool_calls(
-            toolbox, state.tool_servers, (call,), text="", round_no=1, publisher=publisher, records=records
-        )
-        (record,) = records
-        result = JobResult(
-            job_id=job_id,
-            status="completed",
-            ai_response=record.result or "",
-            model=label,
-            processing_time=round(time.monotonic() - started, 4),
-            finish_reason="tool_error" if record.is_error else "stop",
-            worker_id=state.worker_id,
-            attempt=attempt,
-            tool_calls=records,
-        ).model_dump(mode="json")
-        state.metrics.job_ended(result)
+        try:
+            async with asyncio.timeout(settings.job_timeout_seconds):
+                await run_tool_calls(
+                    toolbox, state.tool_servers, (call,), text="", round_no=1, publisher=publisher,
+                    records=records,
+                )  # fmt: skip
+        except TimeoutError:
+            msg = f"the tool call took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
+            await publisher.error(msg)
+            return finish("failed", msg)
+        except asyncio.CancelledError:
+            if not await asyncio.shield(ctx["redis"].exists(keys.cancel(job_id))):
+                raise  # shutdown: another worker runs it again
+            await asyncio.shield(publisher.cancelled())
+            return finish("cancelled", "cancelled by request")
+        result = finish("completed")
         await publisher.done(usage=TokenUsage(), cost=None, finish_reason=result["finishReason"], model=label)
-        log.info("tool job %s %s/%s done", job_id, req.server, req.tool, extra={"job_id": job_id})
         return result
-    except asyncio.CancelledError:
-        if not await asyncio.shield(ctx["redis"].exists(keys.cancel(job_id))):
-            raise
-        await asyncio.shield(publisher.cancelled())
-        return JobResult(job_id=job_id, status="cancelled", error="cancelled by request").model_dump(
-            mode="json"
-        )
+    except Exception as e:  # a bug or Redis failure: say so in the stream instead of going silent
+        log.exception("tool job %s failed", job_id)
+        msg = f"internal error in the worker: {type(e).__name__}: {e}"
+        with contextlib.suppress(Exception):
+            await publisher.error(msg)
+        return finish("failed", msg)
     finally:
         state.running.pop(job_id, None)
         state.jobs_done += 1

@@ -19,6 +19,8 @@ from worker.providers import ToolCall, ToolSpec
 from worker.publisher import EventPublisher
 
 DESCRIPTION_MAX_CHARS = 1024  # providers cap function descriptions; MCP servers do not
+MAX_CALLS_PER_TURN = 32  # more in one turn are answered with an error, not run
+ARGUMENTS_SHOWN_CHARS = 2000  # of arguments that are not a JSON object, in events and results
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,9 @@ async def open_toolbox(servers: ToolServers, names: list[str]) -> Toolbox:
     for name in names:
         for tool in await servers.tools(name):
             fn = function_name(name, tool.name)
-            if fn in routes:  # `get.x` and `get_x` sanitise alike: keep both callable
-                fn = function_name(name, f"{tool.name}_{len(routes)}")
+            suffix = 1
+            while fn in routes:  # `get.x` and `get_x` sanitise alike: keep both callable
+                fn, suffix = function_name(name, f"{tool.name}_{suffix}"), suffix + 1
             routes[fn] = (name, tool.name)
             description = tool.description or f"{tool.name} (from the MCP server {name})"
             specs.append(ToolSpec(fn, description[:DESCRIPTION_MAX_CHARS], tool.input_schema))
@@ -67,9 +70,11 @@ async def run_tool_calls(
             call_id=call.id, server=server, tool=tool, arguments=arguments, round=round_no
         )
 
-    async def run(call: ToolCall, record: ToolCallRecord) -> ToolOutcome:
+    async def run(index: int, call: ToolCall, record: ToolCallRecord) -> ToolOutcome:
         started = time.monotonic()
-        if call.name not in toolbox.routes:
+        if index >= MAX_CALLS_PER_TURN:
+            outcome = ToolOutcome(f"Error: not run: at most {MAX_CALLS_PER_TURN} tool calls a turn", True)
+        elif call.name not in toolbox.routes:
             outcome = ToolOutcome(f"Error: there is no tool named {call.name!r}", True)
         elif not isinstance(record.arguments, dict):
             outcome = ToolOutcome(
@@ -79,9 +84,17 @@ async def run_tool_calls(
             outcome = await servers.call(record.server, record.tool, record.arguments)
         record.result, record.is_error = outcome.text, outcome.is_error
         record.duration_ms = round((time.monotonic() - started) * 1000, 2)
+        await publisher.tool_result(
+            call_id=call.id,
+            server=record.server,
+            tool=record.tool,
+            result=outcome.text,
+            is_error=outcome.is_error,
+            duration_ms=record.duration_ms,
+        )  # fmt: skip  (published as soon as this call ends, not when the slowest does)
         return outcome
 
-    outcomes = await asyncio.gather(*(run(call, record) for call, record in planned))
+    outcomes = await asyncio.gather(*(run(i, call, record) for i, (call, record) in enumerate(planned)))
     messages: list[dict[str, Any]] = [
         {
             "role": "assistant",
@@ -92,11 +105,7 @@ async def run_tool_calls(
             ],
         }
     ]
-    for (call, record), outcome in zip(planned, outcomes, strict=True):
-        await publisher.tool_result(
-            call_id=call.id, server=record.server, tool=record.tool, result=outcome.text,
-            is_error=outcome.is_error, duration_ms=record.duration_ms,
-        )  # fmt: skip
+    for (call, _), outcome in zip(planned, outcomes, strict=True):
         content = outcome.text
         if outcome.is_error and not content.startswith("Error:"):
             content = f"Error: {content}"  # a tool's own error result: say so to the model
@@ -107,6 +116,6 @@ async def run_tool_calls(
 def _arguments(raw: str) -> dict[str, Any] | str:
     try:
         parsed = json.loads(raw or "{}")
-    except ValueError:
-        return raw
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        return raw[:ARGUMENTS_SHOWN_CHARS]
     return parsed if isinstance(parsed, dict) else raw

@@ -81,7 +81,7 @@ async def test_health_reports_a_downstream_server_that_could_not_be_listed(stack
     messenger, _ = stack
     report = messenger.wait_ready()
     servers = report["mcp_servers"]
-    assert servers["clock"] == {"exposed": True, "tools": 4}
+    assert servers["clock"] == {"exposed": True, "tools": 5}
     assert servers["private"] == {"exposed": False}
     assert servers["ghost"]["exposed"] is True
     assert servers["ghost"]["error"].startswith("cannot connect to MCP server 'ghost'")
@@ -97,7 +97,7 @@ async def test_list_mcp_servers_tells_a_caller_which_names_it_may_use(stack):
         "name": "clock",
         "transport": "stdio",
         "exposed": True,
-        "tools": ["clock/now", "clock/add", "clock/broken", "clock/sleep"],
+        "tools": ["clock/now", "clock/add", "clock/broken", "clock/reject", "clock/sleep"],
     }
     assert rows["private"] == {"name": "private", "transport": "stdio", "exposed": False}
     assert rows["ghost"]["exposed"] is True and "error" in rows["ghost"] and "tools" not in rows["ghost"]

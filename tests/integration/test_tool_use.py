@@ -125,7 +125,7 @@ async def test_the_model_calls_a_real_mcp_tool_and_answers_with_its_result(
 
     first, second = openai_server.chat_requests
     offered = {t["function"]["name"]: t["function"] for t in first.body["tools"]}
-    assert set(offered) == {"clock__now", "clock__add", "clock__broken", "clock__sleep"}
+    assert set(offered) == {"clock__now", "clock__add", "clock__broken", "clock__reject", "clock__sleep"}
     assert offered["clock__add"]["parameters"]["required"] == ["a", "b"]
     assistant, tool_message = second.body["messages"][-2:]
     assert assistant["tool_calls"][0]["function"] == {
@@ -291,6 +291,44 @@ async def test_a_job_past_job_timeout_seconds_in_a_tool_fails_naming_the_setting
         assert result.error == "the model call and its tool calls took longer than JOB_TIMEOUT_SECONDS=3"
         openai_server.script(tool_calls=[])
         assert (await runtime.jobs.run(_request("Still there?", ["clock"]))).status == "completed"
+
+
+async def test_each_tool_result_is_published_as_soon_as_its_call_ends(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    servers = {"clock": stdio_clock(tmp_path / "calls.jsonl")}
+    openai_server.script(
+        reply=ANSWER, tool_calls=[("clock__sleep", '{"seconds": 1.5}'), ("clock__add", '{"a": 1, "b": 1}')]
+    )
+    start_workers(workers, redis_url, openai_server, servers)
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        result = await runtime.jobs.run(_request("Both.", ["clock"]))
+    assert result.status == "completed", result.error
+    events = [e for e in stream_types(redis_server, result.job_id) if e["type"].startswith("tool_")]
+    assert [(e["type"], e["tool"]) for e in events] == [
+        ("tool_call", "sleep"), ("tool_call", "add"), ("tool_result", "add"), ("tool_result", "sleep"),
+    ]  # fmt: skip
+    assert events[3]["ts"] - events[2]["ts"] > 1  # the quick one did not wait for the slow one
+    # the model still gets the results in the order it asked for them
+    tool_messages = [m for m in openai_server.chat_requests[1].body["messages"] if m["role"] == "tool"]
+    assert [m["content"] for m in tool_messages] == [f"{PREFIX} slept 1.5", f"{PREFIX} 2"]
+
+
+async def test_at_most_32_calls_a_turn_run_and_the_rest_are_answered_with_an_error(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    log = tmp_path / "calls.jsonl"
+    servers = {"clock": stdio_clock(log)}
+    openai_server.script(
+        reply=ANSWER, tool_calls=[("clock__add", f'{{"a": {i}, "b": 0}}') for i in range(40)]
+    )
+    start_workers(workers, redis_url, openai_server, servers)
+    async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
+        result = await runtime.jobs.run(_request("Many.", ["clock"]))
+    assert result.status == "completed", result.error
+    assert len(calls_logged(log)) == 32
+    assert [r.is_error for r in result.tool_calls] == [False] * 32 + [True] * 8
+    assert result.tool_calls[-1].result == "Error: not run: at most 32 tool calls a turn"
 
 
 def _request(message: str, servers: list[str] | None = None):

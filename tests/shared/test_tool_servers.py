@@ -192,7 +192,7 @@ async def clock(call_log):
 async def test_the_clock_servers_tools_are_listed_with_their_schemas(clock):
     async with asyncio.timeout(30):
         tools = {t.name: t for t in await clock.tools("clock")}
-    assert set(tools) == {"now", "add", "broken", "sleep"}
+    assert set(tools) == {"now", "add", "broken", "reject", "sleep"}
     assert all(t.server == "clock" for t in tools.values())
     assert tools["add"].description == "Add two integers."
     assert tools["add"].input_schema["type"] == "object"
@@ -378,3 +378,71 @@ async def test_a_url_server_is_named_in_errors_without_credentials_or_query(url,
     assert config.where == shown
     outcome = await ToolServers({"docs": config}, call_timeout=1).call("docs", "search", {})
     assert outcome.is_error and "pw" not in outcome.text and "api_key" not in outcome.text
+
+
+async def test_a_servers_error_answer_keeps_the_shared_connection_for_everyone(clock, call_log):
+    """A JSON-RPC error (the server refused one call) must not cut off other jobs' calls."""
+    async with asyncio.timeout(30):
+        await clock.call("clock", "now", {})
+        slow = asyncio.create_task(clock.call("clock", "sleep", {"seconds": 1}))
+        await asyncio.sleep(0.3)  # the sleep is in flight on the shared connection
+        rejected = await clock.call("clock", "reject", {})
+        slept = await slow
+        after = await clock.call("clock", "now", {})
+    assert rejected.is_error and "rejected" in rejected.text
+    assert slept == ToolOutcome(f"{PREFIX} slept 1.0", False)
+    assert not after.is_error
+    assert len({c["pid"] for c in logged(call_log)}) == 1  # never reconnected
+
+
+async def test_a_stuck_server_does_not_hold_up_calls_to_another(tmp_path, call_log):
+    """Opening a server that never answers takes up to the connect timeout; others go on meanwhile."""
+    stuck = tmp_path / "stuck.py"
+    stuck.write_text("import time\ntime.sleep(60)\n")
+    servers = ToolServers({"stuck": ToolServerConfig(command=sys.executable, args=[str(stuck)]),
+                           "clock": clock_config(call_log)})  # fmt: skip
+    try:
+        await servers.call("clock", "now", {})  # connected
+        opening = asyncio.create_task(servers.call("stuck", "x", {}))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            now = await servers.call("clock", "now", {})
+        assert not now.is_error and time.monotonic() - started < 2
+        opening.cancel()
+    finally:
+        await servers.aclose()
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "npx server-postgres postgresql://app:hunter2@db/prod",
+            "npx server-postgres postgresql://***@db/prod",
+        ),
+        ("fatal: password=hunter2 rejected", "fatal: password=*** rejected"),
+        ("GET https://api.example.com/v1?api_key=K123 failed", "GET https://api.example.com/v1?*** failed"),
+        ("sent Authorization: Bearer abc.def", "sent Authorization: Bearer ***"),
+        ("python clock.py --port 9000", "python clock.py --port 9000"),
+    ],
+)
+def test_secrets_in_commands_and_stderr_are_masked(text, shown):
+    from shared.tool_servers import redact
+
+    assert redact(text) == shown
+
+
+async def test_a_server_that_dies_at_start_up_is_reported_without_its_secrets(tmp_path):
+    script = tmp_path / "leaky.py"
+    script.write_text(
+        "import sys\nprint('cannot log in with password=hunter2', file=sys.stderr)\nsys.exit(3)\n"
+    )
+    config = ToolServerConfig(command=sys.executable, args=[str(script), "postgresql://app:hunter2@db/prod"])
+    servers = ToolServers({"db": config})
+    try:
+        outcome = await servers.call("db", "query", {})
+    finally:
+        await servers.aclose()
+    assert outcome.is_error and "hunter2" not in outcome.text
+    assert "postgresql://***@db/prod" in outcome.text and "password=***" in outcome.text

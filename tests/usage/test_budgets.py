@@ -200,3 +200,48 @@ async def test_a_request_the_queue_cannot_take_gives_back_its_reservation(redis_
         with pytest.raises(QueueFull):
             await rt.jobs.submit(REQUEST)
     assert client.hkeys(RESERVED) == [first.encode()]
+
+
+async def test_a_tool_job_reserves_every_turn_and_stops_before_a_turn_its_reservation_cannot_cover(
+    redis_url, workers, openai_server, clean_env, redis_server
+):
+    import sys
+
+    from usage_helpers import ROOT, start_openai_workers
+
+    servers = {"clock": {"command": sys.executable, "args": [str(ROOT / "tests" / "mcp_clock_server.py")]}}
+    request = ChatRequest(
+        message="What time is it?", model="gpt-4o-mini", max_tokens=50, mcp_servers=["clock"]
+    )
+    single = worst_case(request.model_copy(update={"mcp_servers": None}), tool_max_rounds=3)
+    # the model asks for the clock every turn and reports a costly first turn: 100k + 100k tokens
+    openai_server.script(tool_calls=[("clock__now", "{}")], tool_rounds=100, usage=(100_000, 100_000))
+    start_openai_workers(
+        workers, redis_url, openai_server, MCP_SERVERS=json.dumps(servers), TOOL_MAX_ROUNDS="3"
+    )
+    client = redis_server.client()
+    async with runtime_for(redis_url, budget_daily_usd=100.0, mcp_servers=servers, tool_max_rounds=3) as rt:
+        job_id = await rt.jobs.submit(request)
+        held = float(client.hget(RESERVED, job_id))
+        with anyio.fail_after(30):
+            result = await stored_result(client, job_id)
+    assert held == pytest.approx(4 * single)  # one model turn plus TOOL_MAX_ROUNDS=3 more
+    assert result["status"] == "failed"
+    assert "reserved for this job" in result["error"] and "TOOL_MAX_ROUNDS" in result["error"]
+    assert len(openai_server.chat_requests) == 1 and len(result["toolCalls"]) == 1
+    first_turn = prices.cost("gpt-4o-mini", 100_000, 100_000)
+    assert result["usage"]["estimatedCost"] == pytest.approx(first_turn)
+    assert client.hget(RESERVED, job_id) is None  # settled at its real cost
+    assert float(client.get(f"mcpq:budget:spent:day:{today()}")) == pytest.approx(first_turn)
+
+
+async def test_a_tool_request_over_the_per_request_cap_names_tool_max_rounds(redis_url, clean_env):
+    servers = {"clock": {"command": "clock-server"}}
+    tools = REQUEST.model_copy(update={"mcp_servers": ["clock"]})
+    async with runtime_for(
+        redis_url, budget_per_request_usd=worst_case(REQUEST) * 2, mcp_servers=servers, tool_max_rounds=8
+    ) as rt:
+        assert await rt.jobs.submit(REQUEST)  # one turn fits
+        with pytest.raises(Refused) as refused:
+            await rt.jobs.submit(tools)  # nine turns do not
+    assert "9 model turns" in str(refused.value) and "TOOL_MAX_ROUNDS" in str(refused.value)

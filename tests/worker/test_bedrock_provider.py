@@ -626,7 +626,7 @@ async def test_a_chat_job_with_tools_runs_a_real_mcp_tool_through_bedrock(
     assert out["usage"]["promptTokens"] == 300 and out["usage"]["completionTokens"] == 15
     assert out["usage"]["estimatedCost"] == pytest.approx((300 * 0.8 + 15 * 4.0) / 1e6)
     offered = {t["toolSpec"]["name"] for t in sent[0]["toolConfig"]["tools"]}
-    assert offered == {"clock__now", "clock__add", "clock__broken", "clock__sleep"}
+    assert offered == {"clock__now", "clock__add", "clock__broken", "clock__reject", "clock__sleep"}
     result_block = sent[1]["messages"][-1]["content"][0]["toolResult"]
     assert result_block["toolUseId"] == "tooluse_add1"
     assert result_block["content"] == [{"text": "CLOCK-7f3a 5"}]

@@ -268,3 +268,74 @@ async def test_tool_calls_are_counted_in_the_worker_metrics(runtime, call_log):
     scraped = generate_latest(runtime.metrics.registry).decode()
     assert 'mcpq_worker_tool_calls_total{outcome="ok",server="clock"} 1.0' in scraped
     assert "mcpq_worker_tool_call_seconds_count 1.0" in scraped
+
+
+async def test_three_tools_whose_names_sanitise_alike_get_three_names():
+    from shared.tool_servers import RemoteTool
+    from worker.tool_use import open_toolbox
+
+    class Tools:
+        def check_names(self, names):
+            pass
+
+        async def tools(self, name):
+            return [RemoteTool(name, n, "", {}) for n in ("get.x", "get_x", "get_x_1")]
+
+    toolbox = await open_toolbox(Tools(), ["srv"])
+    assert len({spec.name for spec in toolbox.specs}) == 3 == len(toolbox.routes)
+
+
+# -- call_tool: one downstream tool call as a job (the messenger's server/tool tools) ----------------
+
+
+async def _run_call_tool(clean_env, monkeypatch, request: dict, **settings):
+    from shared.connection import connect
+    from shared.settings import load_settings
+    from shared.tool_servers import ToolServers
+    from worker.job import WorkerState, call_tool
+    from worker.publisher import EventWriter
+
+    monkeypatch.setattr("shared.connection._memory_server", None)
+    redis = connect("memory://")
+    servers_config = {"clock": {"command": sys.executable, "args": [CLOCK]}}
+    config = load_settings(redis_url="memory://", mcp_servers=servers_config, **settings)
+    servers = ToolServers(config.mcp_servers, config.tool_call_timeout_seconds)
+    state = WorkerState(
+        settings=config,
+        provider=MockProvider(),
+        worker_id="w-test",
+        writer=EventWriter(redis),
+        tool_servers=servers,
+    )
+    try:
+        out = await call_tool({"mcpq": state, "job_id": "job-t", "job_try": 1, "redis": redis}, request)
+        events = [parse_event(f[b"event"]) for _, f in await redis.xrange(keys.stream("job-t"))]
+    finally:
+        await servers.aclose()
+        await redis.aclose()
+    return out, events
+
+
+async def test_call_tool_runs_the_tool_and_ends_with_done(clean_env, monkeypatch):
+    out, events = await _run_call_tool(
+        clean_env, monkeypatch, {"server": "clock", "tool": "add", "arguments": {"a": 1, "b": 2}}
+    )
+    assert out["status"] == "completed" and out["aiResponse"] == f"{PREFIX} 3"
+    assert out["toolCalls"][0]["result"] == f"{PREFIX} 3" and out["finishReason"] == "stop"
+    assert [e.type for e in events] == ["start", "tool_call", "tool_result", "done"]
+
+
+async def test_call_tool_with_an_invalid_request_fails_with_one_error_event(clean_env, monkeypatch):
+    out, events = await _run_call_tool(clean_env, monkeypatch, {"server": "a__b", "tool": "x"})
+    assert out["status"] == "failed" and "server" in out["error"]
+    assert [e.type for e in events] == ["start", "error"]
+
+
+async def test_call_tool_past_job_timeout_fails_naming_the_setting(clean_env, monkeypatch):
+    out, events = await _run_call_tool(
+        clean_env, monkeypatch, {"server": "clock", "tool": "sleep", "arguments": {"seconds": 30}},
+        job_timeout_seconds=3,
+    )  # fmt: skip
+    assert out["status"] == "failed"
+    assert out["error"] == "the tool call took longer than JOB_TIMEOUT_SECONDS=3"
+    assert [e.type for e in events] == ["start", "tool_call", "error"]

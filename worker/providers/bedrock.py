@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -106,7 +107,7 @@ def _tool_use(tool_call: dict[str, Any]) -> dict[str, Any]:
     function = tool_call.get("function") or {}
     try:
         arguments = json.loads(function.get("arguments") or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         arguments = None
     return {
         "toolUse": {
@@ -244,8 +245,12 @@ class BedrockProvider(Provider):
             usage = estimate_usage(call.messages, pieces)
         finish = _FINISH.get(stop_reason, stop_reason) if stop_reason else None
         tool_calls = tuple(
-            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments="".join(c["input"]) or "{}")
-            for i, c in sorted(calls.items())
+            ToolCall(
+                id=c["id"] or f"call_{uuid.uuid4().hex[:12]}",
+                name=c["name"],
+                arguments="".join(c["input"]) or "{}",
+            )
+            for _, c in sorted(calls.items())
         )
         yield StreamEnd(
             model=call.model, finish_reason=finish, usage=usage, tool_calls=tool_calls, extra=extra

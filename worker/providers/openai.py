@@ -7,6 +7,7 @@ estimate, flagged `estimated` in the usage (see base.estimate_usage).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -84,8 +85,12 @@ class OpenAIProvider(Provider):
         if usage is None:
             usage = estimate_usage(call.messages, pieces)
         tool_calls = tuple(
-            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
-            for i, c in sorted(calls.items())
+            ToolCall(
+                id=c["id"] or f"call_{uuid.uuid4().hex[:12]}",
+                name=c["name"],
+                arguments=c["arguments"] or "{}",
+            )
+            for _, c in sorted(calls.items())
         )
         yield StreamEnd(model=model, finish_reason=finish_reason, usage=usage, tool_calls=tool_calls)
 
