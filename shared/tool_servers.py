@@ -140,7 +140,7 @@ class _Stderr:
             for line in stream:
                 if line := line.rstrip():
                     self.lines.append(line)
-                    log.info("[%s] %s", name, line)
+                    log.info("[%s] %s", name, redact(line))
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)

@@ -9,6 +9,21 @@ import pytest
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
 
 
+def model_call(model: str, **changes) -> ModelCall:
+    """A short call (system + user message) to `model`; `changes` replace any field."""
+    fields = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say hello to the queue"},
+        ],
+        "temperature": 0.3,
+        "max_tokens": 64,
+    }
+    fields.update(changes)
+    return ModelCall(**fields)
+
+
 async def collect(provider: Provider, model_call: ModelCall) -> tuple[list[str], StreamEnd]:
     pieces: list[str] = []
     ends: list[StreamEnd] = []

@@ -25,7 +25,7 @@ import pytest
 from botocore.eventstream import EventStream
 from botocore.parsers import EventStreamJSONParser
 from botocore.stub import Stubber
-from stream_helpers import collect
+from stream_helpers import collect, model_call
 from stream_helpers import failure as stream_failure
 
 from shared.events import TokenUsage
@@ -206,17 +206,7 @@ class FakeBedrock:
 
 
 def call(model: str = MODEL, **changes) -> ModelCall:
-    fields = {
-        "model": model,
-        "messages": [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Say hello to the queue"},
-        ],
-        "temperature": 0.3,
-        "max_tokens": 64,
-    }
-    fields.update(changes)
-    return ModelCall(**fields)
+    return model_call(model, **changes)
 
 
 @pytest.fixture

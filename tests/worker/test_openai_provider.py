@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 from openai_server import words
-from stream_helpers import collect
+from stream_helpers import collect, model_call
 from stream_helpers import failure as stream_failure
 
 from shared.events import TokenUsage
@@ -19,17 +19,7 @@ LONG_REPLY = " ".join(f"word{i}" for i in range(300))
 
 
 def call(model: str = "gpt-4o-mini", **changes) -> ModelCall:
-    fields = {
-        "model": model,
-        "messages": [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Say hello to the queue"},
-        ],
-        "temperature": 0.3,
-        "max_tokens": 64,
-    }
-    fields.update(changes)
-    return ModelCall(**fields)
+    return model_call(model, **changes)
 
 
 @pytest.fixture
