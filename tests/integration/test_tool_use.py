@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,7 +45,7 @@ def http_clock(tmp_path):
     log = tmp_path / "http-clock.log"
     proc = subprocess.Popen(
         [sys.executable, CLOCK, "--port", str(port), "--token", "clock-secret"],
-        env={**__import__("os").environ, "CLOCK_CALL_LOG": str(tmp_path / "http-calls.jsonl")},
+        env={**os.environ, "CLOCK_CALL_LOG": str(tmp_path / "http-calls.jsonl")},
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
     )
