@@ -23,7 +23,9 @@ STREAM_PREFIX = "mcpq:stream:"  # Redis Stream per job: the same events, for rep
 STREAM_MAXLEN = (
     20_000  # events kept per job (approximate trim); a reply longer than this replays from the result
 )
-STREAM_TTL_SECONDS = 3600  # same as arq's default keep_result, so text and result expire together
+KEEP_RESULT_SECONDS = 3600  # arq's default keep_result: how long a finished job's result is kept
+STREAM_TTL_SECONDS = KEEP_RESULT_SECONDS  # so text and result expire together
+DEAD_LETTER = "mcpq:dead"  # poison queue entries, with their raw value (capped) and why (see worker)
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS  # a worker missing three beats is gone
 
