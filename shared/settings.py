@@ -6,16 +6,31 @@ secret values are never echoed.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 
+from shared.errors import SettingsError
 from shared.tool_servers import SERVER_NAME, ToolServerConfig, unknown_servers_message
+
+__all__ = ["MEMORY_URL", "Settings", "SettingsError", "TenantLimits", "load_settings"]
 
 MEMORY_URL = "memory://"
 DEFAULT_MODELS = {
@@ -23,10 +38,25 @@ DEFAULT_MODELS = {
     "openai": "gpt-4o-mini",
     "bedrock": "anthropic.claude-3-5-haiku-20241022-v1:0",
 }
+TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # safe inside Redis key names: no ':' or spaces
+OPERATOR = "operator"  # the operator's own name (MCP_ADMIN_KEY, stdio, the CLI); no tenant may take it
+ALL_TENANTS = "*"  # in TENANT_LIMITS: the limits of every tenant without its own entry
 
 
-class SettingsError(Exception):
-    """A setting has a value we cannot run with; the message is one line meant for a person."""
+class TenantLimits(BaseModel):
+    """One tenant's limits (TENANT_LIMITS), on top of the global BUDGET_* caps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_request_usd: float | None = Field(None, gt=0)
+    hourly_usd: float | None = Field(None, gt=0)
+    daily_usd: float | None = Field(None, gt=0)
+    requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+
+
+def derived_tenant_name(token: str) -> str:
+    """The tenant name of a token from the plain MCP_API_KEY list: `key-` + 8 hex of its SHA-256."""
+    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
 class Settings(BaseSettings):
@@ -46,7 +76,10 @@ class Settings(BaseSettings):
     mcp_transport: Literal["stdio", "http", "sse"] = "stdio"
     mcp_host: str = "127.0.0.1"
     mcp_port: int = Field(8000, ge=1, le=65535)
-    mcp_api_key: SecretStr | None = None
+    mcp_api_key: SecretStr | None = None  # comma-separated keys; each is a tenant named key-<8 hex>
+    mcp_api_keys: dict[str, SecretStr] = {}  # JSON: {"tenant name": "key"}
+    mcp_admin_key: SecretStr | None = None  # the operator: every tenant's data, the global defaults
+    tenant_limits: dict[str, TenantLimits] = {}  # JSON: {"alice": {"daily_usd": 5}, "*": {...}}
     # comma-separated Host names that HTTP and SSE accept besides localhost; "*" = any
     mcp_allowed_hosts: str | None = None
     worker_concurrency: int = Field(10, ge=1, le=10_000)
@@ -133,6 +166,54 @@ class Settings(BaseSettings):
             raise ValueError(f"MCP_EXPOSE_SERVERS: {unknown_servers_message(unknown, self.mcp_servers)}")
         return self
 
+    @model_validator(mode="after")
+    def _tenants_are_sound(self) -> Settings:
+        for name in self.mcp_api_keys:
+            if not TENANT_NAME.fullmatch(name) or name == OPERATOR:
+                raise ValueError(
+                    f"MCP_API_KEYS: tenant name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+                    f"and not {OPERATOR!r}"
+                )
+        owners: dict[str, str] = {}
+        keyed = [(n, t) for n, t in self.tenant_tokens.items()]
+        if self.mcp_admin_key is not None:
+            keyed.append(("MCP_ADMIN_KEY", self.mcp_admin_key.get_secret_value()))
+        for name, token in keyed:
+            if not token.strip():
+                raise ValueError(f"MCP_API_KEYS: the key of {name!r} is empty")
+            if token in owners:
+                raise ValueError(f"{owners[token]!r} and {name!r} have the same key; each needs its own")
+            owners[token] = name
+        unknown = sorted(set(self.tenant_limits) - set(self.tenant_tokens) - {ALL_TENANTS})
+        if unknown:
+            known = ", ".join(sorted(self.tenant_tokens)) or "none configured"
+            raise ValueError(
+                f"TENANT_LIMITS names {', '.join(map(repr, unknown))}, not a tenant of MCP_API_KEYS or "
+                f'MCP_API_KEY (tenants: {known}; "*" means every tenant)'
+            )
+        return self
+
+    @property
+    def tenant_tokens(self) -> dict[str, str]:
+        """Every tenant's name and key: MCP_API_KEY's tokens under derived names, then MCP_API_KEYS."""
+        tokens: dict[str, str] = {}
+        if self.mcp_api_key is not None:
+            for token in (t.strip() for t in self.mcp_api_key.get_secret_value().split(",")):
+                if token:
+                    tokens[derived_tenant_name(token)] = token
+        for name, secret in self.mcp_api_keys.items():
+            tokens[name] = secret.get_secret_value()
+        return tokens
+
+    def limits_for(self, tenant: str) -> TenantLimits:
+        """TENANT_LIMITS for this tenant, field by field over the "*" entry; RATE_LIMIT_PER_MINUTE
+        is every caller's rate unless an entry sets requests_per_minute."""
+        merged = {"requests_per_minute": self.rate_limit_per_minute}
+        for entry in (self.tenant_limits.get(ALL_TENANTS), self.tenant_limits.get(tenant)):
+            if entry is not None:
+                merged |= entry.model_dump(exclude_none=True)
+        return TenantLimits(**merged)
+
     @property
     def exposed_servers(self) -> list[str]:
         names = [n.strip() for n in (self.mcp_expose_servers or "").split(",") if n.strip()]
@@ -152,10 +233,29 @@ class Settings(BaseSettings):
         return self.openai_default_model or DEFAULT_MODELS[self.ai_provider]
 
 
-_SECRET_FIELDS = {"openai_api_key", "mcp_api_key", "mcp_servers"}  # never echoed back
+_SECRET_FIELDS = {"openai_api_key", "mcp_api_key", "mcp_api_keys", "mcp_admin_key", "mcp_servers"}
 _HINTS = {
     "model_prices": 'must be JSON like {"gpt-4o": [2.5, 10]} (USD per 1M prompt and completion tokens)',
+    "mcp_api_keys": 'must be JSON like {"alice": "<key>", "bob": "<key>"} (tenant name to API key)',
 }
+_TENANT_LIMITS_HINT = (
+    'must be JSON like {"alice": {"daily_usd": 5, "requests_per_minute": 60}, "*": {"hourly_usd": 1}} '
+    "with per_request_usd, hourly_usd, daily_usd, requests_per_minute"
+)
+# variables that look like ours; a misspelt one is refused instead of silently meaning "no limit"
+_CHECKED_PREFIXES = ("MCP_API", "MCP_ADMIN", "TENANT_", "BUDGET_", "RATE_LIMIT")
+
+
+def _misspelt_variables(environ: dict[str, str]) -> None:
+    known = [name.upper() for name in Settings.model_fields]
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(_CHECKED_PREFIXES) and upper not in known:
+            close = difflib.get_close_matches(upper, known, n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise SettingsError(f"{upper} is not a setting mcp-queue knows{hint}")
+
+
 _SERVERS_HINT = (
     'must be JSON like {"clock": {"command": "python", "args": ["clock.py"]}, '
     '"docs": {"url": "https://example.com/mcp", "token": "..."}}'
@@ -164,12 +264,15 @@ _SERVERS_HINT = (
 
 def load_settings(**overrides: object) -> Settings:
     """Read the environment; raise SettingsError with one readable line on the first bad value."""
+    _misspelt_variables(dict(os.environ))
     try:
         return Settings(**overrides)
     except PydanticSettingsError as e:  # a JSON setting that is not JSON
         field = re.search(r'field "(\w+)"', str(e))
         name = field.group(1) if field else "?"
-        hint = _SERVERS_HINT if name == "mcp_servers" else _HINTS.get(name, "must be valid JSON")
+        hint = {"mcp_servers": _SERVERS_HINT, "tenant_limits": _TENANT_LIMITS_HINT}.get(
+            name, _HINTS.get(name, "must be valid JSON")
+        )
         raise SettingsError(f"{name.upper()}: {hint}") from None
     except ValidationError as e:
         err = e.errors()[0]
@@ -178,7 +281,10 @@ def load_settings(**overrides: object) -> Settings:
             raise SettingsError(msg) from None
         field = str(err["loc"][0])
         msg = _HINTS.get(field, msg)
-        if field == "mcp_servers" and err["type"] == "dict_type" and len(err["loc"]) == 1:
+        if field == "tenant_limits":
+            where = ".".join(str(part) for part in err["loc"][1:])
+            msg = _TENANT_LIMITS_HINT if len(err["loc"]) < 3 else f"{where}: {msg}"
+        elif field == "mcp_servers" and err["type"] == "dict_type" and len(err["loc"]) == 1:
             msg = _SERVERS_HINT
         elif field == "mcp_servers" and len(err["loc"]) > 1:
             where = ".".join(str(part) for part in err["loc"][1:])

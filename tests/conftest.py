@@ -66,7 +66,21 @@ def clean_env(monkeypatch):
 def _clean_env(monkeypatch) -> None:
     for key in list(os.environ):
         if key.startswith(
-            ("OPENAI_", "AI_", "MCP_", "MOCK_", "REDIS_", "WORKER_", "JOB_", "RETRY_", "LOG_", "TOOL_")
+            (
+                "OPENAI_",
+                "AI_",
+                "MCP_",
+                "MOCK_",
+                "REDIS_",
+                "WORKER_",
+                "JOB_",
+                "RETRY_",
+                "LOG_",
+                "TOOL_",
+                "BUDGET_",
+                "TENANT_",
+                "RATE_LIMIT",
+            )
         ):
             monkeypatch.delenv(key)
     monkeypatch.chdir(ROOT / "tests")  # no developer .env is read
