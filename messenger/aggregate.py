@@ -54,7 +54,9 @@ async def list_exposed(settings: Settings) -> dict[str, list[RemoteTool] | str]:
 class ForwardedTool(Tool):
     """A downstream tool: arguments pass through unchanged (the downstream server validates them)."""
 
-    async def run(self, arguments: dict[str, Any], context: Context, convert_result: bool = False) -> Any:
+    async def run(
+        self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False
+    ) -> Any:
         return await self.fn(arguments, context)
 
 

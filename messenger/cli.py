@@ -11,7 +11,7 @@ from messenger.calls import tool_notice
 from messenger.collector import Transcript
 from messenger.jobs import JobNotFound, QueueFull
 from messenger.runtime import Runtime, health, open_runtime
-from shared.events import Event
+from shared.events import Event, ToolCallEvent, ToolResultEvent
 from shared.logs import setup_logging
 from shared.models import ChatRequest, JobResult
 from shared.settings import Settings, SettingsError, load_settings
@@ -133,7 +133,7 @@ def _printer(out=sys.stdout):
         elif event.type == "token":
             out.write(event.text)
             midline = not event.text.endswith("\n")
-        elif event.type in ("tool_call", "tool_result"):
+        elif isinstance(event, ToolCallEvent | ToolResultEvent):
             notice(tool_notice(event))
         out.flush()
 

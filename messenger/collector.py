@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -173,14 +173,14 @@ async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> A
                 raw = RESYNC
                 yield None
         if raw is RESYNC:
-            where = "gap"
+            where, event = "gap", None
         else:
-            event = _parse(raw, transcript.job_id)
+            event = _parse(cast("bytes", raw), transcript.job_id)
             if event is None:
                 continue
             where = transcript.position(event)
-        if where == "next":
-            transcript.apply(event)  # type: ignore[arg-type]
+        if where == "next" and event is not None:
+            transcript.apply(event)
             yield event
         elif where == "gap":
             fresh, cursor = await replay_patiently(redis, transcript, cursor)

@@ -10,6 +10,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from arq.connections import ArqRedis
+
 from messenger.aggregate import list_exposed
 from messenger.hub import EventHub
 from messenger.jobs import JobClient
@@ -23,7 +25,7 @@ from shared.tool_servers import RemoteTool
 @dataclass
 class Runtime:
     settings: Settings
-    redis: object
+    redis: ArqRedis
     hub: EventHub
     jobs: JobClient
     metrics: MessengerMetrics = field(default_factory=MessengerMetrics)

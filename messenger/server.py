@@ -24,7 +24,7 @@ from messenger.metrics import metrics_route
 from messenger.resources import add_resources
 from messenger.runtime import Runtime, health, mcp_server_rows, models
 from messenger.tasks import JobTasks
-from shared.events import Event
+from shared.events import Event, ToolCallEvent, ToolResultEvent
 from shared.models import (
     ContextText,
     ConversationId,
@@ -73,7 +73,7 @@ class ProgressRelay:
             await self._send(f"[restarted on another worker, attempt {event.attempt}]", 0, keepalive=True)
         if event.type == "token":
             self.pending.append(event.text)
-        elif event.type in ("tool_call", "tool_result"):
+        elif isinstance(event, ToolCallEvent | ToolResultEvent):
             await self._flush(transcript)
             await self._send(tool_notice(event), transcript.tokens, keepalive=True)
             return

@@ -14,11 +14,12 @@ With `Tasks()` a 2026-07-28 client also gets every send_message_to_ai call back 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import anyio
 from mcp import Client, ClientSession
 from mcp.client.extension import ClaimContext, ClientExtension, NotificationBinding, ResultClaim
+from mcp.shared.dispatcher import CallOptions
 from mcp_types import (
     CallToolResult,
     NotificationParams,
@@ -71,23 +72,26 @@ class TaskParams(RequestParams):
     task_id: str
 
 
-class _TaskRequest(Request[TaskParams, str]):
+MethodT = TypeVar("MethodT", bound=str)
+
+
+class _TaskRequest(Request[TaskParams, MethodT], Generic[MethodT]):
     name_param: ClassVar[str | None] = "taskId"  # SEP-2663: Mcp-Name carries the task id over HTTP
 
 
-class GetTask(_TaskRequest):
+class GetTask(_TaskRequest[Literal["tasks/get"]]):
     method: Literal["tasks/get"] = "tasks/get"
 
 
-class TaskPayload(_TaskRequest):
+class TaskPayload(_TaskRequest[Literal["tasks/result"]]):
     method: Literal["tasks/result"] = "tasks/result"
 
 
-class CancelTask(_TaskRequest):
+class CancelTask(_TaskRequest[Literal["tasks/cancel"]]):
     method: Literal["tasks/cancel"] = "tasks/cancel"
 
 
-class ListTasks(Request[PaginatedRequestParams | None, str]):
+class ListTasks(Request[PaginatedRequestParams | None, Literal["tasks/list"]]):
     method: Literal["tasks/list"] = "tasks/list"
     params: PaginatedRequestParams | None = None
 
@@ -150,11 +154,13 @@ async def start_task(
         answer = await session.call_tool(tool, arguments, allow_claimed=True)
         if isinstance(answer, TaskHandle):
             return answer
+        if not isinstance(answer, CallToolResult):  # another extension's claimed result
+            answer = CallToolResult.model_validate(answer.model_dump(by_alias=True))
         raise NotATask(answer)
     # 2025-11-25: `tools/call` with `task`. The SDK checks every tools/call result against
     # CallToolResult, so this one request goes below that check (a private but stable path).
     params = {"name": tool, "arguments": arguments, "task": {} if ttl_ms is None else {"ttl": ttl_ms}}
-    opts: dict[str, Any] = {}
+    opts: CallOptions = {}
     session._stamp({"method": "tools/call", "params": params}, opts)
     raw = await session._dispatcher.send_raw_request("tools/call", params, opts)
     if "task" in raw:

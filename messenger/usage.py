@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from shared import keys
 from shared.models import ModelDefaults
@@ -14,7 +15,7 @@ _COUNTERS = ("requests", "completed", "failed", "cancelled", "prompt_tokens", "c
 
 
 def _totals(raw: dict) -> dict:
-    row = {name: int(raw.get(name.encode(), 0)) for name in _COUNTERS}
+    row: dict[str, Any] = {name: int(raw.get(name.encode(), 0)) for name in _COUNTERS}
     cost = raw.get(b"cost_usd")
     row["cost_usd"] = round(float(cost), 8) if cost is not None else (None if row["unpriced"] else 0.0)
     row["avg_latency_ms"] = round(row.pop("latency_ms") / row["requests"], 1) if row["requests"] else None

@@ -20,7 +20,8 @@ from shared.settings import MEMORY_URL
 _memory_server: FakeServer | None = None
 
 
-class _MemoryArqRedis(FakeAsyncRedisMixin, ArqRedis):
+# fakeredis's mixin narrows `from_url`, which this class never calls
+class _MemoryArqRedis(FakeAsyncRedisMixin, ArqRedis):  # pyright: ignore[reportIncompatibleMethodOverride]
     """ArqRedis whose connections go to an in-process fakeredis server."""
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -262,7 +262,7 @@ _SERVERS_HINT = (
 )
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read the environment; raise SettingsError with one readable line on the first bad value."""
     _misspelt_variables(dict(os.environ))
     try:

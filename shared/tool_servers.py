@@ -19,10 +19,13 @@ import re
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+
+if TYPE_CHECKING:
+    from mcp import Client
 
 log = logging.getLogger("mcpq.tool_servers")
 
@@ -153,7 +156,7 @@ class _Connection:
         self.name = name
         self.config = config
         self.call_timeout = call_timeout
-        self.client = None
+        self.client: Client | None = None
         self.tools: list[RemoteTool] | None = None
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
@@ -165,7 +168,14 @@ class _Connection:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done() and self.client is not None
 
-    async def open(self):
+    @property
+    def live_client(self) -> Client:
+        """The open client; a connection that closed between opening and use says so."""
+        if self.client is None:
+            raise ToolServerError(f"MCP server {self.name!r} closed the connection")
+        return self.client
+
+    async def open(self) -> Client:
         if self._task is None or self._task.done():
             self._ready, self._stop, self._error, self.client, self.tools = (
                 asyncio.Event(), asyncio.Event(), None, None, None,
@@ -235,7 +245,7 @@ class ToolServers:
                 async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
                     listed, cursor = [], None
                     while True:
-                        page = await connection.client.list_tools(cursor=cursor)
+                        page = await connection.live_client.list_tools(cursor=cursor)
                         listed += page.tools
                         cursor = page.next_cursor
                         if not cursor:
@@ -255,7 +265,7 @@ class ToolServers:
         try:
             connection = await self._open(name)
             async with asyncio.timeout(self.call_timeout):
-                result = await connection.client.call_tool(tool, arguments)
+                result = await connection.live_client.call_tool(tool, arguments)
         except TimeoutError:
             return ToolOutcome(f"Error: {name}/{tool} gave no answer within {self.call_timeout:g} s", True)
         except ToolServerError as e:

@@ -6,7 +6,12 @@ in-process worker), and `WorkerSettings` for `arq worker.WorkerSettings`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worker.runner import build_worker, embedded_worker
+
+    WorkerSettings: type
 
 __all__ = ["WorkerSettings", "build_worker", "embedded_worker"]
 

@@ -160,9 +160,13 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         """The job's result; counted once in the usage totals (and history, when completed)."""
         name = end.model if end else model
         if spent:  # plus a later turn cut short: its prompt and what it streamed were paid for too
-            usage = _add(
-                spent, estimate_usage(call.messages, len(turn)) if turn and status != "completed" else None
-            )
+            usage = (
+                _add(
+                    spent,
+                    estimate_usage(call.messages, len(turn)) if turn and status != "completed" else None,
+                )
+                or TokenUsage()
+            )  # never empty: `spent` is not None here (a closure is not narrowed)
         else:  # ended early: the prompt was paid for only if the model started answering
             usage = estimated_usage(request, text) if text else TokenUsage()
         result = JobResult(

@@ -189,7 +189,7 @@ class QueueWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0 or not candidates:
             return
-        claimed = await self.pool.register_script(CLAIM_LUA)(
+        claimed: list[bytes] = await self.pool.register_script(CLAIM_LUA)(  # pyright: ignore[reportAssignmentType]  # redis-py types a script's answer as str
             keys=[self.queue_name],
             args=[int(time.time() * 1000), int(self.in_progress_timeout_s * 1000), free, keys.IN_PROGRESS_PREFIX,
                   *candidates],
@@ -279,5 +279,7 @@ async def embedded_worker(settings: Settings, metrics_registry=None):
         try:
             await worker.close()
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # we are being cancelled ourselves: pass it on
+            if (
+                me := asyncio.current_task()
+            ) is not None and me.cancelling():  # we are being cancelled ourselves: pass it on
                 raise

@@ -9,7 +9,7 @@ wire format (Bedrock) convert. A model that wants tools run ends its stream with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,7 @@ class Provider(ABC):
     name: str
 
     @abstractmethod
-    def stream(self, call: ModelCall) -> AsyncIterator[str | StreamEnd]:
+    def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
         """Yield text pieces as they arrive, then exactly one StreamEnd; raise ProviderError on failure."""
 
     async def check(self) -> str | None:

@@ -16,7 +16,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from botocore.exceptions import (
@@ -41,7 +41,7 @@ from worker.providers.base import (
     estimate_usage,
 )
 
-_END = object()
+_END: dict[str, Any] = {}  # next()'s default once the stream ends; compared by identity
 _RETRYABLE = {
     "throttlingexception",
     "serviceunavailableexception",
@@ -171,7 +171,7 @@ class BedrockProvider(Provider):
     def region(self) -> str:
         return self.client.meta.region_name
 
-    async def stream(self, call: ModelCall) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
         system, messages = to_converse(call.messages)
         request: dict[str, Any] = {
             "modelId": call.model,

@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import itertools
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from shared.events import TokenUsage
@@ -54,7 +54,7 @@ class MockProvider(Provider):
     def __init__(self, token_delay_ms: float = 0):
         self.token_delay = token_delay_ms / 1000
 
-    async def stream(self, call: ModelCall) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
         if not call.model.startswith("mock"):
             raise ProviderError(f"unknown model {call.model!r} for the mock provider; use mock-1")
         if wanted := _tools_asked_for(call):

@@ -8,7 +8,7 @@ estimate, flagged `estimated` in the usage (see base.estimate_usage).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import openai
@@ -34,7 +34,7 @@ class OpenAIProvider(Provider):
             api_key=api_key or NO_KEY_PLACEHOLDER, base_url=base_url, timeout=timeout, max_retries=max_retries
         )
 
-    async def stream(self, call: ModelCall) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
         usage: TokenUsage | None = None
         finish_reason: str | None = None
         model = call.model
