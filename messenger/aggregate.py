@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools.base import Tool
 from mcp_types import CallToolResult, TextContent
@@ -22,6 +22,9 @@ from messenger.calls import caller_from, error_result, guarded, tool_notice
 from shared.models import ToolCallRequest
 from shared.settings import Settings
 from shared.tool_servers import RemoteTool, ToolServerError, ToolServers
+
+if TYPE_CHECKING:
+    from messenger.runtime import Runtime
 
 log = logging.getLogger("messenger.aggregate")
 
@@ -60,22 +63,26 @@ class ForwardedTool(Tool):
         return await self.fn(arguments, context)
 
 
-def add_exposed_tools(mcp: MCPServer, runtime, auth_on: bool) -> None:
+def exposed_tools(runtime: Runtime) -> list[Tool]:
+    """A Tool for each listed downstream tool, advertising the downstream server's own input schema;
+    passed to `MCPServer(tools=...)`."""
+    auth_on = runtime.settings.mcp_api_key is not None
+    forwarded: list[Tool] = []
     for server, tools in runtime.exposed.items():
         if isinstance(tools, str):
             continue
         for tool in tools:
-            name = f"{server}{SEPARATOR}{tool.name}"
-            forwarded = ForwardedTool.from_function(
+            made = ForwardedTool.from_function(
                 _forwarder(runtime, server, tool.name, auth_on),
-                name=name,
+                name=f"{server}{SEPARATOR}{tool.name}",
                 description=f"[{server}] {tool.description}".strip(),
                 context_kwarg="ctx",
             )
-            mcp._tool_manager._tools[name] = forwarded.model_copy(update={"parameters": tool.input_schema})
+            forwarded.append(made.model_copy(update={"parameters": tool.input_schema}))
+    return forwarded
 
 
-def _forwarder(runtime, server: str, tool: str, auth_on: bool):
+def _forwarder(runtime: Runtime, server: str, tool: str, auth_on: bool):
     settings = runtime.settings
 
     async def forward(arguments: dict[str, Any], ctx: Context) -> CallToolResult:

@@ -13,13 +13,17 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from messenger.admission import Refused
-from messenger.jobs import ANONYMOUS, JobNotFound, QueueFull
+from messenger.admission import Refused as AdmissionRefused
+from messenger.jobs import ANONYMOUS
 from shared.connection import redacted
+from shared.errors import McpQueueError, QueueUnavailable, validation_message
 from shared.events import ToolCallEvent, ToolResultEvent
 from shared.models import ChatRequest, JobResult
 from shared.settings import Settings
-from shared.tool_servers import ToolServerError
+from shared.tool_servers import ToolServerError as PoolToolServerError
+
+# raised by modules that predate shared/errors.py; caught like McpQueueError until they move into it
+_OWN_ERRORS = (McpQueueError, AdmissionRefused, PoolToolServerError)
 
 
 def offered_token(headers: Mapping[str, str]) -> str:
@@ -44,24 +48,28 @@ def reader_from(headers: Mapping[str, str] | None, auth_on: bool) -> str | None:
 
 
 def chat_request(**fields) -> ChatRequest:
+    """The tools' arguments as a ChatRequest, or a ToolError naming the first bad one."""
     try:
         return ChatRequest(**fields)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "request"
-        raise ToolError(f"invalid {where}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise ToolError(validation_message(e)) from None
+
+
+def unavailable(e: BaseException, settings: Settings) -> QueueUnavailable:
+    """A Redis or socket failure as the error a person reads (the URL without its password)."""
+    return QueueUnavailable(
+        f"the queue is unreachable (Redis at {redacted(settings.redis_url)}): {type(e).__name__}"
+    )
 
 
 async def guarded(coro, settings: Settings):
-    """Await a queue operation; its failures become ToolErrors a person can act on."""
+    """Await a queue operation; its failures become one-line ToolErrors a person can act on."""
     try:
         return await coro
-    except (JobNotFound, QueueFull, Refused, ToolServerError) as e:
+    except _OWN_ERRORS as e:
         raise ToolError(str(e)) from None
     except (RedisError, OSError) as e:
-        raise ToolError(
-            f"the queue is unreachable (Redis at {redacted(settings.redis_url)}): {type(e).__name__}"
-        ) from None
+        raise ToolError(unavailable(e, settings).message) from None
 
 
 def final_answer(result: JobResult) -> JobResult:

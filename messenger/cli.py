@@ -9,8 +9,9 @@ import sys
 
 from messenger.calls import tool_notice
 from messenger.collector import Transcript
-from messenger.jobs import JobNotFound, QueueFull
-from messenger.runtime import Runtime, health, open_runtime
+from messenger.health import health
+from messenger.runtime import Runtime, open_runtime
+from shared.errors import JobNotFound, QueueFull
 from shared.events import Event, ToolCallEvent, ToolResultEvent
 from shared.logs import setup_logging
 from shared.models import ChatRequest, JobResult

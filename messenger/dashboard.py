@@ -28,8 +28,9 @@ from starlette.routing import Route
 from messenger import usage
 from messenger.calls import caller_from
 from messenger.collector import Transcript, follow_events
-from messenger.jobs import QueueFull
-from messenger.runtime import Runtime, live_workers, worker_rows
+from messenger.health import live_workers, worker_rows
+from messenger.runtime import Runtime
+from shared.errors import QueueFull
 from shared.models import FINAL_STATUSES, ChatRequest
 
 SNAPSHOT_SECONDS = 1.0  # how often the whole picture is re-read from Redis

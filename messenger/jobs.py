@@ -25,6 +25,7 @@ from messenger import admission, usage
 from messenger.collector import Transcript, follow_events, replay
 from messenger.hub import EventHub
 from shared import keys, tracing
+from shared.errors import JobNotFound, QueueFull
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus, ToolCallRequest
 from shared.serializer import deserialize, serialize
@@ -50,26 +51,9 @@ return 1
 """
 JOB_EXPIRES_MS = 86_400_000  # arq's expires_extra_ms: a job not started within a day fails as expired
 ANONYMOUS = "anonymous"  # the caller of a request that came without an API key (stdio, CLI)
-KEEP_RESULT_SECONDS = 3600  # arq's default keep_result; results and streams expire together
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 OnEvent = Callable[[Event | None, Transcript], Awaitable[None]]
-
-
-class JobNotFound(LookupError):
-    def __init__(self, job_id: str):
-        super().__init__(
-            f"no job with id {job_id!r}: it never existed, or it finished more than "
-            f"{KEEP_RESULT_SECONDS // 60} minutes ago and its result expired"
-        )
-
-
-class QueueFull(RuntimeError):
-    def __init__(self, depth: int, limit: int):
-        super().__init__(
-            f"the queue is full: {depth} jobs are waiting or running (MAX_QUEUE_DEPTH={limit}); "
-            "try again later, or start more workers"
-        )
 
 
 def new_job_id() -> str:
@@ -224,7 +208,7 @@ class JobClient:
             function, (request,), {"trace": trace} if trace else {}, None, now_ms, serializer=serialize
         )
         # the owner record lives as long as the job can: a day in the queue, its run, its kept result
-        owner_ttl = JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + KEEP_RESULT_SECONDS
+        owner_ttl = JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + keys.KEEP_RESULT_SECONDS
         added = await self.redis.register_script(ENQUEUE_LUA)(
             keys=[
                 keys.job(job_id),
@@ -294,7 +278,7 @@ class JobClient:
                 pipe.psetex(keys.in_progress(job_id), 1000, b"cancelled")
                 pipe.zrem(keys.QUEUE, job_id)
                 pipe.delete(keys.job(job_id), keys.retry(job_id))
-                pipe.set(keys.result(job_id), data, ex=KEEP_RESULT_SECONDS)
+                pipe.set(keys.result(job_id), data, ex=keys.KEEP_RESULT_SECONDS)
                 pipe.hdel(keys.BUDGET_RESERVED, job_id)  # it will never run: give back its budget
                 pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)
                 await pipe.execute()

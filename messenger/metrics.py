@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.requests import Request
 from starlette.responses import Response
 
+from messenger.health import live_workers
 from shared import tracing
 
 MAX_TOOL_LABELS = 50  # a client calling made-up tool names cannot grow the label set without bound
@@ -41,8 +42,6 @@ class MessengerMetrics:
 
     async def scrape(self, runtime) -> bytes:
         """The registry as Prometheus text; the Redis-backed gauges are read now."""
-        from messenger.runtime import live_workers
-
         self.queue_depth.set(await runtime.jobs.queue_depth())
         self.workers.set(len(await live_workers(runtime.redis)))
         self.followed.set(runtime.hub.following)

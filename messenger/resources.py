@@ -10,17 +10,17 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from redis.exceptions import RedisError
 
 from messenger import usage
-from messenger.jobs import JobNotFound
-from messenger.runtime import Runtime, health
-from shared.connection import redacted
+from messenger.calls import unavailable
+from messenger.health import health
+from messenger.runtime import Runtime
+from shared.errors import JobNotFound, McpQueueError
 
 JSON = "application/json"
 
 
 def add_resources(mcp: MCPServer, runtime: Runtime, reader_of: Callable[[Context], str | None]) -> None:
     def unreachable(e: Exception) -> ResourceError:
-        where = redacted(runtime.settings.redis_url)
-        return ResourceError(f"the queue is unreachable (Redis at {where}): {type(e).__name__}")
+        return ResourceError(unavailable(e, runtime.settings).message)
 
     @mcp.resource("job://{job_id}", name="job", mime_type=JSON)
     async def job(job_id: str, ctx: Context) -> str:
@@ -29,6 +29,8 @@ def add_resources(mcp: MCPServer, runtime: Runtime, reader_of: Callable[[Context
             found = await runtime.jobs.get(job_id, reader_of(ctx))
         except JobNotFound as e:
             raise ResourceNotFoundError(str(e)) from None
+        except McpQueueError as e:
+            raise ResourceError(e.message) from None
         except (RedisError, OSError) as e:
             raise unreachable(e) from None
         return found.model_dump_json()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -16,8 +14,8 @@ from messenger.aggregate import list_exposed
 from messenger.hub import EventHub
 from messenger.jobs import JobClient
 from messenger.metrics import MessengerMetrics
-from shared import keys, prices
-from shared.connection import connect, redacted
+from shared import prices
+from shared.connection import connect
 from shared.settings import Settings
 from shared.tool_servers import RemoteTool
 
@@ -67,102 +65,3 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     finally:
         await hub.close()
         await redis.aclose()
-
-
-async def live_workers(redis) -> list[dict]:
-    workers = []
-    async for key in redis.scan_iter(match=keys.WORKER_PREFIX + "*", count=500):
-        raw = await redis.get(key)
-        with contextlib.suppress(ValueError, TypeError):
-            beat = json.loads(raw)
-            if isinstance(beat, dict) and isinstance(beat.get("worker_id"), str):  # not garbage set by hand
-                workers.append(beat)
-    return sorted(workers, key=lambda w: w.get("worker_id", ""))
-
-
-def worker_rows(workers: list[dict]) -> list[dict]:
-    """What a person wants to see of each heartbeat (health, dashboard)."""
-    now = time.time()
-    return [
-        {
-            "worker_id": w.get("worker_id"),
-            "host": w.get("host"),
-            "heartbeat_age_s": round(now - w.get("last_seen", now), 2),
-            "running_jobs": list((w.get("running_jobs") or {}).keys()),
-            "jobs_done": w.get("jobs_done"),
-            "provider_error": w.get("provider_error"),
-        }
-        for w in workers
-    ]
-
-
-async def health(runtime: Runtime) -> dict:
-    """Redis, live workers, queue depth and provider reachability, as one JSON-able dict."""
-    settings = runtime.settings
-    out: dict = {
-        "mode": "embedded" if settings.embedded else "redis",
-        "redis": {"url": redacted(settings.redis_url), "ok": False},
-        "provider": settings.ai_provider,
-    }
-    try:
-        t0 = time.perf_counter()
-        await runtime.redis.ping()
-        out["redis"].update(ok=True, latency_ms=round((time.perf_counter() - t0) * 1000, 2))
-    except Exception as e:
-        out["redis"]["error"] = f"{type(e).__name__}: {e}"
-        out["status"] = "down"
-        return out
-    workers = await live_workers(runtime.redis)
-    out["workers"] = worker_rows(workers)
-    out["queue_depth"] = await runtime.jobs.queue_depth()
-    provider_errors = [w["provider_error"] for w in out["workers"] if w["provider_error"]]
-    out["provider_reachable"] = bool(workers) and len(provider_errors) < len(workers)
-    if provider_errors:
-        out["provider_error"] = provider_errors[0]
-    if settings.mcp_servers:
-        out["mcp_servers"] = {
-            row.pop("name"): {k: len(v) if k == "tools" else v for k, v in row.items() if k != "transport"}
-            for row in mcp_server_rows(runtime)
-        }
-    out["status"] = "ok" if workers and out["provider_reachable"] else "degraded"
-    if not workers:
-        out["problem"] = "no live workers: queued jobs wait until a `worker` process starts"
-    return out
-
-
-def mcp_server_rows(runtime: Runtime) -> list[dict]:
-    """Each configured MCP server, without secrets; the tools of the ones this messenger serves as
-    server/tool (listed at start-up), or why they could not be listed."""
-    rows = []
-    for name, config in sorted(runtime.settings.mcp_servers.items()):
-        row: dict = {"name": name, "transport": "http" if config.url else "stdio", "exposed": False}
-        if name in runtime.exposed:
-            listed = runtime.exposed[name]
-            row["exposed"] = True
-            if isinstance(listed, str):
-                row["error"] = listed
-            else:
-                row["tools"] = [f"{name}/{tool.name}" for tool in listed]
-        rows.append(row)
-    return rows
-
-
-def models(settings: Settings) -> dict:
-    """The default model and, for a provider's own API, its well-known models (a self-hosted server
-    at OPENAI_BASE_URL serves what it serves: only the default and any MODEL_PRICES entries)."""
-    known = prices.PROVIDER_MODELS.get(settings.ai_provider, [])
-    if settings.ai_provider == "openai" and settings.openai_base_url:
-        known = list(settings.model_prices or {})
-    listed = dict.fromkeys([settings.default_model, *known])
-    rows = []
-    for name in listed:
-        price = prices.price(name)
-        rows.append(
-            {
-                "id": name,
-                "default": name == settings.default_model,
-                "input_usd_per_mtok": price.input if price else None,
-                "output_usd_per_mtok": price.output if price else None,
-            }
-        )
-    return {"provider": settings.ai_provider, "default_model": settings.default_model, "models": rows}

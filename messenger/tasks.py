@@ -46,8 +46,10 @@ from pydantic import ConfigDict
 from redis.exceptions import RedisError
 
 from messenger.calls import caller_from, chat_request, error_result, guarded, reader_from, tool_result
-from messenger.jobs import KEEP_RESULT_SECONDS, JobNotFound, new_job_id
+from messenger.jobs import new_job_id
 from messenger.runtime import Runtime
+from shared.errors import JobNotFound
+from shared.keys import KEEP_RESULT_SECONDS
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult
 
 log = logging.getLogger("messenger.tasks")

@@ -9,9 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from messenger.jobs import JobNotFound
 from messenger.runtime import open_runtime
 from shared import keys
+from shared.errors import JobNotFound
 from shared.events import TERMINAL, Event
 from shared.models import FINAL_STATUSES, JobResult
 from shared.settings import load_settings

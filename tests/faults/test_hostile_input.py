@@ -9,7 +9,7 @@ import time
 from observe import LONG_MESSAGE, ended, expected_text, runtime_for
 from openai_server import eventually
 
-from messenger.runtime import health
+from messenger.health import health
 from shared import keys
 from shared.models import ChatRequest
 

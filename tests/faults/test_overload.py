@@ -8,9 +8,9 @@ import pytest
 from mcp import Client
 from observe import ended, runtime_for, stream_events, terminal_events
 
-from messenger.jobs import QueueFull
 from messenger.server import build_server
 from shared import keys
+from shared.errors import QueueFull
 from shared.models import ChatRequest
 
 

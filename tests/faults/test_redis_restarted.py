@@ -9,7 +9,7 @@ from observe import LONG_MESSAGE, Recorder, expected_text, runtime_for, stream_e
 from openai_server import eventually
 from redis_server import RedisServer
 
-from messenger.runtime import health
+from messenger.health import health
 from shared.models import ChatRequest
 
 OUTAGE_SECONDS = 1.5

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 from openai_server import eventually, words
 
-from messenger.jobs import JobNotFound
 from messenger.runtime import open_runtime
+from shared.errors import JobNotFound
 from shared.models import ChatRequest
 from shared.settings import load_settings
 from worker.providers.mock import mock_reply

@@ -192,7 +192,7 @@ async def test_cancelling_a_queued_job_gives_back_its_reservation(redis_url, cle
 
 
 async def test_a_request_the_queue_cannot_take_gives_back_its_reservation(redis_url, clean_env, redis_server):
-    from messenger.jobs import QueueFull
+    from shared.errors import QueueFull
 
     client = redis_server.client()
     async with runtime_for(redis_url, budget_daily_usd=1.0, max_queue_depth=1) as rt:

@@ -1,0 +1,258 @@
+"""The MCP tools, one method each on `QueueTools`, so each can be called and tested without a server.
+
+Tools are thin: they validate, call the queue (messenger/queue.py) or the JobClient, and turn every
+McpQueueError into a one-line ToolError (calls.guarded). Who is calling comes from the request's
+headers in one place, `QueueTools.identity`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import anyio
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from messenger import usage
+from messenger.calls import caller_from, chat_request, final_answer, guarded, reader_from, tool_notice
+from messenger.collector import Transcript
+from messenger.health import health, mcp_server_rows, models
+from messenger.runtime import Runtime
+from shared.errors import validation_message
+from shared.events import Event, ToolCallEvent, ToolResultEvent
+from shared.models import (
+    ContextText,
+    ConversationId,
+    JobResult,
+    MaxTokens,
+    McpServers,
+    MessageText,
+    ModelDefaults,
+    ModelName,
+    Temperature,
+)
+
+PROGRESS_INTERVAL = 0.05  # seconds between progress notifications: tokens are batched, not one per message
+JobId = Annotated[str, Field(description="The job id returned by submit_message or send_message_to_ai.")]
+StatusFilter = Literal["queued", "running", "completed", "failed", "cancelled"]
+WaitSeconds = Annotated[float, Field(gt=0, le=3600, description="Give up waiting after this.")]
+
+
+class JobList(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+    queue_depth: int
+    jobs: list[JobResult]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a request comes from: `caller` owns the jobs it submits; `reader` limits which jobs it
+    may see (None: every job, as over stdio or without MCP_API_KEY)."""
+
+    caller: str
+    reader: str | None
+
+
+class ProgressRelay:
+    """Sends a job's tokens as MCP progress notifications, at most one per PROGRESS_INTERVAL.
+
+    `progress` counts tokens received; `message` carries the text that arrived since the previous
+    notification (joined, the messages are the answer). While a job waits in the queue, a keep-alive
+    notification goes out on each idle tick so clients that reset their timeout on progress wait on.
+    """
+
+    def __init__(self, ctx: Context, total: int | None):
+        self.ctx = ctx
+        self.total = total
+        self.pending: list[str] = []
+        self.last_sent = 0.0
+        self.progress = 0.0
+        self.job_id: str | None = None  # the followed job, once its first event (or tick) came
+
+    async def __call__(self, event: Event | None, transcript: Transcript) -> None:
+        self.job_id = transcript.job_id
+        if event is None:
+            await self._send(f"[{transcript.status}: waiting]", transcript.tokens, keepalive=True)
+            return
+        if event.type == "start" and event.attempt > 1:
+            self.pending.clear()  # a re-run: its tokens replace the old attempt's
+            await self._send(f"[restarted on another worker, attempt {event.attempt}]", 0, keepalive=True)
+        if event.type == "token":
+            self.pending.append(event.text)
+        elif isinstance(event, ToolCallEvent | ToolResultEvent):
+            await self._flush(transcript)
+            await self._send(tool_notice(event), transcript.tokens, keepalive=True)
+            return
+        if event.type != "token" or time.monotonic() - self.last_sent >= PROGRESS_INTERVAL:
+            await self._flush(transcript)
+
+    async def _flush(self, transcript: Transcript) -> None:
+        if self.pending:
+            text, self.pending = "".join(self.pending), []
+            await self._send(text, transcript.tokens)
+
+    async def _send(self, message: str, tokens: int, keepalive: bool = False) -> None:
+        # the spec wants progress to rise with every notification; keep-alives add a hair
+        self.progress = max(float(tokens), self.progress + (0.001 if keepalive else 0))
+        self.last_sent = time.monotonic()
+        await self.ctx.report_progress(self.progress, self.total, message)
+
+
+class QueueTools:
+    """Every MCP tool of the messenger; `build_server` registers each public coroutine method."""
+
+    NAMES = (
+        "send_message_to_ai", "submit_message", "get_job", "wait_for_job", "cancel_job", "list_jobs",
+        "list_mcp_servers", "list_models", "check_health", "get_ai_usage_stats",
+        "get_conversation_history", "get_received_messages", "configure_ai_model",
+    )  # fmt: skip
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.jobs = runtime.jobs
+        self.auth_on = runtime.settings.mcp_api_key is not None
+
+    def identity(self, ctx: Context) -> Identity:
+        """A digest of the API key the HTTP layer already verified, else anonymous (stdio, no keys)."""
+        headers = ctx.headers
+        return Identity(caller_from(headers, self.auth_on), reader_from(headers, self.auth_on))
+
+    async def _guard(self, coro):
+        return await guarded(coro, self.settings)
+
+    async def send_message_to_ai(
+        self,
+        message: MessageText,
+        ctx: Context,
+        context: ContextText = None,
+        model: ModelName = None,
+        temperature: Temperature = None,
+        max_tokens: MaxTokens = None,
+        conversation_id: ConversationId = None,
+        mcp_servers: McpServers = None,
+    ) -> JobResult:
+        """Ask the model and wait for the whole answer; tokens stream as progress notifications.
+
+        The call runs as a queued job. If the wait is cut short the job goes on: fetch it later with
+        get_job or wait_for_job (its id is in every result)."""
+        request = chat_request(
+            message=message, context=context, model=model, temperature=temperature,
+            max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
+        )  # fmt: skip
+        relay = ProgressRelay(ctx, request.max_tokens or self.settings.openai_max_tokens)
+        timeout = self.settings.job_timeout_seconds + 60
+        try:
+            result = await self._guard(
+                self.jobs.run(request, relay, timeout=timeout, caller=self.identity(ctx).caller)
+            )
+        except anyio.get_cancelled_exc_class():
+            if relay.job_id is not None:  # the caller gave up: stop the work it no longer wants
+                with anyio.CancelScope(shield=True):
+                    await self.jobs.cancel(relay.job_id)
+            raise
+        return final_answer(result)
+
+    async def submit_message(
+        self,
+        message: MessageText,
+        ctx: Context,
+        context: ContextText = None,
+        model: ModelName = None,
+        temperature: Temperature = None,
+        max_tokens: MaxTokens = None,
+        conversation_id: ConversationId = None,
+        mcp_servers: McpServers = None,
+    ) -> JobResult:
+        """Queue a model call and return its job id at once; poll with get_job or wait_for_job."""
+        request = chat_request(
+            message=message, context=context, model=model, temperature=temperature,
+            max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
+        )  # fmt: skip
+        job_id = await self._guard(self.jobs.submit(request, self.identity(ctx).caller))
+        return JobResult(job_id=job_id, status="queued")
+
+    async def get_job(self, job_id: JobId, ctx: Context) -> JobResult:
+        """A job's status, its text so far, and its result once it has ended."""
+        return await self._guard(self.jobs.get(job_id, self.identity(ctx).reader))
+
+    async def wait_for_job(self, job_id: JobId, ctx: Context, timeout_seconds: WaitSeconds = 60) -> JobResult:
+        """Wait until a job ends (or the timeout passes) and return it; tokens stream as progress."""
+        relay = ProgressRelay(ctx, None)
+        reader = self.identity(ctx).reader
+        return await self._guard(self.jobs.wait(job_id, timeout_seconds, on_event=relay, reader=reader))
+
+    async def cancel_job(self, job_id: JobId, ctx: Context) -> JobResult:
+        """Stop a job. A queued job never starts; a running one stops calling the model."""
+        return await self._guard(self.jobs.cancel(job_id, self.identity(ctx).reader))
+
+    async def list_jobs(
+        self,
+        ctx: Context,
+        status: Annotated[StatusFilter | None, Field(description="Only jobs in this state.")] = None,
+        limit: Annotated[int, Field(ge=1, le=500)] = 50,
+    ) -> JobList:
+        """Recent jobs, newest first: queued, running and finished."""
+        found = await self._guard(self.jobs.list(status, limit, self.identity(ctx).reader))
+        return JobList(queue_depth=await self._guard(self.jobs.queue_depth()), jobs=found)
+
+    async def list_mcp_servers(self) -> dict[str, Any]:
+        """The MCP servers a request may name in `mcp_servers` (MCP_SERVERS), and which of them this
+        endpoint also serves as `server/tool`."""
+        return {"servers": mcp_server_rows(self.runtime)}
+
+    async def list_models(self) -> dict[str, Any]:
+        """The configured provider's models, with prices in USD per million tokens."""
+        return models(self.settings)
+
+    async def check_health(self) -> dict[str, Any]:
+        """Redis, live workers, queue depth and whether the provider can be reached."""
+        return await health(self.runtime)
+
+    async def get_ai_usage_stats(self) -> dict[str, Any]:
+        """Requests, tokens, cost (USD) per model and per day, average and p95 latency, from all workers."""
+        return await self._guard(usage.usage_stats(self.runtime.redis))
+
+    async def get_conversation_history(
+        self,
+        conversation_id: Annotated[
+            str | None, Field(description="Omit to list the most recent conversations.")
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=1000)] = 50,
+    ) -> dict[str, Any]:
+        """A conversation's turns with their tokens and cost, or the recent conversations."""
+        if conversation_id is None:
+            return await self._guard(usage.conversations(self.runtime.redis, limit))
+        chat_request(message="-", conversation_id=conversation_id)  # same name rules as requests
+        return await self._guard(usage.conversation(self.runtime.redis, conversation_id, limit))
+
+    async def get_received_messages(self, limit: Annotated[int, Field(ge=1, le=1000)] = 50) -> dict[str, Any]:
+        """What the workers processed, newest first: job, worker, model, outcome, tokens, cost."""
+        return await self._guard(usage.received_messages(self.runtime.redis, limit))
+
+    async def configure_ai_model(
+        self,
+        default_model: ModelName = None,
+        temperature: Temperature = None,
+        max_tokens: MaxTokens = None,
+    ) -> dict[str, Any]:
+        """Set the defaults every worker uses from its next job on (unset fields keep their value)."""
+        try:
+            changes = ModelDefaults(
+                default_model=default_model, temperature=temperature, max_tokens=max_tokens
+            )
+        except ValidationError as e:
+            raise ToolError(validation_message(e)) from None
+        stored = await self._guard(usage.configure_defaults(self.runtime.redis, changes))
+        settings = self.settings
+        effective = {
+            "default_model": stored.default_model or settings.default_model,
+            "temperature": settings.openai_temperature if stored.temperature is None else stored.temperature,
+            "max_tokens": stored.max_tokens or settings.openai_max_tokens,
+        }
+        return {"stored": stored.model_dump(), "effective": effective}
