@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from shared import keys, prices
 from shared.connection import connect
+from shared.scripts import Arg, Args, Key, script
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 from shared.tool_servers import ToolServers
@@ -104,26 +105,34 @@ def worker_options(settings: Settings) -> dict:
 
 # arq's claim (per job: WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC, four round trips) as one atomic
 # script for a whole batch of candidate ids, stopping once the worker's free slots are filled.
-CLAIM_LUA = """
--- KEYS: arq:queue   ARGV: now ms, lease ms, free slots, in-progress key prefix, candidate job ids...
--- returns {id, score, id, score, ...} for the jobs now leased to this worker
+@script("""
 local claimed = {}
-local free = tonumber(ARGV[3])
-for i = 5, #ARGV do
+for _, id in ipairs(candidates) do
   if #claimed >= 2 * free then break end
-  local id = ARGV[i]
-  local lease = ARGV[4] .. id
+  local lease = lease_prefix .. id
   if redis.call('EXISTS', lease) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= tonumber(ARGV[1]) then
-      redis.call('PSETEX', lease, ARGV[2], '1')
+    local score = redis.call('ZSCORE', queue, id)
+    if score and tonumber(score) <= now_ms then
+      redis.call('PSETEX', lease, lease_ms, '1')
       claimed[#claimed + 1] = id
       claimed[#claimed + 1] = score
     end
   end
 end
 return claimed
-"""
+""")
+async def claim_jobs(
+    redis,
+    *,
+    queue: Key,
+    now_ms: Arg[int],
+    lease_ms: Arg[int],
+    free: Arg[int],
+    lease_prefix: Arg[str],
+    candidates: Args,
+) -> list[bytes]:
+    """Lease up to `free` of the candidates that are due; answers [id, score, id, score, ...]."""
+    ...
 
 
 class QueueWorker(Worker):
@@ -189,11 +198,15 @@ class QueueWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0 or not candidates:
             return
-        claimed: list[bytes] = await self.pool.register_script(CLAIM_LUA)(  # pyright: ignore[reportAssignmentType]  # redis-py types a script's answer as str
-            keys=[self.queue_name],
-            args=[int(time.time() * 1000), int(self.in_progress_timeout_s * 1000), free, keys.IN_PROGRESS_PREFIX,
-                  *candidates],
-        )  # fmt: skip
+        claimed = await claim_jobs(
+            self.pool,
+            queue=self.queue_name,
+            now_ms=int(time.time() * 1000),
+            lease_ms=int(self.in_progress_timeout_s * 1000),
+            free=free,
+            lease_prefix=keys.IN_PROGRESS_PREFIX,
+            candidates=candidates,
+        )
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
             job_id = job_id.decode()
             await self.sem.acquire()  # never waits: the script claimed no more than the free slots
