@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from shared import keys, prices
 from shared.connection import redacted
+from shared.logs import redact
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ async def health(runtime: Runtime) -> dict:
         await runtime.redis.ping()
         out["redis"].update(ok=True, latency_ms=round((time.perf_counter() - t0) * 1000, 2))
     except Exception as e:
-        out["redis"]["error"] = f"{type(e).__name__}: {e}"
+        out["redis"]["error"] = redact(f"{type(e).__name__}: {e}")
         out["status"] = "down"
         return out
     workers = await live_workers(runtime.redis)

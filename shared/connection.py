@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
+from shared.logs import redact
 from shared.serializer import deserialize, serialize
 from shared.settings import MEMORY_URL
 
@@ -52,10 +53,5 @@ def connect(redis_url: str) -> ArqRedis:
 
 
 def redacted(redis_url: str) -> str:
-    """The URL without its password, for logs and health output."""
-    if "@" not in redis_url:
-        return redis_url
-    scheme, rest = redis_url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"
+    """The URL without its credentials, for logs, errors and health output (see shared.logs.redact)."""
+    return redact(redis_url)

@@ -1,16 +1,82 @@
-"""Logging for both sides: readable text for people, one JSON object per line for machines.
+"""Logging for both sides: readable text for people, one JSON object per line for machines, and
+`redact`, the one function that masks credentials in anything a person or a log may see.
 
-Always to stderr: on the stdio transport stdout belongs to the MCP protocol.
+Always to stderr: on the stdio transport stdout belongs to the MCP protocol. Every record passes
+`SafeRecords` first, so no format can carry a URL credential, a configured key, or (from arq's own
+job lines) a prompt or an answer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Iterable
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_PATTERNS = [  # what a URL, a command line, an error or a server's stderr may carry that is secret
+    (re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@]+@", re.I), r"\1***@"),  # scheme://user:password@
+    (re.compile(r"(://[^\s?#]*)\?[^\s#\"']*"), r"\1?***"),  # a URL's query (api-key=..., password=...)
+    (re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+"), r"\1***"),
+    (
+        re.compile(
+            r"(?i)\b([\w-]*(?:password|passwd|pwd|token(?!s)|secret|api[_-]?key|apikey)[\w-]*)([\"']?\s*[=:]\s*)"
+            r"(\"[^\"]*\"|'[^']*'|[^\s&,;\"']+)"
+        ),
+        r"\1\2***",
+    ),
+]
+_SECRET_MIN_CHARS = 6  # shorter values would mask ordinary words; keys are far longer
+_secrets: set[str] = set()
+
+
+def keep_secret(*values: str | None) -> None:
+    """Remember configured secrets (keys, tokens) so `redact` masks them wherever they show up."""
+    _secrets.update(v for v in values if v and len(v) >= _SECRET_MIN_CHARS)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Mask URL credentials and queries, bearer tokens, `password=…`-style pairs, every secret given
+    to `keep_secret`, and `secrets`. The one masking function: logs, errors, health and pages use it."""
+    for secret in sorted({*_secrets, *secrets}, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+# arq's job lines (arq/worker.py) and what of each may be logged: the job and function (`ref`),
+# timings and the outcome, never the arguments (the prompt) or the result (the answer).
+_ARQ_LINES = {
+    "%6.2fs → %s(%s)%s": ("%6.2fs → %s%s", lambda a: (a[0], a[1], a[3]), "started"),
+    "%6.2fs ← %s ● %s": ("%6.2fs ← %s ●", lambda a: a[:2], "completed"),
+    "%6.2fs ! %s failed, %s: %s": ("%6.2fs ! %s failed, %s", lambda a: a[:3], "failed"),
+}
+
+
+class SafeRecords(logging.Filter):
+    """Rewrites each record before any formatter sees it: arq's job lines lose their arguments and
+    results, and the message, its string extras and its traceback go through `redact`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "arq.worker" and isinstance(record.msg, str) and record.msg in _ARQ_LINES:
+            fmt, keep, outcome = _ARQ_LINES[record.msg]
+            args = record.args if isinstance(record.args, tuple) else ()
+            if len(args) == record.msg.count("%"):
+                record.msg, record.args = fmt, keep(args)
+                job_id, _, function = str(args[1]).partition(":")
+                record.job_id, record.function, record.outcome = job_id, function, outcome
+                record.exc_info = None  # its last line may quote the job's arguments; worker.job logs its own
+        record.msg, record.args = redact(record.getMessage()), ()
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,8 +88,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(out, default=str)
 
 
@@ -35,6 +101,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         formatter = logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
         formatter.converter = time.localtime
         handler.setFormatter(formatter)
+    handler.addFilter(SafeRecords())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -6,6 +6,7 @@ secret values are never echoed.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -13,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -26,8 +28,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
+from redis.asyncio.connection import parse_url
 
 from shared.errors import SettingsError
+from shared.logs import keep_secret
 from shared.tool_servers import SERVER_NAME, ToolServerConfig, unknown_servers_message
 
 __all__ = ["MEMORY_URL", "Settings", "SettingsError", "TenantLimits", "load_settings"]
@@ -117,6 +121,8 @@ class Settings(BaseSettings):
         v = v.strip() or MEMORY_URL
         if not v.startswith(("memory://", "redis://", "rediss://", "unix://")):
             raise ValueError("must start with memory://, redis://, rediss:// or unix://")
+        if v != MEMORY_URL:
+            parse_url(v)  # a bad port or option fails here, with a message that holds no credential
         return v
 
     @field_validator("log_level", mode="before")
@@ -233,7 +239,9 @@ class Settings(BaseSettings):
         return self.openai_default_model or DEFAULT_MODELS[self.ai_provider]
 
 
-_SECRET_FIELDS = {"openai_api_key", "mcp_api_key", "mcp_api_keys", "mcp_admin_key", "mcp_servers"}
+# never echoed back (a mistyped URL may hold its password where no pattern can find it)
+_SECRET_FIELDS = {"openai_api_key", "mcp_api_key", "mcp_api_keys", "mcp_admin_key", "mcp_servers", "redis_url",
+                  "openai_base_url"}  # fmt: skip
 _HINTS = {
     "model_prices": 'must be JSON like {"gpt-4o": [2.5, 10]} (USD per 1M prompt and completion tokens)',
     "mcp_api_keys": 'must be JSON like {"alice": "<key>", "bob": "<key>"} (tenant name to API key)',
@@ -266,7 +274,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the environment; raise SettingsError with one readable line on the first bad value."""
     _misspelt_variables(dict(os.environ))
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except PydanticSettingsError as e:  # a JSON setting that is not JSON
         field = re.search(r'field "(\w+)"', str(e))
         name = field.group(1) if field else "?"
@@ -292,3 +300,23 @@ def load_settings(**overrides: Any) -> Settings:
         if field in _SECRET_FIELDS:
             raise SettingsError(f"{field.upper()}: {msg}") from None
         raise SettingsError(f"{field.upper()}: {msg} (got {err.get('input')!r})") from None
+    keep_secrets(settings)
+    return settings
+
+
+def keep_secrets(settings: Settings) -> None:
+    """Tell the log filter every configured secret, so no log line, error or page can show one."""
+    values = list(settings.tenant_tokens.values())
+    if settings.mcp_admin_key:
+        values.append(settings.mcp_admin_key.get_secret_value())
+    if settings.openai_api_key:
+        values.append(settings.openai_api_key.get_secret_value())
+    values += [c.token.get_secret_value() for c in settings.mcp_servers.values() if c.token]
+    for url in (
+        settings.redis_url,
+        settings.openai_base_url,
+        *(c.url for c in settings.mcp_servers.values()),
+    ):
+        with contextlib.suppress(ValueError):
+            values.append(urlsplit(url or "").password or "")
+    keep_secret(*values)

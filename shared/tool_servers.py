@@ -24,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
+from shared.logs import redact
+
 if TYPE_CHECKING:
     from mcp import Client
 
@@ -32,18 +34,6 @@ log = logging.getLogger("mcpq.tool_servers")
 SERVER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_)){0,31}$")  # no "__": it joins server and tool
 RESULT_MAX_CHARS = 50_000  # of a tool's answer, kept for the model and the job's events
 CONNECT_TIMEOUT_SECONDS = 30.0
-_SECRETS = [  # what a command line or a server's stderr may carry that must not reach a caller
-    (re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@]+@", re.I), r"\1***@"),  # scheme://user:password@
-    (re.compile(r"(://[^\s?#]*)\?[^\s#]*"), r"\1?***"),  # a URL's query
-    (re.compile(r"(?i)\b(bearer\s+)\S+"), r"\1***"),
-    (
-        re.compile(
-            r"(?i)\b([\w-]*(?:password|passwd|pwd|token|secret|api[_-]?key|apikey)[\w-]*)(\s*[=:]\s*)"
-            r"(\"[^\"]*\"|'[^']*'|[^\s&,;]+)"
-        ),
-        r"\1\2***",
-    ),
-]
 
 
 class ToolServerConfig(BaseModel):
@@ -337,13 +327,6 @@ async def _client(config: ToolServerConfig, stderr: _Stderr | None, call_timeout
     async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
         async with Client(streamable_http_client(config.url, http_client=http)) as client:
             yield client
-
-
-def redact(text: str) -> str:
-    """Mask credentials in URLs, bearer tokens and `password=…`-style pairs."""
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def _connection_lost(e: BaseException) -> bool:

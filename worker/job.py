@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from shared import keys, prices, tracing
 from shared.events import TokenUsage
+from shared.logs import redact
 from shared.models import ChatRequest, JobResult, ModelDefaults, ResultUsage, ToolCallRecord, ToolCallRequest
 from shared.settings import Settings
 from shared.tool_servers import ToolServerError, ToolServers
@@ -306,7 +307,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         return result
     except Exception as e:  # a bug or Redis failure: say so in the stream instead of going silent
         log.exception("job %s failed", job_id)
-        msg = f"internal error in the worker: {type(e).__name__}: {e}"
+        msg = redact(f"internal error in the worker: {type(e).__name__}: {e}")
         try:
             await publisher.error(msg)
         except Exception:
@@ -393,7 +394,7 @@ async def _call_tool(ctx: dict, request: dict) -> dict:
         return result
     except Exception as e:  # a bug or Redis failure: say so in the stream instead of going silent
         log.exception("tool job %s failed", job_id)
-        msg = f"internal error in the worker: {type(e).__name__}: {e}"
+        msg = redact(f"internal error in the worker: {type(e).__name__}: {e}")
         with contextlib.suppress(Exception):
             await publisher.error(msg)
         return finish("failed", msg)

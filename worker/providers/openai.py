@@ -15,6 +15,7 @@ import openai
 from openai import AsyncOpenAI
 
 from shared.events import TokenUsage
+from shared.logs import redact
 from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd, ToolCall, estimate_usage
 
 NO_KEY_PLACEHOLDER = "not-needed"  # self-hosted servers (vLLM, llama.cpp, Ollama) accept any key
@@ -107,7 +108,7 @@ class OpenAIProvider(Provider):
         await self.client.close()
 
     def _explain(self, e: openai.APIError, model: str) -> ProviderError:
-        where = self.base_url or "the OpenAI API"
+        where = redact(self.base_url) if self.base_url else "the OpenAI API"
         detail = self._redact(getattr(e, "message", "") or str(e))
         if isinstance(e, openai.APITimeoutError):
             return ProviderError(f"the provider at {where} did not answer in time", retryable=True)
@@ -137,4 +138,4 @@ class OpenAIProvider(Provider):
         return ProviderError(msg.strip(), status=status)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return redact(text, [self._secret])
