@@ -64,18 +64,22 @@ class SafeRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "arq.worker" and isinstance(record.msg, str) and record.msg in _ARQ_LINES:
             fmt, keep, outcome = _ARQ_LINES[record.msg]
-            args = record.args if isinstance(record.args, tuple) else ()
+            args: tuple = record.args if isinstance(record.args, tuple) else ()
             if len(args) == record.msg.count("%"):
                 record.msg, record.args = fmt, keep(args)
                 job_id, _, function = str(args[1]).partition(":")
                 record.job_id, record.function, record.outcome = job_id, function, outcome
-                record.exc_info = None  # its last line may quote the job's arguments; worker.job logs its own
+                record.exc_info = record.exc_text = (
+                    None  # may quote the job's arguments; worker.job logs its own
+                )
         record.msg, record.args = redact(record.getMessage()), ()
         for key, value in list(record.__dict__.items()):
             if key not in _STANDARD and isinstance(value, str):
                 setattr(record, key, redact(value))
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
 
 
@@ -88,8 +92,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info or record.exc_text:
-            out["exception"] = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exception"] = record.exc_text
         return json.dumps(out, default=str)
 
 
