@@ -10,7 +10,7 @@ import asyncio
 
 from bench.lab import Site
 from messenger.hub import EventHub
-from messenger.jobs import new_job_id
+from messenger.queue import new_job_id
 from shared.connection import connect
 
 

@@ -14,7 +14,7 @@ from bench.lab import Site, cpu_seconds
 from bench.stats import median, ms, percentile
 from bench.stock_arq_worker import STOCK_POLL_DELAY
 from messenger.collector import Transcript, follow_events
-from messenger.jobs import new_job_id
+from messenger.queue import new_job_id
 from shared.models import ChatRequest
 
 REQUEST = ChatRequest(message="ping")
@@ -32,7 +32,7 @@ async def _sample(site: Site, job_id: str) -> tuple[float, float, float]:
         if site.stock:  # arq's own enqueue: WATCH/MULTI, no wake-up
             await runtime.redis.enqueue_job("chat", REQUEST.model_dump(exclude_none=True), _job_id=job_id)
         else:
-            await runtime.jobs.enqueue(job_id, REQUEST)
+            await runtime.queue.submit(REQUEST, caller="bench", job_id=job_id)
         enqueued = time.time() - t0
         start = seen = None
         transcript = Transcript(job_id)

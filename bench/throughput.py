@@ -13,7 +13,7 @@ import time
 from arq.jobs import deserialize_result
 
 from bench.lab import Site, cpu_seconds
-from messenger.jobs import new_job_id
+from messenger.queue import new_job_id
 from shared import keys
 from shared.models import ChatRequest
 from shared.serializer import deserialize
@@ -40,7 +40,7 @@ async def measure(site: Site, jobs: int) -> dict[str, float]:
             if site.stock:
                 await redis.enqueue_job("chat", payload, _job_id=job_id)
             else:
-                await runtime.jobs.enqueue(job_id, REQUEST)
+                await runtime.queue.submit(REQUEST, caller="bench", job_id=job_id)
 
     cpu0 = sum(cpu_seconds(pid) for pid in site.pids)
     t0 = time.monotonic()

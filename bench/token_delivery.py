@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from bench.lab import Lab, Site, child_env
 from bench.stats import ms, percentile
 from messenger.collector import Transcript, follow_events
-from messenger.jobs import new_job_id
+from messenger.queue import new_job_id
 from shared import keys
 
 PUBLISHERS = 2

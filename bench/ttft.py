@@ -17,7 +17,7 @@ from bench.lab import Site
 from bench.stats import median
 from bench.stock_arq_worker import STOCK_POLL_DELAY
 from messenger.collector import Transcript, follow_events
-from messenger.jobs import new_job_id
+from messenger.queue import new_job_id
 from shared.models import ChatRequest
 
 MESSAGE = "Say hello."
@@ -59,7 +59,7 @@ async def through_system(site: Site) -> float:
         if site.stock:
             await runtime.redis.enqueue_job("chat", request.model_dump(exclude_none=True), _job_id=job_id)
         else:
-            await runtime.jobs.enqueue(job_id, request)
+            await runtime.queue.submit(request, caller="bench", job_id=job_id)
         transcript = Transcript(job_id)
         async with asyncio.timeout(10):
             async for event in follow_events(runtime.redis, transcript, live):

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from messenger.admission import Refused as AdmissionRefused
-from messenger.jobs import ANONYMOUS
+from messenger.queue import ANONYMOUS
 from shared.connection import redacted
 from shared.errors import McpQueueError, QueueUnavailable, validation_message
 from shared.events import ToolCallEvent, ToolResultEvent

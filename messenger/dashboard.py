@@ -61,7 +61,7 @@ def routes(runtime: Runtime) -> list[Route]:
             headers["authorization"] = "Bearer " + request.query_params["token"]
         caller = caller_from(headers, runtime.settings.mcp_api_key is not None)
         try:
-            job_id = await runtime.jobs.submit(chat, caller)
+            job_id = await runtime.queue.submit(chat, caller=caller)
         except QueueFull as e:
             return JSONResponse({"error": str(e)}, status_code=429)
         except Exception as e:  # admission refusals, Redis down: say so on the page

@@ -1,4 +1,5 @@
-"""The messenger's side of the queue: enqueue a request, follow a job, read, cancel and list jobs.
+"""The messenger's reads of the queue: follow a job, read, cancel and list jobs (submitting is
+messenger/queue.py's).
 
 Every read is built from what Redis holds (arq's keys plus the job's event stream), so any
 messenger replica can answer for any job.
@@ -9,68 +10,34 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
-from arq.jobs import (
-    SerializationError,
-    deserialize_job_raw,
-    deserialize_result,
-    serialize_job,
-    serialize_result,
-)
+from arq.jobs import SerializationError, deserialize_job_raw, deserialize_result, serialize_result
 from redis.exceptions import RedisError, WatchError
 
-from messenger import admission, usage
 from messenger.collector import Transcript, follow_events, replay
 from messenger.hub import EventHub
-from shared import keys, tracing
-from shared.errors import JobNotFound, QueueFull
+from messenger.queue import ANONYMOUS, JobQueue, new_job_id
+from shared import keys
+from shared.errors import JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus, ToolCallRequest
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
-from shared.tool_servers import ToolServerError, unknown_servers_message
 
-# arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
-# also records the job as recent and wakes the workers with its id, so one round trip enqueues.
-ENQUEUE_LUA = """
--- KEYS: arq:job:<id>, arq:result:<id>, arq:queue, mcpq:jobs:recent, mcpq:wakeup, mcpq:owner:<id>
--- ARGV: job id, serialized job, enqueue time ms, job expiry ms, recent jobs kept, max queue depth,
---       caller, owner record lifetime s
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-local depth = redis.call('ZCARD', KEYS[3])
-if depth >= tonumber(ARGV[6]) then return -depth end
-redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[8])
-redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[5]) - 1)
-redis.call('PUBLISH', KEYS[5], ARGV[1])
-return 1
-"""
-JOB_EXPIRES_MS = 86_400_000  # arq's expires_extra_ms: a job not started within a day fails as expired
-ANONYMOUS = "anonymous"  # the caller of a request that came without an API key (stdio, CLI)
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 OnEvent = Callable[[Event | None, Transcript], Awaitable[None]]
 
 
-def new_job_id() -> str:
-    """122 random bits: unguessable, so a job id is also a handle only its holder knows."""
-    return uuid.uuid4().hex
-
-
 class JobClient:
-    def __init__(self, redis, hub: EventHub, settings: Settings):
+    """Reads, follows, lists and cancels jobs; new ones come in through `queue` (messenger/queue.py)."""
+
+    def __init__(self, redis, hub: EventHub, settings: Settings, queue: JobQueue):
         self.redis = redis
         self.hub = hub
         self.settings = settings
-
-    async def submit(self, request: ChatRequest, caller: str = ANONYMOUS) -> str:
-        job_id = new_job_id()
-        await self.enqueue(job_id, request, caller)
-        return job_id
+        self.queue = queue
 
     async def run(
         self,
@@ -79,15 +46,10 @@ class JobClient:
         timeout: float | None = None,
         caller: str = ANONYMOUS,
     ) -> JobResult:
-        """Enqueue and follow to the end. Subscribes first, so not one token can be missed.
-
-        A ToolCallRequest (one downstream tool call) becomes a `call_tool` job: no model, no budget."""
+        """Submit and follow to the end. Subscribes first, so not one token can be missed."""
         job_id = new_job_id()
         async with self.hub.follow(job_id) as live:
-            if isinstance(request, ToolCallRequest):
-                await self._enqueue(job_id, "call_tool", request.model_dump(), caller)
-            else:
-                await self.enqueue(job_id, request, caller)
+            await self.queue.submit(request, caller=caller, job_id=job_id)
             return await self._follow(job_id, live, on_event, timeout)
 
     async def wait(
@@ -181,58 +143,6 @@ class JobClient:
         updated = int(last[0][0].split(b"-")[0]) if last else None
         created = int(enqueued) if enqueued is not None else updated or int(time.time() * 1000)
         return created, max(created, updated or created)
-
-    async def enqueue(self, job_id: str, request: ChatRequest, caller: str = ANONYMOUS) -> None:
-        """Admit (budgets, rate limit), put a job with a chosen id on the queue and wake the workers.
-
-        Without budgets or rate limits this is one round trip; with them, two.
-        """
-        if request.mcp_servers:
-            unknown = [n for n in request.mcp_servers if n not in self.settings.mcp_servers]
-            if unknown:
-                raise ToolServerError(unknown_servers_message(unknown, self.settings.mcp_servers))
-        if admission.enabled(self.settings):
-            request = admission.pinned(request, await usage.model_defaults(self.redis), self.settings)
-            await admission.admit(self.redis, self.settings, request, job_id=job_id, caller=caller)
-        try:
-            await self._enqueue(job_id, "chat", request.model_dump(exclude_none=True), caller)
-        except BaseException:
-            if admission.enabled(self.settings):
-                await admission.release(self.redis, job_id)
-            raise
-
-    async def _enqueue(self, job_id: str, function: str, request: dict, caller: str) -> None:
-        now_ms = int(time.time() * 1000)
-        trace = tracing.current_carrier()  # the caller's trace, when there is one, goes with the job
-        payload = serialize_job(
-            function, (request,), {"trace": trace} if trace else {}, None, now_ms, serializer=serialize
-        )
-        # the owner record lives as long as the job can: a day in the queue, its run, its kept result
-        owner_ttl = JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + keys.KEEP_RESULT_SECONDS
-        added = await self.redis.register_script(ENQUEUE_LUA)(
-            keys=[
-                keys.job(job_id),
-                keys.result(job_id),
-                keys.QUEUE,
-                keys.RECENT_JOBS,
-                keys.WAKEUP_CHANNEL,
-                keys.owner(job_id),
-            ],
-            args=[
-                job_id,
-                payload,
-                now_ms,
-                JOB_EXPIRES_MS,
-                keys.RECENT_JOBS_KEPT,
-                self.settings.max_queue_depth,
-                caller,
-                owner_ttl,
-            ],
-        )
-        if added < 0:
-            raise QueueFull(-added, self.settings.max_queue_depth)
-        if not added:  # the same id twice: cannot happen with random ids, but never run a job twice
-            raise RuntimeError(f"job {job_id} already exists")
 
     async def _follow(
         self, job_id: str, live: asyncio.Queue, on_event: OnEvent | None, timeout: float | None

@@ -14,6 +14,7 @@ from messenger.aggregate import list_exposed
 from messenger.hub import EventHub
 from messenger.jobs import JobClient
 from messenger.metrics import MessengerMetrics
+from messenger.queue import JobQueue
 from shared import prices
 from shared.connection import connect
 from shared.settings import Settings
@@ -26,6 +27,7 @@ class Runtime:
     redis: ArqRedis
     hub: EventHub
     jobs: JobClient
+    queue: JobQueue
     metrics: MessengerMetrics = field(default_factory=MessengerMetrics)
     exposed: dict[str, list[RemoteTool] | str] = field(default_factory=dict)  # server -> tools, or why not
 
@@ -46,6 +48,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     redis = connect(settings.redis_url)
     hub = EventHub(redis)
     metrics = MessengerMetrics()
+    queue = JobQueue(redis, settings)
     await hub.start()
     settle_heap()
     try:
@@ -58,7 +61,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 settings=settings,
                 redis=redis,
                 hub=hub,
-                jobs=JobClient(redis, hub, settings),
+                jobs=JobClient(redis, hub, settings, queue),
+                queue=queue,
                 metrics=metrics,
                 exposed=await list_exposed(settings),
             )

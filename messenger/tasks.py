@@ -46,7 +46,6 @@ from pydantic import ConfigDict
 from redis.exceptions import RedisError
 
 from messenger.calls import caller_from, chat_request, error_result, guarded, reader_from, tool_result
-from messenger.jobs import new_job_id
 from messenger.runtime import Runtime
 from shared.errors import JobNotFound
 from shared.keys import KEEP_RESULT_SECONDS
@@ -162,10 +161,9 @@ class JobTasks(Extension):
         request = chat_request(
             **{k: v for k, v in (arguments or {}).items() if k in ChatRequest.model_fields}
         )
-        job_id = new_job_id()
         caller = caller_from(headers_of(ctx), self.auth_on)
         try:
-            await guarded(self.jobs.enqueue(job_id, request, caller), self.runtime.settings)
+            job_id = await guarded(self.runtime.queue.submit(request, caller=caller), self.runtime.settings)
         except ToolError as e:
             return error_result(str(e))
         return JobResult(job_id=job_id, status="queued")

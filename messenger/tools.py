@@ -174,7 +174,7 @@ class QueueTools:
             message=message, context=context, model=model, temperature=temperature,
             max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
         )  # fmt: skip
-        job_id = await self._guard(self.jobs.submit(request, self.identity(ctx).caller))
+        job_id = await self._guard(self.runtime.queue.submit(request, caller=self.identity(ctx).caller))
         return JobResult(job_id=job_id, status="queued")
 
     async def get_job(self, job_id: JobId, ctx: Context) -> JobResult:

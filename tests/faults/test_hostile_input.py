@@ -10,6 +10,7 @@ from observe import LONG_MESSAGE, ended, expected_text, runtime_for
 from openai_server import eventually
 
 from messenger.health import health
+from messenger.queue import ANONYMOUS
 from shared import keys
 from shared.models import ChatRequest
 
@@ -53,7 +54,10 @@ async def test_garbage_in_redis_ends_each_bad_job_readably_and_everything_keeps_
         client.set(keys.worker("y"), b"[1, 2]")
 
         flood = await asyncio.gather(
-            *(runtime.jobs.submit(ChatRequest(message=f"flood {i}", max_tokens=2)) for i in range(200))
+            *(
+                runtime.queue.submit(ChatRequest(message=f"flood {i}", max_tokens=2), caller=ANONYMOUS)
+                for i in range(200)
+            )
         )
 
         answer = await live

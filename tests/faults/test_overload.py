@@ -8,6 +8,7 @@ import pytest
 from mcp import Client
 from observe import ended, runtime_for, stream_events, terminal_events
 
+from messenger.queue import ANONYMOUS
 from messenger.server import build_server
 from shared import keys
 from shared.errors import QueueFull
@@ -18,9 +19,11 @@ async def test_a_full_queue_refuses_new_jobs_at_once_and_accepts_them_again_once
     redis_url, workers, clean_env
 ):
     async with runtime_for(redis_url, max_queue_depth=5) as runtime, asyncio.timeout(60):
-        queued = [await runtime.jobs.submit(ChatRequest(message=f"job {i}")) for i in range(5)]
+        queued = [
+            await runtime.queue.submit(ChatRequest(message=f"job {i}"), caller=ANONYMOUS) for i in range(5)
+        ]
         with pytest.raises(QueueFull, match="queue is full"):
-            await runtime.jobs.submit(ChatRequest(message="one too many"))
+            await runtime.queue.submit(ChatRequest(message="one too many"), caller=ANONYMOUS)
         async with Client(build_server(runtime)) as client:
             refused = await client.call_tool("submit_message", {"message": "one too many"})
             assert refused.is_error
@@ -62,7 +65,7 @@ async def test_a_worker_never_runs_more_jobs_at_once_than_worker_concurrency(
     async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
         watcher = asyncio.create_task(watch_heartbeat())
         requests = [ChatRequest(message=f"slow job {i} " + "word " * 30) for i in range(6)]
-        job_ids = [await runtime.jobs.submit(r) for r in requests]
+        job_ids = [await runtime.queue.submit(r, caller=ANONYMOUS) for r in requests]
         results = [await ended(runtime.jobs, job_id, timeout=40) for job_id in job_ids]
         watcher.cancel()
 

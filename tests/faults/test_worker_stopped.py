@@ -17,6 +17,7 @@ from observe import (
 )
 from openai_server import eventually
 
+from messenger.queue import ANONYMOUS
 from shared.models import ChatRequest
 
 
@@ -32,11 +33,11 @@ async def test_sigterm_with_a_long_grace_finishes_the_running_job_takes_no_new_o
 ):
     (proc,) = workers.start(redis_url, MOCK_TOKEN_DELAY_MS="40", WORKER_SHUTDOWN_GRACE_SECONDS="60")
     async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
-        running = await runtime.jobs.submit(ChatRequest(message=LONG_MESSAGE))
+        running = await runtime.queue.submit(ChatRequest(message=LONG_MESSAGE), caller=ANONYMOUS)
         await streaming(runtime, running)
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
-        later = await runtime.jobs.submit(ChatRequest(message="submitted after SIGTERM"))
+        later = await runtime.queue.submit(ChatRequest(message="submitted after SIGTERM"), caller=ANONYMOUS)
 
         finished = await runtime.jobs.wait(running, timeout=20)
         assert finished.status == "completed", finished.error

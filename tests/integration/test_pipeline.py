@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 from openai_server import eventually, words
 
+from messenger.queue import ANONYMOUS
 from messenger.runtime import open_runtime
 from shared.errors import JobNotFound
 from shared.models import ChatRequest
@@ -172,7 +173,9 @@ async def test_twenty_concurrent_jobs_each_run_on_exactly_one_worker(
 async def test_every_value_in_redis_is_json_never_pickle(redis_url, workers, clean_env, redis_server):
     client = redis_server.client()
     async with runtime_for(redis_url) as runtime, asyncio.timeout(30):
-        job_id = await runtime.jobs.submit(ChatRequest(message="stored as JSON", max_tokens=50))
+        job_id = await runtime.queue.submit(
+            ChatRequest(message="stored as JSON", max_tokens=50), caller=ANONYMOUS
+        )
         queued = json.loads(client.get(f"arq:job:{job_id}"))  # no worker yet: still in the queue
         assert queued["f"] == "chat"
         assert queued["a"] == [{"message": "stored as JSON", "max_tokens": 50}]
@@ -195,7 +198,9 @@ async def test_a_job_waits_queued_until_a_worker_starts_and_a_late_follower_gets
 ):
     openai_server.script(reply=REPLY)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
-        job_id = await runtime.jobs.submit(ChatRequest(message="anyone there?", model="gpt-4o-mini"))
+        job_id = await runtime.queue.submit(
+            ChatRequest(message="anyone there?", model="gpt-4o-mini"), caller=ANONYMOUS
+        )
         await asyncio.sleep(0.5)
         job = await runtime.jobs.get(job_id)
         assert job.status == "queued"
@@ -232,7 +237,9 @@ async def test_an_unknown_job_id_is_job_not_found(redis_url, clean_env):
 async def test_a_cancelled_queued_job_never_runs(redis_url, workers, openai_server, clean_env, redis_server):
     openai_server.script(reply=REPLY)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
-        job_id = await runtime.jobs.submit(ChatRequest(message="cancel me", model="gpt-4o-mini"))
+        job_id = await runtime.queue.submit(
+            ChatRequest(message="cancel me", model="gpt-4o-mini"), caller=ANONYMOUS
+        )
         cancelled = await runtime.jobs.cancel(job_id)
         assert cancelled.status == "cancelled"
 
@@ -254,8 +261,8 @@ async def test_cancelling_a_running_job_stops_the_model_call(
     openai_server.script(reply=SLOW_REPLY, token_delay=0.05)
     start_openai_workers(workers, redis_url, openai_server)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
-        job_id = await runtime.jobs.submit(
-            ChatRequest(message="talk forever", model="gpt-4o-mini", max_tokens=1000)
+        job_id = await runtime.queue.submit(
+            ChatRequest(message="talk forever", model="gpt-4o-mini", max_tokens=1000), caller=ANONYMOUS
         )
 
         async def has_text():

@@ -22,6 +22,7 @@ from mcp_clock_server import PREFIX
 from openai_server import eventually
 from redis_server import free_port
 
+from messenger.queue import ANONYMOUS
 from messenger.runtime import open_runtime
 from messenger.server import build_server
 from shared.settings import load_settings
@@ -256,7 +257,7 @@ async def test_cancelling_a_job_stops_it_while_a_tool_runs(
     openai_server.script(tool_calls=[("clock__sleep", '{"seconds": 30}')])
     start_workers(workers, redis_url, openai_server, servers)
     async with messenger_runtime(redis_url, servers) as runtime, asyncio.timeout(60):
-        job_id = await runtime.jobs.submit(_request("Sleep.", ["clock"]))
+        job_id = await runtime.queue.submit(_request("Sleep.", ["clock"]), caller=ANONYMOUS)
         await eventually(lambda: calls_logged(log), timeout=30)
         started = time.monotonic()
         cancelled = await runtime.jobs.cancel(job_id)

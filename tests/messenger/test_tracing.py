@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from messenger.queue import ANONYMOUS
 from messenger.server import build_server
 from shared import tracing
 from shared.models import ChatRequest
@@ -77,7 +78,7 @@ async def test_a_job_enqueued_inside_a_span_carries_it_and_one_outside_carries_n
     with anyio.fail_after(20):
         with tracing.span("test", "caller", {"traceparent": TRACEPARENT}) as caller:
             traced = await jobs.run(ChatRequest(message="traced"))
-        untraced_id = await jobs.submit(ChatRequest(message="untraced"))
+        untraced_id = await embedded_runtime.queue.submit(ChatRequest(message="untraced"), caller=ANONYMOUS)
         stored = json.loads(await embedded_runtime.redis.get(f"arq:job:{untraced_id}"))
         untraced = await jobs.wait(untraced_id, timeout=10)
     assert traced.status == untraced.status == "completed"

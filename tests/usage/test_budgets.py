@@ -14,6 +14,7 @@ from usage_helpers import runtime_for, stored_result, text_of
 
 from messenger import admission
 from messenger.admission import Refused
+from messenger.queue import ANONYMOUS
 from messenger.server import build_server
 from shared import prices
 from shared.models import ChatRequest
@@ -62,7 +63,8 @@ async def test_100_concurrent_requests_against_a_budget_for_10_admit_exactly_10(
     ):
         watcher = asyncio.create_task(watch(one))
         outcomes = await asyncio.gather(
-            *((one, two)[i % 2].jobs.submit(REQUEST) for i in range(100)), return_exceptions=True
+            *((one, two)[i % 2].queue.submit(REQUEST, caller=ANONYMOUS) for i in range(100)),
+            return_exceptions=True,
         )
         burst_over.set()
         await watcher
@@ -91,13 +93,15 @@ async def test_hourly_and_per_request_caps_name_their_limit(redis_url, clean_env
         redis_url, budget_per_request_usd=worst / 2, budget_hourly_usd=small_worst * 5.5
     ) as rt:
         with pytest.raises(Refused) as too_big:
-            await rt.jobs.submit(REQUEST)
+            await rt.queue.submit(REQUEST, caller=ANONYMOUS)
         with pytest.raises(Refused) as unpriced:
-            await rt.jobs.submit(ChatRequest(message="hi", model="my-local-llama", max_tokens=10))
+            await rt.queue.submit(
+                ChatRequest(message="hi", model="my-local-llama", max_tokens=10), caller=ANONYMOUS
+            )
         admitted = 0
         with pytest.raises(Refused) as hourly:
             for _ in range(20):
-                await rt.jobs.submit(small)
+                await rt.queue.submit(small, caller=ANONYMOUS)
                 admitted += 1
     message = str(too_big.value)
     assert "BUDGET_PER_REQUEST_USD" in message and "max_tokens" in message
@@ -112,15 +116,15 @@ async def test_rate_limit_is_per_caller_and_names_its_setting(redis_url, clean_e
             alice, bob = f"key-alice-{attempt}", f"key-bob-{attempt}"
             minute = int(time.time() // 60)
             for _ in range(3):
-                await rt.jobs.submit(REQUEST, caller=alice)
+                await rt.queue.submit(REQUEST, caller=alice)
             try:
-                await rt.jobs.submit(REQUEST, caller=alice)
+                await rt.queue.submit(REQUEST, caller=alice)
             except Refused as e:
                 refused = e
             else:
                 assert int(time.time() // 60) != minute, "a fourth request in the same minute was admitted"
                 continue
-            await rt.jobs.submit(REQUEST, caller=bob)  # another caller still passes
+            await rt.queue.submit(REQUEST, caller=bob)  # another caller still passes
             break
     assert "RATE_LIMIT_PER_MINUTE=3" in str(refused)
     assert "resets in" in str(refused)
@@ -148,11 +152,11 @@ async def test_a_reservation_lapses_after_its_expiry(redis_url, clean_env, redis
     worst = worst_case(REQUEST)
     client = redis_server.client()
     async with runtime_for(redis_url, budget_daily_usd=worst * 1.5, budget_reservation_seconds=1) as rt:
-        stuck = await rt.jobs.submit(REQUEST)  # no worker: as if its worker was killed
+        stuck = await rt.queue.submit(REQUEST, caller=ANONYMOUS)  # no worker: as if its worker was killed
         with pytest.raises(Refused, match="BUDGET_DAILY_USD"):
-            await rt.jobs.submit(REQUEST)
+            await rt.queue.submit(REQUEST, caller=ANONYMOUS)
         await asyncio.sleep(1.5)
-        later = await rt.jobs.submit(REQUEST)  # fits only because the first hold lapsed
+        later = await rt.queue.submit(REQUEST, caller=ANONYMOUS)  # fits only because the first hold lapsed
     assert client.hkeys(RESERVED) == [later.encode()]
     assert client.zscore("mcpq:budget:reserved-until", stuck) is None
     assert reserved_total(client) == pytest.approx(worst)
@@ -163,7 +167,7 @@ async def test_a_finished_job_settles_its_real_cost(redis_url, workers, clean_en
     client = redis_server.client()
     async with runtime_for(redis_url, budget_daily_usd=1.0, model_prices=table) as rt:
         request = ChatRequest(message="settle me please", max_tokens=50)  # model: the default, mock-1
-        job_id = await rt.jobs.submit(request)
+        job_id = await rt.queue.submit(request, caller=ANONYMOUS)
         held = float(client.hget(RESERVED, job_id))
         pinned = admission.pinned(request, admission.ModelDefaults(), rt.settings)
         assert held == pytest.approx(admission.worst_case_usd(pinned, rt.settings))
@@ -184,11 +188,11 @@ async def test_cancelling_a_queued_job_gives_back_its_reservation(redis_url, cle
     worst = worst_case(REQUEST)
     client = redis_server.client()
     async with runtime_for(redis_url, budget_daily_usd=worst * 1.5) as rt:
-        queued = await rt.jobs.submit(REQUEST)
+        queued = await rt.queue.submit(REQUEST, caller=ANONYMOUS)
         cancelled = await rt.jobs.cancel(queued)
         assert cancelled.status == "cancelled"
         assert client.hget(RESERVED, queued) is None, "the cancelled job still holds its worst case"
-        await rt.jobs.submit(REQUEST)  # the budget it held is free again
+        await rt.queue.submit(REQUEST, caller=ANONYMOUS)  # the budget it held is free again
 
 
 async def test_a_request_the_queue_cannot_take_gives_back_its_reservation(redis_url, clean_env, redis_server):
@@ -196,9 +200,9 @@ async def test_a_request_the_queue_cannot_take_gives_back_its_reservation(redis_
 
     client = redis_server.client()
     async with runtime_for(redis_url, budget_daily_usd=1.0, max_queue_depth=1) as rt:
-        first = await rt.jobs.submit(REQUEST)
+        first = await rt.queue.submit(REQUEST, caller=ANONYMOUS)
         with pytest.raises(QueueFull):
-            await rt.jobs.submit(REQUEST)
+            await rt.queue.submit(REQUEST, caller=ANONYMOUS)
     assert client.hkeys(RESERVED) == [first.encode()]
 
 
@@ -221,7 +225,7 @@ async def test_a_tool_job_reserves_every_turn_and_stops_before_a_turn_its_reserv
     )
     client = redis_server.client()
     async with runtime_for(redis_url, budget_daily_usd=100.0, mcp_servers=servers, tool_max_rounds=3) as rt:
-        job_id = await rt.jobs.submit(request)
+        job_id = await rt.queue.submit(request, caller=ANONYMOUS)
         held = float(client.hget(RESERVED, job_id))
         with anyio.fail_after(30):
             result = await stored_result(client, job_id)
@@ -241,7 +245,7 @@ async def test_a_tool_request_over_the_per_request_cap_names_tool_max_rounds(red
     async with runtime_for(
         redis_url, budget_per_request_usd=worst_case(REQUEST) * 2, mcp_servers=servers, tool_max_rounds=8
     ) as rt:
-        assert await rt.jobs.submit(REQUEST)  # one turn fits
+        assert await rt.queue.submit(REQUEST, caller=ANONYMOUS)  # one turn fits
         with pytest.raises(Refused) as refused:
-            await rt.jobs.submit(tools)  # nine turns do not
+            await rt.queue.submit(tools, caller=ANONYMOUS)  # nine turns do not
     assert "9 model turns" in str(refused.value) and "TOOL_MAX_ROUNDS" in str(refused.value)
