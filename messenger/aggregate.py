@@ -19,9 +19,10 @@ from mcp.server.mcpserver.tools.base import Tool
 from mcp_types import CallToolResult, TextContent
 
 from messenger.calls import caller_from, error_result, guarded, tool_notice
+from shared.errors import ToolServerError
 from shared.models import ToolCallRequest
 from shared.settings import Settings
-from shared.tool_servers import RemoteTool, ToolServerError, ToolServers
+from shared.tool_client import RemoteTool, ToolServers
 
 if TYPE_CHECKING:
     from messenger.runtime import Runtime

@@ -20,10 +20,9 @@ from shared.errors import McpQueueError, QueueUnavailable, validation_message
 from shared.events import ToolCallEvent, ToolResultEvent
 from shared.models import ChatRequest, JobResult
 from shared.settings import Settings
-from shared.tool_servers import ToolServerError as PoolToolServerError
 
 # raised by modules that predate shared/errors.py; caught like McpQueueError until they move into it
-_OWN_ERRORS = (McpQueueError, AdmissionRefused, PoolToolServerError)
+_OWN_ERRORS = (McpQueueError, AdmissionRefused)
 
 
 def offered_token(headers: Mapping[str, str]) -> str:

@@ -11,12 +11,11 @@ from messenger.calls import tool_notice
 from messenger.collector import Transcript
 from messenger.health import health
 from messenger.runtime import Runtime, open_runtime
-from shared.errors import JobNotFound, QueueFull
+from shared.errors import JobNotFound, QueueFull, SettingsError, ToolServerError
 from shared.events import Event, ToolCallEvent, ToolResultEvent
 from shared.logs import setup_logging
 from shared.models import ChatRequest, JobResult
-from shared.settings import Settings, SettingsError, load_settings
-from shared.tool_servers import ToolServerError
+from shared.settings import Settings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:

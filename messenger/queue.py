@@ -13,11 +13,11 @@ from arq.jobs import serialize_job
 
 from messenger import admission, usage
 from shared import keys, tracing
-from shared.errors import InvalidRequest, QueueFull
+from shared.errors import InvalidRequest, QueueFull, ToolServerError
 from shared.models import ChatRequest, ToolCallRequest
 from shared.serializer import serialize
 from shared.settings import Settings
-from shared.tool_servers import ToolServerError, unknown_servers_message
+from shared.tool_config import unknown_servers_message
 
 # arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
 # also records the job as recent and wakes the workers with its id, so one round trip enqueues.

@@ -18,7 +18,7 @@ from messenger.queue import JobQueue
 from shared import prices
 from shared.connection import connect
 from shared.settings import Settings
-from shared.tool_servers import RemoteTool
+from shared.tool_client import RemoteTool
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from shared.tool_servers import SERVER_NAME
+from shared.tool_config import SERVER_NAME
 
 MAX_MESSAGE_CHARS = 100_000  # message and context each; a larger prompt belongs in a file, not a tool call
 MAX_TOKENS_LIMIT = 200_000

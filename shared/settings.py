@@ -32,7 +32,7 @@ from redis.asyncio.connection import parse_url
 
 from shared.errors import SettingsError
 from shared.logs import keep_secret
-from shared.tool_servers import SERVER_NAME, ToolServerConfig, unknown_servers_message
+from shared.tool_config import SERVER_NAME, ToolServerConfig, unknown_servers_message
 
 __all__ = ["MEMORY_URL", "Settings", "SettingsError", "TenantLimits", "load_settings"]
 

@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import sys
 
+from shared.errors import SettingsError
 from shared.logs import setup_logging
-from shared.settings import SettingsError, load_settings
+from shared.settings import load_settings
 from worker.providers import ProviderError
 
 

@@ -22,11 +22,12 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from shared import keys, prices, tracing
+from shared.errors import ToolServerError
 from shared.events import TokenUsage
 from shared.logs import redact
 from shared.models import ChatRequest, JobResult, ModelDefaults, ResultUsage, ToolCallRecord, ToolCallRequest
 from shared.settings import Settings
-from shared.tool_servers import ToolServerError, ToolServers
+from shared.tool_client import ToolServers
 from worker import accounting
 from worker.history import earlier_turns
 from worker.metrics import WorkerMetrics

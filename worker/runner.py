@@ -22,7 +22,7 @@ from shared.connection import connect
 from shared.scripts import Arg, Args, Key, script
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
-from shared.tool_servers import ToolServers
+from shared.tool_client import ToolServers
 from worker.heartbeat import beat_forever
 from worker.job import WorkerState, call_tool, chat
 from worker.metrics import MetricsServer, WorkerMetrics

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.models import ToolCallRecord
-from shared.tool_servers import ToolOutcome, ToolServers, function_name
+from shared.tool_client import ToolOutcome, ToolServers
+from shared.tool_config import function_name
 from worker.providers import ToolCall, ToolSpec
 from worker.publisher import EventPublisher
 

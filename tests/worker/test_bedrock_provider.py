@@ -570,7 +570,8 @@ async def test_a_chat_job_with_tools_runs_a_real_mcp_tool_through_bedrock(
     """The job's tool loop with Bedrock: toolUse → the clock server runs → toolResult → the answer."""
     from shared.connection import connect
     from shared.settings import load_settings
-    from shared.tool_servers import ToolServerConfig, ToolServers
+    from shared.tool_client import ToolServers
+    from shared.tool_config import ToolServerConfig
     from worker.job import WorkerState, chat
     from worker.publisher import EventWriter
 

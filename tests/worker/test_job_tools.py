@@ -244,7 +244,7 @@ async def test_openai_without_tools_sends_no_tools_and_ends_with_no_tool_calls(
 
 
 async def test_tools_whose_names_sanitise_alike_stay_separately_callable():
-    from shared.tool_servers import RemoteTool
+    from shared.tool_client import RemoteTool
     from worker.tool_use import open_toolbox
 
     class TwoTools:  # a server offering `get.x` and `get_x`: both become `srv__get_x` when sanitised
@@ -271,7 +271,7 @@ async def test_tool_calls_are_counted_in_the_worker_metrics(runtime, call_log):
 
 
 async def test_three_tools_whose_names_sanitise_alike_get_three_names():
-    from shared.tool_servers import RemoteTool
+    from shared.tool_client import RemoteTool
     from worker.tool_use import open_toolbox
 
     class Tools:
@@ -291,7 +291,7 @@ async def test_three_tools_whose_names_sanitise_alike_get_three_names():
 async def _run_call_tool(clean_env, monkeypatch, request: dict, **settings):
     from shared.connection import connect
     from shared.settings import load_settings
-    from shared.tool_servers import ToolServers
+    from shared.tool_client import ToolServers
     from worker.job import WorkerState, call_tool
     from worker.publisher import EventWriter
 

@@ -1,5 +1,5 @@
-"""The MCP client side of tool use: function names providers accept, tool answers as text, and the
-per-process connection pool, against the real stdio clock server (tests/mcp_clock_server.py)."""
+"""The MCP client side of tool use: tool answers as text and the per-process connection pool,
+against the real stdio clock server (tests/mcp_clock_server.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -18,65 +17,11 @@ from mcp import types
 from mcp_clock_server import PREFIX
 from openai_server import eventually
 
-from shared.tool_servers import (
-    RESULT_MAX_CHARS,
-    ToolOutcome,
-    ToolServerConfig,
-    ToolServerError,
-    ToolServers,
-    function_name,
-    outcome_of,
-)
+from shared.errors import ToolServerError
+from shared.tool_client import RESULT_MAX_CHARS, ToolOutcome, ToolServers, outcome_of
+from shared.tool_config import ToolServerConfig
 
 CLOCK = str(Path(__file__).resolve().parents[1] / "mcp_clock_server.py")
-PROVIDER_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Bedrock accept as a function name
-
-
-# -- function_name ----------------------------------------------------------------------------------
-
-
-def test_function_name_joins_server_and_tool_with_a_double_underscore():
-    assert function_name("clock", "now") == "clock__now"
-    assert function_name("my-docs", "search_pages") == "my-docs__search_pages"
-
-
-@pytest.mark.parametrize(
-    ("tool", "expected"),
-    [
-        ("get.weather", "srv__get_weather"),
-        ("files/read", "srv__files_read"),
-        ("say hello", "srv__say_hello"),
-        ("café:crème", "srv__caf__cr_me"),
-        ("a+b@c", "srv__a_b_c"),
-    ],
-)
-def test_function_name_replaces_characters_providers_refuse(tool, expected):
-    name = function_name("srv", tool)
-    assert name == expected
-    assert PROVIDER_SAFE.fullmatch(name)
-
-
-def test_function_name_keeps_a_name_of_exactly_64_characters():
-    tool = "t" * (64 - len("srv__"))
-    assert function_name("srv", tool) == f"srv__{tool}"
-
-
-def test_a_long_function_name_is_cut_to_64_safe_characters_and_keeps_its_start():
-    name = function_name("clock", "x" * 300)
-    assert len(name) == 64
-    assert PROVIDER_SAFE.fullmatch(name)
-    assert name.startswith("clock__xxx")
-    assert function_name("clock", "x" * 300) == name  # the same on every call and in every worker
-
-
-def test_long_tool_names_that_differ_only_at_the_end_stay_distinct():
-    stem = "fetch_the_quarterly_revenue_report_for_the_region_named_"
-    tools = [stem + region for region in ("north", "south", "east", "west", "north-east")]
-    names = [function_name("reports", tool) for tool in tools]
-    assert all(len(n) <= 64 and PROVIDER_SAFE.fullmatch(n) for n in names)
-    assert len(set(names)) == len(tools)
-    # and different servers with the same long tool get different names too
-    assert function_name("a", stem * 2) != function_name("b", stem * 2)
 
 
 # -- outcome_of -------------------------------------------------------------------------------------
@@ -412,25 +357,6 @@ async def test_a_stuck_server_does_not_hold_up_calls_to_another(tmp_path, call_l
         opening.cancel()
     finally:
         await servers.aclose()
-
-
-@pytest.mark.parametrize(
-    ("text", "shown"),
-    [
-        (
-            "npx server-postgres postgresql://app:hunter2@db/prod",
-            "npx server-postgres postgresql://***@db/prod",
-        ),
-        ("fatal: password=hunter2 rejected", "fatal: password=*** rejected"),
-        ("GET https://api.example.com/v1?api_key=K123 failed", "GET https://api.example.com/v1?*** failed"),
-        ("sent Authorization: Bearer abc.def", "sent Authorization: Bearer ***"),
-        ("python clock.py --port 9000", "python clock.py --port 9000"),
-    ],
-)
-def test_secrets_in_commands_and_stderr_are_masked(text, shown):
-    from shared.tool_servers import redact
-
-    assert redact(text) == shown
 
 
 async def test_a_server_that_dies_at_start_up_is_reported_without_its_secrets(tmp_path):

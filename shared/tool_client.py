@@ -1,9 +1,8 @@
-"""MCP servers that jobs may use as tools, configured by name in MCP_SERVERS, and the client side.
+"""The client side of MCP tool use: one connection per configured server and process, opened on
+first use and shared by every job (a stdio server is one child process per worker, not one per job).
 
-Workers connect to them to run the tool calls a model asks for; the messenger connects only to list
-the tools it re-exports (`name/tool`). Each process keeps one connection per server, opened on first
-use and shared by every job: a stdio server is one child process per worker, not one per job. A
-connection that breaks is dropped and opened again on the next use.
+Workers connect to run the tool calls a model asks for; the messenger connects only to list the tools
+it re-exports (`name/tool`). A connection that breaks is dropped and opened again on the next use.
 """
 
 from __future__ import annotations
@@ -11,66 +10,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
-
+from shared.errors import ToolServerError
 from shared.logs import redact
+from shared.tool_config import ToolServerConfig, unknown_servers_message
 
 if TYPE_CHECKING:
     from mcp import Client
 
 log = logging.getLogger("mcpq.tool_servers")
 
-SERVER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_)){0,31}$")  # no "__": it joins server and tool
 RESULT_MAX_CHARS = 50_000  # of a tool's answer, kept for the model and the job's events
 CONNECT_TIMEOUT_SECONDS = 30.0
-
-
-class ToolServerConfig(BaseModel):
-    """One entry of MCP_SERVERS: a command to start over stdio, or a streamable-HTTP URL."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    command: str | None = None
-    args: list[str] = []
-    env: dict[str, str] = {}
-    cwd: str | None = None
-    url: str | None = None
-    token: SecretStr | None = None  # sent as `Authorization: Bearer <token>` to the URL
-
-    @model_validator(mode="after")
-    def _one_transport(self) -> ToolServerConfig:
-        if (self.command is None) == (self.url is None):
-            raise ValueError('each server needs either "command" (stdio) or "url" (streamable HTTP)')
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError('"url" must start with http:// or https://')
-        if self.token is not None and self.url is None:
-            raise ValueError('"token" is only for "url" servers; give a stdio server its secrets in "env"')
-        return self
-
-    @property
-    def where(self) -> str:
-        """How the server is reached, for errors and logs: a URL loses its user:password and query
-        (either may hold a key); a command shows its arguments with anything secret-looking masked,
-        never its env."""
-        if self.url:
-            parts = urlsplit(self.url)
-            return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
-        return redact(" ".join([self.command or "", *self.args]))[:200]
-
-
-class ToolServerError(Exception):
-    """A configured server cannot be reached or listed; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -85,14 +43,6 @@ class RemoteTool:
 class ToolOutcome:
     text: str
     is_error: bool
-
-
-def function_name(server: str, tool: str) -> str:
-    """`server__tool` as a function name every provider accepts: [A-Za-z0-9_-], at most 64."""
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", f"{server}__{tool}")
-    if len(name) > 64:
-        name = name[:55] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return name
 
 
 def outcome_of(result) -> ToolOutcome:
@@ -300,11 +250,6 @@ class ToolServers:
         if self._connections.get(connection.name) is connection:
             del self._connections[connection.name]
         await connection.close()
-
-
-def unknown_servers_message(unknown: list[str], configs: dict[str, ToolServerConfig]) -> str:
-    known = ", ".join(sorted(configs)) if configs else "none (set MCP_SERVERS)"
-    return f"unknown MCP server {', '.join(map(repr, unknown))}; configured servers: {known}"
 
 
 @contextlib.asynccontextmanager
