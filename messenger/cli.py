@@ -100,7 +100,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     except (JobNotFound, QueueFull, ToolServerError) as e:
         print(f"messenger: {e}", file=sys.stderr)
         return 1
-    except ProviderError as e:
+    except (ProviderError, SettingsError) as e:  # SettingsError: a setting `serve` cannot run with
         print(f"messenger: {e.message}", file=sys.stderr)
         return 2
     except (ConnectionError, OSError) as e:

@@ -7,8 +7,10 @@ results and errors, cost per model); between snapshots, every job in flight is f
 event hub and each new token sends a `text` event carrying that job's whole text so far (idempotent:
 a late or repeated event cannot garble the page).
 
-With MCP_API_KEY set these routes need the same token as /mcp. EventSource cannot send headers, so
-`?token=<key>` on the URL is accepted for paths under /dashboard (see serve.BearerAuth).
+The dashboard is the operator's: with keys configured every route needs MCP_ADMIN_KEY (a tenant key
+gets 403; see messenger.guards). EventSource cannot send headers, so `?token=<key>` is accepted on
+GET /dashboard and /dashboard/events; the submit form sends the key as a header, as JSON, and a
+submit a web page could forge is refused (`cross_site`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from messenger import usage
-from messenger.calls import caller_from
 from messenger.collector import Transcript, follow_events
+from messenger.guards import verified_tenant
 from messenger.health import live_workers, worker_rows
 from messenger.runtime import Runtime
-from shared.errors import QueueFull
+from shared.errors import QueueFull, validation_message
+from shared.logs import redact
 from shared.models import FINAL_STATUSES, ChatRequest
+from shared.settings import OPERATOR
 
 SNAPSHOT_SECONDS = 1.0  # how often the whole picture is re-read from Redis
 JOBS_SHOWN = 25  # recent jobs read per snapshot (in flight first, then finished)
@@ -39,9 +43,17 @@ FOLLOWED_MAX = 20  # jobs in flight whose tokens are streamed live, per open pag
 TEXT_SHOWN = 4000  # characters of a job's text sent to the page
 
 
+PAGE_HEADERS = {  # no framing (clickjacking the form), no key in a Referer, nothing cached
+    "content-security-policy": "frame-ancestors 'none'",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
 def routes(runtime: Runtime) -> list[Route]:
     async def page(_: Request) -> HTMLResponse:
-        return HTMLResponse(PAGE)
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
     async def events(_: Request) -> StreamingResponse:
         return StreamingResponse(
@@ -51,21 +63,25 @@ def routes(runtime: Runtime) -> list[Route]:
         )
 
     async def submit(request: Request) -> JSONResponse:
+        refused = cross_site(request)
+        if refused is not None:
+            return refused
         try:
             body = await request.json()
             chat = ChatRequest(message=body.get("message", ""), model=body.get("model") or None)
-        except (ValueError, AttributeError, ValidationError) as e:
-            return JSONResponse({"error": f"invalid request: {e}"}, status_code=400)
-        headers = dict(request.headers)
-        if "token" in request.query_params and "authorization" not in headers:
-            headers["authorization"] = "Bearer " + request.query_params["token"]
-        caller = caller_from(headers, runtime.settings.mcp_api_key is not None)
+        except ValidationError as e:
+            return JSONResponse({"error": validation_message(e)}, status_code=400)
+        except (ValueError, AttributeError):
+            return JSONResponse(
+                {"error": 'invalid request: send JSON {"message": "...", "model": "..."}'}, 400
+            )
+        tenant = verified_tenant(request)
         try:
-            job_id = await runtime.queue.submit(chat, caller=caller)
+            job_id = await runtime.queue.submit(chat, caller=tenant.name if tenant else OPERATOR)
         except QueueFull as e:
-            return JSONResponse({"error": str(e)}, status_code=429)
+            return JSONResponse({"error": e.message}, status_code=429)
         except Exception as e:  # admission refusals, Redis down: say so on the page
-            return JSONResponse({"error": f"{type(e).__name__}: {e}"}, status_code=503)
+            return JSONResponse({"error": redact(f"{type(e).__name__}: {e}")}, status_code=503)
         return JSONResponse({"job_id": job_id})
 
     return [
@@ -73,6 +89,17 @@ def routes(runtime: Runtime) -> list[Route]:
         Route("/dashboard/events", events, methods=["GET"]),
         Route("/dashboard/submit", submit, methods=["POST"]),
     ]
+
+
+def cross_site(request: Request) -> JSONResponse | None:
+    """A submit a web page could forge is refused: it must be JSON (a cross-site page cannot send
+    that without a CORS preflight, which this server never grants) and not marked cross-site by the
+    browser. The Host/Origin check (messenger.guards) has already run."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return JSONResponse({"error": "send the message as Content-Type: application/json"}, 415)
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return JSONResponse({"error": "cross-site requests may not submit jobs"}, 403)
+    return None
 
 
 async def snapshot(runtime: Runtime) -> dict:

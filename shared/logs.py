@@ -68,7 +68,7 @@ class SafeRecords(logging.Filter):
             if len(args) == record.msg.count("%"):
                 record.msg, record.args = fmt, keep(args)
                 job_id, _, function = str(args[1]).partition(":")
-                record.job_id, record.function, record.outcome = job_id, function, outcome
+                record.job_id, record.function, record.arq_event = job_id, function, outcome
                 record.exc_info = record.exc_text = (
                     None  # may quote the job's arguments; worker.job logs its own
                 )

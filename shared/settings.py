@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     tenant_limits: dict[str, TenantLimits] = {}  # JSON: {"alice": {"daily_usd": 5}, "*": {...}}
     # comma-separated Host names that HTTP and SSE accept besides localhost; "*" = any
     mcp_allowed_hosts: str | None = None
+    mcp_allow_unauthenticated: bool = False  # serve HTTP beyond loopback with no key (a proxy authenticates)
     worker_concurrency: int = Field(10, ge=1, le=10_000)
     worker_lease_seconds: float = Field(10, ge=1, le=3600)
     worker_shutdown_grace_seconds: float = Field(30, ge=0, le=86_400)

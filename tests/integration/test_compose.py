@@ -38,6 +38,12 @@ def test_the_compose_file_is_valid_and_has_the_three_roles(services):
     assert int(services["worker"]["stop_grace_period"].rstrip("s")) > 30
 
 
+def test_the_messenger_port_is_published_on_loopback_only(services):
+    """No key is set by default, so the port must not reach other machines (README "Security")."""
+    ports = services["messenger"]["ports"]
+    assert ports and all(str(p).startswith("127.0.0.1:") for p in ports), ports
+
+
 def test_a_misspelled_option_is_rejected():
     with pytest.raises(ValueError, match="portz"):
         compose_spec.PyCompose.from_yaml(COMPOSE.read_text().replace("ports:", "portz:"))

@@ -206,17 +206,18 @@ def test_dashboard_streams_a_submitted_jobs_tokens_in_a_real_browser(
         assert screenshot.stat().st_size > 10_000
 
 
-def test_dashboard_needs_the_api_key_and_takes_it_from_the_query(redis_url, tmp_path):
+def test_dashboard_needs_the_operator_key_and_takes_it_from_the_query(redis_url, tmp_path):
     with running_messengers(tmp_path) as messengers:
-        server = messengers.http(messenger_env(redis_url, MCP_API_KEY="tok1"))
+        server = messengers.http(messenger_env(redis_url, MCP_API_KEY="tok1", MCP_ADMIN_KEY="ops-key"))
         assert server.get("/dashboard")[0] == 401
         assert server.get("/dashboard?token=wrong")[0] == 401
-        assert server.get("/mcp?token=tok1")[0] == 401  # the query token is for the dashboard only
-        status, body = server.get("/dashboard?token=tok1")
+        assert server.get("/mcp?token=ops-key")[0] == 401  # the query token is for the dashboard only
+        assert server.get("/dashboard?token=tok1")[0] == 403  # a tenant key: every tenant's jobs are not its
+        status, body = server.get("/dashboard?token=ops-key")
         assert status == 200 and b"<title>mcp-queue dashboard</title>" in body
-        assert server.get("/dashboard", {"Authorization": "Bearer tok1"})[0] == 200
+        assert server.get("/dashboard", {"Authorization": "Bearer ops-key"})[0] == 200
         request = urllib.request.Request(
-            server.base_url + "/dashboard/events?token=tok1", headers={"accept": "text/event-stream"}
+            server.base_url + "/dashboard/events?token=ops-key", headers={"accept": "text/event-stream"}
         )
         with urllib.request.urlopen(request, timeout=10) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")

@@ -101,8 +101,9 @@ async def test_messenger_metrics_count_tool_calls_and_a_traceparent_header_reach
     workers.start(redis_url, LOG_FORMAT="json", WORKER_METRICS_PORT=str(worker_port))
     calls = 4
     with running_messengers(tmp_path) as messengers:
-        server = messengers.http(messenger_env(redis_url, MCP_API_KEY="tok1"))
-        assert server.get("/metrics")[0] == 401, "with MCP_API_KEY set, /metrics wants the key"
+        server = messengers.http(messenger_env(redis_url, MCP_API_KEY="tok1", MCP_ADMIN_KEY="ops-key"))
+        assert server.get("/metrics")[0] == 401, "with keys set, /metrics wants a key"
+        assert server.get("/metrics", {"Authorization": "Bearer tok1"})[0] == 403, "and the operator's"
         auth = {"Authorization": "Bearer tok1", "traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01"}
         async with (
             asyncio.timeout(60),
@@ -116,7 +117,7 @@ async def test_messenger_metrics_count_tool_calls_and_a_traceparent_header_reach
                 results.append(result.structured_content)
             missing = await client.call_tool("get_job", {"job_id": "0" * 32})
             assert missing.is_error
-        metrics = scrape(f"{server.base_url}/metrics", {"Authorization": "Bearer tok1"})
+        metrics = scrape(f"{server.base_url}/metrics", {"Authorization": "Bearer ops-key"})
 
     requests = "mcpq_messenger_requests_total"
     assert metrics[requests, (("outcome", "ok"), ("tool", "send_message_to_ai"))] == calls

@@ -67,7 +67,7 @@ def test_arq_job_lines_keep_job_function_timing_and_outcome_but_not_arguments_or
     assert "try=2" in started and "ValueError" in failed
     if fmt == "json":
         records = [json.loads(line) for line in (started, done, failed)]
-        assert [(r["job_id"], r["function"], r["outcome"]) for r in records] == [
+        assert [(r["job_id"], r["function"], r["arq_event"]) for r in records] == [
             ("job1", "chat", "started"), ("job1", "chat", "completed"), ("job1", "chat", "failed"),
         ]  # fmt: skip
 
