@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 if v is not None
             }
         settings = load_settings(**overrides)
+        if args.command == "serve":
+            from messenger.serve import refuse_open_network
+
+            refuse_open_network(settings)  # before anything starts
     except SettingsError as e:
         print(f"messenger: {e}", file=sys.stderr)
         return 2

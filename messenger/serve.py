@@ -13,6 +13,7 @@ from messenger.runtime import Runtime
 from messenger.server import build_server
 from messenger.tenants import Tenants
 from shared.errors import SettingsError
+from shared.settings import Settings
 
 log = logging.getLogger("messenger")
 
@@ -30,12 +31,13 @@ def http_app(runtime: Runtime, transport: str, host: str):
     return Guard(app, Tenants.from_settings(runtime.settings), security)
 
 
-def refuse_open_network(runtime: Runtime, host: str) -> None:
-    """Serving beyond this machine with no key at all would let anyone queue paid jobs and read
+def refuse_open_network(settings: Settings) -> None:
+    """Serving HTTP beyond this machine with no key at all would let anyone queue paid jobs and read
     every answer: refuse, unless MCP_ALLOW_UNAUTHENTICATED=true says it is meant."""
-    settings = runtime.settings
-    keyed = Tenants.from_settings(settings).required
-    if host not in LOOPBACK_BINDS and not keyed and not settings.mcp_allow_unauthenticated:
+    host = settings.mcp_host
+    if settings.mcp_transport == "stdio" or host in LOOPBACK_BINDS or settings.mcp_allow_unauthenticated:
+        return
+    if not Tenants.from_settings(settings).required:
         raise SettingsError(
             f"MCP_HOST={host} serves HTTP beyond this machine without a key: set MCP_API_KEYS (or "
             "MCP_API_KEY) and MCP_ADMIN_KEY, or MCP_ALLOW_UNAUTHENTICATED=true if something in front "
@@ -47,7 +49,7 @@ async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
     if transport == "stdio":
         await build_server(runtime).run_stdio_async()
         return
-    refuse_open_network(runtime, host)
+    refuse_open_network(runtime.settings.model_copy(update={"mcp_transport": transport, "mcp_host": host}))
     app = http_app(runtime, transport, host)
     path = "/sse" if transport == "sse" else "/mcp"
     log.info("serving MCP over %s at http://%s:%d%s", transport, host, port, path)
