@@ -1,26 +1,47 @@
-"""`messenger serve | ask | job | tail | jobs | health`: a thin shell over the Runtime."""
+"""`messenger serve | ask | job | tail | jobs | stats | health`: a thin shell over the Runtime.
+
+Whatever goes wrong ends in one line on stderr and an exit code (EXIT_CODES), never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
 import sys
 
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from messenger.admission import Refused as AdmissionRefused
 from messenger.calls import tool_notice
 from messenger.collector import Transcript
 from messenger.health import health
 from messenger.runtime import Runtime, open_runtime
-from shared.errors import JobNotFound, QueueFull, SettingsError, ToolServerError
+from shared.connection import redacted
+from shared.errors import InvalidRequest, McpQueueError, ProviderError, SettingsError, validation_message
 from shared.events import Event, ToolCallEvent, ToolResultEvent
-from shared.logs import setup_logging
+from shared.logs import redact, setup_logging
 from shared.models import ChatRequest, JobResult
 from shared.settings import Settings, load_settings
+
+log = logging.getLogger("messenger")
+
+EXIT_CODES = """exit codes:
+  0    done (ask, tail: the job completed; health: everything is ok)
+  1    the job failed or was cancelled; the queue refused the request (full, a budget or rate limit,
+       an unknown MCP server); no such job; Redis cannot be reached; health found a problem
+  2    a setting or an argument is wrong, or the provider cannot be used as configured
+  130  interrupted (Ctrl-C)"""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="messenger", description="mcp-queue: LLM calls as jobs on a Redis queue."
+        prog="messenger",
+        description="mcp-queue: LLM calls as jobs on a Redis queue.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -79,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
             refuse_open_network(settings)  # before anything starts
     except SettingsError as e:
-        print(f"messenger: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, None)
     setup_logging(settings.log_level if args.command == "serve" else "WARNING", settings.log_format)
     if settings.embedded and args.command in ("job", "tail", "jobs", "stats"):
         print(
@@ -93,23 +113,31 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # every failure is one line; LOG_LEVEL=DEBUG adds the traceback
+        log.debug("messenger %s failed", args.command, exc_info=True)
+        return _fail(e, settings)
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.providers import ProviderError  # embedded mode starts a worker, which may refuse its settings
+    async with open_runtime(settings) as runtime:
+        return await COMMANDS[args.command](runtime, args)
 
-    try:
-        async with open_runtime(settings) as runtime:
-            return await COMMANDS[args.command](runtime, args)
-    except (JobNotFound, QueueFull, ToolServerError) as e:
-        print(f"messenger: {e}", file=sys.stderr)
-        return 1
-    except (ProviderError, SettingsError) as e:  # SettingsError: a setting `serve` cannot run with
-        print(f"messenger: {e.message}", file=sys.stderr)
-        return 2
-    except (ConnectionError, OSError) as e:
-        print(f"messenger: cannot reach Redis: {e}", file=sys.stderr)
-        return 1
+
+def _fail(e: Exception, settings: Settings | None) -> int:
+    """Print `e` as one line on stderr; the exit code says what kind of failure it was (EXIT_CODES)."""
+    if isinstance(e, McpQueueError):
+        line, code = e.message, 2 if isinstance(e, InvalidRequest | ProviderError) else 1
+    elif isinstance(e, AdmissionRefused):  # admission's own class, until it moves into shared.errors
+        line, code = str(e), 1
+    elif isinstance(e, ValidationError):
+        line, code = validation_message(e), 2
+    elif isinstance(e, RedisError | ConnectionError | TimeoutError) and settings is not None:
+        where = redacted(settings.redis_url)
+        line, code = f"cannot reach Redis at {where}: {str(e) or type(e).__name__}", 1
+    else:
+        line, code = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, 1
+    print(f"messenger: {redact(' '.join(line.split()))}", file=sys.stderr)
+    return code
 
 
 async def _serve(runtime: Runtime, args) -> int:
@@ -155,21 +183,14 @@ def _summary(result: JobResult) -> str:
 
 
 async def _ask(runtime: Runtime, args) -> int:
-    from pydantic import ValidationError
-
-    try:
-        request = ChatRequest(
-            message=args.text,
-            model=args.model,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            conversation_id=args.conversation,
-            mcp_servers=args.mcp_server,
-        )
-    except ValidationError as e:
-        err = e.errors()[0]
-        print(f"messenger: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
-        return 2
+    request = ChatRequest(
+        message=args.text,
+        model=args.model,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        conversation_id=args.conversation,
+        mcp_servers=args.mcp_server,
+    )
     result = await runtime.jobs.run(request, None if args.json else _printer())
     return _finish(result, args.json)
 

@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from shared.errors import SettingsError
+from shared.errors import ProviderError, SettingsError
 from shared.logs import setup_logging
 from shared.settings import load_settings
-from worker.providers import ProviderError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +97,42 @@ def test_a_bad_mcp_servers_setting_is_one_line_and_keeps_the_token_secret():
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("messenger: MCP_SERVERS: docs")
     assert "tok-secret-42" not in done.stderr
+
+
+def test_a_budget_cap_ends_ask_in_one_line_with_exit_code_1():
+    done = run("ask", "hi", BUDGET_PER_REQUEST_USD="0.0000001", MODEL_PRICES='{"mock-1": [1, 1]}')
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("messenger: this request could cost up to $")
+    assert "BUDGET_PER_REQUEST_USD" in done.stderr and done.stdout == ""
+
+
+def test_an_invalid_argument_is_one_line_in_our_words_not_pydantics():
+    done = run("ask", "hi", "--temperature", "9")
+    assert done.returncode == 2
+    assert done.stderr == "messenger: invalid temperature: Input should be less than or equal to 2\n"
+    done = run("ask", "   ")
+    assert done.stderr == "messenger: invalid message: message is empty\n"
+
+
+def test_unreachable_redis_is_one_line_with_exit_code_1_and_no_password():
+    port = free_port()  # nothing listens here
+    done = run("jobs", REDIS_URL=f"redis://app:hunter2@127.0.0.1:{port}/0")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"messenger: cannot reach Redis at redis://***@127.0.0.1:{port}/0: ")
+    assert "hunter2" not in done.stderr
+
+
+def test_help_documents_the_exit_codes():
+    done = run("--help")
+    assert done.returncode == 0
+    assert "exit codes:" in done.stdout and "130" in done.stdout
+
+
+def test_the_cli_does_not_load_the_worker_package():
+    """Only the embedded runtime starts a worker (lazily); the CLI itself never imports worker/."""
+    probe = "import sys, messenger.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'worker'))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

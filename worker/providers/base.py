@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.errors import ProviderError as ProviderError  # re-exported: every provider raises it
 from shared.events import TokenUsage
 
 
@@ -57,16 +58,6 @@ def estimate_usage(messages: list[dict[str, Any]], pieces: int) -> TokenUsage:
     return TokenUsage(
         prompt_tokens=prompt, completion_tokens=pieces, total_tokens=prompt + pieces, estimated=True
     )
-
-
-class ProviderError(Exception):
-    """A provider failure, worded for the person who has to fix it (no secrets in the text)."""
-
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-        self.status = status
 
 
 class Provider(ABC):
