@@ -67,14 +67,13 @@ class ForwardedTool(Tool):
 def exposed_tools(runtime: Runtime) -> list[Tool]:
     """A Tool for each listed downstream tool, advertising the downstream server's own input schema;
     passed to `MCPServer(tools=...)`."""
-    auth_on = runtime.settings.mcp_api_key is not None
     forwarded: list[Tool] = []
     for server, tools in runtime.exposed.items():
         if isinstance(tools, str):
             continue
         for tool in tools:
             made = ForwardedTool.from_function(
-                _forwarder(runtime, server, tool.name, auth_on),
+                _forwarder(runtime, server, tool.name),
                 name=f"{server}{SEPARATOR}{tool.name}",
                 description=f"[{server}] {tool.description}".strip(),
                 context_kwarg="ctx",
@@ -83,7 +82,7 @@ def exposed_tools(runtime: Runtime) -> list[Tool]:
     return forwarded
 
 
-def _forwarder(runtime: Runtime, server: str, tool: str, auth_on: bool):
+def _forwarder(runtime: Runtime, server: str, tool: str):
     settings = runtime.settings
 
     async def forward(arguments: dict[str, Any], ctx: Context) -> CallToolResult:
@@ -105,7 +104,7 @@ def _forwarder(runtime: Runtime, server: str, tool: str, auth_on: bool):
                     call,
                     on_event,
                     timeout=settings.tool_call_timeout_seconds + 60,
-                    caller=caller_from(ctx.headers, auth_on),
+                    caller=caller_from(ctx.headers, settings),
                 ),
                 settings,
             )

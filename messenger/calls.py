@@ -3,9 +3,10 @@ failures and job endings read to the caller."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any
 
 import pydantic_core
 from mcp.server.mcpserver.exceptions import ToolError
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from messenger.admission import Refused as AdmissionRefused
-from messenger.queue import ANONYMOUS
+from messenger.tenants import Tenant, TooManyCredentials, tenants_for
 from shared.connection import redacted
 from shared.errors import McpQueueError, QueueUnavailable, validation_message
 from shared.events import ToolCallEvent, ToolResultEvent
@@ -25,25 +26,48 @@ from shared.settings import Settings
 _OWN_ERRORS = (McpQueueError, AdmissionRefused)
 
 
-def offered_token(headers: Mapping[str, str]) -> str:
-    """The API key a request offers: `Authorization: Bearer <token>`, else `X-Api-Key: <token>`."""
-    token = headers.get("x-api-key", "")
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        token = auth[7:].strip()
-    return token
+def tenant_from(headers: Mapping[str, str] | None, settings: Settings) -> Tenant:
+    """Who is calling. Over HTTP the auth layer already refused a missing or wrong key and more than
+    one credential; without headers (stdio, in-process) the caller is the local operator."""
+    try:
+        tenant = tenants_for(settings).from_request(headers)
+    except TooManyCredentials as e:
+        raise ToolError(e.message) from None
+    if tenant is None:
+        raise ToolError("unauthorized: this request carries no valid API key")
+    return tenant
 
 
-def caller_from(headers: Mapping[str, str] | None, auth_on: bool) -> str:
-    """Who is calling: a digest of the API key the HTTP layer already verified, else anonymous."""
-    token = offered_token(headers) if auth_on and headers else ""
-    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else ANONYMOUS
+_UNSET = object()
+_request_headers: ContextVar[Any] = ContextVar("mcpq_request_headers", default=_UNSET)
 
 
-def reader_from(headers: Mapping[str, str] | None, auth_on: bool) -> str | None:
-    """Whose jobs a request may see: its caller's when it came over HTTP with MCP_API_KEY set, else
-    every job (no keys configured, or stdio, which is as trusted as the local CLI)."""
-    return caller_from(headers, auth_on) if auth_on and headers else None
+async def remember_headers(ctx: Any, call_next) -> Any:
+    """MCP middleware: keeps the request's headers (None on stdio) for the handlers that get no
+    Context, such as static resources, so they too answer for the caller's tenant only."""
+    token = _request_headers.set(getattr(getattr(ctx, "request", None), "headers", None))
+    try:
+        return await call_next(ctx)
+    finally:
+        _request_headers.reset(token)
+
+
+def current_tenant(settings: Settings) -> Tenant:
+    """The caller of the MCP request being handled; fails closed outside remember_headers."""
+    headers = _request_headers.get()
+    if headers is _UNSET:
+        raise ToolError("unauthorized: the caller of this request is unknown")
+    return tenant_from(headers, settings)
+
+
+def caller_from(headers: Mapping[str, str] | None, settings: Settings) -> str:
+    """The tenant name a new job is kept under."""
+    return tenant_from(headers, settings).name
+
+
+def reader_from(headers: Mapping[str, str] | None, settings: Settings) -> str | None:
+    """Whose jobs a request may see: its tenant's, or every job for the operator."""
+    return tenant_from(headers, settings).reader
 
 
 def chat_request(**fields) -> ChatRequest:

@@ -190,6 +190,7 @@ class JobClient:
                 pipe.delete(keys.job(job_id), keys.retry(job_id))
                 pipe.set(keys.result(job_id), data, ex=keys.KEEP_RESULT_SECONDS)
                 pipe.hdel(keys.BUDGET_RESERVED, job_id)  # it will never run: give back its budget
+                pipe.hdel(keys.BUDGET_RESERVED_TENANT, job_id)
                 pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)
                 await pipe.execute()
             except WatchError:

@@ -16,7 +16,7 @@ from shared import keys, tracing
 from shared.errors import InvalidRequest, QueueFull, ToolServerError
 from shared.models import ChatRequest, ToolCallRequest
 from shared.serializer import serialize
-from shared.settings import Settings
+from shared.settings import OPERATOR, Settings
 from shared.tool_config import unknown_servers_message
 
 # arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
@@ -37,7 +37,7 @@ redis.call('PUBLISH', KEYS[5], ARGV[1])
 return 1
 """
 JOB_EXPIRES_MS = 86_400_000  # arq's expires_extra_ms: a job not started within a day fails as expired
-ANONYMOUS = "anonymous"  # the caller of a request that came without an API key (stdio, CLI)
+ANONYMOUS = OPERATOR  # a request without an API key (stdio, the CLI) is the local operator's
 
 
 def new_job_id() -> str:
@@ -66,7 +66,7 @@ class JobQueue:
                 raise ToolServerError(unknown_servers_message(unknown, self.settings.mcp_servers))
         admitting = admission.enabled(self.settings)
         if admitting:  # one more round trip, only when budgets or rate limits are set
-            request = admission.pinned(request, await usage.model_defaults(self.redis), self.settings)
+            request = admission.pinned(request, await usage.model_defaults(self.redis, caller), self.settings)
             await admission.admit(self.redis, self.settings, request, job_id=job_id, caller=caller)
         try:
             await self._write(job_id, "chat", request.model_dump(exclude_none=True), caller)

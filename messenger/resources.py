@@ -10,15 +10,16 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from redis.exceptions import RedisError
 
 from messenger import usage
-from messenger.calls import unavailable
+from messenger.calls import current_tenant, unavailable
 from messenger.health import health
 from messenger.runtime import Runtime
+from messenger.tenants import Tenant
 from shared.errors import JobNotFound, McpQueueError
 
 JSON = "application/json"
 
 
-def add_resources(mcp: MCPServer, runtime: Runtime, reader_of: Callable[[Context], str | None]) -> None:
+def add_resources(mcp: MCPServer, runtime: Runtime, tenant_of: Callable[[Context], Tenant]) -> None:
     def unreachable(e: Exception) -> ResourceError:
         return ResourceError(unavailable(e, runtime.settings).message)
 
@@ -26,7 +27,7 @@ def add_resources(mcp: MCPServer, runtime: Runtime, reader_of: Callable[[Context
     async def job(job_id: str, ctx: Context) -> str:
         """A job's status, its text so far, and its result once it has ended (as get_job returns it)."""
         try:
-            found = await runtime.jobs.get(job_id, reader_of(ctx))
+            found = await runtime.jobs.get(job_id, tenant_of(ctx).reader)
         except JobNotFound as e:
             raise ResourceNotFoundError(str(e)) from None
         except McpQueueError as e:
@@ -37,9 +38,10 @@ def add_resources(mcp: MCPServer, runtime: Runtime, reader_of: Callable[[Context
 
     @mcp.resource("stats://usage", name="usage", mime_type=JSON)
     async def usage_stats() -> str:
-        """Requests, tokens, cost (USD) per model and per day, and latency, summed over every worker."""
+        """Requests, tokens, cost (USD) per model and per day, and latency, summed over every worker:
+        the caller's own (the operator's has every tenant's)."""
         try:
-            return json.dumps(await usage.usage_stats(runtime.redis))
+            return json.dumps(await usage.usage_stats(runtime.redis, tenant=current_tenant(runtime.settings)))
         except (RedisError, OSError) as e:
             raise unreachable(e) from None
 

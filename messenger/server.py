@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from messenger.aggregate import exposed_tools
+from messenger.calls import remember_headers
 from messenger.health import health
 from messenger.metrics import metrics_route
 from messenger.resources import add_resources
@@ -36,9 +37,9 @@ def build_server(runtime: Runtime) -> MCPServer:
         tools=[Tool.from_function(getattr(tools, name)) for name in QueueTools.NAMES]
         + exposed_tools(runtime),
         extensions=[tasks],
-        middleware=[runtime.metrics.middleware, tasks.middleware],
+        middleware=[remember_headers, runtime.metrics.middleware, tasks.middleware],
     )
-    add_resources(mcp, runtime, lambda ctx: tools.identity(ctx).reader)
+    add_resources(mcp, runtime, tools.identity)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health_route(_: Request) -> JSONResponse:

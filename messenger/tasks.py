@@ -104,7 +104,6 @@ class JobTasks(Extension):
     def __init__(self, runtime: Runtime, tool: str):
         self.jobs = runtime.jobs
         self.runtime = runtime  # (not self.settings: Extension.settings() is the capability ad)
-        self.auth_on = runtime.settings.mcp_api_key is not None
         self.tool = tool
         self.watchers: set[asyncio.Task] = set()
 
@@ -161,7 +160,7 @@ class JobTasks(Extension):
         request = chat_request(
             **{k: v for k, v in (arguments or {}).items() if k in ChatRequest.model_fields}
         )
-        caller = caller_from(headers_of(ctx), self.auth_on)
+        caller = caller_from(headers_of(ctx), self.runtime.settings)
         try:
             job_id = await guarded(self.runtime.queue.submit(request, caller=caller), self.runtime.settings)
         except ToolError as e:
@@ -225,7 +224,7 @@ class JobTasks(Extension):
         if modern(ctx):
             require_client_extension(ctx, TASKS_EXTENSION)
         try:
-            return await read(reader_from(headers_of(ctx), self.auth_on))
+            return await read(reader_from(headers_of(ctx), self.runtime.settings))
         except JobNotFound as e:
             raise MCPError(INVALID_PARAMS, str(e)) from None
         except (RedisError, OSError) as e:

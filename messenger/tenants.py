@@ -13,6 +13,7 @@ refused: one request, one identity.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,7 @@ from shared.errors import InvalidRequest, SettingsError
 from shared.settings import OPERATOR, TENANT_NAME, Settings, derived_tenant_name
 
 __all__ = ["LOCAL_OPERATOR", "OPERATOR", "TENANT_NAME", "Tenant", "Tenants", "TooManyCredentials", "credentials",
-           "derived_tenant_name"]  # fmt: skip
+           "derived_tenant_name", "tenants_for"]  # fmt: skip
 
 CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
 
@@ -107,6 +108,17 @@ class Tenants:
         if not offered or (offered[0][0] == "query" and not allow_query):
             return None
         return self.identify(offered[0][1])
+
+
+def tenants_for(settings: Settings) -> Tenants:
+    """The Tenants of these settings, built once per distinct key configuration."""
+    admin = settings.mcp_admin_key.get_secret_value() if settings.mcp_admin_key else None
+    return _tenants(tuple(sorted(settings.tenant_tokens.items())), admin)
+
+
+@functools.lru_cache(maxsize=8)
+def _tenants(tokens: tuple[tuple[str, str], ...], admin: str | None) -> Tenants:
+    return Tenants(dict(tokens), admin)
 
 
 def credentials(headers: Any, query_string: bytes | str = b"") -> list[tuple[str, bytes]]:

@@ -8,7 +8,6 @@ headers in one place, `QueueTools.identity`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -18,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from messenger import usage
-from messenger.calls import caller_from, chat_request, final_answer, guarded, reader_from, tool_notice
+from messenger.calls import chat_request, final_answer, guarded, tenant_from, tool_notice
 from messenger.collector import Transcript
 from messenger.health import health, mcp_server_rows, models
 from messenger.runtime import Runtime
+from messenger.tenants import TENANT_NAME, Tenant
 from shared.errors import validation_message
 from shared.events import Event, ToolCallEvent, ToolResultEvent
 from shared.models import (
@@ -47,15 +47,6 @@ class JobList(BaseModel):
 
     queue_depth: int
     jobs: list[JobResult]
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a request comes from: `caller` owns the jobs it submits; `reader` limits which jobs it
-    may see (None: every job, as over stdio or without MCP_API_KEY)."""
-
-    caller: str
-    reader: str | None
 
 
 class ProgressRelay:
@@ -116,12 +107,11 @@ class QueueTools:
         self.runtime = runtime
         self.settings = runtime.settings
         self.jobs = runtime.jobs
-        self.auth_on = runtime.settings.mcp_api_key is not None
 
-    def identity(self, ctx: Context) -> Identity:
-        """A digest of the API key the HTTP layer already verified, else anonymous (stdio, no keys)."""
-        headers = ctx.headers
-        return Identity(caller_from(headers, self.auth_on), reader_from(headers, self.auth_on))
+    def identity(self, ctx: Context) -> Tenant:
+        """The caller's tenant: `.name` owns the jobs it submits, `.reader` limits which jobs it may
+        see (None for the operator: stdio, no keys configured, or MCP_ADMIN_KEY)."""
+        return tenant_from(ctx.headers, self.settings)
 
     async def _guard(self, coro):
         return await guarded(coro, self.settings)
@@ -149,7 +139,7 @@ class QueueTools:
         timeout = self.settings.job_timeout_seconds + 60
         try:
             result = await self._guard(
-                self.jobs.run(request, relay, timeout=timeout, caller=self.identity(ctx).caller)
+                self.jobs.run(request, relay, timeout=timeout, caller=self.identity(ctx).name)
             )
         except anyio.get_cancelled_exc_class():
             if relay.job_id is not None:  # the caller gave up: stop the work it no longer wants
@@ -174,7 +164,7 @@ class QueueTools:
             message=message, context=context, model=model, temperature=temperature,
             max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
         )  # fmt: skip
-        job_id = await self._guard(self.runtime.queue.submit(request, caller=self.identity(ctx).caller))
+        job_id = await self._guard(self.runtime.queue.submit(request, caller=self.identity(ctx).name))
         return JobResult(job_id=job_id, status="queued")
 
     async def get_job(self, job_id: JobId, ctx: Context) -> JobResult:
@@ -214,45 +204,69 @@ class QueueTools:
         """Redis, live workers, queue depth and whether the provider can be reached."""
         return await health(self.runtime)
 
-    async def get_ai_usage_stats(self) -> dict[str, Any]:
-        """Requests, tokens, cost (USD) per model and per day, average and p95 latency, from all workers."""
-        return await self._guard(usage.usage_stats(self.runtime.redis))
+    async def get_ai_usage_stats(self, ctx: Context) -> dict[str, Any]:
+        """Requests, tokens, cost (USD) per model and per day, average and p95 latency, from all workers:
+        the caller's own; the operator's answer has the totals over every tenant and each tenant's."""
+        return await self._guard(usage.usage_stats(self.runtime.redis, tenant=self.identity(ctx)))
 
     async def get_conversation_history(
         self,
+        ctx: Context,
         conversation_id: Annotated[
             str | None, Field(description="Omit to list the most recent conversations.")
         ] = None,
         limit: Annotated[int, Field(ge=1, le=1000)] = 50,
+        tenant: Annotated[
+            str | None, Field(description="Operator only: whose conversation to read (default: your own).")
+        ] = None,
     ) -> dict[str, Any]:
-        """A conversation's turns with their tokens and cost, or the recent conversations."""
+        """A conversation's turns with their tokens and cost, or the recent conversations: your own
+        (the operator's list has every tenant's)."""
+        caller = self.identity(ctx)
+        if tenant is not None and tenant != caller.name and not caller.operator:
+            raise ToolError("only the operator (MCP_ADMIN_KEY) may read another tenant's conversations")
+        if tenant is not None and not TENANT_NAME.fullmatch(tenant):
+            raise ToolError(f"invalid tenant: {tenant[:80]!r} is not a tenant name")
         if conversation_id is None:
-            return await self._guard(usage.conversations(self.runtime.redis, limit))
+            return await self._guard(usage.conversations(self.runtime.redis, limit, caller))
         chat_request(message="-", conversation_id=conversation_id)  # same name rules as requests
-        return await self._guard(usage.conversation(self.runtime.redis, conversation_id, limit))
+        found = usage.conversation(self.runtime.redis, tenant or caller.name, conversation_id, limit)
+        return await self._guard(found)
 
-    async def get_received_messages(self, limit: Annotated[int, Field(ge=1, le=1000)] = 50) -> dict[str, Any]:
-        """What the workers processed, newest first: job, worker, model, outcome, tokens, cost."""
-        return await self._guard(usage.received_messages(self.runtime.redis, limit))
+    async def get_received_messages(
+        self, ctx: Context, limit: Annotated[int, Field(ge=1, le=1000)] = 50
+    ) -> dict[str, Any]:
+        """What the workers processed for you, newest first: job, worker, model, outcome, tokens, cost
+        (the operator sees every tenant's)."""
+        return await self._guard(usage.received_messages(self.runtime.redis, limit, self.identity(ctx)))
 
     async def configure_ai_model(
         self,
+        ctx: Context,
         default_model: ModelName = None,
         temperature: Temperature = None,
         max_tokens: MaxTokens = None,
     ) -> dict[str, Any]:
-        """Set the defaults every worker uses from its next job on (unset fields keep their value)."""
+        """Set the defaults your requests use from the next job on (unset fields keep their value).
+
+        A tenant's defaults apply to its own requests only, over the global ones; the operator
+        (MCP_ADMIN_KEY, or any local caller) sets the global defaults every tenant starts from."""
         try:
             changes = ModelDefaults(
                 default_model=default_model, temperature=temperature, max_tokens=max_tokens
             )
         except ValidationError as e:
             raise ToolError(validation_message(e)) from None
-        stored = await self._guard(usage.configure_defaults(self.runtime.redis, changes))
+        caller = self.identity(ctx)
+        stored = await self._guard(usage.configure_defaults(self.runtime.redis, changes, caller))
+        applied = await self._guard(usage.model_defaults(self.runtime.redis, caller.name))
         settings = self.settings
         effective = {
-            "default_model": stored.default_model or settings.default_model,
-            "temperature": settings.openai_temperature if stored.temperature is None else stored.temperature,
-            "max_tokens": stored.max_tokens or settings.openai_max_tokens,
+            "default_model": applied.default_model or settings.default_model,
+            "temperature": settings.openai_temperature
+            if applied.temperature is None
+            else applied.temperature,
+            "max_tokens": applied.max_tokens or settings.openai_max_tokens,
         }
-        return {"stored": stored.model_dump(), "effective": effective}
+        scope = "global" if caller.operator else f"tenant {caller.name}"
+        return {"scope": scope, "stored": stored.model_dump(), "effective": effective}

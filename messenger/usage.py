@@ -1,44 +1,73 @@
 """Reading what every worker counted (usage, cost, latency), conversations and the received-messages
-log, and setting the runtime model defaults every worker applies."""
+log, and setting the runtime model defaults every worker applies, each for the caller's tenant.
+
+A tenant sees and changes only its own; the operator sees every tenant's (and the totals over all of
+them) and alone changes the global model defaults.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
+from messenger.tenants import LOCAL_OPERATOR, OPERATOR, Tenant
 from shared import keys
 from shared.models import ModelDefaults
 
+log = logging.getLogger("messenger.usage")
+
 _COUNTERS = ("requests", "completed", "failed", "cancelled", "prompt_tokens", "completion_tokens",
-             "total_tokens", "latency_ms", "unpriced")  # fmt: skip
+             "total_tokens", "latency_ms", "unpriced", "dead_attempt_tokens")  # fmt: skip
+
+
+def _number(raw: dict, name: str, kind: type[int] | type[float] = int) -> Any:
+    try:
+        return kind(raw.get(name.encode(), 0))
+    except (TypeError, ValueError):  # a hand-edited counter: skip it, never fail the whole answer
+        log.warning("ignoring a counter that is not a number: %s", name)
+        return kind(0)
 
 
 def _totals(raw: dict) -> dict:
-    row: dict[str, Any] = {name: int(raw.get(name.encode(), 0)) for name in _COUNTERS}
-    cost = raw.get(b"cost_usd")
-    row["cost_usd"] = round(float(cost), 8) if cost is not None else (None if row["unpriced"] else 0.0)
+    row: dict[str, Any] = {name: _number(raw, name) for name in _COUNTERS}
+    cost = _number(raw, "cost_usd", float) if b"cost_usd" in raw else None
+    row["cost_usd"] = round(cost, 8) if cost is not None else (None if row["unpriced"] else 0.0)
     row["avg_latency_ms"] = round(row.pop("latency_ms") / row["requests"], 1) if row["requests"] else None
     return row
 
 
 def _p95(latencies: list[bytes]) -> float | None:
-    values = sorted(int(v) for v in latencies)
+    values = sorted(int(v) for v in latencies if v.isdigit())
     return float(values[min(len(values) - 1, int(len(values) * 0.95))]) if values else None
 
 
-async def usage_stats(redis, days: int = 7) -> dict:
-    """Totals, per model (with average and p95 latency) and per day, summed over every worker."""
-    models = sorted(m.decode() for m in await redis.smembers(keys.USAGE_MODELS))
+def _key(tenant: str | None, part: str) -> str:
+    """The all-tenant usage key (tenant None) or one tenant's, for `total`, `models`, `model:<m>`, ..."""
+    if tenant is not None:
+        return keys.usage_tenant(tenant, part)
+    kind, _, name = part.partition(":")
+    return {
+        "total": lambda: keys.USAGE_TOTAL,
+        "models": lambda: keys.USAGE_MODELS,
+        "model": lambda: keys.usage_model(name),
+        "day": lambda: keys.usage_day(name),
+        "latency": lambda: keys.usage_latency(name),
+    }[kind]()
+
+
+async def _stats(redis, tenant: str | None, days: int) -> dict:
+    models = sorted(m.decode(errors="replace") for m in await redis.smembers(_key(tenant, "models")))
     today = time.time()
     day_names = [time.strftime("%Y-%m-%d", time.gmtime(today - 86_400 * i)) for i in range(days)]
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.USAGE_TOTAL)
+        pipe.hgetall(_key(tenant, "total"))
         for m in models:
-            pipe.hgetall(keys.usage_model(m))
-            pipe.lrange(keys.usage_latency(m), 0, -1)
+            pipe.hgetall(_key(tenant, f"model:{m}"))
+            pipe.lrange(_key(tenant, f"latency:{m}"), 0, -1)
         for d in day_names:
-            pipe.hgetall(keys.usage_day(d))
+            pipe.hgetall(_key(tenant, f"day:{d}"))
         replies = await pipe.execute()
     total, rest = replies[0], replies[1:]
     per_model = {}
@@ -54,36 +83,61 @@ async def usage_stats(redis, days: int = 7) -> dict:
     return {"totals": totals, "models": per_model, "days": per_day}
 
 
-async def conversation(redis, conversation_id: str, limit: int) -> dict:
-    raw = await redis.lrange(keys.conversation(conversation_id), -limit, -1)
+async def known_tenants(redis) -> list[str]:
+    """Every tenant that has had a job counted, and the operator."""
+    names = {m.decode(errors="replace") for m in await redis.smembers(keys.TENANTS)}
+    return sorted(names | {OPERATOR})
+
+
+async def usage_stats(redis, days: int = 7, tenant: Tenant = LOCAL_OPERATOR) -> dict:
+    """Totals, per model (with average and p95 latency) and per day. A tenant gets its own; the
+    operator gets the totals over every tenant, and each tenant's under `tenants`."""
+    if not tenant.operator:
+        return {"tenant": tenant.name, **await _stats(redis, tenant.name, days)}
+    stats = await _stats(redis, None, days)
+    stats["tenants"] = {name: await _stats(redis, name, days) for name in await known_tenants(redis)}
+    return stats
+
+
+async def conversation(redis, tenant: str, conversation_id: str, limit: int) -> dict:
+    key = keys.conversation(tenant, conversation_id)
+    raw = await redis.lrange(key, -limit, -1)
     turns = []
     for item in raw:
         try:
             turns.append(json.loads(item))
         except ValueError:
             continue
-    ttl = await redis.ttl(keys.conversation(conversation_id))
+    ttl = await redis.ttl(key)
     return {
         "conversation_id": conversation_id,
+        "tenant": tenant,
         "turns": turns,
         "expires_in_seconds": ttl if ttl > 0 else None,
     }
 
 
-async def conversations(redis, limit: int) -> dict:
-    """The most recently active conversations."""
-    rows = await redis.zrevrange(keys.CONVERSATIONS, 0, limit - 1, withscores=True)
+async def conversations(redis, limit: int, tenant: Tenant = LOCAL_OPERATOR) -> dict:
+    """The most recently active conversations: the tenant's own, or every tenant's for the operator."""
+    names = await known_tenants(redis) if tenant.operator else [tenant.name]
+    rows: list[tuple[float, str, str]] = []
+    for name in names:
+        for cid, last in await redis.zrevrange(keys.conversations(name), 0, limit - 1, withscores=True):
+            rows.append((last, name, cid.decode(errors="replace")))
     listed = []
-    for cid, last in rows:
-        length = await redis.llen(keys.conversation(cid.decode()))
+    for last, name, cid in sorted(rows, reverse=True)[:limit]:
+        length = await redis.llen(keys.conversation(name, cid))
         if length:
-            listed.append({"conversation_id": cid.decode(), "turns": length, "last_turn_at": last})
+            listed.append({"conversation_id": cid, "tenant": name, "turns": length, "last_turn_at": last})
     return {"conversations": listed}
 
 
-async def received_messages(redis, limit: int) -> dict:
+async def received_messages(redis, limit: int, tenant: Tenant = LOCAL_OPERATOR) -> dict:
+    """What workers processed, newest first: the tenant's own, or every tenant's for the operator."""
     entries = []
-    for item in await redis.lrange(keys.RECEIVED, 0, limit - 1):
+    for item in await redis.lrange(
+        keys.RECEIVED if tenant.operator else keys.received(tenant.name), 0, limit - 1
+    ):
         try:
             entries.append(json.loads(item))
         except ValueError:
@@ -91,19 +145,29 @@ async def received_messages(redis, limit: int) -> dict:
     return {"received": entries}
 
 
-async def model_defaults(redis) -> ModelDefaults:
-    raw = await redis.get(keys.MODEL_DEFAULTS)
+async def _stored_defaults(redis, key: str) -> ModelDefaults:
+    raw = await redis.get(key)
     try:
         return ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()
     except ValueError:
         return ModelDefaults()
 
 
-async def configure_defaults(redis, changes: ModelDefaults) -> ModelDefaults:
-    """Merge `changes` into the stored defaults and tell every worker to re-read them."""
-    merged = (await model_defaults(redis)).model_copy(update=changes.model_dump(exclude_none=True))
+async def model_defaults(redis, tenant: str | None = None) -> ModelDefaults:
+    """The global defaults, with a tenant's own over them when `tenant` is given."""
+    found = await _stored_defaults(redis, keys.MODEL_DEFAULTS)
+    if tenant is not None and tenant != OPERATOR:
+        found = (await _stored_defaults(redis, keys.model_defaults(tenant))).over(found)
+    return found
+
+
+async def configure_defaults(redis, changes: ModelDefaults, tenant: Tenant = LOCAL_OPERATOR) -> ModelDefaults:
+    """Merge `changes` into the caller's layer (the global one for the operator, else the tenant's own)
+    and tell every worker to re-read; returns the merged layer."""
+    key = keys.MODEL_DEFAULTS if tenant.operator else keys.model_defaults(tenant.name)
+    merged = changes.over(await _stored_defaults(redis, key))
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(keys.MODEL_DEFAULTS, merged.model_dump_json())
+        pipe.set(key, merged.model_dump_json())
         pipe.publish(keys.WAKEUP_CHANNEL, b"config")
         await pipe.execute()
     return merged

@@ -67,7 +67,8 @@ def cancel(job_id: str) -> str:
     return CANCEL_PREFIX + job_id
 
 
-# the caller a job belongs to (an API key's digest, or "anonymous"); lives as long as the job and its result
+# the tenant a job belongs to (a name from MCP_API_KEYS, key-<8 hex> for MCP_API_KEY, or "operator");
+# lives as long as the job and its result; the worker reads it to keep the job's data with its tenant
 OWNER_PREFIX = "mcpq:owner:"
 
 
@@ -84,21 +85,21 @@ USAGE_COUNTED_PREFIX = (
 )
 USAGE_LATENCY_KEPT = 1000  # latencies kept per model for the p95
 
-# conversations and the worker-side log of processed jobs (JSON values)
-CONVERSATION_PREFIX = "mcpq:conversation:"  # list of turns, oldest first
-CONVERSATIONS = "mcpq:conversations"  # zset: conversation id -> last turn time (s)
-RECEIVED = "mcpq:received"  # list: newest first, what workers processed
+# conversations and the worker-side log of processed jobs (JSON values), each kept per tenant
+CONVERSATION_PREFIX = "mcpq:conversation:"  # + <tenant>:<conversation id>: list of turns, oldest first
+CONVERSATIONS_PREFIX = "mcpq:conversations:"  # + <tenant>: zset of conversation id -> last turn time (s)
+RECEIVED = "mcpq:received"  # list: newest first, what workers processed, every tenant's (the operator's view)
 RECEIVED_KEPT = 1000
+TENANTS = "mcpq:tenants"  # set: every tenant that has had a job counted (the operator's stats list them)
 
-MODEL_DEFAULTS = (
-    "mcpq:config:model-defaults"  # JSON: default_model, temperature, max_tokens (configure_ai_model)
-)
+MODEL_DEFAULTS = "mcpq:config:model-defaults"  # JSON: the global default_model, temperature, max_tokens
 
 # budgets and rate limits (admission)
 BUDGET_RESERVED = "mcpq:budget:reserved"  # hash: job id -> USD held back until the job settles
-BUDGET_RESERVED_UNTIL = "mcpq:budget:reserved-until"  # zset: job id -> ms when its hold lapses
+BUDGET_RESERVED_TENANT = "mcpq:budget:reserved-tenant"  # hash: job id -> the tenant it is held for
+BUDGET_RESERVED_UNTIL = "mcpq:budget:reserved-until"  # zset: job id -> ms when the hold is checked again
 BUDGET_SPENT_PREFIX = "mcpq:budget:spent:"  # + hour:<YYYY-MM-DDTHH> / day:<YYYY-MM-DD>: settled USD
-RATE_PREFIX = "mcpq:rate:"  # + <caller>:<minute>: requests admitted in that minute
+RATE_PREFIX = "mcpq:rate:"  # + <tenant>:<minute>: requests admitted in that minute
 
 
 def usage_model(model: str) -> str:
@@ -117,8 +118,33 @@ def usage_counted(job_id: str) -> str:
     return USAGE_COUNTED_PREFIX + job_id
 
 
-def conversation(conversation_id: str) -> str:
-    return CONVERSATION_PREFIX + conversation_id
+def conversation(tenant: str, conversation_id: str) -> str:
+    return f"{CONVERSATION_PREFIX}{tenant}:{conversation_id}"
+
+
+def conversations(tenant: str) -> str:
+    return CONVERSATIONS_PREFIX + tenant
+
+
+def received(tenant: str) -> str:
+    """One tenant's received-messages list (the unsuffixed RECEIVED holds every tenant's)."""
+    return f"{RECEIVED}:{tenant}"
+
+
+def model_defaults(tenant: str) -> str:
+    """A tenant's own defaults, layered over the global MODEL_DEFAULTS."""
+    return f"{MODEL_DEFAULTS}:{tenant}"
+
+
+def usage_tenant(tenant: str, part: str) -> str:
+    """A tenant's own usage: part is `total`, `models`, `model:<m>`, `day:<d>` or `latency:<m>`,
+    shaped like the all-tenant keys above."""
+    return f"mcpq:usage:tenant:{tenant}:{part}"
+
+
+def spent_tenant(tenant: str, window: str) -> str:
+    """What a tenant spent (settled USD) in `hour:<YYYY-MM-DDTHH>` or `day:<YYYY-MM-DD>`."""
+    return f"{BUDGET_SPENT_PREFIX}tenant:{tenant}:{window}"
 
 
 def spent_hour(hour: str) -> str:

@@ -124,6 +124,10 @@ class ModelDefaults(BaseModel):
     def _name(cls, v: str | None) -> str | None:
         return ChatRequest._name(v)
 
+    def over(self, base: ModelDefaults) -> ModelDefaults:
+        """These defaults where set, `base`'s elsewhere (a tenant's over the global ones)."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
 
 class _Camel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)

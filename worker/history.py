@@ -1,4 +1,7 @@
-"""The earlier turns of a conversation, as messages for the model, within the configured caps."""
+"""The earlier turns of a conversation, as messages for the model, within the configured caps.
+
+Conversations are kept per tenant: a job reads only its own tenant's conversation of that id, so
+another tenant's conversation id names an empty conversation, never theirs."""
 
 from __future__ import annotations
 
@@ -8,12 +11,12 @@ from shared import keys
 
 
 async def earlier_turns(
-    redis, conversation_id: str, *, max_turns: int, max_tokens: int
+    redis, tenant: str, conversation_id: str, *, max_turns: int, max_tokens: int
 ) -> list[dict[str, str]]:
     """The newest turns that fit both caps (about four characters a token), oldest first."""
     if max_turns <= 0 or max_tokens <= 0:
         return []
-    raw = await redis.lrange(keys.conversation(conversation_id), -max_turns, -1)
+    raw = await redis.lrange(keys.conversation(tenant, conversation_id), -max_turns, -1)
     messages: list[dict[str, str]] = []
     budget = max_tokens
     for item in reversed(raw):

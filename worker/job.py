@@ -26,7 +26,7 @@ from shared.errors import ToolServerError
 from shared.events import TokenUsage
 from shared.logs import redact
 from shared.models import ChatRequest, JobResult, ModelDefaults, ResultUsage, ToolCallRecord, ToolCallRequest
-from shared.settings import Settings
+from shared.settings import OPERATOR, Settings
 from shared.tool_client import ToolServers
 from worker import accounting
 from worker.history import earlier_turns
@@ -52,7 +52,7 @@ class WorkerState:
     running: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     jobs_done: int = 0
     provider_error: str | None = None
-    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    defaults: dict[str, ModelDefaults] = field(default_factory=dict)  # tenant -> its defaults over the global
     defaults_read_at: float = float("-inf")  # monotonic; -inf: read before the next job
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     tool_servers: ToolServers = field(default_factory=lambda: ToolServers({}))
@@ -60,15 +60,21 @@ class WorkerState:
     def __post_init__(self) -> None:
         self.metrics.watch_running(lambda: len(self.running))
 
-    async def model_defaults(self, redis) -> ModelDefaults:
+    async def model_defaults(self, redis, tenant: str = OPERATOR) -> ModelDefaults:
+        """configure_ai_model's defaults for this tenant: its own over the global ones."""
         if time.monotonic() - self.defaults_read_at > DEFAULTS_MAX_AGE:
-            raw = await redis.get(keys.MODEL_DEFAULTS)
-            try:
-                self.defaults = ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()
-            except ValidationError:
-                log.warning("ignoring invalid %s: %.200r", keys.MODEL_DEFAULTS, raw)
+            self.defaults.clear()
             self.defaults_read_at = time.monotonic()
-        return self.defaults
+        if tenant not in self.defaults:
+            found = ModelDefaults()
+            for key in (keys.MODEL_DEFAULTS, keys.model_defaults(tenant)):
+                raw = await redis.get(key)
+                try:
+                    found = (ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()).over(found)
+                except ValidationError:
+                    log.warning("ignoring invalid %s: %.200r", key, raw)
+            self.defaults[tenant] = found
+        return self.defaults[tenant]
 
 
 class ToolRoundsExceeded(Exception):
@@ -192,7 +198,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         try:
             await asyncio.shield(
                 accounting.record(redis, result, request if isinstance(request, dict) else {},
-                                  history_ttl=settings.history_ttl_seconds)
+                                  history_ttl=settings.history_ttl_seconds, tenant=tenant)
             )  # fmt: skip
         except Exception as e:  # the answer still goes out; only the totals miss it
             log.warning("could not count the usage of job %s: %s", job_id, e)
@@ -207,7 +213,9 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         return result
 
     state.running[job_id] = attempt
+    tenant = OPERATOR
     try:
+        tenant = await accounting.job_tenant(redis, job_id)
         try:
             req = ChatRequest.model_validate(request)
         except ValidationError as e:
@@ -216,12 +224,13 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             result = await finish("failed", msg)
             await publisher.error(msg)
             return result
-        defaults = await state.model_defaults(redis)
+        defaults = await state.model_defaults(redis, tenant)
         model = req.model or defaults.default_model or settings.default_model
         history = []
         if req.conversation_id:
             history = await earlier_turns(
                 redis,
+                tenant,
                 req.conversation_id,
                 max_turns=settings.history_max_turns,
                 max_tokens=settings.history_max_tokens,

@@ -48,7 +48,7 @@ async def test_an_invalid_argument_is_named_in_one_line(embedded_runtime):
         await tools.submit_message("", FakeContext())  # type: ignore[arg-type]
     assert "Value error" not in str(raised.value)
     with pytest.raises(ToolError, match=r"^invalid temperature: "):
-        await tools.configure_ai_model(temperature=9)
+        await tools.configure_ai_model(FakeContext(), temperature=9)  # type: ignore[arg-type]
 
 
 async def test_redis_unreachable_reads_as_queue_unavailable(embedded_runtime):
@@ -67,7 +67,7 @@ async def test_callers_see_only_their_own_jobs_over_http_with_keys(embedded_runt
     mine = FakeContext({"authorization": "Bearer one-key"})
     theirs = FakeContext({"authorization": "Bearer other-key"})
     submitted = await tools.submit_message("mine", mine)  # type: ignore[arg-type]
-    assert tools.identity(mine).reader == tools.identity(mine).caller != "anonymous"
+    assert tools.identity(mine).reader == tools.identity(mine).name != "operator"
     assert (await tools.get_job(submitted.job_id, mine)).job_id == submitted.job_id  # type: ignore[arg-type]
     with pytest.raises(ToolError, match="never existed"):
         await tools.get_job(submitted.job_id, theirs)  # type: ignore[arg-type]

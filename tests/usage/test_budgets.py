@@ -148,16 +148,26 @@ async def test_a_refused_request_is_an_mcp_tool_error_with_the_limit(redis_url, 
     assert "BUDGET_DAILY_USD" in text_of(over_daily) and "resets in" in text_of(over_daily)
 
 
-async def test_a_reservation_lapses_after_its_expiry(redis_url, clean_env, redis_server):
+async def test_a_reservation_lives_as_long_as_its_job_and_no_longer(redis_url, clean_env, redis_server):
+    """Issue 12: a hold due for its check (BUDGET_RESERVATION_SECONDS) is kept while its job still
+    waits in the queue, and given back once the job is gone (expired, dead-lettered, deleted)."""
     worst = worst_case(REQUEST)
     client = redis_server.client()
     async with runtime_for(redis_url, budget_daily_usd=worst * 1.5, budget_reservation_seconds=1) as rt:
-        stuck = await rt.queue.submit(REQUEST, caller=ANONYMOUS)  # no worker: as if its worker was killed
+        stuck = await rt.queue.submit(REQUEST, caller=ANONYMOUS)  # no worker: it waits in the queue
+        client.zadd("mcpq:budget:reserved-until", {stuck: 0})  # long past its check time
         with pytest.raises(Refused, match="BUDGET_DAILY_USD"):
             await rt.queue.submit(REQUEST, caller=ANONYMOUS)
-        await asyncio.sleep(1.5)
-        later = await rt.queue.submit(REQUEST, caller=ANONYMOUS)  # fits only because the first hold lapsed
+        assert client.hkeys(RESERVED) == [stuck.encode()]
+        assert client.zscore("mcpq:budget:reserved-until", stuck) > 0  # checked again later
+        client.delete(f"arq:job:{stuck}")  # the job is gone without being counted
+        client.zrem("arq:queue", stuck)
+        client.zadd("mcpq:budget:reserved-until", {stuck: 0})
+        later = await rt.queue.submit(
+            REQUEST, caller=ANONYMOUS
+        )  # fits only because the gone job's hold was released
     assert client.hkeys(RESERVED) == [later.encode()]
+    assert client.hkeys("mcpq:budget:reserved-tenant") == [later.encode()]
     assert client.zscore("mcpq:budget:reserved-until", stuck) is None
     assert reserved_total(client) == pytest.approx(worst)
 

@@ -82,7 +82,7 @@ async def test_a_three_turn_conversation_sends_the_earlier_turns(
 
     # the turns expire: HISTORY_TTL_SECONDS on the list, renewed by each turn
     assert 0 < history["expires_in_seconds"] <= 600
-    assert 0 < client.ttl("mcpq:conversation:lisbon-trip") <= 600
+    assert 0 < client.ttl("mcpq:conversation:operator:lisbon-trip") <= 600
     assert listed["conversations"][0]["conversation_id"] == "lisbon-trip"
     assert listed["conversations"][0]["turns"] == 6
     assert unknown["turns"] == [] and unknown["expires_in_seconds"] is None
@@ -107,7 +107,7 @@ async def test_history_max_turns_caps_what_is_sent(
         {"role": "assistant", "content": a2},
         {"role": "user", "content": q3},
     ]
-    assert redis_server.client().llen("mcpq:conversation:capped") == 6  # all turns are kept
+    assert redis_server.client().llen("mcpq:conversation:operator:capped") == 6  # all turns are kept
 
 
 async def test_earlier_turns_keep_the_newest_that_fit_both_caps(redis_url, redis_server):
@@ -115,7 +115,7 @@ async def test_earlier_turns_keep_the_newest_that_fit_both_caps(redis_url, redis
     from worker.history import earlier_turns
 
     client = redis_server.client()
-    key = "mcpq:conversation:capped-by-tokens"
+    key = "mcpq:conversation:operator:capped-by-tokens"
     texts = ["u1 " * 40, "a1 " * 40, "u2", "a2", "u3 " * 10, "a3 " * 10]  # 120, 120, 2, 2, 30, 30 chars
     for i, text in enumerate(texts):
         client.rpush(key, json.dumps({"role": ("user", "assistant")[i % 2], "content": text}))
@@ -124,7 +124,7 @@ async def test_earlier_turns_keep_the_newest_that_fit_both_caps(redis_url, redis
     try:
 
         async def sent(**caps) -> list[str]:
-            turns = await earlier_turns(redis, "capped-by-tokens", **caps)
+            turns = await earlier_turns(redis, "operator", "capped-by-tokens", **caps)
             return [t["content"].split()[0] if t["content"].strip() else "" for t in turns]
 
         everything = await sent(max_turns=100, max_tokens=10_000)

@@ -148,7 +148,7 @@ async def test_a_job_is_counted_once_however_often_it_is_recorded(redis_url, red
     assert client.llen("mcpq:received") == 2
     assert client.lrange("mcpq:usage:latency:gpt-4o", 0, -1) == [b"250", b"250"]
     # the completed job added its two turns once; the failed one added none
-    turns = [json.loads(t) for t in client.lrange("mcpq:conversation:conv-once", 0, -1)]
+    turns = [json.loads(t) for t in client.lrange("mcpq:conversation:operator:conv-once", 0, -1)]
     assert [(t["role"], t["job_id"]) for t in turns] == [("user", "job-once"), ("assistant", "job-once")]
     # the reservation was settled once, into the spent totals
     assert client.hget("mcpq:budget:reserved", "job-once") is None
