@@ -62,7 +62,7 @@ async def test_redis_unreachable_reads_as_queue_unavailable(embedded_runtime):
 
 
 async def test_callers_see_only_their_own_jobs_over_http_with_keys(embedded_runtime):
-    embedded_runtime.settings.mcp_api_key = SecretStr("one-key")
+    embedded_runtime.settings.mcp_api_key = SecretStr("one-key,other-key")
     tools = QueueTools(embedded_runtime)
     mine = FakeContext({"authorization": "Bearer one-key"})
     theirs = FakeContext({"authorization": "Bearer other-key"})
