@@ -2,7 +2,9 @@
 
 Events are ordered by (attempt, seq). A stale or duplicate event is dropped; a gap (a message lost
 while disconnected) is filled from the job's stream; a new attempt (the job re-run after a worker
-died) discards the text of the old one, so the caller gets one whole answer.
+died) discards the text of the old one. A gap the stream cannot fill either (an event that never
+got written) is counted in `Transcript.gaps`: such a transcript is progress only, and the caller's
+answer is the job's stored result (messenger/jobs.py), never the text with a hole in it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Literal, cast
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from messenger.hub import RESYNC
 from shared import keys
@@ -53,6 +55,12 @@ class Transcript:
         self.started_ts: float | None = None
         self.ended_ts: float | None = None
         self.tool_calls: dict[str, ToolCallRecord] = {}  # by call id, in the order they were made
+        self.gaps = 0  # events of this attempt missing from the stream: the text has holes
+
+    @property
+    def whole(self) -> bool:
+        """No event of this attempt is missing: the text is the answer the worker produced."""
+        return self.gaps == 0
 
     @property
     def text(self) -> str:
@@ -74,7 +82,7 @@ class Transcript:
     def apply(self, event: Event) -> None:
         if event.attempt != self.attempt:
             self.attempt, self.parts, self.tokens, self.started_ts = event.attempt, [], 0, None
-            self.tool_calls = {}
+            self.tool_calls, self.gaps = {}, 0
         self.last_seq = event.seq
         self.started_ts = self.started_ts or event.ts
         if isinstance(event, StartEvent):
@@ -124,9 +132,15 @@ class Transcript:
 
 
 async def replay(redis, transcript: Transcript, after: bytes = b"-") -> tuple[list[Event], bytes]:
-    """Events from the job's stream that the transcript has not seen, and the last stream id read."""
+    """Events from the job's stream that the transcript has not seen, and the last stream id read.
+
+    A key that is not a stream (junk written by hand) reads as an empty stream, with a warning."""
     start = b"-" if after == b"-" else b"(" + after
-    entries = await redis.xrange(keys.stream(transcript.job_id), min=start)
+    try:
+        entries = await redis.xrange(keys.stream(transcript.job_id), min=start)
+    except ResponseError as e:
+        log.warning("job %s: its event stream cannot be read (%s); skipped", transcript.job_id, e)
+        return [], after
     return _fresh(transcript, entries, after)
 
 
@@ -147,9 +161,14 @@ def _fresh(transcript: Transcript, entries, after: bytes) -> tuple[list[Event], 
     for entry_id, fields in entries:
         after = entry_id
         event = _parse(fields.get(b"event", b""), transcript.job_id)
-        if event is not None and transcript.position(event) != "stale":
-            transcript.apply(event)
-            fresh.append(event)
+        where = "stale" if event is None else transcript.position(event)
+        if event is None or where == "stale":
+            continue
+        transcript.apply(event)
+        if where == "gap":  # the events between were never written: the stream cannot fill this
+            transcript.gaps += 1
+            log.warning("job %s: events before seq %d are missing from its stream", event.job_id, event.seq)
+        fresh.append(event)
     return fresh, after
 
 

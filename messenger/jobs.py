@@ -8,24 +8,33 @@ messenger replica can answer for any job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 
-from arq.jobs import SerializationError, deserialize_job_raw, deserialize_result, serialize_result
-from redis.exceptions import RedisError, WatchError
+from arq.jobs import deserialize_job_raw, serialize_result
+from redis.exceptions import RedisError, ResponseError, WatchError
 
-from messenger.collector import Transcript, follow_events, replay
+from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
+from messenger.stored import held_by_worker, lost_message, read_job, stored_result
 from shared import keys
-from shared.errors import JobNotFound
+from shared.errors import JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus, ToolCallRequest
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+# a followed job missing this long (keys, stream, and from every worker heartbeat) is lost: longer than
+# a worker takes to write its heartbeat again after Redis comes back empty
+LOST_AFTER_SECONDS = keys.HEARTBEAT_TTL_SECONDS
+STORED_POLL_SECONDS = 0.002  # first wait for arq's result record after a job's last event; doubles
+log = logging.getLogger("messenger.jobs")
 
 OnEvent = Callable[[Event | None, Transcript], Awaitable[None]]
 
@@ -72,25 +81,24 @@ class JobClient:
             return await self._follow(job_id, live, on_event, timeout)
 
     async def get(self, job_id: str, reader: str | None = None) -> JobResult:
-        """A job's state. With a `reader`, a job another caller owns is as unknown as a missing one."""
+        """A job's state: its stored result once it has one. With a `reader`, a job another caller owns
+        is as unknown as a missing one. A job whose keys Redis lost while a live worker still runs it
+        reads as running (the worker stores its result when it ends)."""
         _check_id(job_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.result(job_id))
-            pipe.exists(keys.in_progress(job_id))
-            pipe.exists(keys.job(job_id))
-            pipe.get(keys.owner(job_id))
-            raw_result, running, queued, owner = await pipe.execute()
-        if reader is not None and (owner is None or owner.decode() != reader):
+        stored = await read_job(self.redis, job_id)
+        if reader is not None and stored.owner != reader:
             raise JobNotFound(job_id)
         transcript = Transcript(job_id)
         await replay(self.redis, transcript)
-        if raw_result is not None:
-            return _from_arq_result(job_id, raw_result, transcript)
-        if transcript.final:
-            return transcript.result()
-        if running or queued or transcript.attempt:
-            snapshot = transcript.result()
-            snapshot.status = "running" if running else "queued"
+        if stored.result is not None:
+            return stored_result(job_id, stored.result, transcript)
+        if transcript.final and transcript.whole:
+            return transcript.result()  # ended a moment ago; arq is storing the same result now
+        known = stored.running or stored.queued or transcript.attempt
+        if known or await held_by_worker(self.redis, job_id):
+            snapshot = transcript.result()  # a final transcript with holes is not an answer: wait on
+            snapshot.status = "queued" if stored.queued and not stored.running else "running"
+            snapshot.finish_reason = snapshot.error = None
             return snapshot
         raise JobNotFound(job_id)
 
@@ -113,16 +121,16 @@ class JobClient:
     ) -> list[JobResult]:
         """Recent jobs, newest first; with a `reader`, only the jobs it owns."""
         window = keys.RECENT_JOBS_KEPT if reader is not None else max(limit * 4, 200)
-        recent = await self.redis.zrevrange(keys.RECENT_JOBS, 0, window - 1)
+        recent = await self._recent(window)
         if reader is not None and recent:
-            owners = await self.redis.mget([keys.owner(raw_id.decode()) for raw_id in recent])
+            owners = await self.redis.mget([keys.owner(job_id) for job_id in recent])
             recent = [
-                raw_id for raw_id, owner in zip(recent, owners, strict=True) if owner == reader.encode()
+                job_id for job_id, owner in zip(recent, owners, strict=True) if owner == reader.encode()
             ]
         jobs: list[JobResult] = []
-        for raw_id in recent:
+        for job_id in recent:
             try:
-                job = await self.get(raw_id.decode())
+                job = await self.get(job_id)
             except JobNotFound:
                 continue
             if status is None or job.status == status:
@@ -130,6 +138,22 @@ class JobClient:
                 if len(jobs) >= limit:
                     break
         return jobs
+
+    async def _recent(self, window: int) -> list[str]:
+        """The newest job ids of RECENT_JOBS; a member that is not a job id is logged and skipped."""
+        try:
+            members = await self.redis.zrevrange(keys.RECENT_JOBS, 0, window - 1)
+        except ResponseError as e:
+            log.warning("%s cannot be read (%s); no recent jobs listed", keys.RECENT_JOBS, e)
+            return []
+        ids = []
+        for member in members:
+            job_id = member.decode(errors="replace")
+            if _JOB_ID.match(job_id):
+                ids.append(job_id)
+            else:
+                log.warning("skipping a member of %s that is not a job id", keys.RECENT_JOBS)
+        return ids
 
     async def queue_depth(self) -> int:
         return await self.redis.zcard(keys.QUEUE)
@@ -139,30 +163,66 @@ class JobClient:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zscore(keys.RECENT_JOBS, job_id)
             pipe.xrevrange(keys.stream(job_id), count=1)
-            enqueued, last = await pipe.execute()
-        updated = int(last[0][0].split(b"-")[0]) if last else None
+            enqueued, last = await pipe.execute(raise_on_error=False)
+        for reply in (enqueued, last):
+            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                raise reply  # a lost connection; a wrong-typed key (junk) only loses its time
+        enqueued = enqueued if isinstance(enqueued, int | float) else None
+        updated = int(last[0][0].split(b"-")[0]) if isinstance(last, list) and last else None
         created = int(enqueued) if enqueued is not None else updated or int(time.time() * 1000)
         return created, max(created, updated or created)
 
     async def _follow(
         self, job_id: str, live: asyncio.Queue, on_event: OnEvent | None, timeout: float | None
-    ):
+    ) -> JobResult:
+        """Follow a job to its end and answer with its stored result, never the streamed text (which
+        may have holes); on timeout, its state now."""
         transcript = Transcript(job_id)
+        vanished = Vanished(job_id)
         try:
             async with asyncio.timeout(timeout):
                 async for event in follow_events(self.redis, transcript, live):
                     if on_event:
                         await on_event(event, transcript)
-                    if event is None:  # quiet for a while: did the job end without us seeing it?
-                        try:
-                            snapshot = await self.get(job_id)
-                        except (RedisError, OSError):
-                            continue  # Redis is restarting; the hub resubscribes and we re-read the stream
-                        if snapshot.status in FINAL_STATUSES:
+                    if event is None:  # quiet for a while: did the job end (or vanish) unseen?
+                        snapshot = await self._recheck(job_id, vanished)
+                        if snapshot is not None and snapshot.status in FINAL_STATUSES:
                             return snapshot
-            return transcript.result()
+                return await self._stored(job_id, vanished)
         except TimeoutError:
             return await self.get(job_id)
+
+    async def _stored(self, job_id: str, vanished: Vanished) -> JobResult:
+        """The stored result of a job whose last event came: arq writes it a moment after that event.
+        Should it not come (the worker died first), the job re-runs and stores one later; meanwhile
+        the job is re-checked every IDLE_SECONDS, so a job Redis lost is reported as lost."""
+        delay, waited = STORED_POLL_SECONDS, 0.0
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                if await self.redis.exists(keys.result(job_id)):
+                    return await self.get(job_id)
+            if waited >= IDLE_SECONDS:
+                waited = 0.0
+                snapshot = await self._recheck(job_id, vanished)
+                if snapshot is not None and snapshot.status in FINAL_STATUSES:
+                    return snapshot
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.25)
+
+    async def _recheck(self, job_id: str, vanished: Vanished) -> JobResult | None:
+        """The job's state, or None while Redis is away; raises JobLost once the job has been gone,
+        with no live worker holding it, for LOST_AFTER_SECONDS."""
+        try:
+            snapshot = await self.get(job_id)
+        except (RedisError, OSError):
+            return None  # Redis is restarting; the hub resubscribes and we re-read the stream
+        except JobNotFound:
+            if vanished.for_seconds() >= LOST_AFTER_SECONDS:
+                raise JobLost(job_id, await lost_message(self.redis, job_id, vanished.followed_at)) from None
+            return None
+        vanished.seen()
+        return snapshot
 
     async def _cancel_queued(self, job_id: str, attempt: int) -> bool:
         """Atomically take a job that no worker holds off the queue and record it as cancelled.
@@ -200,24 +260,24 @@ class JobClient:
         return True
 
 
+class Vanished:
+    """How long a followed job has been missing from Redis (keys, stream and worker heartbeats)."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.followed_at = time.time()
+        self.missing_since: float | None = None
+
+    def seen(self) -> None:
+        self.missing_since = None
+
+    def for_seconds(self) -> float:
+        now = time.monotonic()
+        if self.missing_since is None:
+            self.missing_since = now
+        return now - self.missing_since
+
+
 def _check_id(job_id: str) -> None:
     if not _JOB_ID.match(job_id):
         raise JobNotFound(job_id)
-
-
-def _from_arq_result(job_id: str, raw: bytes, transcript: Transcript) -> JobResult:
-    """The JobResult inside arq's result record; arq's own failures become a readable error."""
-    try:
-        info = deserialize_result(raw, deserializer=deserialize)
-    except SerializationError:
-        return JobResult(job_id=job_id, status="failed", error="the stored result is not valid JSON")
-    if info.success and isinstance(info.result, dict) and "status" in info.result:
-        return JobResult.model_validate(info.result)
-    err = info.result if isinstance(info.result, dict) else {"error": "Error", "message": str(info.result)}
-    if err.get("error") == "CancelledError":
-        return JobResult(job_id=job_id, status="cancelled", error="cancelled", attempt=info.job_try)
-    snapshot = transcript.result()
-    snapshot.status = "failed"
-    snapshot.error = f"{err.get('error')}: {err.get('message')}".strip(": ")
-    snapshot.attempt = info.job_try
-    return snapshot

@@ -5,6 +5,7 @@ the base and show its message as one line.
     ├── InvalidRequest            a request, argument or setting value we cannot take
     │   └── SettingsError         a setting has a value we cannot run with
     ├── JobNotFound               no such job for this caller (or its result expired)
+    │   └── JobLost               a followed job vanished from Redis (restart without persistence)
     ├── QueueFull                 MAX_QUEUE_DEPTH reached
     ├── Refused                   admission said no: a budget or a rate limit
     ├── Unauthorized              the caller may not do this (operator-only, another tenant's data)
@@ -47,6 +48,10 @@ class JobNotFound(McpQueueError, LookupError):
             f"{KEEP_RESULT_SECONDS // 60} minutes ago and its result expired"
         )
         self.job_id = job_id
+
+
+class JobLost(JobNotFound):
+    """A job the caller was following vanished from Redis before it ended, and no worker holds it."""
 
 
 class QueueFull(McpQueueError):

@@ -1,0 +1,110 @@
+"""What Redis holds about one job, read so that junk in one key never breaks a read: arq's keys, the
+stored result, the owner record, and which live worker still runs it when Redis has lost the rest.
+
+A key with the wrong type or a value that does not decode is logged (key and reason, never the
+value) and read as damaged; only a lost connection raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from arq.jobs import deserialize_result
+from redis.exceptions import ResponseError
+
+from messenger.collector import Transcript
+from messenger.health import live_workers
+from shared import keys
+from shared.models import JobResult
+from shared.serializer import deserialize
+
+log = logging.getLogger("messenger.stored")
+
+
+@dataclass
+class StoredJob:
+    result: bytes | None  # arq:result:<id>, raw
+    running: bool  # arq:in-progress:<id> exists
+    queued: bool  # arq:job:<id> exists
+    owner: str | None  # mcpq:owner:<id>; None when missing or unreadable
+
+
+def _value(job_id: str, key: str, value: object) -> object:
+    """One pipeline reply; a WRONGTYPE error (junk under the job's key) reads as a missing key."""
+    if isinstance(value, ResponseError):
+        log.warning("job %s: key %s cannot be read (%s); ignored", job_id, key, str(value).split("\n")[0])
+        return None
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+async def read_job(redis, job_id: str) -> StoredJob:
+    names = (keys.result(job_id), keys.in_progress(job_id), keys.job(job_id), keys.owner(job_id))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(names[0])
+        pipe.exists(names[1])
+        pipe.exists(names[2])
+        pipe.get(names[3])
+        replies = await pipe.execute(raise_on_error=False)
+    result, running, queued, owner = (_value(job_id, k, v) for k, v in zip(names, replies, strict=True))
+    return StoredJob(
+        result=result if isinstance(result, bytes) else None,
+        running=bool(running),
+        queued=bool(queued),
+        owner=owner.decode(errors="replace") if isinstance(owner, bytes) else None,
+    )
+
+
+def stored_result(job_id: str, raw: bytes, transcript: Transcript) -> JobResult:
+    """The JobResult inside arq's result record; arq's own failures become a readable error, and a
+    record that does not decode becomes a failed job that says so (logged, never raised)."""
+    try:
+        info = deserialize_result(raw, deserializer=deserialize)
+        if info.success and isinstance(info.result, dict) and "status" in info.result:
+            result = JobResult.model_validate(info.result)
+            if result.job_id != job_id:
+                raise ValueError("it names another job")
+            return result
+    except Exception as e:  # junk written by hand, or a result from an incompatible version
+        log.warning(
+            "job %s: its stored result cannot be read (%s); shown as failed", job_id, type(e).__name__
+        )
+        return JobResult(
+            job_id=job_id,
+            status="failed",
+            error=f"the stored result of job {job_id} is damaged and cannot be read",
+        )
+    err = info.result if isinstance(info.result, dict) else {"error": "Error", "message": str(info.result)}
+    if err.get("error") == "CancelledError":
+        return JobResult(job_id=job_id, status="cancelled", error="cancelled", attempt=info.job_try)
+    snapshot = transcript.result()
+    snapshot.status = "failed"
+    snapshot.error = f"{err.get('error')}: {err.get('message')}".strip(": ")
+    snapshot.attempt = info.job_try
+    return snapshot
+
+
+async def held_by_worker(redis, job_id: str) -> bool:
+    """A live worker's heartbeat lists the job as running: it exists even if Redis lost its keys."""
+    for beat in await live_workers(redis):
+        running = beat.get("running_jobs")
+        if isinstance(running, dict | list) and job_id in running:
+            return True
+    return False
+
+
+async def restarted_since(redis, since: float) -> bool:
+    """Redis (re)started after `since` (epoch seconds): INFO server's uptime is shorter than that."""
+    info = await redis.info("server")
+    return float(info.get("uptime_in_seconds", 0)) < time.time() - since
+
+
+async def lost_message(redis, job_id: str, since: float) -> str:
+    if await restarted_since(redis, since):
+        why = "Redis restarted without its data (no persistence?)"
+    else:
+        why = "its keys were removed from Redis (FLUSHALL, eviction or by hand)"
+    return f"job {job_id} was lost: {why} before the job finished; submit it again"

@@ -1,0 +1,85 @@
+"""The caller's answer is the job's stored result (`arq:result`), never a streamed transcript with a hole.
+
+A job's stream here misses seq 3 (a batch a worker failed to write); the stored result has the whole
+text. Every way of following the job answers with the stored result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from arq.jobs import serialize_result
+from test_tools import FakeContext
+
+from messenger.collector import Transcript, replay
+from messenger.tools import QueueTools
+from shared import keys
+from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, publish_events
+from shared.models import JobResult, ResultUsage
+from shared.serializer import serialize
+
+JOB = "gappedjob0123456789abcdef0123456"
+WORDS = ["Mock ", "to: ", "restart ", "job 15"]
+STORED = JobResult(
+    job_id=JOB, status="completed", ai_response="".join(WORDS), model="mock-1", finish_reason="stop",
+    usage=ResultUsage(prompt_tokens=3, completion_tokens=4, total_tokens=7), worker_id="w1", attempt=1,
+)  # fmt: skip
+
+
+def gapped_events():
+    """seq 0..5 of one attempt without seq 3 (the word "restart ")."""
+    at = {"job_id": JOB, "attempt": 1, "ts": time.time()}
+    events = [StartEvent(**at, seq=0, worker_id="w1", model="mock-1")]
+    events += [TokenEvent(**at, seq=seq, text=WORDS[seq - 1]) for seq in (1, 2, 4)]
+    usage = TokenUsage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    events.append(DoneEvent(**at, seq=5, usage=usage, cost=None, finish_reason="stop", model="mock-1"))
+    return [e for e in events if e.seq != 3]
+
+
+async def store_result(redis, result: JobResult) -> None:
+    now_ms = int(time.time() * 1000)
+    data = serialize_result(
+        "chat", ({},), {}, 1, now_ms, True, result.model_dump(mode="json"), now_ms, now_ms,
+        f"{result.job_id}:chat", keys.QUEUE, job_id=result.job_id, serializer=serialize,
+    )  # fmt: skip
+    await redis.set(keys.result(result.job_id), data, ex=60)
+
+
+async def test_the_gapped_stream_is_seen_as_gapped(embedded_runtime):
+    await publish_events(embedded_runtime.redis, gapped_events())
+    transcript = Transcript(JOB)
+    await replay(embedded_runtime.redis, transcript)
+    assert transcript.final and transcript.gaps == 1 and transcript.text == "Mock to: job 15"
+
+
+async def test_a_reader_answers_with_the_stored_result_not_the_gapped_stream(embedded_runtime):
+    redis, jobs = embedded_runtime.redis, embedded_runtime.jobs
+    await redis.set(keys.in_progress(JOB), b"1", ex=60)  # a worker holds the job (none here stores it)
+    await publish_events(redis, gapped_events())
+    before = await jobs.get(JOB)
+    assert before.status == "running" and before.finish_reason is None  # ended, but no whole answer yet
+
+    done = asyncio.Event()
+
+    async def on_event(event, transcript) -> None:
+        if event is not None and event.type == "done":
+            done.set()
+
+    async with asyncio.timeout(20):
+        waiting = asyncio.create_task(jobs.wait(JOB, timeout=15, on_event=on_event))
+        await done.wait()  # the follower has the whole (gapped) stream; the result is stored only now
+        await store_result(redis, STORED)
+        answer = await waiting
+    assert answer == STORED
+
+
+async def test_every_read_path_gives_the_stored_result(embedded_runtime):
+    redis, jobs = embedded_runtime.redis, embedded_runtime.jobs
+    await publish_events(redis, gapped_events())
+    await store_result(redis, STORED)
+    tools, ctx = QueueTools(embedded_runtime), FakeContext()
+    assert await jobs.get(JOB) == STORED
+    assert await jobs.wait(JOB, timeout=5) == STORED
+    assert await tools.wait_for_job(JOB, ctx) == STORED  # type: ignore[arg-type]
+    assert await tools.get_job(JOB, ctx) == STORED  # type: ignore[arg-type]
