@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from shared.tool_config import SERVER_NAME
 
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+_T = TypeVar("_T")
 MAX_MESSAGE_CHARS = 100_000  # message and context each; a larger prompt belongs in a file, not a tool call
 MAX_TOKENS_LIMIT = 200_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
@@ -127,6 +132,35 @@ class ModelDefaults(BaseModel):
     def over(self, base: ModelDefaults) -> ModelDefaults:
         """These defaults where set, `base`'s elsewhere (a tenant's over the global ones)."""
         return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The model, temperature and max_tokens one call runs with."""
+
+    model: str
+    temperature: float
+    max_tokens: int
+
+
+def effective(request: ChatRequest | None, defaults: ModelDefaults, settings: Settings) -> Effective:
+    """The one rule for unset options: the request's own value, else the runtime default
+    (configure_ai_model), else the setting (OPENAI_DEFAULT_MODEL or the provider's, OPENAI_TEMPERATURE,
+    OPENAI_MAX_TOKENS). The admission reservation, the worker's call and the defaults a caller reads
+    all use it, so they never disagree. `request=None`: what a request that sets nothing gets."""
+    model, temperature, max_tokens = (
+        (request.model, request.temperature, request.max_tokens) if request else (None, None, None)
+    )
+    return Effective(
+        model=_first(model, defaults.default_model, settings.default_model),
+        temperature=_first(temperature, defaults.temperature, settings.openai_temperature),
+        max_tokens=_first(max_tokens, defaults.max_tokens, settings.openai_max_tokens),
+    )
+
+
+def _first(*values: _T | None) -> _T:
+    """The first value that is set (0 and 0.0 are set: a temperature of 0 is a choice)."""
+    return next(v for v in values if v is not None)
 
 
 class _Camel(BaseModel):

@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.models import MAX_MESSAGE_CHARS, MAX_TOKENS_LIMIT, ChatRequest, JobResult, ResultUsage
+from shared.models import (
+    MAX_MESSAGE_CHARS,
+    MAX_TOKENS_LIMIT,
+    ChatRequest,
+    Effective,
+    JobResult,
+    ModelDefaults,
+    ResultUsage,
+    effective,
+)
 
 
 def _error_field(info: pytest.ExceptionInfo[ValidationError]) -> str:
@@ -259,3 +268,42 @@ def test_unpriced_result_reports_null_cost_not_zero():
 def test_job_result_refuses_an_unknown_status():
     with pytest.raises(ValidationError):
         JobResult(job_id="j", status="finished")  # type: ignore[arg-type]
+
+
+# -- effective: the one rule for unset model options -------------------------------------------------
+
+
+def _settings(**env):
+    from shared.settings import load_settings
+
+    return load_settings(redis_url="memory://", ai_provider="mock", **env)
+
+
+def test_a_requests_own_options_win_over_runtime_defaults_and_settings(clean_env):
+    chosen = effective(
+        ChatRequest(message="hi", model="mock-2", temperature=0.1, max_tokens=7),
+        ModelDefaults(default_model="mock-3", temperature=0.5, max_tokens=99),
+        _settings(openai_default_model="mock-4", openai_temperature=0.9, openai_max_tokens=500),
+    )
+    assert chosen == Effective(model="mock-2", temperature=0.1, max_tokens=7)
+
+
+def test_unset_options_take_the_runtime_defaults_then_the_settings(clean_env):
+    settings = _settings(openai_temperature=0.9, openai_max_tokens=500)
+    request = ChatRequest(message="hi")
+    assert effective(request, ModelDefaults(temperature=0.5), settings) == Effective("mock-1", 0.5, 500)
+    assert effective(request, ModelDefaults(default_model="mock-3", max_tokens=99), settings) == Effective(
+        "mock-3", 0.9, 99
+    )
+    assert effective(None, ModelDefaults(), settings) == Effective("mock-1", 0.9, 500)
+
+
+def test_a_temperature_of_zero_is_a_choice_not_unset(clean_env):
+    settings = _settings(openai_temperature=0.9)
+    assert (
+        effective(
+            ChatRequest(message="hi", temperature=0), ModelDefaults(temperature=0.5), settings
+        ).temperature
+        == 0
+    )
+    assert effective(ChatRequest(message="hi"), ModelDefaults(temperature=0), settings).temperature == 0
