@@ -58,6 +58,20 @@ async def embedded_runtime(monkeypatch):
 
 
 @pytest.fixture
+async def streaming_runtime(clean_env):
+    """Embedded, with 5 ms between mock tokens: an answer spans several progress notifications."""
+    async with embedded(clean_env, 5) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+async def slow_runtime(clean_env):
+    """Embedded, with 100 ms between mock tokens: a long answer runs for seconds."""
+    async with embedded(clean_env, 100) as runtime:
+        yield runtime
+
+
+@pytest.fixture
 def clean_env(monkeypatch):
     _clean_env(monkeypatch)
     return monkeypatch

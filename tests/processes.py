@@ -4,6 +4,7 @@ waited for until their heartbeat is in Redis. Importable by any suite (and by be
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
+OPENAI_TEST_KEY = "sk-test"  # the key tests/openai_server.py expects unless told otherwise
 
 
 def process_env(redis_url: str, **extra: str) -> dict[str, str]:
@@ -73,3 +75,20 @@ class WorkerProcesses:
                 p.wait(10)
             if p.poll() is None:
                 p.kill()
+
+
+def start_openai_workers(workers: WorkerProcesses, redis_url: str, server, count: int = 1, **env: str):
+    """`count` workers whose provider is the test OpenAI server (tests/openai_server.py)."""
+    return workers.start(
+        redis_url,
+        count=count,
+        AI_PROVIDER="openai",
+        OPENAI_BASE_URL=server.base_url,
+        OPENAI_API_KEY=OPENAI_TEST_KEY,
+        **env,
+    )
+
+
+def worker_ids(client) -> set[str]:
+    """The ids of the workers with a heartbeat in Redis (sync client)."""
+    return {json.loads(client.get(key))["worker_id"] for key in client.scan_iter("mcpq:worker:*")}

@@ -1,4 +1,4 @@
-"""A messenger Runtime in embedded mode (fresh in-memory Redis, in-process worker), for any suite."""
+"""A messenger Runtime for any suite: on a given Redis, or embedded (fresh in-memory Redis, in-process worker)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,8 @@ async def embedded(
     )
     async with open_runtime(settings) as runtime:
         yield runtime
+
+
+def runtime_for(redis_url: str, **settings):
+    """A messenger Runtime in the test process (what one messenger replica holds), on `redis_url`."""
+    return open_runtime(load_settings(redis_url=redis_url, **settings))

@@ -9,21 +9,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from messenger.runtime import open_runtime
 from shared import keys
 from shared.errors import JobNotFound
 from shared.events import TERMINAL, Event
 from shared.models import FINAL_STATUSES, JobResult
-from shared.settings import load_settings
 from worker.providers.mock import mock_reply
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG_MESSAGE = " ".join(f"word{i}" for i in range(40))  # the mock echoes all 40: a 55-token answer
-
-
-def runtime_for(redis_url: str, **settings):
-    """A messenger Runtime in the test process (what one messenger replica holds)."""
-    return open_runtime(load_settings(redis_url=redis_url, **settings))
 
 
 def expected_text(message: str) -> str:
@@ -49,24 +42,6 @@ class Recorder:
 
     def arrival(self, kind: str, attempt: int) -> float | None:
         return next((t for t, e in self.events if e.type == kind and e.attempt == attempt), None)
-
-
-def parse_stream(entries) -> list[dict]:
-    """A job's stream entries as dicts; entries that are not events (garbage pushed by hand) are skipped."""
-    events = []
-    for _, fields in entries:
-        try:
-            event = json.loads(fields.get(b"event", b""))
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "type" in event:
-            events.append(event)
-    return events
-
-
-def stream_events(client, job_id: str) -> list[dict]:
-    """The job's event history as Redis holds it (sync client)."""
-    return parse_stream(client.xrange(keys.stream(job_id)))
 
 
 def terminal_events(events: list[dict]) -> list[dict]:

@@ -7,8 +7,10 @@ import json
 import anyio
 import pytest
 from mcp import Client
-from observe import ended, runtime_for, stream_events, terminal_events
+from observe import ended, terminal_events
 from openai_server import eventually, words
+from readers import stream_events
+from runtimes import runtime_for
 
 from messenger.server import build_server
 from shared import keys

@@ -6,8 +6,9 @@ import asyncio
 import json
 import time
 
-from observe import LONG_MESSAGE, ended, expected_text, runtime_for
+from observe import LONG_MESSAGE, ended, expected_text
 from openai_server import eventually
+from runtimes import runtime_for
 
 from messenger.health import health
 from messenger.queue import ANONYMOUS

@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
-from observe import LONG_MESSAGE, ROOT, Recorder, expected_text, runtime_for
+from observe import LONG_MESSAGE, ROOT, Recorder, expected_text
 from openai_server import eventually
 from processes import process_env
+from runtimes import runtime_for
 
 from shared.models import ChatRequest
 

@@ -6,7 +6,9 @@ import json
 
 import pytest
 from mcp import Client
-from observe import ended, runtime_for, stream_events, terminal_events
+from observe import ended, terminal_events
+from readers import stream_events
+from runtimes import runtime_for
 
 from messenger.queue import ANONYMOUS
 from messenger.server import build_server

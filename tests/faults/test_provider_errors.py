@@ -5,7 +5,9 @@ import asyncio
 import itertools
 
 import pytest
-from observe import runtime_for, stream_events, terminal_events
+from observe import terminal_events
+from readers import stream_events
+from runtimes import runtime_for
 
 from shared.models import ChatRequest
 

@@ -5,9 +5,11 @@ the messenger was cut off come back from the job's stream, and the job in flight
 import asyncio
 
 import pytest
-from observe import LONG_MESSAGE, Recorder, expected_text, runtime_for, stream_events, terminal_events
+from observe import LONG_MESSAGE, Recorder, expected_text, terminal_events
 from openai_server import eventually
+from readers import stream_events
 from redis_server import RedisServer
+from runtimes import runtime_for
 
 from messenger.health import health
 from shared.models import ChatRequest

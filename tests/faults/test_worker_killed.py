@@ -3,7 +3,8 @@ gets exactly one whole answer with no text of the dead attempt in it."""
 
 import asyncio
 
-from observe import runtime_for, starts, terminal_events
+from observe import starts, terminal_events
+from runtimes import runtime_for
 from worker_kill import kill_mid_stream
 
 from shared import keys

@@ -4,18 +4,10 @@ WORKER_SHUTDOWN_GRACE_SECONDS, and exits 0."""
 import asyncio
 import signal
 
-from observe import (
-    LONG_MESSAGE,
-    Recorder,
-    exit_code,
-    expected_text,
-    heartbeat,
-    runtime_for,
-    starts,
-    stream_events,
-    terminal_events,
-)
+from observe import LONG_MESSAGE, Recorder, exit_code, expected_text, heartbeat, starts, terminal_events
 from openai_server import eventually
+from readers import stream_events
+from runtimes import runtime_for
 
 from messenger.queue import ANONYMOUS
 from shared.models import ChatRequest

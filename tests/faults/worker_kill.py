@@ -12,7 +12,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from observe import LONG_MESSAGE, Recorder, expected_text, parse_stream, starts, terminal_events
+from observe import LONG_MESSAGE, Recorder, expected_text, starts, terminal_events
+from readers import parse_stream
 
 from shared import keys
 from shared.models import ChatRequest, JobResult

@@ -142,18 +142,3 @@ def running_messengers(tmp_path: Path) -> Iterator[Messengers]:
         yield messengers
     finally:
         messengers.close()
-
-
-def progress_recorder() -> tuple[list[str], object]:
-    """A progress_callback that keeps each notification's message; returns (messages, callback)."""
-    messages: list[str] = []
-
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        if message is not None:
-            messages.append(message)
-
-    return messages, on_progress
-
-
-def error_text(result) -> str:
-    return " ".join(getattr(c, "text", "") for c in result.content)

@@ -13,6 +13,7 @@ import pytest
 from mcp import Client
 from mcp_clock_server import PREFIX
 from mcp_helpers import messenger_env, running_messengers
+from readers import text_of
 
 from messenger.aggregate import JOB_ID_META
 
@@ -32,10 +33,6 @@ def stack(redis_url, redis_server, workers, tmp_path):
     with running_messengers(tmp_path) as messengers:
         messenger = messengers.http(messenger_env(redis_url, MCP_EXPOSE_SERVERS="clock,ghost", **env))
         yield messenger, calls
-
-
-def text_of(result) -> str:
-    return " ".join(getattr(c, "text", "") for c in result.content)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])

@@ -13,7 +13,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_helpers import error_text, messenger_env, running_messengers
+from mcp_helpers import messenger_env, running_messengers
+from readers import text_of
 
 from messenger.task_client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
 
@@ -81,10 +82,10 @@ async def test_another_keys_jobs_and_tasks_are_unknown_to_it(server, mode):
                 ("wait_for_job", {"timeout_seconds": 1}),
                 ("cancel_job", {}),
             ):
-                never = error_text(await bob.call_tool(tool, {"job_id": UNKNOWN, **extra}))
+                never = text_of(await bob.call_tool(tool, {"job_id": UNKNOWN, **extra}))
                 for job_id in (mine["jobId"], task.task_id):
                     got = await bob.call_tool(tool, {"job_id": job_id, **extra})
-                    refused.append((got.is_error, error_text(got), never.replace(UNKNOWN, job_id)))
+                    refused.append((got.is_error, text_of(got), never.replace(UNKNOWN, job_id)))
             task_errors = []
             for read in (get_task, task_result, cancel_task):
                 with pytest.raises(MCPError) as refused_task:

@@ -11,7 +11,8 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp_helpers import ROOT, error_text
+from mcp_helpers import ROOT
+from readers import text_of
 
 
 def desktop_configs() -> list[dict]:
@@ -43,7 +44,7 @@ async def ask(params: StdioServerParameters, errlog) -> dict:
     with anyio.fail_after(60):
         async with Client(stdio_client(params, errlog=errlog)) as client:
             result = await client.call_tool("send_message_to_ai", {"message": "hello from Claude Desktop"})
-    assert not result.is_error, error_text(result)
+    assert not result.is_error, text_of(result)
     return result.structured_content
 
 

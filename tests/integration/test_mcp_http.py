@@ -15,8 +15,9 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp_helpers import HttpMessenger, error_text, messenger_env, progress_recorder, running_messengers
+from mcp_helpers import HttpMessenger, messenger_env, running_messengers
 from processes import WorkerProcesses
+from readers import progress_recorder, stream_events, text_of
 
 from worker.providers.mock import mock_reply
 
@@ -68,10 +69,6 @@ def messengers(tmp_path):
         yield m
 
 
-def stream_events(redis, job_id: str) -> list[dict]:
-    return [json.loads(fields[b"event"]) for _, fields in redis.xrange(f"mcpq:stream:{job_id}")]
-
-
 @ERAS
 async def test_http_answers_in_both_eras_with_tokens_as_progress(http_stack, mode, era):
     url = http_stack.messenger.url
@@ -85,7 +82,7 @@ async def test_http_answers_in_both_eras_with_tokens_as_progress(http_stack, mod
                 {"message": f"hello over http in {mode} mode"},
                 progress_callback=on_progress,
             )
-            assert not result.is_error, error_text(result)
+            assert not result.is_error, text_of(result)
             job_id = result.structured_content["jobId"]
             waited = await client.call_tool("wait_for_job", {"job_id": job_id, "timeout_seconds": 10})
     assert {"send_message_to_ai", "submit_message", "get_job", "check_health"} <= tools
@@ -110,7 +107,7 @@ async def test_fifty_concurrent_calls_each_get_their_own_whole_answer_from_one_w
 
     async def ask(client: Client, i: int) -> None:
         result = await client.call_tool("send_message_to_ai", {"message": prompts[i]})
-        assert not result.is_error, error_text(result)
+        assert not result.is_error, text_of(result)
         results[i] = result.structured_content
 
     with anyio.fail_after(90):
@@ -144,7 +141,7 @@ async def test_health_endpoint_and_tool_see_both_workers(http_stack):
         async with Client(http_stack.messenger.url) as client:
             tool = await client.call_tool("check_health", {})
     assert status == 200
-    for report in (json.loads(body), json.loads(error_text(tool))):
+    for report in (json.loads(body), json.loads(text_of(tool))):
         assert report["mode"] == "redis"
         assert report["redis"]["ok"] is True
         assert report["status"] == "ok"
@@ -160,7 +157,7 @@ async def test_sse_transport_answers_a_call(messengers):
                 result = await client.call_tool(
                     "send_message_to_ai", {"message": f"hello over sse {mode}"}, progress_callback=on_progress
                 )
-            assert not result.is_error, error_text(result)
+            assert not result.is_error, text_of(result)
             assert result.structured_content["aiResponse"] == whole_answer(f"hello over sse {mode}")
             assert "".join(messages) == result.structured_content["aiResponse"]
             messages.clear()
@@ -201,7 +198,7 @@ async def test_api_key_is_required_on_mcp_but_not_on_health(messengers):
                 Client(streamable_http_client(server.url, http_client=http), mode=mode) as client,
             ):
                 result = await client.call_tool("send_message_to_ai", {"message": f"with key {mode}"})
-            assert not result.is_error, error_text(result)
+            assert not result.is_error, text_of(result)
             assert result.structured_content["aiResponse"] == whole_answer(f"with key {mode}")
 
         with pytest.raises(Exception) as refused_client:  # whatever the SDK raises for a 401

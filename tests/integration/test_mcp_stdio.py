@@ -12,7 +12,8 @@ import sys
 import anyio
 import pytest
 from mcp import Client
-from mcp_helpers import ROOT, error_text, messenger_env, progress_recorder, running_messengers
+from mcp_helpers import ROOT, messenger_env, running_messengers
+from readers import progress_recorder, text_of
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ async def exercise(client: Client) -> None:
     result = await client.call_tool(
         "send_message_to_ai", {"message": "hello over stdio"}, progress_callback=on_progress
     )
-    assert not result.is_error, error_text(result)
+    assert not result.is_error, text_of(result)
     answer = result.structured_content
     assert answer["status"] == "completed"
     assert answer["aiResponse"].startswith("Mock answer to: hello over stdio")
@@ -38,11 +39,11 @@ async def exercise(client: Client) -> None:
     assert "".join(messages) == answer["aiResponse"]
 
     submitted = await client.call_tool("submit_message", {"message": "a job to poll"})
-    assert not submitted.is_error, error_text(submitted)
+    assert not submitted.is_error, text_of(submitted)
     job_id = submitted.structured_content["jobId"]
     while True:
         job = await client.call_tool("get_job", {"job_id": job_id})
-        assert not job.is_error, error_text(job)
+        assert not job.is_error, text_of(job)
         if job.structured_content["status"] not in ("queued", "running"):
             break
         await anyio.sleep(0.05)
@@ -57,7 +58,7 @@ async def test_stdio_messenger_in_embedded_mode_answers(messengers, mode):
         async with Client(messengers.stdio(env), mode=mode) as client:
             await exercise(client)
             health = await client.call_tool("check_health", {})
-    assert '"embedded"' in error_text(health)
+    assert '"embedded"' in text_of(health)
 
 
 async def test_stdio_messenger_on_real_redis_hands_jobs_to_a_worker_process(

@@ -12,9 +12,10 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp_helpers import error_text, free_port, messenger_env, running_messengers
+from mcp_helpers import free_port, messenger_env, running_messengers
 from openai_server import eventually
 from prometheus_client.parser import text_string_to_metric_families
+from readers import text_of
 
 from messenger.runtime import open_runtime
 from shared.models import ChatRequest
@@ -113,7 +114,7 @@ async def test_messenger_metrics_count_tool_calls_and_a_traceparent_header_reach
             results = []
             for i in range(calls):
                 result = await client.call_tool("send_message_to_ai", {"message": f"count me {i}"})
-                assert not result.is_error, error_text(result)
+                assert not result.is_error, text_of(result)
                 results.append(result.structured_content)
             missing = await client.call_tool("get_job", {"job_id": "0" * 32})
             assert missing.is_error

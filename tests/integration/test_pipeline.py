@@ -7,40 +7,23 @@ from collections import Counter
 
 import pytest
 from openai_server import eventually, words
+from processes import OPENAI_TEST_KEY, start_openai_workers, worker_ids
+from readers import stream_events
+from runtimes import runtime_for
 
 from messenger.queue import ANONYMOUS
-from messenger.runtime import open_runtime
 from shared.errors import JobNotFound
 from shared.models import ChatRequest
-from shared.settings import load_settings
 from worker.providers.mock import mock_reply
 
-API_KEY = "sk-test"
+API_KEY = OPENAI_TEST_KEY
 REPLY = "Redis carries every token from the worker back to the caller, in order."
 SLOW_REPLY = " ".join(f"w{i}" for i in range(400))  # 20 s at 50 ms a token: only a cancel ends it early
-
-
-def start_openai_workers(workers, redis_url, server, count=1):
-    return workers.start(
-        redis_url, count=count, AI_PROVIDER="openai", OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY=API_KEY
-    )
-
-
-def runtime_for(redis_url):
-    return open_runtime(load_settings(redis_url=redis_url))
-
-
-def stream_events(client, job_id) -> list[dict]:
-    return [json.loads(fields[b"event"]) for _, fields in client.xrange(f"mcpq:stream:{job_id}")]
 
 
 async def stored_result(client, job_id) -> dict:
     """arq's result record; the worker writes it just after the terminal event the caller saw."""
     return json.loads(await eventually(lambda: client.get(f"arq:result:{job_id}")))
-
-
-def worker_ids(client) -> set[str]:
-    return {json.loads(client.get(key))["worker_id"] for key in client.scan_iter("mcpq:worker:*")}
 
 
 @pytest.mark.parametrize("count", [1, 2])

@@ -6,8 +6,9 @@ from __future__ import annotations
 import anyio
 import pytest
 from mcp import Client
-from mcp_helpers import error_text, messenger_env, progress_recorder, running_messengers
+from mcp_helpers import messenger_env, running_messengers
 from processes import WorkerProcesses
+from readers import progress_recorder, text_of
 
 from messenger.task_client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
 from worker.providers.mock import mock_reply
@@ -50,7 +51,7 @@ async def exercise_tasks(client: Client, statuses: list, era: str) -> None:
         seen.append(await get_task(client, task.task_id))
     assert seen[-1].status == "completed"
     result = await task_result(client, task.task_id)
-    assert not result.is_error, error_text(result)
+    assert not result.is_error, text_of(result)
     assert result.structured_content["jobId"] == task.task_id
     assert result.structured_content["aiResponse"] == whole_answer(f"a task in {era}")
 
@@ -74,7 +75,7 @@ async def plain_call_streams_progress(client: Client, era: str) -> None:
     plain = await client.call_tool(
         "send_message_to_ai", {"message": f"plain in {era}"}, progress_callback=on_progress
     )
-    assert not plain.is_error, error_text(plain)
+    assert not plain.is_error, text_of(plain)
     assert plain.structured_content["aiResponse"] == whole_answer(f"plain in {era}")
     assert len(messages) >= 2 and "".join(messages) == plain.structured_content["aiResponse"]
 

@@ -12,6 +12,7 @@ import json
 
 import pytest
 from mcp import Client
+from readers import text_of
 from redis_server import RedisServer
 from test_answers import store_result
 
@@ -34,10 +35,6 @@ def own_redis(tmp_path):
 
 async def submit(runtime, n: int, caller: str = ANONYMOUS) -> list[str]:
     return [await runtime.queue.submit(ChatRequest(message=f"job {i}"), caller=caller) for i in range(n)]
-
-
-def text_of(result) -> str:
-    return " ".join(getattr(c, "text", "") for c in result.content)
 
 
 async def test_junk_in_one_jobs_keys_leaves_every_read_answering(own_redis, clean_env):

@@ -13,7 +13,7 @@ import re
 import anyio
 import pytest
 from mcp import Client
-from runtimes import embedded
+from readers import progress_recorder, text_of
 
 from messenger.server import build_server
 
@@ -22,34 +22,6 @@ UNKNOWN_JOB = "0123456789abcdef0123456789abcdef"
 
 
 pytestmark = pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])
-
-
-@pytest.fixture
-async def streaming_runtime(clean_env):
-    """Embedded, with 5 ms between mock tokens: an answer spans several progress notifications."""
-    async with embedded(clean_env, 5) as runtime:
-        yield runtime
-
-
-@pytest.fixture
-async def slow_runtime(clean_env):
-    """Embedded, with 100 ms between mock tokens: a long answer runs for seconds."""
-    async with embedded(clean_env, 100) as runtime:
-        yield runtime
-
-
-def progress_recorder():
-    messages: list[str] = []
-
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        if message is not None:
-            messages.append(message)
-
-    return messages, on_progress
-
-
-def text_of(result) -> str:
-    return " ".join(getattr(c, "text", "") for c in result.content)
 
 
 def data_of(result) -> dict:

@@ -15,6 +15,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from readers import text_of
 from runtimes import embedded
 
 from messenger.server import build_server
@@ -34,24 +35,6 @@ LONG_PROMPT = " ".join(f"word{i}" for i in range(60))  # a 56-token answer from 
 UNKNOWN = "0123456789abcdef0123456789abcdef"
 
 
-@pytest.fixture
-async def runtime(clean_env):
-    """5 ms between mock tokens: an answer takes about a tenth of a second."""
-    async with embedded(clean_env, 5) as rt:
-        yield rt
-
-
-@pytest.fixture
-async def slow_runtime(clean_env):
-    """100 ms between mock tokens: a long answer runs for seconds."""
-    async with embedded(clean_env, 100) as rt:
-        yield rt
-
-
-def text_of(result) -> str:
-    return " ".join(getattr(c, "text", "") for c in result.content)
-
-
 def settled(job: dict) -> dict:
     """A job's fields that do not change once it ended (processingTime is re-measured when arq
     stores the result, a moment after the last event)."""
@@ -68,12 +51,12 @@ async def poll(client, task_id: str) -> list:
 
 
 @ERAS
-async def test_a_task_is_the_job_and_its_result_is_the_tools_result(runtime, mode):
-    server = build_server(runtime)
+async def test_a_task_is_the_job_and_its_result_is_the_tools_result(streaming_runtime, mode):
+    server = build_server(streaming_runtime)
     with anyio.fail_after(30):
         async with Client(server, mode=mode, extensions=[Tasks()]) as client:
             task = await start_task(client, "send_message_to_ai", {"message": "run me as a task"})
-            queued = await runtime.jobs.get(task.task_id)  # in Redis before the client heard of it
+            queued = await streaming_runtime.jobs.get(task.task_id)  # in Redis before the client heard of it
             states = await poll(client, task.task_id)
             result = await task_result(client, task.task_id)
             listed = await list_tasks(client)
@@ -90,7 +73,7 @@ async def test_a_task_is_the_job_and_its_result_is_the_tools_result(runtime, mod
     assert states[-1].status_message.startswith("completed")
 
     # exactly what send_message_to_ai returns for the same request
-    job = (await runtime.jobs.get(task.task_id)).model_dump(mode="json", by_alias=True)
+    job = (await streaming_runtime.jobs.get(task.task_id)).model_dump(mode="json", by_alias=True)
     assert not result.is_error and not plain.is_error
     assert settled(result.structured_content) == settled(job)
     assert json.loads(text_of(result)) == result.structured_content
@@ -122,9 +105,9 @@ async def test_status_notifications_say_when_the_job_starts_and_ends(clean_env, 
 
 
 @ERAS
-async def test_a_failed_job_is_a_failed_task_whose_result_is_the_tools_error(runtime, mode):
+async def test_a_failed_job_is_a_failed_task_whose_result_is_the_tools_error(streaming_runtime, mode):
     with anyio.fail_after(30):
-        async with Client(build_server(runtime), mode=mode, extensions=[Tasks()]) as client:
+        async with Client(build_server(streaming_runtime), mode=mode, extensions=[Tasks()]) as client:
             task = await start_task(client, "send_message_to_ai", {"message": "hi", "model": "gpt-4o"})
             final = (await poll(client, task.task_id))[-1]
             result = await task_result(client, task.task_id)
@@ -163,9 +146,9 @@ async def test_cancelling_a_task_stops_its_job(slow_runtime, mode):
 
 
 @ERAS
-async def test_task_errors_are_clear(runtime, mode):
+async def test_task_errors_are_clear(streaming_runtime, mode):
     with anyio.fail_after(30):
-        async with Client(build_server(runtime), mode=mode, extensions=[Tasks()]) as client:
+        async with Client(build_server(streaming_runtime), mode=mode, extensions=[Tasks()]) as client:
             with pytest.raises(NotATask, match="message"):
                 await start_task(client, "send_message_to_ai", {"message": ""})
             for read in (get_task, task_result, cancel_task):
@@ -179,9 +162,9 @@ async def test_task_errors_are_clear(runtime, mode):
     assert not after.is_error
 
 
-async def test_legacy_clients_see_the_tasks_capability_and_tool_support(runtime):
+async def test_legacy_clients_see_the_tasks_capability_and_tool_support(streaming_runtime):
     with anyio.fail_after(30):
-        async with Client(build_server(runtime), mode="legacy") as client:
+        async with Client(build_server(streaming_runtime), mode="legacy") as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             capabilities = client.server_capabilities
     assert tools["send_message_to_ai"].execution.task_support == "optional"
@@ -190,8 +173,8 @@ async def test_legacy_clients_see_the_tasks_capability_and_tool_support(runtime)
     assert capabilities.tasks.requests.tools.call is not None
 
 
-async def test_modern_clients_get_tasks_only_when_they_declare_the_extension(runtime):
-    server = build_server(runtime)
+async def test_modern_clients_get_tasks_only_when_they_declare_the_extension(streaming_runtime):
+    server = build_server(streaming_runtime)
     with anyio.fail_after(30):
         async with Client(server) as plain_client:
             assert TASKS_EXTENSION in plain_client.server_capabilities.extensions
@@ -207,9 +190,9 @@ async def test_modern_clients_get_tasks_only_when_they_declare_the_extension(run
 
 
 @ERAS
-async def test_job_usage_and_health_are_json_resources(runtime, mode):
+async def test_job_usage_and_health_are_json_resources(streaming_runtime, mode):
     with anyio.fail_after(30):
-        async with Client(build_server(runtime), mode=mode) as client:
+        async with Client(build_server(streaming_runtime), mode=mode) as client:
             answer = (
                 await client.call_tool("send_message_to_ai", {"message": "as a resource"})
             ).structured_content

@@ -10,7 +10,9 @@ import time
 import anyio
 import pytest
 from mcp import Client
-from usage_helpers import runtime_for, stored_result, text_of
+from readers import text_of
+from runtimes import runtime_for
+from usage_helpers import stored_result
 
 from messenger import admission
 from messenger.admission import Refused
@@ -221,7 +223,8 @@ async def test_a_tool_job_reserves_every_turn_and_stops_before_a_turn_its_reserv
 ):
     import sys
 
-    from usage_helpers import ROOT, start_openai_workers
+    from processes import start_openai_workers
+    from usage_helpers import ROOT
 
     servers = {"clock": {"command": sys.executable, "args": [str(ROOT / "tests" / "mcp_clock_server.py")]}}
     request = ChatRequest(

@@ -8,7 +8,9 @@ import json
 import anyio
 import pytest
 from mcp import Client
-from usage_helpers import call, runtime_for, start_openai_workers, stored_result
+from processes import start_openai_workers
+from runtimes import runtime_for
+from usage_helpers import call, stored_result
 
 from messenger.server import build_server
 from shared import prices

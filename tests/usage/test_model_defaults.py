@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import anyio
 from mcp import Client
-from usage_helpers import call, runtime_for, start_openai_workers, text_of
+from processes import start_openai_workers
+from readers import text_of
+from runtimes import runtime_for
+from usage_helpers import call
 
 from messenger.server import build_server
 from shared.models import ChatRequest

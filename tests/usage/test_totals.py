@@ -12,15 +12,9 @@ from collections import defaultdict
 import anyio
 import pytest
 from mcp import Client
-from usage_helpers import (
-    ROOT,
-    call,
-    runtime_for,
-    start_openai_workers,
-    stored_result,
-    subprocess_env,
-    worker_ids,
-)
+from processes import start_openai_workers, worker_ids
+from runtimes import runtime_for
+from usage_helpers import ROOT, call, stored_result, subprocess_env
 
 from messenger.server import build_server
 from messenger.usage import usage_stats

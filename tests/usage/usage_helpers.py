@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 from openai_server import eventually
-from processes import process_env
+from processes import OPENAI_TEST_KEY, process_env
+from readers import text_of
 
-from messenger.runtime import open_runtime
-from shared.settings import load_settings
-
-API_KEY = "sk-test"
+API_KEY = OPENAI_TEST_KEY
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -20,33 +18,10 @@ def subprocess_env(redis_url: str, **extra: str) -> dict[str, str]:
     return process_env(redis_url, **extra)
 
 
-def runtime_for(redis_url: str, **settings):
-    return open_runtime(load_settings(redis_url=redis_url, **settings))
-
-
-def start_openai_workers(workers, redis_url, server, count=1, **env):
-    return workers.start(
-        redis_url,
-        count=count,
-        AI_PROVIDER="openai",
-        OPENAI_BASE_URL=server.base_url,
-        OPENAI_API_KEY=API_KEY,
-        **env,
-    )
-
-
 async def stored_result(client, job_id: str, timeout: float = 30) -> dict:
     """The JobResult arq stored; the worker counts usage before it returns the result."""
     raw = await eventually(lambda: client.get(f"arq:result:{job_id}"), timeout=timeout)
     return json.loads(raw)["r"]
-
-
-def worker_ids(client) -> set[str]:
-    return {json.loads(client.get(key))["worker_id"] for key in client.scan_iter("mcpq:worker:*")}
-
-
-def text_of(result) -> str:
-    return " ".join(getattr(c, "text", "") for c in result.content)
 
 
 async def call(client, tool: str, **arguments) -> dict:
