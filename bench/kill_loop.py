@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 for path in (ROOT, ROOT / "tests", ROOT / "tests" / "faults"):
     sys.path.insert(0, str(path))
 
-from runtimes import runtime_for  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
+from runtimes import runtime_for  # noqa: E402
 from worker_kill import KillTrial, kill_mid_stream  # noqa: E402
 
 from shared import keys  # noqa: E402

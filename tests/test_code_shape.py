@@ -1,10 +1,12 @@
 """The shape the code keeps (issue 14), read from the source with `ast`: no import cycle between our
 modules, and imports that only point the right way (messenger -> shared, worker -> shared; the
-messenger reaches the worker only through its embedded entry)."""
+messenger reaches the worker only through its embedded entry); and the README's Development layout
+names files that exist, with the path of one request in at most six."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,26 @@ def test_the_embedded_entry_imports_the_worker_only_inside_a_function():
     at_import = [t for node in tree.body for t in _imported(node) if t.split(".")[0] == "worker"]
     anywhere = [t for node in ast.walk(tree) for t in _imported(node) if t.split(".")[0] == "worker"]
     assert at_import == [] and anywhere  # if the entry moves, move EMBEDDED_ENTRY with it
+
+
+def _development_blocks() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("\n## Development\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```\n")[1::2]
+
+
+def test_the_readme_request_path_is_six_files_that_exist():
+    path = [line.split()[0] for line in _development_blocks()[0].splitlines()]
+    assert len(path) <= 6
+    assert [p for p in path if not (ROOT / p).exists()] == []
+
+
+def test_every_file_the_readme_layout_names_exists():
+    missing = []
+    folder = ""
+    for line in _development_blocks()[1].splitlines():
+        if not line.startswith(" "):
+            folder = line.split()[0]
+        for name in re.findall(r"\b[\w.]+\.py\b", line):
+            if not (ROOT / folder / name).exists():
+                missing.append(f"{folder}{name}")
+    assert missing == []
