@@ -94,13 +94,11 @@ class JobClient:
             return stored_result(job_id, stored.result, transcript)
         if transcript.final and transcript.whole:
             return transcript.result()  # ended a moment ago; arq is storing the same result now
-        known = stored.running or stored.queued or transcript.attempt
-        if known or await held_by_worker(self.redis, job_id):
-            snapshot = transcript.result()  # a final transcript with holes is not an answer: wait on
-            snapshot.status = "queued" if stored.queued and not stored.running else "running"
-            snapshot.finish_reason = snapshot.error = None
-            return snapshot
-        raise JobNotFound(job_id)
+        if stored.running or stored.queued or await held_by_worker(self.redis, job_id):
+            return _pending(transcript, "queued" if stored.queued and not stored.running else "running")
+        if transcript.final:  # ended, but the stored result and some of its events are gone
+            return JobResult(job_id=job_id, status="failed", attempt=transcript.attempt, error=_LOST_ANSWER)
+        raise JobNotFound(job_id)  # nothing left of it, and no worker runs it
 
     async def cancel(self, job_id: str, reader: str | None = None) -> JobResult:
         """Stop a job: a queued one is taken off the queue here; a running one is aborted by its worker."""
@@ -258,6 +256,20 @@ class JobClient:
         event = CancelledEvent(job_id=job_id, seq=0, attempt=attempt, ts=time.time())
         await publish_events(self.redis, [event])
         return True
+
+
+_LOST_ANSWER = (
+    "the job ended, but Redis lost its stored result and part of its text (restarted without "
+    "persistence?); submit it again"
+)
+
+
+def _pending(transcript: Transcript, status: JobStatus) -> JobResult:
+    """A job not ended yet (or ended a moment ago with holes in its text: not an answer, wait on)."""
+    snapshot = transcript.result()
+    snapshot.status = status
+    snapshot.finish_reason = snapshot.error = None
+    return snapshot
 
 
 class Vanished:

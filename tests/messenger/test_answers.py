@@ -7,14 +7,17 @@ text. Every way of following the job answers with the stored result.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
+import pytest
 from arq.jobs import serialize_result
 from test_tools import FakeContext
 
 from messenger.collector import Transcript, replay
 from messenger.tools import QueueTools
 from shared import keys
+from shared.errors import JobNotFound
 from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, publish_events
 from shared.models import JobResult, ResultUsage
 from shared.serializer import serialize
@@ -83,3 +86,21 @@ async def test_every_read_path_gives_the_stored_result(embedded_runtime):
     assert await jobs.wait(JOB, timeout=5) == STORED
     assert await tools.wait_for_job(JOB, ctx) == STORED  # type: ignore[arg-type]
     assert await tools.get_job(JOB, ctx) == STORED  # type: ignore[arg-type]
+
+
+async def test_a_job_redis_lost_but_a_worker_still_runs_reads_as_running(embedded_runtime):
+    redis, jobs = embedded_runtime.redis, embedded_runtime.jobs
+    with pytest.raises(JobNotFound, match="never existed"):
+        await jobs.get(JOB)
+    beat = {"worker_id": "w-lost", "running_jobs": {JOB: 1}, "last_seen": time.time()}
+    await redis.set(keys.worker("w-lost"), json.dumps(beat), ex=10)
+    assert (await jobs.get(JOB)).status == "running"
+
+
+async def test_an_ended_job_whose_result_and_some_events_redis_lost_reads_as_failed_not_gapped(
+    embedded_runtime,
+):
+    await publish_events(embedded_runtime.redis, gapped_events())  # no result, no keys, no worker holds it
+    lost = await embedded_runtime.jobs.get(JOB)
+    assert lost.status == "failed" and lost.ai_response == ""
+    assert lost.error is not None and "Redis lost its stored result" in lost.error

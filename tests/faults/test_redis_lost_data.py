@@ -1,0 +1,66 @@
+"""Redis without persistence stopped for 15 s and started again empty, with 24 jobs in flight through two
+real worker processes: a job a worker still runs ends, and its caller gets its stored result (whether
+the worker completes it across the outage is the worker's promise, tested with the worker); a job
+that was only queued is gone, and its caller is told it was lost, never that it "never existed"."""
+
+import asyncio
+
+import pytest
+from observe import LONG_MESSAGE, Recorder, expected_text, runtime_for
+from openai_server import eventually
+from redis_server import RedisServer
+
+from shared.errors import JobLost, JobNotFound
+from shared.models import ChatRequest, JobResult
+
+OUTAGE_SECONDS = 15
+JOBS = 24
+CONCURRENCY = 4  # per worker: 8 jobs run, 16 wait in the queue when Redis goes
+
+
+@pytest.fixture
+def volatile_redis(tmp_path, workers):
+    server = RedisServer(tmp_path / "redis", persistent=False)
+    server.tmp.mkdir()
+    server.start()
+    workers.redis_server = server  # the workers fixture watches this server for heartbeats
+    yield server
+    workers.stop_all()
+    server.stop()
+
+
+async def test_a_redis_restart_without_data_reports_queued_jobs_lost_and_running_jobs_ended(
+    volatile_redis, workers, clean_env
+):
+    url = volatile_redis.url
+    workers.start(url, count=2, MOCK_TOKEN_DELAY_MS="400", WORKER_CONCURRENCY=str(CONCURRENCY))
+    messages = [f"{LONG_MESSAGE} number{i}" for i in range(JOBS)]
+    seen = [Recorder() for _ in messages]
+    async with runtime_for(url) as runtime, asyncio.timeout(150):
+        callers = [
+            asyncio.create_task(runtime.jobs.run(ChatRequest(message=m), rec, timeout=120))
+            for m, rec in zip(messages, seen, strict=True)
+        ]
+        await eventually(lambda: sum(1 for r in seen if r.words(1) >= 1) >= 2 * CONCURRENCY, timeout=30)
+        streaming = {i for i, r in enumerate(seen) if r.events}
+        await asyncio.to_thread(volatile_redis.stop)
+        await asyncio.sleep(OUTAGE_SECONDS)  # the fault itself: Redis is away this long
+        await asyncio.to_thread(volatile_redis.start)
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+
+        finished = {i: o for i, o in enumerate(outcomes) if isinstance(o, JobResult)}
+        lost = {i: o for i, o in enumerate(outcomes) if isinstance(o, JobLost)}
+        others = {i: repr(o) for i, o in enumerate(outcomes) if i not in finished and i not in lost}
+        assert not others, others
+        assert not any("never existed" in str(o) for o in outcomes)
+        assert len(streaming) == 2 * CONCURRENCY and streaming <= set(finished), "no running job called lost"
+        assert len(lost) >= JOBS - 2 * CONCURRENCY - 2, "the queued jobs are gone with the data"
+        for i, answer in finished.items():
+            assert answer.status in ("completed", "failed"), answer
+            assert await runtime.jobs.get(answer.job_id) == answer, "the caller's answer is the stored result"
+            if answer.status == "completed":
+                assert answer.ai_response == expected_text(messages[i])
+        for error in lost.values():
+            assert "was lost: Redis restarted without its data (no persistence?)" in error.message, error
+            with pytest.raises(JobNotFound):  # and it truly is gone: no worker finishes it later
+                await runtime.jobs.get(error.job_id)
