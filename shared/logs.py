@@ -19,7 +19,7 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 _PATTERNS = [  # what a URL, a command line, an error or a server's stderr may carry that is secret
     (re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@]+@", re.I), r"\1***@"),  # scheme://user:password@
     (re.compile(r"(://[^\s?#]*)\?[^\s#\"']*"), r"\1?***"),  # a URL's query (api-key=..., password=...)
-    (re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+"), r"\1***"),
+    (re.compile(r"(?i)\b((?:bearer|basic)\s+)[^\s\"',]+"), r"\1***"),
     (
         re.compile(
             r"(?i)\b([\w-]*(?:password|passwd|pwd|token(?!s)|secret|api[_-]?key|apikey)[\w-]*)([\"']?\s*[=:]\s*)"
