@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--json", action="store_true")
     st = sub.add_parser("stats", help="requests, tokens, cost and latency per model, from all workers")
     st.add_argument("--json", action="store_true")
+    st.add_argument(
+        "--by", choices=["model", "tenant"], default="model", help="one row per model (default) or per tenant"
+    )
     hl = sub.add_parser("health", help="Redis, workers, queue depth, provider")
     hl.add_argument("--json", action="store_true")
     return p
@@ -268,8 +271,12 @@ async def _stats(runtime: Runtime, args) -> int:
         return "-" if v is None else f"{v:.0f} ms"
 
     header = f"{'MODEL':24} {'REQ':>6} {'OK':>6} {'FAIL':>5} {'CANC':>5} {'PROMPT':>9} {'COMPL':>9} {'COST':>12} {'AVG':>8} {'P95':>8}"
+    if args.by == "tenant":
+        header = header.replace("MODEL ", "TENANT")
+        rows = [*((name, t["totals"]) for name, t in stats["tenants"].items()), ("TOTAL", stats["totals"])]
+    else:
+        rows = [*stats["models"].items(), ("TOTAL", stats["totals"])]
     print(header)
-    rows = [*stats["models"].items(), ("TOTAL", stats["totals"])]
     for name, r in rows:
         print(
             f"{name[:24]:24} {r['requests']:>6} {r['completed']:>6} {r['failed']:>5} {r['cancelled']:>5} "
