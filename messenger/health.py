@@ -45,6 +45,14 @@ def worker_rows(workers: list[dict]) -> list[dict]:
     ]
 
 
+def seen_by_tenant(report: dict) -> dict:
+    """The report a tenant sees: how many jobs each worker runs, not their ids (those are other
+    tenants' job handles)."""
+    for row in report.get("workers", []):
+        row["running"] = len(row.pop("running_jobs", None) or [])
+    return report
+
+
 async def health(runtime: Runtime) -> dict:
     """Redis, live workers, queue depth and provider reachability, as one JSON-able dict."""
     settings = runtime.settings

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from messenger import usage
 from messenger.calls import current_tenant, unavailable
-from messenger.health import health
+from messenger.health import health, seen_by_tenant
 from messenger.runtime import Runtime
 from messenger.tenants import Tenant
 from shared.errors import JobNotFound, McpQueueError
@@ -48,4 +48,5 @@ def add_resources(mcp: MCPServer, runtime: Runtime, tenant_of: Callable[[Context
     @mcp.resource("health://status", name="health", mime_type=JSON)
     async def health_status() -> str:
         """Redis, live workers, queue depth and provider reachability."""
-        return json.dumps(await health(runtime))
+        report = await health(runtime)
+        return json.dumps(report if current_tenant(runtime.settings).operator else seen_by_tenant(report))

@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 from messenger import usage
 from messenger.calls import chat_request, final_answer, guarded, tenant_from, tool_notice
 from messenger.collector import Transcript
-from messenger.health import health, mcp_server_rows, models
+from messenger.health import health, mcp_server_rows, models, seen_by_tenant
 from messenger.runtime import Runtime
 from messenger.tenants import TENANT_NAME, Tenant
 from shared.errors import validation_message
@@ -200,9 +200,10 @@ class QueueTools:
         """The configured provider's models, with prices in USD per million tokens."""
         return models(self.settings)
 
-    async def check_health(self) -> dict[str, Any]:
+    async def check_health(self, ctx: Context) -> dict[str, Any]:
         """Redis, live workers, queue depth and whether the provider can be reached."""
-        return await health(self.runtime)
+        report = await health(self.runtime)
+        return report if self.identity(ctx).operator else seen_by_tenant(report)
 
     async def get_ai_usage_stats(self, ctx: Context) -> dict[str, Any]:
         """Requests, tokens, cost (USD) per model and per day, average and p95 latency, from all workers:
