@@ -19,8 +19,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_helpers import ROOT, error_text, messenger_env, running_messengers
+from mcp_helpers import ROOT, messenger_env, running_messengers
 from processes import WorkerProcesses
+from readers import text_of
 
 from messenger.task_client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
 
@@ -67,7 +68,7 @@ async def client_as(url: str, token: str):
 async def call(client, tool: str, **args) -> tuple[bool, dict | str]:
     """(is_error, the structured answer or the error text)."""
     result = await client.call_tool(tool, args)
-    return (True, error_text(result)) if result.is_error else (False, result.structured_content or {})
+    return (True, text_of(result)) if result.is_error else (False, result.structured_content or {})
 
 
 async def answer(client, tool: str, **args) -> dict:
@@ -122,7 +123,7 @@ async def probe_reads(url: str, me: Written, others: list[Written]) -> list[str]
     found: list[str] = []
     async with client_as(url, KEYS[me.name]) as client:
         never = {
-            tool: error_text(await client.call_tool(tool, {"job_id": UNKNOWN, **extra}))
+            tool: text_of(await client.call_tool(tool, {"job_id": UNKNOWN, **extra}))
             for tool, extra in (("get_job", {}), ("wait_for_job", {"timeout_seconds": 1}))
         }
         for other in others:
