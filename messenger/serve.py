@@ -58,5 +58,6 @@ async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
             "listening on %s but answering only to Host localhost (and %s itself): set "
             "MCP_ALLOWED_HOSTS to the names clients use", host, host,
         )  # fmt: skip
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    # log_config=None: uvicorn's records go through our handler (format, redaction), not its own
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", log_config=None)
     await uvicorn.Server(config).serve()
