@@ -104,6 +104,12 @@ def test_more_than_one_credential_is_refused_with_400(servers, path, headers, qu
     assert "credentials" in message and ALICE not in message and BOB not in message
 
 
+@pytest.mark.parametrize("key", [ALICE, OPERATOR], ids=["tenant", "operator"])
+def test_a_tenant_key_and_the_operator_key_are_both_accepted_on_mcp(servers, key):
+    for header in ({"Authorization": f"Bearer {key}"}, {"X-Api-Key": key}):
+        assert send(servers["http"], "POST", "/mcp", header | JSON).status_code == 200
+
+
 def test_the_dashboard_and_metrics_are_the_operators(servers):
     server = servers["http"]
     submitted = {key: send(server, "POST", "/dashboard/submit", auth | JSON)
