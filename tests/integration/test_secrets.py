@@ -23,8 +23,9 @@ import pytest
 import redis as sync_redis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp_helpers import ROOT, error_text, free_port, running_messengers
+from mcp_helpers import ROOT, free_port, running_messengers
 from processes import process_env
+from readers import text_of
 from redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
@@ -135,7 +136,7 @@ async def answers(url: str, key: str, calls: list[tuple[str, dict]]) -> list[str
     async with client_as(url, key) as client:
         for tool, arguments in calls:
             result = await client.call_tool(tool, arguments)
-            got.append(f"{tool}: {error_text(result)} {json.dumps(result.structured_content)}")
+            got.append(f"{tool}: {text_of(result)} {json.dumps(result.structured_content)}")
     return got
 
 
