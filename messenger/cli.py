@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     hl = sub.add_parser("health", help="Redis, workers, queue depth, provider")
     hl.add_argument("--json", action="store_true")
+    dead = sub.add_parser("dead", help="queue entries no worker could run (mcpq:dead); requeue or drop one")
+    dead.add_argument("action", nargs="?", choices=["list", "requeue", "drop"], default="list")
+    dead.add_argument("job_id", nargs="?")
+    dead.add_argument("--json", action="store_true")
     return p
 
 
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as e:
         return _fail(e, None)
     setup_logging(settings.log_level if args.command == "serve" else "WARNING", settings.log_format)
-    if settings.embedded and args.command in ("job", "tail", "jobs", "stats"):
+    if settings.embedded and args.command in ("job", "tail", "jobs", "stats", "dead"):
         print(
             "messenger: REDIS_URL is not set, so jobs live inside each process (embedded mode) and another "
             "process cannot see them. Set REDIS_URL=redis://… to share jobs.",
@@ -286,6 +290,29 @@ async def _stats(runtime: Runtime, args) -> int:
     return 0
 
 
+async def _dead(runtime: Runtime, args) -> int:
+    from shared import dead_letter
+    from shared.errors import McpQueueError
+
+    if args.action == "list":
+        entries = [e.as_dict() for e in await dead_letter.list_dead(runtime.redis)]
+        if args.json:
+            print(json.dumps(entries, indent=2, ensure_ascii=False))
+        for e in [] if args.json else entries:
+            print(f"{e['job_id'][:32]:32}  {e['function'] or '-':10}  {e['reason'][:100]}")
+        return 0
+    if not args.job_id:
+        print(f"messenger: dead {args.action} needs a job id (see `messenger dead`)", file=sys.stderr)
+        return 2
+    try:
+        await getattr(dead_letter, args.action)(runtime.redis, args.job_id)
+    except McpQueueError as e:
+        print(f"messenger: {e.message}", file=sys.stderr)
+        return 1
+    print(f"{args.job_id} {'queued again' if args.action == 'requeue' else 'dropped'}")
+    return 0
+
+
 COMMANDS = {
     "serve": _serve,
     "ask": _ask,
@@ -294,6 +321,7 @@ COMMANDS = {
     "jobs": _jobs,
     "stats": _stats,
     "health": _health,
+    "dead": _dead,
 }
 
 

@@ -25,7 +25,9 @@ STREAM_MAXLEN = (
 )
 KEEP_RESULT_SECONDS = 3600  # arq's default keep_result: how long a finished job's result is kept
 STREAM_TTL_SECONDS = KEEP_RESULT_SECONDS  # so text and result expire together
-DEAD_LETTER = "mcpq:dead"  # poison queue entries, with their raw value (capped) and why (see worker)
+DEAD_LETTER = "mcpq:dead"  # hash: job id -> JSON {job_id, reason, raw (capped), function, at} (dead_letter)
+DEAD_LETTER_ORDER = "mcpq:dead:order"  # zset: job id -> ms when buried; keeps the hash to the newest
+DEAD_LETTER_KEPT = 1000
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS  # a worker missing three beats is gone
 

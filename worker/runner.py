@@ -11,19 +11,23 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import time
 import uuid
 
+from arq.constants import abort_job_max_age
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from shared import keys, prices
+from shared import dead_letter, keys, prices
 from shared.connection import connect
 from shared.scripts import Arg, Args, Key, script
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 from shared.tool_client import ToolServers
 from worker.heartbeat import beat_forever
+from worker.intake import job_id_problem, job_problem
 from worker.job import WorkerState, call_tool, chat
 from worker.metrics import MetricsServer, WorkerMetrics
 from worker.providers import make_provider
@@ -104,18 +108,37 @@ def worker_options(settings: Settings) -> dict:
 
 
 # arq's claim (per job: WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC, four round trips) as one atomic
-# script for a whole batch of candidate ids, stopping once the worker's free slots are filled.
+# script for a whole batch of candidate ids, stopping once the worker's free slots are filled. It
+# hands back each claimed job's value too, so the worker checks it before arq sees it (intake.py),
+# and resets a retry counter arq's INCR would choke on.
 @script("""
+-- answers {id, score, job value ('' = none), starts so far (or 'reset: why'), ...} for the jobs leased
 local claimed = {}
 for _, id in ipairs(candidates) do
-  if #claimed >= 2 * free then break end
+  if #claimed >= 4 * free then break end
   local lease = lease_prefix .. id
   if redis.call('EXISTS', lease) == 0 then
     local score = redis.call('ZSCORE', queue, id)
-    if score and tonumber(score) <= now_ms then
+    local due = score and tonumber(score)
+    if due and due <= now_ms then
       redis.call('PSETEX', lease, lease_ms, '1')
+      local job = ''
+      if redis.call('TYPE', job_prefix .. id)['ok'] == 'string' then job = redis.call('GET', job_prefix .. id) end
+      local retry, tries = retry_prefix .. id, '0'
+      local kind = redis.call('TYPE', retry)['ok']
+      if kind == 'string' then
+        tries = redis.call('GET', retry)
+        if #tries > 9 or not (tries == '0' or string.match(tries, '^[1-9][0-9]*$')) then
+          tries = 'reset: it was not a count'  -- arq's INCR would fail on it
+        end
+      elseif kind ~= 'none' then
+        tries = 'reset: it was a ' .. kind
+      end
+      if string.sub(tries, 1, 6) == 'reset:' then redis.call('DEL', retry) end
       claimed[#claimed + 1] = id
       claimed[#claimed + 1] = score
+      claimed[#claimed + 1] = job
+      claimed[#claimed + 1] = tries
     end
   end
 end
@@ -129,9 +152,11 @@ async def claim_jobs(
     lease_ms: Arg[int],
     free: Arg[int],
     lease_prefix: Arg[str],
+    job_prefix: Arg[str],
+    retry_prefix: Arg[str],
     candidates: Args,
 ) -> list[bytes]:
-    """Lease up to `free` of the candidates that are due; answers [id, score, id, score, ...]."""
+    """Lease up to `free` of the candidates that are due; answers [id, score, job, tries, ...]."""
     ...
 
 
@@ -184,14 +209,7 @@ class QueueWorker(Worker):
             listener.cancel()
 
     async def start_jobs(self, job_ids: list) -> None:
-        candidates = []
-        for raw_id in job_ids:
-            try:
-                candidates.append(raw_id.decode() if isinstance(raw_id, bytes) else raw_id)
-            except UnicodeDecodeError:  # pushed by hand: no job id we could ever run
-                log.warning("dropping a queue entry or wake-up that is not a job id: %.100r", raw_id)
-                with contextlib.suppress(RedisError, OSError):
-                    await self.pool.zrem(self.queue_name, raw_id)
+        candidates = await self._job_ids(job_ids)
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
@@ -205,15 +223,79 @@ class QueueWorker(Worker):
             lease_ms=int(self.in_progress_timeout_s * 1000),
             free=free,
             lease_prefix=keys.IN_PROGRESS_PREFIX,
+            job_prefix=keys.JOB_PREFIX,
+            retry_prefix=keys.RETRY_PREFIX,
             candidates=candidates,
         )
-        for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
-            job_id = job_id.decode()
+        for i in range(0, len(claimed), 4):
+            raw_id, score, raw_job, tries = claimed[i : i + 4]
+            if await self._buried(raw_id, raw_job or None, tries):
+                continue
             await self.sem.acquire()  # never waits: the script claimed no more than the free slots
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            due = float(score)
+            task = self.loop.create_task(self.run_job(raw_id.decode(), int(due) if math.isfinite(due) else 0))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            self.tasks[raw_id.decode()] = task
+
+    async def _job_ids(self, raw_ids: list) -> list[bytes]:
+        """The ids worth claiming; a queue member that can never be a job id is dead-lettered."""
+        candidates = []
+        for raw_id in raw_ids:
+            raw_id = raw_id.encode() if isinstance(raw_id, str) else raw_id
+            problem = job_id_problem(raw_id)
+            if problem is None:
+                candidates.append(raw_id)
+            elif await self.pool.zscore(self.queue_name, raw_id) is not None:
+                await self._bury(raw_id, None, problem)
+            else:  # a wake-up message pushed by hand: nothing to run, nothing to keep
+                log.warning("ignoring a wake-up that is not a job id: %.100r", raw_id)
+        return candidates
+
+    async def _buried(self, raw_id: bytes, raw_job: bytes | None, tries: bytes) -> bool:
+        """Check a claimed job before arq reads it; a poison one is dead-lettered (True)."""
+        if tries.startswith(b"reset:"):
+            log.warning("job %s: its retry counter was reset (%s)", raw_id.decode(), tries.decode()[7:])
+            tries = b"0"
+        problem, function = job_problem(raw_job, set(self.functions))
+        if problem is None:
+            return False
+        await self._bury(raw_id, raw_job, problem, function=function, attempt=int(tries) + 1)
+        return True
+
+    async def _bury(self, raw_id: bytes, raw_job: bytes | None, problem: str, **details) -> None:
+        shown = raw_id.decode(errors="backslashreplace")
+        try:
+            if await dead_letter.bury(self.pool, raw_id, raw_job, problem, **details):
+                log.warning("dead-lettered queue entry %.100s: %s", shown, problem)
+        except (RedisError, OSError) as e:  # its lease lapses and the next claim tries again
+            log.warning("could not dead-letter queue entry %.100s (%s)", shown, e)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's run_job, with nothing it raises reaching the main loop (which would stop the worker)."""
+        try:
+            await super().run_job(job_id, score)
+        except (RedisError, OSError) as e:  # Redis went away around the job: its lease lapses, it runs again
+            log.warning("job %s: Redis failed around the job (%s); it will run again", job_id, e)
+        except Exception:
+            log.exception("job %s: arq failed around the job; it will run again", job_id)
+
+    async def _cancel_aborted_jobs(self) -> None:
+        """arq's abort poll, minus its crash on an `arq:abort` member that is not text."""
+        async with self.pool.pipeline(transaction=True) as pipe:
+            pipe.zrange(keys.ABORT_SET, start=0, end=-1)
+            pipe.zremrangebyscore(keys.ABORT_SET, min=timestamp_ms() + abort_job_max_age, max=float("inf"))
+            abort_job_ids, _ = await pipe.execute()
+        aborted: set[str] = set()
+        for raw_id in abort_job_ids:
+            job_id = raw_id.decode(errors="replace")
+            task = self.job_tasks.get(job_id)
+            if task is not None:
+                aborted.add(job_id)
+                task.cancel()
+        if aborted:
+            self.aborting_tasks.update(aborted)
+            await self.pool.zrem(keys.ABORT_SET, *aborted)
 
     async def finish_job(self, job_id: str, finish: bool, *args, **kwargs) -> None:
         await super().finish_job(job_id, finish, *args, **kwargs)

@@ -1,0 +1,96 @@
+"""What a worker checks before arq runs a queue entry it claimed: anything arq or our job functions
+could choke on is named here, so the entry goes to the dead-letter place (shared.dead_letter) with
+a reason a person can act on, instead of raising inside arq's `run_job` and killing the worker.
+
+arq reads `{"f": function, "a": args, "k": kwargs, "t": tries, "et": enqueue ms}`; our functions
+take one request (a ChatRequest or ToolCallRequest as JSON) and an optional `trace` carrier.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import validation_message
+from shared.models import ChatRequest, ToolCallRequest
+
+MAX_JOB_BYTES = 1 << 20  # a request of two 100k-character texts fits several times over
+MAX_ID_CHARS = 200
+MAX_TRIES_FIELD = 1000
+LATEST_MS = 253_402_300_799_000  # 9999-12-31: arq turns `et` into a datetime
+REQUESTS: dict[str, type[BaseModel]] = {"chat": ChatRequest, "call_tool": ToolCallRequest}
+
+
+def job_id_problem(raw_id: bytes) -> str | None:
+    """Why this queue member can never be a job id (None: it can)."""
+    try:
+        job_id = raw_id.decode()
+    except UnicodeDecodeError:
+        return "the job id is not UTF-8 text"
+    if (
+        not job_id
+        or len(job_id) > MAX_ID_CHARS
+        or not job_id.isprintable()
+        or any(c.isspace() for c in job_id)
+    ):
+        return f"the job id is not 1-{MAX_ID_CHARS} printable characters without spaces"
+    return None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _envelope_problem(d: Any, functions: set[str]) -> str | None:
+    if not isinstance(d, dict) or not {"f", "a", "k", "t", "et"} <= d.keys():
+        return "the job is not an arq job object with f, a, k, t and et"
+    f, t, et = d["f"], d["t"], d["et"]
+    if not isinstance(f, str) or f not in functions:
+        return f"function {str(f)[:100]!r} is not one this worker runs ({', '.join(sorted(functions))})"
+    if not isinstance(d["a"], list) or not isinstance(d["k"], dict):
+        return "the job's args (a) must be a list and its kwargs (k) an object"
+    if t is not None and (type(t) is not int or not 0 <= t <= MAX_TRIES_FIELD):
+        return f"the job's tries (t) must be empty or a whole number 0-{MAX_TRIES_FIELD}"
+    if type(et) not in (int, float) or not (math.isfinite(et) and 0 <= et <= LATEST_MS):
+        return "the job's enqueue time (et) must be a time in milliseconds"
+    return None
+
+
+def _arguments_problem(function: str, args: list, kwargs: dict) -> str | None:
+    if len(args) != 1 or not isinstance(args[0], dict):
+        return f"{function} takes one request object as its argument"
+    if not kwargs.keys() <= {"trace"}:
+        return f"{function} takes no keyword arguments but trace (got {', '.join(sorted(kwargs))[:100]})"
+    trace = kwargs.get("trace")
+    if trace is not None and not (
+        isinstance(trace, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items())
+    ):
+        return "the job's trace must be an object of strings"
+    model = REQUESTS.get(function)
+    if model is not None:
+        try:
+            model.model_validate(args[0])
+        except ValidationError as e:
+            return validation_message(e, "invalid request in the queue: ")
+    return None
+
+
+def job_problem(raw: bytes | None, functions: set[str]) -> tuple[str | None, str | None]:
+    """(why this job value cannot be run, its function name when known); (None, name) when it can."""
+    if raw is None:
+        return (
+            "no job definition behind the queue entry (its arq:job key is missing, expired or not a string)",
+            None,
+        )
+    if len(raw) > MAX_JOB_BYTES:
+        return f"the job is {len(raw)} bytes; a job may take at most {MAX_JOB_BYTES}", None
+    try:
+        d = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        return "the job is not JSON", None
+    if problem := _envelope_problem(d, functions):
+        return problem, d.get("f") if isinstance(d, dict) and isinstance(d.get("f"), str) else None
+    return _arguments_problem(d["f"], d["a"], d["k"]), d["f"]
