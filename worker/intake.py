@@ -61,7 +61,7 @@ def _envelope_problem(d: Any, functions: set[str]) -> str | None:
 
 def _arguments_problem(function: str, args: list, kwargs: dict) -> str | None:
     if len(args) != 1 or not isinstance(args[0], dict):
-        return f"{function} takes one request object as its argument"
+        return f"invalid request in the queue: {function} takes one request object as its only argument"
     if not kwargs.keys() <= {"trace"}:
         return f"{function} takes no keyword arguments but trace (got {', '.join(sorted(kwargs))[:100]})"
     trace = kwargs.get("trace")

@@ -16,6 +16,7 @@ from observe import expected_text, stream_events
 from shared import keys
 from shared.events import TERMINAL
 from shared.serializer import serialize
+from shared.settings import OPERATOR
 from worker.intake import MAX_JOB_BYTES, job_id_problem
 
 EXAMPLES = 60  # small examples: generation time grows with an example's size
@@ -89,8 +90,15 @@ def test_junk_written_into_redis_never_stops_a_worker_and_each_bad_entry_is_dead
     counter = iter(range(10**9))
     seen: list[bytes] = []
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck), print_blob=False)  # fmt: skip (no shrinking: real processes)
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )  # fmt: skip (no shrinking: real processes)
     @given(st.lists(entries, min_size=30, max_size=50), st.lists(junk_text, min_size=8, max_size=8))
     def junk_round(batch, shared_junk):
         n = next(counter)
@@ -111,8 +119,9 @@ def test_junk_written_into_redis_never_stops_a_worker_and_each_bad_entry_is_dead
             pipe.set(keys.MODEL_DEFAULTS, shared_junk[0])
             pipe.set(keys.cancel(f"fz-good-{n}"), shared_junk[1])
             pipe.hset(keys.BUDGET_RESERVED, f"fz-good-{n}", shared_junk[2])
-            pipe.rpush(keys.conversation(f"fz-conv-{n}"), shared_junk[3], shared_junk[4])
+            pipe.rpush(keys.conversation(OPERATOR, f"fz-conv-{n}"), shared_junk[3], shared_junk[4])
             pipe.set(keys.worker(f"fz-{n}"), shared_junk[5])
+            pipe.set(keys.owner(f"fz-good-{n}"), shared_junk[5])
             pipe.zadd(keys.ABORT_SET, {shared_junk[6]: 0})
             pipe.set(keys.retry(f"fz-good-{n}"), shared_junk[7])
             pipe.execute()
