@@ -27,6 +27,9 @@ JOB_EXPIRES_MS = 86_400_000  # as the messenger's enqueue: a requeued job not st
 
 
 @script("""
+-- the job's own keys are named here, as the id may not be text (a Key is)
+local job, retry, lease = 'arq:job:' .. raw_id, 'arq:retry:' .. raw_id, 'arq:in-progress:' .. raw_id
+local result, stream, channel = 'arq:result:' .. raw_id, 'mcpq:stream:' .. raw_id, 'mcpq:events:' .. raw_id
 -- only the worker that takes the entry off the queue records it: each bad entry is reported once
 if redis.call('ZREM', queue, raw_id) == 0 then
   redis.call('DEL', lease)
@@ -59,8 +62,7 @@ end
 return 1
 """)
 async def _bury(
-    redis, *, queue: Key, job: Key, retry: Key, lease: Key, abort: Key, dead: Key, order: Key,
-    reserved: Key, reserved_until: Key, result: Key, stream: Key, channel: Key,
+    redis, *, queue: Key, abort: Key, dead: Key, order: Key, reserved: Key, reserved_until: Key,
     raw_id: Arg[bytes], entry: Arg[str], now_ms: Arg[int], kept: Arg[int], event: Arg[bytes | None],
     result_record: Arg[bytes | None], result_ttl: Arg[int], stream_maxlen: Arg[int], stream_ttl: Arg[int],
 ) -> int:  # fmt: skip
@@ -141,14 +143,10 @@ async def bury(
         job_id, reason, _text(raw[:RAW_KEPT]), len(raw) > RAW_KEPT, function, round(time.time(), 3)
     )
     ending = readable and bool(job_id)  # an id that is not text has no stream anyone could follow
-    b = raw_id
     done = await _bury(
-        redis, queue=keys.QUEUE, job=keys.JOB_PREFIX.encode() + b, retry=keys.RETRY_PREFIX.encode() + b,
-        lease=keys.IN_PROGRESS_PREFIX.encode() + b, abort=keys.ABORT_SET, dead=keys.DEAD_LETTER,
-        order=keys.DEAD_LETTER_ORDER, reserved=keys.BUDGET_RESERVED, reserved_until=keys.BUDGET_RESERVED_UNTIL,
-        result=keys.RESULT_PREFIX.encode() + b, stream=keys.STREAM_PREFIX.encode() + b,
-        channel=keys.EVENTS_PREFIX.encode() + b, raw_id=b, entry=json.dumps(entry.as_dict(), ensure_ascii=False),
-        now_ms=int(time.time() * 1000), kept=keys.DEAD_LETTER_KEPT,
+        redis, queue=keys.QUEUE, abort=keys.ABORT_SET, dead=keys.DEAD_LETTER, order=keys.DEAD_LETTER_ORDER,
+        reserved=keys.BUDGET_RESERVED, reserved_until=keys.BUDGET_RESERVED_UNTIL, raw_id=raw_id,
+        entry=json.dumps(entry.as_dict(), ensure_ascii=False), now_ms=int(time.time() * 1000), kept=keys.DEAD_LETTER_KEPT,
         event=_error_event(job_id, attempt, reason) if ending else None,
         result_record=_failed_result(job_id, function, attempt, reason) if ending else None,
         result_ttl=keys.KEEP_RESULT_SECONDS, stream_maxlen=keys.STREAM_MAXLEN, stream_ttl=keys.STREAM_TTL_SECONDS,

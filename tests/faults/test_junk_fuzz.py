@@ -11,7 +11,8 @@ import time
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from observe import expected_text, stream_events
+from observe import expected_text
+from readers import stream_events
 
 from shared import keys
 from shared.events import TERMINAL

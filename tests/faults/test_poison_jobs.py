@@ -10,8 +10,10 @@ import os
 import subprocess
 import sys
 
-from observe import ROOT, expected_text, runtime_for, stream_events, terminal_events
+from observe import ROOT, expected_text, terminal_events
 from processes import process_env
+from readers import stream_events
+from runtimes import runtime_for
 
 from shared import keys
 from shared.models import ChatRequest

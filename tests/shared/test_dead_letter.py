@@ -86,3 +86,10 @@ async def test_an_id_that_is_not_text_is_recorded_without_an_ending(redis):
     await dead_letter.bury(redis, b"\xff\xfe", None, "the job id is not UTF-8 text")
     (entry,) = await dead_letter.list_dead(redis)
     assert entry.job_id == "\\xff\\xfe" and await redis.zcard(keys.QUEUE) == 0
+
+
+def test_the_script_names_the_same_keys_as_shared_keys():
+    lua = dead_letter._bury.lua  # type: ignore[attr-defined]
+    for prefix in (keys.JOB_PREFIX, keys.RETRY_PREFIX, keys.IN_PROGRESS_PREFIX, keys.RESULT_PREFIX,
+                   keys.STREAM_PREFIX, keys.EVENTS_PREFIX):  # fmt: skip
+        assert f"'{prefix}' .. raw_id" in lua
