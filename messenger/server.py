@@ -17,7 +17,7 @@ from messenger.health import health
 from messenger.metrics import metrics_route
 from messenger.resources import add_resources
 from messenger.runtime import Runtime
-from messenger.tasks import JobTasks
+from messenger.tasks.extension import JobTasks
 from messenger.tools import QueueTools
 
 INSTRUCTIONS = (

@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_helpers import messenger_env, running_messengers
 from readers import text_of
 
-from messenger.task_client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
+from messenger.tasks.client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
 
 ALICE = {"Authorization": "Bearer tok1"}
 ALICE_AGAIN = {"X-Api-Key": "tok1"}  # the same key through the other header: the same caller

@@ -10,7 +10,7 @@ from mcp_helpers import messenger_env, running_messengers
 from processes import WorkerProcesses
 from readers import progress_recorder, text_of
 
-from messenger.task_client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
+from messenger.tasks.client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
 from worker.providers.mock import mock_reply
 
 ERAS = pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 2025-11-25 ("legacy"): task-augmented tools/call, tasks/get|result|list|cancel, notifications/tasks/status.
 2026-07-28 ("modern"): the io.modelcontextprotocol/tasks extension (resultType "task"), declared by
-the client through messenger.task_client.Tasks.
+the client through messenger.tasks.client.Tasks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from readers import text_of
 from runtimes import embedded
 
 from messenger.server import build_server
-from messenger.task_client import (
+from messenger.tasks import TASKS_EXTENSION
+from messenger.tasks.client import (
     NotATask,
     Tasks,
     cancel_task,
@@ -28,7 +29,6 @@ from messenger.task_client import (
     start_task,
     task_result,
 )
-from messenger.tasks import TASKS_EXTENSION
 
 ERAS = pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])
 LONG_PROMPT = " ".join(f"word{i}" for i in range(60))  # a 56-token answer from the mock

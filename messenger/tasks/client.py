@@ -14,90 +14,27 @@ With `Tasks()` a 2026-07-28 client also gets every send_message_to_ai call back 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any
 
 import anyio
 from mcp import Client, ClientSession
 from mcp.client.extension import ClaimContext, ClientExtension, NotificationBinding, ResultClaim
-from mcp.shared.dispatcher import CallOptions
-from mcp_types import (
-    CallToolResult,
-    NotificationParams,
-    PaginatedRequestParams,
-    Request,
-    RequestParams,
-    Result,
-)
+from mcp_types import CallToolResult, Result
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import AliasChoices, ConfigDict, Field
-from pydantic.alias_generators import to_camel
 
-TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
-FINAL = frozenset({"completed", "failed", "cancelled"})
-
-
-class TaskState(Result):
-    """A task as either era describes it (2025-11-25 `ttl`/`pollInterval`, 2026-07-28 `ttlMs`/`pollIntervalMs`).
-
-    On 2026-07-28 a finished task carries its tool result in `result`."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    task_id: str
-    status: str
-    status_message: str | None = None
-    created_at: str | None = None
-    last_updated_at: str | None = None
-    ttl: int | None = Field(None, validation_alias=AliasChoices("ttlMs", "ttl"))
-    poll_interval: int | None = Field(None, validation_alias=AliasChoices("pollIntervalMs", "pollInterval"))
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL
-
-
-class TaskHandle(TaskState):
-    """The 2026-07-28 CreateTaskResult: `resultType: "task"` in place of the tool's result."""
-
-    result_type: Literal["task"] = "task"
-
-
-class TaskList(Result):
-    tasks: list[TaskState]
-
-
-class TaskParams(RequestParams):
-    task_id: str
-
-
-MethodT = TypeVar("MethodT", bound=str)
-
-
-class _TaskRequest(Request[TaskParams, MethodT], Generic[MethodT]):
-    name_param: ClassVar[str | None] = "taskId"  # SEP-2663: Mcp-Name carries the task id over HTTP
-
-
-class GetTask(_TaskRequest[Literal["tasks/get"]]):
-    method: Literal["tasks/get"] = "tasks/get"
-
-
-class TaskPayload(_TaskRequest[Literal["tasks/result"]]):
-    method: Literal["tasks/result"] = "tasks/result"
-
-
-class CancelTask(_TaskRequest[Literal["tasks/cancel"]]):
-    method: Literal["tasks/cancel"] = "tasks/cancel"
-
-
-class ListTasks(Request[PaginatedRequestParams | None, Literal["tasks/list"]]):
-    method: Literal["tasks/list"] = "tasks/list"
-    params: PaginatedRequestParams | None = None
-
-
-class TaskStatusParams(NotificationParams, TaskState):
-    pass
+from messenger.tasks.models import (
+    TASKS_EXTENSION,
+    CancelTask,
+    GetTask,
+    ListTasks,
+    TaskHandle,
+    TaskList,
+    TaskParams,
+    TaskPayload,
+    TaskState,
+    TaskStatusParams,
+)
+from messenger.tasks.sdk import send_unchecked
 
 
 class NotATask(Exception):
@@ -157,12 +94,9 @@ async def start_task(
         if not isinstance(answer, CallToolResult):  # another extension's claimed result
             answer = CallToolResult.model_validate(answer.model_dump(by_alias=True))
         raise NotATask(answer)
-    # 2025-11-25: `tools/call` with `task`. The SDK checks every tools/call result against
-    # CallToolResult, so this one request goes below that check (a private but stable path).
+    # 2025-11-25: `tools/call` with `task`, whose CreateTaskResult the SDK's own check would refuse
     params = {"name": tool, "arguments": arguments, "task": {} if ttl_ms is None else {"ttl": ttl_ms}}
-    opts: CallOptions = {}
-    session._stamp({"method": "tools/call", "params": params}, opts)
-    raw = await session._dispatcher.send_raw_request("tools/call", params, opts)
+    raw = await send_unchecked(session, "tools/call", params)
     if "task" in raw:
         return TaskState.model_validate(raw["task"])
     raise NotATask(CallToolResult.model_validate(raw))

@@ -1,0 +1,139 @@
+"""The tasks wire, shared by the server side (extension.py) and the client (client.py): the task
+object in both protocol eras, the status names, the requests and notifications."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from mcp_types import Notification, NotificationParams, PaginatedRequestParams, Request, RequestParams, Result
+from pydantic import AliasChoices, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.keys import KEEP_RESULT_SECONDS
+from shared.models import JobResult, JobStatus
+
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+RELATED_TASK = "io.modelcontextprotocol/related-task"
+POLL_INTERVAL_MS = 500
+TASK_TTL_MS = KEEP_RESULT_SECONDS * 1000  # a finished job's result is kept this long
+FINAL = frozenset({"completed", "failed", "cancelled"})
+LEGACY_STATUS: dict[JobStatus, str] = {
+    "queued": "working", "running": "working", "completed": "completed", "failed": "failed",
+    "cancelled": "cancelled",
+}  # fmt: skip
+# SEP-2663 keeps `failed` for JSON-RPC errors: a tool result with isError is a completed task
+MODERN_STATUS: dict[JobStatus, str] = {**LEGACY_STATUS, "failed": "completed"}
+
+
+class TaskState(Result):
+    """A task as either era describes it (2025-11-25 `ttl`/`pollInterval`, 2026-07-28 `ttlMs`/`pollIntervalMs`).
+
+    On 2026-07-28 a finished task carries its tool result in `result`."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    task_id: str
+    status: str
+    status_message: str | None = None
+    created_at: str | None = None
+    last_updated_at: str | None = None
+    ttl: int | None = Field(None, validation_alias=AliasChoices("ttlMs", "ttl"))
+    poll_interval: int | None = Field(None, validation_alias=AliasChoices("pollIntervalMs", "pollInterval"))
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def wire(self, *, modern: bool) -> dict[str, Any]:
+        """The task as the era spells it on the wire."""
+        wire = self.model_dump(by_alias=True, mode="json", exclude_none=True)
+        if modern:
+            wire["ttlMs"], wire["pollIntervalMs"] = wire.pop("ttl", None), wire.pop("pollInterval", None)
+        return wire
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def status_message(job: JobResult) -> str:
+    if job.status == "queued":
+        return "queued: waiting for a worker"
+    if job.status == "running":
+        return f"running on {job.worker_id or 'a worker'}: {job.usage.completion_tokens} tokens so far"
+    if job.status == "completed":
+        return f"completed: {job.usage.total_tokens} tokens"
+    return f"{job.status}: {job.error or job.status}"
+
+
+def task_of(job: JobResult, created_ms: int, updated_ms: int, *, modern: bool) -> TaskState:
+    """The task that stands for a job (the task id is the job id)."""
+    return TaskState(
+        task_id=job.job_id,
+        status=(MODERN_STATUS if modern else LEGACY_STATUS)[job.status],
+        status_message=status_message(job),
+        created_at=iso(created_ms),
+        last_updated_at=iso(updated_ms),
+        ttl=TASK_TTL_MS,
+        poll_interval=POLL_INTERVAL_MS,
+    )
+
+
+class TaskHandle(TaskState):
+    """The 2026-07-28 CreateTaskResult: `resultType: "task"` in place of the tool's result."""
+
+    result_type: Literal["task"] = "task"
+
+
+class TaskList(Result):
+    tasks: list[TaskState]
+
+
+class TaskParams(RequestParams):
+    task_id: str
+
+
+class UpdateTaskParams(RequestParams):
+    """tasks/update (2026-07-28): answers to a task's input requests. Ours never ask for input."""
+
+    model_config = ConfigDict(extra="allow")
+    task_id: str
+    input_responses: dict[str, Any] | None = None
+
+
+MethodT = TypeVar("MethodT", bound=str)
+
+
+class _TaskRequest(Request[TaskParams, MethodT], Generic[MethodT]):
+    name_param: ClassVar[str | None] = "taskId"  # SEP-2663: Mcp-Name carries the task id over HTTP
+
+
+class GetTask(_TaskRequest[Literal["tasks/get"]]):
+    method: Literal["tasks/get"] = "tasks/get"
+
+
+class TaskPayload(_TaskRequest[Literal["tasks/result"]]):
+    method: Literal["tasks/result"] = "tasks/result"
+
+
+class CancelTask(_TaskRequest[Literal["tasks/cancel"]]):
+    method: Literal["tasks/cancel"] = "tasks/cancel"
+
+
+class ListTasks(Request[PaginatedRequestParams | None, Literal["tasks/list"]]):
+    method: Literal["tasks/list"] = "tasks/list"
+    params: PaginatedRequestParams | None = None
+
+
+class TaskStatusParams(NotificationParams, TaskState):
+    pass
+
+
+class TaskNotification(Notification[dict[str, Any], str]):
+    """notifications/tasks/status (2025-11-25) or notifications/tasks (2026-07-28), as the server sends it."""
+
+    method: str
+    params: dict[str, Any]
