@@ -23,7 +23,7 @@ from mcp_helpers import ROOT, messenger_env, running_messengers
 from processes import WorkerProcesses
 from readers import text_of
 
-from messenger.task_client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
+from messenger.tasks.client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
 
 KEYS = {name: f"tok-{name}-{uuid.uuid4().hex}" for name in ("alice", "bob", "carol", "dave", "erin", "frank")}
 ADMIN = f"tok-admin-{uuid.uuid4().hex}"
