@@ -11,18 +11,14 @@ import json
 import logging
 import sys
 
-from pydantic import ValidationError
-from redis.exceptions import RedisError
-
-from messenger.admission import Refused as AdmissionRefused
 from messenger.calls import tool_notice
 from messenger.collector import Transcript
 from messenger.health import health
 from messenger.runtime import Runtime, open_runtime
-from shared.connection import redacted
-from shared.errors import InvalidRequest, McpQueueError, ProviderError, SettingsError, validation_message
+from shared.errors import SettingsError
 from shared.events import Event, ToolCallEvent, ToolResultEvent
-from shared.logs import redact, setup_logging
+from shared.exits import INTERRUPTED, WRONG_INPUT, failure
+from shared.logs import setup_logging
 from shared.models import ChatRequest, JobResult
 from shared.settings import Settings, load_settings
 
@@ -107,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
             refuse_open_network(settings)  # before anything starts
     except SettingsError as e:
-        return _fail(e, None)
+        print(f"messenger: {e.message}", file=sys.stderr)
+        return WRONG_INPUT
     setup_logging(settings.log_level if args.command == "serve" else "WARNING", settings.log_format)
     if settings.embedded and args.command in ("job", "tail", "jobs", "stats", "dead"):
         print(
@@ -115,36 +112,21 @@ def main(argv: list[str] | None = None) -> int:
             "process cannot see them. Set REDIS_URL=redis://… to share jobs.",
             file=sys.stderr,
         )
-        return 2
+        return WRONG_INPUT
     try:
         return asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except Exception as e:  # every failure is one line; LOG_LEVEL=DEBUG adds the traceback
         log.debug("messenger %s failed", args.command, exc_info=True)
-        return _fail(e, settings)
+        line, code = failure(e, settings.redis_url)
+        print(f"messenger: {line}", file=sys.stderr)
+        return code
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     async with open_runtime(settings) as runtime:
         return await COMMANDS[args.command](runtime, args)
-
-
-def _fail(e: Exception, settings: Settings | None) -> int:
-    """Print `e` as one line on stderr; the exit code says what kind of failure it was (EXIT_CODES)."""
-    if isinstance(e, McpQueueError):
-        line, code = e.message, 2 if isinstance(e, InvalidRequest | ProviderError) else 1
-    elif isinstance(e, AdmissionRefused):  # admission's own class, until it moves into shared.errors
-        line, code = str(e), 1
-    elif isinstance(e, ValidationError):
-        line, code = validation_message(e), 2
-    elif isinstance(e, RedisError | ConnectionError | TimeoutError) and settings is not None:
-        where = redacted(settings.redis_url)
-        line, code = f"cannot reach Redis at {where}: {str(e) or type(e).__name__}", 1
-    else:
-        line, code = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, 1
-    print(f"messenger: {redact(' '.join(line.split()))}", file=sys.stderr)
-    return code
 
 
 async def _serve(runtime: Runtime, args) -> int:

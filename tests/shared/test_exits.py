@@ -1,0 +1,48 @@
+"""How the commands end on an error: one line in our words, and the exit code for its kind."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.errors import JobNotFound, ProviderError, QueueFull, Refused, SettingsError
+from shared.exits import FAILED, WRONG_INPUT, failure
+from shared.models import ChatRequest
+
+URL = "redis://app:hunter2@db:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (SettingsError("MCP_PORT: not a port"), WRONG_INPUT),
+        (ProviderError("OPENAI_API_KEY is not set"), WRONG_INPUT),
+        (Refused("hourly budget reached"), FAILED),
+        (QueueFull(10, 10), FAILED),
+        (JobNotFound("abc"), FAILED),
+    ],
+)
+def test_our_errors_keep_their_message_and_get_the_code_for_their_kind(error, code):
+    assert failure(error, URL) == (error.message, code)
+
+
+def test_a_validation_error_reads_like_ours():
+    with pytest.raises(ValidationError) as info:
+        ChatRequest(message="hi", temperature=9)
+    assert failure(info.value, URL) == (
+        "invalid temperature: Input should be less than or equal to 2",
+        WRONG_INPUT,
+    )
+
+
+def test_redis_away_names_the_url_without_its_password():
+    line, code = failure(RedisConnectionError("Error 111 connecting to db:6379."), URL)
+    assert code == FAILED
+    assert line == "cannot reach Redis at redis://***@db:6379/0: Error 111 connecting to db:6379."
+
+
+def test_anything_else_is_still_one_line():
+    line, code = failure(RuntimeError("first line\nsecond line"), URL)
+    assert (line, code) == ("RuntimeError: first line second line", FAILED)
+    assert failure(KeyError(), URL) == ("KeyError", FAILED)
