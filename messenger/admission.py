@@ -18,6 +18,7 @@ import time
 from shared import keys, prices
 from shared.errors import Refused
 from shared.models import ChatRequest, ModelDefaults
+from shared.reservations import release
 from shared.settings import ALL_TENANTS, OPERATOR, Settings
 
 __all__ = ["Refused", "admit", "enabled", "pinned", "release", "worst_case_usd"]
@@ -211,16 +212,6 @@ def _refuse(verdict: str, value, settings: Settings, tenant: str, worst: float, 
             f"{_limit_name(settings, tenant, field)}=${cap:g}, and this request could cost up to "
             f"${worst:.6f}; it resets in {_resets_in(window, now)}"
         )
-
-
-async def release(redis, job_id: str) -> None:
-    """Give back a job's reservation: it was never enqueued, or it ended without being counted
-    (cancelled, dead-lettered). Safe to call more than once, or for a job that held nothing."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.BUDGET_RESERVED, job_id)
-        pipe.hdel(keys.BUDGET_RESERVED_TENANT, job_id)
-        pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)
-        await pipe.execute()
 
 
 def _cap(value: float | int | None) -> str:

@@ -174,6 +174,43 @@ async def test_a_reservation_lives_as_long_as_its_job_and_no_longer(redis_url, c
     assert reserved_total(client) == pytest.approx(worst)
 
 
+async def test_a_backlog_older_than_the_reservation_time_cannot_overspend(
+    redis_url, workers, clean_env, redis_server
+):
+    """Issue 12: a queue backlog that outlives BUDGET_RESERVATION_SECONDS keeps its holds, so bursts
+    while it waits and while workers drain it admit nothing past the cap (spend <= cap + one job)."""
+    table = {"mock-1": [0.0, 1000.0]}  # output only: a job that fills max_tokens costs its worst case
+    request = ChatRequest(message=" ".join(["word"] * 40), model="mock-1", max_tokens=20)
+    worst = 20 * 1000.0 / 1_000_000
+    cap = worst * 5.5
+    client = redis_server.client()
+    settings = {"budget_daily_usd": cap, "budget_reservation_seconds": 1, "model_prices": table}
+
+    async def burst(rt, n: int) -> list[str]:
+        got = await asyncio.gather(
+            *(rt.queue.submit(request, caller=ANONYMOUS) for _ in range(n)), return_exceptions=True
+        )
+        assert all(isinstance(g, str | Refused) for g in got), got
+        return [g for g in got if isinstance(g, str)]
+
+    async with runtime_for(redis_url, **settings) as rt, asyncio.timeout(120):
+        admitted = await burst(rt, 8)
+        assert len(admitted) == 5
+        await anyio.sleep(1.5)  # the backlog ages past BUDGET_RESERVATION_SECONDS (1 s), no worker yet
+        admitted += await burst(rt, 20)
+        workers.start(redis_url, count=2, MODEL_PRICES=json.dumps(table))
+        while client.zcard("arq:queue") or client.keys("arq:in-progress:*"):  # bursts while it drains
+            admitted += await burst(rt, 5)
+            await asyncio.sleep(0.05)
+        results = [await stored_result(client, job_id) for job_id in admitted]
+    spent = float(client.get(f"mcpq:budget:spent:day:{today()}"))
+    assert all(r["status"] == "completed" for r in results), [r["error"] for r in results]
+    assert sum(r["usage"]["estimatedCost"] for r in results) == pytest.approx(spent)
+    assert spent <= cap + worst, f"spent ${spent:.4f} of a ${cap:.4f} cap ({len(admitted)} jobs admitted)"
+    assert len(admitted) == 5 and spent == pytest.approx(5 * worst)
+    assert client.hlen(RESERVED) == 0  # every hold settled
+
+
 async def test_a_finished_job_settles_its_real_cost(redis_url, workers, clean_env, redis_server):
     table = {"mock-1": [2.0, 8.0]}
     client = redis_server.client()

@@ -151,6 +151,56 @@ async def test_a_job_is_counted_once_however_often_it_is_recorded(redis_url, red
     assert float(client.get(day_key)) == pytest.approx(prices.cost("gpt-4o", 107, 50))
 
 
+async def test_a_dead_attempts_streamed_tokens_are_counted_as_estimated(redis_url, redis_server):
+    """Issue 12: an attempt whose worker died mid-answer was paid for; when the job settles on a
+    later attempt, what the dead attempt streamed (and its prompt) is added to usage and spend."""
+    client = redis_server.client()
+    message = "twelve characters and some more words here"  # 44 characters: an 11-token prompt
+    events = [
+        {
+            "job_id": "job-rerun",
+            "seq": 0,
+            "attempt": 1,
+            "type": "start",
+            "ts": 1.0,
+            "worker_id": "w-dead",
+            "model": "gpt-4o",
+        }
+    ]
+    events += [
+        {"job_id": "job-rerun", "seq": i, "attempt": 1, "type": "token", "ts": 1.0, "text": "w "}
+        for i in range(1, 31)
+    ]  # 30 tokens, then the worker died
+    events += [{"job_id": "job-rerun", "seq": 0, "attempt": 2, "type": "start", "ts": 2.0,
+                "worker_id": "w-test", "model": "gpt-4o"}]  # fmt: skip
+    client.xadd("mcpq:stream:job-rerun", {"event": b"not an event"})  # junk is not a token
+    for event in events:
+        client.xadd("mcpq:stream:job-rerun", {"event": json.dumps(event)})
+    result = finished("job-rerun") | {"attempt": 2}
+    redis = connect(redis_url)
+    try:
+        assert await accounting.record(redis, result, {"message": message}, history_ttl=600, tenant="alice")
+        stats = await usage_stats(redis)
+    finally:
+        await redis.aclose()
+    dead_prompt, dead_completion = len(message) // 4, 30
+    totals = stats["totals"]
+    assert totals["prompt_tokens"] == 100 + dead_prompt
+    assert totals["completion_tokens"] == 50 + dead_completion
+    assert totals["total_tokens"] == 150 + dead_prompt + dead_completion
+    assert totals["dead_attempt_tokens"] == dead_prompt + dead_completion
+    cost = prices.cost("gpt-4o", 100, 50) + prices.cost("gpt-4o", dead_prompt, dead_completion)
+    assert totals["cost_usd"] == pytest.approx(cost)
+    assert stats["tenants"]["alice"]["totals"]["dead_attempt_tokens"] == dead_prompt + dead_completion
+    (day_key,) = client.keys("mcpq:budget:spent:day:*")
+    assert float(client.get(day_key)) == pytest.approx(cost)
+    (received,) = [json.loads(r) for r in client.lrange("mcpq:received:alice", 0, -1)]
+    assert received["dead_attempts"] == {
+        "attempts": [1], "prompt_tokens": dead_prompt, "completion_tokens": dead_completion,
+        "cost_usd": pytest.approx(prices.cost("gpt-4o", dead_prompt, dead_completion)), "estimated": True,
+    }  # fmt: skip
+
+
 async def test_unpriced_models_show_no_cost_and_the_received_log_shows_every_outcome(
     redis_url, workers, clean_env, redis_server
 ):
