@@ -14,16 +14,12 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from messenger.admission import Refused as AdmissionRefused
 from messenger.tenants import Tenant, TooManyCredentials, tenants_for
 from shared.connection import redacted
 from shared.errors import McpQueueError, QueueUnavailable, validation_message
 from shared.events import ToolCallEvent, ToolResultEvent
 from shared.models import ChatRequest, JobResult
 from shared.settings import Settings
-
-# raised by modules that predate shared/errors.py; caught like McpQueueError until they move into it
-_OWN_ERRORS = (McpQueueError, AdmissionRefused)
 
 
 def tenant_from(headers: Mapping[str, str] | None, settings: Settings) -> Tenant:
@@ -89,7 +85,7 @@ async def guarded(coro, settings: Settings):
     """Await a queue operation; its failures become one-line ToolErrors a person can act on."""
     try:
         return await coro
-    except _OWN_ERRORS as e:
+    except McpQueueError as e:
         raise ToolError(str(e)) from None
     except (RedisError, OSError) as e:
         raise ToolError(unavailable(e, settings).message) from None
