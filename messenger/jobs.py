@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
-from messenger.stored import held_by_worker, lost_message, read_job, stored_result
+from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
 from shared import keys
 from shared.errors import JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
@@ -87,7 +87,7 @@ class JobClient:
         _check_id(job_id)
         stored = await read_job(self.redis, job_id)
         if reader is not None and stored.owner != reader:
-            raise JobNotFound(job_id)
+            raise await not_found(self.redis, job_id)  # exactly as for a job that does not exist
         transcript = Transcript(job_id)
         await replay(self.redis, transcript)
         if stored.result is not None:
@@ -98,7 +98,7 @@ class JobClient:
             return _pending(transcript, "queued" if stored.queued and not stored.running else "running")
         if transcript.final:  # ended, but the stored result and some of its events are gone
             return JobResult(job_id=job_id, status="failed", attempt=transcript.attempt, error=_LOST_ANSWER)
-        raise JobNotFound(job_id)  # nothing left of it, and no worker runs it
+        raise await not_found(self.redis, job_id)  # nothing left of it, and no worker runs it
 
     async def cancel(self, job_id: str, reader: str | None = None) -> JobResult:
         """Stop a job: a queued one is taken off the queue here; a running one is aborted by its worker."""

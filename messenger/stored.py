@@ -16,7 +16,10 @@ from redis.exceptions import ResponseError
 
 from messenger.collector import Transcript
 from messenger.health import live_workers
+from messenger.queue import JOB_EXPIRES_MS
 from shared import keys
+from shared.errors import JobNotFound
+from shared.keys import KEEP_RESULT_SECONDS
 from shared.models import JobResult
 from shared.serializer import deserialize
 
@@ -100,6 +103,24 @@ async def restarted_since(redis, since: float) -> bool:
     """Redis (re)started after `since` (epoch seconds): INFO server's uptime is shorter than that."""
     info = await redis.info("server")
     return float(info.get("uptime_in_seconds", 0)) < time.time() - since
+
+
+async def not_found(redis, job_id: str) -> JobNotFound:
+    """ "No such job", saying when it may also have been lost: Redis without an append-only file
+    restarted within a job's lifetime (a day queued, its run, its kept result) keeps none of its jobs."""
+    try:
+        info = await redis.info()
+        uptime, aof = float(info["uptime_in_seconds"]), int(info.get("aof_enabled", 0))
+    except Exception:
+        return JobNotFound(job_id)
+    if aof or uptime > JOB_EXPIRES_MS / 1000 + KEEP_RESULT_SECONDS:
+        return JobNotFound(job_id)
+    return JobNotFound(
+        job_id,
+        f"no job with id {job_id!r}: it never existed, it finished more than {KEEP_RESULT_SECONDS // 60} "
+        "minutes ago and its result expired, or Redis lost it (Redis restarted less than a day ago, "
+        "without persistence)",
+    )
 
 
 async def lost_message(redis, job_id: str, since: float) -> str:

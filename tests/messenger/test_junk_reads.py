@@ -21,6 +21,7 @@ from messenger.queue import ANONYMOUS
 from messenger.runtime import open_runtime
 from messenger.server import build_server
 from shared import keys
+from shared.errors import JobNotFound
 from shared.models import ChatRequest, JobResult
 from shared.settings import load_settings
 
@@ -92,3 +93,19 @@ async def test_an_owner_record_of_the_wrong_type_hides_the_job_from_keyed_reader
         assert await runtime.jobs.list(reader="key-alice") == []
         with pytest.raises(LookupError, match="never existed"):
             await runtime.jobs.get(job_id, reader="key-alice")
+
+
+async def test_an_unknown_job_may_have_been_lost_only_on_a_redis_without_persistence(own_redis, clean_env):
+    async with open_runtime(load_settings(redis_url=own_redis.url)) as runtime:
+        with pytest.raises(JobNotFound) as volatile:
+            await runtime.jobs.get("0" * 32)
+        own_redis.client().config_set("appendonly", "yes")
+        try:
+            with pytest.raises(JobNotFound) as persistent:
+                await runtime.jobs.get("0" * 32)
+        finally:
+            own_redis.client().config_set("appendonly", "no")
+    assert volatile.value.message.endswith(
+        "or Redis lost it (Redis restarted less than a day ago, without persistence)"
+    )
+    assert persistent.value.message.endswith("ago and its result expired")
