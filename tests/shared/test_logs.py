@@ -44,14 +44,12 @@ def _emit(fmt: str, name: str, msg: str, *args, exc: BaseException | None = None
     handler = logging.StreamHandler(out)
     handler.setFormatter(logs.JsonFormatter() if fmt == "json" else logging.Formatter("%(message)s"))
     handler.addFilter(SafeRecords())
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    logger.propagate, logger.level = False, logging.INFO
-    try:
-        exc_info = (type(exc), exc, exc.__traceback__) if exc else None
-        logger.info(msg, *args, exc_info=exc_info, extra=extra)
-    finally:
-        logger.removeHandler(handler)
+    exc_info = (type(exc), exc, exc.__traceback__) if exc else None
+    # built and handled directly: another test's logging set-up (levels, disabled loggers) cannot mute it
+    record = logging.getLogger(name).makeRecord(
+        name, logging.INFO, __file__, 0, msg, args, exc_info, extra=extra
+    )
+    handler.handle(record)
     return out.getvalue()
 
 
