@@ -15,28 +15,48 @@ from messenger import admission, usage
 from shared import keys, tracing
 from shared.errors import InvalidRequest, QueueFull, ToolServerError
 from shared.models import ChatRequest, ToolCallRequest
+from shared.scripts import Arg, Key, script
 from shared.serializer import serialize
 from shared.settings import OPERATOR, Settings
 from shared.tool_config import unknown_servers_message
 
+
 # arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
-# also records the job as recent and wakes the workers with its id, so one round trip enqueues.
-ENQUEUE_LUA = """
--- KEYS: arq:job:<id>, arq:result:<id>, arq:queue, mcpq:jobs:recent, mcpq:wakeup, mcpq:owner:<id>
--- ARGV: job id, serialized job, enqueue time ms, job expiry ms, recent jobs kept, max queue depth,
---       caller, owner record lifetime s
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-local depth = redis.call('ZCARD', KEYS[3])
-if depth >= tonumber(ARGV[6]) then return -depth end
-redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[8])
-redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[5]) - 1)
-redis.call('PUBLISH', KEYS[5], ARGV[1])
+# also records the owner and the job as recent and wakes the workers with its id: one round trip.
+@script("""
+if redis.call('EXISTS', job, result) > 0 then return 0 end
+local depth = redis.call('ZCARD', queue)
+if depth >= max_depth then return -depth end
+redis.call('SET', owner, caller, 'EX', owner_ttl_s)
+redis.call('PSETEX', job, job_ttl_ms, payload)
+redis.call('ZADD', queue, now_ms, job_id)
+redis.call('ZADD', recent, now_ms, job_id)
+redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
+redis.call('PUBLISH', wakeup, job_id)
 return 1
-"""
-JOB_EXPIRES_MS = 86_400_000  # arq's expires_extra_ms: a job not started within a day fails as expired
+""")
+async def enqueue_job(
+    redis,
+    *,
+    job: Key,
+    result: Key,
+    queue: Key,
+    recent: Key,
+    wakeup: Key,
+    owner: Key,
+    job_id: Arg[str],
+    payload: Arg[bytes],
+    now_ms: Arg[int],
+    job_ttl_ms: Arg[int],
+    recent_kept: Arg[int],
+    max_depth: Arg[int],
+    caller: Arg[str],
+    owner_ttl_s: Arg[int],
+) -> int:
+    """1 once queued; 0 if the id is taken (queued, running or ended); -depth if the queue is full."""
+    ...
+
+
 ANONYMOUS = OPERATOR  # a request without an API key (stdio, the CLI) is the local operator's
 
 
@@ -83,16 +103,15 @@ class JobQueue:
             function, (request,), {"trace": trace} if trace else {}, None, now_ms, serializer=serialize
         )
         # the owner record lives as long as the job can: a day in the queue, its run, its kept result
-        owner_ttl = JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + keys.KEEP_RESULT_SECONDS
-        added = await self.redis.register_script(ENQUEUE_LUA)(
-            keys=[
-                keys.job(job_id), keys.result(job_id), keys.QUEUE, keys.RECENT_JOBS,
-                keys.WAKEUP_CHANNEL, keys.owner(job_id),
-            ],
-            args=[
-                job_id, payload, now_ms, JOB_EXPIRES_MS, keys.RECENT_JOBS_KEPT,
-                self.settings.max_queue_depth, caller, owner_ttl,
-            ],
+        owner_ttl = (
+            keys.JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + keys.KEEP_RESULT_SECONDS
+        )
+        added = await enqueue_job(
+            self.redis,
+            job=keys.job(job_id), result=keys.result(job_id), queue=keys.QUEUE, recent=keys.RECENT_JOBS,
+            wakeup=keys.WAKEUP_CHANNEL, owner=keys.owner(job_id), job_id=job_id, payload=payload,
+            now_ms=now_ms, job_ttl_ms=keys.JOB_EXPIRES_MS, recent_kept=keys.RECENT_JOBS_KEPT,
+            max_depth=self.settings.max_queue_depth, caller=caller, owner_ttl_s=owner_ttl,
         )  # fmt: skip
         if added < 0:
             raise QueueFull(-added, self.settings.max_queue_depth)

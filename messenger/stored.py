@@ -16,10 +16,9 @@ from redis.exceptions import ResponseError
 
 from messenger.collector import Transcript
 from messenger.health import live_workers
-from messenger.queue import JOB_EXPIRES_MS
 from shared import keys
 from shared.errors import JobNotFound
-from shared.keys import KEEP_RESULT_SECONDS
+from shared.keys import JOB_EXPIRES_MS, KEEP_RESULT_SECONDS
 from shared.models import JobResult
 from shared.serializer import deserialize
 

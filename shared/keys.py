@@ -25,6 +25,7 @@ STREAM_MAXLEN = (
 )
 KEEP_RESULT_SECONDS = 3600  # arq's default keep_result: how long a finished job's result is kept
 STREAM_TTL_SECONDS = KEEP_RESULT_SECONDS  # so text and result expire together
+JOB_EXPIRES_MS = 86_400_000  # arq's expires_extra_ms: a job not started within a day fails as expired
 DEAD_LETTER = "mcpq:dead"  # hash: job id -> JSON {job_id, reason, raw (capped), function, at} (dead_letter)
 DEAD_LETTER_ORDER = "mcpq:dead:order"  # zset: job id -> ms when buried; keeps the hash to the newest
 DEAD_LETTER_KEPT = 1000
