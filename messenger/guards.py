@@ -16,6 +16,7 @@ Every refusal is one line of JSON, `{"error": "..."}`, and never says which part
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 
@@ -35,7 +36,14 @@ OPEN_PATHS = frozenset({"/health"})
 QUERY_TOKEN_PATHS = frozenset({"/dashboard", "/dashboard/events"})  # EventSource cannot send headers
 LOCAL_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
-LOOPBACK_BINDS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def operator_path(path: str) -> bool:
@@ -48,7 +56,7 @@ def transport_security(allowed_hosts: list[str], bind_host: str = "127.0.0.1") -
     if "*" in allowed_hosts:
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     named = list(allowed_hosts)
-    if bind_host not in WILDCARD_BINDS | LOOPBACK_BINDS:
+    if bind_host not in WILDCARD_BINDS and not is_loopback(bind_host):
         named.append(f"[{bind_host}]" if ":" in bind_host else bind_host)
     hosts = list(LOCAL_HOSTS)
     for host in named:

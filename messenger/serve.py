@@ -8,7 +8,7 @@ import logging
 import uvicorn
 
 from messenger import dashboard
-from messenger.guards import LOOPBACK_BINDS, MCP_BODY_MAX_BYTES, Guard, transport_security
+from messenger.guards import MCP_BODY_MAX_BYTES, Guard, is_loopback, transport_security
 from messenger.runtime import Runtime
 from messenger.server import build_server
 from messenger.tenants import Tenants
@@ -35,7 +35,7 @@ def refuse_open_network(settings: Settings) -> None:
     """Serving HTTP beyond this machine with no key at all would let anyone queue paid jobs and read
     every answer: refuse, unless MCP_ALLOW_UNAUTHENTICATED=true says it is meant."""
     host = settings.mcp_host
-    if settings.mcp_transport == "stdio" or host in LOOPBACK_BINDS or settings.mcp_allow_unauthenticated:
+    if settings.mcp_transport == "stdio" or is_loopback(host) or settings.mcp_allow_unauthenticated:
         return
     if not Tenants.from_settings(settings).required:
         raise SettingsError(
@@ -53,7 +53,7 @@ async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
     app = http_app(runtime, transport, host)
     path = "/sse" if transport == "sse" else "/mcp"
     log.info("serving MCP over %s at http://%s:%d%s", transport, host, port, path)
-    if host not in LOOPBACK_BINDS and not runtime.settings.allowed_hosts:
+    if not is_loopback(host) and not runtime.settings.allowed_hosts:
         log.warning(
             "listening on %s but answering only to Host localhost (and %s itself): set "
             "MCP_ALLOWED_HOSTS to the names clients use", host, host,

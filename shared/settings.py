@@ -305,6 +305,11 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
+_SECRET_NAME = re.compile(
+    r"(?i)pass|token|secret|key|credential|auth"
+)  # a stdio server's env entries to mask
+
+
 def keep_secrets(settings: Settings) -> None:
     """Tell the log filter every configured secret, so no log line, error or page can show one."""
     values = list(settings.tenant_tokens.values())
@@ -313,6 +318,7 @@ def keep_secrets(settings: Settings) -> None:
     if settings.openai_api_key:
         values.append(settings.openai_api_key.get_secret_value())
     values += [c.token.get_secret_value() for c in settings.mcp_servers.values() if c.token]
+    values += [v for c in settings.mcp_servers.values() for k, v in c.env.items() if _SECRET_NAME.search(k)]
     for url in (
         settings.redis_url,
         settings.openai_base_url,

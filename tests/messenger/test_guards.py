@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from messenger.guards import Guard, transport_security
+from messenger.guards import Guard, is_loopback, transport_security
 from messenger.tenants import Tenant, Tenants
 
 ALICE, OPERATOR = "tok-alice-1234", "ops-key-9012"
@@ -114,3 +114,12 @@ def test_the_host_check_is_on_unless_star_and_admits_named_and_bound_hosts():
     } <= set(named.allowed_hosts)
     assert {"https://mcp.example.com", "http://localhost:*"} <= set(named.allowed_origins)
     assert "0.0.0.0:*" not in transport_security([], bind_host="0.0.0.0").allowed_hosts
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("mcp.example.com", False)],
+)  # fmt: skip
+def test_only_loopback_addresses_count_as_this_machine(host, loopback):
+    assert is_loopback(host) is loopback

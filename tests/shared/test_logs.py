@@ -84,3 +84,29 @@ def test_the_arq_lines_we_rewrite_are_the_ones_arq_logs():
     source = inspect.getsource(arq.worker)
     for template in logs._ARQ_LINES:
         assert repr(template)[1:-1] in source or template in source, template
+
+
+def test_every_configured_secret_is_masked_once_settings_are_loaded(clean_env):
+    from shared.settings import load_settings
+
+    servers = {"db": {"command": "db-server", "env": {"DB_PASSWORD": "stdio-env-pw-91", "MODE": "production"}},
+               "docs": {"url": "https://svc:url-pw-1234@docs.example/mcp", "token": "mcp-token-5678"}}  # fmt: skip
+    clean_env.setenv("MCP_SERVERS", json.dumps(servers))
+    clean_env.setenv("MCP_API_KEYS", json.dumps({"alice": "tenant-key-abcd"}))
+    clean_env.setenv("MCP_ADMIN_KEY", "operator-key-efgh")
+    clean_env.setenv("OPENAI_API_KEY", "sk-provider-ijkl")
+    load_settings()
+    planted = ["stdio-env-pw-91", "url-pw-1234", "mcp-token-5678", "tenant-key-abcd", "operator-key-efgh",
+               "sk-provider-ijkl"]  # fmt: skip
+    masked = redact(" ".join(planted) + " production")
+    assert masked == "*** *** *** *** *** *** production"
+
+
+def test_a_bad_redis_url_is_refused_without_echoing_it(clean_env):
+    from shared.settings import SettingsError, load_settings
+
+    for url in ("redis//:hunter22@db:6379/0", "redis://:hunter22@db:63x9/0"):
+        clean_env.setenv("REDIS_URL", url)
+        with pytest.raises(SettingsError) as refused:
+            load_settings()
+        assert refused.value.message.startswith("REDIS_URL: ") and "hunter22" not in refused.value.message
