@@ -10,8 +10,11 @@ import subprocess
 import sys
 import time
 
+import anyio
 import httpx2
 import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
 from mcp_helpers import ROOT, free_port, messenger_env, running_messengers
 
 ALICE, BOB, OPERATOR = "tok-alice-1234", "tok-bob-5678", "ops-key-9012"
@@ -108,6 +111,15 @@ def test_more_than_one_credential_is_refused_with_400(servers, path, headers, qu
 def test_a_tenant_key_and_the_operator_key_are_both_accepted_on_mcp(servers, key):
     for header in ({"Authorization": f"Bearer {key}"}, {"X-Api-Key": key}):
         assert send(servers["http"], "POST", "/mcp", header | JSON).status_code == 200
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-Api-Key"])
+async def test_an_sse_client_with_a_key_is_served_through_the_guard(servers, header):
+    value = f"Bearer {ALICE}" if header == "Authorization" else ALICE
+    with anyio.fail_after(60):
+        async with Client(sse_client(servers["sse"].url, headers={header: value})) as client:
+            result = await client.call_tool("list_models", {})
+    assert not result.is_error and result.structured_content["provider"] == "mock"
 
 
 def test_the_dashboard_and_metrics_are_the_operators(servers):
