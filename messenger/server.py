@@ -13,11 +13,12 @@ from starlette.responses import JSONResponse
 
 from messenger.aggregate import exposed_tools
 from messenger.calls import remember_headers
-from messenger.health import health
+from messenger.health import health, seen_by_tenant
 from messenger.metrics import metrics_route
 from messenger.resources import add_resources
 from messenger.runtime import Runtime
 from messenger.tasks.extension import JobTasks
+from messenger.tenants import tenants_for
 from messenger.tools import QueueTools
 
 INSTRUCTIONS = (
@@ -44,6 +45,8 @@ def build_server(runtime: Runtime) -> MCPServer:
     @mcp.custom_route("/health", methods=["GET"])
     async def health_route(_: Request) -> JSONResponse:
         report = await health(runtime)
+        if tenants_for(runtime.settings).required:  # open to anyone: no tenant's job ids
+            report = seen_by_tenant(report)
         return JSONResponse(report, status_code=200 if report["redis"]["ok"] else 503)
 
     mcp.custom_route("/metrics", methods=["GET"])(metrics_route(runtime))

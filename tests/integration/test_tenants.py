@@ -197,6 +197,29 @@ async def test_another_tenants_conversation_id_is_a_fresh_conversation(server):
     assert bobs["turns"][0]["content"] == message and len(bobs["turns"]) == 2
 
 
+async def test_the_open_health_route_shows_no_job_ids(server):
+    long = " ".join(["word"] * 40)  # about 1.6 s of tokens: a heartbeat (every 2 s) may catch it
+    jobs: list[str] = []
+    started = 0.0
+    with anyio.fail_after(60):
+        async with client_as(server.url, KEYS["alice"]) as alice:
+            while True:  # until a worker's heartbeat says it runs one of them
+                if time.monotonic() - started > 1:
+                    jobs.append((await answer(alice, "submit_message", message=long))["jobId"])
+                    started = time.monotonic()
+                status, body = server.get("/health")
+                workers = json.loads(body)["workers"]
+                if any(w["running"] for w in workers):
+                    break
+                await anyio.sleep(0.05)
+            seen = await answer(alice, "check_health")
+            for job in jobs:
+                await answer(alice, "wait_for_job", job_id=job, timeout_seconds=30)
+    assert status == 200 and not [job for job in jobs if job in body.decode()]
+    assert all("running_jobs" not in w for w in workers)
+    assert all("running_jobs" not in w for w in seen["workers"])  # a tenant's check_health too
+
+
 async def test_no_tenant_changes_another_tenants_jobs_or_tasks(server):
     with anyio.fail_after(120):
         async with client_as(server.url, KEYS["alice"]) as alice:

@@ -174,6 +174,41 @@ async def test_a_reservation_lives_as_long_as_its_job_and_no_longer(redis_url, c
     assert reserved_total(client) == pytest.approx(worst)
 
 
+async def test_a_tenants_rate_and_budget_hold_across_replicas_and_spare_the_others(
+    redis_url, clean_env, redis_server
+):
+    worst = worst_case(REQUEST)
+    tenants = {"mcp_api_keys": {"alice": "key-a", "bob": "key-b"}, "budget_daily_usd": worst * 100}
+    limits = {"alice": {"requests_per_minute": 10}, "bob": {"daily_usd": worst * 5.5}}
+
+    async def burst(name: str) -> tuple[list[str], list[Refused]]:
+        got = await asyncio.gather(
+            *((one, two)[i % 2].queue.submit(REQUEST, caller=name) for i in range(50)), return_exceptions=True
+        )
+        assert all(isinstance(g, str | Refused) for g in got), got
+        return [g for g in got if isinstance(g, str)], [g for g in got if isinstance(g, Refused)]
+
+    if time.time() % 60 > 57:  # the rate window is the wall-clock minute: start in a fresh one
+        await anyio.sleep(60 - time.time() % 60)
+    async with (
+        runtime_for(redis_url, **tenants, tenant_limits=limits) as one,
+        runtime_for(redis_url, **tenants, tenant_limits=limits) as two,
+        asyncio.timeout(60),
+    ):
+        alice, bob, operator = await burst("alice"), await burst("bob"), await burst(ANONYMOUS)
+    assert len(alice[0]) == 10 and len(alice[1]) == 40
+    assert {str(e).split(";")[0] for e in alice[1]} == {
+        "rate limit reached: TENANT_LIMITS['alice'].requests_per_minute=10 requests a minute for tenant 'alice'"
+    }
+    assert len(bob[0]) == 5 and len(bob[1]) == 45
+    assert all("tenant 'bob' daily budget reached" in str(e) for e in bob[1])
+    assert all("TENANT_LIMITS['bob'].daily_usd=" in str(e) for e in bob[1])
+    assert len(operator[0]) == 50  # neither tenant's limits touch the operator (or each other)
+    client = redis_server.client()
+    held = client.hgetall("mcpq:budget:reserved-tenant")
+    assert sorted(v.decode() for v in held.values()).count("bob") == 5
+
+
 async def test_a_backlog_older_than_the_reservation_time_cannot_overspend(
     redis_url, workers, clean_env, redis_server
 ):
