@@ -71,19 +71,27 @@ class JobClient:
         """Follow an existing job until it ends or `timeout` passes; returns its state either way."""
         _check_id(job_id)
         async with self.hub.follow(job_id) as live:
-            snapshot = await self.get(job_id, reader)
-            if snapshot.status in FINAL_STATUSES:
-                if on_event:  # a late follower still sees the whole story
-                    transcript = Transcript(job_id)
-                    for event in (await replay(self.redis, transcript))[0]:
-                        await on_event(event, transcript)
+            snapshot, stored = await self._read(job_id, reader)
+            if snapshot.status not in FINAL_STATUSES:
+                return await self._follow(job_id, live, on_event, timeout)
+            if on_event:  # a late follower still sees the whole story
+                transcript = Transcript(job_id)
+                for event in (await replay(self.redis, transcript))[0]:
+                    await on_event(event, transcript)
+            if stored:
                 return snapshot
-            return await self._follow(job_id, live, on_event, timeout)
+            async with asyncio.timeout(timeout):  # it ended a moment ago: its result is being stored
+                return await self._stored(job_id, Vanished(job_id))
 
     async def get(self, job_id: str, reader: str | None = None) -> JobResult:
         """A job's state: its stored result once it has one. With a `reader`, a job another caller owns
         is as unknown as a missing one. A job whose keys Redis lost while a live worker still runs it
         reads as running (the worker stores its result when it ends)."""
+        return (await self._read(job_id, reader))[0]
+
+    async def _read(self, job_id: str, reader: str | None) -> tuple[JobResult, bool]:
+        """get()'s answer, and whether it is the job's last word (its stored result, or why it has none)
+        rather than a transcript that ended a moment before arq stored the result."""
         _check_id(job_id)
         stored = await read_job(self.redis, job_id)
         if reader is not None and stored.owner != reader:
@@ -91,13 +99,15 @@ class JobClient:
         transcript = Transcript(job_id)
         await replay(self.redis, transcript)
         if stored.result is not None:
-            return stored_result(job_id, stored.result, transcript)
+            return stored_result(job_id, stored.result, transcript), True
         if transcript.final and transcript.whole:
-            return transcript.result()  # ended a moment ago; arq is storing the same result now
+            return transcript.result(), False  # ended a moment ago; arq is storing the same result now
         if stored.running or stored.queued or await held_by_worker(self.redis, job_id):
-            return _pending(transcript, "queued" if stored.queued and not stored.running else "running")
+            status = "queued" if stored.queued and not stored.running else "running"
+            return _pending(transcript, status), False
         if transcript.final:  # ended, but the stored result and some of its events are gone
-            return JobResult(job_id=job_id, status="failed", attempt=transcript.attempt, error=_LOST_ANSWER)
+            lost = JobResult(job_id=job_id, status="failed", attempt=transcript.attempt, error=_LOST_ANSWER)
+            return lost, True
         raise await not_found(self.redis, job_id)  # nothing left of it, and no worker runs it
 
     async def cancel(self, job_id: str, reader: str | None = None) -> JobResult:

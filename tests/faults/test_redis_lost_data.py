@@ -6,9 +6,10 @@ that was only queued is gone, and its caller is told it was lost, never that it 
 import asyncio
 
 import pytest
-from observe import LONG_MESSAGE, Recorder, expected_text, runtime_for
+from observe import LONG_MESSAGE, Recorder, expected_text
 from openai_server import eventually
 from redis_server import RedisServer
+from runtimes import runtime_for
 
 from shared.errors import JobLost, JobNotFound
 from shared.models import ChatRequest, JobResult

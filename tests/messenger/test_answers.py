@@ -104,3 +104,27 @@ async def test_an_ended_job_whose_result_and_some_events_redis_lost_reads_as_fai
     lost = await embedded_runtime.jobs.get(JOB)
     assert lost.status == "failed" and lost.ai_response == ""
     assert lost.error is not None and "Redis lost its stored result" in lost.error
+
+
+async def test_a_reader_arriving_just_after_the_last_event_still_answers_with_the_stored_result(
+    embedded_runtime,
+):
+    redis, jobs = embedded_runtime.redis, embedded_runtime.jobs
+    at = {"job_id": JOB, "attempt": 1, "ts": time.time()}
+    whole = [StartEvent(**at, seq=0, worker_id="w1", model="mock-1")]
+    whole += [TokenEvent(**at, seq=seq, text=word) for seq, word in enumerate(WORDS, 1)]
+    usage = TokenUsage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    whole.append(DoneEvent(**at, seq=5, usage=usage, cost=None, finish_reason="stop", model="mock-1"))
+    await publish_events(redis, whole)  # the whole answer streamed; arq has not stored the result yet
+    stored = STORED.model_copy(update={"processing_time": 1.25})  # what only the stored result says
+    replayed = asyncio.Event()
+
+    async def on_event(event, transcript) -> None:
+        if event is not None and event.type == "done":
+            replayed.set()
+
+    async with asyncio.timeout(20):
+        waiting = asyncio.create_task(jobs.wait(JOB, timeout=15, on_event=on_event))
+        await replayed.wait()
+        await store_result(redis, stored)
+        assert await waiting == stored
