@@ -19,64 +19,69 @@ from shared import keys, prices
 from shared.errors import Refused
 from shared.models import ChatRequest, ModelDefaults
 from shared.reservations import release
+from shared.scripts import Arg, Key, script
 from shared.settings import ALL_TENANTS, OPERATOR, Settings
 
 __all__ = ["Refused", "admit", "enabled", "pinned", "release", "worst_case_usd"]
 
-ADMIT_LUA = """
--- KEYS: 1 reserved hash (job -> USD), 2 reserved-tenant hash (job -> tenant), 3 reserved-until zset,
---       4 spent this hour, 5 spent today, 6 the tenant's spent this hour, 7 the tenant's spent today,
---       8 the tenant's requests this minute
--- ARGV: 1 job id, 2 worst-case USD, 3 now ms, 4 hold ms, 5 hourly cap, 6 daily cap, 7 requests a minute,
---       8 tenant, 9 tenant hourly cap, 10 tenant daily cap ('' = no limit), 11 arq job prefix,
---       12 arq in-progress prefix
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3], 'LIMIT', 0, 500)
-for _, id in ipairs(due) do
-  if redis.call('EXISTS', ARGV[11] .. id, ARGV[12] .. id) > 0 then
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[4]), id)
+RATE_WINDOW_TTL_SECONDS = 120  # a minute's request count outlives its minute, then goes
+
+
+@script("""
+-- holds due for a check: kept while their job waits in the queue or runs, released once it is gone
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', reserved_until, '-inf', now_ms, 'LIMIT', 0, 500)) do
+  if redis.call('EXISTS', job_prefix .. id, in_progress_prefix .. id) > 0 then
+    redis.call('ZADD', reserved_until, now_ms + hold_ms, id)
   else
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('ZREM', KEYS[3], id)
+    redis.call('HDEL', reserved, id)
+    redis.call('HDEL', reserved_tenant, id)
+    redis.call('ZREM', reserved_until, id)
   end
 end
-if ARGV[7] ~= '' and tonumber(redis.call('GET', KEYS[8]) or '0') >= tonumber(ARGV[7]) then
-  return {'rate', redis.call('GET', KEYS[8])}
+if per_minute and (tonumber(redis.call('GET', rate) or '0') or 0) >= per_minute then
+  return {'rate', redis.call('GET', rate)}
 end
 local owners = {}
-local pairs_ = redis.call('HGETALL', KEYS[2])
-for i = 1, #pairs_, 2 do owners[pairs_[i]] = pairs_[i + 1] end
+local listed = redis.call('HGETALL', reserved_tenant)
+for i = 1, #listed, 2 do owners[listed[i]] = listed[i + 1] end
 local held, mine = 0, 0
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local v = tonumber(all[i + 1]) or 0
-  held = held + v
-  if owners[all[i]] == ARGV[8] then mine = mine + v end
+local holds = redis.call('HGETALL', reserved)
+for i = 1, #holds, 2 do
+  local usd = tonumber(holds[i + 1]) or 0
+  held = held + usd
+  if owners[holds[i]] == tenant then mine = mine + usd end
 end
-local worst = tonumber(ARGV[2])
-local function over(cap, key, extra)
-  if cap == '' then return nil end
-  local used = (tonumber(redis.call('GET', key) or '0') or 0) + extra
-  if used + worst > tonumber(cap) then return tostring(used) end
-  return nil
-end
-local checks = {{'hourly', ARGV[5], KEYS[4], held}, {'daily', ARGV[6], KEYS[5], held},
-                {'tenant-hourly', ARGV[9], KEYS[6], mine}, {'tenant-daily', ARGV[10], KEYS[7], mine}}
+local cost = tonumber(worst)
+local checks = {{'hourly', hourly_cap, spent_hour, held}, {'daily', daily_cap, spent_day, held},
+                {'tenant-hourly', tenant_hourly_cap, tenant_spent_hour, mine},
+                {'tenant-daily', tenant_daily_cap, tenant_spent_day, mine}}
 for _, c in ipairs(checks) do
-  local used = over(c[2], c[3], c[4])
-  if used then return {c[1], used} end
+  if c[2] then
+    local used = (tonumber(redis.call('GET', c[3]) or '0') or 0) + c[4]
+    if used + cost > c[2] then return {c[1], tostring(used)} end
+  end
 end
-if worst > 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[8])
-  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+if cost > 0 then
+  redis.call('HSET', reserved, job_id, worst)
+  redis.call('HSET', reserved_tenant, job_id, tenant)
+  redis.call('ZADD', reserved_until, now_ms + hold_ms, job_id)
 end
-if ARGV[7] ~= '' then
-  redis.call('INCR', KEYS[8])
-  redis.call('EXPIRE', KEYS[8], 120)
+if per_minute then
+  redis.call('INCR', rate)
+  redis.call('EXPIRE', rate, rate_ttl)
 end
-return {'ok', ARGV[2]}
-"""
+return {'ok', worst}
+""")
+async def _admit(
+    redis, *, reserved: Key, reserved_tenant: Key, reserved_until: Key, spent_hour: Key, spent_day: Key,
+    tenant_spent_hour: Key, tenant_spent_day: Key, rate: Key, job_id: Arg[str], worst: Arg[str],
+    now_ms: Arg[int], hold_ms: Arg[int], hourly_cap: Arg[float | None], daily_cap: Arg[float | None],
+    per_minute: Arg[int | None], tenant: Arg[str], tenant_hourly_cap: Arg[float | None],
+    tenant_daily_cap: Arg[float | None], job_prefix: Arg[str], in_progress_prefix: Arg[str], rate_ttl: Arg[int],
+) -> list:  # fmt: skip
+    """Sweep the holds due for a check, then count the tenant's request and reserve the request's
+    worst case against the global and the tenant's caps, or answer which limit refused it."""
+    ...
 
 
 def enabled(settings: Settings) -> bool:
@@ -167,19 +172,16 @@ async def admit(
     rpm = limits.requests_per_minute if limits else settings.rate_limit_per_minute
     now = time.time()
     hour, day = time.strftime("%Y-%m-%dT%H", time.gmtime(now)), time.strftime("%Y-%m-%d", time.gmtime(now))
-    verdict, value = await redis.register_script(ADMIT_LUA)(
-        keys=[
-            keys.BUDGET_RESERVED, keys.BUDGET_RESERVED_TENANT, keys.BUDGET_RESERVED_UNTIL,
-            keys.spent_hour(hour), keys.spent_day(day),
-            keys.spent_tenant(caller, f"hour:{hour}"), keys.spent_tenant(caller, f"day:{day}"),
-            keys.rate(caller, int(now // 60)),
-        ],
-        args=[
-            job_id, repr(worst), int(now * 1000), int(settings.budget_reservation_seconds * 1000),
-            _cap(settings.budget_hourly_usd), _cap(settings.budget_daily_usd), _cap(rpm), caller,
-            _cap(limits.hourly_usd if limits else None), _cap(limits.daily_usd if limits else None),
-            keys.JOB_PREFIX, keys.IN_PROGRESS_PREFIX,
-        ],
+    verdict, value = await _admit(
+        redis, reserved=keys.BUDGET_RESERVED, reserved_tenant=keys.BUDGET_RESERVED_TENANT,
+        reserved_until=keys.BUDGET_RESERVED_UNTIL, spent_hour=keys.spent_hour(hour), spent_day=keys.spent_day(day),
+        tenant_spent_hour=keys.spent_tenant(caller, f"hour:{hour}"),
+        tenant_spent_day=keys.spent_tenant(caller, f"day:{day}"), rate=keys.rate(caller, int(now // 60)),
+        job_id=job_id, worst=repr(worst), now_ms=int(now * 1000),
+        hold_ms=int(settings.budget_reservation_seconds * 1000), hourly_cap=settings.budget_hourly_usd,
+        daily_cap=settings.budget_daily_usd, per_minute=rpm, tenant=caller,
+        tenant_hourly_cap=limits.hourly_usd if limits else None, tenant_daily_cap=limits.daily_usd if limits else None,
+        job_prefix=keys.JOB_PREFIX, in_progress_prefix=keys.IN_PROGRESS_PREFIX, rate_ttl=RATE_WINDOW_TTL_SECONDS,
     )  # fmt: skip
     _refuse(verdict.decode(), value, settings, caller, worst, now, rpm)
 
@@ -212,7 +214,3 @@ def _refuse(verdict: str, value, settings: Settings, tenant: str, worst: float, 
             f"{_limit_name(settings, tenant, field)}=${cap:g}, and this request could cost up to "
             f"${worst:.6f}; it resets in {_resets_in(window, now)}"
         )
-
-
-def _cap(value: float | int | None) -> str:
-    return "" if value is None else repr(value)

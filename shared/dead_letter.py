@@ -39,7 +39,9 @@ redis.call('DEL', job, retry, lease)
 for _, k in ipairs({abort, order, reserved_until}) do
   if redis.call('TYPE', k)['ok'] == 'zset' then redis.call('ZREM', k, raw_id) end
 end
-if redis.call('TYPE', reserved)['ok'] == 'hash' then redis.call('HDEL', reserved, raw_id) end
+for _, k in ipairs({reserved, reserved_tenant}) do
+  if redis.call('TYPE', k)['ok'] == 'hash' then redis.call('HDEL', k, raw_id) end
+end
 if redis.call('TYPE', dead)['ok'] ~= 'hash' then redis.call('DEL', dead) end
 if redis.call('TYPE', order)['ok'] ~= 'zset' then redis.call('DEL', order) end
 redis.call('HSET', dead, raw_id, entry)
@@ -62,7 +64,7 @@ end
 return 1
 """)
 async def _bury(
-    redis, *, queue: Key, abort: Key, dead: Key, order: Key, reserved: Key, reserved_until: Key,
+    redis, *, queue: Key, abort: Key, dead: Key, order: Key, reserved: Key, reserved_tenant: Key, reserved_until: Key,
     raw_id: Arg[bytes], entry: Arg[str], now_ms: Arg[int], kept: Arg[int], event: Arg[bytes | None],
     result_record: Arg[bytes | None], result_ttl: Arg[int], stream_maxlen: Arg[int], stream_ttl: Arg[int],
 ) -> int:  # fmt: skip
@@ -145,7 +147,8 @@ async def bury(
     ending = readable and bool(job_id)  # an id that is not text has no stream anyone could follow
     done = await _bury(
         redis, queue=keys.QUEUE, abort=keys.ABORT_SET, dead=keys.DEAD_LETTER, order=keys.DEAD_LETTER_ORDER,
-        reserved=keys.BUDGET_RESERVED, reserved_until=keys.BUDGET_RESERVED_UNTIL, raw_id=raw_id,
+        reserved=keys.BUDGET_RESERVED, reserved_tenant=keys.BUDGET_RESERVED_TENANT,
+        reserved_until=keys.BUDGET_RESERVED_UNTIL, raw_id=raw_id,
         entry=json.dumps(entry.as_dict(), ensure_ascii=False), now_ms=int(time.time() * 1000), kept=keys.DEAD_LETTER_KEPT,
         event=_error_event(job_id, attempt, reason) if ending else None,
         result_record=_failed_result(job_id, function, attempt, reason) if ending else None,

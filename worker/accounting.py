@@ -13,63 +13,77 @@ import time
 
 from shared import keys, prices
 from shared.events import parse_event
+from shared.scripts import Arg, Key, script
 from shared.settings import OPERATOR, TENANT_NAME
 
 COUNTED_TTL_SECONDS = 2 * 86_400
 
-RECORD_LUA = """
--- KEYS: 1 counted marker; 2-7 counter hashes: usage total, model, day, then the tenant's total, model, day;
---       8 usage models set, 9 tenant models set, 10 tenants set; 11 latency list, 12 tenant latency list;
---       13 received list, 14 tenant received list; 15 budget reserved hash, 16 reserved-tenant hash,
---       17 reserved-until zset; 18 spent hour, 19 spent day, 20 tenant spent hour, 21 tenant spent day;
---       22 conversation list, 23 tenant's conversations zset
--- ARGV: 1 job id, 2 model, 3 status, 4 prompt tokens, 5 completion tokens, 6 total tokens,
---       7 cost ('' = unpriced), 8 latency ms, 9 received entry, 10 latencies kept, 11 received kept,
---       12 marker ttl, 13 conversation id ('' = none), 14 user turn, 15 assistant turn, 16 history ttl,
---       17 now (s), 18 tenant, 19 tokens estimated from dead attempts
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[12]) then return 0 end
-for i = 2, 7 do
-  redis.call('HINCRBY', KEYS[i], 'requests', 1)
-  redis.call('HINCRBY', KEYS[i], ARGV[3], 1)
-  redis.call('HINCRBY', KEYS[i], 'prompt_tokens', ARGV[4])
-  redis.call('HINCRBY', KEYS[i], 'completion_tokens', ARGV[5])
-  redis.call('HINCRBY', KEYS[i], 'total_tokens', ARGV[6])
-  redis.call('HINCRBY', KEYS[i], 'latency_ms', ARGV[8])
-  if ARGV[19] ~= '0' then redis.call('HINCRBY', KEYS[i], 'dead_attempt_tokens', ARGV[19]) end
-  if ARGV[7] == '' then
-    redis.call('HINCRBY', KEYS[i], 'unpriced', 1)
+SPENT_HOUR_TTL_SECONDS = 7200  # an hour's spend is read during its hour; kept one more
+SPENT_DAY_TTL_SECONDS = 172_800
+
+
+@script("""
+if not redis.call('SET', counted, '1', 'NX', 'EX', counted_ttl) then return 0 end
+for _, totals in ipairs({total, by_model, by_day, tenant_total, tenant_by_model, tenant_by_day}) do
+  redis.call('HINCRBY', totals, 'requests', 1)
+  redis.call('HINCRBY', totals, status, 1)
+  redis.call('HINCRBY', totals, 'prompt_tokens', prompt_tokens)
+  redis.call('HINCRBY', totals, 'completion_tokens', completion_tokens)
+  redis.call('HINCRBY', totals, 'total_tokens', total_tokens)
+  redis.call('HINCRBY', totals, 'latency_ms', latency_ms)
+  if dead_attempt_tokens > 0 then redis.call('HINCRBY', totals, 'dead_attempt_tokens', dead_attempt_tokens) end
+  if cost then
+    redis.call('HINCRBYFLOAT', totals, 'cost_usd', cost)
   else
-    redis.call('HINCRBYFLOAT', KEYS[i], 'cost_usd', ARGV[7])
+    redis.call('HINCRBY', totals, 'unpriced', 1)
   end
 end
-redis.call('SADD', KEYS[8], ARGV[2])
-redis.call('SADD', KEYS[9], ARGV[2])
-redis.call('SADD', KEYS[10], ARGV[18])
-for i = 11, 12 do
-  redis.call('LPUSH', KEYS[i], ARGV[8])
-  redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[10]) - 1)
+redis.call('SADD', models, model)
+redis.call('SADD', tenant_models, model)
+redis.call('SADD', tenants, tenant)
+for _, latencies in ipairs({latency, tenant_latency}) do
+  redis.call('LPUSH', latencies, latency_ms)
+  redis.call('LTRIM', latencies, 0, latencies_kept - 1)
 end
-for i = 13, 14 do
-  redis.call('LPUSH', KEYS[i], ARGV[9])
-  redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[11]) - 1)
+for _, log in ipairs({received, tenant_received}) do
+  redis.call('LPUSH', log, received_entry)
+  redis.call('LTRIM', log, 0, received_kept - 1)
 end
-redis.call('HDEL', KEYS[15], ARGV[1])
-redis.call('HDEL', KEYS[16], ARGV[1])
-redis.call('ZREM', KEYS[17], ARGV[1])
-if ARGV[7] ~= '' then
-  for i = 18, 21 do
-    redis.call('INCRBYFLOAT', KEYS[i], ARGV[7])
-    redis.call('EXPIRE', KEYS[i], (i % 2 == 0) and 7200 or 172800)
+redis.call('HDEL', reserved, job_id)
+redis.call('HDEL', reserved_tenant, job_id)
+redis.call('ZREM', reserved_until, job_id)
+if cost then
+  for _, spent in ipairs({spent_hour, tenant_spent_hour}) do
+    redis.call('INCRBYFLOAT', spent, cost)
+    redis.call('EXPIRE', spent, spent_hour_ttl)
+  end
+  for _, spent in ipairs({spent_day, tenant_spent_day}) do
+    redis.call('INCRBYFLOAT', spent, cost)
+    redis.call('EXPIRE', spent, spent_day_ttl)
   end
 end
-if ARGV[13] ~= '' then
-  redis.call('RPUSH', KEYS[22], ARGV[14], ARGV[15])
-  redis.call('EXPIRE', KEYS[22], ARGV[16])
-  redis.call('ZADD', KEYS[23], ARGV[17], ARGV[13])
-  redis.call('EXPIRE', KEYS[23], ARGV[16])
+if conversation_id then
+  redis.call('RPUSH', conversation, user_turn, assistant_turn)
+  redis.call('EXPIRE', conversation, history_ttl)
+  redis.call('ZADD', conversations, now, conversation_id)
+  redis.call('EXPIRE', conversations, history_ttl)
 end
 return 1
-"""
+""")
+async def _record(
+    redis, *, counted: Key, total: Key, by_model: Key, by_day: Key, tenant_total: Key, tenant_by_model: Key,
+    tenant_by_day: Key, models: Key, tenant_models: Key, tenants: Key, latency: Key, tenant_latency: Key,
+    received: Key, tenant_received: Key, reserved: Key, reserved_tenant: Key, reserved_until: Key,
+    spent_hour: Key, spent_day: Key, tenant_spent_hour: Key, tenant_spent_day: Key, conversation: Key,
+    conversations: Key, job_id: Arg[str], model: Arg[str], status: Arg[str], prompt_tokens: Arg[int],
+    completion_tokens: Arg[int], total_tokens: Arg[int], cost: Arg[str | None], latency_ms: Arg[int],
+    dead_attempt_tokens: Arg[int], received_entry: Arg[str], latencies_kept: Arg[int], received_kept: Arg[int],
+    counted_ttl: Arg[int], conversation_id: Arg[str | None], user_turn: Arg[str], assistant_turn: Arg[str],
+    history_ttl: Arg[int], now: Arg[float], tenant: Arg[str], spent_hour_ttl: Arg[int], spent_day_ttl: Arg[int],
+) -> int:  # fmt: skip
+    """Count one ended job, for everyone and its tenant, once; settle its budget hold into the spend;
+    add its turn to the tenant's conversation."""
+    ...
 
 
 async def job_tenant(redis, job_id: str) -> str:
@@ -162,22 +176,23 @@ async def record(redis, result: dict, request: dict, *, history_ttl: int, tenant
     def mine(part: str) -> str:
         return keys.usage_tenant(tenant, part)
 
-    counted = await redis.register_script(RECORD_LUA)(
-        keys=[
-            keys.usage_counted(job_id), keys.USAGE_TOTAL, keys.usage_model(model), keys.usage_day(day),
-            mine("total"), mine(f"model:{model}"), mine(f"day:{day}"),
-            keys.USAGE_MODELS, mine("models"), keys.TENANTS, keys.usage_latency(model), mine(f"latency:{model}"),
-            keys.RECEIVED, keys.received(tenant),
-            keys.BUDGET_RESERVED, keys.BUDGET_RESERVED_TENANT, keys.BUDGET_RESERVED_UNTIL,
-            keys.spent_hour(hour), keys.spent_day(day),
-            keys.spent_tenant(tenant, f"hour:{hour}"), keys.spent_tenant(tenant, f"day:{day}"),
-            keys.conversation(tenant, conversation_id or "-"), keys.conversations(tenant),
-        ],
-        args=[
-            job_id, model, result["status"], prompt, completion, usage["totalTokens"] + dead_tokens,
-            "" if cost is None else repr(float(cost)), latency_ms, json.dumps(received),
-            keys.USAGE_LATENCY_KEPT, keys.RECEIVED_KEPT, COUNTED_TTL_SECONDS, conversation_id or "",
-            json.dumps(user_turn), json.dumps(assistant_turn), history_ttl, round(now, 3), tenant, dead_tokens,
-        ],
+    counted = await _record(
+        redis, counted=keys.usage_counted(job_id), total=keys.USAGE_TOTAL, by_model=keys.usage_model(model),
+        by_day=keys.usage_day(day), tenant_total=mine("total"), tenant_by_model=mine(f"model:{model}"),
+        tenant_by_day=mine(f"day:{day}"), models=keys.USAGE_MODELS, tenant_models=mine("models"),
+        tenants=keys.TENANTS, latency=keys.usage_latency(model), tenant_latency=mine(f"latency:{model}"),
+        received=keys.RECEIVED, tenant_received=keys.received(tenant), reserved=keys.BUDGET_RESERVED,
+        reserved_tenant=keys.BUDGET_RESERVED_TENANT, reserved_until=keys.BUDGET_RESERVED_UNTIL,
+        spent_hour=keys.spent_hour(hour), spent_day=keys.spent_day(day),
+        tenant_spent_hour=keys.spent_tenant(tenant, f"hour:{hour}"),
+        tenant_spent_day=keys.spent_tenant(tenant, f"day:{day}"),
+        conversation=keys.conversation(tenant, conversation_id or "-"), conversations=keys.conversations(tenant),
+        job_id=job_id, model=model, status=result["status"], prompt_tokens=prompt, completion_tokens=completion,
+        total_tokens=usage["totalTokens"] + dead_tokens, cost=None if cost is None else repr(float(cost)),
+        latency_ms=latency_ms, dead_attempt_tokens=dead_tokens, received_entry=json.dumps(received),
+        latencies_kept=keys.USAGE_LATENCY_KEPT, received_kept=keys.RECEIVED_KEPT, counted_ttl=COUNTED_TTL_SECONDS,
+        conversation_id=conversation_id or None, user_turn=json.dumps(user_turn),
+        assistant_turn=json.dumps(assistant_turn), history_ttl=history_ttl, now=round(now, 3), tenant=tenant,
+        spent_hour_ttl=SPENT_HOUR_TTL_SECONDS, spent_day_ttl=SPENT_DAY_TTL_SECONDS,
     )  # fmt: skip
     return bool(counted)
