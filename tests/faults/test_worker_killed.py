@@ -40,4 +40,9 @@ async def test_a_job_whose_worker_is_killed_mid_stream_is_rerun_and_the_caller_g
     client = redis_server.client()
     usage = {k.decode(): v.decode() for k, v in client.hgetall(keys.USAGE_TOTAL).items()}
     assert usage.get("requests") == "1", f"the answer is counted once: {usage}"
-    assert usage.get("completion_tokens") == str(len(trial.expected.split()))
+    # what the dead attempt streamed was paid for too: counted once, estimated, beside the answer
+    dead = sum(1 for e in trial.stream if e["type"] == "token" and e["attempt"] == 1)
+    dead_prompt = int(usage["prompt_tokens"]) - result.usage.prompt_tokens
+    assert dead > 0 and dead_prompt > 0
+    assert usage.get("completion_tokens") == str(len(trial.expected.split()) + dead)
+    assert usage.get("dead_attempt_tokens") == str(dead + dead_prompt)
