@@ -94,18 +94,27 @@ def dump_event(event: Event) -> bytes:
     return event.model_dump_json().encode()
 
 
-async def publish_events(redis, events: list[Event]) -> None:
-    """Append events to their job's stream, then publish them, in one round trip.
+def queue_events(pipe, events: list[Event]) -> list[str]:
+    """Queue each event's stream append and publish on a pipeline; answers the job id of each command.
 
     Stream first: any event a live reader sees is already there for a reader that replays.
     """
     from shared import keys
 
+    owners: list[str] = []
+    for event in events:
+        data = dump_event(event)
+        pipe.xadd(keys.stream(event.job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
+        pipe.publish(keys.events(event.job_id), data)
+        owners += [event.job_id, event.job_id]
+    for job_id in dict.fromkeys(e.job_id for e in events if e.type != "token"):  # running: the heartbeat renews
+        pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
+        owners.append(job_id)
+    return owners
+
+
+async def publish_events(redis, events: list[Event]) -> None:
+    """Append events to their job's stream, then publish them, in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
-        for event in events:
-            data = dump_event(event)
-            pipe.xadd(keys.stream(event.job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
-            pipe.publish(keys.events(event.job_id), data)
-        for job_id in {e.job_id for e in events if e.type != "token"}:  # running jobs: the heartbeat renews
-            pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
+        queue_events(pipe, events)
         await pipe.execute()

@@ -48,7 +48,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
                 for job_id in state.running:
-                    pipe.pexpire(keys.in_progress(job_id), lease_ms)
+                    pipe.set(keys.in_progress(job_id), b"1", px=lease_ms)  # again, if it lapsed in an outage
                     pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
                 await pipe.execute()
             state.metrics.heartbeat.set_to_current_time()

@@ -1,16 +1,15 @@
 """The arq jobs: `chat` (one model call, streamed, with tool use when asked) and `call_tool` (one
 downstream MCP tool call); every event published, the result returned to arq.
 
-The job always ends with exactly one terminal event and returns a JobResult (as JSON), whether the
-call succeeded, failed or was cancelled, so a caller never waits on a job that ended silently; the
-ending is counted once (usage, cost, budget, history). A CancelledError that is not a user's cancel
+Every way out of a job goes through its JobRun's one `end()` (worker/run.py): exactly one terminal
+event, after every event before it is in Redis, counted once, and a JobResult (as JSON) for arq,
+whether the call succeeded, failed or was cancelled. A CancelledError that is not a user's cancel
 (worker shutdown) is re-raised so arq runs the job again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,12 +19,13 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 
 from shared import keys, prices, tracing
-from shared.errors import ToolServerError
+from shared.errors import JobStopped, McpQueueError, ReservationSpent, ToolRoundsExceeded, validation_message
 from shared.events import TokenUsage
 from shared.logs import redact
-from shared.models import ChatRequest, JobResult, ModelDefaults, ResultUsage, ToolCallRecord, ToolCallRequest
+from shared.models import ChatRequest, ModelDefaults, ToolCallRequest, effective
 from shared.settings import OPERATOR, Settings
 from shared.tool_client import ToolServers
 from worker import accounting
@@ -34,6 +34,7 @@ from worker.metrics import WorkerMetrics
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd, ToolCall
 from worker.providers.base import estimate_usage
 from worker.publisher import EventWriter
+from worker.run import JobRun
 from worker.tool_use import Toolbox, open_toolbox, run_tool_calls
 
 log = logging.getLogger("worker.job")
@@ -68,7 +69,11 @@ class WorkerState:
         if tenant not in self.defaults:
             found = ModelDefaults()
             for key in (keys.MODEL_DEFAULTS, keys.model_defaults(tenant)):
-                raw = await redis.get(key)
+                try:
+                    raw = await redis.get(key)
+                except ResponseError:  # not a string (written by hand): as if unset
+                    log.warning("ignoring %s: it is not a string", key)
+                    raw = None
                 try:
                     found = (ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()).over(found)
                 except ValidationError:
@@ -77,33 +82,26 @@ class WorkerState:
         return self.defaults[tenant]
 
 
-class ToolRoundsExceeded(Exception):
-    def __init__(self, limit: int):
-        super().__init__(
-            f"the model was still asking for tools after TOOL_MAX_ROUNDS={limit} rounds; "
-            "raise TOOL_MAX_ROUNDS or ask for less"
-        )
-
-
-class ReservationSpent(Exception):
-    """The budget the messenger reserved for this job cannot pay for another model turn."""
-
-
 async def _check_reservation(
     redis, job_id: str, model: str, spent: TokenUsage | None, call: ModelCall
 ) -> None:
     """With budgets on, the messenger reserved this job's worst case; stop before a turn that could
     cost more than what is left of it (the same byte-a-token rule the reservation used)."""
-    reserved = await redis.hget(keys.BUDGET_RESERVED, job_id)
+    raw = await redis.hget(keys.BUDGET_RESERVED, job_id)
+    try:
+        reserved = float(raw) if raw is not None else None
+    except ValueError:
+        log.warning("ignoring a reservation for job %s that is not a number", job_id)
+        return
     if reserved is None:
         return  # no budgets, or the reservation lapsed (BUDGET_RESERVATION_SECONDS)
     so_far = prices.cost(model, spent.prompt_tokens, spent.completion_tokens) if spent else 0.0
     prompt = sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in call.messages) + 32
     turn = prices.cost(model, prompt, call.max_tokens)
-    if so_far is not None and turn is not None and so_far + turn > float(reserved):
+    if so_far is not None and turn is not None and so_far + turn > reserved:
         raise ReservationSpent(
             f"stopped before another model turn: it could cost up to ${turn:.6f}, and ${so_far:.6f} of the "
-            f"${float(reserved):.6f} reserved for this job (BUDGET_* settings) is spent; ask for fewer "
+            f"${reserved:.6f} reserved for this job (BUDGET_* settings) is spent; ask for fewer "
             "max_tokens or lower TOOL_MAX_ROUNDS"
         )
 
@@ -136,11 +134,7 @@ def build_messages(request: ChatRequest, history: list[dict[str, str]]) -> list[
     return [*messages, *history, {"role": "user", "content": request.message}]
 
 
-def invalid_request_message(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(part) for part in err["loc"])
-    detail = err["msg"].removeprefix("Value error, ")
-    return f"invalid request in the queue: {where + ': ' if where else ''}{detail}"
+INVALID = "invalid request in the queue: "
 
 
 async def chat(ctx: dict, request: dict, trace: dict | None = None) -> dict:
@@ -151,181 +145,118 @@ async def chat(ctx: dict, request: dict, trace: dict | None = None) -> dict:
 
 
 async def _chat(ctx: dict, request: dict, span) -> dict:
-    state: WorkerState = ctx["mcpq"]
-    settings = state.settings
-    job_id, attempt = ctx["job_id"], ctx["job_try"]
-    redis = ctx["redis"]
-    publisher = state.writer.publisher(job_id, attempt)
-    started = time.monotonic()
-    text: list[str] = []
-    end: StreamEnd | None = None
-    spent: TokenUsage | None = None  # summed over the model turns that ended
-    tool_calls: list[ToolCallRecord] = []
-    turn: list[str] = []  # the text of the model turn in progress
-    model = "?"
-
-    async def finish(status: str, error: str | None = None) -> dict:
-        """The job's result; counted once in the usage totals (and history, when completed)."""
-        name = end.model if end else model
-        if spent:  # plus a later turn cut short: its prompt and what it streamed were paid for too
-            usage = (
-                _add(
-                    spent,
-                    estimate_usage(call.messages, len(turn)) if turn and status != "completed" else None,
-                )
-                or TokenUsage()
-            )  # never empty: `spent` is not None here (a closure is not narrowed)
-        else:  # ended early: the prompt was paid for only if the model started answering
-            usage = estimated_usage(request, text) if text else TokenUsage()
-        result = JobResult(
-            job_id=job_id,
-            status=status,  # type: ignore[arg-type]
-            ai_response="".join(text),
-            model=name,
-            usage=ResultUsage(
-                **usage.model_dump(),
-                estimated_cost=prices.cost(name, usage.prompt_tokens, usage.completion_tokens),
-            ),
-            processing_time=round(time.monotonic() - started, 4),
-            finish_reason=end.finish_reason if end else None,
-            error=error,
-            worker_id=state.worker_id,
-            attempt=attempt,
-            tool_calls=tool_calls,
-        ).model_dump(mode="json")
-        state.metrics.job_ended(result)
-        span.set_attributes({"gen_ai.request.model": name, "mcpq.outcome": status})
-        try:
-            await asyncio.shield(
-                accounting.record(redis, result, request if isinstance(request, dict) else {},
-                                  history_ttl=settings.history_ttl_seconds, tenant=tenant)
-            )  # fmt: skip
-        except Exception as e:  # the answer still goes out; only the totals miss it
-            log.warning("could not count the usage of job %s: %s", job_id, e)
-        log.info(
-            "job %s %s", job_id, status,
-            extra={"job_id": job_id, "worker_id": state.worker_id, "model": name, "outcome": status,
-                   "attempt": attempt, "prompt_tokens": usage.prompt_tokens,
-                   "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens,
-                   "cost_usd": result["usage"]["estimatedCost"], "duration_s": result["processingTime"],
-                   "error": error, "trace_id": tracing.trace_id(span)},
-        )  # fmt: skip
-        return result
-
-    state.running[job_id] = attempt
-    tenant = OPERATOR
+    run = JobRun(ctx, request, model="?", span=span)
+    state, settings = run.state, run.settings
     try:
-        tenant = await accounting.job_tenant(redis, job_id)
+        run.tenant = await accounting.job_tenant(run.redis, run.job_id)
         try:
             req = ChatRequest.model_validate(request)
         except ValidationError as e:
-            msg = invalid_request_message(e)
-            await publisher.start(state.worker_id, model)
-            result = await finish("failed", msg)
-            await publisher.error(msg)
-            return result
-        defaults = await state.model_defaults(redis, tenant)
-        model = req.model or defaults.default_model or settings.default_model
-        history = []
-        if req.conversation_id:
-            history = await earlier_turns(
-                redis,
-                tenant,
-                req.conversation_id,
-                max_turns=settings.history_max_turns,
-                max_tokens=settings.history_max_tokens,
-            )
-        call = ModelCall(
-            model=model,
-            messages=build_messages(req, history),
-            temperature=next(
-                t
-                for t in (req.temperature, defaults.temperature, settings.openai_temperature)
-                if t is not None
-            ),
-            max_tokens=req.max_tokens or defaults.max_tokens or settings.openai_max_tokens,
-        )
-        await publisher.start(state.worker_id, model)
+            await run.publisher.start(state.worker_id, run.model)
+            return await run.end("failed", validation_message(e, INVALID))
+        call = await _model_call(run, req)
+        await run.publisher.start(state.worker_id, run.model)
         try:
             async with asyncio.timeout(settings.job_timeout_seconds):
-                toolbox = await open_toolbox(state.tool_servers, req.mcp_servers) if req.mcp_servers else None
-                if toolbox:
-                    call = replace(call, tools=toolbox.specs)
-                for round_no in range(1, settings.tool_max_rounds + 2):
-                    if round_no > 1:
-                        await _check_reservation(redis, job_id, model, spent, call)
-                    turn = []
-                    end = None
-                    async with aclosing(state.provider.stream(call)) as pieces:
-                        async for piece in pieces:
-                            if isinstance(piece, StreamEnd):
-                                end = piece
-                                continue
-                            if not text:
-                                state.metrics.first_token.observe(time.monotonic() - started)
-                            elif not turn and not text[-1][-1:].isspace():
-                                piece = "\n\n" + piece  # a new turn's text starts a new paragraph
-                            text.append(piece)
-                            turn.append(piece)
-                            publisher.token(piece)
-                    spent = _add(spent, end.usage if end else None)
-                    turn_text, turn = "".join(turn), []
-                    if toolbox is None or end is None or not end.tool_calls:
-                        break
-                    if round_no > settings.tool_max_rounds:
-                        raise ToolRoundsExceeded(settings.tool_max_rounds)
-                    turn_messages = await run_tool_calls(
-                        toolbox, state.tool_servers, end.tool_calls, text=turn_text,
-                        round_no=round_no, publisher=publisher, records=tool_calls,
-                    )  # fmt: skip
-                    call = replace(call, messages=[*call.messages, *turn_messages])
-        except (ProviderError, ToolServerError, ToolRoundsExceeded, ReservationSpent) as e:
-            message = e.message if isinstance(e, ProviderError) else str(e)
+                end = await _converse(run, req, call)
+        except McpQueueError as e:  # the provider, a tool server, or a stop (rounds, budget, Redis)
             if isinstance(e, ProviderError):
-                state.provider_error = message if e.retryable else None
-            result = await finish("failed", message)
-            await publisher.error(message)
-            return result
+                state.provider_error = e.message if e.retryable else None
+            return await run.end("failed", e.message)
         except TimeoutError:
-            what = "the model call and its tool calls" if tool_calls else "the model call"
-            msg = f"{what} took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
-            result = await finish("failed", msg)
-            await publisher.error(msg)
-            return result
-        except asyncio.CancelledError:
-            if not await asyncio.shield(redis.exists(keys.cancel(job_id))):
-                raise  # shutdown: arq puts the job back and another worker runs it again
-            result = await finish("cancelled", "cancelled by request")
-            await asyncio.shield(publisher.cancelled())
-            return result
-        state.provider_error = None
-        if end is None or not text:  # never report an empty answer as a success
-            msg = (
-                f"the provider returned an empty answer (finish_reason={end.finish_reason if end else None})"
+            what = "the model call and its tool calls" if run.tool_calls else "the model call"
+            return await run.end(
+                "failed", f"{what} took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
             )
-            result = await finish("failed", msg)
-            await publisher.error(msg)
-            return result
-        usage = spent or estimated_usage(request, text)
-        result = await finish("completed")  # counted (usage, history) before the caller hears "done"
-        await publisher.done(
-            usage=usage,
-            cost=result["usage"]["estimatedCost"],
-            finish_reason=end.finish_reason,
-            model=end.model,
-        )
-        return result
+        except asyncio.CancelledError:
+            if not await asyncio.shield(run.redis.exists(keys.cancel(run.job_id))):
+                raise  # shutdown: arq puts the job back and another worker runs it again
+            return await run.end("cancelled", "cancelled by request")
+        state.provider_error = None
+        if end is None or not run.text:  # never report an empty answer as a success
+            return await run.end(
+                "failed", f"the provider returned an empty answer (finish_reason={run.finish_reason})"
+            )
+        return await run.end("completed")
     except Exception as e:  # a bug or Redis failure: say so in the stream instead of going silent
-        log.exception("job %s failed", job_id)
-        msg = redact(f"internal error in the worker: {type(e).__name__}: {e}")
-        try:
-            await publisher.error(msg)
-        except Exception:
-            log.warning("could not publish the error event for job %s", job_id)
-        return await finish("failed", msg)
+        log.exception("job %s failed", run.job_id)
+        return await run.end("failed", redact(f"internal error in the worker: {type(e).__name__}: {e}"))
     finally:
-        state.running.pop(job_id, None)
-        state.jobs_done += 1
+        run.close()
+
+
+async def _model_call(run: JobRun, req: ChatRequest) -> ModelCall:
+    """The first model call: the request over the tenant's defaults and settings, after its history."""
+    settings = run.settings
+    chosen = effective(req, await run.state.model_defaults(run.redis, run.tenant), settings)
+    run.model = chosen.model
+    history = []
+    if req.conversation_id:
+        history = await earlier_turns(
+            run.redis, run.tenant, req.conversation_id,
+            max_turns=settings.history_max_turns, max_tokens=settings.history_max_tokens,
+        )  # fmt: skip
+    return ModelCall(
+        model=chosen.model,
+        messages=build_messages(req, history),
+        temperature=chosen.temperature,
+        max_tokens=chosen.max_tokens,
+    )
+
+
+async def _converse(run: JobRun, req: ChatRequest, call: ModelCall) -> StreamEnd | None:
+    """Model turns, with tool calls between them when the request names MCP servers; answers how
+    the last turn ended (None: the stream stopped without saying)."""
+    state, settings = run.state, run.settings
+    spent: TokenUsage | None = None  # summed over the model turns that ended
+    turn: list[str] = []  # the text of the model turn in progress
+
+    def usage(status: str) -> TokenUsage:
+        if spent:  # plus a later turn cut short: its prompt and what it streamed were paid for too
+            cut = estimate_usage(call.messages, len(turn)) if turn and status != "completed" else None
+            return _add(spent, cut) or spent
+        # ended early: the prompt was paid for only if the model started answering
+        return estimated_usage(run.request, run.text) if run.text else TokenUsage()
+
+    run.usage = usage
+    toolbox = await open_toolbox(state.tool_servers, req.mcp_servers) if req.mcp_servers else None
+    if toolbox:
+        call = replace(call, tools=toolbox.specs)
+    for round_no in range(1, settings.tool_max_rounds + 2):
+        if round_no > 1:
+            await _check_reservation(run.redis, run.job_id, run.model, spent, call)
+        turn = []
+        end = await _model_turn(run, call, turn)
+        spent = _add(spent, end.usage if end else None)
+        run.model, run.finish_reason = (end.model, end.finish_reason) if end else (run.model, None)
+        turn_text, turn = "".join(turn), []
+        if toolbox is None or end is None or not end.tool_calls:
+            return end
+        if round_no > settings.tool_max_rounds:
+            raise ToolRoundsExceeded(settings.tool_max_rounds)
+        turn_messages = await run_tool_calls(
+            toolbox, state.tool_servers, end.tool_calls, text=turn_text,
+            round_no=round_no, publisher=run.publisher, records=run.tool_calls,
+        )  # fmt: skip
+        call = replace(call, messages=[*call.messages, *turn_messages])
+
+
+async def _model_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamEnd | None:
+    """Stream one model turn into the job's text and events; answers how it ended."""
+    end = None
+    async with aclosing(run.state.provider.stream(call)) as pieces:
+        async for piece in pieces:
+            if isinstance(piece, StreamEnd):
+                end = piece
+                continue
+            if not run.text:
+                run.state.metrics.first_token.observe(time.monotonic() - run.started)
+            elif not turn and not run.text[-1][-1:].isspace():
+                piece = "\n\n" + piece  # a new turn's text starts a new paragraph
+            run.text.append(piece)
+            turn.append(piece)
+            run.publisher.token(piece)
+    return end
 
 
 async def call_tool(ctx: dict, request: dict, trace: dict | None = None) -> dict:
@@ -341,73 +272,40 @@ async def call_tool(ctx: dict, request: dict, trace: dict | None = None) -> dict
 
 
 async def _call_tool(ctx: dict, request: dict) -> dict:
-    state: WorkerState = ctx["mcpq"]
-    settings = state.settings
-    job_id, attempt = ctx["job_id"], ctx["job_try"]
-    publisher = state.writer.publisher(job_id, attempt)
-    started = time.monotonic()
-    records: list[ToolCallRecord] = []
-    label = "mcp"
-
-    def finish(status: str, error: str | None = None) -> dict:
-        record = records[0] if records else None
-        result = JobResult(
-            job_id=job_id,
-            status=status,  # type: ignore[arg-type]
-            ai_response=(record.result or "") if record else "",
-            model=label,
-            processing_time=round(time.monotonic() - started, 4),
-            finish_reason=("tool_error" if record.is_error else "stop")
-            if record and status == "completed"
-            else None,
-            error=error,
-            worker_id=state.worker_id,
-            attempt=attempt,
-            tool_calls=records,
-        ).model_dump(mode="json")
-        state.metrics.job_ended(result)
-        log.info(
-            "tool job %s %s", job_id, status, extra={"job_id": job_id, "outcome": status, "error": error}
-        )
-        return result
-
-    state.running[job_id] = attempt
+    run = JobRun(ctx, request, model="mcp", counted=False)
+    state, settings = run.state, run.settings
     try:
         try:
             req = ToolCallRequest.model_validate(request)
         except ValidationError as e:
-            msg = invalid_request_message(e)
-            await publisher.start(state.worker_id, label)
-            await publisher.error(msg)
-            return finish("failed", msg)
-        label = f"mcp:{req.server}"
-        await publisher.start(state.worker_id, label)
+            await run.publisher.start(state.worker_id, run.model)
+            return await run.end("failed", validation_message(e, INVALID))
+        run.model = f"mcp:{req.server}"
+        await run.publisher.start(state.worker_id, run.model)
         toolbox = Toolbox(specs=(), routes={"call": (req.server, req.tool)})
-        call = ToolCall(id=f"{job_id}-1", name="call", arguments=json.dumps(req.arguments))
+        call = ToolCall(id=f"{run.job_id}-1", name="call", arguments=json.dumps(req.arguments))
         try:
             async with asyncio.timeout(settings.job_timeout_seconds):
                 await run_tool_calls(
-                    toolbox, state.tool_servers, (call,), text="", round_no=1, publisher=publisher,
-                    records=records,
+                    toolbox, state.tool_servers, (call,), text="", round_no=1, publisher=run.publisher,
+                    records=run.tool_calls,
                 )  # fmt: skip
         except TimeoutError:
-            msg = f"the tool call took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}"
-            await publisher.error(msg)
-            return finish("failed", msg)
+            return await run.end(
+                "failed",
+                f"the tool call took longer than JOB_TIMEOUT_SECONDS={settings.job_timeout_seconds:g}",
+            )
+        except JobStopped as e:
+            return await run.end("failed", e.message)
         except asyncio.CancelledError:
-            if not await asyncio.shield(ctx["redis"].exists(keys.cancel(job_id))):
+            if not await asyncio.shield(run.redis.exists(keys.cancel(run.job_id))):
                 raise  # shutdown: another worker runs it again
-            await asyncio.shield(publisher.cancelled())
-            return finish("cancelled", "cancelled by request")
-        result = finish("completed")
-        await publisher.done(usage=TokenUsage(), cost=None, finish_reason=result["finishReason"], model=label)
-        return result
+            return await run.end("cancelled", "cancelled by request")
+        record = run.tool_calls[0]
+        run.text, run.finish_reason = [record.result or ""], "tool_error" if record.is_error else "stop"
+        return await run.end("completed")
     except Exception as e:  # a bug or Redis failure: say so in the stream instead of going silent
-        log.exception("tool job %s failed", job_id)
-        msg = redact(f"internal error in the worker: {type(e).__name__}: {e}")
-        with contextlib.suppress(Exception):
-            await publisher.error(msg)
-        return finish("failed", msg)
+        log.exception("tool job %s failed", run.job_id)
+        return await run.end("failed", redact(f"internal error in the worker: {type(e).__name__}: {e}"))
     finally:
-        state.running.pop(job_id, None)
-        state.jobs_done += 1
+        run.close()

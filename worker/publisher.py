@@ -1,17 +1,29 @@
-"""Publishes every job's events without making the model wait on Redis.
+"""Publishes every job's events without making the model wait on Redis, and never loses one quietly.
 
-One EventWriter per worker process keeps at most one pipeline in flight: whatever events all of the
-process's jobs produce meanwhile go out together in the next one. A job's tokens that pile up while
-a write is in flight merge into a single token event, so a fast model costs one round trip per
-batch, not per token, and 200 concurrent streams cost one pipeline per round trip, not 200.
-Terminal events wait until everything before them is in Redis.
+One EventWriter per worker process keeps at most one write in flight: whatever events all of the
+process's jobs produce meanwhile go out together in the next one (one MULTI/EXEC, so an event is
+published only if it was also stored). A job's tokens that pile up while a write is in flight merge
+into a single token event, so 200 concurrent streams cost one round trip per batch, not per token.
+
+A write that fails keeps the job's events, in order, and retries them with backoff until Redis takes
+them or the job's deadline passes; later tokens queue behind them, and `settle()` and every
+terminal event wait until everything before them is written. Failures are per job: each command's
+own answer is read (never the pipeline's error text, which quotes other jobs' events), so one job's
+broken stream key fails that job alone. Past the deadline the job is stopped with a JobStopped that
+says why, so it never reports an answer its followers could not get.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
+
+from shared import keys
+from shared.errors import JobStopped
 from shared.events import (
     CancelledEvent,
     DoneEvent,
@@ -22,8 +34,10 @@ from shared.events import (
     TokenUsage,
     ToolCallEvent,
     ToolResultEvent,
-    publish_events,
+    queue_events,
 )
+
+log = logging.getLogger("worker.publisher")
 
 _EVENT_TYPES = {
     "start": StartEvent,
@@ -33,6 +47,25 @@ _EVENT_TYPES = {
     "done": DoneEvent,
     "error": ErrorEvent,
 }
+FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
+DEFAULT_PATIENCE = 60.0  # seconds a publisher keeps retrying when its job gave no deadline
+
+
+def why_not_written(error: BaseException, job_id: str) -> tuple[str, bool]:
+    """(what went wrong, in words that name only this job; whether waiting can help)."""
+    if isinstance(error, OutOfMemoryError):
+        return "Redis is out of memory (maxmemory reached, and its policy evicts nothing)", True
+    if isinstance(error, BusyLoadingError):
+        return "Redis is loading its data after a restart", True
+    if isinstance(error, ReadOnlyError):
+        return "Redis is a read-only replica", True
+    if isinstance(error, ResponseError):
+        if str(error).startswith("WRONGTYPE") or "WRONGTYPE" in str(error):
+            return f"{keys.stream(job_id)} holds a value that is not a stream (written by hand?)", False
+        return f"Redis refused the write ({type(error).__name__})", False
+    if isinstance(error, RedisError | OSError):
+        return "Redis is unreachable", True
+    return f"the write failed ({type(error).__name__})", False
 
 
 class EventWriter:
@@ -40,55 +73,76 @@ class EventWriter:
         self.redis = redis
         self._dirty: dict[EventPublisher, None] = {}  # insertion-ordered set
         self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
-    def publisher(self, job_id: str, attempt: int) -> EventPublisher:
-        return EventPublisher(self, job_id, attempt)
+    def publisher(self, job_id: str, attempt: int, patience: float = DEFAULT_PATIENCE) -> EventPublisher:
+        """`patience`: seconds from now this job's events may take to reach Redis before it is stopped."""
+        return EventPublisher(self, job_id, attempt, time.monotonic() + patience)
 
     def _schedule(self, publisher: EventPublisher) -> None:
         self._dirty[publisher] = None
+        self._wake.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
         while self._dirty:
-            publishers = list(self._dirty)
-            self._dirty.clear()
-            events: list[Event] = []
-            waiters: list[asyncio.Future[None]] = []
-            for publisher in publishers:
-                events += publisher._take_events()
-                waiters += publisher._take_waiters()
-            try:
-                await publish_events(self.redis, events)
-            except Exception as e:
-                for publisher in publishers:
-                    publisher._failure = e
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(e)
-            else:
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+            self._wake.clear()
+            now = time.monotonic()
+            ready = [p for p in self._dirty if p._retry_at <= now]
+            if not ready:  # every job with events is backing off: wait for the first, or for news
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(p._retry_at for p in self._dirty) - now):
+                        await self._wake.wait()
+                continue
+            for publisher in ready:
+                del self._dirty[publisher]
+            await self._write(ready)
+
+    async def _write(self, publishers: list[EventPublisher]) -> None:
+        batch = [(p, p._take_events(), p._take_waiters()) for p in publishers]
+        events = [event for _, taken, _ in batch for event in taken]
+        failures: dict[str, BaseException] = {}
+        try:
+            if events:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    owners = queue_events(pipe, events)
+                    answers = await pipe.execute(raise_on_error=False)
+                for job_id, answer in zip(owners, answers, strict=True):
+                    if isinstance(answer, BaseException):
+                        failures.setdefault(job_id, answer)
+        except Exception as e:  # the whole write failed: Redis away, or EXECABORT (every command refused)
+            failures = {p.job_id: e for p in publishers}
+        for publisher, taken, waiters in batch:
+            error = failures.get(publisher.job_id)
+            if error is None:
+                publisher._written(len(taken), waiters)
+            elif publisher._failed(error, waiters):
+                self._dirty[publisher] = None  # retried once its backoff is over
 
 
 class EventPublisher:
     """Numbers one job attempt's events and hands them to the process's EventWriter."""
 
-    def __init__(self, writer: EventWriter, job_id: str, attempt: int):
+    def __init__(self, writer: EventWriter, job_id: str, attempt: int, deadline: float):
         self.writer = writer
         self.job_id = job_id
         self.attempt = attempt
+        self.deadline = deadline  # monotonic
         self._seq = 0
-        self._pending: list[tuple[str, dict]] = []
+        self._pending: list[tuple[str, dict]] = []  # not numbered yet
+        self._unwritten: list[Event] = []  # numbered, not yet confirmed in Redis, in order
         self._waiters: list[asyncio.Future[None]] = []
-        self._failure: Exception | None = None
+        self._failure: JobStopped | None = None
+        self._retry_at = 0.0
+        self._backoff = FIRST_BACKOFF
+        self._failing_since: float | None = None
 
     async def start(self, worker_id: str, model: str) -> None:
         await self._write("start", worker_id=worker_id, model=model)
 
     def token(self, text: str) -> None:
-        """Queue a token; raises if an earlier write of this job failed."""
+        """Queue a token; raises JobStopped once this job's events can no longer be written."""
         if self._failure is not None:
             raise self._failure
         if self._pending and self._pending[-1][0] == "token":
@@ -114,26 +168,72 @@ class EventPublisher:
     async def cancelled(self) -> None:
         await self._write("cancelled")
 
+    async def settle(self) -> None:
+        """Wait until every event queued so far is in Redis; raises JobStopped if it never can be."""
+        if self._failure is not None:
+            raise self._failure
+        if self._pending or self._unwritten:
+            await self._wait()
+
     async def _write(self, kind: str, **fields) -> None:
         """Queue an event and wait until it, and everything before it, is in Redis."""
-        self._failure = None
+        if self._failure is not None:
+            raise self._failure
         self._pending.append((kind, fields))
+        await self._wait()
+
+    async def _wait(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self.writer._schedule(self)
         await waiter
 
     def _take_events(self) -> list[Event]:
-        events = []
+        """Number what is pending and answer every unwritten event (a retry sends them all again)."""
         for kind, fields in self._pending:
             cls = _EVENT_TYPES.get(kind, CancelledEvent)
-            events.append(
+            self._unwritten.append(
                 cls(job_id=self.job_id, seq=self._seq, attempt=self.attempt, ts=time.time(), **fields)
             )
             self._seq += 1
         self._pending = []
-        return events
+        return list(self._unwritten)
 
     def _take_waiters(self) -> list[asyncio.Future[None]]:
         waiters, self._waiters = self._waiters, []
         return waiters
+
+    def _written(self, count: int, waiters: list[asyncio.Future[None]]) -> None:
+        del self._unwritten[:count]
+        if self._failing_since is not None:
+            log.info(
+                "events of job %s written after %.1f s", self.job_id, time.monotonic() - self._failing_since
+            )
+        self._backoff, self._failing_since = FIRST_BACKOFF, None
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _failed(self, error: BaseException, waiters: list[asyncio.Future[None]]) -> bool:
+        """Keep the events for another try (True), or stop the job if waiting cannot help (False)."""
+        self._waiters[:0] = waiters
+        now = time.monotonic()
+        reason, transient = why_not_written(error, self.job_id)
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning("events of job %s not written: %s; retrying", self.job_id, reason)
+        if transient and now < self.deadline:
+            self._retry_at = min(now + self._backoff, self.deadline)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            return True
+        waited = f" for {now - self._failing_since:.0f} s" if transient else ""
+        self._failure = JobStopped(
+            f"this job's events could not be written to Redis{waited}: {reason}; "
+            "the job was stopped so that nobody gets an answer with parts missing"
+        )
+        log.warning("job %s stopped: %s", self.job_id, self._failure.message)
+        self._pending, self._unwritten = [], []
+        for waiter in self._take_waiters():
+            if not waiter.done():
+                waiter.set_exception(self._failure)
+        return False

@@ -26,7 +26,7 @@ from shared.scripts import Arg, Args, Key, script
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 from shared.tool_client import ToolServers
-from worker.heartbeat import beat_forever
+from worker.heartbeat import beat_forever, beat_interval
 from worker.intake import job_id_problem, job_problem
 from worker.job import WorkerState, call_tool, chat
 from worker.metrics import MetricsServer, WorkerMetrics
@@ -174,6 +174,7 @@ class QueueWorker(Worker):
         self._wake = asyncio.Event()
         self._woken: list[str] = []
         self._full_poll_due = True
+        self._claims_paused_until = 0.0  # loop time; see main()
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -197,8 +198,12 @@ class QueueWorker(Worker):
                         if self.burst and await self._burst_done():
                             return
                 except (RedisError, OSError) as e:  # Redis away: keep the jobs we hold, try again
-                    log.warning("queue poll failed (%s); retrying in %.1fs", e, self.poll_delay_s)
+                    log.warning(
+                        "queue poll failed (%s); retrying in %.1fs", type(e).__name__, self.poll_delay_s
+                    )
                     self._full_poll_due = True
+                    # leases may have lapsed while Redis was away: let live holders renew theirs first
+                    self._claims_paused_until = loop.time() + 2 * beat_interval(self.in_progress_timeout_s)
                     await asyncio.sleep(self.poll_delay_s)
                     continue
                 if not self._woken and not self._full_poll_due:
@@ -216,6 +221,8 @@ class QueueWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0 or not candidates:
             return
+        if self.loop.time() < self._claims_paused_until:
+            return  # the safety poll looks again
         claimed = await claim_jobs(
             self.pool,
             queue=self.queue_name,
@@ -297,11 +304,40 @@ class QueueWorker(Worker):
             self.aborting_tasks.update(aborted)
             await self.pool.zrem(keys.ABORT_SET, *aborted)
 
-    async def finish_job(self, job_id: str, finish: bool, *args, **kwargs) -> None:
-        await super().finish_job(job_id, finish, *args, **kwargs)
+    async def finish_job(
+        self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
+        keep_result_forever: bool, incr_score: int | None, keep_in_progress: float | None,
+    ) -> None:  # fmt: skip
+        """arq's, except that a job's first stored ending stays its only one: a result is written
+        only if none is there (an attempt that overlapped another after a Redis outage cannot
+        overwrite the answer a caller may already have read)."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            if finish:
+                if result_data:
+                    expire = None if keep_result_forever else result_timeout_s
+                    tr.set(
+                        keys.result(job_id),
+                        result_data,
+                        px=None if expire is None else int(expire * 1000),
+                        nx=True,
+                    )
+                tr.delete(keys.retry(job_id), keys.job(job_id), keys.in_progress(job_id))
+                tr.zrem(keys.ABORT_SET, job_id)
+                tr.zrem(self.queue_name, job_id)
+            else:
+                if incr_score:
+                    tr.zincrby(self.queue_name, incr_score, job_id)
+                tr.delete(keys.in_progress(job_id))
+            await tr.execute()
         if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
             with contextlib.suppress(RedisError, OSError):
                 await self.pool.publish(keys.WAKEUP_CHANNEL, job_id)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's (a job that expired, could not be read, or ran out of tries), with the same rule."""
+        await self.finish_job(
+            job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None
+        )
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:

@@ -10,6 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import keys
 from shared.connection import connect
+from shared.errors import JobStopped
 from shared.events import TERMINAL, TokenUsage, parse_event
 from worker.publisher import EventPublisher, EventWriter
 
@@ -191,15 +192,69 @@ async def test_events_of_different_jobs_stay_apart(redis):
     assert events_a[1].text == "for a" and events_b[1].text == "for b"
 
 
-class _BrokenRedis:
-    """A Redis whose every pipeline fails, as when the server has gone away."""
+class _FlakyRedis:
+    """A Redis whose writes fail while `down` (as when the server has gone away), then work again."""
+
+    def __init__(self, redis, down: bool = True):
+        self.redis, self.down, self.failed = redis, down, 0
 
     def pipeline(self, transaction: bool = True):
-        raise RedisConnectionError("Redis went away")
+        pipe = self.redis.pipeline(transaction=transaction)
+        if self.down:
+
+            async def fail(*args, **kwargs):
+                self.failed += 1
+                raise RedisConnectionError("Redis went away (job-other's secret tokens)")
+
+            pipe.execute = fail
+        return pipe
 
 
-async def test_a_failed_background_write_is_reported_not_swallowed():
-    publisher = EventWriter(_BrokenRedis()).publisher(JOB, attempt=1)
+async def test_events_that_failed_to_write_are_retried_in_order_and_the_ending_waits_for_them(redis, channel):
+    flaky = _FlakyRedis(redis, down=False)
+    publisher = EventWriter(flaky).publisher(JOB, attempt=1)
+    await publisher.start("worker-a", "mock-1")
+    flaky.down = True
+    for i in range(20):
+        publisher.token(f"t{i} ")
+        await asyncio.sleep(0.01)
+    ending = asyncio.create_task(done(publisher))
+    await asyncio.sleep(0.3)
+    assert flaky.failed >= 2 and not ending.done(), "the ending waits while earlier events are unwritten"
+    flaky.down = False
+    await asyncio.wait_for(ending, 5)
+
+    streamed = await stream_events(redis)
+    assert_well_formed(streamed)
+    assert "".join(e.text for e in streamed if e.type == "token") == "".join(f"t{i} " for i in range(20))
+    assert streamed == await channel_events(channel), "published only what was stored, once each"
+
+
+async def test_a_job_whose_events_cannot_be_written_by_its_deadline_is_stopped_with_a_clear_error(redis):
+    publisher = EventWriter(_FlakyRedis(redis)).publisher(JOB, attempt=1, patience=0.3)
     publisher.token("lost")
-    with pytest.raises(RedisConnectionError):
+    with pytest.raises(JobStopped, match="could not be written to Redis for 0 s: Redis is unreachable") as e:
         await publisher.error("could not finish")
+    assert "job-other" not in e.value.message
+    with pytest.raises(JobStopped):
+        publisher.token("after the deadline")
+    with pytest.raises(JobStopped):
+        await publisher.settle()
+
+
+async def test_one_jobs_broken_stream_fails_that_job_alone_and_its_error_names_no_other_job(redis):
+    await redis.set(keys.stream("job-a"), b"junk written by hand")
+    writer = EventWriter(redis)
+    a, b = writer.publisher("job-a", 1), writer.publisher("job-b", 1)
+    b.token("secret tokens of b")
+    a.token("tokens of a")
+    results = await asyncio.gather(a.start("w", "mock-1"), done(b), return_exceptions=True)
+    assert results[1] is None, "job-b's events were written"
+    assert isinstance(results[0], JobStopped)
+    message = results[0].message
+    assert "mcpq:stream:job-a holds a value that is not a stream" in message
+    assert "job-b" not in message and "secret" not in message
+    assert (
+        "".join(e.text for e in await stream_events(redis, "job-b") if e.type == "token")
+        == "secret tokens of b"
+    )

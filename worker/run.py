@@ -1,0 +1,138 @@
+"""One attempt of one job, and its single ending.
+
+Every way a job attempt ends (answered, failed, stopped, cancelled, a bug) goes through
+`JobRun.end()`, which does the same things in the same order, once:
+
+1. wait until every event before the ending is in Redis (`publisher.settle()`); if they cannot be
+   written before the job's deadline, the job has failed, whatever it was about to say;
+2. build the result (text, usage, cost);
+3. write the one terminal event (`done`, `error` or `cancelled`); a `done` that cannot be written
+   turns the ending into `failed`, so a job never completes while its own events are unwritten;
+4. count it (usage, cost, budget, history: `accounting.record`, idempotent per job), metrics, the log
+   line; then the result goes back to arq, which stores it as the answer.
+
+The terminal event is written before the job is counted so that it is counted with the status it
+truly ended with; a caller of the messenger waits for the stored result, which comes after both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from shared import prices, tracing
+from shared.errors import JobStopped
+from shared.events import TokenUsage
+from shared.models import JobResult, ResultUsage, ToolCallRecord
+from shared.settings import OPERATOR
+from worker import accounting
+
+log = logging.getLogger("worker.job")
+
+PUBLISH_GRACE_SECONDS = 10.0  # past JOB_TIMEOUT_SECONDS, for the last events (arq's backstop is +30 s)
+
+
+class JobRun:
+    """What one job attempt has produced so far, and the one way it ends."""
+
+    def __init__(self, ctx: dict, request: dict, *, model: str, span=None, counted: bool = True):
+        self.state = ctx["mcpq"]
+        self.settings = self.state.settings
+        self.redis = ctx["redis"]
+        self.job_id: str = ctx["job_id"]
+        self.attempt: int = ctx["job_try"]
+        self.request = request if isinstance(request, dict) else {}
+        self.span = span
+        self.counted = counted  # False: no model ran (a tool call job), nothing to count
+        self.publisher = self.state.writer.publisher(
+            self.job_id, self.attempt, patience=self.settings.job_timeout_seconds + PUBLISH_GRACE_SECONDS
+        )
+        self.started = time.monotonic()
+        self.tenant = OPERATOR
+        self.model = model
+        self.text: list[str] = []
+        self.finish_reason: str | None = None
+        self.tool_calls: list[ToolCallRecord] = []
+        self.usage: Callable[[str], TokenUsage] = lambda status: TokenUsage()  # by the ending status
+        self.result: dict | None = None
+        self.state.running[self.job_id] = self.attempt
+
+    def close(self) -> None:
+        self.state.running.pop(self.job_id, None)
+        self.state.jobs_done += 1
+
+    async def end(self, status: str, error: str | None = None) -> dict:
+        """The job's one ending (see the module's docstring); never raises, answers the result."""
+        if self.result is not None:
+            return self.result
+        try:
+            await self.publisher.settle()
+        except JobStopped as e:
+            status, error = "failed", e.message
+        usage = self.usage(status)
+        result = self._result(status, error, usage)
+        try:
+            await asyncio.shield(self._terminal(result, usage))
+        except JobStopped as e:
+            if status == "completed":
+                result = self._result("failed", e.message, usage)
+        self.result = result.model_dump(mode="json")
+        await self._count()
+        return self.result
+
+    def _result(self, status: str, error: str | None, usage: TokenUsage) -> JobResult:
+        return JobResult(
+            job_id=self.job_id,
+            status=status,  # type: ignore[arg-type]
+            ai_response="".join(self.text),
+            model=self.model,
+            usage=ResultUsage(
+                **usage.model_dump(),
+                estimated_cost=prices.cost(self.model, usage.prompt_tokens, usage.completion_tokens),
+            ),
+            processing_time=round(time.monotonic() - self.started, 4),
+            finish_reason=self.finish_reason if status == "completed" else None,
+            error=error,
+            worker_id=self.state.worker_id,
+            attempt=self.attempt,
+            tool_calls=self.tool_calls,
+        )
+
+    async def _terminal(self, result: JobResult, usage: TokenUsage) -> None:
+        if result.status == "completed":
+            await self.publisher.done(
+                usage=usage,
+                cost=result.usage.estimated_cost,
+                finish_reason=result.finish_reason,
+                model=self.model,
+            )
+        elif result.status == "cancelled":
+            await self.publisher.cancelled()
+        else:
+            await self.publisher.error(result.error or "failed")
+
+    async def _count(self) -> None:
+        result = self.result
+        assert result is not None
+        status, usage = result["status"], result["usage"]
+        if self.counted:
+            try:
+                await asyncio.shield(
+                    accounting.record(self.redis, result, self.request,
+                                      history_ttl=self.settings.history_ttl_seconds, tenant=self.tenant)
+                )  # fmt: skip
+            except Exception as e:  # the answer still goes out; only the totals miss it
+                log.warning("could not count the usage of job %s: %s", self.job_id, type(e).__name__)
+        self.state.metrics.job_ended(result)
+        if self.span is not None:
+            self.span.set_attributes({"gen_ai.request.model": self.model, "mcpq.outcome": status})
+        log.info(
+            "job %s %s", self.job_id, status,
+            extra={"job_id": self.job_id, "worker_id": self.state.worker_id, "model": self.model,
+                   "outcome": status, "attempt": self.attempt, "prompt_tokens": usage["promptTokens"],
+                   "completion_tokens": usage["completionTokens"], "total_tokens": usage["totalTokens"],
+                   "cost_usd": usage["estimatedCost"], "duration_s": result["processingTime"],
+                   "error": result["error"], "trace_id": tracing.trace_id(self.span) if self.span else None},
+        )  # fmt: skip
