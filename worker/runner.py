@@ -31,7 +31,7 @@ from worker.intake import job_id_problem, job_problem
 from worker.job import WorkerState, call_tool, chat
 from worker.metrics import MetricsServer, WorkerMetrics
 from worker.providers import make_provider
-from worker.publisher import EventWriter
+from worker.publisher import EventWriter, why_not_written
 
 log = logging.getLogger("worker")
 
@@ -276,14 +276,19 @@ class QueueWorker(Worker):
             if await dead_letter.bury(self.pool, raw_id, raw_job, problem, **details):
                 log.warning("dead-lettered queue entry %.100s: %s", shown, problem)
         except (RedisError, OSError) as e:  # its lease lapses and the next claim tries again
-            log.warning("could not dead-letter queue entry %.100s (%s)", shown, e)
+            log.warning("could not dead-letter queue entry %.100s (%s)", shown, type(e).__name__)
 
     async def run_job(self, job_id: str, score: int) -> None:
         """arq's run_job, with nothing it raises reaching the main loop (which would stop the worker)."""
         try:
             await super().run_job(job_id, score)
         except (RedisError, OSError) as e:  # Redis went away around the job: its lease lapses, it runs again
-            log.warning("job %s: Redis failed around the job (%s); it will run again", job_id, e)
+            # (never str(e): a pipeline's error quotes its commands, the job's result among them)
+            log.warning(
+                "job %s: its ending was not stored (%s); it will run again",
+                job_id,
+                why_not_written(e, job_id)[0],
+            )
         except Exception:
             log.exception("job %s: arq failed around the job; it will run again", job_id)
 
