@@ -107,7 +107,8 @@ def queue_events(pipe, events: list[Event]) -> list[str]:
         pipe.xadd(keys.stream(event.job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
         pipe.publish(keys.events(event.job_id), data)
         owners += [event.job_id, event.job_id]
-    for job_id in dict.fromkeys(e.job_id for e in events if e.type != "token"):  # running: the heartbeat renews
+    ended = dict.fromkeys(e.job_id for e in events if e.type != "token")  # running ones: the heartbeat renews
+    for job_id in ended:
         pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
         owners.append(job_id)
     return owners
