@@ -17,6 +17,8 @@ from processes import WorkerProcesses
 from redis_server import RedisServer, free_port  # noqa: F401  (free_port is used by test modules)
 from runtimes import embedded
 
+from shared.connection import connect
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,6 +42,15 @@ def redis_url(redis_server: RedisServer) -> str:
     """A real Redis, emptied for each test."""
     redis_server.client().flushall()
     return redis_server.url
+
+
+@pytest.fixture
+async def redis(monkeypatch):
+    """A fresh in-memory Redis (fakeredis) per test, for fast unit tests; `redis_url` is a real one."""
+    monkeypatch.setattr("shared.connection._memory_server", None)
+    client = connect("memory://")
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

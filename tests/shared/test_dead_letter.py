@@ -8,19 +8,10 @@ import json
 import pytest
 
 from shared import dead_letter, keys
-from shared.connection import connect
 from shared.errors import InvalidRequest, JobNotFound
 
 pytestmark = pytest.mark.anyio
 RAW = b'{"f":"chat","a":[{"message":"hi"}],"k":{},"t":"abc","et":0}'
-
-
-@pytest.fixture
-async def redis(monkeypatch):
-    monkeypatch.setattr("shared.connection._memory_server", None)
-    client = connect("memory://")
-    yield client
-    await client.aclose()
 
 
 async def queue(redis, job_id: str, raw: bytes) -> None:

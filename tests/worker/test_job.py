@@ -6,10 +6,10 @@ import asyncio
 
 import anyio
 import pytest
+from readers import job_events
 
 from shared import keys
-from shared.connection import connect
-from shared.events import TERMINAL, parse_event
+from shared.events import TERMINAL
 from shared.models import JobResult
 from shared.settings import load_settings
 from worker.job import WorkerState, chat
@@ -22,14 +22,6 @@ pytestmark = pytest.mark.anyio
 JOB = "job-test-1"
 
 
-@pytest.fixture
-async def redis(monkeypatch):
-    monkeypatch.setattr("shared.connection._memory_server", None)  # a fresh in-memory Redis per test
-    client = connect("memory://")
-    yield client
-    await client.aclose()
-
-
 def make_ctx(redis, provider: Provider | None = None, *, job_try: int = 1, **settings) -> dict:
     settings.setdefault("mock_token_delay_ms", 0)
     state = WorkerState(
@@ -39,10 +31,6 @@ def make_ctx(redis, provider: Provider | None = None, *, job_try: int = 1, **set
         writer=EventWriter(redis),
     )
     return {"mcpq": state, "job_id": JOB, "job_try": job_try, "redis": redis}
-
-
-async def stream_events(redis) -> list:
-    return [parse_event(fields[b"event"]) for _id, fields in await redis.xrange(keys.stream(JOB))]
 
 
 def token_text(events) -> str:
@@ -101,7 +89,7 @@ class HangingProvider(Provider):
 async def test_completed_job_returns_the_streamed_text(redis, clean):
     out = await chat(make_ctx(redis), {"message": "what is a queue?", "context": "be brief"})
     result = JobResult.model_validate(out)
-    events = await stream_events(redis)
+    events = await job_events(redis, JOB)
 
     assert out["status"] == "completed"
     assert out["jobId"] == JOB
@@ -135,12 +123,12 @@ async def test_request_options_reach_the_provider(redis, clean):
     assert out["usage"]["completionTokens"] == 3
     assert out["model"] == "mock-x"
     assert out["usage"]["estimatedCost"] is None  # mock-x has no price: unpriced, not free
-    assert (await stream_events(redis))[-1].cost is None
+    assert (await job_events(redis, JOB))[-1].cost is None
 
 
 async def test_retry_attempt_is_recorded_and_numbered_from_zero(redis, clean):
     out = await chat(make_ctx(redis, job_try=3), {"message": "again"})
-    events = await stream_events(redis)
+    events = await job_events(redis, JOB)
     assert out["attempt"] == 3
     assert {e.attempt for e in events} == {3}
     assert_one_terminal_last(events, "done")
@@ -161,7 +149,7 @@ async def test_invalid_request_fails_with_a_readable_error_naming_the_field(
     redis, clean, request_dict, field
 ):
     out = await chat(make_ctx(redis), request_dict)
-    events = await stream_events(redis)
+    events = await job_events(redis, JOB)
     assert out["status"] == "failed"
     assert out["error"].startswith("invalid request in the queue")
     assert field in out["error"], f"the error should say which field is wrong: {out['error']!r}"
@@ -176,12 +164,12 @@ async def test_a_request_that_is_not_an_object_fails_cleanly(redis, clean, garba
     out = await chat(make_ctx(redis), garbage)  # type: ignore[arg-type]
     assert out["status"] == "failed"
     assert out["error"].startswith("invalid request in the queue")
-    assert_one_terminal_last(await stream_events(redis), "error")
+    assert_one_terminal_last(await job_events(redis, JOB), "error")
 
 
 async def test_unknown_model_fails_with_an_error_naming_it(redis, clean):
     out = await chat(make_ctx(redis), {"message": "hi", "model": "gpt-4o"})
-    events = await stream_events(redis)
+    events = await job_events(redis, JOB)
     assert out["status"] == "failed"
     assert "'gpt-4o'" in out["error"]
     assert_one_terminal_last(events, "error")
@@ -192,7 +180,7 @@ async def test_provider_error_mid_stream_keeps_the_partial_text(redis, clean):
     failure = ProviderError("the provider failed (HTTP 503). try again later", retryable=True, status=503)
     ctx = make_ctx(redis, ScriptedProvider(["partial ", "answer"], error=failure))
     out = await chat(ctx, {"message": "hi"})
-    events = await stream_events(redis)
+    events = await job_events(redis, JOB)
 
     assert out["status"] == "failed"
     assert out["error"] == failure.message
@@ -213,7 +201,7 @@ async def test_a_good_call_clears_the_provider_error(redis, clean):
 async def test_job_timeout_fails_with_a_message_naming_the_setting(redis, clean):
     ctx = make_ctx(redis, MockProvider(token_delay_ms=10_000), job_timeout_seconds=0.05)
     out = await chat(ctx, {"message": "slow please"})
-    events = await stream_events(redis)
+    events = await job_events(redis, JOB)
     assert out["status"] == "failed"
     assert "JOB_TIMEOUT_SECONDS" in out["error"]
     assert "0.05" in out["error"]
@@ -232,7 +220,7 @@ async def test_cancel_with_the_cancel_key_ends_the_job_as_cancelled(redis, clean
     with anyio.fail_after(5):
         out = await task
 
-    events = await stream_events(redis)
+    events = await job_events(redis, JOB)
     assert out["status"] == "cancelled"
     assert out["aiResponse"] == "first "
     assert token_text(events) == "first "
@@ -251,7 +239,7 @@ async def test_cancel_without_the_cancel_key_is_a_shutdown_and_re_raises(redis, 
     with pytest.raises(asyncio.CancelledError), anyio.fail_after(5):
         await task
 
-    events = await stream_events(redis)
+    events = await job_events(redis, JOB)
     assert not [e for e in events if e.type in TERMINAL], "arq runs it again; that attempt sends the ending"
     assert provider.closed
     assert JOB not in ctx["mcpq"].running

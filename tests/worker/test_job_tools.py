@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 from mcp_clock_server import PREFIX
+from readers import job_events
 from runtimes import embedded
 from stream_helpers import collect
 
-from shared import keys
-from shared.events import parse_event
 from shared.models import ChatRequest
 from worker.providers import ModelCall, StreamEnd, ToolCall, ToolSpec
 from worker.providers.mock import MockProvider
@@ -45,10 +44,6 @@ async def runtime(clean_env, call_log):
         yield rt
 
 
-async def stream_events(runtime, job_id: str) -> list:
-    return [parse_event(fields[b"event"]) for _, fields in await runtime.redis.xrange(keys.stream(job_id))]
-
-
 # -- a chat job that uses the clock, end to end in one process -------------------------------------
 
 
@@ -56,7 +51,7 @@ async def test_a_job_calls_the_tool_the_message_asks_for_and_answers_with_its_re
     async with asyncio.timeout(60):
         result = await runtime.jobs.run(ChatRequest(message="what time is it now?", mcp_servers=["clock"]))
         stored = await runtime.jobs.get(result.job_id)
-        events = await stream_events(runtime, result.job_id)
+        events = await job_events(runtime.redis, result.job_id)
 
     assert result.status == "completed", result.error
     assert result.finish_reason == "stop"
@@ -94,7 +89,7 @@ async def test_a_job_calls_the_tool_the_message_asks_for_and_answers_with_its_re
 async def test_a_message_that_mentions_no_tool_gets_a_plain_answer(runtime, call_log):
     async with asyncio.timeout(60):
         result = await runtime.jobs.run(ChatRequest(message="tell me about queues", mcp_servers=["clock"]))
-        events = await stream_events(runtime, result.job_id)
+        events = await job_events(runtime.redis, result.job_id)
     assert result.status == "completed", result.error
     assert result.tool_calls == []
     assert result.ai_response.startswith("Mock answer to: tell me about queues —")
@@ -309,7 +304,7 @@ async def _run_call_tool(clean_env, monkeypatch, request: dict, **settings):
     )
     try:
         out = await call_tool({"mcpq": state, "job_id": "job-t", "job_try": 1, "redis": redis}, request)
-        events = [parse_event(f[b"event"]) for _, f in await redis.xrange(keys.stream("job-t"))]
+        events = await job_events(redis, "job-t")
     finally:
         await servers.aclose()
         await redis.aclose()

@@ -6,10 +6,10 @@ import asyncio
 
 import anyio
 import pytest
+from readers import job_events
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import keys
-from shared.connection import connect
 from shared.errors import JobStopped
 from shared.events import TERMINAL, TokenUsage, parse_event
 from worker.publisher import EventPublisher, EventWriter
@@ -21,23 +21,11 @@ USAGE = TokenUsage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
 
 
 @pytest.fixture
-async def redis(monkeypatch):
-    monkeypatch.setattr("shared.connection._memory_server", None)  # a fresh in-memory Redis per test
-    client = connect("memory://")
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def channel(redis):
     pubsub = redis.pubsub()
     await pubsub.subscribe(keys.events(JOB))
     yield pubsub
     await pubsub.aclose()
-
-
-async def stream_events(redis, job_id: str = JOB) -> list:
-    return [parse_event(fields[b"event"]) for _id, fields in await redis.xrange(keys.stream(job_id))]
 
 
 async def channel_events(pubsub) -> list:
@@ -73,7 +61,7 @@ async def test_events_land_in_the_stream_and_on_the_channel(redis, channel):
         publisher.token(token)
     await done(publisher)
 
-    streamed = await stream_events(redis)
+    streamed = await job_events(redis, JOB)
     live = await channel_events(channel)
     assert streamed == live
     assert_well_formed(streamed)
@@ -97,7 +85,7 @@ async def test_many_unawaited_tokens_are_coalesced_without_losing_text(redis, ch
         publisher.token(token)  # a fast model: no await between tokens
     await done(publisher)
 
-    streamed = await stream_events(redis)
+    streamed = await job_events(redis, JOB)
     assert streamed == await channel_events(channel)
     assert_well_formed(streamed)
     token_events = [e for e in streamed if e.type == "token"]
@@ -116,7 +104,7 @@ async def test_tokens_emitted_across_awaits_keep_their_order(redis, channel):
         await asyncio.sleep(0)  # let the background writer run between bursts
     await done(publisher)
 
-    streamed = await stream_events(redis)
+    streamed = await job_events(redis, JOB)
     assert streamed == await channel_events(channel)
     assert_well_formed(streamed)
     token_events = [e for e in streamed if e.type == "token"]
@@ -136,7 +124,7 @@ async def test_each_ending_is_the_single_last_event(redis, channel, ending):
     else:
         await publisher.cancelled()
 
-    streamed = await stream_events(redis)
+    streamed = await job_events(redis, JOB)
     assert streamed == await channel_events(channel)
     assert_well_formed(streamed)
     assert [e.type for e in streamed] == ["start", "token", ending]
@@ -147,11 +135,11 @@ async def test_each_ending_is_the_single_last_event(redis, channel, ending):
 async def test_terminal_event_is_in_redis_when_its_call_returns(redis):
     publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
-    assert [e.type for e in await stream_events(redis)] == ["start"]
+    assert [e.type for e in await job_events(redis, JOB)] == ["start"]
     publisher.token("a")
     publisher.token("b")
     await publisher.error("stop")
-    assert [e.type for e in await stream_events(redis)] == ["start", "token", "error"]
+    assert [e.type for e in await job_events(redis, JOB)] == ["start", "token", "error"]
 
 
 async def test_a_new_attempt_numbers_from_zero_again(redis):
@@ -164,7 +152,7 @@ async def test_a_new_attempt_numbers_from_zero_again(redis):
     second.token("whole answer")
     await done(second)
 
-    events = [e for e in await stream_events(redis) if e.attempt == 2]
+    events = [e for e in await job_events(redis, JOB) if e.attempt == 2]
     assert_well_formed(events, attempt=2)
     assert "".join(e.text for e in events if e.type == "token") == "whole answer"
 
@@ -186,7 +174,7 @@ async def test_events_of_different_jobs_stay_apart(redis):
     b.token("for b")
     await a.cancelled()
     await done(b)
-    events_a, events_b = await stream_events(redis, "job-a"), await stream_events(redis, "job-b")
+    events_a, events_b = await job_events(redis, "job-a"), await job_events(redis, "job-b")
     assert [e.type for e in events_a] == ["start", "token", "cancelled"]
     assert [e.type for e in events_b] == ["start", "token", "done"]
     assert events_a[1].text == "for a" and events_b[1].text == "for b"
@@ -224,7 +212,7 @@ async def test_events_that_failed_to_write_are_retried_in_order_and_the_ending_w
     flaky.down = False
     await asyncio.wait_for(ending, 5)
 
-    streamed = await stream_events(redis)
+    streamed = await job_events(redis, JOB)
     assert_well_formed(streamed)
     assert "".join(e.text for e in streamed if e.type == "token") == "".join(f"t{i} " for i in range(20))
     assert streamed == await channel_events(channel), "published only what was stored, once each"
@@ -255,6 +243,5 @@ async def test_one_jobs_broken_stream_fails_that_job_alone_and_its_error_names_n
     assert "mcpq:stream:job-a holds a value that is not a stream" in message
     assert "job-b" not in message and "secret" not in message
     assert (
-        "".join(e.text for e in await stream_events(redis, "job-b") if e.type == "token")
-        == "secret tokens of b"
+        "".join(e.text for e in await job_events(redis, "job-b") if e.type == "token") == "secret tokens of b"
     )
