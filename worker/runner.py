@@ -18,10 +18,18 @@ import uuid
 from arq.constants import abort_job_max_age
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 
 from shared import dead_letter, keys, prices
-from shared.connection import connect
+from shared.connection import connect, redacted
+from shared.errors import QueueUnavailable
 from shared.scripts import Arg, Args, Key, script
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
@@ -160,6 +168,53 @@ async def claim_jobs(
     ...
 
 
+STARTUP_BACKOFF = (0.5, 5.0)  # seconds: first and longest wait between start-up checks of Redis
+
+
+async def redis_ready(settings: Settings) -> None:
+    """Wait until Redis answers the commands a worker needs. A refusal that waiting cannot fix (the
+    password or user, a missing permission, a command this server lacks) raises QueueUnavailable, so
+    the `worker` exits with one line; a Redis not reachable yet is retried, one log line a step."""
+    if settings.embedded:
+        return
+    wait = STARTUP_BACKOFF[0]
+    while True:
+        client = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            await client.ping()
+            await claim_jobs(
+                client, queue=keys.QUEUE, now_ms=0, lease_ms=1, free=0, lease_prefix=keys.IN_PROGRESS_PREFIX,
+                job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX, candidates=[],
+            )  # fmt: skip
+            return
+        except (AuthenticationError, AuthorizationError) as e:
+            raise QueueUnavailable(
+                f"Redis at {redacted(settings.redis_url)} refused the user or password in REDIS_URL ({type(e).__name__})"
+            ) from None
+        except NoPermissionError:
+            raise QueueUnavailable(
+                f"the Redis user in REDIS_URL ({redacted(settings.redis_url)}) may not run a command the worker "
+                "needs (NOPERM); it needs the keys arq:* and mcpq:* and the commands of @read @write @scripting "
+                "@pubsub @stream"
+            ) from None
+        except ResponseError as e:
+            if not str(e).lower().startswith("unknown command"):
+                raise QueueUnavailable(f"Redis refused the worker's start-up check: {str(e)[:200]}") from None
+            raise QueueUnavailable(
+                f"the server at {redacted(settings.redis_url)} lacks a command the worker needs ({str(e)[:120]}); "
+                "it needs Redis 6.2 or later with scripting, streams and pub/sub"
+            ) from None
+        except (RedisError, OSError) as e:
+            log.warning(
+                "Redis at %s is not reachable yet (%s); retrying in %.1fs",
+                redacted(settings.redis_url), type(e).__name__, wait,
+            )  # fmt: skip
+        finally:
+            await client.aclose()
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, STARTUP_BACKOFF[1])
+
+
 class QueueWorker(Worker):
     """arq's Worker with a wake-up path; keys, retries and aborts stay arq's.
 
@@ -175,9 +230,15 @@ class QueueWorker(Worker):
         self._woken: list[str] = []
         self._full_poll_due = True
         self._claims_paused_until = 0.0  # loop time; see main()
+        self._refused = False
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
+        try:
+            await redis_ready(self.ctx["settings"])
+        except QueueUnavailable:
+            self._refused = True  # close() must not hide why with an error of its own
+            raise
         if self.on_startup:
             await self.on_startup(self.ctx)
         listener = asyncio.create_task(self._listen_for_wakeups())
@@ -308,6 +369,12 @@ class QueueWorker(Worker):
         if aborted:
             self.aborting_tasks.update(aborted)
             await self.pool.zrem(keys.ABORT_SET, *aborted)
+
+    async def close(self) -> None:
+        if not self._refused:
+            return await super().close()
+        with contextlib.suppress(RedisError, OSError):
+            await super().close()
 
     async def finish_job(
         self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,

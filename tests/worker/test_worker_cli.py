@@ -22,8 +22,8 @@ def test_a_worker_stopped_while_redis_is_away_ends_in_one_line_without_its_passw
     )
     try:
         assert proc.stderr is not None
-        for line in proc.stderr:  # the log goes to stderr; wait until the worker runs
-            if " ready " in line:
+        for line in proc.stderr:  # the log goes to stderr; wait until the worker runs (and waits for Redis)
+            if "not reachable yet" in line:
                 break
         proc.send_signal(signal.SIGTERM)
         _, rest = proc.communicate(timeout=60)
