@@ -201,8 +201,10 @@ def _refuse(verdict: str, value, settings: Settings, tenant: str, worst: float, 
     if verdict in ("hourly", "daily"):
         cap = settings.budget_hourly_usd if verdict == "hourly" else settings.budget_daily_usd
         name = "BUDGET_HOURLY_USD" if verdict == "hourly" else "BUDGET_DAILY_USD"
+        # the global caps count every tenant: a tenant is told the cap, not what everyone spent
+        spent = f"${float(value):.6f} spent or reserved of " if tenant == OPERATOR else "no room left under "
         raise Refused(
-            f"{verdict} budget reached: ${float(value):.6f} spent or reserved of {name}=${cap:g}, and this "
+            f"{verdict} budget reached: {spent}{name}=${cap:g}, and this "
             f"request could cost up to ${worst:.6f}; it resets in {_resets_in(verdict, now)}"
         )
     if verdict in ("tenant-hourly", "tenant-daily"):

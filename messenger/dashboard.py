@@ -71,7 +71,7 @@ def routes(runtime: Runtime) -> list[Route]:
             chat = ChatRequest(message=body.get("message", ""), model=body.get("model") or None)
         except ValidationError as e:
             return JSONResponse({"error": validation_message(e)}, status_code=400)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # RecursionError: JSON nested too deep
             return JSONResponse(
                 {"error": 'invalid request: send JSON {"message": "...", "model": "..."}'}, 400
             )

@@ -5,7 +5,8 @@
 2. One identity: exactly one credential (messenger.tenants), else 400; a missing or wrong key is 401
    (`/health` stays open). The verified tenant goes into the ASGI scope (`scope["state"]["tenant"]`,
    read with `verified_tenant`) and the request's credential headers are cut down to that one key,
-   so no later check can read a different one.
+   so no later check can read a different one. The tenant is also the request's `user`, the
+   principal the SDK binds an MCP session to (a session answers only the key that opened it).
 3. Operator paths: `/dashboard*` and `/metrics` show every tenant's jobs and figures, so when keys
    are configured they need MCP_ADMIN_KEY (403 for a tenant key).
 4. Body caps: `/dashboard*` bodies over DASHBOARD_BODY_MAX_BYTES get 413 (`/mcp` and SSE's
@@ -20,12 +21,15 @@ import ipaddress
 import json
 import re
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import (
     RequestBodyLimitMiddleware,
     TransportSecurityMiddleware,
     TransportSecuritySettings,
 )
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from messenger.tenants import Tenant, Tenants, TooManyCredentials, credentials
@@ -36,6 +40,9 @@ OPEN_PATHS = frozenset({"/health"})
 QUERY_TOKEN_PATHS = frozenset({"/dashboard", "/dashboard/events"})  # EventSource cannot send headers
 LOCAL_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?"
+WELL_FORMED_HOST = re.compile(_HOST)  # what a browser sends: a name or [v6], then digits or nothing
+WELL_FORMED_ORIGIN = re.compile(f"https?://{_HOST}")
 
 
 def is_loopback(host: str) -> bool:
@@ -83,14 +90,18 @@ class Guard:
         self.app = app
         self.tenants = tenants
         self.origin_check = TransportSecurityMiddleware(security)
+        self.checks_site = security.enable_dns_rebinding_protection
         self.capped = RequestBodyLimitMiddleware(app, DASHBOARD_BODY_MAX_BYTES)
+
+    def malformed_site(self, scope: Scope) -> Response | None:
+        return _malformed_site(scope["headers"]) if self.checks_site else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        refused = await self.origin_check.validate_request(Request(scope), is_post=False)
+        refused = self.malformed_site(scope) or await self.origin_check.validate_request(Request(scope))
         if refused is not None:
             reason = bytes(refused.body).decode(errors="replace")
             await refuse(send, refused.status_code, f"{reason}: this server does not answer to that site")
@@ -111,9 +122,30 @@ class Guard:
             )
             return
         scope.setdefault("state", {})["tenant"] = tenant
+        if tenant is not None and self.tenants.required:
+            scope["user"] = session_owner(tenant)
         scope["headers"] = one_credential(scope["headers"], scope.get("query_string", b""), tenant)
         app = self.capped if path.startswith("/dashboard") else self.app
         await app(scope, receive, send)
+
+
+def session_owner(tenant: Tenant) -> AuthenticatedUser:
+    """The tenant as the SDK's principal: an MCP session (streamable HTTP's Mcp-Session-Id, SSE's
+    session_id) then answers only requests of the tenant that opened it; any other key gets the
+    SDK's "session not found" 404, so a leaked session id reads or ends nothing of another tenant."""
+    return AuthenticatedUser(AccessToken(token=f"tenant:{tenant.name}", client_id=tenant.name, scopes=[]))
+
+
+def _malformed_site(headers: list) -> Response | None:
+    """A Host or Origin no browser would send (`localhost:1@evil.example`): the SDK's `localhost:*`
+    pattern matches any text after `localhost:`, so the port must be digits before it looks."""
+    found = {k.lower(): v.decode("latin-1") for k, v in headers if k.lower() in (b"host", b"origin")}
+    host, origin = found.get(b"host"), found.get(b"origin")
+    if host is not None and not WELL_FORMED_HOST.fullmatch(host):
+        return Response("Invalid Host header", status_code=421)
+    if origin is not None and not WELL_FORMED_ORIGIN.fullmatch(origin):
+        return Response("Invalid Origin header", status_code=403)
+    return None
 
 
 def one_credential(headers: list, query_string: bytes, tenant: Tenant | None) -> list:

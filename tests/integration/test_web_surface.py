@@ -70,6 +70,18 @@ def test_cross_site_and_dns_rebinding_requests_to_every_route_are_refused(server
     assert got == {route: (421, 403) for route in routes}
 
 
+@pytest.mark.parametrize(
+    ("header", "value", "status"),
+    [("Host", "localhost:1@evil.example", 421), ("Host", "localhost:80.evil.example", 421),
+     ("Host", "127.0.0.1:x", 421), ("Origin", "http://localhost:1.evil.example", 403),
+     ("Origin", "http://127.0.0.1:1@evil.example", 403), ("Origin", "http://[::1]:1/evil", 403)],
+)  # fmt: skip
+def test_a_host_or_origin_that_only_starts_like_localhost_is_refused(servers, header, value, status):
+    """The SDK's `localhost:*` matches any text after `localhost:`; a port is digits or nothing."""
+    response = send(servers["http"], "POST", "/mcp", AS_OPERATOR | JSON | {header: value})
+    assert response.status_code == status and "evil" not in refusal(response)
+
+
 @pytest.mark.parametrize("path", ["/health", "/dashboard", "/metrics"])
 def test_the_same_requests_from_the_servers_own_site_are_served(servers, path):
     server = servers["http"]
@@ -120,6 +132,42 @@ async def test_an_sse_client_with_a_key_is_served_through_the_guard(servers, hea
         async with Client(sse_client(servers["sse"].url, headers={header: value})) as client:
             result = await client.call_tool("list_models", {})
     assert not result.is_error and result.structured_content["provider"] == "mock"
+
+
+def test_an_mcp_session_answers_only_the_key_that_opened_it(servers):
+    """Another tenant holding alice's Mcp-Session-Id (a proxy log, a shared debug dump) can neither
+    call on it, read its notification stream nor end it: as if the session did not exist."""
+    server = servers["http"]
+    as_bob = {"Authorization": f"Bearer {BOB}"}
+    with httpx2.Client(timeout=10) as http:
+        opened = http.post(server.url, json=INITIALIZE, headers=AS_ALICE | JSON)
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        posted = http.post(server.url, json=listing, headers=as_bob | JSON | session)
+        with http.stream("GET", server.url, headers=as_bob | session | {"Accept": "text/event-stream"}) as got:
+            stream = got  # the status is enough: a 200 would be alice's notification stream
+        ended = http.delete(server.url, headers=as_bob | session)
+        operator = http.post(server.url, json=listing, headers=AS_OPERATOR | JSON | session)
+        alices = http.post(server.url, json=listing, headers=AS_ALICE | JSON | session)
+    assert (posted.status_code, stream.status_code, ended.status_code, operator.status_code) == (404,) * 4
+    assert alices.status_code == 200 and "send_message_to_ai" in alices.text  # still hers, still open
+
+
+async def test_an_sse_session_takes_messages_only_from_the_key_that_opened_it(servers):
+    server = servers["sse"]
+    with anyio.fail_after(30):
+        async with (
+            httpx2.AsyncClient(base_url=server.base_url, timeout=10) as http,
+            http.stream("GET", "/sse", headers=AS_ALICE) as stream,
+        ):
+            lines = stream.aiter_lines()
+            endpoint = ""
+            while not endpoint.startswith("data: "):
+                endpoint = await anext(lines)
+            path = endpoint.removeprefix("data: ")
+            bobs = await http.post(path, json=INITIALIZE, headers={"Authorization": f"Bearer {BOB}"})
+            alices = await http.post(path, json=INITIALIZE, headers=AS_ALICE)
+    assert bobs.status_code == 404 and alices.status_code == 202
 
 
 def test_the_dashboard_and_metrics_are_the_operators(servers):
@@ -173,6 +221,22 @@ def test_oversized_bodies_are_refused_with_413_and_the_server_keeps_serving(serv
     assert (dashboard.status_code, mcp.status_code) == (413, 413)
     assert under.status_code == 200 and under.json()["job_id"]  # under the cap: queued
     assert health.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 20_000 + b"]" * 20_000, b'{"message": ' * 5_000 + b"1" + b"}" * 5_000, b'{"message": "\xff"}',
+     b'{"message":', b"[1]", b'{"message": 5}', b"null"],
+    ids=["nested-arrays", "nested-objects", "not-utf8", "cut-short", "a-list", "a-number", "null"],
+)  # fmt: skip
+def test_a_malformed_dashboard_submit_gets_one_line_and_the_server_keeps_serving(servers, body):
+    server = servers["http"]
+    with httpx2.Client(timeout=10, headers=AS_OPERATOR | JSON) as http:
+        response = http.post(server.base_url + "/dashboard/submit", content=body)
+        health = http.get(server.base_url + "/health")
+    assert response.status_code == 400 and "\n" not in response.json()["error"]
+    assert health.status_code == 200
+    assert "Traceback" not in server.log()
 
 
 def test_metrics_hold_no_prompt_key_or_tenant_name(servers):

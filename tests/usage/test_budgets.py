@@ -112,6 +112,27 @@ async def test_hourly_and_per_request_caps_name_their_limit(redis_url, clean_env
     assert "MODEL_PRICES" in str(unpriced.value) and "my-local-llama" in str(unpriced.value)
 
 
+async def test_a_global_cap_refusal_tells_a_tenant_nothing_of_the_others_spend(redis_url, clean_env):
+    """The global caps count every tenant: a tenant's refusal names the cap but not what everyone
+    spent (a large max_tokens would otherwise read the others' spend at any time); the operator's does."""
+    small = REQUEST.model_copy(update={"max_tokens": 10})
+    cap = worst_case(small) * 3.5
+    async with runtime_for(
+        redis_url, budget_daily_usd=cap, mcp_api_keys={"alice": "key-a", "bob": "key-b"}
+    ) as rt:
+        for _ in range(3):
+            await rt.queue.submit(small, caller="alice")
+        refused = {}
+        for caller in ("bob", ANONYMOUS):
+            with pytest.raises(Refused) as got:
+                await rt.queue.submit(small, caller=caller)
+            refused[caller] = str(got.value)
+    spent = f"${worst_case(small) * 3:.6f}"
+    assert "BUDGET_DAILY_USD" in refused["bob"] and "resets in" in refused["bob"]
+    assert spent not in refused["bob"] and "spent" not in refused["bob"]
+    assert spent in refused[ANONYMOUS]
+
+
 async def test_rate_limit_is_per_caller_and_names_its_setting(redis_url, clean_env):
     async with runtime_for(redis_url, rate_limit_per_minute=3) as rt:
         for attempt in range(3):  # a minute boundary in the middle restarts the count: try again
