@@ -144,7 +144,9 @@ def test_an_mcp_session_answers_only_the_key_that_opened_it(servers):
         session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
         listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
         posted = http.post(server.url, json=listing, headers=as_bob | JSON | session)
-        with http.stream("GET", server.url, headers=as_bob | session | {"Accept": "text/event-stream"}) as got:
+        with http.stream(
+            "GET", server.url, headers=as_bob | session | {"Accept": "text/event-stream"}
+        ) as got:
             stream = got  # the status is enough: a 200 would be alice's notification stream
         ended = http.delete(server.url, headers=as_bob | session)
         operator = http.post(server.url, json=listing, headers=AS_OPERATOR | JSON | session)
