@@ -97,7 +97,10 @@ class Guard:
         return _malformed_site(scope["headers"]) if self.checks_site else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # no route speaks it: closed before any of the checks are skipped
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]

@@ -123,3 +123,25 @@ def test_the_host_check_is_on_unless_star_and_admits_named_and_bound_hosts():
 )  # fmt: skip
 def test_only_loopback_addresses_count_as_this_machine(host, loopback):
     assert is_loopback(host) is loopback
+
+
+async def test_a_websocket_never_reaches_the_app(guarded):
+    """No route speaks WebSocket, and with `websockets` installed uvicorn would hand one over
+    without any of the checks above: it is closed before the app sees it."""
+    app, guard = guarded
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/mcp",
+        "query_string": b"",
+        "headers": [(b"host", b"evil.example")],
+    }
+    await guard(scope, receive, send)
+    assert app.scopes == [] and [m["type"] for m in sent] == ["websocket.close"]
