@@ -181,6 +181,14 @@ class Settings(BaseSettings):
                     f"MCP_API_KEYS: tenant name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
                     f"and not {OPERATOR!r}"
                 )
+        listed = self.mcp_api_key.get_secret_value().split(",") if self.mcp_api_key else []
+        for name in sorted(
+            {derived_tenant_name(t.strip()) for t in listed if t.strip()} & set(self.mcp_api_keys)
+        ):
+            raise ValueError(  # else MCP_API_KEYS's key silently replaces it and takes over its data
+                f"MCP_API_KEYS: tenant name {name!r} is already the name of a key in MCP_API_KEY; "
+                "give it another name (or drop that key from MCP_API_KEY)"
+            )
         owners: dict[str, str] = {}
         keyed = [(n, t) for n, t in self.tenant_tokens.items()]
         if self.mcp_admin_key is not None:

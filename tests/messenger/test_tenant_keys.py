@@ -97,6 +97,8 @@ def test_stdio_is_the_local_operator_even_with_keys(tenants):
         ({"MCP_API_KEYS": '{"alice": "k1", "bob": "k1"}'}, "'alice' and 'bob' have the same key"),
         ({"MCP_API_KEYS": '{"alice": "k1"}', "MCP_ADMIN_KEY": "k1"}, "'alice' and 'MCP_ADMIN_KEY' have the same"),
         ({"MCP_API_KEYS": '{"alice": ""}'}, "the key of 'alice' is empty"),
+        ({"MCP_API_KEY": "k1", "MCP_API_KEYS": '{"key-6ab9f1eb": "k2"}'},
+         "MCP_API_KEYS: tenant name 'key-6ab9f1eb' is already the name of a key in MCP_API_KEY"),  # k1's derived name
         ({"MCP_API_KEYS": '["k1"]'}, 'MCP_API_KEYS: must be JSON like {"alice": "<key>"'),
         ({"MCP_API_KEYS": "not json"}, 'MCP_API_KEYS: must be JSON like {"alice": "<key>"'),
         ({"MCP_API_KEYS": '{"alice": "k1"}', "TENANT_LIMITS": '{"carol": {"daily_usd": 1}}'},
