@@ -33,7 +33,7 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 # a followed job missing this long (keys, stream, and from every worker heartbeat) is lost: longer than
 # a worker takes to write its heartbeat again after Redis comes back empty
 LOST_AFTER_SECONDS = keys.HEARTBEAT_TTL_SECONDS
-STORED_POLL_SECONDS = 0.002  # first wait for arq's result record after a job's last event; doubles
+STORED_POLL_SECONDS = 0.0005  # first wait for arq's result record after a job's last event; doubles
 log = logging.getLogger("messenger.jobs")
 
 OnEvent = Callable[[Event | None, Transcript], Awaitable[None]]
@@ -74,14 +74,14 @@ class JobClient:
             snapshot, stored = await self._read(job_id, reader)
             if snapshot.status not in FINAL_STATUSES:
                 return await self._follow(job_id, live, on_event, timeout)
+            transcript = Transcript(job_id)
             if on_event:  # a late follower still sees the whole story
-                transcript = Transcript(job_id)
                 for event in (await replay(self.redis, transcript))[0]:
                     await on_event(event, transcript)
             if stored:
                 return snapshot
             async with asyncio.timeout(timeout):  # it ended a moment ago: its result is being stored
-                return await self._stored(job_id, Vanished(job_id))
+                return await self._stored(transcript, Vanished(job_id))
 
     async def get(self, job_id: str, reader: str | None = None) -> JobResult:
         """A job's state: its stored result once it has one. With a `reader`, a job another caller owns
@@ -196,19 +196,21 @@ class JobClient:
                         snapshot = await self._recheck(job_id, vanished)
                         if snapshot is not None and snapshot.status in FINAL_STATUSES:
                             return snapshot
-                return await self._stored(job_id, vanished)
+                return await self._stored(transcript, vanished)
         except TimeoutError:
             return await self.get(job_id)
 
-    async def _stored(self, job_id: str, vanished: Vanished) -> JobResult:
+    async def _stored(self, transcript: Transcript, vanished: Vanished) -> JobResult:
         """The stored result of a job whose last event came: arq writes it a moment after that event.
         Should it not come (the worker died first), the job re-runs and stores one later; meanwhile
         the job is re-checked every IDLE_SECONDS, so a job Redis lost is reported as lost."""
+        job_id = transcript.job_id
         delay, waited = STORED_POLL_SECONDS, 0.0
         while True:
             with contextlib.suppress(RedisError, OSError):
-                if await self.redis.exists(keys.result(job_id)):
-                    return await self.get(job_id)
+                raw = await self.redis.get(keys.result(job_id))
+                if raw is not None:
+                    return stored_result(job_id, raw, transcript)
             if waited >= IDLE_SECONDS:
                 waited = 0.0
                 snapshot = await self._recheck(job_id, vanished)
