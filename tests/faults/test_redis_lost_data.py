@@ -1,7 +1,7 @@
 """Redis without persistence stopped for 15 s and started again empty, with 24 jobs in flight through two
-real worker processes: a job a worker still runs ends, and its caller gets its stored result (whether
-the worker completes it across the outage is the worker's promise, tested with the worker); a job
-that was only queued is gone, and its caller is told it was lost, never that it "never existed"."""
+real worker processes: a job a worker still runs completes, and its caller gets its stored result
+(whole, though Redis lost its first events); a job that was only queued is gone, and its caller is
+told it was lost, never that it "never existed"."""
 
 import asyncio
 
@@ -30,7 +30,7 @@ def volatile_redis(tmp_path, workers):
     server.stop()
 
 
-async def test_a_redis_restart_without_data_reports_queued_jobs_lost_and_running_jobs_ended(
+async def test_a_redis_restart_without_data_reports_queued_jobs_lost_and_running_jobs_completed(
     volatile_redis, workers, clean_env
 ):
     url = volatile_redis.url
@@ -54,13 +54,12 @@ async def test_a_redis_restart_without_data_reports_queued_jobs_lost_and_running
         others = {i: repr(o) for i, o in enumerate(outcomes) if i not in finished and i not in lost}
         assert not others, others
         assert not any("never existed" in str(o) for o in outcomes)
-        assert len(streaming) == 2 * CONCURRENCY and streaming <= set(finished), "no running job called lost"
+        assert len(streaming) == 2 * CONCURRENCY and streaming <= set(finished), "every running job completed"
         assert len(lost) >= JOBS - 2 * CONCURRENCY - 2, "the queued jobs are gone with the data"
         for i, answer in finished.items():
-            assert answer.status in ("completed", "failed"), answer
+            assert answer.status == "completed", answer.error  # the worker rode out the outage
             assert await runtime.jobs.get(answer.job_id) == answer, "the caller's answer is the stored result"
-            if answer.status == "completed":
-                assert answer.ai_response == expected_text(messages[i])
+            assert answer.ai_response == expected_text(messages[i])
         for error in lost.values():
             assert "was lost: Redis restarted without its data (no persistence?)" in error.message, error
             with pytest.raises(JobNotFound):  # and it truly is gone: no worker finishes it later
