@@ -140,13 +140,14 @@ def session_owner(tenant: Tenant) -> AuthenticatedUser:
 
 
 def _malformed_site(headers: list) -> Response | None:
-    """A Host or Origin no browser would send (`localhost:1@evil.example`): the SDK's `localhost:*`
-    pattern matches any text after `localhost:`, so the port must be digits before it looks."""
-    found = {k.lower(): v.decode("latin-1") for k, v in headers if k.lower() in (b"host", b"origin")}
-    host, origin = found.get(b"host"), found.get(b"origin")
-    if host is not None and not WELL_FORMED_HOST.fullmatch(host):
+    """A Host or Origin no browser would send: two of either (which one a proxy routed by is a guess),
+    or `localhost:1@evil.example` (the SDK's `localhost:*` pattern matches any text after
+    `localhost:`, so the port must be digits before it looks)."""
+    hosts = [v.decode("latin-1") for k, v in headers if k.lower() == b"host"]
+    origins = [v.decode("latin-1") for k, v in headers if k.lower() == b"origin"]
+    if len(hosts) > 1 or (hosts and not WELL_FORMED_HOST.fullmatch(hosts[0])):
         return Response("Invalid Host header", status_code=421)
-    if origin is not None and not WELL_FORMED_ORIGIN.fullmatch(origin):
+    if len(origins) > 1 or (origins and not WELL_FORMED_ORIGIN.fullmatch(origins[0])):
         return Response("Invalid Origin header", status_code=403)
     return None
 

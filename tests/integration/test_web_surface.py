@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -80,6 +81,25 @@ def test_a_host_or_origin_that_only_starts_like_localhost_is_refused(servers, he
     """The SDK's `localhost:*` matches any text after `localhost:`; a port is digits or nothing."""
     response = send(servers["http"], "POST", "/mcp", AS_OPERATOR | JSON | {header: value})
     assert response.status_code == status and "evil" not in refusal(response)
+
+
+@pytest.mark.parametrize(("header", "status"), [("Host", 421), ("Origin", 403)])
+def test_two_hosts_or_two_origins_are_refused(servers, header, status):
+    """Sent over a raw socket: HTTP clients refuse to send two Host headers (and browsers two of
+    either); the Guard refuses them whatever parser uvicorn runs with."""
+    server = servers["http"]
+    own = f"localhost:{server.port}" if header == "Host" else server.base_url
+    evil = "evil.example" if header == "Host" else "https://evil.example"
+    for pair in ([own, evil], [evil, own]):
+        lines = [f"{header}: {v}" for v in pair] + ([] if header == "Host" else [f"Host: localhost:{server.port}"])
+        request = "\r\n".join(["GET /metrics HTTP/1.1", *lines, f"Authorization: Bearer {OPERATOR}",
+                                "Connection: close", "", ""])  # fmt: skip
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request.encode())
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        head, _, body = answer.partition(b"\r\n\r\n")
+        refused = {status, 400} if header == "Host" else {status}  # uvicorn's h11 parser: 400 itself
+        assert int(head.split()[1]) in refused and b"evil" not in body
 
 
 @pytest.mark.parametrize("path", ["/health", "/dashboard", "/metrics"])
