@@ -17,10 +17,11 @@ import time
 
 from shared import keys, prices
 from shared.errors import Refused
-from shared.models import ChatRequest, ModelDefaults
+from shared.models import ChatRequest, ModelDefaults, effective
 from shared.reservations import release
 from shared.scripts import Arg, Key, script
 from shared.settings import ALL_TENANTS, OPERATOR, Settings
+from shared.tokens import estimate_tokens
 
 __all__ = ["Refused", "admit", "enabled", "pinned", "release", "worst_case_usd"]
 
@@ -94,12 +95,8 @@ def enabled(settings: Settings) -> bool:
 
 def pinned(request: ChatRequest, defaults: ModelDefaults, settings: Settings) -> ChatRequest:
     """The request with the model and max_tokens the worker will use, so the reservation holds."""
-    return request.model_copy(
-        update={
-            "model": request.model or defaults.default_model or settings.default_model,
-            "max_tokens": request.max_tokens or defaults.max_tokens or settings.openai_max_tokens,
-        }
-    )
+    chosen = effective(request, defaults, settings)
+    return request.model_copy(update={"model": chosen.model, "max_tokens": chosen.max_tokens})
 
 
 def worst_case_usd(request: ChatRequest, settings: Settings) -> float | None:
@@ -108,7 +105,7 @@ def worst_case_usd(request: ChatRequest, settings: Settings) -> float | None:
     price = prices.price(request.model or settings.default_model)
     if price is None:
         return None
-    prompt = len(request.message.encode()) + len((request.context or "").encode()) + 32
+    prompt = estimate_tokens(request.message + (request.context or ""), worst_case=True) + 32
     if request.conversation_id:
         prompt += 4 * settings.history_max_tokens
     turns = settings.tool_max_rounds + 1 if request.mcp_servers else 1

@@ -34,6 +34,7 @@ from shared.models import (
     ModelDefaults,
     ModelName,
     Temperature,
+    effective,
 )
 
 PROGRESS_INTERVAL = 0.05  # seconds between progress notifications: tokens are batched, not one per message
@@ -262,12 +263,11 @@ class QueueTools:
         stored = await self._guard(usage.configure_defaults(self.runtime.redis, changes, caller))
         applied = await self._guard(usage.model_defaults(self.runtime.redis, caller.name))
         settings = self.settings
-        effective = {
-            "default_model": applied.default_model or settings.default_model,
-            "temperature": settings.openai_temperature
-            if applied.temperature is None
-            else applied.temperature,
-            "max_tokens": applied.max_tokens or settings.openai_max_tokens,
-        }
+        chosen = effective(None, applied, settings)
         scope = "global" if caller.operator else f"tenant {caller.name}"
-        return {"scope": scope, "stored": stored.model_dump(), "effective": effective}
+        shown = {
+            "default_model": chosen.model,
+            "temperature": chosen.temperature,
+            "max_tokens": chosen.max_tokens,
+        }
+        return {"scope": scope, "stored": stored.model_dump(), "effective": shown}

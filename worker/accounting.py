@@ -15,6 +15,7 @@ from shared import keys, prices
 from shared.events import parse_event
 from shared.scripts import Arg, Key, script
 from shared.settings import OPERATOR, TENANT_NAME
+from shared.tokens import estimate_tokens
 
 COUNTED_TTL_SECONDS = 2 * 86_400
 
@@ -114,7 +115,7 @@ async def dead_attempts(redis, job_id: str, final_attempt: int, request: dict) -
             pieces[event.attempt] = pieces.get(event.attempt, 0) + 1
     if not pieces:
         return None
-    prompt_each = sum(len(str(request.get(k) or "")) for k in ("message", "context")) // 4
+    prompt_each = estimate_tokens("".join(str(request.get(k) or "") for k in ("message", "context")))
     prompt = prompt_each * len(pieces)
     completion = sum(pieces.values())
     costs = [prices.cost(models.get(a, "?"), prompt_each, n) for a, n in pieces.items()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from shared import keys
+from shared.tokens import estimate_tokens
 
 
 async def earlier_turns(
@@ -27,7 +28,7 @@ async def earlier_turns(
             continue  # a hand-edited or damaged turn is skipped, not fatal
         if role not in ("user", "assistant"):
             continue
-        cost = len(content) // 4 + 4
+        cost = estimate_tokens(content) + 4  # and a few for the turn's framing
         if cost > budget:
             break
         budget -= cost

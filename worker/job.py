@@ -27,6 +27,7 @@ from shared.events import TokenUsage
 from shared.logs import redact
 from shared.models import ChatRequest, ModelDefaults, ToolCallRequest, effective
 from shared.settings import OPERATOR, Settings
+from shared.tokens import estimate_tokens
 from shared.tool_client import ToolServers
 from worker import accounting
 from worker.history import earlier_turns
@@ -96,7 +97,9 @@ async def _check_reservation(
     if reserved is None:
         return  # no budgets, or the reservation lapsed (BUDGET_RESERVATION_SECONDS)
     so_far = prices.cost(model, spent.prompt_tokens, spent.completion_tokens) if spent else 0.0
-    prompt = sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in call.messages) + 32
+    prompt = (
+        sum(estimate_tokens(json.dumps(m, ensure_ascii=False), worst_case=True) for m in call.messages) + 32
+    )
     turn = prices.cost(model, prompt, call.max_tokens)
     if so_far is not None and turn is not None and so_far + turn > reserved:
         raise ReservationSpent(
@@ -120,7 +123,7 @@ def _add(total: TokenUsage | None, more: TokenUsage | None) -> TokenUsage | None
 def estimated_usage(request: dict, text: list[str]) -> TokenUsage:
     """About four characters a token: for calls that ended before the provider reported usage."""
     prompt = (
-        sum(len(str(request.get(k) or "")) for k in ("message", "context")) // 4
+        estimate_tokens("".join(str(request.get(k) or "") for k in ("message", "context")))
         if isinstance(request, dict)
         else 0
     )

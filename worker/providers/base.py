@@ -15,6 +15,7 @@ from typing import Any
 
 from shared.errors import ProviderError as ProviderError  # re-exported: every provider raises it
 from shared.events import TokenUsage
+from shared.tokens import estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class StreamEnd:
 def estimate_usage(messages: list[dict[str, Any]], pieces: int) -> TokenUsage:
     """For servers that report no usage: the prompt at about four characters a token, the reply as
     one token per streamed piece (what vLLM, llama.cpp and Ollama send); flagged `estimated`."""
-    prompt = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
+    prompt = estimate_tokens("".join(str(m.get("content") or "") for m in messages)) + 1
     return TokenUsage(
         prompt_tokens=prompt, completion_tokens=pieces, total_tokens=prompt + pieces, estimated=True
     )
