@@ -91,7 +91,9 @@ def test_two_hosts_or_two_origins_are_refused(servers, header, status):
     own = f"localhost:{server.port}" if header == "Host" else server.base_url
     evil = "evil.example" if header == "Host" else "https://evil.example"
     for pair in ([own, evil], [evil, own]):
-        lines = [f"{header}: {v}" for v in pair] + ([] if header == "Host" else [f"Host: localhost:{server.port}"])
+        lines = [f"{header}: {v}" for v in pair] + (
+            [] if header == "Host" else [f"Host: localhost:{server.port}"]
+        )
         request = "\r\n".join(["GET /metrics HTTP/1.1", *lines, f"Authorization: Bearer {OPERATOR}",
                                 "Connection: close", "", ""])  # fmt: skip
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
