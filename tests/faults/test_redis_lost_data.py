@@ -8,7 +8,6 @@ import asyncio
 import pytest
 from observe import LONG_MESSAGE, Recorder, expected_text
 from openai_server import eventually
-from redis_server import RedisServer
 from runtimes import runtime_for
 
 from shared.errors import JobLost, JobNotFound
@@ -19,20 +18,10 @@ JOBS = 24
 CONCURRENCY = 4  # per worker: 8 jobs run, 16 wait in the queue when Redis goes
 
 
-@pytest.fixture
-def volatile_redis(tmp_path, workers):
-    server = RedisServer(tmp_path / "redis", persistent=False)
-    server.tmp.mkdir()
-    server.start()
-    workers.redis_server = server  # the workers fixture watches this server for heartbeats
-    yield server
-    workers.stop_all()
-    server.stop()
-
-
 async def test_a_redis_restart_without_data_reports_queued_jobs_lost_and_running_jobs_completed(
-    volatile_redis, workers, clean_env
+    make_redis, workers, clean_env
 ):
+    volatile_redis = make_redis(False)
     url = volatile_redis.url
     workers.start(url, count=2, MOCK_TOKEN_DELAY_MS="400", WORKER_CONCURRENCY=str(CONCURRENCY))
     messages = [f"{LONG_MESSAGE} number{i}" for i in range(JOBS)]

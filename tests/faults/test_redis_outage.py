@@ -13,31 +13,12 @@ import pytest
 from observe import LONG_MESSAGE, Recorder, expected_text
 from openai_server import eventually
 from readers import stream_events
-from redis_server import RedisServer
 from runtimes import runtime_for
 
 from shared import keys
 from shared.models import ChatRequest
 
 JOBS = 24
-
-
-@pytest.fixture
-def make_redis(tmp_path, workers):
-    servers = []
-
-    def make(persistent: bool) -> RedisServer:
-        server = RedisServer(tmp_path / "redis", persistent=persistent)
-        server.tmp.mkdir()
-        server.start()
-        workers.redis_server = server  # the workers fixture watches this server for heartbeats
-        servers.append(server)
-        return server
-
-    yield make
-    workers.stop_all()
-    for server in servers:
-        server.stop()
 
 
 def stored_text(client, job_id: str) -> str:

@@ -8,7 +8,6 @@ import pytest
 from observe import LONG_MESSAGE, Recorder, expected_text, terminal_events
 from openai_server import eventually
 from readers import stream_events
-from redis_server import RedisServer
 from runtimes import runtime_for
 
 from messenger.health import health
@@ -18,14 +17,8 @@ OUTAGE_SECONDS = 1.5
 
 
 @pytest.fixture
-def persistent_redis(tmp_path, workers):
-    server = RedisServer(tmp_path / "redis", persistent=True)
-    server.tmp.mkdir()
-    server.start()
-    workers.redis_server = server  # the workers fixture watches this server for heartbeats
-    yield server
-    workers.stop_all()
-    server.stop()
+def persistent_redis(make_redis):
+    return make_redis(True)
 
 
 async def test_redis_restarted_mid_stream_the_job_completes_whole_and_everyone_keeps_serving(
