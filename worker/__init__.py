@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from worker.runner import build_worker, embedded_worker
+    from worker.embedded import embedded_worker
+    from worker.runner import build_worker
 
     WorkerSettings: type
 
@@ -20,10 +21,14 @@ def __getattr__(name: str) -> Any:
     # Lazy, so importing the package never reads the environment; arq reads WorkerSettings on demand.
     if name == "WorkerSettings":
         return _worker_settings()
-    if name in ("build_worker", "embedded_worker"):
-        from worker import runner
+    if name == "build_worker":
+        from worker.runner import build_worker
 
-        return getattr(runner, name)
+        return build_worker
+    if name == "embedded_worker":
+        from worker.embedded import embedded_worker
+
+        return embedded_worker
     raise AttributeError(name)
 
 

@@ -1,0 +1,376 @@
+"""An arq Worker that is woken the moment a job is enqueued, instead of polling for it.
+
+The messenger PUBLISHes on `mcpq:wakeup` after every enqueue and cancel; each worker keeps one
+subscription and polls at once when a message arrives, or when one of its slots frees up.
+arq's poll (`poll_delay`) stays only as a slow safety net, so an idle worker costs nothing.
+Every claimed job is checked (worker/intake.py) before arq reads it; one that cannot run goes to the
+dead-letter place, and nothing a queue entry does reaches the worker's main loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+
+from arq.constants import abort_job_max_age
+from arq.utils import timestamp_ms
+from arq.worker import Worker
+from redis.asyncio import Redis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
+
+from shared import dead_letter, keys
+from shared.connection import redacted
+from shared.errors import QueueUnavailable
+from shared.scripts import Arg, Args, Key, script
+from shared.settings import Settings
+from worker.heartbeat import beat_interval
+from worker.intake import job_id_problem, job_problem
+from worker.publisher import why_not_written
+
+log = logging.getLogger("worker")
+
+
+# arq's claim (per job: WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC, four round trips) as one atomic
+# script for a whole batch of candidate ids, stopping once the worker's free slots are filled. It
+# hands back each claimed job's value too, so the worker checks it before arq sees it (intake.py),
+# and resets a retry counter arq's INCR would choke on.
+@script("""
+-- answers {id, score, job value ('' = none), starts so far (or 'reset: why'), ...} for the jobs leased
+local claimed = {}
+for _, id in ipairs(candidates) do
+  if #claimed >= 4 * free then break end
+  local lease = lease_prefix .. id
+  if redis.call('EXISTS', lease) == 0 then
+    local score = redis.call('ZSCORE', queue, id)
+    local due = score and tonumber(score)
+    if due and due <= now_ms then
+      redis.call('PSETEX', lease, lease_ms, '1')
+      local job = ''
+      if redis.call('TYPE', job_prefix .. id)['ok'] == 'string' then job = redis.call('GET', job_prefix .. id) end
+      local retry, tries = retry_prefix .. id, '0'
+      local kind = redis.call('TYPE', retry)['ok']
+      if kind == 'string' then
+        tries = redis.call('GET', retry)
+        if #tries > 9 or not (tries == '0' or string.match(tries, '^[1-9][0-9]*$')) then
+          tries = 'reset: it was not a count'  -- arq's INCR would fail on it
+        end
+      elseif kind ~= 'none' then
+        tries = 'reset: it was a ' .. kind
+      end
+      if string.sub(tries, 1, 6) == 'reset:' then redis.call('DEL', retry) end
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+      claimed[#claimed + 1] = job
+      claimed[#claimed + 1] = tries
+    end
+  end
+end
+return claimed
+""")
+async def claim_jobs(
+    redis,
+    *,
+    queue: Key,
+    now_ms: Arg[int],
+    lease_ms: Arg[int],
+    free: Arg[int],
+    lease_prefix: Arg[str],
+    job_prefix: Arg[str],
+    retry_prefix: Arg[str],
+    candidates: Args,
+) -> list[bytes]:
+    """Lease up to `free` of the candidates that are due; answers [id, score, job, tries, ...]."""
+    ...
+
+
+STARTUP_BACKOFF = (0.5, 5.0)  # seconds: first and longest wait between start-up checks of Redis
+
+
+async def redis_ready(settings: Settings) -> None:
+    """Wait until Redis answers the commands a worker needs. A refusal that waiting cannot fix (the
+    password or user, a missing permission, a command this server lacks) raises QueueUnavailable, so
+    the `worker` exits with one line; a Redis not reachable yet is retried, one log line a step."""
+    if settings.embedded:
+        return
+    wait = STARTUP_BACKOFF[0]
+    while True:
+        client = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            await client.ping()
+            await claim_jobs(
+                client, queue=keys.QUEUE, now_ms=0, lease_ms=1, free=0, lease_prefix=keys.IN_PROGRESS_PREFIX,
+                job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX, candidates=[],
+            )  # fmt: skip
+            return
+        except (AuthenticationError, AuthorizationError) as e:
+            raise QueueUnavailable(
+                f"Redis at {redacted(settings.redis_url)} refused the user or password in REDIS_URL ({type(e).__name__})"
+            ) from None
+        except NoPermissionError:
+            raise QueueUnavailable(
+                f"the Redis user in REDIS_URL ({redacted(settings.redis_url)}) may not run a command the worker "
+                "needs (NOPERM); it needs the keys arq:* and mcpq:* and the commands of @read @write @scripting "
+                "@pubsub @stream"
+            ) from None
+        except ResponseError as e:
+            if not str(e).lower().startswith("unknown command"):
+                raise QueueUnavailable(f"Redis refused the worker's start-up check: {str(e)[:200]}") from None
+            raise QueueUnavailable(
+                f"the server at {redacted(settings.redis_url)} lacks a command the worker needs ({str(e)[:120]}); "
+                "it needs Redis 6.2 or later with scripting, streams and pub/sub"
+            ) from None
+        except (RedisError, OSError) as e:
+            log.warning(
+                "Redis at %s is not reachable yet (%s); retrying in %.1fs",
+                redacted(settings.redis_url), type(e).__name__, wait,
+            )  # fmt: skip
+        finally:
+            await client.aclose()
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, STARTUP_BACKOFF[1])
+
+
+class QueueWorker(Worker):
+    """arq's Worker with a wake-up path; keys, retries and aborts stay arq's.
+
+    A wake-up message carries the new job's id, so an idle worker claims that job directly (one
+    script call) instead of scanning the queue; every other message, a freed slot, or a second
+    without news runs arq's full poll (queue scan, aborts, health).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = self.ctx["settings"].worker_lease_seconds  # the heartbeat renews it
+        self._wake = asyncio.Event()
+        self._woken: list[str] = []
+        self._full_poll_due = True
+        self._claims_paused_until = 0.0  # loop time; see main()
+        self._refused = False
+
+    async def main(self) -> None:
+        self.ctx["redis"] = self.pool
+        try:
+            await redis_ready(self.ctx["settings"])
+        except QueueUnavailable:
+            self._refused = True  # close() must not hide why with an error of its own
+            raise
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        listener = asyncio.create_task(self._listen_for_wakeups())
+        loop = asyncio.get_running_loop()
+        last_poll = 0.0
+        try:
+            while True:
+                self._wake.clear()
+                woken, self._woken = self._woken, []
+                try:
+                    if woken and not self._full_poll_due and loop.time() - last_poll < self.poll_delay_s:
+                        if self.allow_pick_jobs:
+                            await self.start_jobs(woken)
+                    else:
+                        self._full_poll_due = False
+                        last_poll = loop.time()
+                        await self._poll_iteration()
+                        if self.burst and await self._burst_done():
+                            return
+                except (RedisError, OSError) as e:  # Redis away: keep the jobs we hold, try again
+                    log.warning(
+                        "queue poll failed (%s); retrying in %.1fs", type(e).__name__, self.poll_delay_s
+                    )
+                    self._full_poll_due = True
+                    # leases may have lapsed while Redis was away: let live holders renew theirs first
+                    self._claims_paused_until = loop.time() + 2 * beat_interval(self.in_progress_timeout_s)
+                    await asyncio.sleep(self.poll_delay_s)
+                    continue
+                if not self._woken and not self._full_poll_due:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.poll_delay_s):  # (3.11's wait_for can lose a cancel)
+                            await self._wake.wait()
+        finally:
+            listener.cancel()
+
+    async def start_jobs(self, job_ids: list) -> None:
+        candidates = await self._job_ids(job_ids)
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not candidates:
+            return
+        if self.loop.time() < self._claims_paused_until:
+            return  # the safety poll looks again
+        claimed = await claim_jobs(
+            self.pool,
+            queue=self.queue_name,
+            now_ms=int(time.time() * 1000),
+            lease_ms=int(self.in_progress_timeout_s * 1000),
+            free=free,
+            lease_prefix=keys.IN_PROGRESS_PREFIX,
+            job_prefix=keys.JOB_PREFIX,
+            retry_prefix=keys.RETRY_PREFIX,
+            candidates=candidates,
+        )
+        for i in range(0, len(claimed), 4):
+            raw_id, score, raw_job, tries = claimed[i : i + 4]
+            if await self._buried(raw_id, raw_job or None, tries):
+                continue
+            await self.sem.acquire()  # never waits: the script claimed no more than the free slots
+            self.job_counter += 1
+            due = float(score)
+            task = self.loop.create_task(self.run_job(raw_id.decode(), int(due) if math.isfinite(due) else 0))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[raw_id.decode()] = task
+
+    async def _job_ids(self, raw_ids: list) -> list[bytes]:
+        """The ids worth claiming; a queue member that can never be a job id is dead-lettered."""
+        candidates = []
+        for raw_id in raw_ids:
+            raw_id = raw_id.encode() if isinstance(raw_id, str) else raw_id
+            problem = job_id_problem(raw_id)
+            if problem is None:
+                candidates.append(raw_id)
+            elif await self.pool.zscore(self.queue_name, raw_id) is not None:
+                await self._bury(raw_id, None, problem)
+            else:  # a wake-up message pushed by hand: nothing to run, nothing to keep
+                log.warning("ignoring a wake-up that is not a job id: %.100r", raw_id)
+        return candidates
+
+    async def _buried(self, raw_id: bytes, raw_job: bytes | None, tries: bytes) -> bool:
+        """Check a claimed job before arq reads it; a poison one is dead-lettered (True)."""
+        if tries.startswith(b"reset:"):
+            log.warning("job %s: its retry counter was reset (%s)", raw_id.decode(), tries.decode()[7:])
+            tries = b"0"
+        problem, function = job_problem(raw_job, set(self.functions))
+        if problem is None:
+            return False
+        await self._bury(raw_id, raw_job, problem, function=function, attempt=int(tries) + 1)
+        return True
+
+    async def _bury(self, raw_id: bytes, raw_job: bytes | None, problem: str, **details) -> None:
+        shown = raw_id.decode(errors="backslashreplace")
+        try:
+            if await dead_letter.bury(self.pool, raw_id, raw_job, problem, **details):
+                log.warning("dead-lettered queue entry %.100s: %s", shown, problem)
+        except (RedisError, OSError) as e:  # its lease lapses and the next claim tries again
+            log.warning("could not dead-letter queue entry %.100s (%s)", shown, type(e).__name__)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's run_job, with nothing it raises reaching the main loop (which would stop the worker)."""
+        try:
+            await super().run_job(job_id, score)
+        except (RedisError, OSError) as e:  # Redis went away around the job: its lease lapses, it runs again
+            # (never str(e): a pipeline's error quotes its commands, the job's result among them)
+            log.warning(
+                "job %s: its ending was not stored (%s); it will run again",
+                job_id,
+                why_not_written(e, job_id)[0],
+            )
+        except Exception:
+            log.exception("job %s: arq failed around the job; it will run again", job_id)
+
+    async def _cancel_aborted_jobs(self) -> None:
+        """arq's abort poll, minus its crash on an `arq:abort` member that is not text."""
+        async with self.pool.pipeline(transaction=True) as pipe:
+            pipe.zrange(keys.ABORT_SET, start=0, end=-1)
+            pipe.zremrangebyscore(keys.ABORT_SET, min=timestamp_ms() + abort_job_max_age, max=float("inf"))
+            abort_job_ids, _ = await pipe.execute()
+        aborted: set[str] = set()
+        for raw_id in abort_job_ids:
+            job_id = raw_id.decode(errors="replace")
+            task = self.job_tasks.get(job_id)
+            if task is not None:
+                aborted.add(job_id)
+                task.cancel()
+        if aborted:
+            self.aborting_tasks.update(aborted)
+            await self.pool.zrem(keys.ABORT_SET, *aborted)
+
+    async def close(self) -> None:
+        if not self._refused:
+            return await super().close()
+        with contextlib.suppress(RedisError, OSError):
+            await super().close()
+
+    async def finish_job(
+        self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
+        keep_result_forever: bool, incr_score: int | None, keep_in_progress: float | None,
+    ) -> None:  # fmt: skip
+        """arq's, except that a job's first stored ending stays its only one: a result is written
+        only if none is there (an attempt that overlapped another after a Redis outage cannot
+        overwrite the answer a caller may already have read)."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            if finish:
+                if result_data:
+                    expire = None if keep_result_forever else result_timeout_s
+                    tr.set(
+                        keys.result(job_id),
+                        result_data,
+                        px=None if expire is None else int(expire * 1000),
+                        nx=True,
+                    )
+                tr.delete(keys.retry(job_id), keys.job(job_id), keys.in_progress(job_id))
+                tr.zrem(keys.ABORT_SET, job_id)
+                tr.zrem(self.queue_name, job_id)
+            else:
+                if incr_score:
+                    tr.zincrby(self.queue_name, incr_score, job_id)
+                tr.delete(keys.in_progress(job_id))
+            await tr.execute()
+        if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
+            with contextlib.suppress(RedisError, OSError):
+                await self.pool.publish(keys.WAKEUP_CHANNEL, job_id)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's (a job that expired, could not be read, or ran out of tries), with the same rule."""
+        await self.finish_job(
+            job_id, True, result_data, self.keep_result_s, self.keep_result_forever, None, None
+        )
+
+    async def _burst_done(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
+            await asyncio.gather(*self.tasks.values())
+            return True
+        return False
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._full_poll_due = True  # a slot is free: look for queued work now, not at the next poll
+        self._wake.set()
+
+    async def _listen_for_wakeups(self) -> None:
+        backoff = 0.05
+        while True:
+            pubsub = self.pool.pubsub()
+            try:
+                await pubsub.subscribe(keys.WAKEUP_CHANNEL)
+                self._full_poll_due = True  # anything enqueued while we were not listening
+                self._wake.set()
+                backoff = 0.05
+                async for message in pubsub.listen():
+                    if message["type"] != "message":
+                        continue
+                    data = message["data"]
+                    if data == b"cancel":
+                        self._full_poll_due = True  # arq's poll handles aborts
+                    elif data == b"config":
+                        self.ctx["mcpq"].defaults_read_at = float("-inf")  # configure_ai_model: re-read
+                        continue
+                    else:
+                        self._woken.append(data)
+                    self._wake.set()
+            except (RedisError, OSError) as e:
+                log.warning("wake-up subscription lost (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
