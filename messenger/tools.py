@@ -22,6 +22,7 @@ from messenger.collector import Transcript
 from messenger.health import health, mcp_server_rows, models, seen_by_tenant
 from messenger.runtime import Runtime
 from messenger.tenants import TENANT_NAME, Tenant
+from shared import dead_letter
 from shared.errors import validation_message
 from shared.events import Event, ToolCallEvent, ToolResultEvent
 from shared.models import (
@@ -101,7 +102,8 @@ class QueueTools:
     NAMES = (
         "send_message_to_ai", "submit_message", "get_job", "wait_for_job", "cancel_job", "list_jobs",
         "list_mcp_servers", "list_models", "check_health", "get_ai_usage_stats",
-        "get_conversation_history", "get_received_messages", "configure_ai_model",
+        "get_conversation_history", "get_received_messages", "configure_ai_model", "list_dead_jobs",
+        "requeue_dead_job",
     )  # fmt: skip
 
     def __init__(self, runtime: Runtime):
@@ -271,3 +273,20 @@ class QueueTools:
             "max_tokens": chosen.max_tokens,
         }
         return {"scope": scope, "stored": stored.model_dump(), "effective": shown}
+
+    def _operator_only(self, ctx: Context, what: str) -> None:
+        if not self.identity(ctx).operator:
+            raise ToolError(f"only the operator (MCP_ADMIN_KEY) may {what}")
+
+    async def list_dead_jobs(self, ctx: Context, limit: int = 100) -> dict[str, Any]:
+        """Operator only: queue entries no worker could run (mcpq:dead), newest first, with the reason,
+        the raw job value (first 2 KB) and the function; requeue one after fixing its cause."""
+        self._operator_only(ctx, "list dead-letter jobs")
+        entries = await self._guard(dead_letter.list_dead(self.runtime.redis, limit=max(1, min(limit, 1000))))
+        return {"jobs": [e.as_dict() for e in entries]}
+
+    async def requeue_dead_job(self, job_id: JobId, ctx: Context) -> dict[str, Any]:
+        """Operator only: put a dead-letter job back on the queue exactly as it was stored (a fresh start)."""
+        self._operator_only(ctx, "requeue dead-letter jobs")
+        await self._guard(dead_letter.requeue(self.runtime.redis, job_id))
+        return {"job_id": job_id, "status": "queued"}
