@@ -138,6 +138,22 @@ def _tool_spec(name: str, description: str, schema: dict[str, Any]) -> dict[str,
     return {"toolSpec": spec}
 
 
+def converse_request(call: ModelCall) -> dict[str, Any]:
+    """The Converse API's arguments for one model call."""
+    system, messages = to_converse(call.messages)
+    request: dict[str, Any] = {
+        "modelId": call.model,
+        "messages": messages,
+        "inferenceConfig": {"maxTokens": call.max_tokens, "temperature": call.temperature},
+    }
+    if system:
+        request["system"] = system
+    tools = tool_config(call.tools, messages)
+    if tools:
+        request["toolConfig"] = tools
+    return request
+
+
 class BedrockProvider(Provider):
     name = "bedrock"
 
@@ -172,19 +188,8 @@ class BedrockProvider(Provider):
         return self.client.meta.region_name
 
     async def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
-        system, messages = to_converse(call.messages)
-        request: dict[str, Any] = {
-            "modelId": call.model,
-            "messages": messages,
-            "inferenceConfig": {"maxTokens": call.max_tokens, "temperature": call.temperature},
-        }
-        if system:
-            request["system"] = system
-        tools = tool_config(call.tools, messages)
-        if tools:
-            request["toolConfig"] = tools
         try:
-            response = await asyncio.to_thread(self.client.converse_stream, **request)
+            response = await asyncio.to_thread(self.client.converse_stream, **converse_request(call))
         except (ClientError, BotoCoreError) as e:
             raise self._explain(e, call.model) from None
 
