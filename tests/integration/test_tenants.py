@@ -142,6 +142,10 @@ async def probe_reads(url: str, me: Written, others: list[Written]) -> list[str]
             )
             if not failed:
                 found.append(f"conversation of {other.name}: {got}")
+            for tool, args in (("list_dead_jobs", {}), ("requeue_dead_job", {"job_id": other.jobs[0]})):
+                failed, got = await call(client, tool, **args)  # operator-only
+                if not failed or "operator" not in str(got):
+                    found.append(f"{tool}: {got}")
         answers = [
             await answer(client, "list_jobs", limit=500),
             [t.model_dump() for t in await list_tasks(client)],
