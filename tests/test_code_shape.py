@@ -1,7 +1,7 @@
 """The shape the code keeps (issue 14), read from the source with `ast`: no import cycle between our
 modules, and imports that only point the right way (messenger -> shared, worker -> shared; the
-messenger reaches the worker only through its embedded entry); and the README's Development layout
-names files that exist, with the path of one request in at most six."""
+messenger reaches the worker only through its embedded entry); no function longer than a screen;
+and the README's Development layout names files that exist, with the path of one request in at most six."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("shared", "worker", "messenger")
+MAX_FUNCTION_LINES = 80  # about a screen: a longer function does two jobs
 EMBEDDED_ENTRY = "messenger.runtime"  # the one messenger module that may start a worker (lazily)
 
 
@@ -129,3 +130,15 @@ def test_every_file_the_readme_layout_names_exists():
             if not (ROOT / folder / name).exists():
                 missing.append(f"{folder}{name}")
     assert missing == []
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [
+        f"{name}:{node.lineno} {node.name} ({lines} lines)"
+        for name, tree in MODULES.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (lines := node.end_lineno - min([node.lineno, *(d.lineno for d in node.decorator_list)]) + 1)
+        > MAX_FUNCTION_LINES
+    ]
+    assert long == []
