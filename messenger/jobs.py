@@ -195,10 +195,20 @@ class JobClient:
                     if event is None:  # quiet for a while: did the job end (or vanish) unseen?
                         snapshot = await self._recheck(job_id, vanished)
                         if snapshot is not None and snapshot.status in FINAL_STATUSES:
+                            await self._catch_up(transcript, on_event)
                             return snapshot
                 return await self._stored(transcript, vanished)
         except TimeoutError:
             return await self.get(job_id)
+
+    async def _catch_up(self, transcript: Transcript, on_event: OnEvent | None) -> None:
+        """Hand the caller the events it missed (live messages lost in a Redis outage) before the
+        answer, so its joined progress is the whole answer, not a prefix of it."""
+        if on_event is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            for event in (await replay(self.redis, transcript))[0]:
+                await on_event(event, transcript)
 
     async def _stored(self, transcript: Transcript, vanished: Vanished) -> JobResult:
         """The stored result of a job whose last event came: arq writes it a moment after that event.
