@@ -173,12 +173,10 @@ class FakeBedrock:
     """A real bedrock-runtime client whose ConverseStream answers come from queued FakeBodies."""
 
     def __init__(self):
-        self.client = boto3.client(
-            "bedrock-runtime",
-            region_name="us-east-1",
-            aws_access_key_id=KEY_ID,
-            aws_secret_access_key=SECRET,
+        self.session = boto3.Session(
+            region_name="us-east-1", aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
         )
+        self.client = self.session.client("bedrock-runtime")
         self.stubber = Stubber(self.client)
         self.bodies: list[FakeBody] = []
         self.client.meta.events.register("after-call.bedrock-runtime.ConverseStream", self._swap_stream)
@@ -218,7 +216,7 @@ def bedrock():
 
 @pytest.fixture
 def provider(bedrock):
-    return BedrockProvider(client=bedrock.client)
+    return BedrockProvider(client=bedrock.client, session=bedrock.session)
 
 
 async def failure(provider: BedrockProvider, model_call: ModelCall | None = None) -> ProviderError:

@@ -164,9 +164,14 @@ class BedrockProvider(Provider):
         timeout: float = 300,
         max_retries: int = 3,
         client: Any = None,
+        session: Any = None,
     ):
+        """`session`: the boto3 Session whose credentials the client signs with (masked in errors);
+        a test passes its own stubbed `client` with the session that made it."""
+        import boto3
+
+        self.session = session or boto3.Session()
         if client is None:
-            import boto3
             from botocore.config import Config
 
             config = Config(
@@ -175,7 +180,7 @@ class BedrockProvider(Provider):
                 connect_timeout=min(timeout, 10),
             )
             try:
-                client = boto3.client("bedrock-runtime", region_name=region, config=config)
+                client = self.session.client("bedrock-runtime", region_name=region, config=config)
             except NoRegionError:
                 raise ProviderError(
                     "AI_PROVIDER=bedrock needs an AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, "
@@ -313,7 +318,7 @@ class BedrockProvider(Provider):
 
     def _secrets(self) -> list[str]:
         try:  # the client's own credentials, whatever part of the chain they came from
-            creds = self.client._request_signer._credentials.get_frozen_credentials()
+            creds = self.session.get_credentials().get_frozen_credentials()
         except Exception:
             return []
         return [s for s in (creds.secret_key, creds.token, creds.access_key) if s]
