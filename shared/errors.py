@@ -15,6 +15,9 @@ the base and show its message as one line.
     └── JobStopped                a job run stopped before its answer was whole
         ├── ToolRoundsExceeded    the model kept asking for tools past TOOL_MAX_ROUNDS
         └── ReservationSpent      the job's budget reservation cannot pay for another turn
+
+Two live beside their only user: `TooManyCredentials` (an InvalidRequest, messenger/tenants.py) and
+`NotATask` (messenger/tasks/client.py: the server answered a task call at once).
 """
 
 from __future__ import annotations

@@ -35,9 +35,10 @@ from messenger.tasks.models import (
     TaskStatusParams,
 )
 from messenger.tasks.sdk import send_unchecked
+from shared.errors import McpQueueError
 
 
-class NotATask(Exception):
+class NotATask(McpQueueError):
     """The server answered the call at once (e.g. the arguments were invalid): `result` is its answer."""
 
     def __init__(self, result: CallToolResult):
