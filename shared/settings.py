@@ -44,6 +44,7 @@ DEFAULT_MODELS = {
 }
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # safe inside Redis key names: no ':' or spaces
 OPERATOR = "operator"  # the operator's own name (MCP_ADMIN_KEY, stdio, the CLI); no tenant may take it
+UNOWNED = "unowned"  # a queued job whose owner record is gone (evicted, deleted by hand): nobody's data
 ALL_TENANTS = "*"  # in TENANT_LIMITS: the limits of every tenant without its own entry
 
 
@@ -176,10 +177,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _tenants_are_sound(self) -> Settings:
         for name in self.mcp_api_keys:
-            if not TENANT_NAME.fullmatch(name) or name == OPERATOR:
+            if not TENANT_NAME.fullmatch(name) or name in (OPERATOR, UNOWNED):
                 raise ValueError(
                     f"MCP_API_KEYS: tenant name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
-                    f"and not {OPERATOR!r}"
+                    f"and not {OPERATOR!r} or {UNOWNED!r}"
                 )
         listed = self.mcp_api_key.get_secret_value().split(",") if self.mcp_api_key else []
         for name in sorted(

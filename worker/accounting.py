@@ -9,13 +9,16 @@ paid for too: it is counted, estimated from the job's stream, in usage and budge
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from shared import keys, prices
 from shared.events import parse_event
 from shared.scripts import Arg, Key, script
-from shared.settings import OPERATOR, TENANT_NAME
+from shared.settings import OPERATOR, TENANT_NAME, UNOWNED
 from shared.tokens import estimate_tokens
+
+log = logging.getLogger("worker.accounting")
 
 COUNTED_TTL_SECONDS = 2 * 86_400
 
@@ -88,10 +91,14 @@ async def _record(
 
 
 async def job_tenant(redis, job_id: str) -> str:
-    """The tenant a job belongs to (its owner record); a job without one is the operator's."""
+    """The tenant a job belongs to (its owner record). A job whose record is gone or damaged is
+    UNOWNED: it must not read or extend anyone's conversation, the operator's included."""
     raw = await redis.get(keys.owner(job_id))
     name = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
-    return name if TENANT_NAME.fullmatch(name) else OPERATOR
+    if TENANT_NAME.fullmatch(name):
+        return name
+    log.warning("job %s has no valid owner record (%s); it runs as nobody's", job_id, keys.owner(job_id))
+    return UNOWNED
 
 
 async def dead_attempts(redis, job_id: str, final_attempt: int, request: dict) -> dict | None:

@@ -26,7 +26,7 @@ from shared.errors import JobStopped, McpQueueError, ReservationSpent, ToolRound
 from shared.events import TokenUsage
 from shared.logs import redact
 from shared.models import ChatRequest, ModelDefaults, ToolCallRequest, effective
-from shared.settings import OPERATOR, Settings
+from shared.settings import OPERATOR, UNOWNED, Settings
 from shared.tokens import estimate_tokens
 from shared.tool_client import ToolServers
 from worker import accounting
@@ -157,6 +157,9 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         except ValidationError as e:
             await run.publisher.start(state.worker_id, run.model)
             return await run.end("failed", validation_message(e, INVALID))
+        if run.tenant == UNOWNED and req.conversation_id:  # nobody's job: no one's conversation
+            req = req.model_copy(update={"conversation_id": None})
+            run.request = {k: v for k, v in run.request.items() if k != "conversation_id"}
         call = await _model_call(run, req)
         await run.publisher.start(state.worker_id, run.model)
         try:

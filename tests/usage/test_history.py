@@ -139,3 +139,32 @@ async def test_earlier_turns_keep_the_newest_that_fit_both_caps(redis_url, redis
     assert by_tokens == ["u2", "a2", "u3", "a3"]
     assert one_turn == []  # never starts on an assistant turn
     assert none == []
+
+
+async def test_a_job_whose_owner_record_is_gone_reads_and_extends_no_ones_conversation(
+    redis_url, workers, openai_server, clean_env, redis_server
+):
+    """An evicted or deleted mcpq:owner:<id> must not make a tenant's job the operator's: it runs with
+    no history and its turn goes into no conversation."""
+    client = redis_server.client()
+    start_openai_workers(workers, redis_url, openai_server)
+    async with runtime_for(redis_url) as runtime:
+        with anyio.fail_after(60):
+            openai_server.script(reply="The operator's secret plan.")
+            first = await runtime.jobs.run(
+                ChatRequest(message="operator asks", model="gpt-4o-mini", conversation_id="shared5"),
+                timeout=30,
+            )
+            assert first.status == "completed", first.error
+            workers.stop_all()
+            request = ChatRequest(message="alice asks", model="gpt-4o-mini", conversation_id="shared5")
+            job_id = await runtime.jobs.queue.submit(request, caller="alice")
+            client.delete(f"mcpq:owner:{job_id}")
+            openai_server.script(reply="An answer for nobody.")
+            start_openai_workers(workers, redis_url, openai_server)
+            result = await runtime.jobs.wait(job_id, timeout=30)
+    assert result.status == "completed", result.error
+    assert openai_server.chat_requests[-1].body["messages"] == [{"role": "user", "content": "alice asks"}]
+    turns = [json.loads(t) for t in client.lrange("mcpq:conversation:operator:shared5", 0, -1)]
+    assert [t["content"] for t in turns] == ["operator asks", "The operator's secret plan."]
+    assert "runs as nobody's" in workers.logs()
