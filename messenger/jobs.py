@@ -28,7 +28,7 @@ from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus, Too
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # fullmatch: "$" would let a trailing newline in
 
 # a followed job missing this long (keys, stream, and from every worker heartbeat) is lost: longer than
 # a worker takes to write its heartbeat again after Redis comes back empty
@@ -157,7 +157,7 @@ class JobClient:
         ids = []
         for member in members:
             job_id = member.decode(errors="replace")
-            if _JOB_ID.match(job_id):
+            if _JOB_ID.fullmatch(job_id):
                 ids.append(job_id)
             else:
                 log.warning("skipping a member of %s that is not a job id", keys.RECENT_JOBS)
@@ -313,5 +313,5 @@ class Vanished:
 
 
 def _check_id(job_id: str) -> None:
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise JobNotFound(job_id)

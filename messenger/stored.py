@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from messenger.collector import Transcript
 from messenger.health import live_workers
 from shared import keys
-from shared.errors import JobNotFound
+from shared.errors import JobNotFound, shown_id
 from shared.keys import JOB_EXPIRES_MS, KEEP_RESULT_SECONDS
 from shared.models import JobResult
 from shared.serializer import deserialize
@@ -116,7 +116,7 @@ async def not_found(redis, job_id: str) -> JobNotFound:
         return JobNotFound(job_id)
     return JobNotFound(
         job_id,
-        f"no job with id {job_id!r}: it never existed, it finished more than {KEEP_RESULT_SECONDS // 60} "
+        f"no job with id {shown_id(job_id)}: it never existed, it finished more than {KEEP_RESULT_SECONDS // 60} "
         "minutes ago and its result expired, or Redis lost it (Redis restarted less than a day ago, "
         "without persistence)",
     )

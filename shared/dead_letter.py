@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from shared import keys
-from shared.errors import InvalidRequest, JobNotFound
+from shared.errors import InvalidRequest, JobNotFound, shown_id
 from shared.events import ErrorEvent, dump_event
 from shared.models import JobResult
 from shared.scripts import Arg, Key, script
@@ -181,7 +181,7 @@ async def list_dead(redis, limit: int = 100) -> list[DeadJob]:
 async def _find(redis, job_id: str) -> bytes:
     value = await redis.hget(keys.DEAD_LETTER, job_id.encode("utf-8", errors="surrogateescape"))
     if value is None:
-        raise JobNotFound(job_id, f"no dead-letter entry for job {job_id!r} (see `messenger dead`)")
+        raise JobNotFound(job_id, f"no dead-letter entry for job {shown_id(job_id)} (see `messenger dead`)")
     return value
 
 

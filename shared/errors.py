@@ -47,7 +47,7 @@ class JobNotFound(McpQueueError, LookupError):
     def __init__(self, job_id: str, why: str | None = None):
         super().__init__(
             why
-            or f"no job with id {job_id!r}: it never existed, or it finished more than "
+            or f"no job with id {shown_id(job_id)}: it never existed, or it finished more than "
             f"{KEEP_RESULT_SECONDS // 60} minutes ago and its result expired"
         )
         self.job_id = job_id
@@ -112,3 +112,8 @@ def validation_message(e: ValidationError, prefix: str = "invalid ") -> str:
     where = ".".join(str(part) for part in err["loc"])
     detail = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     return f"{prefix}{where or 'request'}: {detail}"
+
+
+def shown_id(job_id: str) -> str:
+    """A job id as an error may repeat it: quoted, and cut short when a caller sent a huge one."""
+    return repr(job_id if len(job_id) <= 100 else job_id[:40] + "…")

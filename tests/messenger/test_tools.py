@@ -42,6 +42,15 @@ async def test_a_queue_error_is_one_line_tool_error(embedded_runtime):
     assert "never existed" in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize("job_id", ["x" * 5000, UNKNOWN_JOB + "\n", "../../etc/passwd"])
+async def test_an_odd_job_id_is_not_found_and_not_echoed_whole(embedded_runtime, job_id):
+    tools = QueueTools(embedded_runtime)
+    with pytest.raises(ToolError) as raised:
+        await tools.get_job(job_id, FakeContext())  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert "never existed" in message and "\n" not in message and len(message) < 300
+
+
 async def test_an_invalid_argument_is_named_in_one_line(embedded_runtime):
     tools = QueueTools(embedded_runtime)
     with pytest.raises(ToolError, match=r"^invalid message: ") as raised:
