@@ -6,8 +6,12 @@ The Runtime (Redis, hub, embedded worker) is opened once per process, not per MC
 
 from __future__ import annotations
 
+from typing import Any
+
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools.base import Tool
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -20,12 +24,28 @@ from messenger.runtime import Runtime
 from messenger.tasks.extension import JobTasks
 from messenger.tenants import tenants_for
 from messenger.tools import QueueTools
+from shared.errors import validation_message
 
 INSTRUCTIONS = (
     "Model calls run as jobs on a Redis queue. send_message_to_ai waits and streams tokens as "
     "progress (or runs as an MCP task); submit_message returns a job id at once to poll with "
     "get_job or wait_for_job."
 )
+
+
+class QueueTool(Tool):
+    """A tool whose bad arguments read as one line (`invalid max_tokens: …`), like every other error;
+    the SDK would send pydantic's several-line report with its links."""
+
+    async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
+        try:
+            return await super().run(arguments, context, convert_result)
+        except ToolError as e:
+            if isinstance(e.__cause__, ValidationError):
+                raise ToolError(
+                    f"Error executing tool {self.name}: {validation_message(e.__cause__)}"
+                ) from None
+            raise
 
 
 def build_server(runtime: Runtime) -> MCPServer:
@@ -35,7 +55,7 @@ def build_server(runtime: Runtime) -> MCPServer:
         "mcp-queue",
         version="0.1.0",
         instructions=INSTRUCTIONS,
-        tools=[Tool.from_function(getattr(tools, name)) for name in QueueTools.NAMES]
+        tools=[QueueTool.from_function(getattr(tools, name)) for name in QueueTools.NAMES]
         + exposed_tools(runtime),
         extensions=[tasks],
         middleware=[remember_headers, runtime.metrics.middleware, tasks.middleware],

@@ -190,6 +190,13 @@ BAD_CALLS = [
     pytest.param("wait_for_job", {"job_id": UNKNOWN_JOB}, ["no job", UNKNOWN_JOB], id="wait_for_job-unknown"),
     pytest.param("cancel_job", {"job_id": UNKNOWN_JOB}, ["no job", UNKNOWN_JOB], id="cancel_job-unknown"),
     pytest.param("get_job", {"job_id": "../../etc/passwd"}, ["no job"], id="get_job-garbage-id"),
+    pytest.param("send_message_to_ai", {}, ["message", "required"], id="missing-message"),
+    pytest.param(
+        "send_message_to_ai",
+        {"message": "hi", "max_tokens": "many"},
+        ["max_tokens", "integer"],
+        id="wrong-type",
+    ),
 ]
 
 
@@ -206,6 +213,7 @@ async def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(
     for pattern in says:
         assert re.search(pattern, text, re.IGNORECASE), f"{pattern!r} not in {text!r}"
     assert len(text) < 2000  # an oversized input is not echoed back whole
+    assert "\n" not in text and "pydantic" not in text, f"not one line: {text!r}"
     assert after["status"] == "completed"
     assert after["aiResponse"].startswith("Mock answer to: still there?")
 
