@@ -12,7 +12,7 @@ import pydantic_core
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from messenger.tenants import Tenant, TooManyCredentials, tenants_for
 from shared.connection import redacted
@@ -87,6 +87,8 @@ async def guarded(coro, settings: Settings):
         return await coro
     except McpQueueError as e:
         raise ToolError(str(e)) from None
+    except ResponseError as e:  # Redis answered: a key is damaged (a wrong type), Redis is not down
+        raise ToolError(f"Redis refused a command: {str(e).splitlines()[0][:200]}") from None
     except (RedisError, OSError) as e:
         raise ToolError(unavailable(e, settings).message) from None
 

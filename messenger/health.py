@@ -9,7 +9,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from shared import keys, prices
+from shared import damaged, keys, prices
 from shared.connection import redacted
 from shared.logs import redact
 from shared.settings import Settings
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 async def live_workers(redis) -> list[dict]:
     workers = []
     async for key in redis.scan_iter(match=keys.WORKER_PREFIX + "*", count=500):
-        raw = await redis.get(key)
+        raw = await damaged.read(redis.get(key), key.decode(errors="replace"), None)
+        if raw is None:
+            continue
         with contextlib.suppress(ValueError, TypeError):
             beat = json.loads(raw)
             if isinstance(beat, dict) and isinstance(beat.get("worker_id"), str):  # not garbage set by hand

@@ -23,6 +23,7 @@ from shared.tool_config import unknown_servers_message
 
 # arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
 # also records the owner and the job as recent and wakes the workers with its id: one round trip.
+# A recent-jobs index of the wrong type (written by hand) cannot be read, so it is started afresh.
 @script("""
 if redis.call('EXISTS', job, result) > 0 then return 0 end
 local depth = redis.call('ZCARD', queue)
@@ -30,6 +31,8 @@ if depth >= max_depth then return -depth end
 redis.call('SET', owner, caller, 'EX', owner_ttl_s)
 redis.call('PSETEX', job, job_ttl_ms, payload)
 redis.call('ZADD', queue, now_ms, job_id)
+local kind = redis.call('TYPE', recent).ok
+if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', recent) end  -- damaged: an unreadable index
 redis.call('ZADD', recent, now_ms, job_id)
 redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
 redis.call('PUBLISH', wakeup, job_id)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
-from messenger.tenants import LOCAL_OPERATOR, OPERATOR, Tenant
-from shared import keys
+from messenger.tenants import LOCAL_OPERATOR, OPERATOR, TENANT_NAME, Tenant
+from shared import damaged, keys
 from shared.models import ModelDefaults
 
 log = logging.getLogger("messenger.usage")
@@ -24,10 +25,13 @@ _COUNTERS = ("requests", "completed", "failed", "cancelled", "prompt_tokens", "c
 
 def _number(raw: dict, name: str, kind: type[int] | type[float] = int) -> Any:
     try:
-        return kind(raw.get(name.encode(), 0))
+        value = kind(raw.get(name.encode(), 0))
+        if math.isfinite(value):
+            return value
     except (TypeError, ValueError):  # a hand-edited counter: skip it, never fail the whole answer
-        log.warning("ignoring a counter that is not a number: %s", name)
-        return kind(0)
+        pass
+    log.warning("ignoring a counter that is not a number: %s", name)
+    return kind(0)
 
 
 def _totals(raw: dict) -> dict:
@@ -58,17 +62,20 @@ def _key(tenant: str | None, part: str) -> str:
 
 
 async def _stats(redis, tenant: str | None, days: int) -> dict:
-    models = sorted(m.decode(errors="replace") for m in await redis.smembers(_key(tenant, "models")))
+    listed = await damaged.read(redis.smembers(_key(tenant, "models")), _key(tenant, "models"), set())
+    models = sorted(m.decode(errors="replace") for m in listed)
     today = time.time()
     day_names = [time.strftime("%Y-%m-%d", time.gmtime(today - 86_400 * i)) for i in range(days)]
+    names, defaults = [_key(tenant, "total")], [{}]
+    for m in models:
+        names += [_key(tenant, f"model:{m}"), _key(tenant, f"latency:{m}")]
+        defaults += [{}, []]
+    names += [_key(tenant, f"day:{d}") for d in day_names]
+    defaults += [{} for _ in day_names]
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(_key(tenant, "total"))
-        for m in models:
-            pipe.hgetall(_key(tenant, f"model:{m}"))
-            pipe.lrange(_key(tenant, f"latency:{m}"), 0, -1)
-        for d in day_names:
-            pipe.hgetall(_key(tenant, f"day:{d}"))
-        replies = await pipe.execute()
+        for name, default in zip(names, defaults, strict=True):
+            pipe.hgetall(name) if isinstance(default, dict) else pipe.lrange(name, 0, -1)
+        replies = damaged.replies(await pipe.execute(raise_on_error=False), names, defaults)
     total, rest = replies[0], replies[1:]
     per_model = {}
     all_latencies: list[bytes] = []
@@ -85,7 +92,13 @@ async def _stats(redis, tenant: str | None, days: int) -> dict:
 
 async def known_tenants(redis) -> list[str]:
     """Every tenant that has had a job counted, and the operator."""
-    names = {m.decode(errors="replace") for m in await redis.smembers(keys.TENANTS)}
+    names = set()
+    for member in await damaged.read(redis.smembers(keys.TENANTS), keys.TENANTS, set()):
+        name = member.decode(errors="replace")
+        if TENANT_NAME.fullmatch(name):
+            names.add(name)
+        else:
+            damaged.warn(keys.TENANTS, f"a member is not a tenant name: {name[:40]!r}")
     return sorted(names | {OPERATOR})
 
 
@@ -101,13 +114,7 @@ async def usage_stats(redis, days: int = 7, tenant: Tenant = LOCAL_OPERATOR) -> 
 
 async def conversation(redis, tenant: str, conversation_id: str, limit: int) -> dict:
     key = keys.conversation(tenant, conversation_id)
-    raw = await redis.lrange(key, -limit, -1)
-    turns = []
-    for item in raw:
-        try:
-            turns.append(json.loads(item))
-        except ValueError:
-            continue
+    turns = _json_items(await damaged.read(redis.lrange(key, -limit, -1), key, []), key)
     ttl = await redis.ttl(key)
     return {
         "conversation_id": conversation_id,
@@ -122,11 +129,13 @@ async def conversations(redis, limit: int, tenant: Tenant = LOCAL_OPERATOR) -> d
     names = await known_tenants(redis) if tenant.operator else [tenant.name]
     rows: list[tuple[float, str, str]] = []
     for name in names:
-        for cid, last in await redis.zrevrange(keys.conversations(name), 0, limit - 1, withscores=True):
+        key = keys.conversations(name)
+        for cid, last in await damaged.read(redis.zrevrange(key, 0, limit - 1, withscores=True), key, []):
             rows.append((last, name, cid.decode(errors="replace")))
     listed = []
     for last, name, cid in sorted(rows, reverse=True)[:limit]:
-        length = await redis.llen(keys.conversation(name, cid))
+        key = keys.conversation(name, cid)
+        length = await damaged.read(redis.llen(key), key, 0)
         if length:
             listed.append({"conversation_id": cid, "tenant": name, "turns": length, "last_turn_at": last})
     return {"conversations": listed}
@@ -134,22 +143,33 @@ async def conversations(redis, limit: int, tenant: Tenant = LOCAL_OPERATOR) -> d
 
 async def received_messages(redis, limit: int, tenant: Tenant = LOCAL_OPERATOR) -> dict:
     """What workers processed, newest first: the tenant's own, or every tenant's for the operator."""
-    entries = []
-    for item in await redis.lrange(
-        keys.RECEIVED if tenant.operator else keys.received(tenant.name), 0, limit - 1
-    ):
+    key = keys.RECEIVED if tenant.operator else keys.received(tenant.name)
+    return {"received": _json_items(await damaged.read(redis.lrange(key, 0, limit - 1), key, []), key)}
+
+
+def _json_items(raw: list[bytes], key: str) -> list[dict]:
+    """The JSON objects of a list's items; the others are skipped (logged once for the key)."""
+    items, bad = [], 0
+    for item in raw:
         try:
-            entries.append(json.loads(item))
+            value = json.loads(item)
         except ValueError:
-            continue
-    return {"received": entries}
+            value = None
+        if isinstance(value, dict):
+            items.append(value)
+        else:
+            bad += 1
+    if bad:
+        damaged.warn(key, f"{bad} item(s) that are not JSON objects")
+    return items
 
 
 async def _stored_defaults(redis, key: str) -> ModelDefaults:
-    raw = await redis.get(key)
+    raw = await damaged.read(redis.get(key), key, None)
     try:
         return ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()
     except ValueError:
+        damaged.warn(key, "not model defaults (JSON)")
         return ModelDefaults()
 
 

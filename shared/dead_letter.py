@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from shared import keys
+from shared import damaged, keys
 from shared.errors import InvalidRequest, JobNotFound, shown_id
 from shared.events import ErrorEvent, dump_event
 from shared.models import JobResult
@@ -172,7 +172,8 @@ def _entry(raw_id: bytes, value: bytes) -> DeadJob:
 
 async def list_dead(redis, limit: int = 100) -> list[DeadJob]:
     """The dead-letter entries, newest first."""
-    if (await redis.type(keys.DEAD_LETTER)) not in (b"hash", "hash"):
+    if (await redis.type(keys.DEAD_LETTER)) not in (b"hash", "hash", b"none", "none"):
+        damaged.warn(keys.DEAD_LETTER)
         return []
     entries = [_entry(k, v) for k, v in (await redis.hgetall(keys.DEAD_LETTER)).items()]
     return sorted(entries, key=lambda e: e.at, reverse=True)[:limit]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from shared import keys
+from shared import damaged, keys
 from shared.tokens import estimate_tokens
 
 
@@ -17,7 +17,8 @@ async def earlier_turns(
     """The newest turns that fit both caps (about four characters a token), oldest first."""
     if max_turns <= 0 or max_tokens <= 0:
         return []
-    raw = await redis.lrange(keys.conversation(tenant, conversation_id), -max_turns, -1)
+    key = keys.conversation(tenant, conversation_id)
+    raw = await damaged.read(redis.lrange(key, -max_turns, -1), key, [])  # damaged: answer without history
     messages: list[dict[str, str]] = []
     budget = max_tokens
     for item in reversed(raw):
