@@ -12,7 +12,7 @@ import json
 import logging
 import time
 
-from shared import keys, prices
+from shared import damaged, keys, prices
 from shared.events import parse_event
 from shared.scripts import Arg, Key, script
 from shared.settings import OPERATOR, TENANT_NAME, UNOWNED
@@ -28,51 +28,61 @@ SPENT_DAY_TTL_SECONDS = 172_800
 
 @script("""
 if not redis.call('SET', counted, '1', 'NX', 'EX', counted_ttl) then return 0 end
-for _, totals in ipairs({total, by_model, by_day, tenant_total, tenant_by_model, tenant_by_day}) do
-  redis.call('HINCRBY', totals, 'requests', 1)
-  redis.call('HINCRBY', totals, status, 1)
-  redis.call('HINCRBY', totals, 'prompt_tokens', prompt_tokens)
-  redis.call('HINCRBY', totals, 'completion_tokens', completion_tokens)
-  redis.call('HINCRBY', totals, 'total_tokens', total_tokens)
-  redis.call('HINCRBY', totals, 'latency_ms', latency_ms)
-  if dead_attempt_tokens > 0 then redis.call('HINCRBY', totals, 'dead_attempt_tokens', dead_attempt_tokens) end
-  if cost then
-    redis.call('HINCRBYFLOAT', totals, 'cost_usd', cost)
-  else
-    redis.call('HINCRBY', totals, 'unpriced', 1)
+-- a key that refuses a write (wrong type, a counter that is not a number: damaged or written by hand)
+-- is skipped and named in the reply; every other key, the budget settlement included, is still written
+local damaged, seen = {1}, {}
+local function call(cmd, key, ...)
+  local reply = redis.pcall(cmd, key, ...)
+  if type(reply) == 'table' and reply.err and not seen[key] then
+    seen[key] = true
+    damaged[#damaged + 1] = key
   end
 end
-redis.call('SADD', models, model)
-redis.call('SADD', tenant_models, model)
-redis.call('SADD', tenants, tenant)
+for _, totals in ipairs({total, by_model, by_day, tenant_total, tenant_by_model, tenant_by_day}) do
+  call('HINCRBY', totals, 'requests', 1)
+  call('HINCRBY', totals, status, 1)
+  call('HINCRBY', totals, 'prompt_tokens', prompt_tokens)
+  call('HINCRBY', totals, 'completion_tokens', completion_tokens)
+  call('HINCRBY', totals, 'total_tokens', total_tokens)
+  call('HINCRBY', totals, 'latency_ms', latency_ms)
+  if dead_attempt_tokens > 0 then call('HINCRBY', totals, 'dead_attempt_tokens', dead_attempt_tokens) end
+  if cost then
+    call('HINCRBYFLOAT', totals, 'cost_usd', cost)
+  else
+    call('HINCRBY', totals, 'unpriced', 1)
+  end
+end
+call('SADD', models, model)
+call('SADD', tenant_models, model)
+call('SADD', tenants, tenant)
 for _, latencies in ipairs({latency, tenant_latency}) do
-  redis.call('LPUSH', latencies, latency_ms)
-  redis.call('LTRIM', latencies, 0, latencies_kept - 1)
+  call('LPUSH', latencies, latency_ms)
+  call('LTRIM', latencies, 0, latencies_kept - 1)
 end
 for _, log in ipairs({received, tenant_received}) do
-  redis.call('LPUSH', log, received_entry)
-  redis.call('LTRIM', log, 0, received_kept - 1)
+  call('LPUSH', log, received_entry)
+  call('LTRIM', log, 0, received_kept - 1)
 end
-redis.call('HDEL', reserved, job_id)
-redis.call('HDEL', reserved_tenant, job_id)
-redis.call('ZREM', reserved_until, job_id)
+call('HDEL', reserved, job_id)
+call('HDEL', reserved_tenant, job_id)
+call('ZREM', reserved_until, job_id)
 if cost then
   for _, spent in ipairs({spent_hour, tenant_spent_hour}) do
-    redis.call('INCRBYFLOAT', spent, cost)
-    redis.call('EXPIRE', spent, spent_hour_ttl)
+    call('INCRBYFLOAT', spent, cost)
+    call('EXPIRE', spent, spent_hour_ttl)
   end
   for _, spent in ipairs({spent_day, tenant_spent_day}) do
-    redis.call('INCRBYFLOAT', spent, cost)
-    redis.call('EXPIRE', spent, spent_day_ttl)
+    call('INCRBYFLOAT', spent, cost)
+    call('EXPIRE', spent, spent_day_ttl)
   end
 end
 if conversation_id then
-  redis.call('RPUSH', conversation, user_turn, assistant_turn)
-  redis.call('EXPIRE', conversation, history_ttl)
-  redis.call('ZADD', conversations, now, conversation_id)
-  redis.call('EXPIRE', conversations, history_ttl)
+  call('RPUSH', conversation, user_turn, assistant_turn)
+  call('EXPIRE', conversation, history_ttl)
+  call('ZADD', conversations, now, conversation_id)
+  call('EXPIRE', conversations, history_ttl)
 end
-return 1
+return damaged
 """)
 async def _record(
     redis, *, counted: Key, total: Key, by_model: Key, by_day: Key, tenant_total: Key, tenant_by_model: Key,
@@ -84,9 +94,9 @@ async def _record(
     dead_attempt_tokens: Arg[int], received_entry: Arg[str], latencies_kept: Arg[int], received_kept: Arg[int],
     counted_ttl: Arg[int], conversation_id: Arg[str | None], user_turn: Arg[str], assistant_turn: Arg[str],
     history_ttl: Arg[int], now: Arg[float], tenant: Arg[str], spent_hour_ttl: Arg[int], spent_day_ttl: Arg[int],
-) -> int:  # fmt: skip
+) -> int | list:  # fmt: skip
     """Count one ended job, for everyone and its tenant, once; settle its budget hold into the spend;
-    add its turn to the tenant's conversation."""
+    add its turn to the tenant's conversation. 0 if already counted, else [1, <each key skipped>]."""
     ...
 
 
@@ -203,4 +213,9 @@ async def record(redis, result: dict, request: dict, *, history_ttl: int, tenant
         assistant_turn=json.dumps(assistant_turn), history_ttl=history_ttl, now=round(now, 3), tenant=tenant,
         spent_hour_ttl=SPENT_HOUR_TTL_SECONDS, spent_day_ttl=SPENT_DAY_TTL_SECONDS,
     )  # fmt: skip
-    return bool(counted)
+    if not isinstance(counted, list):
+        return bool(counted)
+    for key in counted[1:]:
+        damaged.warn(key.decode(errors="replace") if isinstance(key, bytes) else str(key),
+                     f"job {job_id}'s usage was not added to it (wrong type, or a value that is not a number)")  # fmt: skip
+    return True

@@ -31,8 +31,8 @@ def final_attempt_events(client, job_id: str, attempt: int) -> list[dict]:
 
 @pytest.mark.parametrize(
     ("outage", "persistent"),
-    [(3, True), (3, False), (15, True), (15, False), (45, True)],
-    ids=["3s-aof", "3s-no-persistence", "15s-aof", "15s-no-persistence", "45s-aof"],
+    [(3, True), (3, False), (15, True), (15, False), (45, True), (45, False)],
+    ids=["3s-aof", "3s-no-persistence", "15s-aof", "15s-no-persistence", "45s-aof", "45s-no-persistence"],
 )
 async def test_redis_down_mid_stream_every_caller_gets_exactly_the_stored_answer(
     make_redis, workers, clean_env, outage, persistent

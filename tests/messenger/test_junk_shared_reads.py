@@ -145,6 +145,9 @@ async def test_every_shared_key_of_the_wrong_type_leaves_every_read_answering(ow
         for key in set(damaged) - unread:  # unread: found through a damaged key, or not read at all
             assert warned.get(key), f"no WARNING names {key}: {[r.getMessage() for r in caplog.records]}"
         assert "unreachable" not in caplog.text
+        caplog.clear()
+        await usage.usage_stats(runtime.redis)  # the operator's: every tenant's keys and the totals
+        assert set(warned_keys(caplog).values()) == {1}, "each damaged key is named once per read"
 
         async with embedded_worker(settings):
             request = ChatRequest(message="still answered", conversation_id=CONVERSATION)
@@ -152,6 +155,10 @@ async def test_every_shared_key_of_the_wrong_type_leaves_every_read_answering(ow
             result = await runtime.jobs.wait(job_id, timeout=20)
         assert result.status == "completed", result.error
         assert result.ai_response
+        skipped = f"{keys.USAGE_TOTAL}: job {job_id}'s usage was not added"
+        assert sum(skipped in r.getMessage() for r in caplog.records) == 1, "the damaged total, named once"
+        counted = await runtime.redis.hgetall(keys.usage_model(settings.default_model))
+        assert counted[b"requests"] == b"1", "the keys that are not damaged still count the job"
 
 
 def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess:
