@@ -88,7 +88,8 @@ async def guarded(coro, settings: Settings):
     except McpQueueError as e:
         raise ToolError(str(e)) from None
     except ResponseError as e:  # Redis answered: a key is damaged (a wrong type), Redis is not down
-        raise ToolError(f"Redis refused a command: {str(e).splitlines()[0][:200]}") from None
+        said = str(e).splitlines()[0].split(" script: ")[0][:200]
+        raise ToolError(f"Redis refused a command: {said} (a key damaged or written by hand?)") from None
     except (RedisError, OSError) as e:
         raise ToolError(unavailable(e, settings).message) from None
 

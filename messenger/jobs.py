@@ -21,7 +21,7 @@ from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
-from shared import keys
+from shared import damaged, keys
 from shared.errors import JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus, ToolCallRequest
@@ -164,7 +164,7 @@ class JobClient:
         return ids
 
     async def queue_depth(self) -> int:
-        return await self.redis.zcard(keys.QUEUE)
+        return await damaged.read(self.redis.zcard(keys.QUEUE), keys.QUEUE, 0)
 
     async def timeline(self, job_id: str) -> tuple[int, int]:
         """When a job was enqueued and when its last event came, in ms (the enqueue time if none yet)."""

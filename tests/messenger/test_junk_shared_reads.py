@@ -206,3 +206,18 @@ async def test_junk_values_in_the_shared_keys_leave_every_read_answering(own_red
         await r.hset(keys.DEAD_LETTER, values[0], values[5])
         await r.set(keys.worker("junk"), values[3])
         await read_everything(runtime)
+
+
+async def test_a_command_redis_refuses_is_named_not_called_unreachable(own_redis, clean_env):
+    async with open_runtime(load_settings(redis_url=own_redis.url, ai_provider="mock")) as runtime:
+        await runtime.redis.set(keys.QUEUE, b"a string where the queue's sorted set belongs")
+        async with Client(build_server(runtime)) as client:
+            listed = await client.call_tool("list_jobs", {})
+            assert not listed.is_error and listed.structured_content["queueDepth"] == 0, text_of(listed)
+            refused = await client.call_tool("submit_message", {"message": "hi"})
+        assert refused.is_error
+        assert text_of(refused).endswith(
+            "Redis refused a command: WRONGTYPE Operation against a key holding the wrong kind of value "
+            "(a key damaged or written by hand?)"
+        ), text_of(refused)
+        assert "\n" not in text_of(refused)
