@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from messenger.tenants import Tenant, TooManyCredentials, tenants_for
+from shared import damaged
 from shared.connection import redacted
 from shared.errors import McpQueueError, QueueUnavailable, validation_message
 from shared.events import ToolCallEvent, ToolResultEvent
@@ -74,8 +75,11 @@ def chat_request(**fields) -> ChatRequest:
         raise ToolError(validation_message(e)) from None
 
 
-def unavailable(e: BaseException, settings: Settings) -> QueueUnavailable:
-    """A Redis or socket failure as the error a person reads (the URL without its password)."""
+def unavailable(e: BaseException, settings: Settings) -> McpQueueError:
+    """A Redis or socket failure as the error a person reads (the URL without its password); a
+    command Redis answered with an error is not Redis being unreachable."""
+    if isinstance(e, ResponseError):
+        return McpQueueError(damaged.refused(e))
     return QueueUnavailable(
         f"the queue is unreachable (Redis at {redacted(settings.redis_url)}): {type(e).__name__}"
     )
@@ -87,9 +91,6 @@ async def guarded(coro, settings: Settings):
         return await coro
     except McpQueueError as e:
         raise ToolError(str(e)) from None
-    except ResponseError as e:  # Redis answered: a key is damaged (a wrong type), Redis is not down
-        said = str(e).splitlines()[0].split(" script: ")[0][:200]
-        raise ToolError(f"Redis refused a command: {said} (a key damaged or written by hand?)") from None
     except (RedisError, OSError) as e:
         raise ToolError(unavailable(e, settings).message) from None
 

@@ -22,6 +22,12 @@ def wrong_type_message(key: str) -> str:
     return f"Redis key {key} holds the wrong type (damaged? written by hand?)"
 
 
+def refused(e: ResponseError) -> str:
+    """A command Redis answered with an error (a wrong-type key, say) as one line: Redis is up."""
+    said = (str(e).splitlines() or [type(e).__name__])[0].split(" script: ")[0][:200]
+    return f"Redis refused a command: {said} (a key damaged or written by hand?)"
+
+
 def warn(key: str, why: str = "") -> None:
     log.warning("skipped Redis key %s: %s", key, why or "it holds the wrong type (damaged? written by hand?)")
 

@@ -4,8 +4,9 @@ exit code that says what kind of failure it was. Never a traceback (LOG_LEVEL=DE
 from __future__ import annotations
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from shared import damaged
 from shared.connection import redacted
 from shared.errors import InvalidRequest, McpQueueError, ProviderError, validation_message
 from shared.logs import redact
@@ -21,6 +22,8 @@ def failure(e: BaseException, redis_url: str) -> tuple[str, int]:
         line, code = e.message, WRONG_INPUT if isinstance(e, InvalidRequest | ProviderError) else FAILED
     elif isinstance(e, ValidationError):
         line, code = validation_message(e), WRONG_INPUT
+    elif isinstance(e, ResponseError):
+        line, code = damaged.refused(e), FAILED
     elif isinstance(e, RedisError | ConnectionError | TimeoutError):
         line, code = f"cannot reach Redis at {redacted(redis_url)}: {str(e) or type(e).__name__}", FAILED
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from shared.errors import JobNotFound, ProviderError, QueueFull, Refused, SettingsError
 from shared.exits import FAILED, WRONG_INPUT, failure
@@ -46,3 +47,14 @@ def test_anything_else_is_still_one_line():
     line, code = failure(RuntimeError("first line\nsecond line"), URL)
     assert (line, code) == ("RuntimeError: first line second line", FAILED)
     assert failure(KeyError(), URL) == ("KeyError", FAILED)
+
+
+def test_a_command_redis_refuses_is_named_as_a_refusal_not_as_redis_being_away():
+    refused = ResponseError(
+        "WRONGTYPE Operation against a key holding the wrong kind of value script: 80192f29, on @user_script:21."
+    )
+    assert failure(refused, URL) == (
+        "Redis refused a command: WRONGTYPE Operation against a key holding the wrong kind of value "
+        "(a key damaged or written by hand?)",
+        FAILED,
+    )
