@@ -22,15 +22,18 @@ import logging
 import time
 from collections.abc import Callable
 
-from shared import prices, tracing
+from redis.exceptions import RedisError
+
+from shared import keys, prices, tracing
 from shared.errors import JobStopped
 from shared.events import TokenUsage
 from shared.models import JobResult, ResultUsage, ToolCallRecord
-from shared.settings import OPERATOR
+from shared.settings import OPERATOR, UNOWNED
 from worker import accounting
 
 log = logging.getLogger("worker.job")
 
+OWNER_KEPT_SECONDS = keys.KEEP_RESULT_SECONDS + 300  # a rewritten owner record lives as long as the result
 PUBLISH_GRACE_SECONDS = 10.0  # past JOB_TIMEOUT_SECONDS, for the last events (arq's backstop is +30 s)
 
 
@@ -79,8 +82,21 @@ class JobRun:
             if status == "completed":
                 result = self._result("failed", e.message, usage)
         self.result = result.model_dump(mode="json")
+        await self._keep_owner()
         await self._count()
         return self.result
+
+    async def _keep_owner(self) -> None:
+        """A tenant's job whose owner record Redis lost while it ran (restarted without persistence)
+        gets it back before its result is stored, so its tenant can still read the answer."""
+        if self.tenant in (OPERATOR, UNOWNED):  # the operator reads every job; nobody's stays nobody's
+            return
+        try:
+            if await self.redis.set(keys.owner(self.job_id), self.tenant, nx=True, ex=OWNER_KEPT_SECONDS):
+                log.warning("job %s: its owner record was lost (Redis restarted without its data?); "
+                            "written again for its result", self.job_id)  # fmt: skip
+        except (RedisError, OSError) as e:  # Redis away: the result waits for it too; not worth failing for
+            log.warning("job %s: could not check its owner record: %s", self.job_id, type(e).__name__)
 
     def _result(self, status: str, error: str | None, usage: TokenUsage) -> JobResult:
         return JobResult(

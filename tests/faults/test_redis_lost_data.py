@@ -10,6 +10,7 @@ from observe import LONG_MESSAGE, Recorder, expected_text
 from openai_server import eventually
 from runtimes import runtime_for
 
+from shared import keys
 from shared.errors import JobLost, JobNotFound
 from shared.models import ChatRequest, JobResult
 
@@ -53,3 +54,24 @@ async def test_a_redis_restart_without_data_reports_queued_jobs_lost_and_running
             assert "was lost: Redis restarted without its data (no persistence?)" in error.message, error
             with pytest.raises(JobNotFound):  # and it truly is gone: no worker finishes it later
                 await runtime.jobs.get(error.job_id)
+
+
+async def test_a_tenants_running_job_stays_the_tenants_after_redis_loses_its_owner_record(
+    make_redis, workers, clean_env
+):
+    """The worker knows the job's tenant from its start: a result stored after a restart without data
+    comes with the owner record again, so the tenant's get_job finds it (not "never existed")."""
+    volatile_redis = make_redis(False)
+    workers.start(volatile_redis.url, count=1, MOCK_TOKEN_DELAY_MS="100")
+    client = volatile_redis.client()
+    async with runtime_for(volatile_redis.url) as runtime, asyncio.timeout(90):
+        job_id = await runtime.queue.submit(ChatRequest(message=LONG_MESSAGE), caller="acme")
+        await eventually(lambda: client.xlen(keys.stream(job_id)) >= 3, timeout=30)  # started, streaming
+        await asyncio.to_thread(volatile_redis.stop)
+        await asyncio.to_thread(volatile_redis.start)
+        assert not client.exists(keys.owner(job_id)), "the restart lost the owner record"
+        await eventually(lambda: client.exists(keys.result(job_id)), timeout=60)
+        found = await runtime.jobs.get(job_id, reader="acme")
+        assert found.status == "completed" and found.ai_response == expected_text(LONG_MESSAGE)
+        assert client.get(keys.owner(job_id)) == b"acme"
+        assert await runtime.jobs.list(reader="other") == [], "and no other tenant's"
