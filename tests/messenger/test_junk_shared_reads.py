@@ -91,8 +91,9 @@ async def damage_types(r) -> list[str]:
     return damaged
 
 
-async def read_everything(runtime) -> dict[str, object]:
-    """Every read path once; each must answer (an MCP error result is a failure of the read)."""
+async def read_everything(runtime, queued: tuple[str, ...] = ()) -> dict[str, object]:
+    """Every read path once; each must answer (an MCP error result is a failure of the read). A job
+    queued before the damage is read by id too."""
     answers: dict[str, object] = {}
     r = runtime.redis
     tenant = Tenant(TENANT)
@@ -112,6 +113,15 @@ async def read_everything(runtime) -> dict[str, object]:
             answer = await client.call_tool(tool, arguments)
             assert not answer.is_error, f"{tool}: {text_of(answer)}"
             answers[tool] = answer.structured_content
+        for job_id in queued:
+            for tool, arguments in [("get_job", {"job_id": job_id}),
+                                    ("wait_for_job", {"job_id": job_id, "timeout_seconds": 0.1})]:  # fmt: skip
+                answer = await client.call_tool(tool, arguments)
+                assert not answer.is_error and answer.structured_content["status"] == "queued", text_of(
+                    answer
+                )
+            resource = await client.read_resource(f"job://{job_id}")
+            assert json.loads(resource.contents[0].text)["status"] == "queued"
         for uri in ("stats://usage", "health://status"):
             answers[uri] = json.loads((await client.read_resource(uri)).contents[0].text)
     return answers
@@ -134,9 +144,10 @@ async def test_every_shared_key_of_the_wrong_type_leaves_every_read_answering(ow
     settings = load_settings(redis_url=own_redis.url, ai_provider="mock")
     async with open_runtime(settings) as runtime, asyncio.timeout(40):
         await seed(runtime.redis)
+        early = await runtime.queue.submit(ChatRequest(message="queued before the damage"), caller="early")
         damaged = await damage_types(runtime.redis)
         caplog.clear()
-        answers = await read_everything(runtime)
+        answers = await read_everything(runtime, (early,))
         assert answers["check_health"]["status"] != "down"
         assert answers["get_ai_usage_stats"]["totals"]["requests"] == 0, "a damaged total counts as empty"
         warned = warned_keys(caplog)
@@ -157,7 +168,7 @@ async def test_every_shared_key_of_the_wrong_type_leaves_every_read_answering(ow
         assert result.ai_response
         skipped = f"{keys.USAGE_TOTAL}: job {job_id}'s usage was not added"
         assert sum(skipped in r.getMessage() for r in caplog.records) == 1, "the damaged total, named once"
-        counted = await runtime.redis.hgetall(keys.usage_model(settings.default_model))
+        counted = await runtime.redis.hgetall(keys.usage_tenant(TENANT, f"model:{settings.default_model}"))
         assert counted[b"requests"] == b"1", "the keys that are not damaged still count the job"
 
 
