@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from messenger import usage
+from messenger.calls import unavailable
 from messenger.collector import Transcript, follow_events
 from messenger.guards import verified_tenant
 from messenger.health import live_workers, worker_rows
@@ -142,7 +143,7 @@ async def event_stream(runtime: Runtime) -> AsyncIterator[str]:
             try:
                 shot = await snapshot(runtime)
             except (RedisError, OSError) as e:
-                yield sse("problem", {"error": f"Redis unreachable: {type(e).__name__}"})
+                yield sse("problem", {"error": unavailable(e, runtime.settings).message})
             else:
                 yield sse("snapshot", shot)
                 for job in shot["in_flight"]:
