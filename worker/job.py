@@ -19,9 +19,8 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
 
-from shared import keys, prices, tracing
+from shared import damaged, keys, prices, tracing
 from shared.errors import JobStopped, McpQueueError, ReservationSpent, ToolRoundsExceeded, validation_message
 from shared.events import TokenUsage
 from shared.logs import redact
@@ -70,11 +69,7 @@ class WorkerState:
         if tenant not in self.defaults:
             found = ModelDefaults()
             for key in (keys.MODEL_DEFAULTS, keys.model_defaults(tenant)):
-                try:
-                    raw = await redis.get(key)
-                except ResponseError:  # not a string (written by hand): as if unset
-                    log.warning("ignoring %s: it is not a string", key)
-                    raw = None
+                raw = await damaged.read(redis.get(key), key, None)  # not a string: as if unset
                 try:
                     found = (ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()).over(found)
                 except ValidationError:
