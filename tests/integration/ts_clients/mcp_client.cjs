@@ -1,0 +1,82 @@
+// One MCP client run with a TypeScript SDK nobody on this project wrote, for the pytest tests.
+//
+//   node mcp_client.cjs '<plan JSON>'
+//
+// plan: {sdk: "v1" | "v2", url, headers?, era?: "legacy" | "modern" (v2 only), messages: [text, ...]}
+// It connects over streamable HTTP, lists tools and prompts, calls send_message_to_ai once per message
+// (all at once) with an onprogress handler that records each notification's `message` and `_meta`,
+// and prints ONE JSON line of what it saw. Errors are recorded, never thrown, so the test can say which.
+// The SDKs come from the npm cache the tests install (NODE_PATH points at its node_modules).
+'use strict';
+
+const fs = require('node:fs');
+const path = require('node:path');
+
+const plan = JSON.parse(process.argv[2]);
+
+function versionOf(entry) {
+  // the nearest package.json above the entry point (v2 does not export ./package.json)
+  for (let dir = path.dirname(require.resolve(entry)); ; dir = path.dirname(dir)) {
+    const file = path.join(dir, 'package.json');
+    if (fs.existsSync(file) && JSON.parse(fs.readFileSync(file, 'utf8')).name) return JSON.parse(fs.readFileSync(file, 'utf8')).version;
+  }
+}
+
+function sdk(name) {
+  if (name === 'v1') {
+    const { Client } = require('@modelcontextprotocol/sdk/client/index.js');
+    const { StreamableHTTPClientTransport } = require('@modelcontextprotocol/sdk/client/streamableHttp.js');
+    const version = versionOf('@modelcontextprotocol/sdk/client/index.js');
+    return { Client, StreamableHTTPClientTransport, version, options: {} };
+  }
+  const { Client, StreamableHTTPClientTransport } = require('@modelcontextprotocol/client');
+  const version = versionOf('@modelcontextprotocol/client');
+  const mode = plan.era === 'modern' ? { pin: '2026-07-28' } : 'legacy';
+  return { Client, StreamableHTTPClientTransport, version, options: { versionNegotiation: { mode } } };
+}
+
+const text = (error) => String((error && error.message) || error);
+
+async function call(client, message) {
+  const notifications = [];
+  const seen = { message: message, notifications, result: null, isError: null, error: null };
+  try {
+    const params = { name: 'send_message_to_ai', arguments: { message } };
+    const options = {
+      timeout: 60000,
+      resetTimeoutOnProgress: true,
+      onprogress: (p) => notifications.push({ progress: p.progress, total: p.total, message: p.message, _meta: p._meta }),
+    };
+    const result = plan.sdk === 'v1' ? await client.callTool(params, undefined, options) : await client.callTool(params, options);
+    seen.result = result.structuredContent ?? null;
+    seen.isError = result.isError ?? false;
+  } catch (error) {
+    seen.error = text(error);
+  }
+  return seen;
+}
+
+async function main() {
+  const { Client, StreamableHTTPClientTransport, version, options } = sdk(plan.sdk);
+  const out = { sdk: plan.sdk, sdkVersion: version, errors: [] };
+  const client = new Client({ name: `mcp-queue-test-${plan.sdk}`, version: '1.0.0' }, options);
+  client.onerror = (error) => out.errors.push(text(error));
+  const transport = new StreamableHTTPClientTransport(new URL(plan.url), { requestInit: { headers: plan.headers || {} } });
+  try {
+    await client.connect(transport);
+    out.protocolVersion = client.getNegotiatedProtocolVersion ? client.getNegotiatedProtocolVersion() : transport.protocolVersion;
+    out.sessionId = transport.sessionId ?? null;
+    out.server = client.getServerVersion();
+    out.capabilities = client.getServerCapabilities();
+    out.tools = (await client.listTools()).tools.map((t) => t.name);
+    if (out.capabilities && out.capabilities.prompts) out.prompts = (await client.listPrompts()).prompts.map((p) => p.name);
+    out.calls = await Promise.all((plan.messages || []).map((m) => call(client, m)));
+  } catch (error) {
+    out.errors.push(text(error));
+  } finally {
+    await client.close().catch((error) => out.errors.push(text(error)));
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+}
+
+main();
