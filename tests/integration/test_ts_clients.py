@@ -1,15 +1,18 @@
-"""The TypeScript SDKs nobody on this project wrote (v1 `@modelcontextprotocol/sdk`, v2
-`@modelcontextprotocol/client`) against a real messenger over streamable HTTP, real worker processes
-and a real Redis: each client lists tools and prompts and calls send_message_to_ai with an onprogress
-handler; ts_clients/mcp_client.cjs prints what it saw as one JSON line.
+"""Clients nobody on this project wrote against real messengers over streamable HTTP, real worker
+processes and a real Redis: the TypeScript SDKs (v1 `@modelcontextprotocol/sdk`, v2
+`@modelcontextprotocol/client`), each listing tools and prompts and calling send_message_to_ai with an
+onprogress handler (ts_clients/mcp_client.cjs prints what it saw as one JSON line), on one replica and
+behind a per-request round-robin proxy over three; and the MCP conformance suite's server scenarios.
 
-The packages and Node 22 come from the npm registry (tests/integration/node_tools.py); one messenger
-and its workers serve every test of this module, so the clients cost about a second each.
+The packages and Node 22 come from the npm registry (tests/integration/node_tools.py); one set of
+replicas, workers and proxy serves every test of this module, so a client costs about a second.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 from mcp_helpers import HttpMessenger, messenger_env, running_messengers
 from node_tools import PACKAGES, NodeTools
 from processes import WorkerProcesses
+from proxy import RunningProxy, proxy_in_thread
 
 from worker.providers.mock import mock_reply
 
@@ -31,21 +35,32 @@ def whole_answer(prompt: str) -> str:
 
 @dataclass
 class Stack:
-    messenger: HttpMessenger
+    replicas: list[HttpMessenger]
+    proxy: RunningProxy  # round-robin over the replicas, per request
     workers: WorkerProcesses
+
+    @property
+    def url(self) -> str:
+        """One replica's MCP URL (no proxy)."""
+        return self.replicas[0].url
 
 
 @pytest.fixture(scope="module")
 def stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
-    """One `messenger serve --transport http` and two worker processes on the session's Redis; 5 ms
-    between mock tokens, so an answer spans several progress notifications."""
+    """Three `messenger serve --transport http` replicas behind a round-robin proxy and two worker
+    processes, on the session's Redis; 5 ms between mock tokens, so an answer spans several
+    progress notifications."""
     redis_server.client().flushall()
     tmp = tmp_path_factory.mktemp("ts-clients")
     workers = WorkerProcesses(redis_server, tmp)
     try:
         workers.start(redis_server.url, count=2, MOCK_TOKEN_DELAY_MS="5")
         with running_messengers(tmp) as messengers:
-            yield Stack(messengers.http(messenger_env(redis_server.url)), workers)
+            replicas = [messengers.http(messenger_env(redis_server.url), wait=False) for _ in range(3)]
+            for replica in replicas:
+                replica.wait_ready()
+            with proxy_in_thread([replica.url for replica in replicas]) as proxy:
+                yield Stack(replicas, proxy, workers)
     finally:
         workers.stop_all()
 
@@ -83,7 +98,7 @@ CLIENTS = [  # (sdk, era, the protocol version it must end up speaking)
 @pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS)
 def test_ts_sdk_lists_and_streams_exact_answers(node_tools, stack, sdk, era, protocol):
     messages = [f"hello from TS {sdk} {era}", f"a second call from TS {sdk} {era}, at the same time"]
-    seen = run_client(node_tools, sdk, stack.messenger.url, era, messages=messages)
+    seen = run_client(node_tools, sdk, stack.url, era, messages=messages)
     package = "@modelcontextprotocol/sdk" if sdk == "v1" else "@modelcontextprotocol/client"
     assert seen["sdkVersion"] == PACKAGES[package]
     assert seen["protocolVersion"] == protocol
@@ -92,3 +107,64 @@ def test_ts_sdk_lists_and_streams_exact_answers(node_tools, stack, sdk, era, pro
     assert QUEUE_TOOLS <= set(seen["tools"])
     assert isinstance(seen["prompts"], list)
     assert_exact_answers(seen, messages)
+
+
+def test_ts_sdk_v2_in_the_stateless_era_behind_a_round_robin_proxy(node_tools, stack):
+    """2026-07-28 keeps no session: each request may land on any replica, and every answer is exact."""
+    messages = [f"stateless call {n} through the proxy" for n in range(4)]
+    before = len(stack.proxy.served)
+    seen = run_client(node_tools, "v2", stack.proxy.url, "modern", messages=messages)
+    assert seen["protocolVersion"] == "2026-07-28"
+    assert_exact_answers(seen, messages)
+    served = stack.proxy.served[before:]
+    assert [str(s) for s in served if s.status >= 400] == []
+    assert set(stack.proxy.backends_of("tools/call")) == {0, 1, 2}  # every replica served a call
+
+
+# The conformance suite's server scenarios, by what they need. Its fixture scenarios call tools,
+# prompts and resources named test_* / test://… that only its own reference server has, or need a
+# server that asks the client for sampling or elicitation (the messenger never does).
+CONFORMANCE_PASSING = {
+    "server-initialize", "ping", "tools-list", "resources-list", "prompts-list",
+    "server-sse-multiple-streams", "dns-rebinding-protection",
+    # these two call a fixture tool; they pass on the messenger's `isError` "Unknown tool" text result
+    "tools-call-simple-text", "tools-call-error",
+}  # fmt: skip
+CONFORMANCE_FIXTURES = {
+    "tools-call-image", "tools-call-audio", "tools-call-embedded-resource", "tools-call-mixed-content",
+    "tools-call-with-logging", "tools-call-with-progress", "tools-call-sampling", "tools-call-elicitation",
+    "elicitation-sep1034-defaults", "elicitation-sep1330-enums", "resources-read-text",
+    "resources-read-binary", "resources-templates-read", "prompts-get-simple", "prompts-get-with-args",
+    "prompts-get-embedded-resource", "prompts-get-with-image",
+    "completion-complete",  # completes an argument of the fixture prompt test_prompt_with_arguments
+    "resources-subscribe", "resources-unsubscribe",  # to test://watched-resource
+}  # fmt: skip
+CONFORMANCE_PENDING = {"logging-set-level"}  # logging/setLevel: issue 18, not on main yet
+SCENARIO_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
+
+
+def conformance_checks(node_tools: NodeTools, url: str, out: Path) -> dict[str, list[dict]]:
+    """Run `conformance server` (its active suite) against `url`; each scenario's checks."""
+    command = [node_tools.bin("conformance"), "server", "--url", url, "-o", str(out)]
+    done = subprocess.run(command, env=node_tools.env, capture_output=True, text=True, timeout=110)
+    checks = {}
+    for folder in out.iterdir():
+        match = SCENARIO_DIR.match(folder.name)
+        assert match, f"unexpected output {folder.name}:\n{done.stdout[-3000:]}"
+        checks[match["scenario"]] = json.loads((folder / "checks.json").read_text())
+    assert checks, (
+        f"the conformance suite ran no scenario (exit {done.returncode}):\n{done.stdout}{done.stderr}"
+    )
+    return checks
+
+
+def test_conformance_server_scenarios_pass_except_those_of_its_own_fixtures(node_tools, stack, tmp_path):
+    checks = conformance_checks(node_tools, stack.url, tmp_path)
+    assert set(checks) == CONFORMANCE_PASSING | CONFORMANCE_FIXTURES | CONFORMANCE_PENDING
+    failed = {
+        f"{scenario}: {check['id']} {check['status']} {check.get('errorMessage')}"
+        for scenario in CONFORMANCE_PASSING
+        for check in checks[scenario]
+        if check["status"] != "SUCCESS"
+    }
+    assert failed == set()
