@@ -2,10 +2,13 @@
 //
 //   node mcp_client.cjs '<plan JSON>'
 //
-// plan: {sdk: "v1" | "v2", url, headers?, era?: "legacy" | "modern" (v2 only), messages: [text, ...]}
-// It connects over streamable HTTP, lists tools and prompts, calls send_message_to_ai once per message
-// (all at once) with an onprogress handler that records each notification's `message` and `_meta`,
-// and prints ONE JSON line of what it saw. Errors are recorded, never thrown, so the test can say which.
+// plan: {sdk: "v1" | "v2", url, headers?, era?: "legacy" | "modern" (v2 only), messages?: [text, ...],
+//        logLevel?: "info", getPrompt?: {name, arguments}, complete?: {ref, argument, context?}}
+// It connects over streamable HTTP, lists tools and prompts, runs the optional steps (setLoggingLevel,
+// getPrompt, complete: each recorded as {ok: result} or {error: text}), calls send_message_to_ai once
+// per message (all at once) with an onprogress handler that records each notification's `message` and
+// `_meta`, and prints ONE JSON line of what it saw, with every other notification the server sent.
+// Errors are recorded, never thrown, so the test can say which.
 // The SDKs come from the npm cache the tests install (NODE_PATH points at its node_modules).
 'use strict';
 
@@ -56,11 +59,20 @@ async function call(client, message) {
   return seen;
 }
 
+async function step(run) {
+  try {
+    return { ok: await run() };
+  } catch (error) {
+    return { error: text(error) };
+  }
+}
+
 async function main() {
   const { Client, StreamableHTTPClientTransport, version, options } = sdk(plan.sdk);
-  const out = { sdk: plan.sdk, sdkVersion: version, errors: [] };
+  const out = { sdk: plan.sdk, sdkVersion: version, errors: [], notifications: [] };
   const client = new Client({ name: `mcp-queue-test-${plan.sdk}`, version: '1.0.0' }, options);
   client.onerror = (error) => out.errors.push(text(error));
+  client.fallbackNotificationHandler = async (n) => out.notifications.push({ method: n.method, params: n.params });
   const transport = new StreamableHTTPClientTransport(new URL(plan.url), { requestInit: { headers: plan.headers || {} } });
   try {
     await client.connect(transport);
@@ -70,6 +82,9 @@ async function main() {
     out.capabilities = client.getServerCapabilities();
     out.tools = (await client.listTools()).tools.map((t) => t.name);
     if (out.capabilities && out.capabilities.prompts) out.prompts = (await client.listPrompts()).prompts.map((p) => p.name);
+    if (plan.logLevel) out.logLevel = await step(() => client.setLoggingLevel(plan.logLevel));
+    if (plan.getPrompt) out.prompt = await step(() => client.getPrompt(plan.getPrompt));
+    if (plan.complete) out.completion = await step(() => client.complete(plan.complete));
     out.calls = await Promise.all((plan.messages || []).map((m) => call(client, m)));
   } catch (error) {
     out.errors.push(text(error));
