@@ -33,6 +33,9 @@ def whole_answer(prompt: str) -> str:
     return "".join(mock_reply([{"role": "user", "content": prompt}]))
 
 
+WORKER_ENV = {"MOCK_TOKEN_DELAY_MS": "20", "WORKER_CONCURRENCY": "2", "WORKER_LEASE_SECONDS": "2"}
+
+
 @dataclass
 class Stack:
     replicas: list[HttpMessenger]
@@ -48,13 +51,14 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
     """Three `messenger serve --transport http` replicas behind a round-robin proxy and two worker
-    processes, on the session's Redis; 5 ms between mock tokens, so an answer spans several
-    progress notifications."""
+    processes with two slots each, on the session's Redis. 20 ms between mock tokens: an answer spans
+    several progress notifications and a worker can be killed mid-stream; the 2 s lease lets
+    another worker re-run a killed worker's job soon."""
     redis_server.client().flushall()
     tmp = tmp_path_factory.mktemp("ts-clients")
     workers = WorkerProcesses(redis_server, tmp)
     try:
-        workers.start(redis_server.url, count=2, MOCK_TOKEN_DELAY_MS="5")
+        workers.start(redis_server.url, count=2, **WORKER_ENV)
         with running_messengers(tmp) as messengers:
             replicas = [messengers.http(messenger_env(redis_server.url), wait=False) for _ in range(3)]
             for replica in replicas:
