@@ -43,7 +43,6 @@ class WorkerProcesses:
 
     def start(self, redis_url: str, count: int = 1, **env: str) -> list[subprocess.Popen]:
         client = self.redis_server.client()
-        before = len(list(client.scan_iter("mcpq:worker:*")))
         started = []
         for _ in range(count):
             log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")
@@ -57,7 +56,9 @@ class WorkerProcesses:
             self.procs.append(proc)
             started.append(proc)
         deadline = time.monotonic() + 20
-        while len(list(client.scan_iter("mcpq:worker:*"))) < before + count:
+        while not {p.pid for p in started} <= beating_pids(
+            client
+        ):  # a dead worker's beat may lapse meanwhile
             if time.monotonic() > deadline or any(p.poll() is not None for p in started):
                 raise RuntimeError(f"workers did not start; see {self.tmp}/worker-*.log")
             time.sleep(0.05)
@@ -87,6 +88,15 @@ def start_openai_workers(workers: WorkerProcesses, redis_url: str, server, count
         OPENAI_API_KEY=OPENAI_TEST_KEY,
         **env,
     )
+
+
+def beating_pids(client) -> set[int]:
+    """The pids in the worker heartbeats in Redis (sync client); junk in a heartbeat key is skipped."""
+    pids = set()
+    for key in client.scan_iter("mcpq:worker:*"):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            pids.add(int(json.loads(client.get(key))["pid"]))
+    return pids
 
 
 def worker_ids(client) -> set[str]:
