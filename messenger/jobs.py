@@ -129,14 +129,8 @@ class JobClient:
     ) -> list[JobResult]:
         """Recent jobs, newest first; with a `reader`, only the jobs it owns."""
         window = keys.RECENT_JOBS_KEPT if reader is not None else max(limit * 4, 200)
-        recent = await self._recent(window)
-        if reader is not None and recent:
-            owners = await self.redis.mget([keys.owner(job_id) for job_id in recent])
-            recent = [
-                job_id for job_id, owner in zip(recent, owners, strict=True) if owner == reader.encode()
-            ]
         jobs: list[JobResult] = []
-        for job_id in recent:
+        for job_id in await self.recent_ids(reader, window):
             try:
                 job = await self.get(job_id)
             except JobNotFound:
@@ -146,6 +140,16 @@ class JobClient:
                 if len(jobs) >= limit:
                     break
         return jobs
+
+    async def recent_ids(self, reader: str | None, window: int = keys.RECENT_JOBS_KEPT) -> list[str]:
+        """The newest `window` job ids, newest first; with a `reader`, only those it owns."""
+        recent = await self._recent(window)
+        if reader is not None and recent:
+            owners = await self.redis.mget([keys.owner(job_id) for job_id in recent])
+            recent = [
+                job_id for job_id, owner in zip(recent, owners, strict=True) if owner == reader.encode()
+            ]
+        return recent
 
     async def _recent(self, window: int) -> list[str]:
         """The newest job ids of RECENT_JOBS; a member that is not a job id is logged and skipped."""

@@ -1,5 +1,6 @@
-"""The MCP server: the tools (messenger/tools.py), the forwarded `server/tool` tools, the resources,
-the MCP tasks extension and the `/health` and `/metrics` routes, assembled around one Runtime.
+"""The MCP server: the tools (messenger/tools.py), the forwarded `server/tool` tools, the resources
+and their subscriptions, the prompts and completions, the MCP tasks extension and the `/health` and
+`/metrics` routes, assembled around one Runtime.
 
 The Runtime (Redis, hub, embedded worker) is opened once per process, not per MCP session.
 """
@@ -19,8 +20,10 @@ from messenger.aggregate import exposed_tools
 from messenger.calls import remember_headers
 from messenger.health import health, seen_by_tenant
 from messenger.metrics import metrics_route
+from messenger.prompts import add_prompts
 from messenger.resources import add_resources
 from messenger.runtime import Runtime
+from messenger.subscriptions import serve_subscriptions
 from messenger.tasks.extension import JobTasks
 from messenger.tenants import tenants_for
 from messenger.tools import QueueTools
@@ -59,8 +62,11 @@ def build_server(runtime: Runtime) -> MCPServer:
         + exposed_tools(runtime),
         extensions=[tasks],
         middleware=[remember_headers, runtime.metrics.middleware, tasks.middleware],
+        subscriptions=False,  # no subscriptions/listen (2026-07-28): job:// updates are 2025-11-25's subscribe
     )
     add_resources(mcp, runtime, tools.identity)
+    add_prompts(mcp, runtime)
+    serve_subscriptions(mcp, runtime)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health_route(_: Request) -> JSONResponse:

@@ -79,6 +79,16 @@ def owner(job_id: str) -> str:
     return OWNER_PREFIX + job_id
 
 
+# job:// resource subscriptions of one MCP session (2025-11-25, HTTP): set of uris; any replica's
+# resources/unsubscribe removes one, and the replica following that job stops notifying
+SUBSCRIPTIONS_PREFIX = "mcpq:subscriptions:"
+SUBSCRIPTIONS_TTL_SECONDS = 86_400  # from the latest subscribe of the session
+
+
+def subscriptions(session_id: str) -> str:
+    return SUBSCRIPTIONS_PREFIX + session_id
+
+
 # usage and cost, summed by every worker (hashes of counters: requests, completed, failed, cancelled,
 # prompt_tokens, completion_tokens, total_tokens, cost_usd, unpriced, latency_ms)
 USAGE_TOTAL = "mcpq:usage:total"

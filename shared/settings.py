@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     )
     tool_max_rounds: int = Field(8, ge=1, le=100)  # model turns that may ask for tools, per job
     tool_call_timeout_seconds: float = Field(60, gt=0, le=3600)
+    # MCP prompts (messenger/prompts.py): a directory of *.toml prompt files; unset: the repo's prompts/
+    prompts_dir: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
