@@ -8,6 +8,7 @@ RUN uv sync --locked --no-dev --no-install-project
 COPY shared ./shared
 COPY worker ./worker
 COPY messenger ./messenger
+COPY prompts ./prompts
 RUN uv sync --locked --no-dev && useradd --uid 10001 --no-create-home app
 USER app
 ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
