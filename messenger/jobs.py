@@ -27,6 +27,7 @@ from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus, ToolCallRequest
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
+from shared.turns import queue_position
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # fullmatch: "$" would let a trailing newline in
 
@@ -104,7 +105,10 @@ class JobClient:
             return transcript.result(), False  # ended a moment ago; arq is storing the same result now
         if stored.running or stored.queued or await held_by_worker(self.redis, job_id):
             status = "queued" if stored.queued and not stored.running else "running"
-            return _pending(transcript, status), False
+            pending = _pending(transcript, status)
+            if status == "queued":
+                pending.queue_position = await queue_position(self.redis, job_id)
+            return pending, False
         if transcript.final:  # ended, but the stored result and some of its events are gone
             lost = JobResult(job_id=job_id, status="failed", attempt=transcript.attempt, error=_LOST_ANSWER)
             return lost, True

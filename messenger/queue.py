@@ -12,7 +12,7 @@ import uuid
 from arq.jobs import serialize_job
 
 from messenger import admission, usage
-from shared import keys, tracing
+from shared import keys, tracing, turns
 from shared.errors import InvalidRequest, QueueFull, ToolServerError
 from shared.models import ChatRequest, ToolCallRequest
 from shared.scripts import Arg, Key, script
@@ -24,20 +24,27 @@ from shared.tool_config import unknown_servers_message
 # arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
 # also records the owner and the job as recent and wakes the workers with its id: one round trip.
 # A recent-jobs index of the wrong type (written by hand) cannot be read, so it is started afresh.
-@script("""
+# Its score is the caller's next turn in its priority's band (shared/turns.py), not the time.
+@script(
+    """
 if redis.call('EXISTS', job, result) > 0 then return 0 end
 local depth = redis.call('ZCARD', queue)
 if depth >= max_depth then return -depth end
 redis.call('SET', owner, caller, 'EX', owner_ttl_s)
 redis.call('PSETEX', job, job_ttl_ms, payload)
-redis.call('ZADD', queue, now_ms, job_id)
+local tenant = caller
+"""
+    + turns.PLACE_LUA
+    + """
+redis.call('ZADD', queue, turn, job_id)
 local kind = redis.call('TYPE', recent).ok
 if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', recent) end  -- damaged: an unreadable index
 redis.call('ZADD', recent, now_ms, job_id)
 redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
 redis.call('PUBLISH', wakeup, job_id)
 return 1
-""")
+"""
+)
 async def enqueue_job(
     redis,
     *,
@@ -47,6 +54,7 @@ async def enqueue_job(
     recent: Key,
     wakeup: Key,
     owner: Key,
+    turns: Key,
     job_id: Arg[str],
     payload: Arg[bytes],
     now_ms: Arg[int],
@@ -55,6 +63,8 @@ async def enqueue_job(
     max_depth: Arg[int],
     caller: Arg[str],
     owner_ttl_s: Arg[int],
+    band: Arg[int],
+    band_width: Arg[int],
 ) -> int:
     """1 once queued; 0 if the id is taken (queued, running or ended); -depth if the queue is full."""
     ...
@@ -81,7 +91,7 @@ class JobQueue:
         `call_tool` job: no model, no budget. Raises QueueFull, Refused, ToolServerError."""
         job_id = job_id or new_job_id()
         if isinstance(request, ToolCallRequest):
-            await self._write(job_id, "call_tool", request.model_dump(), caller)
+            await self._write(job_id, "call_tool", request.model_dump(), caller, priority=None)
             return job_id
         if request.mcp_servers:
             unknown = [n for n in request.mcp_servers if n not in self.settings.mcp_servers]
@@ -92,14 +102,19 @@ class JobQueue:
             request = admission.pinned(request, await usage.model_defaults(self.redis, caller), self.settings)
             await admission.admit(self.redis, self.settings, request, job_id=job_id, caller=caller)
         try:
-            await self._write(job_id, "chat", request.model_dump(exclude_none=True), caller)
+            payload = request.model_dump(
+                exclude_none=True, exclude={"priority"}
+            )  # the queue's, not the model's
+            await self._write(job_id, "chat", payload, caller, priority=request.priority)
         except BaseException:
             if admitting:
                 await admission.release(self.redis, job_id)
             raise
         return job_id
 
-    async def _write(self, job_id: str, function: str, request: dict, caller: str) -> None:
+    async def _write(
+        self, job_id: str, function: str, request: dict, caller: str, *, priority: str | None
+    ) -> None:
         now_ms = int(time.time() * 1000)
         trace = tracing.current_carrier()  # the caller's trace, when there is one, goes with the job
         payload = serialize_job(
@@ -115,6 +130,7 @@ class JobQueue:
             wakeup=keys.WAKEUP_CHANNEL, owner=keys.owner(job_id), job_id=job_id, payload=payload,
             now_ms=now_ms, job_ttl_ms=keys.JOB_EXPIRES_MS, recent_kept=keys.RECENT_JOBS_KEPT,
             max_depth=self.settings.max_queue_depth, caller=caller, owner_ttl_s=owner_ttl,
+            turns=keys.TURNS, band=turns.band(priority), band_width=turns.BAND_WIDTH,
         )  # fmt: skip
         if added < 0:
             raise QueueFull(-added, self.settings.max_queue_depth)

@@ -34,6 +34,7 @@ from shared.models import (
     MessageText,
     ModelDefaults,
     ModelName,
+    QueuePriority,
     Temperature,
     effective,
 )
@@ -129,6 +130,7 @@ class QueueTools:
         max_tokens: MaxTokens = None,
         conversation_id: ConversationId = None,
         mcp_servers: McpServers = None,
+        priority: QueuePriority = None,
     ) -> JobResult:
         """Ask the model and wait for the whole answer; tokens stream as progress notifications.
 
@@ -137,6 +139,7 @@ class QueueTools:
         request = chat_request(
             message=message, context=context, model=model, temperature=temperature,
             max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
+            priority=priority,
         )  # fmt: skip
         relay = ProgressRelay(ctx, request.max_tokens or self.settings.openai_max_tokens)
         timeout = self.settings.job_timeout_seconds + 60
@@ -161,11 +164,13 @@ class QueueTools:
         max_tokens: MaxTokens = None,
         conversation_id: ConversationId = None,
         mcp_servers: McpServers = None,
+        priority: QueuePriority = None,
     ) -> JobResult:
         """Queue a model call and return its job id at once; poll with get_job or wait_for_job."""
         request = chat_request(
             message=message, context=context, model=model, temperature=temperature,
             max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
+            priority=priority,
         )  # fmt: skip
         job_id = await self._guard(self.runtime.queue.submit(request, caller=self.identity(ctx).name))
         return JobResult(job_id=job_id, status="queued")

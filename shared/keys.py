@@ -170,3 +170,8 @@ def spent_day(day: str) -> str:
 
 def rate(caller: str, minute: int) -> str:
     return f"{RATE_PREFIX}{caller}:{minute}"
+
+
+# priorities and fair turns (shared/turns.py): hash of each tenant's next turn per priority band
+# ("next:<band>:<tenant>") and each band's last turn given ("last:<band>")
+TURNS = "mcpq:turns"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from shared.tool_config import SERVER_NAME
+from shared.turns import Priority
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -42,6 +43,12 @@ MaxTokens = Annotated[
     int | None, Field(ge=1, le=MAX_TOKENS_LIMIT, description="Upper bound on the reply's length in tokens.")
 ]
 ConversationId = Annotated[str | None, Field(description="Keep turns together under this id.")]
+QueuePriority = Annotated[
+    Priority | None,
+    Field(
+        description="high, normal (the default) or low: higher runs first; within one, API keys take turns."
+    ),
+]
 McpServers = Annotated[
     list[str] | None,
     Field(
@@ -63,6 +70,7 @@ class ChatRequest(BaseModel):
     max_tokens: MaxTokens = None
     conversation_id: ConversationId = None
     mcp_servers: McpServers = None
+    priority: QueuePriority = None  # the queue's order, never sent to the model (see shared/turns.py)
 
     @field_validator("message")
     @classmethod
@@ -197,6 +205,7 @@ class JobResult(_Camel):
     status: JobStatus
     ai_response: str = ""
     model: str | None = None
+    fallback_from: str | None = None  # MODEL_FALLBACKS: the model first asked, when `model` answered instead
     usage: ResultUsage = Field(default_factory=ResultUsage)
     processing_time: float | None = None  # seconds from job start to its last event
     finish_reason: str | None = None
@@ -204,3 +213,4 @@ class JobResult(_Camel):
     worker_id: str | None = None
     attempt: int = 0
     tool_calls: list[ToolCallRecord] = []
+    queue_position: int | None = None  # while queued: 1 is the next job a free worker takes

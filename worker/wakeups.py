@@ -27,7 +27,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from shared import dead_letter, keys
+from shared import dead_letter, keys, turns
 from shared.connection import redacted
 from shared.errors import QueueUnavailable
 from shared.scripts import Arg, Args, Key, script
@@ -226,7 +226,9 @@ class QueueWorker(Worker):
             await self.sem.acquire()  # never waits: the script claimed no more than the free slots
             self.job_counter += 1
             due = float(score)
-            task = self.loop.create_task(self.run_job(raw_id.decode(), int(due) if math.isfinite(due) else 0))
+            # a turn (shared/turns.py) is not a time: arq would log it as a delay of decades
+            due = due if math.isfinite(due) and not turns.is_turn(due) else time.time() * 1000
+            task = self.loop.create_task(self.run_job(raw_id.decode(), int(due)))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[raw_id.decode()] = task
 
