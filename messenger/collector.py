@@ -48,6 +48,7 @@ class Transcript:
         self.tokens = 0
         self.status = "queued"
         self.model: str | None = None
+        self.fallback_from: str | None = None
         self.worker_id: str | None = None
         self.usage: ResultUsage | None = None
         self.finish_reason: str | None = None
@@ -104,6 +105,7 @@ class Transcript:
                 record.duration_ms = event.duration_ms
         elif isinstance(event, DoneEvent):
             self.status, self.model, self.finish_reason = "completed", event.model, event.finish_reason
+            self.fallback_from = event.fallback_from
             self.usage = ResultUsage(**event.usage.model_dump(), estimated_cost=event.cost)
         elif isinstance(event, ErrorEvent):
             self.status, self.error = "failed", event.error
@@ -121,6 +123,7 @@ class Transcript:
             status=self.status,  # type: ignore[arg-type]
             ai_response=self.text,
             model=self.model,
+            fallback_from=self.fallback_from,
             usage=self.usage or ResultUsage(completion_tokens=self.tokens),
             processing_time=elapsed,
             finish_reason=self.finish_reason,

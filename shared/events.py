@@ -45,6 +45,7 @@ class DoneEvent(_Event):
     cost: float | None  # None: the model has no known price (never reported as $0)
     finish_reason: str | None
     model: str
+    fallback_from: str | None = None  # MODEL_FALLBACKS: the model first asked, when `model` answered instead
 
 
 class ToolCallEvent(_Event):
@@ -91,6 +92,8 @@ def parse_event(raw: bytes | str) -> Event:
 
 
 def dump_event(event: Event) -> bytes:
+    if isinstance(event, DoneEvent) and event.fallback_from is None:  # the wire format as before fallbacks
+        return event.model_dump_json(exclude={"fallback_from"}).encode()
     return event.model_dump_json().encode()
 
 

@@ -46,6 +46,7 @@ TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # safe inside Redis key names
 OPERATOR = "operator"  # the operator's own name (MCP_ADMIN_KEY, stdio, the CLI); no tenant may take it
 UNOWNED = "unowned"  # a queued job whose owner record is gone (evicted, deleted by hand): nobody's data
 ALL_TENANTS = "*"  # in TENANT_LIMITS: the limits of every tenant without its own entry
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")  # what a request's `model` may be
 
 
 class TenantLimits(BaseModel):
@@ -62,6 +63,28 @@ class TenantLimits(BaseModel):
 def derived_tenant_name(token: str) -> str:
     """The tenant name of a token from the plain MCP_API_KEY list: `key-` + 8 hex of its SHA-256."""
     return "key-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+PROVIDER_KINDS = ("mock", "openai", "bedrock")
+
+
+class ProviderConfig(BaseModel):
+    """One entry of PROVIDERS: a provider a model names by prefix (`<name>/<model>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["mock", "openai", "bedrock"]
+    base_url: str | None = None  # openai: the server (unset: the OpenAI API)
+    api_key: SecretStr | None = None  # openai: the key itself ...
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )  # ... or the variable holding it
+    region: str | None = None  # bedrock: unset, AWS_REGION
+
+    def key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
 class Settings(BaseSettings):
@@ -118,6 +141,9 @@ class Settings(BaseSettings):
     prompts_dir: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # fallbacks and providers (worker/fallbacks.py, worker/providers/__init__.py)
+    model_fallbacks: dict[str, list[str]] = {}  # JSON: {"gpt-4o": ["gpt-4o-mini", "mock/mock-1"], "*": [...]}
+    providers: dict[str, ProviderConfig] = {}  # JSON: {"local": {"kind": "openai", "base_url": "..."}}
 
     @field_validator("redis_url")
     @classmethod
@@ -158,6 +184,25 @@ class Settings(BaseSettings):
                 ) from None
             self.model_prices = {**parsed, **(self.model_prices or {})}
         return self
+
+    @field_validator("model_fallbacks")
+    @classmethod
+    def _fallback_names(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for model, chain in v.items():
+            for name in [model, *chain]:
+                if name != ALL_TENANTS and not MODEL_NAME.fullmatch(name):
+                    raise ValueError(f"{name!r} is not a model name (letters, digits and . _ : / @ + -)")
+        return v
+
+    @field_validator("providers")
+    @classmethod
+    def _provider_names(cls, v: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name, config in v.items():
+            if not SERVER_NAME.fullmatch(name):
+                raise ValueError(f"provider name {name!r} must be 1-32 letters, digits, - or _")
+            if config.kind == "openai" and not (config.base_url or config.api_key or config.api_key_env):
+                raise ValueError(f"provider {name!r} (openai) needs base_url, api_key or api_key_env")
+        return v
 
     @field_validator("mcp_servers")
     @classmethod
@@ -253,11 +298,17 @@ class Settings(BaseSettings):
 
 # never echoed back (a mistyped URL may hold its password where no pattern can find it)
 _SECRET_FIELDS = {"openai_api_key", "mcp_api_key", "mcp_api_keys", "mcp_admin_key", "mcp_servers", "redis_url",
-                  "openai_base_url"}  # fmt: skip
+                  "openai_base_url", "providers"}  # fmt: skip
 _HINTS = {
     "model_prices": 'must be JSON like {"gpt-4o": [2.5, 10]} (USD per 1M prompt and completion tokens)',
     "mcp_api_keys": 'must be JSON like {"alice": "<key>", "bob": "<key>"} (tenant name to API key)',
 }
+_FALLBACKS_HINT = (
+    'must be JSON like {"gpt-4o": ["gpt-4o-mini", "mock/mock-1"]} (a model to the models after it)'
+)
+_PROVIDERS_HINT = (
+    'must be JSON like {"local": {"kind": "openai", "base_url": "http://...", "api_key_env": "LOCAL_KEY"}}'
+)
 _TENANT_LIMITS_HINT = (
     'must be JSON like {"alice": {"daily_usd": 5, "requests_per_minute": 60}, "*": {"hourly_usd": 1}} '
     "with per_request_usd, hourly_usd, daily_usd, requests_per_minute"
@@ -290,9 +341,12 @@ def load_settings(**overrides: Any) -> Settings:
     except PydanticSettingsError as e:  # a JSON setting that is not JSON
         field = re.search(r'field "(\w+)"', str(e))
         name = field.group(1) if field else "?"
-        hint = {"mcp_servers": _SERVERS_HINT, "tenant_limits": _TENANT_LIMITS_HINT}.get(
-            name, _HINTS.get(name, "must be valid JSON")
-        )
+        hint = {
+            "mcp_servers": _SERVERS_HINT,
+            "tenant_limits": _TENANT_LIMITS_HINT,
+            "model_fallbacks": _FALLBACKS_HINT,
+            "providers": _PROVIDERS_HINT,
+        }.get(name, _HINTS.get(name, "must be valid JSON"))
         raise SettingsError(f"{name.upper()}: {hint}") from None
     except ValidationError as e:
         err = e.errors()[0]
@@ -306,6 +360,10 @@ def load_settings(**overrides: Any) -> Settings:
             msg = _TENANT_LIMITS_HINT if len(err["loc"]) < 3 else f"{where}: {msg}"
         elif field == "mcp_servers" and err["type"] == "dict_type" and len(err["loc"]) == 1:
             msg = _SERVERS_HINT
+        elif field in ("providers", "model_fallbacks"):
+            where = ".".join(str(part) for part in err["loc"][1:])
+            shape = err["type"] in ("dict_type", "list_type", "model_type", "string_type")
+            msg = _FALLBACKS_HINT if field == "model_fallbacks" and shape else f"{where}: {msg}" if where else msg
         elif field == "mcp_servers" and len(err["loc"]) > 1:
             where = ".".join(str(part) for part in err["loc"][1:])
             msg = _SERVERS_HINT if err["type"] in ("dict_type", "model_type") else f"{where}: {msg}"
@@ -329,11 +387,13 @@ def keep_secrets(settings: Settings) -> None:
     if settings.openai_api_key:
         values.append(settings.openai_api_key.get_secret_value())
     values += [c.token.get_secret_value() for c in settings.mcp_servers.values() if c.token]
+    values += [key for c in settings.providers.values() if (key := c.key())]
     values += [v for c in settings.mcp_servers.values() for k, v in c.env.items() if _SECRET_NAME.search(k)]
     for url in (
         settings.redis_url,
         settings.openai_base_url,
         *(c.url for c in settings.mcp_servers.values()),
+        *(c.base_url for c in settings.providers.values()),
     ):
         with contextlib.suppress(ValueError):
             values.append(urlsplit(url or "").password or "")

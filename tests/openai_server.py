@@ -96,6 +96,7 @@ class Script:
     tool_rounds: int = 1
     tool_preamble: str = ""
     models_endpoint: bool = True  # False: GET /v1/models answers 404, like a server that has no such route
+    broken_models: tuple[str, ...] = ()  # chat completions for these models always answer HTTP 500
 
 
 @dataclass
@@ -230,6 +231,10 @@ class OpenAIServer:
         script = self._script
         body = received.body or {}
         model = body.get("model", "")
+        if model in script.broken_models:
+            with self._lock:
+                self.failed += 1
+            return _error(500, _default_error(500, model))
         if script.status is not None and self._take_failure(script):
             message = script.error_message or _default_error(script.status, model)
             headers = {"retry-after": f"{script.retry_after:g}"} if script.retry_after is not None else None

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 from shared.settings import Settings
-from worker.providers import make_provider
+from worker.providers import make_providers
 from worker.runner import build_worker
 
 
@@ -14,7 +14,7 @@ from worker.runner import build_worker
 async def embedded_worker(settings: Settings, metrics_registry=None):
     """Run one worker inside the current process (the messenger's embedded mode); its metrics go
     into `metrics_registry` (the messenger's) when given."""
-    await make_provider(settings).aclose()  # a provider that cannot start fails here, not in the background
+    await make_providers(settings).aclose()  # a provider that cannot start fails here, not in the background
     worker = build_worker(settings, handle_signals=False)
     worker.ctx["metrics_registry"] = metrics_registry
     task = asyncio.create_task(worker.async_run())

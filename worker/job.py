@@ -28,7 +28,7 @@ from shared.models import ChatRequest, ModelDefaults, ToolCallRequest, effective
 from shared.settings import OPERATOR, UNOWNED, Settings
 from shared.tokens import estimate_tokens
 from shared.tool_client import ToolServers
-from worker import accounting
+from worker import accounting, fallbacks
 from worker.history import earlier_turns
 from worker.metrics import WorkerMetrics
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd, ToolCall
@@ -227,7 +227,12 @@ async def _converse(run: JobRun, req: ChatRequest, call: ModelCall) -> StreamEnd
         if round_no > 1:
             await _check_reservation(run.redis, run.job_id, run.model, spent, call)
         turn = []
-        end = await _model_turn(run, call, turn)
+        if round_no == 1:  # MODEL_FALLBACKS: the first turn may go on with another model
+            end, call, run.fallback_from = await fallbacks.first_turn(
+                settings, run.job_id, call, turn, lambda c, t=turn: _model_turn(run, c, t)
+            )
+        else:
+            end = await _model_turn(run, call, turn)
         spent = _add(spent, end.usage if end else None)
         run.model, run.finish_reason = (end.model, end.finish_reason) if end else (run.model, None)
         turn_text, turn = "".join(turn), []

@@ -152,9 +152,13 @@ class EventPublisher:
         self.writer._schedule(self)
 
     async def done(
-        self, *, usage: TokenUsage, cost: float | None, finish_reason: str | None, model: str
-    ) -> None:
-        await self._write("done", usage=usage, cost=cost, finish_reason=finish_reason, model=model)
+        self, *, usage: TokenUsage, cost: float | None, finish_reason: str | None, model: str,
+        fallback_from: str | None = None,
+    ) -> None:  # fmt: skip
+        more = (
+            {"fallback_from": fallback_from} if fallback_from else {}
+        )  # the usual done event stays as it was
+        await self._write("done", usage=usage, cost=cost, finish_reason=finish_reason, model=model, **more)
 
     async def tool_call(self, **fields) -> None:
         await self._write("tool_call", **fields)

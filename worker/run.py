@@ -55,6 +55,7 @@ class JobRun:
         self.started = time.monotonic()
         self.tenant = OPERATOR
         self.model = model
+        self.fallback_from: str | None = None  # the model first asked, when another one answered
         self.text: list[str] = []
         self.finish_reason: str | None = None
         self.tool_calls: list[ToolCallRecord] = []
@@ -104,6 +105,7 @@ class JobRun:
             status=status,  # type: ignore[arg-type]
             ai_response="".join(self.text),
             model=self.model,
+            fallback_from=self.fallback_from,
             usage=ResultUsage(
                 **usage.model_dump(),
                 estimated_cost=prices.cost(self.model, usage.prompt_tokens, usage.completion_tokens),
@@ -123,6 +125,7 @@ class JobRun:
                 cost=result.usage.estimated_cost,
                 finish_reason=result.finish_reason,
                 model=self.model,
+                fallback_from=self.fallback_from,
             )
         elif result.status == "cancelled":
             await self.publisher.cancelled()

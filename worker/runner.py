@@ -20,7 +20,7 @@ from shared.tool_client import ToolServers
 from worker.heartbeat import beat_forever
 from worker.job import WorkerState, call_tool, chat
 from worker.metrics import MetricsServer, WorkerMetrics
-from worker.providers import make_provider
+from worker.providers import make_providers
 from worker.publisher import EventWriter
 from worker.wakeups import QueueWorker
 
@@ -39,7 +39,7 @@ def new_worker_id() -> str:
 async def startup(ctx: dict) -> None:
     settings: Settings = ctx["settings"]
     prices.configure(settings.model_prices)
-    provider = make_provider(settings)
+    provider = make_providers(settings)
     state = WorkerState(
         settings=settings,
         provider=provider,

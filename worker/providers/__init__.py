@@ -1,11 +1,33 @@
-"""Model providers behind one small interface; `make_provider` picks the configured one."""
+"""Model providers behind one small interface.
+
+`make_provider` builds one provider of a kind (AI_PROVIDER's, from its usual settings);
+`make_providers` builds what a worker calls: the default provider plus every other provider a model
+may name by prefix — `mock/mock-1`, `bedrock/…`, `openai/…` (from the same settings), or
+`<name>/<model>` for a PROVIDERS entry — so one job's fallback chain (MODEL_FALLBACKS) may cross
+providers. A prefix that names the default provider's own kind stays part of the model's name
+(OpenRouter's `openai/gpt-4o` on AI_PROVIDER=openai), so existing model names keep their meaning.
+"""
 
 from __future__ import annotations
 
-from shared.settings import Settings
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import replace
+
+from shared.settings import PROVIDER_KINDS, ProviderConfig, Settings
 from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd, ToolCall, ToolSpec
 
-__all__ = ["ModelCall", "Provider", "ProviderError", "StreamEnd", "ToolCall", "ToolSpec", "make_provider"]
+__all__ = [
+    "ModelCall",
+    "Provider",
+    "ProviderError",
+    "Providers",
+    "StreamEnd",
+    "ToolCall",
+    "ToolSpec",
+    "make_provider",
+    "make_providers",
+]
 
 
 def make_provider(settings: Settings) -> Provider:
@@ -34,3 +56,67 @@ def make_provider(settings: Settings) -> Provider:
     raise ProviderError(
         f"AI_PROVIDER={settings.ai_provider} is not available in this version; use mock, openai or bedrock"
     )
+
+
+def _from_config(name: str, config: ProviderConfig, settings: Settings) -> Provider:
+    """A PROVIDERS entry's provider; a bad entry stops the worker's start with one line."""
+    if config.kind == "openai":
+        from worker.providers.openai import OpenAIProvider
+
+        if config.api_key_env and not config.key() and not config.base_url:
+            raise ProviderError(
+                f"PROVIDERS: {name!r} reads its key from {config.api_key_env}, which is not set"
+            )
+        return OpenAIProvider(
+            api_key=config.key(), base_url=config.base_url,
+            timeout=settings.job_timeout_seconds, max_retries=settings.retry_attempts,
+        )  # fmt: skip
+    return make_provider(
+        settings.model_copy(update={"ai_provider": config.kind, "aws_region": config.region})
+    )
+
+
+class Providers(Provider):
+    """The default provider and the ones a model names by prefix; the StreamEnd of a prefixed model
+    names the model with its prefix, so a result says which provider answered."""
+
+    def __init__(self, settings: Settings, default: Provider):
+        self.settings = settings
+        self.default = default
+        self.name = default.name
+        self.named = {name: _from_config(name, c, settings) for name, c in settings.providers.items()}
+
+    def route(self, model: str) -> tuple[str | None, str]:
+        """(the provider's name, the model for it); (None, model) for the default provider."""
+        prefix, _, rest = model.partition("/")
+        if rest and (
+            prefix in self.named or (prefix in PROVIDER_KINDS and prefix != self.settings.ai_provider)
+        ):
+            return prefix, rest
+        return None, model
+
+    def _provider(self, name: str) -> Provider:
+        if name not in self.named:  # a built-in kind, from its usual settings, on first use
+            self.named[name] = make_provider(self.settings.model_copy(update={"ai_provider": name}))
+        return self.named[name]
+
+    async def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
+        name, model = self.route(call.model)
+        provider = self.default if name is None else self._provider(name)
+        async with aclosing(provider.stream(replace(call, model=model))) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, StreamEnd) and name is not None:
+                    piece = replace(piece, model=f"{name}/{piece.model}")
+                yield piece
+
+    async def check(self) -> str | None:
+        return await self.default.check()
+
+    async def aclose(self) -> None:
+        for provider in (self.default, *self.named.values()):
+            await provider.aclose()
+
+
+def make_providers(settings: Settings) -> Providers:
+    """What a worker calls: AI_PROVIDER's provider, and the others by prefix (see the module)."""
+    return Providers(settings, make_provider(settings))
