@@ -363,7 +363,10 @@ def load_settings(**overrides: Any) -> Settings:
         elif field in ("providers", "model_fallbacks"):
             where = ".".join(str(part) for part in err["loc"][1:])
             shape = err["type"] in ("dict_type", "list_type", "model_type", "string_type")
-            msg = _FALLBACKS_HINT if field == "model_fallbacks" and shape else f"{where}: {msg}" if where else msg
+            if field == "model_fallbacks" and shape:
+                msg = _FALLBACKS_HINT
+            elif where:
+                msg = f"{where}: {msg}"
         elif field == "mcp_servers" and len(err["loc"]) > 1:
             where = ".".join(str(part) for part in err["loc"][1:])
             msg = _SERVERS_HINT if err["type"] in ("dict_type", "model_type") else f"{where}: {msg}"

@@ -36,7 +36,11 @@ async def test_every_job_of_a_broken_model_completes_on_its_fallback_labelled(
             assert (result.model, result.fallback_from) == ("test-model", "broken-model")
             assert result.ai_response == "the spare answers"
             got = await runtime.jobs.get(result.job_id)
-            assert (got.model, got.fallback_from, got.ai_response) == ("test-model", "broken-model", result.ai_response)
+            assert (got.model, got.fallback_from, got.ai_response) == (
+                "test-model",
+                "broken-model",
+                result.ai_response,
+            )
     asked = [r.body["model"] for r in openai_server.chat_requests]
     assert asked.count("test-model") == JOBS and asked.count("broken-model") >= JOBS  # (the SDK retried 500s)
     client = redis_server.client()
@@ -59,15 +63,22 @@ async def test_a_fallback_crosses_providers_by_prefix_and_providers_table(
     with running_messengers(tmp_path) as messengers:
         url = messengers.http(messenger_env(redis_url)).url
         async with Client(url) as client, asyncio.timeout(60):
-            answer = await client.call_tool("send_message_to_ai", {"message": "hello there", "model": "broken-model"})
+            answer = await client.call_tool(
+                "send_message_to_ai", {"message": "hello there", "model": "broken-model"}
+            )
             out = answer.structured_content
             assert out is not None and out["status"] == "completed", out
             assert (out["model"], out["fallbackFrom"]) == ("mock/mock-1", "broken-model")
             assert out["aiResponse"] == "".join(mock_reply([{"role": "user", "content": "hello there"}]))
             got = (await client.call_tool("get_job", {"job_id": out["jobId"]})).structured_content
             assert got is not None and (got["model"], got["fallbackFrom"]) == ("mock/mock-1", "broken-model")
-            plain = (await client.call_tool("send_message_to_ai", {"message": "hi", "model": "good"})).structured_content
-            assert plain is not None and (plain["model"], plain["fallbackFrom"]) == ("good", None)  # no fallback needed
+            plain = (
+                await client.call_tool("send_message_to_ai", {"message": "hi", "model": "good"})
+            ).structured_content
+            assert plain is not None and (plain["model"], plain["fallbackFrom"]) == (
+                "good",
+                None,
+            )  # no fallback needed
     asked = [(r.body["model"], r.api_key) for r in openai_server.chat_requests]
     assert ("also-broken", OPENAI_TEST_KEY) in asked  # the PROVIDERS entry was tried, with its own key
     assert redis_server.client().hget(keys.usage_model("mock/mock-1"), "requests") == b"1"

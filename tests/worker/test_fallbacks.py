@@ -92,7 +92,9 @@ async def test_a_prefix_routes_to_another_provider_and_stays_in_the_name(redis, 
     assert providers.route("mock/mock-1") == (None, "mock/mock-1")  # the default's own kind: a name
     assert providers.route("openai/gpt-4o") == ("openai", "gpt-4o")
     assert providers.route("meta-llama/Llama-3") == (None, "meta-llama/Llama-3")
-    ctx = make_ctx(redis, providers, providers={"spare": {"kind": "mock"}}, model_fallbacks={"nope": ["spare/mock-1"]})
+    ctx = make_ctx(
+        redis, providers, providers={"spare": {"kind": "mock"}}, model_fallbacks={"nope": ["spare/mock-1"]}
+    )
     out = await chat_job(ctx, "nope")  # the mock refuses an unknown model: not retryable, no fallback
     assert out["status"] == "failed"
     out = await chat_job(ctx, "spare/mock-1", job_id="job-2")
@@ -116,7 +118,9 @@ def test_bad_settings_are_one_line_without_secrets(monkeypatch, clean_env, env, 
         monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as caught:
         load_settings(redis_url="memory://")
-    assert says in str(caught.value) and "\n" not in str(caught.value) and "sk-secret" not in str(caught.value)
+    assert (
+        says in str(caught.value) and "\n" not in str(caught.value) and "sk-secret" not in str(caught.value)
+    )
 
 
 async def chat_job(ctx: dict, model: str, job_id: str = JOB) -> dict:
