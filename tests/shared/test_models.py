@@ -41,6 +41,7 @@ def test_full_request_is_accepted():
         max_tokens=256,
         conversation_id="conv-42",
         mcp_servers=["clock", "docs", "clock"],
+        priority="high",
     )
     assert req.model_dump() == {
         "message": "hi",
@@ -50,6 +51,7 @@ def test_full_request_is_accepted():
         "max_tokens": 256,
         "conversation_id": "conv-42",
         "mcp_servers": ["clock", "docs"],  # each named once
+        "priority": "high",
     }
 
 

@@ -64,7 +64,7 @@ def test_pydantic_models_are_dumped_as_their_json():
     kwargs = deserialize_job_raw(data, deserializer=deserialize)[2]
     assert kwargs["request"] == {
         "message": "hi", "context": None, "model": None, "temperature": None, "max_tokens": 5, "conversation_id": None,
-        "mcp_servers": None,
+        "mcp_servers": None, "priority": None,
     }  # fmt: skip
 
 
