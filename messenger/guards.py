@@ -139,6 +139,13 @@ def session_owner(tenant: Tenant) -> AuthenticatedUser:
     return AuthenticatedUser(AccessToken(token=f"tenant:{tenant.name}", client_id=tenant.name, scopes=[]))
 
 
+def owner_name(scope: Scope) -> str | None:
+    """The tenant an MCP session of this request belongs to (`session_owner`'s name); None when the
+    server needs no key (then a session has no owner)."""
+    user = scope.get("user")
+    return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+
+
 def _malformed_site(headers: list) -> Response | None:
     """A Host or Origin no browser would send: two of either (which one a proxy routed by is a guess),
     or `localhost:1@evil.example` (the SDK's `localhost:*` pattern matches any text after

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import uvicorn
 
 from messenger import dashboard
 from messenger.guards import MCP_BODY_MAX_BYTES, Guard, is_loopback, transport_security
 from messenger.runtime import Runtime
 from messenger.server import build_server
+from messenger.sessions import RETRY_MS, SessionGate, beat, replica_id
 from messenger.tenants import Tenants
 from shared.errors import SettingsError
 from shared.settings import Settings
@@ -18,17 +20,28 @@ from shared.settings import Settings
 log = logging.getLogger("messenger")
 
 
-def http_app(runtime: Runtime, transport: str, host: str):
+def http_app(runtime: Runtime, transport: str, host: str, replica: str | None = None):
+    """The HTTP app; on streamable HTTP, 2025-11-25 sessions and their streams live in Redis
+    (messenger.sessions), so any replica (`replica`: this one's id) serves any request."""
     mcp = build_server(runtime)
-    security = transport_security(runtime.settings.allowed_hosts, host)
+    settings = runtime.settings
+    security = transport_security(settings.allowed_hosts, host)
     if transport == "sse":
         app = mcp.sse_app(host=host, transport_security=security, max_request_body_size=MCP_BODY_MAX_BYTES)
     else:
         app = mcp.streamable_http_app(
-            host=host, transport_security=security, max_request_body_size=MCP_BODY_MAX_BYTES
+            host=host,
+            transport_security=security,
+            max_request_body_size=MCP_BODY_MAX_BYTES,
+            retry_interval=RETRY_MS,
+            session_idle_timeout=settings.mcp_session_idle_seconds,
         )
     app.router.routes.extend(dashboard.routes(runtime))
-    return Guard(app, Tenants.from_settings(runtime.settings), security)
+    if transport != "sse":
+        idle = settings.mcp_session_idle_seconds
+        gated = SessionGate(app, mcp.session_manager, runtime.redis, idle, replica or replica_id())
+        return Guard(gated, Tenants.from_settings(settings), security)
+    return Guard(app, Tenants.from_settings(settings), security)
 
 
 def refuse_open_network(settings: Settings) -> None:
@@ -50,7 +63,8 @@ async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
         await build_server(runtime).run_stdio_async()
         return
     refuse_open_network(runtime.settings.model_copy(update={"mcp_transport": transport, "mcp_host": host}))
-    app = http_app(runtime, transport, host)
+    replica = replica_id()
+    app = http_app(runtime, transport, host, replica)
     path = "/sse" if transport == "sse" else "/mcp"
     log.info("serving MCP over %s at http://%s:%d%s", transport, host, port, path)
     if not is_loopback(host) and not runtime.settings.allowed_hosts:
@@ -60,4 +74,7 @@ async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
         )  # fmt: skip
     # log_config=None: uvicorn's records go through our handler (format, redaction), not its own
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", log_config=None)
-    await uvicorn.Server(config).serve()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(beat, runtime.redis, replica)  # resumed streams learn when this replica is gone
+        await uvicorn.Server(config).serve()
+        tg.cancel_scope.cancel()

@@ -175,3 +175,19 @@ def rate(caller: str, minute: int) -> str:
 # priorities and fair turns (shared/turns.py): hash of each tenant's next turn per priority band
 # ("next:<band>:<tenant>") and each band's last turn given ("last:<band>")
 TURNS = "mcpq:turns"
+
+# 2025-11-25 MCP sessions shared by the messenger replicas (messenger.sessions)
+SESSION_PREFIX = "mcpq:session:"  # + <sid>: JSON record; + <sid>:events:<stream>: the session's SSE events
+REPLICA_PREFIX = "mcpq:replica:"  # + <replica id>: a live messenger replica (expires 6 s after its last beat)
+
+
+def session(session_id: str) -> str:
+    return SESSION_PREFIX + session_id
+
+
+def session_events(session_id: str, stream_id: str) -> str:
+    return f"{SESSION_PREFIX}{session_id}:events:{stream_id}"
+
+
+def replica(replica_id: str) -> str:
+    return REPLICA_PREFIX + replica_id

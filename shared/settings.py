@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # comma-separated Host names that HTTP and SSE accept besides localhost; "*" = any
     mcp_allowed_hosts: str | None = None
     mcp_allow_unauthenticated: bool = False  # serve HTTP beyond loopback with no key (a proxy authenticates)
+    # sessions (messenger.sessions): a 2025-11-25 session ends after this long without a request, on
+    # every replica; its stored SSE events (for Last-Event-ID) expire the same long after the last one
+    mcp_session_idle_seconds: float = Field(1800, ge=10, le=7 * 86_400)
     worker_concurrency: int = Field(10, ge=1, le=10_000)
     worker_lease_seconds: float = Field(10, ge=1, le=3600)
     worker_shutdown_grace_seconds: float = Field(30, ge=0, le=86_400)

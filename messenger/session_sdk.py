@@ -1,0 +1,110 @@
+"""The one place mcp-queue reaches below the mcp SDK's public API for shared HTTP sessions, pinned
+by tests/messenger/test_session_sdk.py so an SDK upgrade that moves any of it fails loudly there.
+
+Why: the SDK keeps a 2025-11-25 session as a transport object in one process's session manager
+(`StreamableHTTPSessionManager._server_instances`), and gives it one event store for all its
+sessions (the store never learns the session id, so request ids would collide). To let any replica
+serve any session (messenger.sessions), three things are done here and nowhere else:
+
+- `give_each_session_a_store`: every session this process opens gets an event store of its own
+  (the manager's `_admit_session` is wrapped and the new transport's `_event_store` set);
+- `rehydrate`: a session opened on another replica becomes a local transport, run the way the
+  manager's own `serve_loop` runs one, but with the connection already past its handshake (client
+  params and protocol version from Redis, `initialized` set) and bound to the tenant that opened it;
+- `is_local` / `discard`: whether this process holds the session, and forget it (ended elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.connection import Connection
+from mcp.server.runner import serve_connection
+from mcp.server.streamable_http import EventStore, StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+from mcp_types import InitializeRequestParams
+
+log = logging.getLogger("messenger")
+
+
+def give_each_session_a_store(
+    manager: StreamableHTTPSessionManager, store_for: Callable[[str], EventStore]
+) -> None:
+    """Every session the manager opens from now on stores its events in `store_for(session_id)`."""
+    admit = manager._admit_session
+
+    def admit_with_store(requestor):
+        transport = admit(requestor)
+        if transport is not None and transport.mcp_session_id is not None:
+            transport._event_store = store_for(transport.mcp_session_id)
+        return transport
+
+    manager._admit_session = admit_with_store
+
+
+def is_local(manager: StreamableHTTPSessionManager, session_id: str) -> bool:
+    return session_id in manager._server_instances
+
+
+async def discard(manager: StreamableHTTPSessionManager, session_id: str) -> None:
+    """Forget a session this process holds (it was ended on another replica, or expired)."""
+    transport = manager._server_instances.get(session_id)
+    if transport is not None:
+        await manager._discard_session(session_id, transport)
+
+
+async def rehydrate(
+    manager: StreamableHTTPSessionManager,
+    session_id: str,
+    protocol_version: str,
+    initialize_params: dict[str, Any],
+    owner: AuthenticatedUser | None,
+    store: EventStore,
+) -> None:
+    """Serve a session opened elsewhere from this process, as if its handshake had happened here.
+
+    Raises pydantic's ValidationError when `initialize_params` are not an initialize request's."""
+    client_params = InitializeRequestParams.model_validate(initialize_params, by_name=False)
+    transport = StreamableHTTPServerTransport(
+        mcp_session_id=session_id,
+        is_json_response_enabled=manager.json_response,
+        event_store=store,
+        security_settings=manager.security_settings,
+        retry_interval=manager.retry_interval,
+        idle_timeout=manager.session_idle_timeout,
+    )
+
+    async def run(*, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        async with transport.connect() as (read_stream, write_stream):
+            task_status.started()
+            try:
+                idle_scope = transport.idle_scope or anyio.CancelScope()
+                with idle_scope:  # the same idle end as a session opened here
+                    dispatcher = JSONRPCDispatcher(
+                        read_stream, write_stream, inline_methods=frozenset({"initialize"})
+                    )
+                    connection = Connection.for_loop(
+                        dispatcher, session_id=session_id, protocol_version_hint=protocol_version
+                    )
+                    connection.client_params = client_params
+                    connection.protocol_version = protocol_version
+                    connection.initialized.set()
+                    await serve_connection(
+                        manager.app, dispatcher, connection=connection, lifespan_state=manager._lifespan_state
+                    )
+            except Exception as e:  # the session ends; the client opens a new one on its next 404
+                log.warning("session %s ended: %s", session_id[:12], type(e).__name__)
+            finally:
+                await manager._discard_session(session_id, transport)
+
+    if manager._task_group is None:
+        raise RuntimeError("the session manager is not running")
+    manager._server_instances[session_id] = transport
+    if owner is not None:
+        manager._session_owners[session_id] = authorization_context(owner)
+    await manager._task_group.start(run)

@@ -1,0 +1,424 @@
+"""2025-11-25 MCP sessions shared through Redis, so any replica serves any request and resumes any stream.
+
+A session (`Mcp-Session-Id`) is a record in Redis, `mcpq:session:<sid>` (JSON: protocol version,
+the client's raw initialize params, the tenant that opened it, when), written before the
+initialize response leaves, expiring after MCP_SESSION_IDLE_SECONDS without a request (each request
+refreshes it). A replica that gets a request for a session it does not hold rebuilds it from the
+record (messenger.session_sdk.rehydrate); a session whose record is gone (DELETE on any replica,
+expiry) answers 404 everywhere; another tenant's key gets the same 404.
+
+Every SSE event of a session goes to a Redis stream of its own, `mcpq:session:<sid>:events:<stream>`
+(`<stream>` is the JSON-RPC request id, or `_GET_stream` for the standalone stream), written by the
+replica that serves the request whether or not the client is still connected. An event id is
+`<stream>/<redis entry id>`. `GET /mcp` with `Last-Event-ID` on any replica replays what followed
+that event and then tails the stream until the request's response (which it sends, then ends). A
+GET without Last-Event-ID tails the session's standalone stream from now on, on whichever replica
+it lands, so session-wide notifications reach the client wherever they were sent from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from messenger import session_sdk
+from messenger.guards import owner_name
+from shared import keys
+
+log = logging.getLogger("messenger")
+
+GET_STREAM = "_GET_stream"  # the SDK's stream key for the standalone GET stream
+FROM_NOW = "$"  # a Last-Event-ID cursor of our own: the standalone stream from this moment on
+EVENTS_KEPT = 10_000  # per stream (approximate trim): 500 s of progress at the batched 20 events/s
+TAIL_BLOCK_MS = 2_000  # one blocking read; between reads the session and the writer are checked
+TAIL_SECONDS = 300  # a resumed or standalone GET ends after this; the client reconnects with its last id
+RETRY_MS = 1_000  # the `retry:` hint on each stream's first (priming) event
+ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+JOB_META = "mcp-queue/jobId"  # the job a progress notification is about (messenger.progress)
+
+
+def replica_id() -> str:
+    """This process among the messenger replicas (host, pid, and a nonce against pid reuse)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def beat(redis, replica: str) -> None:
+    """Keep `mcpq:replica:<id>` alive while this process serves: a resumed stream whose writer's
+    key is gone knows no response will come."""
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            await redis.set(keys.replica(replica), "1", ex=int(keys.HEARTBEAT_TTL_SECONDS))
+        await anyio.sleep(keys.HEARTBEAT_SECONDS)
+
+
+@dataclass
+class SessionRecord:
+    protocol_version: str
+    params: dict[str, Any]  # the client's initialize params: clientInfo, capabilities, protocolVersion
+    owner: str | None  # the tenant that opened it; None when the server needs no key
+    created: float
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {"protocolVersion": self.protocol_version, "params": self.params, "owner": self.owner,
+             "created": self.created}
+        )  # fmt: skip
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> SessionRecord | None:
+        """The record, or None for anything this server did not write (junk in the key)."""
+        try:
+            data = json.loads(raw)
+            record = cls(data["protocolVersion"], data["params"], data["owner"], float(data["created"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+        valid = (
+            record.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+            and isinstance(record.params, dict)
+            and (record.owner is None or isinstance(record.owner, str))
+        )
+        return record if valid else None
+
+
+class SessionRegistry:
+    """The `mcpq:session:<sid>` records: one GETEX per request (read and refresh the idle TTL)."""
+
+    def __init__(self, redis, idle_seconds: float):
+        self.redis = redis
+        self.ttl = max(1, int(idle_seconds))
+
+    async def create(self, session_id: str, record: SessionRecord) -> None:
+        await self.redis.set(keys.session(session_id), record.dumps(), ex=self.ttl)
+
+    async def touch(self, session_id: str) -> SessionRecord | None:
+        raw = await self.redis.getex(keys.session(session_id), ex=self.ttl)
+        if raw is None:
+            return None
+        record = SessionRecord.loads(raw)
+        if record is None:
+            log.warning("session record %s is not one this server wrote: ignored", session_id[:12])
+        return record
+
+    async def exists(self, session_id: str) -> bool:
+        return bool(await self.redis.exists(keys.session(session_id)))
+
+    async def end(self, session_id: str) -> None:
+        await self.redis.delete(keys.session(session_id))
+
+
+def stream_key(session_id: str, stream_id: str) -> str:
+    """The Redis stream of one request's events (a request id too long or odd for a key is hashed)."""
+    if len(stream_id) > 100 or not stream_id.isprintable():
+        stream_id = "h-" + hashlib.sha256(stream_id.encode()).hexdigest()[:32]
+    return keys.session_events(session_id, stream_id)
+
+
+def split_event_id(event_id: str) -> tuple[str, str] | None:
+    """`<stream>/<entry id>` as (stream, entry id); None for anything else."""
+    stream_id, slash, entry = event_id.rpartition("/")
+    if not slash or not stream_id or not (ENTRY_ID.fullmatch(entry) or entry == FROM_NOW):
+        return None
+    return stream_id, entry
+
+
+class SessionEvents(EventStore):
+    """One session's SSE events in Redis: what `Last-Event-ID` resumes on any replica.
+
+    Writing costs one round trip per event: an XADD (trimmed to EVENTS_KEPT), plus an EXPIRE on a
+    stream's first event, on its response, and when the TTL is half spent.
+    """
+
+    def __init__(self, redis, session_id: str, registry: SessionRegistry, replica: str):
+        self.redis = redis
+        self.session_id = session_id
+        self.registry = registry
+        self.replica = replica
+        self.expiry_set: dict[str, float] = {}  # stream -> when its TTL was last set (this process writes it)
+
+    async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
+        key = stream_key(self.session_id, stream_id)
+        body = message.model_dump_json(by_alias=True, exclude_unset=True) if message is not None else ""
+        ending = isinstance(message, JSONRPCResponse | JSONRPCError)
+        now = time.monotonic()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(key, {"m": body, "r": self.replica}, maxlen=EVENTS_KEPT, approximate=True)
+        if ending or now - self.expiry_set.get(stream_id, -1e9) > self.registry.ttl / 2:
+            pipe.expire(key, self.registry.ttl)
+            self.expiry_set[stream_id] = now
+        if ending:
+            self.expiry_set.pop(stream_id, None)
+        entry = (await pipe.execute())[0]
+        return f"{stream_id}/{_text(entry)}"
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> None:
+        """Send what followed `last_event_id`, then what comes, until the response (or a reason to stop).
+
+        Returns None always: the SDK then opens no local live stream for it (nothing on this replica
+        would feed one); a client whose GET ends without the response reconnects with its last id."""
+        parts = split_event_id(last_event_id)
+        if parts is None:  # SessionGate checked it; a caller that did not gets an empty stream
+            return None
+        stream_id, cursor = parts
+        key = stream_key(self.session_id, stream_id)
+        with contextlib.suppress(RedisError, OSError):  # Redis away: the stream ends, the client reconnects
+            await Tail(self, stream_id, key, send_callback).run(cursor)
+        return None
+
+
+class Tail:
+    """One resumed (or standalone) GET: the stream's entries after a cursor, then new ones as they come."""
+
+    def __init__(self, store: SessionEvents, stream_id: str, key: str, send: EventCallback):
+        self.store = store
+        self.redis = store.redis
+        self.stream_id = stream_id
+        self.key = key
+        self.send = send
+        self.writer: str | None = None  # the replica that wrote the latest entry
+        self.job_id: str | None = None  # the job the stream's progress is about, once seen
+
+    async def run(self, cursor: str) -> None:
+        if cursor == FROM_NOW:
+            latest = await self.redis.xrevrange(self.key, "+", "-", count=1)
+            cursor = _text(latest[0][0]) if latest else "0-0"
+        deadline = time.monotonic() + TAIL_SECONDS
+        while time.monotonic() < deadline:
+            read = await self.redis.xread({self.key: cursor}, count=500, block=TAIL_BLOCK_MS)
+            entries = read[0][1] if read else []
+            for entry_id, fields in entries:
+                cursor = _text(entry_id)
+                if await self._deliver(cursor, fields):
+                    return
+            if not entries and await self._abandoned():
+                return
+
+    async def _deliver(self, entry_id: str, fields: dict) -> bool:
+        """Send one entry; True once it was the stream's response (the end)."""
+        self.writer = _text(fields.get(b"r", b"")) or self.writer
+        body = fields.get(b"m", b"")
+        if not body:  # a priming event: an id for the client, nothing to send again
+            return False
+        message = jsonrpc_message_adapter.validate_json(body)
+        self.job_id = _job_of(message) or self.job_id
+        await self.send(EventMessage(message, f"{self.stream_id}/{entry_id}"))
+        return isinstance(message, JSONRPCResponse | JSONRPCError)
+
+    async def _abandoned(self) -> bool:
+        """After a quiet read: end if the session ended; if the replica writing a request's events
+        stopped, answer the request with an error that names its job (the job itself goes on)."""
+        if not await self.store.registry.exists(self.store.session_id):
+            return True
+        if self.stream_id == GET_STREAM:
+            return False
+        if self.writer is None:  # nothing came since the client's last event: who wrote that one
+            latest = await self.redis.xrevrange(self.key, "+", "-", count=1)
+            self.writer = _text(latest[0][1].get(b"r", b"")) if latest else None
+        if not self.writer:
+            return False
+        if await self.redis.exists(keys.replica(self.writer)):
+            return False
+        self.job_id = self.job_id or await self._job_in_stream()
+        job = f"; its job {self.job_id} goes on: get_job or wait_for_job answers it" if self.job_id else ""
+        error = {"code": -32603, "message": f"the messenger replica serving this call stopped{job}"}
+        if self.job_id:
+            error["data"] = {"jobId": self.job_id}
+        request_id: int | str = int(self.stream_id) if self.stream_id.isdigit() else self.stream_id
+        message = JSONRPCError.model_validate({"jsonrpc": "2.0", "id": request_id, "error": error})
+        await self.send(EventMessage(message, None))
+        return True
+
+    async def _job_in_stream(self) -> str | None:
+        """The job named by a progress notification the client saw before this GET, if any."""
+        for _, fields in await self.redis.xrevrange(self.key, "+", "-", count=200):
+            with contextlib.suppress(ValidationError):
+                body = fields.get(b"m", b"")
+                job = _job_of(jsonrpc_message_adapter.validate_json(body)) if body else None
+                if job:
+                    return job
+        return None
+
+
+def _job_of(message: JSONRPCMessage) -> str | None:
+    params = getattr(message, "params", None)
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    job = meta.get(JOB_META) if isinstance(meta, dict) else None
+    return job if isinstance(job, str) else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == name), None)
+
+
+def _negotiated(params: dict[str, Any]) -> str:
+    """The protocol version the SDK answers an initialize with (its own rule)."""
+    asked = params.get("protocolVersion")
+    return asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+
+
+async def refuse(send: Send, status: int, message: str) -> None:
+    """A JSON-RPC error without an id, as the SDK answers a session it does not know."""
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class SessionGate:
+    """The ASGI layer in front of the SDK's /mcp that makes a 2025-11-25 session any replica's.
+
+    Per request with an `Mcp-Session-Id`: read (and refresh) the record, 404 unless it exists and
+    belongs to the caller's tenant, rebuild the session here if this replica does not hold it;
+    check a `Last-Event-ID` (400 malformed, 404 not an event of this session); after a DELETE the
+    SDK accepted, delete the record so every replica stops serving it. An initialize (a POST with
+    no session) has its record written before the response, and so the session id, leaves.
+    2026-07-28 requests (no sessions) pass straight through.
+    """
+
+    def __init__(self, app: ASGIApp, manager: StreamableHTTPSessionManager, redis, idle_seconds: float,
+                 replica: str, path: str = "/mcp"):  # fmt: skip
+        self.app = app
+        self.manager = manager
+        self.redis = redis
+        self.registry = SessionRegistry(redis, idle_seconds)
+        self.replica = replica
+        self.path = path
+        self.rehydrating = anyio.Lock()
+        session_sdk.give_each_session_a_store(manager, self.store_for)
+
+    def store_for(self, session_id: str) -> SessionEvents:
+        return SessionEvents(self.redis, session_id, self.registry, self.replica)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or _modern(scope):
+            await self.app(scope, receive, send)
+            return
+        session_id = _header(scope, b"mcp-session-id")
+        try:
+            if session_id is None:
+                if scope["method"] == "POST":
+                    await self._opening(scope, receive, send)
+                else:
+                    await self.app(scope, receive, send)
+                return
+            refusal = await self._admit(scope, session_id)
+        except RedisError as e:
+            log.warning("sessions: Redis refused or is unreachable (%s)", type(e).__name__)
+            await refuse(send, 503, "the session store (Redis) is unavailable: retry shortly")
+            return
+        if refusal is None and scope["method"] == "GET":
+            scope, refusal = await self._resume(scope, session_id)
+        if refusal is not None:
+            await refuse(send, *refusal)
+            return
+        await self.app(scope, receive, self._after(scope, session_id, send))
+
+    async def _admit(self, scope: Scope, session_id: str) -> tuple[int, str] | None:
+        record = await self.registry.touch(session_id)
+        if record is None or record.owner != owner_name(scope):
+            if record is None:  # ended on another replica, or expired: this one forgets it too
+                await session_sdk.discard(self.manager, session_id)
+            return 404, "Session not found"
+        if session_sdk.is_local(self.manager, session_id):
+            return None
+        async with self.rehydrating:
+            if session_sdk.is_local(self.manager, session_id):
+                return None
+            try:
+                await session_sdk.rehydrate(
+                    self.manager, session_id, record.protocol_version, record.params, scope.get("user"),
+                    self.store_for(session_id),
+                )  # fmt: skip
+            except ValidationError:
+                log.warning("session record %s holds no valid initialize params: ignored", session_id[:12])
+                return 404, "Session not found"
+        log.info("serving session %s opened on another replica", session_id[:12])
+        return None
+
+    async def _resume(self, scope: Scope, session_id: str) -> tuple[Scope, tuple[int, str] | None]:
+        """A GET: check its Last-Event-ID, or give it one that tails the standalone stream from now."""
+        last = _header(scope, b"last-event-id")
+        if last is None:
+            cursor = f"{GET_STREAM}/{FROM_NOW}".encode()
+            return {**scope, "headers": [*scope["headers"], (b"last-event-id", cursor)]}, None
+        parts = split_event_id(last)
+        if parts is None or parts[1] == FROM_NOW:
+            return scope, (400, "Last-Event-ID is not an event id of this server (<stream>/<entry id>)")
+        stream_id, entry = parts
+        if not await self.redis.xrange(stream_key(session_id, stream_id), entry, entry, count=1):
+            return scope, (404, "Last-Event-ID names no event of this session (unknown, or expired)")
+        return scope, None
+
+    def _after(self, scope: Scope, session_id: str, send: Send) -> Send:
+        if scope["method"] != "DELETE":
+            return send
+
+        async def ended(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                await self.registry.end(session_id)  # every replica answers 404 from now on
+            await send(message)
+
+        return ended
+
+    async def _opening(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A POST without a session: if it is an initialize the SDK accepts, record the session
+        before its id reaches the client (whose next request may go to another replica)."""
+        body = bytearray()
+
+        async def tee() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.extend(message.get("body", b""))
+            return message
+
+        async def record_first(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                session_id = next(
+                    (v.decode("latin-1") for k, v in message["headers"] if k.lower() == b"mcp-session-id"),
+                    None,
+                )
+                if session_id is not None and message["status"] < 400:
+                    await self._record(session_id, bytes(body), scope)
+            await send(message)
+
+        await self.app(scope, tee, record_first)
+
+    async def _record(self, session_id: str, body: bytes, scope: Scope) -> None:
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return
+        params = request.get("params") if isinstance(request, dict) else None
+        if not isinstance(params, dict) or request.get("method") != "initialize":
+            return
+        record = SessionRecord(_negotiated(params), params, owner_name(scope), time.time())
+        try:
+            await self.registry.create(session_id, record)
+        except RedisError as e:  # the session still works on this replica
+            log.warning("session %s not shared (Redis: %s)", session_id[:12], type(e).__name__)
+
+
+def _modern(scope: Scope) -> bool:
+    version = _header(scope, b"mcp-protocol-version")
+    return version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS

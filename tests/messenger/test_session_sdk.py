@@ -1,0 +1,116 @@
+"""Pins the private mcp SDK paths that shared sessions use (messenger/session_sdk.py, and the SDK
+behaviour messenger/sessions.py relies on): if an SDK upgrade renames or reshapes them, these fail
+here, loudly, instead of sessions breaking across replicas for users.
+
+Two apps in one process stand for two replicas (two session managers, one Redis): a session opened
+on one is served, resumed and deleted through the other."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+
+import anyio
+import httpx2
+from mcp.server import runner
+from mcp.server.connection import Connection
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+from messenger import session_sdk
+from messenger.sessions import RETRY_MS, SessionGate
+
+POST = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "pin", "version": "1"}}
+
+
+def test_the_manager_internals_are_still_there():
+    handle = inspect.getsource(StreamableHTTPSessionManager._handle_stateful_request)
+    assert "request_mcp_session_id in self._server_instances" in handle
+    assert "requestor != self._session_owners.get(request_mcp_session_id)" in handle
+    assert list(inspect.signature(StreamableHTTPSessionManager._admit_session).parameters) == [
+        "self",
+        "requestor",
+    ]
+    discard = inspect.signature(StreamableHTTPSessionManager._discard_session).parameters
+    assert list(discard) == ["self", "session_id", "transport"]
+    run = inspect.getsource(StreamableHTTPSessionManager.run)
+    assert "self._lifespan_state = lifespan_state" in run and "self._task_group = tg" in run
+    assert "self._event_store = event_store" in inspect.getsource(StreamableHTTPServerTransport.__init__)
+
+
+def test_the_loop_recipe_rehydrate_copies_is_still_the_sdks():
+    loop = inspect.getsource(runner.serve_loop)
+    assert 'inline_methods=frozenset({"initialize"})' in loop
+    assert "Connection.for_loop(dispatcher, session_id=session_id)" in loop
+    assert "initialize_accepted" in inspect.getsource(Connection)
+    commit = inspect.getsource(runner.ServerRunner._on_request)
+    assert "self.connection.client_params, self.connection.protocol_version = " in commit
+
+
+def test_events_are_stored_before_delivery_and_a_none_replay_opens_no_local_stream():
+    connect = inspect.getsource(StreamableHTTPServerTransport.connect)
+    assert connect.index("store_event(request_stream_id, message)") < connect.index(
+        "self._request_streams[request_stream_id][0].send"
+    )
+    replay = inspect.getsource(StreamableHTTPServerTransport._replay_events)
+    assert "stream_id = await event_store.replay_events_after(last_event_id, send_event)" in replay
+    assert "if stream_id and stream_id not in self._request_streams" in replay
+
+
+def replica(redis) -> tuple[SessionGate, StreamableHTTPSessionManager]:
+    server = MCPServer("pin")
+
+    @server.tool()
+    async def shout(text: str, ctx: Context) -> str:
+        for word in text.split():
+            await ctx.report_progress(1, None, word)
+        return text.upper()
+
+    app = server.streamable_http_app(retry_interval=RETRY_MS)  # as serve.py
+    manager = server.session_manager
+    return SessionGate(app, manager, redis, 60, f"replica-{id(manager)}"), manager
+
+
+def events(text: str) -> list[dict]:
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if fields:
+            found.append(fields)
+    return found
+
+
+async def test_a_session_opened_on_one_replica_is_served_and_deleted_on_another(redis):
+    (gate_a, manager_a), (gate_b, manager_b) = replica(redis), replica(redis)
+    with anyio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(manager_a.run())
+            await stack.enter_async_context(manager_b.run())
+            a = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_a)))
+            b = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_b)))
+            url = "http://127.0.0.1:8000/mcp"
+            opened = await a.post(
+                url, headers=POST, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+            )
+            sid = opened.headers["mcp-session-id"]
+            record = json.loads(await redis.get(f"mcpq:session:{sid}"))
+            headers = {**POST, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "shout", "arguments": {"text": "a b c"}, "_meta": {"progressToken": 1}}}  # fmt: skip
+            called = await b.post(url, headers=headers, json=call)
+            assert session_sdk.is_local(manager_b, sid)
+            sent = events(called.text)
+            deleted = await b.delete(url, headers=headers)
+            gone = await a.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 3, "method": "ping"})
+    assert record["params"] == INIT and record["protocolVersion"] == "2025-11-25" and record["owner"] is None
+    assert sent[0]["id"].startswith("2/") and sent[0]["retry"] == "1000"  # the priming event
+    assert [json.loads(e["data"])["params"]["message"] for e in sent[1:4]] == ["a", "b", "c"]
+    assert json.loads(sent[-1]["data"])["result"]["structuredContent"] == {"result": "A B C"}
+    assert [e["id"] for e in sent] == [
+        f"2/{i.decode()}" for i, _ in await redis.xrange(f"mcpq:session:{sid}:events:2")
+    ]
+    assert deleted.status_code == 200 and gone.status_code == 404
+    assert not session_sdk.is_local(manager_a, sid)  # the 404 made replica A forget its copy too
