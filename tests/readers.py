@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import anyio
+from mcp_types import ResourceUpdatedNotification
+
 from shared import keys
 from shared.events import Event, parse_event
 
@@ -46,3 +49,21 @@ def progress_recorder() -> tuple[list[str], object]:
             messages.append(message)
 
     return messages, on_progress
+
+
+class UpdatesRecorder:
+    """A `message_handler` that keeps the URI of every notifications/resources/updated; `heard(n)`
+    is set once n of them came."""
+
+    def __init__(self, *counts: int):
+        self.uris: list[str] = []
+        self._heard = {n: anyio.Event() for n in counts}
+
+    def heard(self, count: int) -> anyio.Event:
+        return self._heard[count]
+
+    async def __call__(self, message) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            self.uris.append(str(message.params.uri))
+            if len(self.uris) in self._heard:
+                self._heard[len(self.uris)].set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import anyio
 from mcp import Client
-from mcp_types import ResourceUpdatedNotification
+from readers import UpdatesRecorder
 from runtimes import runtime_for
 
 from messenger.server import build_server
@@ -14,28 +14,21 @@ LONG_MESSAGE = " ".join(f"word{i}" for i in range(40))  # the mock answers ~50 w
 
 
 async def test_a_subscriber_hears_the_start_the_restart_and_the_end(redis_url, workers):
-    updates: list[str] = []
-    heard = [anyio.Event() for _ in range(3)]
-
-    async def on_message(message) -> None:
-        if isinstance(message, ResourceUpdatedNotification):
-            updates.append(str(message.params.uri))
-            heard[min(len(updates), 3) - 1].set()
-
+    updates = UpdatesRecorder(1, 2, 3)
     env = {"MOCK_TOKEN_DELAY_MS": "50", "WORKER_LEASE_SECONDS": "1"}
     async with runtime_for(redis_url) as runtime:
         with anyio.fail_after(60):
-            async with Client(build_server(runtime), mode="legacy", message_handler=on_message) as client:
+            async with Client(build_server(runtime), mode="legacy", message_handler=updates) as client:
                 submitted = await client.call_tool("submit_message", {"message": LONG_MESSAGE})
                 job = submitted.structured_content["jobId"]  # pyright: ignore[reportOptionalSubscript]
                 await client.subscribe_resource(f"job://{job}")
                 (first,) = workers.start(redis_url, **env)
-                await heard[0].wait()  # running on the first worker
+                await updates.heard(1).wait()  # running on the first worker
                 first.kill()
                 workers.start(redis_url, **env)
-                await heard[1].wait()  # restarted on the second
-                await heard[2].wait()  # ended
+                await updates.heard(2).wait()  # restarted on the second
+                await updates.heard(3).wait()  # ended
                 result = await client.call_tool("get_job", {"job_id": job})
-    assert updates == [f"job://{job}"] * 3
+    assert updates.uris == [f"job://{job}"] * 3
     assert result.structured_content and result.structured_content["status"] == "completed"
     assert result.structured_content["attempt"] == 2

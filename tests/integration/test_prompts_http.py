@@ -16,8 +16,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_helpers import messenger_env, running_messengers
-from mcp_types import PromptReference, ResourceTemplateReference, ResourceUpdatedNotification
+from mcp_types import PromptReference, ResourceTemplateReference
 from processes import WorkerProcesses
+from readers import UpdatesRecorder
 
 from messenger.prompts import SHIPPED_DIR
 
@@ -123,24 +124,13 @@ async def test_a_subscription_notifies_its_owner_on_the_standalone_stream(
     served, redis_server, tmp_path: Path
 ):
     server, env = served
-    updates: dict[str, list[str]] = {"alice": [], "bob": []}
-    ended = anyio.Event()
-
-    def recorder(name: str):
-        async def on_message(message) -> None:
-            if isinstance(message, ResourceUpdatedNotification):
-                updates[name].append(str(message.params.uri))
-                if len(updates["alice"]) >= 2:
-                    ended.set()
-
-        return on_message
-
+    to_alice, to_bob = UpdatesRecorder(2), UpdatesRecorder()
     workers = WorkerProcesses(redis_server, tmp_path)
     try:
         with anyio.fail_after(60):
             async with (
-                client_as(server.url, KEYS["alice"], "legacy", recorder("alice")) as alice,
-                client_as(server.url, KEYS["bob"], "legacy", recorder("bob")) as bob,
+                client_as(server.url, KEYS["alice"], "legacy", to_alice) as alice,
+                client_as(server.url, KEYS["bob"], "legacy", to_bob) as bob,
             ):
                 job = await submit(alice)
                 await alice.subscribe_resource(f"job://{job}")
@@ -150,11 +140,11 @@ async def test_a_subscription_notifies_its_owner_on_the_standalone_stream(
                         await bob.subscribe_resource(uri)
                     errors.append(str(raised.value).replace(job, "<id>").replace(UNKNOWN, "<id>"))
                 workers.start(redis_server.url, **{k: v for k, v in env.items() if k != "PATH"})
-                await ended.wait()
+                await to_alice.heard(2).wait()
                 await bob.call_tool("list_jobs", {})  # a round trip: anything bob was sent has arrived
     finally:
         workers.stop_all()
-    assert updates == {"alice": [f"job://{job}", f"job://{job}"], "bob": []}
+    assert (to_alice.uris, to_bob.uris) == ([f"job://{job}", f"job://{job}"], [])
     assert errors[0] == errors[1] and "no job with id '<id>'" in errors[0]  # another's = none at all
 
 
@@ -168,3 +158,26 @@ async def test_the_2026_era_has_no_resources_subscribe(served):
             job = await submit(alice)
             with pytest.raises(MCPError, match=r"[Mm]ethod not found"):
                 await alice.subscribe_resource(f"job://{job}")
+
+
+async def test_a_subscription_over_stdio_notifies_on_the_pipe(redis_server, tmp_path: Path):
+    """stdio has no session id: the one session of the process is the subscriber."""
+    redis_server.client().flushall()
+    updates = UpdatesRecorder(2)
+    env = messenger_env(redis_server.url, MOCK_TOKEN_DELAY_MS="5")
+    workers = WorkerProcesses(redis_server, tmp_path)
+    try:
+        with running_messengers(tmp_path) as messengers, anyio.fail_after(60):
+            async with Client(messengers.stdio(env), mode="legacy", message_handler=updates) as client:
+                assert [p.name for p in (await client.list_prompts()).prompts] == [
+                    "delegate",
+                    "review_job",
+                    "summarize",
+                ]
+                job = await submit(client)
+                await client.subscribe_resource(f"job://{job}")
+                workers.start(redis_server.url, MOCK_TOKEN_DELAY_MS="5")
+                await updates.heard(2).wait()
+    finally:
+        workers.stop_all()
+    assert updates.uris == [f"job://{job}", f"job://{job}"]

@@ -15,10 +15,10 @@ from mcp_types import (
     Implementation,
     PromptReference,
     ResourceTemplateReference,
-    ResourceUpdatedNotification,
     SubscribeRequestParams,
     UnsubscribeRequestParams,
 )
+from readers import UpdatesRecorder
 from runtimes import runtime_for
 
 from messenger.calls import remember_headers
@@ -128,18 +128,10 @@ async def test_subscribe_is_declared_in_2025_11_25_only(redis_url):
 
 
 async def test_a_subscribed_job_notifies_its_start_and_its_end(redis_server, redis_url, workers):
-    updates: list[str] = []
-    ended = anyio.Event()
-
-    async def on_message(message) -> None:
-        if isinstance(message, ResourceUpdatedNotification):
-            updates.append(str(message.params.uri))
-            if len(updates) >= 2:
-                ended.set()
-
+    updates = UpdatesRecorder(2)
     async with runtime_for(redis_url) as runtime:
         with anyio.fail_after(60):
-            async with Client(build_server(runtime), mode="legacy", message_handler=on_message) as client:
+            async with Client(build_server(runtime), mode="legacy", message_handler=updates) as client:
                 job = await submit(client, "a subscribed job")
                 dropped = await submit(client, "unsubscribed again")
                 await client.subscribe_resource(f"job://{job}")
@@ -150,12 +142,12 @@ async def test_a_subscribed_job_notifies_its_start_and_its_end(redis_server, red
                     with pytest.raises(MCPError) as raised:
                         await client.subscribe_resource(uri)
                     assert "\n" not in str(raised.value) and len(str(raised.value)) < 300
-                assert updates == []  # still queued: nothing changed yet
+                assert updates.uris == []  # still queued: nothing changed yet
                 workers.start(redis_url, MOCK_TOKEN_DELAY_MS="5")
-                await ended.wait()
+                await updates.heard(2).wait()
                 final = await client.call_tool("wait_for_job", {"job_id": dropped})
                 await client.call_tool("get_job", {"job_id": job})  # a round trip after the last update
-    assert updates == [f"job://{job}", f"job://{job}"]  # started, then ended; none for the dropped one
+    assert updates.uris == [f"job://{job}", f"job://{job}"]  # started, then ended; none for the dropped one
     assert final.structured_content and final.structured_content["status"] == "completed"
 
 
