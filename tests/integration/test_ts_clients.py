@@ -72,14 +72,19 @@ def stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
 def run_client(tools: NodeTools, sdk: str, url: str, era: str = "legacy", **plan) -> dict:
     """Run ts_clients/mcp_client.cjs with one SDK; returns the JSON line it printed (no client errors)."""
     done = tools.node(CLIENT, json.dumps({"sdk": sdk, "url": url, "era": era, **plan}))
-    assert done.returncode == 0, f"node exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    seen = json.loads(done.stdout.splitlines()[-1])
-    assert seen["errors"] == [], f"the {sdk} client reported errors: {seen['errors']}\n{done.stderr}"
+    return client_saw(sdk, done.returncode, done.stdout, done.stderr)
+
+
+def client_saw(sdk: str, returncode: int, stdout: str, stderr: str) -> dict:
+    assert returncode == 0, f"node exited {returncode}:\n{stdout}\n{stderr}"
+    seen = json.loads(stdout.splitlines()[-1])
+    assert seen["errors"] == [], f"the {sdk} client reported errors: {seen['errors']}\n{stderr}"
     return seen
 
 
 def assert_exact_answers(seen: dict, messages: list[str]) -> None:
-    """Each call completed with the mock's exact answer; its progress messages, joined, are that answer."""
+    """Each call completed with the mock's exact answer; its progress messages, joined, are that answer
+    (from the last `mcp-queue/restart` notification on, as a client is told to do)."""
     assert [call["message"] for call in seen["calls"]] == messages
     for call in seen["calls"]:
         assert call["error"] is None, call
@@ -87,9 +92,19 @@ def assert_exact_answers(seen: dict, messages: list[str]) -> None:
         answer = whole_answer(call["message"])
         assert call["result"]["status"] == "completed"
         assert call["result"]["aiResponse"] == answer
-        texts = [n["message"] for n in call["notifications"]]
-        assert len(texts) >= 2, call["notifications"]  # the answer streamed, not one lump at the end
+        texts = [n.get("message") or "" for n in call["notifications"][last_restart(call) :]]
+        assert len([t for t in texts if t]) >= 2, call["notifications"]  # streamed, not one lump at the end
         assert "".join(texts) == answer
+
+
+def meta(notification: dict) -> dict:
+    return notification.get("_meta") or {}
+
+
+def last_restart(call: dict) -> int:
+    """The index of the call's last notification with `mcp-queue/restart` (0 if none)."""
+    restarts = [i for i, n in enumerate(call["notifications"]) if "mcp-queue/restart" in meta(n)]
+    return restarts[-1] if restarts else 0
 
 
 CLIENTS = [  # (sdk, era, the protocol version it must end up speaking)
@@ -127,12 +142,63 @@ def test_ts_sdk_behind_a_round_robin_proxy_over_three_replicas(node_tools, stack
     assert {s.backend for s in served if "tools/call" in s.rpc} == {0, 1, 2}
 
 
+PROMPTS = {"delegate", "review_job", "summarize"}  # the repo's prompts/ directory
+FOLLOWED = " ".join(f"word{i}" for i in range(20))  # a 36-token answer: 0.7 s to stream
+
+
+@pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS)
+def test_ts_sdks_get_prompts_complete_arguments_and_follow_a_job(node_tools, stack, sdk, era, protocol):
+    """Prompts with per-client variables (this client calls itself claude-code), completions of a
+    prompt's choices and of the caller's job ids, and (2025-11-25) a job:// subscription."""
+    plan = {
+        "clientName": "claude-code",
+        "messages": [f"a job to complete the id of, from TS {sdk} {era}"],
+        "getPrompt": {"name": "delegate", "arguments": {"task": "count the stars"}},
+        "complete": {
+            "ref": {"type": "ref/prompt", "name": "delegate"},
+            "argument": {"name": "tool", "value": "sub"},
+        },
+        "completeJobId": True,
+        "follow": FOLLOWED if protocol == "2025-11-25" else None,
+    }
+    seen = run_client(node_tools, sdk, stack.url, era, **plan)
+    assert seen["protocolVersion"] == protocol
+    assert PROMPTS <= set(seen["prompts"])
+    (message,) = seen["prompt"]["ok"]["messages"]
+    assert "count the stars" in message["content"]["text"]
+    assert "Then show the answer as it is" in message["content"]["text"]  # [clients."claude-code"]
+    assert seen["completion"]["ok"]["completion"]["values"] == ["submit_message"]
+    assert seen["calls"][0]["result"]["jobId"] in seen["jobCompletion"]["ok"]["completion"]["values"]
+    if protocol == "2026-07-28":  # no resources/subscribe in this era
+        assert seen["capabilities"]["resources"]["subscribe"] is False
+        return
+    follow = seen["follow"]["ok"]
+    assert follow["job"]["status"] == "completed" and follow["job"]["aiResponse"] == whole_answer(FOLLOWED)
+    assert follow["statuses"][-1] == "completed"
+    updated = [n for n in seen["notifications"] if n["method"] == "notifications/resources/updated"]
+    assert {n["params"]["uri"] for n in updated} == {follow["uri"]}
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+def test_inspector_lists_and_gets_prompts_in_both_eras(node_tools, stack, era):
+    listing = node_tools.inspector(stack.url, "--protocol-era", era, "--method", "prompts/list")
+    got = node_tools.inspector(
+        stack.url, "--protocol-era", era, "--method", "prompts/get", "--prompt-name", "summarize",
+        "--prompt-args", "text=the inspector asked", "style=one-line",
+    )  # fmt: skip
+    assert PROMPTS <= {prompt["name"] for prompt in listing["result"]["prompts"]}
+    (message,) = got["result"]["messages"]
+    assert "the inspector asked" in message["content"]["text"]
+    assert "one-line" in message["content"]["text"]
+
+
 # The conformance suite's server scenarios, by what they need. Its fixture scenarios call tools,
 # prompts and resources named test_* / test://… that only its own reference server has, or need a
 # server that asks the client for sampling or elicitation (the messenger never does).
 CONFORMANCE_PASSING = {
     "server-initialize", "ping", "tools-list", "resources-list", "prompts-list",
     "server-sse-multiple-streams", "dns-rebinding-protection",
+    "completion-complete",  # for the fixture prompt test_prompt_with_arguments: no values, as it should
     # these two call a fixture tool; they pass on the messenger's `isError` "Unknown tool" text result
     "tools-call-simple-text", "tools-call-error",
 }  # fmt: skip
@@ -142,8 +208,7 @@ CONFORMANCE_FIXTURES = {
     "elicitation-sep1034-defaults", "elicitation-sep1330-enums", "resources-read-text",
     "resources-read-binary", "resources-templates-read", "prompts-get-simple", "prompts-get-with-args",
     "prompts-get-embedded-resource", "prompts-get-with-image",
-    "completion-complete",  # completes an argument of the fixture prompt test_prompt_with_arguments
-    "resources-subscribe", "resources-unsubscribe",  # to test://watched-resource
+    "resources-subscribe", "resources-unsubscribe",  # to test://watched-resource: only job:// can be
 }  # fmt: skip
 CONFORMANCE_PENDING = {"logging-set-level"}  # logging/setLevel: issue 18, not on main yet
 SCENARIO_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")

@@ -3,12 +3,15 @@
 //   node mcp_client.cjs '<plan JSON>'
 //
 // plan: {sdk: "v1" | "v2", url, headers?, era?: "legacy" | "modern" (v2 only), messages?: [text, ...],
-//        logLevel?: "info", getPrompt?: {name, arguments}, complete?: {ref, argument, context?}}
-// It connects over streamable HTTP, lists tools and prompts, runs the optional steps (setLoggingLevel,
-// getPrompt, complete: each recorded as {ok: result} or {error: text}), calls send_message_to_ai once
+//        logLevel?: "info", getPrompt?: {name, arguments}, complete?: {ref, argument, context?},
+//        completeJobId?: true, follow?: text, clientName?: text (clientInfo.name)}
+// It connects over streamable HTTP, lists tools and prompts, runs the optional steps (each recorded as
+// {ok: result} or {error: text}): setLoggingLevel, getPrompt, complete; calls send_message_to_ai once
 // per message (all at once) with an onprogress handler that records each notification's `message` and
-// `_meta`, and prints ONE JSON line of what it saw, with every other notification the server sent.
-// Errors are recorded, never thrown, so the test can say which.
+// `_meta`; completes a prefix of the first call's job id (completeJobId); submits `follow` and
+// subscribes to its job:// resource, reading it on each notifications/resources/updated until it ends.
+// It prints ONE JSON line of what it saw, with every other notification the server sent. Errors are
+// recorded, never thrown, so the test can say which.
 // The SDKs come from the npm cache the tests install (NODE_PATH points at its node_modules).
 'use strict';
 
@@ -67,12 +70,40 @@ async function step(run) {
   }
 }
 
+const ENDED = ['completed', 'failed', 'cancelled', 'lost'];
+
+// submit_message, resources/subscribe to its job://, read the job on each update until it ended
+async function follow(client, message, updates) {
+  const submitted = await client.callTool({ name: 'submit_message', arguments: { message } });
+  const uri = `job://${submitted.structuredContent.jobId}`;
+  const seen = { uri, statuses: [] };
+  const ended = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no update said ${uri} ended in 30 s`)), 30000);
+    updates.push(async (updated) => {
+      if (updated !== uri) return;
+      const job = JSON.parse((await client.readResource({ uri })).contents[0].text);
+      seen.statuses.push(job.status);
+      if (ENDED.includes(job.status)) {
+        clearTimeout(timer);
+        resolve(job);
+      }
+    });
+  });
+  await client.subscribeResource({ uri });
+  seen.job = await ended;
+  return seen;
+}
+
 async function main() {
   const { Client, StreamableHTTPClientTransport, version, options } = sdk(plan.sdk);
   const out = { sdk: plan.sdk, sdkVersion: version, errors: [], notifications: [] };
-  const client = new Client({ name: `mcp-queue-test-${plan.sdk}`, version: '1.0.0' }, options);
+  const client = new Client({ name: plan.clientName || `mcp-queue-test-${plan.sdk}`, version: '1.0.0' }, options);
   client.onerror = (error) => out.errors.push(text(error));
-  client.fallbackNotificationHandler = async (n) => out.notifications.push({ method: n.method, params: n.params });
+  const updates = []; // resources/updated listeners (follow)
+  client.fallbackNotificationHandler = async (n) => {
+    out.notifications.push({ method: n.method, params: n.params });
+    if (n.method === 'notifications/resources/updated') for (const listener of updates) await listener(n.params.uri);
+  };
   const transport = new StreamableHTTPClientTransport(new URL(plan.url), { requestInit: { headers: plan.headers || {} } });
   try {
     await client.connect(transport);
@@ -86,6 +117,12 @@ async function main() {
     if (plan.getPrompt) out.prompt = await step(() => client.getPrompt(plan.getPrompt));
     if (plan.complete) out.completion = await step(() => client.complete(plan.complete));
     out.calls = await Promise.all((plan.messages || []).map((m) => call(client, m)));
+    if (plan.completeJobId) {
+      const ref = { type: 'ref/resource', uri: 'job://{job_id}' };
+      const value = out.calls[0].result.jobId.slice(0, 6);
+      out.jobCompletion = await step(() => client.complete({ ref, argument: { name: 'job_id', value } }));
+    }
+    if (plan.follow) out.follow = await step(() => follow(client, plan.follow, updates));
   } catch (error) {
     out.errors.push(text(error));
   } finally {
