@@ -128,7 +128,7 @@ def test_ts_sdk_lists_and_streams_exact_answers(node_tools, stack, sdk, era, pro
     assert_exact_answers(seen, messages)
 
 
-@pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS[2:])  # 2025-11-25: sessions in Redis, next
+@pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS)
 def test_ts_sdk_behind_a_round_robin_proxy_over_three_replicas(node_tools, stack, sdk, era, protocol):
     """Each request may land on another replica (a 2025-11-25 session lives in Redis): no session
     error, every answer exact, every replica served a call."""
@@ -140,6 +140,23 @@ def test_ts_sdk_behind_a_round_robin_proxy_over_three_replicas(node_tools, stack
     served = stack.proxy.served[before:]
     assert [str(s) for s in served if s.status >= 400] == []
     assert {s.backend for s in served if "tools/call" in s.rpc} == {0, 1, 2}
+
+
+def test_inspector_behind_a_round_robin_proxy_over_three_replicas(node_tools, stack):
+    """The Inspector (2025-11-25 by default) initializes on one replica and calls on the next."""
+    before = len(stack.proxy.served)
+    listing = node_tools.inspector(stack.proxy.url, "--method", "tools/list")
+    called = node_tools.inspector(
+        stack.proxy.url, "--method", "tools/call", "--tool-name", "send_message_to_ai",
+        "--tool-arg", "message=inspector through the proxy",
+    )  # fmt: skip
+    assert QUEUE_TOOLS <= {tool["name"] for tool in listing["result"]["tools"]}
+    result = called["result"]
+    assert result.get("isError") is not True, result
+    assert result["structuredContent"]["aiResponse"] == whole_answer("inspector through the proxy")
+    served = stack.proxy.served[before:]
+    assert [str(s) for s in served if s.status >= 400] == []
+    assert len({s.backend for s in served}) == 3
 
 
 PROMPTS = {"delegate", "review_job", "summarize"}  # the repo's prompts/ directory
@@ -229,8 +246,13 @@ def conformance_checks(node_tools: NodeTools, url: str, out: Path) -> dict[str, 
     return checks
 
 
-def test_conformance_server_scenarios_pass_except_those_of_its_own_fixtures(node_tools, stack, tmp_path):
-    checks = conformance_checks(node_tools, stack.url, tmp_path)
+@pytest.mark.parametrize("through", ["one replica", "the round-robin proxy"])
+def test_conformance_server_scenarios_pass_except_those_of_its_own_fixtures(
+    node_tools, stack, tmp_path, through
+):
+    checks = conformance_checks(
+        node_tools, stack.url if through == "one replica" else stack.proxy.url, tmp_path
+    )
     assert set(checks) == CONFORMANCE_PASSING | CONFORMANCE_FIXTURES | CONFORMANCE_PENDING
     failed = {
         f"{scenario}: {check['id']} {check['status']} {check.get('errorMessage')}"
