@@ -199,6 +199,8 @@ class Tail:
         if cursor == FROM_NOW:
             latest = await self.redis.xrevrange(self.key, "+", "-", count=1)
             cursor = _text(latest[0][0]) if latest else "0-0"
+        elif await self._ended_at(cursor):  # the client had the response already: nothing follows
+            return
         deadline = time.monotonic() + TAIL_SECONDS
         while time.monotonic() < deadline:
             read = await self.redis.xread({self.key: cursor}, count=500, block=TAIL_BLOCK_MS)
@@ -216,10 +218,19 @@ class Tail:
         body = fields.get(b"m", b"")
         if not body:  # a priming event: an id for the client, nothing to send again
             return False
-        message = jsonrpc_message_adapter.validate_json(body)
+        try:
+            message = jsonrpc_message_adapter.validate_json(body)
+        except ValidationError:  # junk written into the stream by something else: skipped
+            log.warning("session %s: an event that is no JSON-RPC message skipped", self.store.session_id[:12])
+            return False
         self.job_id = _job_of(message) or self.job_id
         await self.send(EventMessage(message, f"{self.stream_id}/{entry_id}"))
         return isinstance(message, JSONRPCResponse | JSONRPCError)
+
+    async def _ended_at(self, cursor: str) -> bool:
+        entry = await self.redis.xrange(self.key, cursor, cursor, count=1)
+        body = entry[0][1].get(b"m", b"") if entry else b""
+        return bool(body) and _is_end(body)
 
     async def _abandoned(self) -> bool:
         """After a quiet read: end if the session ended; if the replica writing a request's events
@@ -254,6 +265,12 @@ class Tail:
                 if job:
                     return job
         return None
+
+
+def _is_end(body: bytes) -> bool:
+    with contextlib.suppress(ValidationError):
+        return isinstance(jsonrpc_message_adapter.validate_json(body), JSONRPCResponse | JSONRPCError)
+    return False
 
 
 def _job_of(message: JSONRPCMessage) -> str | None:

@@ -298,6 +298,30 @@ async def test_junk_in_a_session_record_is_a_404_and_the_replicas_serve_on(repli
         assert "Traceback" not in m.log()
 
 
+async def test_a_plain_get_hears_session_notifications_sent_from_another_replica(replicas):
+    """The standalone stream on one replica; a task's status notifications from another."""
+    with anyio.fail_after(60):
+        async with behind_proxy(replicas) as proxy, httpx2.AsyncClient(headers=ALICE, timeout=30) as http:
+            session = await RawSession(http, proxy.url).open()
+            heard: list[dict] = []
+            async with http.stream("GET", proxy.url, headers=session.headers()) as listening:
+                assert listening.status_code == 200
+                listened_on = proxy.served[-1].backend
+                params = {"name": "send_message_to_ai", "arguments": {"message": "a task"}, "task": {}}
+                created = await http.post(
+                    proxy.url, headers=session.headers(), json=session.request("tools/call", params)
+                )
+                created_on = proxy.served[-1].backend
+                assert created.status_code == 200, created.text
+                async for event in sse_events(listening):
+                    heard.append(event.message)
+                    if event.message["params"].get("status") == "completed":
+                        break
+    assert listened_on != created_on
+    assert {m["method"] for m in heard} == {"notifications/tasks/status"}
+    assert heard[-1]["params"]["status"] == "completed"
+
+
 async def test_the_replica_serving_a_call_dies_and_the_resumed_stream_says_so(replicas):
     """Last in this module: it kills replica 2. The job goes on; the resumed stream (on another
     replica) gets what the dead one stored, then an error for the call, not an endless wait."""

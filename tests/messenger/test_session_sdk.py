@@ -13,6 +13,7 @@ import json
 
 import anyio
 import httpx2
+import redis as sync_redis
 from mcp.server import runner
 from mcp.server.connection import Connection
 from mcp.server.mcpserver import Context, MCPServer
@@ -21,6 +22,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from messenger import session_sdk
 from messenger.sessions import RETRY_MS, SessionGate
+from shared.connection import connect
 
 POST = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "pin", "version": "1"}}
@@ -114,3 +116,63 @@ async def test_a_session_opened_on_one_replica_is_served_and_deleted_on_another(
     ]
     assert deleted.status_code == 200 and gone.status_code == 404
     assert not session_sdk.is_local(manager_a, sid)  # the 404 made replica A forget its copy too
+
+
+async def test_each_stored_event_costs_about_one_redis_command(redis_url):
+    """The README's Redis cost, measured on a real Redis: a call with 100 progress notifications."""
+    redis = connect(redis_url)
+    gate, manager = replica(redis)
+    plain = sync_redis.Redis.from_url(redis_url)
+    text = " ".join(f"w{i}" for i in range(100))
+    try:
+        with anyio.fail_after(20):
+            async with manager.run(), httpx2.AsyncClient(transport=httpx2.ASGITransport(gate)) as http:
+                url = "http://127.0.0.1:8000/mcp"
+                init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+                sid = (await http.post(url, headers=POST, json=init)).headers["mcp-session-id"]
+                headers = {**POST, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+                call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                        "params": {"name": "shout", "arguments": {"text": text}, "_meta": {"progressToken": 1}}}  # fmt: skip
+                plain.config_resetstat()
+                sent = events((await http.post(url, headers=headers, json=call)).text)
+                stats = plain.info("commandstats")
+    finally:
+        await redis.aclose()
+    calls = {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()}
+    calls.pop("info", None)
+    calls.pop("config|resetstat", None)
+    assert len(sent) == 102  # the priming event, 100 notes, the result
+    assert calls["xadd"] == len(sent)
+    per_event = sum(calls.values()) / len(sent)
+    print(f"Redis commands per stored event: {per_event:.3f} ({calls})")
+    assert per_event < 1.05, calls  # one XADD each; EXPIRE on the first and last; one GETEX per request
+
+
+async def test_a_finished_stream_replays_whole_on_another_replica_and_junk_in_it_is_skipped(redis, caplog):
+    (gate_a, manager_a), (gate_b, manager_b) = replica(redis), replica(redis)
+    url = "http://127.0.0.1:8000/mcp"
+    with anyio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(manager_a.run())
+            await stack.enter_async_context(manager_b.run())
+            a = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_a)))
+            b = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_b)))
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+            sid = (await a.post(url, headers=POST, json=init)).headers["mcp-session-id"]
+            headers = {**POST, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "shout", "arguments": {"text": "x y"}, "_meta": {"progressToken": 1}}}  # fmt: skip
+            sent = events((await a.post(url, headers=headers, json=call)).text)
+            again = events((await b.get(url, headers={**headers, "Last-Event-ID": sent[0]["id"]})).text)
+            after_end = await b.get(url, headers={**headers, "Last-Event-ID": sent[-1]["id"]})
+            key = f"mcpq:session:{sid}:events:9"  # a stream with junk between its first event and its end
+            first = (await redis.xadd(key, {"m": "", "r": "x"})).decode()
+            await redis.xadd(key, {"m": "not json", "r": "x"})
+            await redis.xadd(key, {"m": '{"jsonrpc": "2.0", "id": 9, "result": {}}', "r": "x"})
+            junk = await b.get(url, headers={**headers, "Last-Event-ID": f"9/{first}"})
+    assert again == sent[1:]  # everything after the priming event, ids included
+    assert after_end.status_code == 200 and events(after_end.text) == []
+    assert junk.status_code == 200 and [json.loads(e["data"]) for e in events(junk.text)] == [
+        {"jsonrpc": "2.0", "id": 9, "result": {}}
+    ]
+    assert "no JSON-RPC message skipped" in caplog.text and "Traceback" not in caplog.text
