@@ -221,7 +221,9 @@ class Tail:
         try:
             message = jsonrpc_message_adapter.validate_json(body)
         except ValidationError:  # junk written into the stream by something else: skipped
-            log.warning("session %s: an event that is no JSON-RPC message skipped", self.store.session_id[:12])
+            log.warning(
+                "session %s: an event that is no JSON-RPC message skipped", self.store.session_id[:12]
+            )
             return False
         self.job_id = _job_of(message) or self.job_id
         await self.send(EventMessage(message, f"{self.stream_id}/{entry_id}"))
