@@ -110,14 +110,17 @@ async def test_completions_list_only_the_callers_own_jobs_and_prompts_know_the_t
             review = await bob.complete(
                 PromptReference(type="ref/prompt", name="review_job"), {"name": "job_id", "value": ""}
             )
-            hello_alice = await alice.get_prompt("greeting", {"who": "A"})
-            hello_bob = await bob.get_prompt("greeting", {"who": "B"})
+            hello_alice = await alice.get_prompt("greeting", {"who": "A-7f3a"})
+            hello_bob = await bob.get_prompt("greeting", {"who": "B-7f3a"})
+            huge = await job_ids(alice, "x" * 3_000_000)  # under the 4 MiB body cap
     assert set(alices) <= set(seen["alice"]) and not set(bobs) & set(seen["alice"])
     assert set(bobs) <= set(seen["bob"]) and not set(alices) & set(seen["bob"])
     assert set(alices + bobs) <= set(seen["operator"])
     assert by_prefix == [] and not set(alices) & set(review.completion.values)
-    assert hello_alice.messages[0].content.text == "Hello A, hi alice"  # pyright: ignore[reportAttributeAccessIssue]
-    assert hello_bob.messages[0].content.text == "Hello B, welcome"  # pyright: ignore[reportAttributeAccessIssue]
+    assert hello_alice.messages[0].content.text == "Hello A-7f3a, hi alice"  # pyright: ignore[reportAttributeAccessIssue]
+    assert hello_bob.messages[0].content.text == "Hello B-7f3a, welcome"  # pyright: ignore[reportAttributeAccessIssue]
+    assert huge == []
+    assert "7f3a" not in server.log()  # no prompt argument or text in a log line
 
 
 async def test_a_subscription_notifies_its_owner_on_the_standalone_stream(
