@@ -107,6 +107,18 @@ def last_restart(call: dict) -> int:
     return restarts[-1] if restarts else 0
 
 
+FOLLOWED = " ".join(f"word{i}" for i in range(20))  # a 36-token answer: 0.7 s to stream
+
+
+def assert_followed_to_the_end(seen: dict) -> None:
+    """The client's job:// subscription (plan `follow`) told it of updates until the job completed."""
+    follow = seen["follow"]["ok"]
+    assert follow["job"]["status"] == "completed" and follow["job"]["aiResponse"] == whole_answer(FOLLOWED)
+    assert follow["statuses"][-1] == "completed"
+    updated = [n for n in seen["notifications"] if n["method"] == "notifications/resources/updated"]
+    assert {n["params"]["uri"] for n in updated} == {follow["uri"]}
+
+
 CLIENTS = [  # (sdk, era, the protocol version it must end up speaking)
     pytest.param("v1", "legacy", "2025-11-25", id="ts-sdk-v1"),
     pytest.param("v2", "legacy", "2025-11-25", id="ts-sdk-v2-2025-11-25"),
@@ -131,12 +143,16 @@ def test_ts_sdk_lists_and_streams_exact_answers(node_tools, stack, sdk, era, pro
 @pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS)
 def test_ts_sdk_behind_a_round_robin_proxy_over_three_replicas(node_tools, stack, sdk, era, protocol):
     """Each request may land on another replica (a 2025-11-25 session lives in Redis): no session
-    error, every answer exact, every replica served a call."""
+    error, every answer exact, every replica served a call; a job:// subscription's updates reach
+    the client whichever replica holds its GET stream."""
     messages = [f"call {n} from TS {sdk} {era} through the proxy" for n in range(4)]
+    follow = FOLLOWED if protocol == "2025-11-25" else None
     before = len(stack.proxy.served)
-    seen = run_client(node_tools, sdk, stack.proxy.url, era, messages=messages)
+    seen = run_client(node_tools, sdk, stack.proxy.url, era, messages=messages, follow=follow)
     assert seen["protocolVersion"] == protocol
     assert_exact_answers(seen, messages)
+    if follow:
+        assert_followed_to_the_end(seen)
     served = stack.proxy.served[before:]
     assert [str(s) for s in served if s.status >= 400] == []
     assert {s.backend for s in served if "tools/call" in s.rpc} == {0, 1, 2}
@@ -160,7 +176,6 @@ def test_inspector_behind_a_round_robin_proxy_over_three_replicas(node_tools, st
 
 
 PROMPTS = {"delegate", "review_job", "summarize"}  # the repo's prompts/ directory
-FOLLOWED = " ".join(f"word{i}" for i in range(20))  # a 36-token answer: 0.7 s to stream
 
 
 @pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS)
@@ -189,11 +204,7 @@ def test_ts_sdks_get_prompts_complete_arguments_and_follow_a_job(node_tools, sta
     if protocol == "2026-07-28":  # no resources/subscribe in this era
         assert seen["capabilities"]["resources"]["subscribe"] is False
         return
-    follow = seen["follow"]["ok"]
-    assert follow["job"]["status"] == "completed" and follow["job"]["aiResponse"] == whole_answer(FOLLOWED)
-    assert follow["statuses"][-1] == "completed"
-    updated = [n for n in seen["notifications"] if n["method"] == "notifications/resources/updated"]
-    assert {n["params"]["uri"] for n in updated} == {follow["uri"]}
+    assert_followed_to_the_end(seen)
 
 
 @pytest.mark.parametrize("era", ["legacy", "modern"])
