@@ -14,6 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,3 +192,16 @@ class Lab:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 server.stop()
+
+
+@contextlib.contextmanager
+def scratch_lab(prefix: str) -> Iterator[Lab]:
+    """A Lab in a fresh temporary directory (no developer's `.env` applies), closed at the end."""
+    forget_settings()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.chdir(tmp)
+        lab = Lab(Path(tmp))
+        try:
+            yield lab
+        finally:
+            lab.close()

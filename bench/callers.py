@@ -1,0 +1,302 @@
+"""N concurrent MCP callers on one messenger, beside the same jobs followed without MCP.
+
+    uv run python bench/callers.py [--callers 100,300,1000] [--workers 2]
+
+One redis-server, worker processes with the mock provider pacing 20 tokens/s, one real
+`messenger serve --transport http` process. For each N: N bare streamable-HTTP callers
+(bench/mcp_wire.py) each call send_message_to_ai with a progressToken, spread over one second;
+then N jobs followed in this process through a raw JobClient (the no-MCP path: hub, collector,
+no HTTP, no SDK). Per path: first token after the call (p50/p99), token delay (the worker's event
+`ts` → the caller has it, p99), and CPU per relayed token (the messenger process's, resp. this
+process's). Every answer must be whole and in order.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import bisect  # noqa: E402
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+from redis_server import free_port  # noqa: E402
+
+from bench.lab import Lab, Site, child_env, cpu_seconds, scratch_lab  # noqa: E402
+from bench.mcp_wire import Caller  # noqa: E402
+from bench.stats import ms, percentile  # noqa: E402
+from shared import keys  # noqa: E402
+
+TOKEN_DELAY_MS = 50  # 20 tokens/s per stream
+FILLER = "please answer this bench question with a sentence that is long enough to stream for a while"
+STAGGER = 1.0
+
+
+class Lost(Exception):
+    """An answer came back incomplete, reordered or not at all: a correctness failure."""
+
+
+@dataclass
+class Tally:
+    """What one path measured over its N calls."""
+
+    first: list[float] = field(default_factory=list)  # seconds from the call to its first token
+    delays: list[float] = field(default_factory=list)  # event ts → the caller has it
+    tokens: int = 0
+    wrong: list[str] = field(default_factory=list)
+    cpu: float = 0.0
+    wall: float = 0.0
+    starved: float = 0.0  # seconds the follower's process was runnable but had no CPU
+
+    def figures(self) -> dict[str, float]:
+        first, delays = ms(self.first), ms(self.delays)
+        return {
+            "first_p50": percentile(first, 50),
+            "first_p99": percentile(first, 99),
+            "delay_p50": percentile(delays, 50),
+            "delay_p99": percentile(delays, 99),
+            "cpu_us_per_token": 1e6 * self.cpu / max(self.tokens, 1),
+            "cpu_pct": 100 * self.cpu / max(self.wall, 1e-9),
+            "starved_pct": 100 * self.starved / max(self.wall, 1e-9),
+        }
+
+
+def message(i: int) -> str:
+    return f"caller {i} {FILLER}"
+
+
+def expected(i: int) -> str:
+    from worker.providers.mock import mock_reply
+
+    return "".join(mock_reply([{"role": "user", "content": message(i)}]))
+
+
+async def stream_events(redis, job_id: str) -> list[tuple[float, int]]:
+    """(ts, end offset in the answer) of each token event of the job's last attempt."""
+    from shared.events import parse_event
+
+    ends: list[tuple[float, int]] = []
+    offset = 0
+    for _, fields in await redis.xrange(keys.stream(job_id)):
+        event = parse_event(fields[b"event"])
+        if event.type == "start":
+            ends, offset = [], 0
+        elif event.type == "token":
+            offset += len(event.text)
+            ends.append((event.ts, offset))
+    return ends
+
+
+def delays_of(ends: list[tuple[float, int]], seen: list[tuple[float, int]]) -> list[float]:
+    """For each event (ts, end offset): when the first notification covering its end arrived − ts."""
+    offsets = [offset for _, offset in seen]
+    out = []
+    for ts, end in ends:
+        k = bisect.bisect_left(offsets, end)
+        if k < len(seen):
+            out.append(seen[k][0] - ts)
+    return out
+
+
+async def mcp_path(port: int, redis, n: int, rng: random.Random, opened=lambda: None) -> Tally:
+    tally = Tally()
+    callers = [Caller("127.0.0.1", port) for _ in range(n)]
+    sem = asyncio.Semaphore(100)
+
+    async def open_one(c: Caller) -> None:
+        async with sem:
+            await c.open()
+
+    await asyncio.gather(*(open_one(c) for c in callers))
+    opened()
+    t_start = time.time() + 0.2
+    job_ends: dict[str, list[tuple[float, int]]] = {}
+
+    async def one(i: int, caller: Caller) -> None:
+        await asyncio.sleep(max(0.0, t_start + rng.uniform(0, STAGGER) - time.time()))
+        called = time.time()
+        seen: list[tuple[float, int]] = []  # (arrival, answer length so far)
+        text = ""
+        result = None
+        async for arrived, msg in caller.call("send_message_to_ai", {"message": message(i)}):
+            if msg.get("method") == "notifications/progress":
+                chunk = msg["params"].get("message") or ""
+                if chunk.startswith("["):
+                    continue  # a keep-alive or notice, not answer text
+                if not text:
+                    tally.first.append(arrived - called)
+                text += chunk
+                seen.append((arrived, len(text)))
+            elif "result" in msg or "error" in msg:
+                result = msg
+                break
+        structured = ((result or {}).get("result") or {}).get("structuredContent") or {}
+        job_id = structured.get("jobId") or structured.get("job_id")
+        if text != expected(i) or not job_id:
+            tally.wrong.append(f"caller {i}: {len(text)} of {len(expected(i))} chars; {str(result)[:200]}")
+            return
+        tally.tokens += len(expected(i).split(" "))
+        job_ends[job_id] = seen  # type: ignore[assignment]
+        tally.delays += delays_of(await stream_events(redis, job_id), seen)
+
+    try:
+        await asyncio.gather(*(one(i, c) for i, c in enumerate(callers)))
+    finally:
+        await asyncio.gather(*(c.close() for c in callers))
+    return tally
+
+
+async def raw_path(runtime, n: int, rng: random.Random) -> Tally:
+    """The same jobs followed by JobClient.run in this process: no HTTP, no MCP SDK."""
+    from shared.models import ChatRequest
+
+    tally = Tally()
+    t_start = time.time() + 0.2
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(max(0.0, t_start + rng.uniform(0, STAGGER) - time.time()))
+        called = time.time()
+        got_first = False
+
+        async def on_event(event, _transcript) -> None:
+            nonlocal got_first
+            if event is None or event.type != "token":
+                return
+            now = time.time()
+            if not got_first:
+                got_first = True
+                tally.first.append(now - called)
+            tally.delays.append(now - event.ts)
+
+        result = await runtime.jobs.run(ChatRequest(message=message(i)), on_event=on_event, timeout=120)
+        if result.ai_response != expected(i):
+            tally.wrong.append(f"job {result.job_id}: {result.status} {result.error or ''}")
+            return
+        tally.tokens += len(expected(i).split(" "))
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return tally
+
+
+def runqueue_seconds(pid: int) -> float:
+    """How long the process's threads have waited for a CPU while runnable (a busy box, not us)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            total += int(f.read().split()[1])
+    return total / 1e9
+
+
+def wait_health(port: int, proc, lab: Lab, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the messenger exited:\n{lab.log_tail(proc)}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the messenger did not get healthy:\n{lab.log_tail(proc)}")
+        time.sleep(0.1)
+
+
+def profile(pid: int, path: str, seconds: float) -> None:
+    """py-spy (installed by hand, not a dependency) samples the messenger while the callers run."""
+    import subprocess
+
+    subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+         "--format", "raw", "--nonblocking", "-o", path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def measure(
+    lab: Lab, site: Site, counts: list[int], profile_to: str | None = None
+) -> list[tuple[int, dict, dict]]:
+    from messenger.runtime import open_runtime
+    from shared.settings import load_settings
+
+    port = free_port()
+    messenger = lab.spawn(
+        "messenger",
+        ["-m", "messenger.cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
+        child_env(REDIS_URL=site.url),
+    )
+    await asyncio.to_thread(wait_health, port, messenger, lab)
+    rng = random.Random(20)
+    rows = []
+    async with open_runtime(load_settings(redis_url=site.url)) as runtime:
+        site.runtime = runtime
+        await lab.wait_ready(site)
+        await raw_path(runtime, 5, rng)  # warm both paths up
+        await mcp_path(port, runtime.redis, 5, rng)
+        for n in counts:
+            cpu0, wall0, wait0 = cpu_seconds(messenger.pid), time.monotonic(), runqueue_seconds(messenger.pid)
+            opened = lambda: None  # noqa: E731
+            if profile_to and n == max(counts):
+                opened = lambda: profile(messenger.pid, profile_to, 8)  # noqa: E731
+            mcp = await mcp_path(port, runtime.redis, n, rng, opened)
+            mcp.cpu, mcp.wall = cpu_seconds(messenger.pid) - cpu0, time.monotonic() - wall0
+            mcp.starved = runqueue_seconds(messenger.pid) - wait0
+            cpu0, wall0, wait0 = time.process_time(), time.monotonic(), runqueue_seconds(os.getpid())
+            raw = await raw_path(runtime, n, rng)
+            raw.cpu, raw.wall = time.process_time() - cpu0, time.monotonic() - wall0
+            raw.starved = runqueue_seconds(os.getpid()) - wait0
+            for path, tally in (("MCP", mcp), ("raw", raw)):
+                if tally.wrong:
+                    raise Lost(f"{n} callers, {path}: {len(tally.wrong)} wrong; e.g. {tally.wrong[0]}")
+            rows.append((n, mcp.figures(), raw.figures()))
+            print(f"{n} callers done", file=sys.stderr)
+    return rows
+
+
+def table(rows: list[tuple[int, dict, dict]]) -> list[str]:
+    lines = [
+        "| callers | first token p50 / p99 (MCP) | goal p99 ≤ 1 s | first token p99 (raw) "
+        "| token delay p99 (MCP) | goal ≤ 150 ms | token delay p99 (raw) "
+        "| CPU/token MCP | CPU/token raw | ratio (goal ≤ 2×) | messenger CPU | messenger waited for a CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, mcp, raw in rows:
+        ratio = mcp["cpu_us_per_token"] / max(raw["cpu_us_per_token"], 1e-9)
+        lines.append(
+            f"| {n} | {mcp['first_p50']:.0f} / {mcp['first_p99']:.0f} ms "
+            f"| {'yes' if mcp['first_p99'] <= 1000 else 'no'} | {raw['first_p99']:.0f} ms "
+            f"| {mcp['delay_p99']:.0f} ms | {'yes' if mcp['delay_p99'] <= 150 else 'no'} "
+            f"| {raw['delay_p99']:.0f} ms | {mcp['cpu_us_per_token']:.0f} µs "
+            f"| {raw['cpu_us_per_token']:.0f} µs | ×{ratio:.1f} | {mcp['cpu_pct']:.0f} % | {mcp['starved_pct']:.0f} % |"
+        )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--callers", default="100,300,1000", help="comma-separated caller counts")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (slots split evenly)")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy the messenger's largest round to FILE")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.callers.split(",")]
+    with scratch_lab("mcpq-callers-") as lab:
+        site = lab.site("callers")
+        slots = max(counts) // args.workers + 10
+        lab.add_workers(site, args.workers, WORKER_CONCURRENCY=slots, MOCK_TOKEN_DELAY_MS=TOKEN_DELAY_MS)
+        rows = asyncio.run(measure(lab, site, counts, args.profile))
+    print(f"$ uv run python bench/callers.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"load average at end {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print("\n".join(table(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
