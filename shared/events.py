@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from redis._parsers import BaseParser
+
+from shared import keys
+from shared.scripts import Args, script
 
 
 class TokenUsage(BaseModel):
@@ -97,28 +101,82 @@ def dump_event(event: Event) -> bytes:
     return event.model_dump_json().encode()
 
 
-def queue_events(pipe, events: list[Event]) -> list[str]:
-    """Queue each event's stream append and publish on a pipeline; answers the job id of each command.
+# The job id is spliced back into each event here, so it crosses the wire once per job, not per
+# event; the prefixes and limits are constants of the script, not arguments sent with every call.
+@script(
+    f"""
+local failures = {{}}
+local i = 1
+while i <= #batch do
+  local job, count, flags = batch[i], tonumber(batch[i + 1]), batch[i + 2]
+  local stream, head, failed, skip = '{keys.STREAM_PREFIX}' .. job, '', '', 0
+  if string.sub(flags, 3, 3) == '1' then head = '{{"job_id":"' .. job .. '",' end
+  if string.sub(flags, 2, 2) == '1' then  -- a failed write may have landed: never store an event twice
+    local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    if type(last) == 'table' and last[1] then
+      local ok, seen = pcall(cjson.decode, last[1][2][2])
+      local first = cjson.decode(head .. batch[i + 3])
+      if ok and type(seen) == 'table' and seen.attempt == first.attempt and type(seen.seq) == 'number' then
+        skip = math.max(0, math.min(count, seen.seq - first.seq + 1))
+      end
+    end
+  end
+  for k = skip + 1, count do
+    local data = head .. batch[i + 2 + k]
+    local added = redis.pcall('XADD', stream, 'MAXLEN', '~', {keys.STREAM_MAXLEN}, '*', 'event', data)
+    if type(added) == 'table' and added.err then failed = added.err break end
+    redis.call('PUBLISH', '{keys.EVENTS_PREFIX}' .. job, data)
+  end
+  if failed == '' and string.sub(flags, 1, 1) == '1' then
+    redis.call('EXPIRE', stream, {keys.STREAM_TTL_SECONDS})
+  end
+  failures[#failures + 1] = failed
+  i = i + 3 + count
+end
+return failures
+"""
+)
+async def _append(redis, *, batch: Args) -> list[bytes]:
+    """Per job of `batch` (job id, event count, flags: ended? retried? job id left out?, events…): append
+    each event to the job's stream, then publish it; '' or the error that stopped that job alone (its
+    stream key holds junk)."""
+    ...
 
-    Stream first: any event a live reader sees is already there for a reader that replays.
+
+async def write_events(
+    redis, events: list[Event], retried: frozenset[str] = frozenset()
+) -> dict[str, Exception]:
+    """Store and publish `events` (any jobs, each job's in order) in one command; answers the jobs whose
+    events Redis refused, with the error. Raises when the whole write failed (Redis away, out of memory).
+
+    One script, not a pipeline of XADD + PUBLISH per event: each event crosses the wire once, and
+    one reply comes back, not two per event. Stream first: any event a live reader sees is already
+    there for a reader that replays. A finished job's stream expires with its result; a running
+    one's is renewed by the worker's heartbeat. For the jobs in `retried` (an earlier write of these
+    events failed, maybe after Redis ran it) the events already at the stream's end are skipped.
     """
-    from shared import keys
-
-    owners: list[str] = []
+    jobs: dict[str, list[Event]] = {}
     for event in events:
-        data = dump_event(event)
-        pipe.xadd(keys.stream(event.job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
-        pipe.publish(keys.events(event.job_id), data)
-        owners += [event.job_id, event.job_id]
-    ended = dict.fromkeys(e.job_id for e in events if e.type != "token")  # running ones: the heartbeat renews
-    for job_id in ended:
-        pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
-        owners.append(job_id)
-    return owners
+        jobs.setdefault(event.job_id, []).append(event)
+    batch: list[str | bytes] = []
+    for job_id, owned in jobs.items():
+        data = [dump_event(e) for e in owned]
+        head = b'{"job_id":"' + job_id.encode() + b'",'
+        spliced = all(d.startswith(head) for d in data)  # a job id JSON escapes is sent as it is
+        if spliced:
+            data = [d[len(head) :] for d in data]
+        ended = any(e.type != "token" for e in owned)
+        flags = "".join("1" if f else "0" for f in (ended, job_id in retried, spliced))
+        batch += [job_id, str(len(owned)), flags, *data]
+    answers = await _append(redis, batch=batch)
+    return {
+        job_id: BaseParser.parse_error(answer.decode(errors="replace"))
+        for job_id, answer in zip(jobs, answers, strict=True)
+        if answer
+    }
 
 
 async def publish_events(redis, events: list[Event]) -> None:
-    """Append events to their job's stream, then publish them, in one round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
-        queue_events(pipe, events)
-        await pipe.execute()
+    """Append events to their job's stream, then publish them, in one round trip; raises on a refusal."""
+    for error in (await write_events(redis, events)).values():
+        raise error

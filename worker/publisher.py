@@ -1,15 +1,16 @@
 """Publishes every job's events without making the model wait on Redis, and never loses one quietly.
 
 One EventWriter per worker process keeps at most one write in flight: whatever events all of the
-process's jobs produce meanwhile go out together in the next one (one MULTI/EXEC, so an event is
-published only if it was also stored). A job's tokens that pile up while a write is in flight merge
-into a single token event, so 200 concurrent streams cost one round trip per batch, not per token.
+process's jobs produce meanwhile go out together in the next one (one script call, so an event is
+published only if it was also stored: shared.events.write_events). A job's tokens that pile up
+while a write is in flight merge into a single token event, so 200 concurrent streams cost one
+command per batch, not two per token.
 
 A write that fails keeps the job's events, in order, and retries them with backoff until Redis takes
 them or the job's deadline passes; later tokens queue behind them, and `settle()` and every
-terminal event wait until everything before them is written. Failures are per job: each command's
-own answer is read (never the pipeline's error text, which quotes other jobs' events), so one job's
-broken stream key fails that job alone. Past the deadline the job is stopped with a JobStopped that
+terminal event wait until everything before them is written. Failures are per job: the script
+answers each job's own error (never text that quotes other jobs' events), so one job's broken
+stream key fails that job alone. Past the deadline the job is stopped with a JobStopped that
 says why, so it never reports an answer its followers could not get.
 """
 
@@ -34,7 +35,7 @@ from shared.events import (
     TokenUsage,
     ToolCallEvent,
     ToolResultEvent,
-    queue_events,
+    write_events,
 )
 
 log = logging.getLogger("worker.publisher")
@@ -68,9 +69,35 @@ def why_not_written(error: BaseException, job_id: str) -> tuple[str, bool]:
     return f"the write failed ({type(error).__name__})", False
 
 
+class _SentOnce:
+    """Sends each write once per try. redis-py's own retry would send the script again after a
+    connection lost while its reply was on the way, storing those events twice; the publisher
+    retries itself instead, telling the script to skip what had landed."""
+
+    def __init__(self, redis):
+        self.pool = redis.connection_pool
+
+    async def _once(self, *args):
+        connection = await self.pool.get_connection()
+        try:
+            await connection.send_command(*args)
+            return await connection.read_response()
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await self.pool.release(connection)
+
+    async def evalsha(self, *args):
+        return await self._once("EVALSHA", *args)
+
+    async def eval(self, *args):
+        return await self._once("EVAL", *args)
+
+
 class EventWriter:
     def __init__(self, redis):
-        self.redis = redis
+        self.redis = _SentOnce(redis) if hasattr(redis, "connection_pool") else redis
         self._dirty: dict[EventPublisher, None] = {}  # insertion-ordered set
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -105,13 +132,9 @@ class EventWriter:
         failures: dict[str, BaseException] = {}
         try:
             if events:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    owners = queue_events(pipe, events)
-                    answers = await pipe.execute(raise_on_error=False)
-                for job_id, answer in zip(owners, answers, strict=True):
-                    if isinstance(answer, BaseException):
-                        failures.setdefault(job_id, answer)
-        except Exception as e:  # the whole write failed: Redis away, or EXECABORT (every command refused)
+                retried = frozenset(p.job_id for p in publishers if p._failing_since is not None)
+                failures = dict(await write_events(self.redis, events, retried))
+        except Exception as e:  # the whole write failed: Redis away, or every write refused (OOM)
             failures = {p.job_id: e for p in publishers}
         for publisher, taken, waiters in batch:
             error = failures.get(publisher.job_id)

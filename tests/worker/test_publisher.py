@@ -186,16 +186,14 @@ class _FlakyRedis:
     def __init__(self, redis, down: bool = True):
         self.redis, self.down, self.failed = redis, down, 0
 
-    def pipeline(self, transaction: bool = True):
-        pipe = self.redis.pipeline(transaction=transaction)
+    async def evalsha(self, *args):
         if self.down:
+            self.failed += 1
+            raise RedisConnectionError("Redis went away (job-other's secret tokens)")
+        return await self.redis.evalsha(*args)
 
-            async def fail(*args, **kwargs):
-                self.failed += 1
-                raise RedisConnectionError("Redis went away (job-other's secret tokens)")
-
-            pipe.execute = fail
-        return pipe
+    async def eval(self, *args):
+        return await self.evalsha(*args) if self.down else await self.redis.eval(*args)
 
 
 async def test_events_that_failed_to_write_are_retried_in_order_and_the_ending_waits_for_them(redis, channel):
@@ -245,3 +243,32 @@ async def test_one_jobs_broken_stream_fails_that_job_alone_and_its_error_names_n
     assert (
         "".join(e.text for e in await job_events(redis, "job-b") if e.type == "token") == "secret tokens of b"
     )
+
+
+class _ReplyLost(_FlakyRedis):
+    """A Redis that runs the write but whose reply is lost on the way back, while `down`."""
+
+    async def evalsha(self, *args):
+        answer = await self.redis.evalsha(*args)
+        if self.down:
+            self.failed += 1
+            self.down = False  # the retry's reply comes back
+            raise RedisConnectionError("connection lost before the reply came")
+        return answer
+
+
+async def test_a_write_that_landed_though_its_reply_was_lost_is_not_stored_twice(redis, channel):
+    flaky = _ReplyLost(redis, down=False)
+    publisher = EventWriter(flaky).publisher(JOB, attempt=1)
+    await publisher.start("worker-a", "mock-1")
+    await publisher.settle()  # the script is known to the server: the next write is one EVALSHA
+    flaky.down = True
+    publisher.token("once ")
+    publisher.token("only")
+    await done(publisher)
+    assert flaky.failed == 1
+
+    streamed = await job_events(redis, JOB)
+    assert_well_formed(streamed)
+    assert "".join(e.text for e in streamed if e.type == "token") == "once only"
+    assert streamed == await channel_events(channel), "published once each too"
