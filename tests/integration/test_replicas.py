@@ -351,3 +351,38 @@ async def test_the_replica_serving_a_call_dies_and_the_resumed_stream_says_so(re
     assert len(ids) == len(set(ids))
     job_id = replicas.redis.zrange("mcpq:jobs:recent", -1, -1)[0].decode()
     await eventually(lambda: replicas.redis.exists(f"arq:result:{job_id}"), 30)  # the job goes on to its end
+
+
+async def test_a_python_client_whose_replica_dies_mid_call_resumes_elsewhere_and_is_told(replicas):
+    """After the test above (replica 2 is gone): the replica serving a legacy client's call dies;
+    the client's own transport resumes with Last-Event-ID through the proxy and the call ends with
+    the error that says so, instead of hanging; the session goes on serving on the replica left."""
+    prompt = " ".join(f"v{i}" for i in range(40))
+    started = anyio.Event()
+
+    async def on_progress(progress, total, message) -> None:
+        started.set()
+
+    with anyio.fail_after(60):
+        async with behind_proxy(replicas) as proxy, legacy_client(proxy.url, ALICE) as client:
+            failure: list[BaseException] = []
+
+            async def ask() -> None:
+                try:
+                    await client.call_tool(
+                        "send_message_to_ai", {"message": prompt}, progress_callback=on_progress
+                    )
+                except Exception as e:
+                    failure.append(e)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask)
+                await started.wait()
+                serving = replicas.messengers[proxy.backends_of("tools/call")[-1]]
+                serving.proc.kill()
+                serving.proc.wait(10)
+            resumed = [s for s in proxy.served if s.last_event_id and not s.last_event_id.startswith("_GET")]
+            after = await client.call_tool("send_message_to_ai", {"message": "still here?"})
+    assert len(failure) == 1 and "replica serving this call stopped" in str(failure[0]), failure
+    assert resumed and all(s.status == 200 for s in resumed)
+    assert after.structured_content["aiResponse"] == whole_answer("still here?")  # pyright: ignore
