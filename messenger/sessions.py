@@ -50,6 +50,7 @@ FROM_NOW = "$"  # a Last-Event-ID cursor of our own: the standalone stream from 
 EVENTS_KEPT = 10_000  # per stream (approximate trim): 500 s of progress at the batched 20 events/s
 TAIL_BLOCK_MS = 2_000  # one blocking read; between reads the session and the writer are checked
 TAIL_SECONDS = 300  # a resumed or standalone GET ends after this; the client reconnects with its last id
+ANSWERED_SECONDS = 300  # how long a request's events are kept after its response (to resume and read it)
 RETRY_MS = 1_000  # the `retry:` hint on each stream's first (priming) event
 ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 JOB_META = "mcp-queue/jobId"  # the job a progress notification is about (messenger.progress)
@@ -143,7 +144,7 @@ class SessionEvents(EventStore):
     """One session's SSE events in Redis: what `Last-Event-ID` resumes on any replica.
 
     Writing costs one round trip per event: an XADD (trimmed to EVENTS_KEPT), plus an EXPIRE on a
-    stream's first event, on its response, and when the TTL is half spent.
+    stream's first event, on its response (then ANSWERED_SECONDS), and when the TTL is half spent.
     """
 
     def __init__(self, redis, session_id: str, registry: SessionRegistry, replica: str):
@@ -160,11 +161,12 @@ class SessionEvents(EventStore):
         now = time.monotonic()
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(key, {"m": body, "r": self.replica}, maxlen=EVENTS_KEPT, approximate=True)
-        if ending or now - self.expiry_set.get(stream_id, -1e9) > self.registry.ttl / 2:
+        if ending:  # answered: kept only as long as a client that lost the answer may come back for it
+            pipe.expire(key, min(self.registry.ttl, ANSWERED_SECONDS))
+            self.expiry_set.pop(stream_id, None)
+        elif now - self.expiry_set.get(stream_id, -1e9) > self.registry.ttl / 2:
             pipe.expire(key, self.registry.ttl)
             self.expiry_set[stream_id] = now
-        if ending:
-            self.expiry_set.pop(stream_id, None)
         entry = (await pipe.execute())[0]
         return f"{stream_id}/{_text(entry)}"
 

@@ -62,7 +62,7 @@ def test_events_are_stored_before_delivery_and_a_none_replay_opens_no_local_stre
     assert "if stream_id and stream_id not in self._request_streams" in replay
 
 
-def replica(redis) -> tuple[SessionGate, StreamableHTTPSessionManager]:
+def replica(redis, idle_seconds: float = 60) -> tuple[SessionGate, StreamableHTTPSessionManager]:
     server = MCPServer("pin")
 
     @server.tool()
@@ -73,7 +73,7 @@ def replica(redis) -> tuple[SessionGate, StreamableHTTPSessionManager]:
 
     app = server.streamable_http_app(retry_interval=RETRY_MS)  # as serve.py
     manager = server.session_manager
-    return SessionGate(app, manager, redis, 60, f"replica-{id(manager)}"), manager
+    return SessionGate(app, manager, redis, idle_seconds, f"replica-{id(manager)}"), manager
 
 
 def events(text: str) -> list[dict]:
@@ -121,7 +121,7 @@ async def test_a_session_opened_on_one_replica_is_served_and_deleted_on_another(
 async def test_each_stored_event_costs_about_one_redis_command(redis_url):
     """The README's Redis cost, measured on a real Redis: a call with 100 progress notifications."""
     redis = connect(redis_url)
-    gate, manager = replica(redis)
+    gate, manager = replica(redis, idle_seconds=3600)
     plain = sync_redis.Redis.from_url(redis_url)
     text = " ".join(f"w{i}" for i in range(100))
     try:
@@ -136,6 +136,7 @@ async def test_each_stored_event_costs_about_one_redis_command(redis_url):
                 plain.config_resetstat()
                 sent = events((await http.post(url, headers=headers, json=call)).text)
                 stats = plain.info("commandstats")
+                kept = plain.ttl(f"mcpq:session:{sid}:events:2")
     finally:
         await redis.aclose()
     calls = {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()}
@@ -146,6 +147,7 @@ async def test_each_stored_event_costs_about_one_redis_command(redis_url):
     per_event = sum(calls.values()) / len(sent)
     print(f"Redis commands per stored event: {per_event:.3f} ({calls})")
     assert per_event < 1.05, calls  # one XADD each; EXPIRE on the first and last; one GETEX per request
+    assert 0 < kept <= 300  # an answered call's events are kept 5 minutes, not the session's hour
 
 
 async def test_a_finished_stream_replays_whole_on_another_replica_and_junk_in_it_is_skipped(redis, caplog):
