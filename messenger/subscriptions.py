@@ -43,6 +43,7 @@ JOB_SCHEME = "job://"
 PER_SESSION = 100  # a session's subscriptions at once: each follows a job
 SESSION_HEADER = "mcp-session-id"
 LOCAL = "local"  # stdio or in-memory: one session per process, kept here only
+SSE_SESSION = "sse-"  # + SSE's session_id (no session record in Redis: an SSE session is one replica's)
 
 
 class JobSubscriptions:
@@ -115,14 +116,18 @@ class JobSubscriptions:
 
     async def _still_subscribed(self, session: str, uri: str) -> bool:
         """Not unsubscribed here (a cancel Python 3.11's asyncio.wait_for may have swallowed, when it
-        lands as the hub's subscribe confirmation does) nor on another replica."""
+        lands as the hub's subscribe confirmation does) nor on another replica, and, on streamable
+        HTTP, the session not ended (DELETE on any replica, or expired: its record is gone)."""
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             return False
         if session == LOCAL:
             return True
         name = keys.subscriptions(session)
-        return bool(await damaged.read(self.runtime.redis.sismember(name, uri), name, True))  # pyright: ignore[reportArgumentType]
+        subscribed = await damaged.read(self.runtime.redis.sismember(name, uri), name, True)  # pyright: ignore[reportArgumentType]
+        if session.startswith(SSE_SESSION):
+            return bool(subscribed)
+        return bool(subscribed) and bool(await self.runtime.redis.exists(keys.session(session)))
 
     async def _follow(
         self, session: ServerSession, key: tuple[str, str], snapshot: JobResult, reader: str | None
@@ -169,7 +174,8 @@ def _session_key(ctx: ServerRequestContext[Any]) -> str:
     headers = getattr(request, "headers", None)
     session = headers.get(SESSION_HEADER) if headers is not None else None
     if session is None and request is not None:
-        session = getattr(request, "query_params", {}).get("session_id")  # SSE's /messages/
+        sse = getattr(request, "query_params", {}).get("session_id")  # SSE's /messages/
+        session = SSE_SESSION + sse if sse else None
     return session or LOCAL
 
 

@@ -24,6 +24,7 @@ from runtimes import runtime_for
 from messenger.calls import remember_headers
 from messenger.server import build_server
 from messenger.subscriptions import JobSubscriptions
+from shared import keys
 from shared.models import ChatRequest
 
 JOB_REF = ResourceTemplateReference(type="ref/resource", uri="job://{job_id}")
@@ -166,22 +167,34 @@ def http_request_context(session_id: str, session: RecordingSession) -> Any:
     return SimpleNamespace(request=SimpleNamespace(headers={"mcp-session-id": session_id}), session=session)
 
 
-async def test_an_unsubscribe_on_another_replica_stops_the_replica_that_follows(redis_url, workers):
-    """Two replicas on one Redis: the session subscribes on one and unsubscribes on the other."""
+async def test_an_unsubscribe_or_a_delete_on_another_replica_stops_the_replica_that_follows(
+    redis_url, workers
+):
+    """Two replicas on one Redis: a session subscribes on one and unsubscribes on the other; another
+    session subscribes and is then ended (DELETE removes its record from Redis)."""
     async with runtime_for(redis_url) as one, runtime_for(redis_url) as two:
         replica_one, replica_two = JobSubscriptions(one), JobSubscriptions(two)
-        session = RecordingSession()
-        ctx = http_request_context("session-1", session)
-        kept = await one.queue.submit(ChatRequest(message="kept"), caller="operator")
-        dropped = await one.queue.submit(ChatRequest(message="dropped"), caller="operator")
-        for job in (kept, dropped):
+        session, ended_session = RecordingSession(), RecordingSession()
+        ctx, ended_ctx = (
+            http_request_context("session-1", session),
+            http_request_context("session-2", ended_session),
+        )
+        for sid in ("session-1", "session-2"):
+            await one.redis.set(keys.session(sid), b"{}")  # what messenger.sessions keeps while it lives
+        kept, dropped, orphan = [
+            await one.queue.submit(ChatRequest(message=m), caller="operator")
+            for m in ("kept", "dropped", "orphan")
+        ]
+        for job, on in ((kept, ctx), (dropped, ctx), (orphan, ended_ctx)):
             params = SubscribeRequestParams(uri=f"job://{job}")
-            await remember_headers(ctx, lambda c, p=params: replica_one.subscribe(c, p))
+            await remember_headers(on, lambda c, p=params: replica_one.subscribe(c, p))
         params = UnsubscribeRequestParams(uri=f"job://{dropped}")
         await remember_headers(ctx, lambda c: replica_two.unsubscribe(c, params))
+        await two.redis.delete(keys.session("session-2"))
         workers.start(redis_url, MOCK_TOKEN_DELAY_MS="5")
         followers = replica_one.following
-        assert len(followers) == 2  # the replica that took the subscribes follows both jobs
+        assert len(followers) == 3  # the replica that took the subscribes follows every job
         with anyio.fail_after(30):
-            await asyncio.gather(*followers, return_exceptions=True)  # both jobs ended, then each follower
+            await asyncio.gather(*followers, return_exceptions=True)  # the jobs ended, then each follower
     assert session.sent == [f"job://{kept}", f"job://{kept}"]
+    assert ended_session.sent == []
