@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--temperature", type=float)
     ask.add_argument("--max-tokens", type=int)
     ask.add_argument("--conversation")
+    ask.add_argument("--priority", choices=["high", "normal", "low"], help="default: normal")
     ask.add_argument(
         "--mcp-server",
         action="append",
@@ -179,6 +180,7 @@ async def _ask(runtime: Runtime, args) -> int:
         max_tokens=args.max_tokens,
         conversation_id=args.conversation,
         mcp_servers=args.mcp_server,
+        priority=args.priority,
     )
     result = await runtime.jobs.run(request, None if args.json else _printer())
     return _finish(result, args.json)

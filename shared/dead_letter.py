@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from shared import damaged, keys
+from shared import damaged, keys, turns
 from shared.errors import InvalidRequest, JobNotFound, shown_id
 from shared.events import ErrorEvent, dump_event
 from shared.models import JobResult
@@ -72,22 +72,30 @@ async def _bury(
     ...
 
 
-@script("""
+# A requeued job takes its tenant's next turn at normal priority (shared/turns.py), like a new one.
+@script(
+    """
 if redis.call('EXISTS', job) == 1 or redis.call('ZSCORE', queue, job_id) then return 0 end
 redis.call('DEL', result, stream, retry)  -- the dead-letter ending and its events: a fresh start
 redis.call('PSETEX', job, job_ttl_ms, raw)
-redis.call('ZADD', queue, now_ms, job_id)
+local tenant = 'unowned'
+if redis.call('TYPE', owner).ok == 'string' then tenant = redis.call('GET', owner) end
+"""
+    + turns.PLACE_LUA
+    + """
+redis.call('ZADD', queue, turn, job_id)
 redis.call('ZADD', recent, now_ms, job_id)
 redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
 redis.call('HDEL', dead, job_id)
 redis.call('ZREM', order, job_id)
 redis.call('PUBLISH', wakeup, job_id)
 return 1
-""")
+"""
+)
 async def _requeue(
     redis, *, dead: Key, order: Key, job: Key, queue: Key, result: Key, stream: Key, retry: Key,
-    recent: Key, wakeup: Key, job_id: Arg[str], raw: Arg[bytes], now_ms: Arg[int], job_ttl_ms: Arg[int],
-    recent_kept: Arg[int],
+    recent: Key, wakeup: Key, owner: Key, turns: Key, job_id: Arg[str], raw: Arg[bytes], now_ms: Arg[int],
+    job_ttl_ms: Arg[int], recent_kept: Arg[int], band: Arg[int], band_width: Arg[int],
 ) -> int:  # fmt: skip
     """Back on the queue exactly as it was first queued, unless it is queued again already."""
     ...
@@ -198,7 +206,8 @@ async def requeue(redis, job_id: str) -> None:
         redis, dead=keys.DEAD_LETTER, order=keys.DEAD_LETTER_ORDER, job=keys.job(job_id), queue=keys.QUEUE,
         result=keys.result(job_id), stream=keys.stream(job_id), retry=keys.retry(job_id),
         recent=keys.RECENT_JOBS, wakeup=keys.WAKEUP_CHANNEL, job_id=job_id, raw=entry.raw.encode(),
-        now_ms=now_ms, job_ttl_ms=JOB_EXPIRES_MS, recent_kept=keys.RECENT_JOBS_KEPT,
+        now_ms=now_ms, job_ttl_ms=JOB_EXPIRES_MS, recent_kept=keys.RECENT_JOBS_KEPT, owner=keys.owner(job_id),
+        turns=keys.TURNS, band=turns.band("normal"), band_width=turns.BAND_WIDTH,
     )  # fmt: skip
     if not done:
         raise InvalidRequest(f"job {job_id} is queued again already")

@@ -13,8 +13,9 @@ V, V+1, V+2, …; a tenant arriving later starts at V, so its jobs slot in betwe
 it never waits behind a whole backlog (a wall-clock score with a stride would put a late tenant
 behind an early tenant's backlog). Placing a job is O(log n) (one ZRANGEBYSCORE LIMIT 1, two HSETs,
 the ZADD) and the claim stays arq's lowest-first, so cancel, dead letter, queue depth and a lapsed
-lease recovered by the poll need nothing new. A job added some other way (arq's enqueue, a requeued
-dead letter) keeps its wall-clock score: it is due as before and runs after the banded jobs.
+lease recovered by the poll need nothing new. A requeued dead letter takes its tenant's turn at
+normal (shared/dead_letter.py); a job added by arq's own enqueue keeps its wall-clock score: it is
+due as before and runs after the banded jobs.
 """
 
 from __future__ import annotations

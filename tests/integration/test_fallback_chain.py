@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 from mcp import Client
 from mcp_helpers import messenger_env, running_messengers
-from processes import OPENAI_TEST_KEY, start_openai_workers
+from processes import OPENAI_TEST_KEY, ROOT, process_env, start_openai_workers
 from runtimes import runtime_for
 
 from shared import keys
@@ -82,3 +84,16 @@ async def test_a_fallback_crosses_providers_by_prefix_and_providers_table(
     asked = [(r.body["model"], r.api_key) for r in openai_server.chat_requests]
     assert ("also-broken", OPENAI_TEST_KEY) in asked  # the PROVIDERS entry was tried, with its own key
     assert redis_server.client().hget(keys.usage_model("mock/mock-1"), "requests") == b"1"
+
+
+def test_a_fallback_the_worker_cannot_call_stops_its_start_in_one_line(redis_url, tmp_path):
+    """`openai/…` with no OPENAI_API_KEY: the worker refuses to start, not a job an hour later."""
+    log = tmp_path / "worker.log"
+    env = process_env(redis_url, MODEL_FALLBACKS=json.dumps({"mock-1": ["openai/gpt-4o"]}))
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli"], env=env, cwd=ROOT,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    assert proc.wait(60) != 0
+    out = log.read_text()
+    lines = [line for line in out.splitlines() if line.startswith("worker: ")]
+    assert len(lines) == 1 and "OPENAI_API_KEY" in lines[0], out
+    assert "Traceback" not in out

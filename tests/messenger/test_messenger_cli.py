@@ -42,6 +42,17 @@ def test_ask_json_prints_the_result():
     assert result["status"] == "completed" and result["aiResponse"].startswith("Mock answer to: hello")
 
 
+def test_ask_takes_a_priority_and_names_the_choices_when_it_is_wrong():
+    done = run("ask", "hello", "--priority", "low", "--json")
+    assert json.loads(done.stdout)["status"] == "completed", done.stderr
+    wrong = run("ask", "hello", "--priority", "urgent")
+    assert (
+        wrong.returncode == 2
+        and "'high', 'normal', 'low'" in wrong.stderr
+        and "Traceback" not in wrong.stderr
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [({"OPENAI_TEMPERATURE": "5"}, "OPENAI_TEMPERATURE"), ({"MCP_PORT": "http"}, "MCP_PORT"),

@@ -85,6 +85,9 @@ class Providers(Provider):
         self.default = default
         self.name = default.name
         self.named = {name: _from_config(name, c, settings) for name, c in settings.providers.items()}
+        for model in {m for chain in settings.model_fallbacks.values() for m in chain}:
+            if (name := self.route(model)[0]) is not None:
+                self._provider(name)  # a fallback that cannot be called stops the start, not a job later
 
     def route(self, model: str) -> tuple[str | None, str]:
         """(the provider's name, the model for it); (None, model) for the default provider."""
