@@ -167,8 +167,12 @@ class SessionEvents(EventStore):
         elif now - self.expiry_set.get(stream_id, -1e9) > self.registry.ttl / 2:
             pipe.expire(key, self.registry.ttl)
             self.expiry_set[stream_id] = now
-        entry = (await pipe.execute())[0]
-        return f"{stream_id}/{_text(entry)}"
+        try:
+            entry = _text((await pipe.execute())[0])
+        except (RedisError, OSError) as e:  # the live stream goes on; only resuming from here is lost
+            log.warning("session %s: an event not stored (Redis: %s)", self.session_id[:12], type(e).__name__)
+            entry = "0-0"  # names no entry: a Last-Event-ID of it gets 404
+        return f"{stream_id}/{entry}"
 
     async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> None:
         """Send what followed `last_event_id`, then what comes, until the response (or a reason to stop).
@@ -336,20 +340,16 @@ class SessionGate:
             await self.app(scope, receive, send)
             return
         session_id = _header(scope, b"mcp-session-id")
-        try:
-            if session_id is None:
-                if scope["method"] == "POST":
-                    await self._opening(scope, receive, send)
-                else:
-                    await self.app(scope, receive, send)
-                return
-            refusal = await self._admit(scope, session_id)
-        except RedisError as e:
-            log.warning("sessions: Redis refused or is unreachable (%s)", type(e).__name__)
-            await refuse(send, 503, "the session store (Redis) is unavailable: retry shortly")
+        if session_id is None:
+            await (self._opening if scope["method"] == "POST" else self.app)(scope, receive, send)
             return
-        if refusal is None and scope["method"] == "GET":
-            scope, refusal = await self._resume(scope, session_id)
+        try:
+            refusal = await self._admit(scope, session_id)
+            if refusal is None and scope["method"] == "GET":
+                scope, refusal = await self._resume(scope, session_id)
+        except (RedisError, OSError) as e:
+            log.warning("sessions: Redis refused or is unreachable (%s)", type(e).__name__)
+            refusal = 503, "the session store (Redis) is unavailable: retry shortly"
         if refusal is not None:
             await refuse(send, *refusal)
             return
@@ -397,7 +397,10 @@ class SessionGate:
 
         async def ended(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 200:
-                await self.registry.end(session_id)  # every replica answers 404 from now on
+                try:
+                    await self.registry.end(session_id)  # every replica answers 404 from now on
+                except (RedisError, OSError) as e:
+                    log.warning("session %s ended here only (Redis: %s)", session_id[:12], type(e).__name__)
             await send(message)
 
         return ended

@@ -19,6 +19,7 @@ from mcp.server.connection import Connection
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from messenger import session_sdk
 from messenger.sessions import RETRY_MS, SessionGate
@@ -178,3 +179,30 @@ async def test_a_finished_stream_replays_whole_on_another_replica_and_junk_in_it
         {"jsonrpc": "2.0", "id": 9, "result": {}}
     ]
     assert "no JSON-RPC message skipped" in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_with_redis_refusing_a_session_request_gets_503_and_a_live_call_still_answers(
+    redis, monkeypatch, caplog
+):
+    gate, manager = replica(redis)
+    url = "http://127.0.0.1:8000/mcp"
+
+    async def refused(*args, **kwargs):
+        raise RedisConnectionError("Connection refused")
+
+    with anyio.fail_after(20):
+        async with manager.run(), httpx2.AsyncClient(transport=httpx2.ASGITransport(gate)) as http:
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+            sid = (await http.post(url, headers=POST, json=init)).headers["mcp-session-id"]
+            headers = {**POST, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "shout", "arguments": {"text": "p q"}, "_meta": {"progressToken": 1}}}  # fmt: skip
+            monkeypatch.setattr(gate.registry, "touch", refused)
+            unavailable = await http.post(url, headers=headers, json=call)
+            monkeypatch.undo()
+            monkeypatch.setattr(type(redis.pipeline()), "execute", refused)  # no event can be stored
+            answered = events((await http.post(url, headers=headers, json=call)).text)
+    assert unavailable.status_code == 503 and "Redis" in unavailable.json()["error"]["message"]
+    assert json.loads(answered[-1]["data"])["result"]["structuredContent"] == {"result": "P Q"}
+    assert {e["id"] for e in answered} == {"2/0-0"}  # ids that a Last-Event-ID then gets 404 for
+    assert "an event not stored" in caplog.text and "Traceback" not in caplog.text
