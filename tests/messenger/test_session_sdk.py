@@ -3,7 +3,8 @@ behaviour messenger/sessions.py relies on): if an SDK upgrade renames or reshape
 here, loudly, instead of sessions breaking across replicas for users.
 
 Two apps in one process stand for two replicas (two session managers, one Redis): a session opened
-on one is served, resumed and deleted through the other."""
+on one is served, resumed and deleted through the other; and the Redis side of it (what an event
+costs, junk, Redis refusing, a call whose replica is gone) is checked here, in process."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from mcp.server.connection import Connection
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp_types import JSONRPCError, jsonrpc_message_adapter
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from messenger import session_sdk
-from messenger.sessions import RETRY_MS, SessionGate
+from messenger.sessions import RETRY_MS, SessionEvents, SessionGate, SessionRecord, SessionRegistry
 from shared.connection import connect
 
 POST = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -206,3 +208,25 @@ async def test_with_redis_refusing_a_session_request_gets_503_and_a_live_call_st
     assert json.loads(answered[-1]["data"])["result"]["structuredContent"] == {"result": "P Q"}
     assert {e["id"] for e in answered} == {"2/0-0"}  # ids that a Last-Event-ID then gets 404 for
     assert "an event not stored" in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_a_call_whose_replica_is_gone_ends_with_an_error_naming_its_job(redis):
+    """The resumed stream of a call whose writer stopped: the job id comes from the progress the
+    client saw before it resumed (messenger.progress puts it in `_meta`)."""
+    registry = SessionRegistry(redis, 60)
+    await registry.create("s1", SessionRecord("2025-11-25", INIT, None, 0.0))
+    store = SessionEvents(redis, "s1", registry, "gone-replica")  # no mcpq:replica:gone-replica key
+    await store.store_event("7", None)
+    note = {"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": 1, "progress": 1, "message": "Hel", "_meta": {"mcp-queue/jobId": "job-42"}}}  # fmt: skip
+    seen = await store.store_event("7", jsonrpc_message_adapter.validate_python(note))
+    sent: list = []
+
+    async def send(event) -> None:
+        sent.append(event)
+
+    with anyio.fail_after(10):
+        await store.replay_events_after(seen, send)
+    (error,) = [e.message for e in sent]
+    assert isinstance(error, JSONRPCError) and error.id == 7 and error.error.code == -32603
+    assert "job job-42 goes on" in error.error.message and error.error.data == {"jobId": "job-42"}
