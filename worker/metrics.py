@@ -50,6 +50,12 @@ class WorkerMetrics:
         self.tool_duration = Histogram(
             "mcpq_worker_tool_call_seconds", "MCP tool call time", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.fallbacks = Counter(
+            "mcpq_worker_fallbacks",
+            "Jobs another model answered (MODEL_FALLBACKS), by the model first asked and the one that answered",
+            ["from_model", "model"],
+            registry=r,
+        )
         self.heartbeat = Gauge(
             "mcpq_worker_heartbeat_timestamp_seconds", "Unix time of this worker's last heartbeat", registry=r
         )
@@ -68,6 +74,8 @@ class WorkerMetrics:
                 self.tokens.labels(model, kind).inc(usage[f"{kind}Tokens"])
         if usage.get("estimatedCost"):
             self.cost.labels(model).inc(usage["estimatedCost"])
+        if result.get("fallbackFrom"):
+            self.fallbacks.labels(result["fallbackFrom"], model).inc()
         for call in result.get("toolCalls") or []:
             if call.get("result") is not None:  # it answered (a cancelled job's last call may not have)
                 self.tool_calls.labels(call["server"], "error" if call["isError"] else "ok").inc()

@@ -58,6 +58,10 @@ async def test_a_retryable_failure_moves_on_and_the_result_says_from_what(redis,
     assert (done.type, done.model, done.fallback_from) == ("done", "small", "big")
     counted = await redis.hgetall(keys.usage_model("small"))
     assert counted[b"requests"] == b"1" and not await redis.exists(keys.usage_model("big"))
+    metrics = ctx["mcpq"].metrics.registry
+    assert (
+        metrics.get_sample_value("mcpq_worker_fallbacks_total", {"from_model": "big", "model": "small"}) == 1
+    )
 
 
 async def test_a_model_that_streamed_text_is_not_replaced(redis, clean_env):
