@@ -8,8 +8,8 @@ delivery is part of the cost) and drives the streams through the real EventWrite
 shared.events.write_events) and the write before it (a MULTI/EXEC of XADD + PUBLISH per event,
 EXPIRE per ended job) as the peer, with CONFIG RESETSTAT before each. Counted by Redis itself, no
 MONITOR: `INFO commandstats` (every command run, inside scripts too), `INFO stats`
-total_commands_processed (commands clients sent) and net input/output bytes; MEMORY USAGE of each
-finished job's stream. Every answer must arrive whole and in order.
+total_commands_processed (commands clients sent) and net input/output bytes; MEMORY USAGE and TTL
+of each finished job's stream (the result arq stores is the same in both and not counted). Every answer must arrive whole and in order.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ async def one_run(redis, hub, streams: int, tokens: int, old: bool) -> dict[str,
         texts = await asyncio.wait_for(asyncio.gather(*followers), 30)
         stats, commands = await redis.info("stats"), await redis.info("commandstats")
         memory = [await redis.memory_usage(keys.stream(j)) or 0 for j in job_ids]
+        kept = max([await redis.ttl(keys.stream(j)) for j in job_ids])
     finally:
         publisher_module.write_events = real  # type: ignore[assignment]
     want = "".join(f"{k} " for k in range(tokens))
@@ -111,6 +112,8 @@ async def one_run(redis, hub, streams: int, tokens: int, old: bool) -> dict[str,
         "in_bytes_per_token": stats["total_net_input_bytes"] / n,
         "out_bytes_per_token": stats["total_net_output_bytes"] / n,
         "stream_bytes_per_job": sum(memory) / streams,
+        "stream_kept_s": kept,
+        "kb_hours_per_job": sum(memory) / streams * kept / 3600 / 1000,
         "tokens_per_event": n / max(calls.get("xadd", 0) - 2 * streams, 1),  # - each start and done
     }
 
@@ -147,7 +150,9 @@ def main() -> int:
         ("bytes into Redis per token", "in_bytes_per_token", "≤ 200", lambda v: v <= 200, 0),
         ("bytes out of Redis per token (pub/sub + replies)", "out_bytes_per_token", "–", None, 0),
         ("tokens per event (those that piled up merge)", "tokens_per_event", "–", None, 2),
-        ("Redis memory per finished job (its stream)", "stream_bytes_per_job", "O(answer)", None, 0),
+        ("a finished job's stream, bytes", "stream_bytes_per_job", "–", None, 0),
+        ("… kept after the job ended, s (then: the stored result only)", "stream_kept_s", "soon", None, 0),
+        ("… KB·hours of Redis memory per finished job", "kb_hours_per_job", "O(answer)", None, 2),
     ]
     print("| figure | goal | now | before (same run) | met? |")
     print("|---|---|---|---|---|")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Literal, cast
 
@@ -28,6 +29,7 @@ from shared.events import (
     TokenEvent,
     ToolCallEvent,
     ToolResultEvent,
+    make_event,
     parse_event,
 )
 from shared.models import JobResult, ResultUsage, ToolCallRecord
@@ -208,6 +210,56 @@ async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> A
             fresh, cursor = await replay_patiently(redis, transcript, cursor)
             for event in fresh:
                 yield event
+
+
+def retold(result: JobResult) -> list[Event]:
+    """A finished job's story from its stored result, for a reader that comes after its stream
+    expired (keys.ENDED_STREAM_SECONDS): start, its tool calls, the whole answer as one token event,
+    the ending. The same event types a live follower sees, numbered from 0."""
+    attempt, now = max(result.attempt, 1), time.time()
+    told: list[dict] = [{"type": "start", "worker_id": result.worker_id or "?", "model": result.model or "?"}]
+    for call in result.tool_calls:
+        told.append(
+            {
+                "type": "tool_call",
+                **call.model_dump(
+                    include={"call_id", "server", "tool", "arguments", "round"}, by_alias=False
+                ),
+            }
+        )
+        if call.result is not None:
+            told.append(
+                {
+                    "type": "tool_result",
+                    **call.model_dump(
+                        include={"call_id", "server", "tool", "result", "is_error"}, by_alias=False
+                    ),
+                    "duration_ms": call.duration_ms or 0.0,
+                }
+            )
+    if result.ai_response:
+        told.append({"type": "token", "text": result.ai_response})
+    if result.status == "completed":
+        usage = result.usage.model_dump(
+            include={"prompt_tokens", "completion_tokens", "total_tokens", "estimated"}, by_alias=False
+        )
+        told.append(
+            {
+                "type": "done",
+                "usage": usage,
+                "cost": result.usage.estimated_cost,
+                "finish_reason": result.finish_reason,
+                "model": result.model or "?",
+            }
+        )
+    elif result.status == "cancelled":
+        told.append({"type": "cancelled"})
+    else:
+        told.append({"type": "error", "error": result.error or result.status})
+    return [
+        make_event({**fields, "job_id": result.job_id, "seq": seq, "attempt": attempt, "ts": now})
+        for seq, fields in enumerate(told)
+    ]
 
 
 def _parse(raw: bytes, job_id: str) -> Event | None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from arq.jobs import deserialize_job_raw, serialize_result
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay
+from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay, retold
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
@@ -77,7 +77,12 @@ class JobClient:
                 return await self._follow(job_id, live, on_event, timeout)
             transcript = Transcript(job_id)
             if on_event:  # a late follower still sees the whole story
-                for event in (await replay(self.redis, transcript))[0]:
+                told = (await replay(self.redis, transcript))[0]
+                if not told and stored:  # the stream expired after the ending: from the result
+                    told = retold(snapshot)
+                    for event in told:
+                        transcript.apply(event)
+                for event in told:
                     await on_event(event, transcript)
             if stored:
                 return snapshot

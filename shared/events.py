@@ -95,6 +95,11 @@ def parse_event(raw: bytes | str) -> Event:
     return _adapter.validate_json(raw)
 
 
+def make_event(fields: dict[str, Any]) -> Event:
+    """An event of the type `fields["type"]` names; raises pydantic.ValidationError on anything else."""
+    return _adapter.validate_python(fields)
+
+
 def dump_event(event: Event) -> bytes:
     if isinstance(event, DoneEvent) and event.fallback_from is None:  # the wire format as before fallbacks
         return event.model_dump_json(exclude={"fallback_from"}).encode()
@@ -128,7 +133,7 @@ while i <= #batch do
     redis.call('PUBLISH', '{keys.EVENTS_PREFIX}' .. job, data)
   end
   if failed == '' and string.sub(flags, 1, 1) == '1' then
-    redis.call('EXPIRE', stream, {keys.STREAM_TTL_SECONDS})
+    redis.call('EXPIRE', stream, {keys.ENDED_STREAM_SECONDS})
   end
   failures[#failures + 1] = failed
   i = i + 3 + count
@@ -151,8 +156,8 @@ async def write_events(
 
     One script, not a pipeline of XADD + PUBLISH per event: each event crosses the wire once, and
     one reply comes back, not two per event. Stream first: any event a live reader sees is already
-    there for a reader that replays. A finished job's stream expires with its result; a running
-    one's is renewed by the worker's heartbeat. For the jobs in `retried` (an earlier write of these
+    there for a reader that replays. A finished job's stream expires ENDED_STREAM_SECONDS after its
+    ending (its result stays); a running one's is renewed by the worker's heartbeat. For the jobs in `retried` (an earlier write of these
     events failed, maybe after Redis ran it) the events already at the stream's end are skipped.
     """
     jobs: dict[str, list[Event]] = {}

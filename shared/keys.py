@@ -24,7 +24,11 @@ STREAM_MAXLEN = (
     20_000  # events kept per job (approximate trim); a reply longer than this replays from the result
 )
 KEEP_RESULT_SECONDS = 3600  # arq's default keep_result: how long a finished job's result is kept
-STREAM_TTL_SECONDS = KEEP_RESULT_SECONDS  # so text and result expire together
+STREAM_TTL_SECONDS = KEEP_RESULT_SECONDS  # a running job's stream (the heartbeat renews it)
+# A finished job's stream is kept this long after its ending, for followers a moment behind and
+# resumes by event seq; later readers are told the story from the stored result (collector.retold),
+# so Redis holds a finished job's answer once, not once more per token for an hour.
+ENDED_STREAM_SECONDS = 60
 JOB_EXPIRES_MS = 86_400_000  # arq's expires_extra_ms: a job not started within a day fails as expired
 DEAD_LETTER = "mcpq:dead"  # hash: job id -> JSON {job_id, reason, raw (capped), function, at} (dead_letter)
 DEAD_LETTER_ORDER = "mcpq:dead:order"  # zset: job id -> ms when buried; keeps the hash to the newest

@@ -14,12 +14,12 @@ import pytest
 from arq.jobs import serialize_result
 from test_tools import FakeContext
 
-from messenger.collector import Transcript, replay
+from messenger.collector import Transcript, replay, retold
 from messenger.tools import QueueTools
 from shared import keys
 from shared.errors import JobNotFound
 from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, publish_events
-from shared.models import JobResult, ResultUsage
+from shared.models import JobResult, ResultUsage, ToolCallRecord
 from shared.serializer import serialize
 
 JOB = "gappedjob0123456789abcdef0123456"
@@ -128,3 +128,49 @@ async def test_a_reader_arriving_just_after_the_last_event_still_answers_with_th
         await replayed.wait()
         await store_result(redis, stored)
         assert await waiting == stored
+
+
+async def test_a_finished_jobs_stream_expires_soon_after_its_ending_and_its_result_stays(embedded_runtime):
+    redis = embedded_runtime.redis
+    await publish_events(redis, gapped_events())
+    await store_result(redis, STORED)
+    assert 0 < await redis.ttl(keys.stream(JOB)) <= keys.ENDED_STREAM_SECONDS < keys.KEEP_RESULT_SECONDS
+
+
+async def test_a_reader_after_the_stream_expired_is_told_the_whole_story_from_the_stored_result(
+    embedded_runtime,
+):
+    redis, jobs = embedded_runtime.redis, embedded_runtime.jobs
+    call = ToolCallRecord(
+        call_id="c1", server="clock", tool="now", arguments={}, round=1, result="12:00", duration_ms=3.0
+    )
+    with_tool = STORED.model_copy(update={"tool_calls": [call]})
+    await store_result(redis, with_tool)  # and no stream: it expired after the ending
+    seen: list[tuple[str, str]] = []
+
+    async def on_event(event, transcript) -> None:
+        seen.append((event.type, getattr(event, "text", "")))
+
+    result = await jobs.wait(JOB, timeout=5, on_event=on_event)
+    assert result.ai_response == "Mock to: restart job 15"
+    assert seen == [("start", ""), ("tool_call", ""), ("tool_result", ""), ("token", "Mock to: restart job 15"),
+                    ("done", "")]  # fmt: skip
+
+    told = Transcript(JOB)
+    for event in retold(with_tool):
+        assert told.position(event) == "next"
+        told.apply(event)
+    again = told.result()
+    assert (again.status, again.ai_response, again.usage, again.model) == ("completed", STORED.ai_response,
+                                                                           STORED.usage, "mock-1")  # fmt: skip
+    assert [c.result for c in again.tool_calls] == ["12:00"]
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+async def test_a_job_that_did_not_complete_is_retold_with_its_ending(status):
+    result = JobResult(job_id=JOB, status=status, error="boom" if status == "failed" else None, attempt=2)
+    told = Transcript(JOB)
+    for event in retold(result):
+        told.apply(event)
+    assert (told.status, told.attempt, told.text) == (status, 2, "")
+    assert told.error == ("boom" if status == "failed" else "cancelled by request")
