@@ -18,7 +18,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools.base import Tool
 from mcp_types import CallToolResult, TextContent
 
-from messenger.calls import caller_from, error_result, guarded, tool_notice
+from messenger.calls import caller_from, error_result, guarded
+from messenger.progress import ProgressRelay
 from shared.errors import ToolServerError
 from shared.models import ToolCallRequest
 from shared.settings import Settings
@@ -87,22 +88,13 @@ def _forwarder(runtime: Runtime, server: str, tool: str):
 
     async def forward(arguments: dict[str, Any], ctx: Context) -> CallToolResult:
         call = ToolCallRequest(server=server, tool=tool, arguments=arguments)
-        job_ids: list[str] = []
-        notices = 0
-
-        async def on_event(event, transcript) -> None:
-            nonlocal notices
-            if not job_ids:
-                job_ids.append(transcript.job_id)
-            if event is not None and event.type in ("tool_call", "tool_result"):
-                notices += 1
-                await ctx.report_progress(notices, None, tool_notice(event))
+        relay = ProgressRelay(ctx, None)  # queued, started, tool call and result: in `_meta`
 
         try:
             job = await guarded(
                 runtime.jobs.run(
                     call,
-                    on_event,
+                    relay,
                     timeout=settings.tool_call_timeout_seconds + 60,
                     caller=caller_from(ctx.headers, settings),
                 ),
@@ -111,9 +103,9 @@ def _forwarder(runtime: Runtime, server: str, tool: str):
         except ToolError as e:
             return error_result(str(e))
         except anyio.get_cancelled_exc_class():
-            if job_ids:
+            if relay.job_id is not None:
                 with anyio.CancelScope(shield=True):
-                    await runtime.jobs.cancel(job_ids[0])
+                    await runtime.jobs.cancel(relay.job_id)
             raise
         meta = {JOB_ID_META: job.job_id}
         if job.status in ("queued", "running"):  # waited too long: do not let it run unseen later

@@ -202,6 +202,8 @@ class JobClient:
         vanished = Vanished(job_id)
         try:
             async with asyncio.timeout(timeout):
+                if on_event:  # the caller hears of its job at once (its id), not at its first event
+                    await on_event(None, transcript)
                 async for event in follow_events(self.redis, transcript, live):
                     if on_event:
                         await on_event(event, transcript)

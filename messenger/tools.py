@@ -7,7 +7,6 @@ headers in one place, `QueueTools.identity`.
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -17,14 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from messenger import usage
-from messenger.calls import chat_request, final_answer, guarded, tenant_from, tool_notice
-from messenger.collector import Transcript
+from messenger.calls import chat_request, final_answer, guarded, tenant_from
 from messenger.health import health, mcp_server_rows, models, seen_by_tenant
+from messenger.progress import ProgressRelay
 from messenger.runtime import Runtime
 from messenger.tenants import TENANT_NAME, Tenant
 from shared import dead_letter
 from shared.errors import validation_message
-from shared.events import Event, ToolCallEvent, ToolResultEvent
 from shared.models import (
     ContextText,
     ConversationId,
@@ -39,7 +37,6 @@ from shared.models import (
     effective,
 )
 
-PROGRESS_INTERVAL = 0.05  # seconds between progress notifications: tokens are batched, not one per message
 JobId = Annotated[str, Field(description="The job id returned by submit_message or send_message_to_ai.")]
 StatusFilter = Literal["queued", "running", "completed", "failed", "cancelled"]
 WaitSeconds = Annotated[float, Field(gt=0, le=3600, description="Give up waiting after this.")]
@@ -50,51 +47,6 @@ class JobList(BaseModel):
 
     queue_depth: int
     jobs: list[JobResult]
-
-
-class ProgressRelay:
-    """Sends a job's tokens as MCP progress notifications, at most one per PROGRESS_INTERVAL.
-
-    `progress` counts tokens received; `message` carries the text that arrived since the previous
-    notification (joined, the messages are the answer). While a job waits in the queue, a keep-alive
-    notification goes out on each idle tick so clients that reset their timeout on progress wait on.
-    """
-
-    def __init__(self, ctx: Context, total: int | None):
-        self.ctx = ctx
-        self.total = total
-        self.pending: list[str] = []
-        self.last_sent = 0.0
-        self.progress = 0.0
-        self.job_id: str | None = None  # the followed job, once its first event (or tick) came
-
-    async def __call__(self, event: Event | None, transcript: Transcript) -> None:
-        self.job_id = transcript.job_id
-        if event is None:
-            await self._send(f"[{transcript.status}: waiting]", transcript.tokens, keepalive=True)
-            return
-        if event.type == "start" and event.attempt > 1:
-            self.pending.clear()  # a re-run: its tokens replace the old attempt's
-            await self._send(f"[restarted on another worker, attempt {event.attempt}]", 0, keepalive=True)
-        if event.type == "token":
-            self.pending.append(event.text)
-        elif isinstance(event, ToolCallEvent | ToolResultEvent):
-            await self._flush(transcript)
-            await self._send(tool_notice(event), transcript.tokens, keepalive=True)
-            return
-        if event.type != "token" or time.monotonic() - self.last_sent >= PROGRESS_INTERVAL:
-            await self._flush(transcript)
-
-    async def _flush(self, transcript: Transcript) -> None:
-        if self.pending:
-            text, self.pending = "".join(self.pending), []
-            await self._send(text, transcript.tokens)
-
-    async def _send(self, message: str, tokens: int, keepalive: bool = False) -> None:
-        # the spec wants progress to rise with every notification; keep-alives add a hair
-        self.progress = max(float(tokens), self.progress + (0.001 if keepalive else 0))
-        self.last_sent = time.monotonic()
-        await self.ctx.report_progress(self.progress, self.total, message)
 
 
 class QueueTools:

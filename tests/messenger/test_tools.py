@@ -31,7 +31,7 @@ async def test_a_tool_runs_a_job_without_a_server(embedded_runtime):
         answer = await tools.send_message_to_ai("hello tools", ctx)  # type: ignore[arg-type]
         again = await tools.get_job(answer.job_id, ctx)  # type: ignore[arg-type]
     assert answer.status == "completed" and "hello tools" in answer.ai_response
-    assert "".join(m for m in ctx.progress if not m.startswith("[")) == answer.ai_response
+    assert "".join(ctx.progress) == answer.ai_response
     assert again.ai_response == answer.ai_response
 
 

@@ -1,0 +1,140 @@
+"""A job's story as MCP progress notifications: `message` is answer text only, the rest is in `_meta`.
+
+Joined, the `message`s of one call are its answer (`aiResponse`). Everything that is not answer text
+(queued, running on a worker, restarted, tool calls and results, keep-alives) rides in the
+notification's `_meta` under the `mcp-queue/…` keys below, so a client that prints `message` prints
+the answer and nothing else. A restart (the worker died, another runs the job again) carries
+`mcp-queue/restart`: the client drops the text it has; the messages from that notification on are
+the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mcp_types import ProgressNotification, ProgressNotificationParams
+
+from messenger.collector import Transcript
+from shared.events import Event, ToolCallEvent, ToolResultEvent
+
+PROGRESS_INTERVAL = 0.05  # seconds between text notifications: tokens are batched, not one per message
+NOTICE_CHARS = 300  # a tool's arguments or result in `_meta` are cut to this many characters
+
+JOB_ID = "mcp-queue/jobId"  # every notification: the job that answers this call
+STATUS = "mcp-queue/status"  # every notification: queued | running | completed | failed | cancelled
+ATTEMPT = "mcp-queue/attempt"  # every notification: 1, 2, … (0 while the job has not started)
+WORKER = "mcp-queue/worker"  # when an attempt starts: the worker id running it
+RESTART = "mcp-queue/restart"  # the new attempt number: drop the text received so far
+TOOL_CALL = "mcp-queue/toolCall"  # {callId, server, tool, arguments, round}
+TOOL_RESULT = "mcp-queue/toolResult"  # {callId, server, tool, result, isError, durationMs}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= NOTICE_CHARS else text[:NOTICE_CHARS] + "…"
+
+
+def tool_meta(event: ToolCallEvent | ToolResultEvent) -> dict[str, Any]:
+    """A tool call or result as its `_meta` entry (long arguments and results cut)."""
+    if isinstance(event, ToolCallEvent):
+        arguments = event.arguments if isinstance(event.arguments, dict) else _cut(event.arguments)
+        return {TOOL_CALL: {
+            "callId": event.call_id, "server": event.server, "tool": event.tool,
+            "arguments": arguments, "round": event.round,
+        }}  # fmt: skip
+    return {TOOL_RESULT: {
+        "callId": event.call_id, "server": event.server, "tool": event.tool,
+        "result": _cut(event.result), "isError": event.is_error, "durationMs": event.duration_ms,
+    }}  # fmt: skip
+
+
+class ProgressOut:
+    """Sends one call's progress notifications with `_meta`.
+
+    The SDK's `report_progress` has no `_meta`, so the notification is built here and sent on the
+    request's own stream (`send_notification` with the request id), to the caller's progress token.
+    Without a token in the request (the in-process client, which takes a callback instead), it
+    falls back to `report_progress`, which carries no `_meta`.
+    """
+
+    def __init__(self, ctx, total: float | None):
+        self.ctx = ctx
+        self.total = total
+        request = getattr(ctx, "request_context", None)  # None: a tool called as a plain method
+        self.token = (request.meta or {}).get("progress_token") if request is not None else None
+        self.request_id = request.request_id if request is not None else None
+
+    async def send(self, progress: float, message: str | None, meta: dict[str, Any]) -> None:
+        if self.token is None:
+            await self.ctx.report_progress(progress, self.total, message)
+            return
+        params = ProgressNotificationParams(
+            progress_token=self.token, progress=progress, total=self.total, message=message, _meta=meta
+        )
+        await self.ctx.session.send_notification(ProgressNotification(params=params), self.request_id)
+
+
+class ProgressRelay:
+    """Relays a job's events to the caller as progress (an `OnEvent` for JobClient.run / wait).
+
+    Text goes out at most once per PROGRESS_INTERVAL, except the first text of each attempt, which
+    goes out at once. `progress` counts the attempt's tokens and rises with every notification (the
+    spec asks it to): a notification without new tokens adds a hair.
+    """
+
+    def __init__(self, ctx, total: int | None, lifecycle=None):
+        self.out = ProgressOut(ctx, total)
+        self.lifecycle = lifecycle  # messenger.client_log.JobLog: the same story as log messages
+        self.pending: list[str] = []
+        self.text_sent_at = 0.0  # when text last went out (status notices do not hold text back)
+        self.sent_text_of = 0  # the attempt whose text has started going out
+        self.progress = 0.0
+        self.job_id: str | None = None  # the followed job, once its first event (or tick) came
+
+    async def __call__(self, event: Event | None, transcript: Transcript) -> None:
+        self.job_id = transcript.job_id
+        if self.lifecycle is not None:
+            await self.lifecycle(event, transcript)
+        if event is None:  # the job's id at once, then keep-alives: no message, the text stays the answer
+            await self._status(transcript)
+        elif event.type == "token":
+            self.pending.append(event.text)
+            if (
+                self.sent_text_of != event.attempt
+                or time.monotonic() - self.text_sent_at >= PROGRESS_INTERVAL
+            ):
+                await self._flush(transcript)
+        elif event.type == "start":
+            self.pending.clear()  # a re-run: its tokens replace the old attempt's
+            extra: dict[str, Any] = {WORKER: event.worker_id}
+            if event.attempt > 1:
+                extra[RESTART] = event.attempt
+            await self._status(transcript, extra)
+        elif isinstance(event, ToolCallEvent | ToolResultEvent):
+            await self._flush(transcript)
+            await self._status(transcript, tool_meta(event))
+        else:  # the end: the last text, then the outcome
+            await self._flush(transcript)
+            await self._status(transcript)
+
+    def _meta(self, transcript: Transcript) -> dict[str, Any]:
+        return {JOB_ID: transcript.job_id, STATUS: transcript.status, ATTEMPT: transcript.attempt}
+
+    async def _flush(self, transcript: Transcript) -> None:
+        if not self.pending:
+            return
+        text, self.pending = "".join(self.pending), []
+        self._advance(transcript)
+        self.text_sent_at, self.sent_text_of = time.monotonic(), transcript.attempt
+        await self.out.send(self.progress, text, self._meta(transcript))
+
+    def _advance(self, transcript: Transcript) -> None:
+        # the attempt's token count, but never back down (a restart counts from 0 again)
+        self.progress = max(float(transcript.tokens), self.progress + 0.001)
+
+    async def _status(self, transcript: Transcript, extra: dict[str, Any] | None = None) -> None:
+        self._advance(transcript)
+        meta = self._meta(transcript)
+        if extra:
+            meta.update(extra)
+        await self.out.send(self.progress, None, meta)
