@@ -59,22 +59,36 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def status_message(job: JobResult) -> str:
+LATEST_CHARS = 80  # how much of the newest text a running task's statusMessage shows
+
+
+def status_message(job: JobResult, ahead: int | None = None) -> str:
+    """A task's live state in one line: where it waits in the queue, or who runs it, how far it got
+    and its latest words (the 2026 tasks extension has no progress notifications: this is it)."""
     if job.status == "queued":
-        return "queued: waiting for a worker"
+        if ahead is None:
+            return "queued: waiting for a worker"
+        return "queued: next in line" if ahead == 0 else f"queued: {ahead} job{'s' * (ahead != 1)} ahead"
     if job.status == "running":
-        return f"running on {job.worker_id or 'a worker'}: {job.usage.completion_tokens} tokens so far"
+        where = f"running on {job.worker_id or 'a worker'}"
+        if job.attempt > 1:
+            where += f" (attempt {job.attempt})"
+        said = f"{where}: {job.usage.completion_tokens} tokens so far"
+        latest = " ".join(job.ai_response.split())[-LATEST_CHARS:]
+        return f"{said}; latest: …{latest}" if latest else said
     if job.status == "completed":
         return f"completed: {job.usage.total_tokens} tokens"
     return f"{job.status}: {job.error or job.status}"
 
 
-def task_of(job: JobResult, created_ms: int, updated_ms: int, *, modern: bool) -> TaskState:
-    """The task that stands for a job (the task id is the job id)."""
+def task_of(
+    job: JobResult, created_ms: int, updated_ms: int, *, modern: bool, ahead: int | None = None
+) -> TaskState:
+    """The task that stands for a job (the task id is the job id); `ahead`: jobs before it in the queue."""
     return TaskState(
         task_id=job.job_id,
         status=(MODERN_STATUS if modern else LEGACY_STATUS)[job.status],
-        status_message=status_message(job),
+        status_message=status_message(job, ahead),
         created_at=iso(created_ms),
         last_updated_at=iso(updated_ms),
         ttl=TASK_TTL_MS,

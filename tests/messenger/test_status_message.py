@@ -1,0 +1,28 @@
+"""A task's statusMessage in each state, one line, from a job's state."""
+
+from messenger.tasks.models import LATEST_CHARS, status_message
+from shared.models import JobResult, ResultUsage
+
+
+def running(text: str, tokens: int, attempt: int = 1) -> JobResult:
+    return JobResult(
+        job_id="j", status="running", worker_id="worker-a", attempt=attempt, ai_response=text,
+        usage=ResultUsage(completion_tokens=tokens),
+    )  # fmt: skip
+
+
+def test_queued_tells_its_place_or_that_it_waits():
+    queued = JobResult(job_id="j", status="queued")
+    assert status_message(queued) == "queued: waiting for a worker"
+    assert status_message(queued, 0) == "queued: next in line"
+    assert status_message(queued, 1) == "queued: 1 job ahead"
+    assert status_message(queued, 7) == "queued: 7 jobs ahead"
+
+
+def test_running_tells_worker_tokens_and_the_latest_words_on_one_line():
+    assert status_message(running("", 0)) == "running on worker-a: 0 tokens so far"
+    long = "line one\nline two " + "x" * 200 + " the end."
+    told = status_message(running(long, 60, attempt=2))
+    assert told.startswith("running on worker-a (attempt 2): 60 tokens so far; latest: …")
+    assert "\n" not in told and told.endswith(" the end.")
+    assert len(told.split("latest: …", 1)[1]) == LATEST_CHARS
