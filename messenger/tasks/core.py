@@ -26,7 +26,6 @@ from messenger.calls import (
 )
 from messenger.runtime import Runtime
 from messenger.tasks.models import TASKS_EXTENSION, TaskNotification, task_of
-from shared import damaged, keys
 from shared.errors import JobNotFound, McpQueueError
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult
 
@@ -42,21 +41,6 @@ def modern(ctx) -> bool:
 def headers_of(ctx) -> Any:
     """The HTTP request's headers (None on stdio), as the tools' Context.headers reads them."""
     return getattr(ctx.request, "headers", None)
-
-
-POSITION_COUNTED = 1000  # beyond this many jobs ahead, the running ones among them are not subtracted
-
-
-async def queue_position(redis, job_id: str) -> int | None:
-    """How many jobs wait ahead of this one, read from Redis so any replica tells the same; None when
-    it is not in the queue (or the key is damaged). arq keeps a running job in its queue until it
-    ends and orders the queue by run-at time, so the running ones ahead are not counted."""
-    rank = await damaged.read(redis.zrank(keys.QUEUE, job_id), keys.QUEUE, None)
-    if not rank or rank > POSITION_COUNTED:
-        return rank
-    ahead = await redis.zrange(keys.QUEUE, 0, rank - 1)
-    running = await redis.exists(*(keys.in_progress(j.decode()) for j in ahead)) if ahead else 0
-    return max(0, rank - running)
 
 
 class TaskCore:
@@ -99,8 +83,7 @@ class TaskCore:
     async def _wire(self, job: JobResult, *, modern: bool, detailed: bool) -> dict:
         """The task as the era's schema spells it; `detailed` inlines a finished job's result (2026)."""
         created, updated = await self.jobs.timeline(job.job_id)
-        ahead = await queue_position(self.runtime.redis, job.job_id) if job.status == "queued" else None
-        wire = task_of(job, created, updated, modern=modern, ahead=ahead).wire(modern=modern)
+        wire = task_of(job, created, updated, modern=modern).wire(modern=modern)
         if modern and detailed and job.status in ("completed", "failed"):
             wire["result"] = tool_result(job).model_dump(by_alias=True, mode="json", exclude_none=True)
         return wire

@@ -62,12 +62,13 @@ def iso(ms: int) -> str:
 LATEST_CHARS = 80  # how much of the newest text a running task's statusMessage shows
 
 
-def status_message(job: JobResult, ahead: int | None = None) -> str:
+def status_message(job: JobResult) -> str:
     """A task's live state in one line: where it waits in the queue, or who runs it, how far it got
     and its latest words (the 2026 tasks extension has no progress notifications: this is it)."""
     if job.status == "queued":
-        if ahead is None:
+        if job.queue_position is None:
             return "queued: waiting for a worker"
+        ahead = job.queue_position - 1
         return "queued: next in line" if ahead == 0 else f"queued: {ahead} job{'s' * (ahead != 1)} ahead"
     if job.status == "running":
         where = f"running on {job.worker_id or 'a worker'}"
@@ -81,14 +82,12 @@ def status_message(job: JobResult, ahead: int | None = None) -> str:
     return f"{job.status}: {job.error or job.status}"
 
 
-def task_of(
-    job: JobResult, created_ms: int, updated_ms: int, *, modern: bool, ahead: int | None = None
-) -> TaskState:
-    """The task that stands for a job (the task id is the job id); `ahead`: jobs before it in the queue."""
+def task_of(job: JobResult, created_ms: int, updated_ms: int, *, modern: bool) -> TaskState:
+    """The task that stands for a job (the task id is the job id)."""
     return TaskState(
         task_id=job.job_id,
         status=(MODERN_STATUS if modern else LEGACY_STATUS)[job.status],
-        status_message=status_message(job, ahead),
+        status_message=status_message(job),
         created_at=iso(created_ms),
         last_updated_at=iso(updated_ms),
         ttl=TASK_TTL_MS,

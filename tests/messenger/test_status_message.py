@@ -12,11 +12,13 @@ def running(text: str, tokens: int, attempt: int = 1) -> JobResult:
 
 
 def test_queued_tells_its_place_or_that_it_waits():
-    queued = JobResult(job_id="j", status="queued")
-    assert status_message(queued) == "queued: waiting for a worker"
-    assert status_message(queued, 0) == "queued: next in line"
-    assert status_message(queued, 1) == "queued: 1 job ahead"
-    assert status_message(queued, 7) == "queued: 7 jobs ahead"
+    def queued(position: int | None) -> str:
+        return status_message(JobResult(job_id="j", status="queued", queue_position=position))
+
+    assert queued(None) == "queued: waiting for a worker"
+    assert queued(1) == "queued: next in line"
+    assert queued(2) == "queued: 1 job ahead"
+    assert queued(8) == "queued: 7 jobs ahead"
 
 
 def test_running_tells_worker_tokens_and_the_latest_words_on_one_line():
