@@ -25,11 +25,14 @@ RUNNING = re.compile(r"^running on (\S+): (\d+) tokens so far; latest: …(.+)$"
 
 async def until(client: Client, task_id: str, check) -> str:
     """Poll tasks/get until `check(statusMessage)`; returns that statusMessage."""
-    while True:
-        message = (await get_task(client, task_id)).status_message or ""
-        if check(message):
-            return message
-        await anyio.sleep(0.02)
+    seen: list[str] = []
+    with anyio.move_on_after(30):
+        while True:
+            seen.append((await get_task(client, task_id)).status_message or "")
+            if check(seen[-1]):
+                return seen[-1]
+            await anyio.sleep(0.02)
+    raise AssertionError(f"task {task_id} never read as wanted; it read: {sorted(set(seen))}")
 
 
 @ERAS
@@ -41,7 +44,7 @@ async def test_status_message_tells_queue_place_then_worker_tokens_and_latest_wo
     answer = " ".join("".join(mock_reply([{"role": "user", "content": prompts[0]}])).split())
     with running_messengers(tmp_path) as messengers:
         here, there = (messengers.http(messenger_env(redis_url)).url for _ in range(2))
-        with anyio.fail_after(60):
+        with anyio.fail_after(90):
             async with (
                 Client(here, mode=mode, extensions=[Tasks()]) as creator,
                 Client(there, mode=mode, extensions=[Tasks()]) as reader,
