@@ -134,6 +134,12 @@ async def measure(url: str, streams: int, tokens: int) -> tuple[dict, dict]:
     return old, new
 
 
+async def figures(url: str, streams: int, tokens: int) -> dict[str, float]:
+    """bench/run.py's figures: today's write, and the previous one as `old_…`."""
+    old, new = await measure(url, streams, tokens)
+    return {**new, **{f"old_{name}": value for name, value in old.items()}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=200)

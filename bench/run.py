@@ -33,7 +33,7 @@ from collections import defaultdict  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from bench import cold_start, inflight, start_latency, throughput, token_delivery, ttft  # noqa: E402
+from bench import cold_start, inflight, redis_cost, start_latency, throughput, token_delivery, ttft  # noqa: E402
 from bench.lab import Lab, Site, box_cpu_seconds, child_env, forget_settings, own_cpu_seconds  # noqa: E402
 from bench.stats import median  # noqa: E402
 
@@ -41,6 +41,7 @@ CORRECTNESS = (
     cold_start.NotSubscribed,
     start_latency.Incomplete,
     token_delivery.Lost,
+    redis_cost.Lost,
     throughput.Unfinished,
     ttft.NoAnswer,
     inflight.Incomplete,
@@ -193,6 +194,35 @@ def rows(plan: Plan) -> list[Row]:
         Row(f"{n} in flight: time to finish all", "–", "inflight.seconds", unit="s"),
         Row(f"{n} in flight: peak Redis clients", "–", "inflight.peak_redis_clients", unit="", digits=0),
         Row(
+            "Redis commands sent per streamed token",
+            "≤ 1.2",
+            "redis.sent_per_token",
+            met=at_most(1.2),
+            unit="",
+        ),
+        Row(
+            "… the previous write (MULTI/EXEC, XADD + PUBLISH per event), same run",
+            "–",
+            "redis.old_sent_per_token",
+            unit="",
+        ),
+        Row(
+            "bytes into Redis per streamed token",
+            "≤ 200",
+            "redis.in_bytes_per_token",
+            unit="B",
+            met=at_most(200),
+            digits=0,
+        ),
+        Row("… the previous write, same run", "–", "redis.old_in_bytes_per_token", unit="B", digits=0),
+        Row(
+            "Redis memory per finished job (stream bytes × time kept)",
+            "O(answer)",
+            "redis.kb_hours_per_job",
+            unit="KB·h",
+        ),
+        Row("… the previous write (kept an hour), same run", "–", "redis.old_kb_hours_per_job", unit="KB·h"),
+        Row(
             f"fresh messenger: {COLD_FOLLOWS} follows at once subscribed",
             f"{COLD_FOLLOWS}/{COLD_FOLLOWS}",
             "cold.confirmed",
@@ -247,6 +277,7 @@ def start_sites(lab: Lab, base_url: str) -> dict[str, Site]:
         "start-ours": (False, 1, {}),
         "start-stock": (True, 1, {}),
         "tokens": (False, 0, {}),
+        "redis-cost": (False, 0, {}),
         "tput-ours": (False, 2, {"WORKER_CONCURRENCY": 50}),
         "tput-stock": (True, 2, {"WORKER_CONCURRENCY": 50}),
         "ttft-ours": (False, 1, openai_env),
@@ -287,6 +318,7 @@ async def bench(plan: Plan, lab: Lab, results: Results) -> None:
         await results.record("inflight", inflight.measure(sites["inflight"], plan.inflight_jobs))
         lab.stop(sites["inflight"].workers)
         await results.record("cold", cold_start.measure(sites["tokens"], COLD_FOLLOWS))
+        await results.record("redis", redis_cost.figures(sites["redis-cost"].url, plan.streams, plan.tokens))
         print(
             f"{plan.inflight_jobs} in flight, fresh messenger: {time.monotonic() - t0:.1f} s", file=sys.stderr
         )
