@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from mcp_helpers import HttpMessenger, messenger_env, running_messengers
 from node_tools import PACKAGES, NodeTools
 from processes import WorkerProcesses
 from proxy import RunningProxy, proxy_in_thread
+from readers import stream_events
 
+from shared import keys
 from worker.providers.mock import mock_reply
 
 CLIENT = Path(__file__).parent / "ts_clients" / "mcp_client.cjs"
@@ -173,6 +177,76 @@ def test_inspector_behind_a_round_robin_proxy_over_three_replicas(node_tools, st
     served = stack.proxy.served[before:]
     assert [str(s) for s in served if s.status >= 400] == []
     assert len({s.backend for s in served}) == 3
+
+
+def test_progress_is_answer_text_only_with_queue_waits_in_both_ts_sdks(node_tools, stack):
+    """Twelve calls at once over four worker slots: most wait in the queue. Status rides in `_meta`
+    (the job's id, queued or running, the attempt), `message` carries answer text only, so each
+    call's messages joined equal its `aiResponse`."""
+    runs = {sdk: [f"queued call {n} from TS {sdk}" for n in range(6)] for sdk in ("v1", "v2")}
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {
+            sdk: pool.submit(run_client, node_tools, sdk, stack.url, messages=m) for sdk, m in runs.items()
+        }
+        seen = {sdk: future.result() for sdk, future in futures.items()}
+    for sdk, messages in runs.items():
+        assert_exact_answers(seen[sdk], messages)
+    calls = [call for out in seen.values() for call in out["calls"]]
+    for call in calls:
+        assert {meta(n).get("mcp-queue/jobId") for n in call["notifications"]} == {call["result"]["jobId"]}
+        statuses = [meta(n).get("mcp-queue/status") for n in call["notifications"]]
+        assert set(statuses) <= {"queued", "running", "completed"}, statuses
+        assert statuses[-1] == "completed"
+    waited = [c for c in calls if meta(c["notifications"][0]).get("mcp-queue/status") == "queued"]
+    assert len(waited) >= len(calls) - 4  # no more than four ran at once
+
+
+def kill_the_worker_streaming_a_new_job(client, workers: WorkerProcesses, old: set[bytes]) -> str:
+    """SIGKILL the worker process running the job whose stream is not in `old`, once its first
+    attempt has streamed 5 tokens; returns the job id."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for key in set(client.scan_iter(keys.STREAM_PREFIX + "*")) - old:
+            job_id = key.decode().removeprefix(keys.STREAM_PREFIX)
+            events = stream_events(client, job_id)
+            if sum(e["type"] == "token" for e in events) >= 5:
+                (start,) = [e for e in events if e["type"] == "start"]
+                pid = json.loads(client.get(keys.worker(start["worker_id"])))["pid"]
+                (proc,) = [p for p in workers.procs if p.pid == pid]  # only a process the test started
+                proc.kill()
+                return job_id
+        time.sleep(0.01)
+    raise AssertionError("no new job streamed 5 tokens in 30 s")
+
+
+@pytest.mark.parametrize("sdk", ["v1", "v2"])
+def test_a_ts_client_drops_a_killed_attempt_on_mcp_queue_restart(node_tools, stack, redis_server, sdk):
+    """The worker streaming the call is killed; another runs the job again (attempt 2). The client
+    sees one notification with `mcp-queue/restart: 2`; the text from it on is the whole answer."""
+    message = " ".join(f"word{i}" for i in range(40))  # a 56-token answer: over a second to stream
+    client = redis_server.client()
+    old = set(client.scan_iter(keys.STREAM_PREFIX + "*"))
+    plan = json.dumps({"sdk": sdk, "url": stack.url, "messages": [message]})
+    node = subprocess.Popen(
+        node_tools.node_command(CLIENT, plan), env=node_tools.env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        job_id = kill_the_worker_streaming_a_new_job(client, stack.workers, old)
+        stack.workers.start(redis_server.url, **WORKER_ENV)  # the stack keeps two live workers
+        stdout, stderr = node.communicate(timeout=60)
+    finally:
+        if node.poll() is None:
+            node.kill()
+    seen = client_saw(sdk, node.returncode, stdout, stderr)
+    (call,) = seen["calls"]
+    assert call["result"]["jobId"] == job_id
+    assert call["result"]["attempt"] == 2
+    restarts = [meta(n)["mcp-queue/restart"] for n in call["notifications"] if "mcp-queue/restart" in meta(n)]
+    assert restarts == [2]
+    dead = "".join(n.get("message") or "" for n in call["notifications"][: last_restart(call)])
+    assert dead and whole_answer(message).startswith(dead)  # the dead attempt's text, dropped
+    assert_exact_answers(seen, [message])
 
 
 PROMPTS = {"delegate", "review_job", "summarize"}  # the repo's prompts/ directory
