@@ -19,6 +19,7 @@ from mcp.server.mcpserver.tools.base import Tool
 from mcp_types import CallToolResult, TextContent
 
 from messenger.calls import caller_from, error_result, guarded
+from messenger.client_log import LevelStore, job_log
 from messenger.progress import ProgressRelay
 from shared.errors import ToolServerError
 from shared.models import ToolCallRequest
@@ -65,7 +66,7 @@ class ForwardedTool(Tool):
         return await self.fn(arguments, context)
 
 
-def exposed_tools(runtime: Runtime) -> list[Tool]:
+def exposed_tools(runtime: Runtime, log_levels: LevelStore | None = None) -> list[Tool]:
     """A Tool for each listed downstream tool, advertising the downstream server's own input schema;
     passed to `MCPServer(tools=...)`."""
     forwarded: list[Tool] = []
@@ -74,7 +75,7 @@ def exposed_tools(runtime: Runtime) -> list[Tool]:
             continue
         for tool in tools:
             made = ForwardedTool.from_function(
-                _forwarder(runtime, server, tool.name),
+                _forwarder(runtime, server, tool.name, log_levels),
                 name=f"{server}{SEPARATOR}{tool.name}",
                 description=f"[{server}] {tool.description}".strip(),
                 context_kwarg="ctx",
@@ -83,12 +84,12 @@ def exposed_tools(runtime: Runtime) -> list[Tool]:
     return forwarded
 
 
-def _forwarder(runtime: Runtime, server: str, tool: str):
+def _forwarder(runtime: Runtime, server: str, tool: str, log_levels: LevelStore | None):
     settings = runtime.settings
 
     async def forward(arguments: dict[str, Any], ctx: Context) -> CallToolResult:
         call = ToolCallRequest(server=server, tool=tool, arguments=arguments)
-        relay = ProgressRelay(ctx, None)  # queued, started, tool call and result: in `_meta`
+        relay = ProgressRelay(ctx, None, await job_log(ctx, log_levels))  # status and the call: in `_meta`
 
         try:
             job = await guarded(

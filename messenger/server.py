@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 
 from messenger.aggregate import exposed_tools
 from messenger.calls import remember_headers
+from messenger.client_log import LevelStore, serve_logging
 from messenger.health import health, seen_by_tenant
 from messenger.metrics import metrics_route
 from messenger.prompts import add_prompts
@@ -52,14 +53,15 @@ class QueueTool(Tool):
 
 
 def build_server(runtime: Runtime) -> MCPServer:
-    tools = QueueTools(runtime)
+    levels = LevelStore(runtime)
+    tools = QueueTools(runtime, levels)
     tasks = JobTasks(runtime, tool="send_message_to_ai")
     mcp = MCPServer(
         "mcp-queue",
         version="0.1.0",
         instructions=INSTRUCTIONS,
         tools=[QueueTool.from_function(getattr(tools, name)) for name in QueueTools.NAMES]
-        + exposed_tools(runtime),
+        + exposed_tools(runtime, levels),
         extensions=[tasks],
         middleware=[remember_headers, runtime.metrics.middleware, tasks.middleware],
         subscriptions=False,  # no subscriptions/listen (2026-07-28): job:// updates are 2025-11-25's subscribe
@@ -67,6 +69,7 @@ def build_server(runtime: Runtime) -> MCPServer:
     add_resources(mcp, runtime, tools.identity)
     add_prompts(mcp, runtime)
     serve_subscriptions(mcp, runtime)
+    serve_logging(mcp, levels)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health_route(_: Request) -> JSONResponse:

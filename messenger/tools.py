@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from messenger import usage
 from messenger.calls import chat_request, final_answer, guarded, tenant_from
+from messenger.client_log import LevelStore, job_log
 from messenger.health import health, mcp_server_rows, models, seen_by_tenant
 from messenger.progress import ProgressRelay
 from messenger.runtime import Runtime
@@ -59,8 +60,9 @@ class QueueTools:
         "requeue_dead_job",
     )  # fmt: skip
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, log_levels: LevelStore | None = None):
         self.runtime = runtime
+        self.log_levels = log_levels  # the callers' MCP log levels (None: no lifecycle log messages)
         self.settings = runtime.settings
         self.jobs = runtime.jobs
 
@@ -93,7 +95,8 @@ class QueueTools:
             max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
             priority=priority,
         )  # fmt: skip
-        relay = ProgressRelay(ctx, request.max_tokens or self.settings.openai_max_tokens)
+        total = request.max_tokens or self.settings.openai_max_tokens
+        relay = ProgressRelay(ctx, total, await job_log(ctx, self.log_levels))
         timeout = self.settings.job_timeout_seconds + 60
         try:
             result = await self._guard(
@@ -133,7 +136,7 @@ class QueueTools:
 
     async def wait_for_job(self, job_id: JobId, ctx: Context, timeout_seconds: WaitSeconds = 60) -> JobResult:
         """Wait until a job ends (or the timeout passes) and return it; tokens stream as progress."""
-        relay = ProgressRelay(ctx, None)
+        relay = ProgressRelay(ctx, None, await job_log(ctx, self.log_levels))
         reader = self.identity(ctx).reader
         return await self._guard(self.jobs.wait(job_id, timeout_seconds, on_event=relay, reader=reader))
 

@@ -89,6 +89,15 @@ SUBSCRIPTIONS_PREFIX = "mcpq:subscriptions:"
 SUBSCRIPTIONS_TTL_SECONDS = 86_400  # from the latest subscribe of the session
 
 
+# the MCP log level a 2025-11-25 session set with logging/setLevel, read by any replica
+LOG_LEVEL_PREFIX = "mcpq:log-level:"
+LOG_LEVEL_TTL_SECONDS = 86_400  # from the session's latest logging/setLevel
+
+
+def log_level(session_id: str) -> str:
+    return LOG_LEVEL_PREFIX + session_id
+
+
 def subscriptions(session_id: str) -> str:
     return SUBSCRIPTIONS_PREFIX + session_id
 

@@ -32,6 +32,7 @@ def expected_text(message: str) -> str:
 
 
 CLOCK = str(Path(__file__).resolve().parents[1] / "mcp_clock_server.py")
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # logging
 ERAS = pytest.mark.parametrize(
     ("mode", "era"), [("auto", "2026-07-28"), ("legacy", "2025-11-25")], ids=["modern", "legacy"]
 )
@@ -132,9 +133,18 @@ async def test_a_worker_killed_twice_mid_stream_the_text_after_the_last_restart_
     notes = ProgressNotes()
     killer = Killer(redis_server.client(), procs, attempts={1, 2})
     notes.listeners.append(killer)
-    with anyio.fail_after(90):
-        async with Client(url, mode=mode, message_handler=notes) as client:
+    logs: list[tuple[str, str]] = []
+
+    async def on_log(params) -> None:
+        logs.append((params.level, params.data))
+
+    with anyio.fail_after(90):  # logs at warning and above: the restarts (2026: a per-request opt-in)
+        async with Client(
+            url, mode=mode, message_handler=notes, logging_callback=on_log, log_level="warning"
+        ) as client:
             assert client.protocol_version == era
+            if era == "2025-11-25":
+                await client.set_logging_level("warning")  # pyright: ignore[reportDeprecated]
             answer = await call(client, LONG_MESSAGE)
 
     job_id = answer["jobId"]
@@ -147,6 +157,9 @@ async def test_a_worker_killed_twice_mid_stream_the_text_after_the_last_restart_
     assert notes.answer(job_id) == answer["aiResponse"], (
         "from the last restart on, the messages are the answer"
     )
+    assert logs == [
+        ("warning", f"job {job_id} restarted on worker {killer.running[n]}, attempt {n}") for n in (2, 3)
+    ]
     for note in notes.by_job[job_id]:
         if RESTART in note.meta:
             assert note.message is None and note.meta[JOB_ID] == job_id

@@ -303,6 +303,7 @@ CONFORMANCE_PASSING = {
     "completion-complete",  # for the fixture prompt test_prompt_with_arguments: no values, as it should
     # these two call a fixture tool; they pass on the messenger's `isError` "Unknown tool" text result
     "tools-call-simple-text", "tools-call-error",
+    "logging-set-level",  # 2025-11-25 logging/setLevel (messenger/client_log.py)
 }  # fmt: skip
 CONFORMANCE_FIXTURES = {
     "tools-call-image", "tools-call-audio", "tools-call-embedded-resource", "tools-call-mixed-content",
@@ -312,7 +313,6 @@ CONFORMANCE_FIXTURES = {
     "prompts-get-embedded-resource", "prompts-get-with-image",
     "resources-subscribe", "resources-unsubscribe",  # to test://watched-resource: only job:// can be
 }  # fmt: skip
-CONFORMANCE_PENDING = {"logging-set-level"}  # logging/setLevel: issue 18, not on main yet
 SCENARIO_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
 
 
@@ -338,7 +338,7 @@ def test_conformance_server_scenarios_pass_except_those_of_its_own_fixtures(
     checks = conformance_checks(
         node_tools, stack.url if through == "one replica" else stack.proxy.url, tmp_path
     )
-    assert set(checks) == CONFORMANCE_PASSING | CONFORMANCE_FIXTURES | CONFORMANCE_PENDING
+    assert set(checks) == CONFORMANCE_PASSING | CONFORMANCE_FIXTURES
     failed = {
         f"{scenario}: {check['id']} {check['status']} {check.get('errorMessage')}"
         for scenario in CONFORMANCE_PASSING

@@ -1,0 +1,163 @@
+"""A job's lifecycle as MCP log messages (`notifications/message`) on the call's own stream: queued,
+started on worker X, restarted (attempt N), tool call and result, completed / failed / cancelled.
+
+2025-11-25 clients set the level with `logging/setLevel`; the level is kept in Redis under the MCP
+session id (`mcpq:log-level:<sid>`), so a call that lands on another replica honours it (stdio has one
+session: kept in the process). Until a client sets one, `info` and above are sent. The 2026-07-28
+revision deprecates logging: the capability is not advertised there, `logging/setLevel` is not served,
+and a message goes out only to a request that opted in with `_meta["io.modelcontextprotocol/logLevel"]`.
+
+The messages may carry the caller's own data (tool arguments and results); nothing here goes to the
+server's own log. `MCPServer` has no public way to serve `logging/setLevel`, so `serve_logging` reaches
+below it once (`_lowlevel_server.add_request_handler`), pinned by tests/messenger/test_client_log.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any, get_args
+
+from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INTERNAL_ERROR,
+    LOG_LEVEL_META_KEY,
+    EmptyResult,
+    LoggingLevel,
+    LoggingMessageNotification,
+    LoggingMessageNotificationParams,
+    SetLevelRequestParams,
+)
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from redis.exceptions import RedisError
+
+from messenger.calls import unavailable
+from messenger.collector import Transcript
+from shared import damaged, keys
+from shared.events import Event, ToolCallEvent, ToolResultEvent
+
+if TYPE_CHECKING:
+    from messenger.runtime import Runtime
+
+LEVELS: tuple[str, ...] = get_args(LoggingLevel)  # debug … emergency, in rising order
+DEFAULT_LEVEL = "info"
+LOGGER = "mcp-queue"
+SESSION_HEADER = "mcp-session-id"
+_SESSION_ID = re.compile(r"[\x21-\x7e]{1,200}")  # visible ASCII, as the transport mints them
+NOTICE_CHARS = 300
+
+
+def _session_id(request: Any) -> str | None:
+    headers = getattr(request, "headers", None)
+    sid = headers.get(SESSION_HEADER) if headers is not None else None
+    return sid if sid is not None and _SESSION_ID.fullmatch(sid) else None
+
+
+class LevelStore:
+    """Each session's level: in Redis by session id (any replica), in the process without one (stdio)."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.local = DEFAULT_LEVEL
+
+    async def set(self, ctx: ServerRequestContext[Any], params: SetLevelRequestParams) -> EmptyResult:
+        sid = _session_id(ctx.request)
+        if sid is None:
+            self.local = params.level
+            return EmptyResult()
+        try:
+            await self.runtime.redis.set(keys.log_level(sid), params.level, ex=keys.LOG_LEVEL_TTL_SECONDS)
+        except (RedisError, OSError) as e:
+            raise MCPError(INTERNAL_ERROR, unavailable(e, self.runtime.settings).message) from None
+        return EmptyResult()
+
+    async def level(self, request: Any) -> str:
+        sid = _session_id(request)
+        if sid is None:
+            return self.local
+        key = keys.log_level(sid)
+        stored = await damaged.read(self.runtime.redis.get(key), key, None)
+        level = stored.decode(errors="replace") if isinstance(stored, bytes) else None
+        return level if level in LEVELS else DEFAULT_LEVEL  # unset, expired or junk: the default
+
+
+async def job_log(ctx, store: LevelStore | None) -> JobLog | None:
+    """The lifecycle log of this tool call, or None when no message may go out (a 2026-07-28 request
+    that did not opt in, a tool called as a plain method)."""
+    request = getattr(ctx, "request_context", None)
+    if request is None or store is None:
+        return None
+    if request.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        level = (request.meta or {}).get(LOG_LEVEL_META_KEY)
+    else:
+        level = await store.level(request.request)
+    if level not in LEVELS:
+        return None
+    return JobLog(ctx, LEVELS.index(level))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= NOTICE_CHARS else text[:NOTICE_CHARS] + "…"
+
+
+def describe(event: Event | None, transcript: Transcript, first: bool) -> tuple[str, str] | None:
+    """(level, text) for an event worth a log message; None for tokens and keep-alives."""
+    job = f"job {transcript.job_id}"
+    if event is None:
+        return ("info", f"{job} queued") if first and transcript.status == "queued" else None
+    if event.type == "start":
+        if event.attempt == 1:
+            return "info", f"{job} started on worker {event.worker_id}"
+        return "warning", f"{job} restarted on worker {event.worker_id}, attempt {event.attempt}"
+    if isinstance(event, ToolCallEvent):
+        arguments = (
+            json.dumps(event.arguments, ensure_ascii=False)
+            if isinstance(event.arguments, dict)
+            else event.arguments
+        )
+        return "info", f"{job} tool call {event.server}/{event.tool} {_cut(arguments)}"
+    if isinstance(event, ToolResultEvent):
+        outcome = "error" if event.is_error else "result"
+        return (
+            "warning" if event.is_error else "info"
+        ), f"{job} tool {outcome} {event.server}/{event.tool}: {_cut(event.result)}"
+    if event.type == "done":
+        return "info", f"{job} completed: {event.usage.completion_tokens} tokens"
+    if event.type == "error":
+        return "error", f"{job} failed: {event.error}"
+    if event.type == "cancelled":
+        return "notice", f"{job} cancelled"
+    return None
+
+
+class JobLog:
+    """Sends the job's lifecycle at or above the client's level (an extra listener of ProgressRelay)."""
+
+    def __init__(self, ctx, threshold: int):
+        self.ctx = ctx
+        self.threshold = threshold
+        self.request_id = ctx.request_context.request_id
+        self.first = True
+
+    async def __call__(self, event: Event | None, transcript: Transcript) -> None:
+        said, self.first = describe(event, transcript, self.first), False
+        if said is None or LEVELS.index(said[0]) < self.threshold:
+            return
+        params = LoggingMessageNotificationParams(level=said[0], data=said[1], logger=LOGGER)  # type: ignore[arg-type]
+        await self.ctx.session.send_notification(LoggingMessageNotification(params=params), self.request_id)
+
+
+def serve_logging(mcp: MCPServer, store: LevelStore) -> None:
+    """Serve logging/setLevel (which makes 2025-11-25 advertise `logging`; the runner refuses the
+    method on 2026-07-28) and keep the capability out of 2026-07-28's `server/discover`."""
+    mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, store.set)  # pyright: ignore[reportPrivateUsage]
+
+    async def no_logging_in_2026(ctx, call_next):
+        result = await call_next(ctx)
+        if ctx.method == "server/discover" and isinstance(result, dict):
+            result.get("capabilities", {}).pop("logging", None)
+        return result
+
+    mcp.middleware.append(no_logging_in_2026)

@@ -1,0 +1,60 @@
+"""The lifecycle log's pieces without a network: the one private SDK hook (logging/setLevel on the
+lowlevel server) is pinned, the level store reads junk as the default, and each event reads as one line."""
+
+from __future__ import annotations
+
+import pytest
+from mcp import Client
+
+from messenger.client_log import DEFAULT_LEVEL, LevelStore, describe
+from messenger.collector import Transcript
+from messenger.server import build_server
+from shared import keys
+from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolResultEvent
+
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+
+
+class Request:
+    def __init__(self, sid: str | None):
+        self.headers = {} if sid is None else {"mcp-session-id": sid}
+
+
+async def test_set_level_is_served_and_advertised_on_2025_only(embedded_runtime):
+    server = build_server(embedded_runtime)
+    assert server._lowlevel_server.get_request_handler("logging/setLevel") is not None  # pyright: ignore[reportPrivateUsage]
+    async with Client(server, mode="legacy") as legacy:
+        assert legacy.server_capabilities.logging is not None
+        await legacy.set_logging_level("error")  # stdio / in-memory: one session, kept in the process
+    async with Client(server, mode="auto") as modern:
+        assert modern.server_capabilities.logging is None
+
+
+@pytest.mark.parametrize("stored", [b"loud", b"\xff", b"debug\n"])
+async def test_a_junk_or_foreign_level_reads_as_the_default(embedded_runtime, stored):
+    store = LevelStore(embedded_runtime)
+    await embedded_runtime.redis.set(keys.log_level("s1"), stored)
+    assert await store.level(Request("s1")) == DEFAULT_LEVEL
+    await embedded_runtime.redis.lpush(keys.log_level("s2"), b"debug")  # the wrong type of key
+    assert await store.level(Request("s2")) == DEFAULT_LEVEL
+    assert await store.level(Request("bad id\n")) == store.local  # not a session id: no Redis key read
+
+
+def test_each_lifecycle_event_is_one_line_at_its_level():
+    t = Transcript("j1")
+    assert describe(None, t, first=True) == ("info", "job j1 queued")
+    assert describe(None, t, first=False) is None  # keep-alives are not logged
+    start = StartEvent(job_id="j1", seq=0, attempt=2, ts=0, worker_id="w2", model="m")
+    assert describe(start, t, first=False) == ("warning", "job j1 restarted on worker w2, attempt 2")
+    assert describe(TokenEvent(job_id="j1", seq=1, attempt=2, ts=0, text="x"), t, first=False) is None
+    result = ToolResultEvent(
+        job_id="j1", seq=2, attempt=2, ts=0, call_id="c", server="s", tool="t", result="x" * 500,
+        is_error=True, duration_ms=1,
+    )  # fmt: skip
+    level, text = describe(result, t, first=False)  # type: ignore[misc]
+    assert level == "warning" and text.startswith("job j1 tool error s/t: ") and len(text) < 340
+    done = DoneEvent(
+        job_id="j1", seq=3, attempt=2, ts=0, usage=TokenUsage(completion_tokens=7), cost=None,
+        finish_reason="stop", model="m",
+    )  # fmt: skip
+    assert describe(done, t, first=False) == ("info", "job j1 completed: 7 tokens")
