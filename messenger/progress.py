@@ -10,6 +10,7 @@ the answer.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -37,7 +38,12 @@ def _cut(text: str) -> str:
 def tool_meta(event: ToolCallEvent | ToolResultEvent) -> dict[str, Any]:
     """A tool call or result as its `_meta` entry (long arguments and results cut)."""
     if isinstance(event, ToolCallEvent):
-        arguments = event.arguments if isinstance(event.arguments, dict) else _cut(event.arguments)
+        arguments: dict[str, Any] | str = event.arguments
+        if isinstance(arguments, dict):
+            dumped = json.dumps(arguments, ensure_ascii=False)
+            arguments = arguments if len(dumped) <= NOTICE_CHARS else dumped  # a big object: its JSON, cut
+        if isinstance(arguments, str):
+            arguments = _cut(arguments)
         return {TOOL_CALL: {
             "callId": event.call_id, "server": event.server, "tool": event.tool,
             "arguments": arguments, "round": event.round,

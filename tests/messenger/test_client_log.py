@@ -8,9 +8,10 @@ from mcp import Client
 
 from messenger.client_log import DEFAULT_LEVEL, LevelStore, describe
 from messenger.collector import Transcript
+from messenger.progress import NOTICE_CHARS, TOOL_CALL, tool_meta
 from messenger.server import build_server
 from shared import keys
-from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolResultEvent
+from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolCallEvent, ToolResultEvent
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
@@ -58,3 +59,14 @@ def test_each_lifecycle_event_is_one_line_at_its_level():
         finish_reason="stop", model="m",
     )  # fmt: skip
     assert describe(done, t, first=False) == ("info", "job j1 completed: 7 tokens")
+
+
+def test_a_tool_notice_in_meta_is_cut_however_big_the_arguments():
+    big = ToolCallEvent(
+        job_id="j1", seq=1, attempt=1, ts=0, call_id="c", server="s", tool="t", arguments={"x": "y" * 10_000},
+        round=1,
+    )  # fmt: skip
+    small = big.model_copy(update={"arguments": {"x": 1}})
+    assert tool_meta(small)[TOOL_CALL]["arguments"] == {"x": 1}
+    cut = tool_meta(big)[TOOL_CALL]["arguments"]
+    assert isinstance(cut, str) and cut.startswith('{"x": "yyy') and len(cut) == NOTICE_CHARS + 1
