@@ -281,8 +281,52 @@ def test_ts_sdks_get_prompts_complete_arguments_and_follow_a_job(node_tools, sta
     assert_followed_to_the_end(seen)
 
 
+LOG_LEVEL_META = "io.modelcontextprotocol/logLevel"  # a 2026-07-28 request's opt-in to log messages
+
+
+def lifecycle_logs(seen: dict, call: dict) -> list[str]:
+    """The `notifications/message` texts about the call's job, in order."""
+    job = call["result"]["jobId"]
+    return [
+        n["params"]["data"]
+        for n in seen["notifications"]
+        if n["method"] == "notifications/message" and job in str(n["params"]["data"])
+    ]
+
+
+@pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS)
+def test_ts_sdks_hear_each_jobs_lifecycle_as_log_messages(node_tools, stack, sdk, era, protocol):
+    """2025-11-25: logging/setLevel behind the round-robin proxy, honoured by whichever replica takes
+    the call; 2026-07-28: no logging capability, setLevel refused, a call that opts in via `_meta`
+    hears its job's lifecycle. The progress messages stay the answer."""
+    messages = [f"a logged call from TS {sdk} {era} {n}" for n in range(2)]
+    modern = protocol == "2026-07-28"
+    plan = {
+        "messages": messages,
+        "logLevel": "info",
+        "callMeta": {LOG_LEVEL_META: "info"} if modern else None,
+    }
+    seen = run_client(node_tools, sdk, stack.proxy.url, era, **plan)
+    assert_exact_answers(seen, messages)
+    assert ("logging" in seen["capabilities"]) is not modern
+    assert ("error" in seen["logLevel"]) is modern, seen["logLevel"]
+    for call in seen["calls"]:
+        job, result = call["result"]["jobId"], call["result"]
+        assert lifecycle_logs(seen, call) == [
+            f"job {job} queued",
+            f"job {job} started on worker {result['workerId']}",
+            f"job {job} completed: {result['usage']['completionTokens']} tokens",
+        ]
+    if not modern:  # a session at warning hears none of a job that went well
+        quiet = run_client(node_tools, sdk, stack.proxy.url, era, messages=messages[:1], logLevel="warning")
+        assert quiet["logLevel"] == {"ok": {}}
+        assert [n for n in quiet["notifications"] if n["method"] == "notifications/message"] == []
+
+
 @pytest.mark.parametrize("era", ["legacy", "modern"])
-def test_inspector_lists_and_gets_prompts_in_both_eras(node_tools, stack, era):
+def test_inspector_lists_and_gets_prompts_and_sets_a_log_level_in_both_eras(node_tools, stack, era):
+    """Prompts in both eras; logging/setLevel in 2025-11-25, and in 2026-07-28 (which deprecates
+    logging) the Inspector itself says the server does not offer it."""
     listing = node_tools.inspector(stack.url, "--protocol-era", era, "--method", "prompts/list")
     got = node_tools.inspector(
         stack.url, "--protocol-era", era, "--method", "prompts/get", "--prompt-name", "summarize",
@@ -292,6 +336,13 @@ def test_inspector_lists_and_gets_prompts_in_both_eras(node_tools, stack, era):
     (message,) = got["result"]["messages"]
     assert "the inspector asked" in message["content"]["text"]
     assert "one-line" in message["content"]["text"]
+    set_level = [node_tools.bin("mcp-inspector"), "--cli", stack.url, "--protocol-era", era]
+    set_level += ["--method", "logging/setLevel", "--log-level", "info", "--format", "json", "-q"]
+    done = subprocess.run(set_level, env=node_tools.env, capture_output=True, text=True, timeout=60)
+    if era == "legacy":
+        assert (done.returncode, json.loads(done.stdout)) == (0, {"result": {}}), done.stderr
+    else:
+        assert done.returncode != 0 and "does not support logging" in done.stdout + done.stderr
 
 
 # The conformance suite's server scenarios, by what they need. Its fixture scenarios call tools,

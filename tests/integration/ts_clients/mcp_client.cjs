@@ -4,14 +4,15 @@
 //
 // plan: {sdk: "v1" | "v2", url, headers?, era?: "legacy" | "modern" (v2 only), messages?: [text, ...],
 //        logLevel?: "info", getPrompt?: {name, arguments}, complete?: {ref, argument, context?},
-//        completeJobId?: true, follow?: text, clientName?: text (clientInfo.name)}
+//        completeJobId?: true, follow?: text, clientName?: text (clientInfo.name), callMeta?: {…}}
 // It connects over streamable HTTP, lists tools and prompts, runs the optional steps (each recorded as
 // {ok: result} or {error: text}): setLoggingLevel, getPrompt, complete; calls send_message_to_ai once
 // per message (all at once) with an onprogress handler that records each notification's `message` and
 // `_meta`; completes a prefix of the first call's job id (completeJobId); submits `follow` and
 // subscribes to its job:// resource, reading it on each notifications/resources/updated until it ends.
 // It prints ONE JSON line of what it saw, with every other notification the server sent. Errors are
-// recorded, never thrown, so the test can say which.
+// recorded, never thrown, so the test can say which. callMeta is each call's `_meta` (a 2026-07-28
+// request opts in to log messages with io.modelcontextprotocol/logLevel).
 // The SDKs come from the npm cache the tests install (NODE_PATH points at its node_modules).
 'use strict';
 
@@ -47,7 +48,7 @@ async function call(client, message) {
   const notifications = [];
   const seen = { message: message, notifications, result: null, isError: null, error: null };
   try {
-    const params = { name: 'send_message_to_ai', arguments: { message } };
+    const params = { name: 'send_message_to_ai', arguments: { message }, _meta: plan.callMeta };
     const options = {
       timeout: 60000,
       resetTimeoutOnProgress: true,
