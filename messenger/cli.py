@@ -245,11 +245,13 @@ async def _health(runtime: Runtime, args) -> int:
 
 
 async def _stats(runtime: Runtime, args) -> int:
+    from messenger.health import capacity, live_workers
     from messenger.usage import usage_stats
 
     stats = await usage_stats(runtime.redis)
+    models = await capacity(runtime.redis, runtime.settings, await live_workers(runtime.redis))
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print(json.dumps({**stats, "capacity": models}, indent=2))
         return 0
 
     def cost(v) -> str:
@@ -271,6 +273,12 @@ async def _stats(runtime: Runtime, args) -> int:
             f"{r['prompt_tokens']:>9} {r['completion_tokens']:>9} {cost(r['cost_usd']):>12} "
             f"{ms(r['avg_latency_ms']):>8} {ms(r['p95_latency_ms']):>8}"
         )
+    if models:
+        print(f"\n{'CAPACITY':24} {'LIMITS':32} {'WAITING':>7} {'429s':>6} {'COOL-DOWN':>10}")
+    for name, c in models.items():
+        limits = " ".join(f"{k}={v}" for k, v in c["limits"].items()) or "-"
+        cool = f"{c['cool_down_s']:g} s" if c["cool_down_s"] else "-"
+        print(f"{name[:24]:24} {limits[:32]:32} {c['waiting']:>7} {c['upstream_429s']:>6} {cool:>10}")
     return 0
 
 

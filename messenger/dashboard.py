@@ -31,7 +31,7 @@ from messenger import usage
 from messenger.calls import unavailable
 from messenger.collector import Transcript, follow_events
 from messenger.guards import verified_tenant
-from messenger.health import live_workers, worker_rows
+from messenger.health import capacity, live_workers, worker_rows
 from messenger.runtime import Runtime
 from shared.errors import QueueFull, validation_message
 from shared.logs import redact
@@ -106,7 +106,8 @@ def cross_site(request: Request) -> JSONResponse | None:
 async def snapshot(runtime: Runtime) -> dict:
     """The whole picture, from Redis, as one JSON-able dict."""
     now = time.time()
-    workers = worker_rows(await live_workers(runtime.redis))
+    beats = await live_workers(runtime.redis)
+    workers = worker_rows(beats)
     jobs = [job_row(j) for j in await runtime.jobs.list(None, JOBS_SHOWN)]
     stats = await usage.usage_stats(runtime.redis, days=1)
     return {
@@ -116,6 +117,7 @@ async def snapshot(runtime: Runtime) -> dict:
         "in_flight": [j for j in jobs if j["status"] not in FINAL_STATUSES],
         "recent": [j for j in jobs if j["status"] in FINAL_STATUSES],
         "cost": {"totals": stats["totals"], "models": stats["models"]},
+        "capacity": await capacity(runtime.redis, runtime.settings, beats),
     }
 
 
@@ -215,6 +217,7 @@ form { display:flex; gap:8px } form input[name=message] { flex:1 } input, button
 <section class="wide"><h2>Jobs in flight</h2><div id="flight"></div></section>
 <section><h2>Workers</h2><table id="workers"></table></section>
 <section><h2>Cost per model</h2><table id="models"></table></section>
+<section><h2>Provider capacity</h2><table id="capacity"></table></section>
 <section class="wide"><h2>Recent results and errors</h2><table id="recent"></table></section>
 </main>
 <script>
@@ -247,6 +250,11 @@ function render(s) {
   $("models").innerHTML = row(["model", "requests", "failed", "tokens", "cost", "p95 latency"], "th") + (models.map(([m, r]) => row([
     esc(m), r.requests, r.failed, r.total_tokens, usd(r.cost_usd), r.p95_latency_ms == null ? "" : r.p95_latency_ms + " ms"])).join("")
     || row(['<span class="empty">no usage yet</span>', "", "", "", "", ""]));
+  const caps = Object.entries(s.capacity || {});
+  $("capacity").innerHTML = row(["model", "limits", "waiting", "429s", "cool-down"], "th") + (caps.map(([m, c]) => row([
+    esc(m), esc(Object.entries(c.limits).map(([k, v]) => k + "=" + v).join(" ") || "-"), c.waiting, c.upstream_429s,
+    c.cool_down_s ? `<span class="err">${esc(c.cool_down_s)} s</span>` : ""])).join("")
+    || row(['<span class="empty">no MODEL_LIMITS, no 429s</span>', "", "", "", ""]));
   $("recent").innerHTML = row(["job", "status", "model", "worker", "tokens", "cost", "answer or error"], "th") + (s.recent.map((j) => row([
     `<code>${short(j.job_id)}</code>`, `<span class="${esc(j.status)}">${esc(j.status)}</span>`, esc(j.model || ""),
     esc(j.worker_id || ""), j.tokens, usd(j.cost),

@@ -47,6 +47,41 @@ def worker_rows(workers: list[dict]) -> list[dict]:
     ]
 
 
+CAPACITY_MODELS_SHOWN = 50  # junk in mcpq:capacity:models cannot grow a report or a label set
+
+
+async def capacity(redis, settings: Settings, workers: list[dict]) -> dict[str, dict]:
+    """Per model with MODEL_LIMITS, a cool-down or waiting jobs: its limits, the jobs waiting for
+    its capacity (from the heartbeats), the provider's 429s received and the cool-down left."""
+    waiting: dict[str, int] = {}
+    for w in workers:
+        counts = w.get("capacity_waiting")
+        for model, n in counts.items() if isinstance(counts, dict) else ():
+            if isinstance(model, str) and isinstance(n, int):
+                waiting[model] = waiting.get(model, 0) + n
+    seen = await damaged.read(redis.smembers(keys.CAPACITY_MODELS), keys.CAPACITY_MODELS, set())
+    limited = [m for m in settings.model_limits if m != "*"]
+    names = sorted({*limited, *waiting, *(m.decode(errors="replace") for m in seen)})[:CAPACITY_MODELS_SHOWN]
+    if not names:
+        return {}
+    counted = await damaged.read(redis.hgetall(keys.CAPACITY_429S), keys.CAPACITY_429S, {})
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.pttl(keys.capacity("cooldown", name))
+        left = await pipe.execute()
+    out = {}
+    for name, ms in zip(names, left, strict=True):
+        limits = settings.model_limits_for(name)
+        raw = counted.get(name.encode(), b"0")
+        out[name] = {
+            "limits": limits.model_dump(exclude_none=True) if limits else {},
+            "waiting": waiting.get(name, 0),
+            "upstream_429s": int(raw) if raw.isdigit() else 0,
+            "cool_down_s": round(ms / 1000, 1) if isinstance(ms, int) and ms > 0 else 0,
+        }
+    return out
+
+
 def seen_by_tenant(report: dict) -> dict:
     """The report a tenant sees: how many jobs each worker runs, not their ids (those are other
     tenants' job handles)."""
@@ -74,6 +109,8 @@ async def health(runtime: Runtime) -> dict:
     workers = await live_workers(runtime.redis)
     out["workers"] = worker_rows(workers)
     out["queue_depth"] = await runtime.jobs.queue_depth()
+    if models_capacity := await capacity(runtime.redis, settings, workers):
+        out["capacity"] = models_capacity  # MODEL_LIMITS, waiting jobs, 429s and cool-downs per model
     provider_errors = [w["provider_error"] for w in out["workers"] if w["provider_error"]]
     out["provider_reachable"] = bool(workers) and len(provider_errors) < len(workers)
     if provider_errors:

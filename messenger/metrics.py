@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.requests import Request
 from starlette.responses import Response
 
-from messenger.health import live_workers
+from messenger.health import capacity, live_workers
 from shared import tracing
 
 MAX_TOOL_LABELS = 50  # a client calling made-up tool names cannot grow the label set without bound
@@ -38,12 +38,31 @@ class MessengerMetrics:
         self.followed = Gauge(
             "mcpq_messenger_jobs_followed", "Jobs this messenger is following now", registry=r
         )
+        self.waiting = Gauge(
+            "mcpq_capacity_waiting", "Jobs waiting for a model's capacity (MODEL_LIMITS or a 429 cool-down)",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.upstream_429s = Gauge(
+            "mcpq_capacity_upstream_429s", "429s the provider answered for a model, all workers since Redis began",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.cool_down = Gauge(
+            "mcpq_capacity_cool_down_seconds", "Seconds left of a model's cool-down after a 429 (0: none)",
+            ["model"], registry=r,
+        )  # fmt: skip
         self._tools: set[str] = set()
 
     async def scrape(self, runtime) -> bytes:
         """The registry as Prometheus text; the Redis-backed gauges are read now."""
         self.queue_depth.set(await runtime.jobs.queue_depth())
-        self.workers.set(len(await live_workers(runtime.redis)))
+        workers = await live_workers(runtime.redis)
+        self.workers.set(len(workers))
+        models = await capacity(runtime.redis, runtime.settings, workers)
+        for gauge, field in ((self.waiting, "waiting"), (self.upstream_429s, "upstream_429s"),
+                             (self.cool_down, "cool_down_s")):  # fmt: skip
+            gauge.clear()
+            for model, row in models.items():
+                gauge.labels(model).set(row[field])
         self.followed.set(runtime.hub.following)
         return generate_latest(self.registry)
 

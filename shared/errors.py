@@ -12,6 +12,7 @@ the base and show its message as one line.
     ├── QueueUnavailable          Redis cannot be reached, or refuses us (memory, permissions)
     ├── ToolServerError           an MCP server named by a request is unknown, or failed
     ├── ProviderError             the model provider failed (retryable or not)
+    │   └── RateLimited           a model's capacity (MODEL_LIMITS, an upstream 429) outlasts the job
     └── JobStopped                a job run stopped before its answer was whole
         ├── ToolRoundsExceeded    the model kept asking for tools past TOOL_MAX_ROUNDS
         └── ReservationSpent      the job's budget reservation cannot pay for another turn
@@ -84,10 +85,27 @@ class ToolServerError(McpQueueError):
 class ProviderError(McpQueueError):
     """A provider failure, worded for the person who has to fix it (no secrets in the text)."""
 
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
+    def __init__(
+        self, message: str, *, retryable: bool = False, status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after  # seconds the provider asked for (Retry-After), when it said
+
+
+class RateLimited(ProviderError):
+    """A model has no capacity for this job before its deadline: its MODEL_LIMITS (`upstream`
+    False) or a cool-down after the provider's 429 (`upstream` True). A fallback chain catches it
+    to try another model; `wait` is how long this model still needed, when known."""
+
+    def __init__(self, message: str, *, model: str, limit: str, wait: float | None, upstream: bool):
+        super().__init__(message, retryable=True, status=429 if upstream else None)
+        self.model = model
+        self.limit = limit  # rpm, tpm, concurrency or cooldown
+        self.wait = wait
+        self.upstream = upstream
 
 
 class JobStopped(McpQueueError):

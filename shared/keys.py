@@ -204,3 +204,21 @@ def session_events(session_id: str, stream_id: str) -> str:
 
 def replica(replica_id: str) -> str:
     return REPLICA_PREFIX + replica_id
+
+
+# provider capacity (MODEL_LIMITS and upstream 429 cool-downs, worker/capacity.py), per model
+CAPACITY_PREFIX = "mcpq:capacity:"
+CAPACITY_CHANNEL = "mcpq:capacity"  # pub/sub: `free <model>` (a slot freed), `cool <model>` (a 429 cool-down)
+CAPACITY_MODELS = "mcpq:capacity:models"  # set: every model that has had a limit or a cool-down
+CAPACITY_429S = "mcpq:capacity:429s"  # hash: model -> upstream 429s received, by every worker
+CAPACITY_WAITING_PREFIX = "mcpq:capacity:waiting:"  # + job id: JSON while the job waits for capacity
+
+
+def capacity(part: str, model: str) -> str:
+    """A model's capacity state: part is `rpm` / `tpm` (the next free time in ms, GCRA), `slots`
+    (zset: holder -> lease end in ms), `cooldown` (expires when the cool-down ends) or `strikes`."""
+    return f"{CAPACITY_PREFIX}{part}:{model}"
+
+
+def capacity_waiting(job_id: str) -> str:
+    return CAPACITY_WAITING_PREFIX + job_id

@@ -34,7 +34,7 @@ from shared.errors import SettingsError
 from shared.logs import keep_secret
 from shared.tool_config import SERVER_NAME, ToolServerConfig, unknown_servers_message
 
-__all__ = ["MEMORY_URL", "Settings", "SettingsError", "TenantLimits", "load_settings"]
+__all__ = ["MEMORY_URL", "ModelLimits", "Settings", "SettingsError", "TenantLimits", "load_settings"]
 
 MEMORY_URL = "memory://"
 DEFAULT_MODELS = {
@@ -58,6 +58,20 @@ class TenantLimits(BaseModel):
     hourly_usd: float | None = Field(None, gt=0)
     daily_usd: float | None = Field(None, gt=0)
     requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+
+
+# MODEL_LIMITS (worker/capacity.py): a provider's limits per model, enforced across every worker
+ALL_MODELS = "*"  # in MODEL_LIMITS: the limits of every model without its own entry
+
+
+class ModelLimits(BaseModel):
+    """One model's provider limits: requests and tokens a minute, calls at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1, le=10_000_000)
+    tpm: int | None = Field(None, ge=1, le=10_000_000_000)
+    concurrency: int | None = Field(None, ge=1, le=100_000)
 
 
 def derived_tenant_name(token: str) -> str:
@@ -142,6 +156,8 @@ class Settings(BaseSettings):
     tool_call_timeout_seconds: float = Field(60, gt=0, le=3600)
     # MCP prompts (messenger/prompts.py): a directory of *.toml prompt files; unset: the repo's prompts/
     prompts_dir: Path | None = None
+    # MODEL_LIMITS: JSON {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}, "*": {"concurrency": 8}}
+    model_limits: dict[str, ModelLimits] = {}
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     # fallbacks and providers (worker/fallbacks.py, worker/providers/__init__.py)
@@ -280,6 +296,14 @@ class Settings(BaseSettings):
                 merged |= entry.model_dump(exclude_none=True)
         return TenantLimits(**merged)
 
+    def model_limits_for(self, model: str) -> ModelLimits | None:
+        """MODEL_LIMITS for this model, field by field over the "*" entry; None: no limit at all."""
+        merged: dict = {}
+        for entry in (self.model_limits.get(ALL_MODELS), self.model_limits.get(model)):
+            if entry is not None:
+                merged |= entry.model_dump(exclude_none=True)
+        return ModelLimits(**merged) if merged else None
+
     @property
     def exposed_servers(self) -> list[str]:
         names = [n.strip() for n in (self.mcp_expose_servers or "").split(",") if n.strip()]
@@ -316,8 +340,12 @@ _TENANT_LIMITS_HINT = (
     'must be JSON like {"alice": {"daily_usd": 5, "requests_per_minute": 60}, "*": {"hourly_usd": 1}} '
     "with per_request_usd, hourly_usd, daily_usd, requests_per_minute"
 )
+_MODEL_LIMITS_HINT = (
+    'must be JSON like {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}, "*": {"concurrency": 8}} '
+    "with rpm, tpm, concurrency (whole numbers of at least 1)"
+)
 # variables that look like ours; a misspelt one is refused instead of silently meaning "no limit"
-_CHECKED_PREFIXES = ("MCP_API", "MCP_ADMIN", "TENANT_", "BUDGET_", "RATE_LIMIT")
+_CHECKED_PREFIXES = ("MCP_API", "MCP_ADMIN", "TENANT_", "BUDGET_", "RATE_LIMIT", "MODEL_LIMIT")
 
 
 def _misspelt_variables(environ: dict[str, str]) -> None:
@@ -349,6 +377,7 @@ def load_settings(**overrides: Any) -> Settings:
             "tenant_limits": _TENANT_LIMITS_HINT,
             "model_fallbacks": _FALLBACKS_HINT,
             "providers": _PROVIDERS_HINT,
+            "model_limits": _MODEL_LIMITS_HINT,
         }.get(name, _HINTS.get(name, "must be valid JSON"))
         raise SettingsError(f"{name.upper()}: {hint}") from None
     except ValidationError as e:
@@ -361,6 +390,9 @@ def load_settings(**overrides: Any) -> Settings:
         if field == "tenant_limits":
             where = ".".join(str(part) for part in err["loc"][1:])
             msg = _TENANT_LIMITS_HINT if len(err["loc"]) < 3 else f"{where}: {msg}"
+        elif field == "model_limits":
+            where = ".".join(str(part) for part in err["loc"][1:])
+            msg = _MODEL_LIMITS_HINT if len(err["loc"]) < 3 else f"{where}: {msg}"
         elif field == "mcp_servers" and err["type"] == "dict_type" and len(err["loc"]) == 1:
             msg = _SERVERS_HINT
         elif field in ("providers", "model_fallbacks"):

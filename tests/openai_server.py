@@ -83,7 +83,7 @@ class Script:
     status: int | None = None  # answer chat completions with this HTTP error instead
     failures: int | None = None  # answer only this many chat completions with `status`, then stream the reply
     error_message: str | None = None
-    retry_after: float | None = None  # Retry-After header on an error answer
+    retry_after: float | str | None = None  # Retry-After header on an error answer (a str: sent as is)
     include_usage: bool = True  # False: behave like llama-cpp-python, which ignores include_usage
     usage: tuple[int, int] | None = None  # (prompt, completion) to report; default: counted words
     model: str | None = None  # the model name the chunks carry; default: the requested one
@@ -97,6 +97,14 @@ class Script:
     tool_preamble: str = ""
     models_endpoint: bool = True  # False: GET /v1/models answers 404, like a server that has no such route
     broken_models: tuple[str, ...] = ()  # chat completions for these models always answer HTTP 500
+    # A provider's limits, enforced the way providers do, with 429 + Retry-After: `rpm` over a sliding
+    # window of `window` seconds (rpm 600 over 5 s allows 50 in any 5 s, plus `burst`); `tpm` the same
+    # over prompt words + completion tokens; `concurrency` calls at once (a self-hosted server's slots).
+    rpm: int | None = None
+    tpm: int | None = None
+    window: float = 60.0
+    burst: int = 0
+    concurrency: int | None = None
 
 
 @dataclass
@@ -113,6 +121,12 @@ class OpenAIServer:
         self.requests: list[Received] = []
         self.streams: list[StreamRecord] = []
         self.failed = 0  # chat completions answered with the scripted error status
+        self.sent_429s = 0  # every 429 sent: scripted ones and the limits' (rpm, tpm, concurrency)
+        self.limited: list[str] = []  # which limit each limits' 429 was for
+        self.active = 0  # chat completions being answered now
+        self.max_active = 0  # the most answered at once
+        self._admitted: list[tuple[float, int]] = []  # (monotonic time, tokens) of calls the limits let in
+        self.answered_at: list[float] = []  # when each call the limits let in arrived (monotonic)
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -237,8 +251,58 @@ class OpenAIServer:
             return _error(500, _default_error(500, model))
         if script.status is not None and self._take_failure(script):
             message = script.error_message or _default_error(script.status, model)
-            headers = {"retry-after": f"{script.retry_after:g}"} if script.retry_after is not None else None
+            after = script.retry_after
+            headers = (
+                {"retry-after": after if isinstance(after, str) else f"{after:g}"}
+                if after is not None
+                else None
+            )
+            with self._lock:
+                self.sent_429s += script.status == 429
             return _error(script.status, message, headers)
+        if (limited := self._over_limits(script, body)) is not None:
+            return limited
+        try:
+            return await self._answer(script, body, index)
+        except BaseException:
+            self._finished()
+            raise
+
+    def _over_limits(self, script: Script, body: dict) -> Response | None:
+        """A 429 with Retry-After when this call is over a limit; else it counts as admitted (and active)."""
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        tokens = prompt_words + len(words(script.reply))
+        now = time.monotonic()
+        with self._lock:
+            self._admitted = [(t, n) for t, n in self._admitted if t > now - script.window]
+            share = script.window / 60
+            checks = [
+                ("concurrency", script.concurrency is not None and self.active >= script.concurrency, 1.0)
+            ]
+            if script.rpm is not None and self._admitted:
+                over = len(self._admitted) >= script.rpm * share + script.burst
+                checks.append(("rpm", over, self._admitted[0][0] + script.window - now))
+            if script.tpm is not None and self._admitted:
+                over = sum(n for _, n in self._admitted) + tokens > script.tpm * share + script.burst
+                checks.append(("tpm", over, self._admitted[0][0] + script.window - now))
+            for limit, over, wait in checks:
+                if over:
+                    self.sent_429s += 1
+                    self.limited.append(limit)
+                    message = f"Rate limit reached for {limit}. Please try again in {wait:.3f}s."
+                    return _error(429, message, {"retry-after-ms": str(max(1, round(wait * 1000)))})
+            self._admitted.append((now, tokens))
+            self.answered_at.append(now)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        return None
+
+    def _finished(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    async def _answer(self, script: Script, body: dict, index: int) -> Response:
+        model = body.get("model", "")
 
         messages = body.get("messages", [])
         tool_turns = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
@@ -265,6 +329,7 @@ class OpenAIServer:
         }
 
         if not body.get("stream"):
+            self._finished()
             return JSONResponse(
                 {
                     **base,
@@ -297,6 +362,13 @@ class OpenAIServer:
             return _sse(data)
 
         async def events():
+            try:
+                async for event in stream():
+                    yield event
+            finally:
+                self._finished()
+
+        async def stream():
             yield chunk({"role": "assistant", "content": ""})
             for token in tokens:
                 if script.token_delay:

@@ -33,6 +33,7 @@ def heartbeat(state: WorkerState, started_at: float) -> dict:
         "concurrency": state.settings.worker_concurrency,
         "running_jobs": dict(state.running),
         "jobs_done": state.jobs_done,
+        "capacity_waiting": state.capacity.waiting_by_model(),  # model -> jobs waiting for its capacity
         "started_at": round(started_at, 3),
         "last_seen": round(time.time(), 3),
     }
@@ -51,6 +52,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
                     pipe.set(keys.in_progress(job_id), b"1", px=lease_ms)  # again, if it lapsed in an outage
                     pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
                 await pipe.execute()
+            await state.capacity.renew(redis)
             state.metrics.heartbeat.set_to_current_time()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)

@@ -29,6 +29,7 @@ from shared.settings import OPERATOR, UNOWNED, Settings
 from shared.tokens import estimate_tokens
 from shared.tool_client import ToolServers
 from worker import accounting, fallbacks
+from worker.capacity import Capacity
 from worker.history import earlier_turns
 from worker.metrics import WorkerMetrics
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd, ToolCall
@@ -57,9 +58,11 @@ class WorkerState:
     defaults_read_at: float = float("-inf")  # monotonic; -inf: read before the next job
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     tool_servers: ToolServers = field(default_factory=lambda: ToolServers({}))
+    capacity: Capacity = field(init=False)  # MODEL_LIMITS and 429 cool-downs, shared by every worker
 
     def __post_init__(self) -> None:
         self.metrics.watch_running(lambda: len(self.running))
+        self.capacity = Capacity(self.settings)
 
     async def model_defaults(self, redis, tenant: str = OPERATOR) -> ModelDefaults:
         """configure_ai_model's defaults for this tenant: its own over the global ones."""
@@ -248,6 +251,16 @@ async def _converse(run: JobRun, req: ChatRequest, call: ModelCall) -> StreamEnd
 
 
 async def _model_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamEnd | None:
+    """One model turn within the model's capacity (worker/capacity.py: it may wait, and go again
+    after a 429); raises RateLimited when the job's deadline comes first."""
+    deadline = run.started + run.settings.job_timeout_seconds
+    return await run.state.capacity.turn(
+        run.redis, run.job_id, call, deadline=deadline,
+        stream=lambda: _stream_turn(run, call, turn), streamed=lambda: bool(turn),
+    )  # fmt: skip
+
+
+async def _stream_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamEnd | None:
     """Stream one model turn into the job's text and events; answers how it ended."""
     end = None
     async with aclosing(run.state.provider.stream(call)) as pieces:

@@ -73,6 +73,7 @@ async def shutdown(ctx: dict) -> None:
         with contextlib.suppress(RedisError):
             await ctx["redis"].delete(keys.worker(state.worker_id))
         await state.provider.aclose()
+        await state.capacity.aclose()
         await state.tool_servers.aclose()
 
 

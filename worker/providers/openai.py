@@ -16,9 +16,19 @@ from openai import AsyncOpenAI
 
 from shared.events import TokenUsage
 from shared.logs import redact
+from worker.capacity import retry_after_seconds
 from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd, ToolCall, estimate_usage
 
 NO_KEY_PLACEHOLDER = "not-needed"  # self-hosted servers (vLLM, llama.cpp, Ollama) accept any key
+
+
+class _Client(AsyncOpenAI):
+    """The SDK's client, minus its own retries of a 429: the worker's shared cool-down
+    (worker/capacity.py) is the one retry, for every worker at once, not RETRY_ATTEMPTS per call
+    multiplied by every job in flight. 5xx, timeouts and connection errors are still the SDK's."""
+
+    def _should_retry(self, response) -> bool:  # pinned: tests/worker/test_capacity_provider.py
+        return response.status_code != 429 and super()._should_retry(response)
 
 
 class OpenAIProvider(Provider):
@@ -31,7 +41,7 @@ class OpenAIProvider(Provider):
             )
         self._secret = api_key or ""
         self.base_url = base_url
-        self.client = AsyncOpenAI(
+        self.client = _Client(
             api_key=api_key or NO_KEY_PLACEHOLDER, base_url=base_url, timeout=timeout, max_retries=max_retries
         )
 
@@ -125,8 +135,9 @@ class OpenAIProvider(Provider):
             msg = f"model {model!r} was not found at {where} (HTTP 404). {detail}"
         elif isinstance(e, openai.RateLimitError):
             return ProviderError(
-                f"the provider is rate limiting (HTTP 429). {detail}", retryable=True, status=429
-            )
+                f"the provider is rate limiting (HTTP 429). {detail}", retryable=True, status=429,
+                retry_after=retry_after_seconds(e.response.headers),
+            )  # fmt: skip
         elif status is not None and status >= 500:
             return ProviderError(
                 f"the provider failed (HTTP {status}). {detail}", retryable=True, status=status
