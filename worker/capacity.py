@@ -21,7 +21,9 @@ A slot is a lease: the heartbeat renews it (`renew`), so a SIGKILLed worker's sl
 within WORKER_LEASE_SECONDS. TPM counts the prompt's estimate up front and settles with the usage the
 provider reports at the end of the stream. A job fails only at its own JOB_TIMEOUT_SECONDS, from the
 job's start, with `RateLimited` naming the limit; a wait known to outlast the deadline (a long
-Retry-After) fails at once, so a fallback chain can move on.
+Retry-After) fails at once. A model with a fallback (MODEL_FALLBACKS) waits at most
+FALLBACK_PATIENCE_SECONDS for its limits and not at all after a 429: RateLimited moves the job on
+to its next model.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from redis.exceptions import RedisError
@@ -51,6 +54,16 @@ MIN_COOL_DOWN_SECONDS = 0.05
 BACKOFF_SECONDS = (1.0, 60.0)  # a 429 without Retry-After: 1 s, doubling per 429 in a row, at most 60 s
 PACE_GRACE_MS = 10.0  # a tpm call admitted this late keeps the schedule (no rate lost to timer jitter)
 TPM_HORIZON_MS = 86_400_000  # a token schedule further ahead than this is junk
+FALLBACK_PATIENCE_SECONDS = 1.0  # a model with a fallback waits no longer: its next model answers now
+
+
+@dataclass(frozen=True)
+class Until:
+    """How long a call may wait for its model: the job's deadline, or sooner when it can fall back."""
+
+    at: float  # monotonic
+    fallback: bool
+
 
 _NOW = """local t = redis.call('TIME')  -- Redis's clock: the workers' clocks never matter
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -233,14 +246,17 @@ class Capacity:
 
     async def turn(
         self, redis, job_id: str, call: ModelCall, *, deadline: float,
-        stream: Callable[[], Awaitable[StreamEnd | None]], streamed: Callable[[], bool],
+        stream: Callable[[], Awaitable[StreamEnd | None]], streamed: Callable[[], bool], fallback: bool = False,
     ) -> StreamEnd | None:  # fmt: skip
         """Run one model call within the model's capacity: wait for it, call, give it back. A 429
-        before any text cools the model down for every worker, and the call waits and goes again."""
+        before any text cools the model down for every worker, and the call waits and goes again.
+        With a `fallback` model to go on to, it waits at most FALLBACK_PATIENCE_SECONDS for the
+        model's limits, and a 429 moves it on at once (RateLimited)."""
         limits = self.settings.model_limits_for(call.model)
         cost = prompt_tokens(call) if limits and limits.tpm else 0
         while True:
-            holder, delay = await self._admit(redis, job_id, call.model, limits, cost, deadline)
+            until = min(deadline, time.monotonic() + FALLBACK_PATIENCE_SECONDS) if fallback else deadline
+            holder, delay = await self._admit(redis, job_id, call.model, limits, cost, Until(until, fallback))
             end, settle = None, 0
             try:
                 await asyncio.sleep(
@@ -252,7 +268,9 @@ class Capacity:
             except ProviderError as e:
                 if e.status != 429 or streamed() or isinstance(e, RateLimited):
                     raise
-                await self._upstream_429(redis, call.model, e)
+                wait = await self._upstream_429(redis, call.model, e)
+                if fallback:  # its next model answers now; this one's cool-down still holds for the rest
+                    raise self._too_late(call.model, "cooldown", wait, fallback) from None
                 continue
             finally:
                 if holder is not None or settle:
@@ -260,7 +278,7 @@ class Capacity:
             return end
 
     async def _admit(
-        self, redis, job_id: str, model: str, limits: ModelLimits | None, cost: int, deadline: float
+        self, redis, job_id: str, model: str, limits: ModelLimits | None, cost: int, until: Until
     ) -> tuple[str | None, float]:
         """Wait until the model lets one more call through; answers the slot's holder (None when
         the model has no concurrency limit) and the seconds until its turn. Raises RateLimited at
@@ -274,12 +292,13 @@ class Capacity:
             if lock.locked():
                 await self._show_wait(redis, job_id, model, "turn", None)
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                async with asyncio.timeout(max(0.0, until.at - time.monotonic())):
                     await lock.acquire()
             except TimeoutError:
-                raise self._too_late(model, self.waiting.get(job_id, {}).get("limit", "turn"), None) from None
+                limit = self.waiting.get(job_id, {}).get("limit", "turn")
+                raise self._too_late(model, limit, None, until.fallback) from None
             try:
-                delay = await self._wait_turn(redis, job_id, model, limits, cost, holder, deadline)
+                delay = await self._wait_turn(redis, job_id, model, limits, cost, holder, until)
             finally:
                 lock.release()
         finally:
@@ -292,7 +311,7 @@ class Capacity:
         return None, delay
 
     async def _wait_turn(
-        self, redis, job_id: str, model: str, limits: ModelLimits | None, cost: int, holder: str, deadline: float
+        self, redis, job_id: str, model: str, limits: ModelLimits | None, cost: int, holder: str, until: Until
     ) -> float:  # fmt: skip
         """Ask Redis until the model lets the call through; answers the seconds until its turn."""
         while True:
@@ -309,11 +328,11 @@ class Capacity:
             if verdict == "ok":
                 self._cooling.pop(model, None)
                 return wait
-            left = deadline - time.monotonic()
+            left = until.at - time.monotonic()
             if verdict == "cooldown":
                 self._cooling[model] = time.monotonic() + wait
-            if left <= 0 or (verdict != "concurrency" and wait > left):
-                raise self._too_late(model, verdict, wait)
+            if left <= 0 or (verdict != "concurrency" and wait >= left):
+                raise self._too_late(model, verdict, wait, until.fallback)
             await self._show_wait(redis, job_id, model, verdict, wait)
             if verdict == "concurrency":  # woken by a release, or at the earliest lease's end
                 with contextlib.suppress(TimeoutError):
@@ -334,7 +353,7 @@ class Capacity:
         with contextlib.suppress(RedisError, OSError):
             await redis.set(keys.capacity_waiting(job_id), json.dumps(record), px=self.lease_ms)
 
-    def _too_late(self, model: str, limit: str, wait: float | None) -> RateLimited:
+    def _too_late(self, model: str, limit: str, wait: float | None, fallback: bool) -> RateLimited:
         timeout = self.settings.job_timeout_seconds
         if limit == "cooldown":
             why = f"the provider answered 429 for model {model!r} and asked every worker to wait"
@@ -344,13 +363,18 @@ class Capacity:
             value = getattr(self.settings.model_limits_for(model), limit, None)
             why = f"model {model!r} is at its limit MODEL_LIMITS {limit}={value}"
         more = f" {wait:.1f} s more" if wait is not None else ""
+        allowed = (
+            f"a model with a fallback (MODEL_FALLBACKS) waits at most {FALLBACK_PATIENCE_SECONDS:g} s"
+            if fallback
+            else f"JOB_TIMEOUT_SECONDS={timeout:g} (from the job's start) allows"
+        )
         return RateLimited(
-            f"no capacity before the job's deadline: {why}; it would need{more or ' to wait longer'} than "
-            f"JOB_TIMEOUT_SECONDS={timeout:g} (from the job's start) allows",
+            f"no capacity in time: {why}; it would need{more or ' to wait longer'} than {allowed}",
             model=model, limit=limit, wait=wait, upstream=limit == "cooldown",
         )  # fmt: skip
 
-    async def _upstream_429(self, redis, model: str, e: ProviderError) -> None:
+    async def _upstream_429(self, redis, model: str, e: ProviderError) -> float:
+        """Count the 429 and cool the model down for everyone; answers the seconds it cools down."""
         self.received_429s[model] = self.received_429s.get(model, 0) + 1
         given = int(e.retry_after * 1000) if e.retry_after is not None else None
         left_ms = await _cool_down(
@@ -360,6 +384,7 @@ class Capacity:
         )  # fmt: skip
         self._cooling[model] = time.monotonic() + int(left_ms) / 1000
         log.warning("model %s answered 429: every worker waits %.1f s for it", model, int(left_ms) / 1000)
+        return int(left_ms) / 1000
 
     async def _give_back(self, redis, model: str, holder: str | None, limits, settle: int) -> None:
         if holder is not None:

@@ -231,8 +231,13 @@ async def _converse(run: JobRun, req: ChatRequest, call: ModelCall) -> StreamEnd
             await _check_reservation(run.redis, run.job_id, run.model, spent, call)
         turn = []
         if round_no == 1:  # MODEL_FALLBACKS: the first turn may go on with another model
+            last = fallbacks.chain(settings, call.model)[-1]
             end, call, run.fallback_from = await fallbacks.first_turn(
-                settings, run.job_id, call, turn, lambda c, t=turn: _model_turn(run, c, t)
+                settings,
+                run.job_id,
+                call,
+                turn,
+                lambda c, t=turn, z=last: _model_turn(run, c, t, c.model != z),
             )
         else:
             end = await _model_turn(run, call, turn)
@@ -250,12 +255,15 @@ async def _converse(run: JobRun, req: ChatRequest, call: ModelCall) -> StreamEnd
         call = replace(call, messages=[*call.messages, *turn_messages])
 
 
-async def _model_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamEnd | None:
+async def _model_turn(
+    run: JobRun, call: ModelCall, turn: list[str], fallback: bool = False
+) -> StreamEnd | None:
     """One model turn within the model's capacity (worker/capacity.py: it may wait, and go again
-    after a 429); raises RateLimited when the job's deadline comes first."""
+    after a 429); raises RateLimited when the job's deadline (or, with a `fallback`, its patience)
+    comes first."""
     deadline = run.started + run.settings.job_timeout_seconds
     return await run.state.capacity.turn(
-        run.redis, run.job_id, call, deadline=deadline,
+        run.redis, run.job_id, call, deadline=deadline, fallback=fallback,
         stream=lambda: _stream_turn(run, call, turn), streamed=lambda: bool(turn),
     )  # fmt: skip
 

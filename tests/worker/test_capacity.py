@@ -250,3 +250,35 @@ async def test_a_429_after_text_was_streamed_is_not_retried(redis):
     with pytest.raises(ProviderError) as caught:
         await cap.turn(redis, "j", CALL, deadline=time.monotonic() + 5, stream=stream, streamed=lambda: True)
     assert not isinstance(caught.value, RateLimited)
+
+
+async def test_with_a_fallback_a_429_moves_on_at_once_and_a_full_model_after_a_second(redis):
+    cap = capacity(concurrency=1)
+
+    async def limited():
+        raise ProviderError("429", retryable=True, status=429, retry_after=30)
+
+    with pytest.raises(RateLimited, match="MODEL_FALLBACKS") as caught:
+        await cap.turn(redis, "f1", CALL, deadline=time.monotonic() + 60, stream=limited, streamed=lambda: False,
+                       fallback=True)  # fmt: skip
+    assert caught.value.upstream and (caught.value.wait or 0) > 25
+    await redis.delete(keys.capacity("cooldown", MODEL))
+
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def slow():
+        holding.set()
+        await release.wait()
+        return END
+
+    first = asyncio.create_task(
+        cap.turn(redis, "f2", CALL, deadline=time.monotonic() + 60, stream=slow, streamed=lambda: False)
+    )
+    await holding.wait()
+    started = time.monotonic()
+    with pytest.raises(RateLimited, match="concurrency=1"):
+        await cap.turn(redis, "f3", CALL, deadline=time.monotonic() + 60, stream=slow, streamed=lambda: False,
+                       fallback=True)  # fmt: skip
+    assert 0.9 <= time.monotonic() - started < 5, "it waited its patience, not the job's deadline"
+    release.set()
+    assert await first is END
