@@ -49,7 +49,7 @@ async def test_200_jobs_at_rpm_600_over_2_workers_are_paced_not_refused(redis_ur
     arrivals = sorted(r.at for r in openai_server.chat_requests)
     span = arrivals[-1] - arrivals[0]
     assert span >= 199 * 0.1 * 0.97, f"200 calls at 600 a minute take 19.9 s, not {span:.1f} s: not paced"
-    assert took < 19.9 * 1.5 + 10, f"{took:.1f} s: far slower than the limit allows"
+    assert took < 19.9 * 2 + 20, f"{took:.1f} s: far slower than the limit allows"
     assert len({r.worker_id for r in results}) == 2
 
 
