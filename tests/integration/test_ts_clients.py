@@ -219,14 +219,16 @@ def kill_the_worker_streaming_a_new_job(client, workers: WorkerProcesses, old: s
     raise AssertionError("no new job streamed 5 tokens in 30 s")
 
 
-@pytest.mark.parametrize("sdk", ["v1", "v2"])
-def test_a_ts_client_drops_a_killed_attempt_on_mcp_queue_restart(node_tools, stack, redis_server, sdk):
+@pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS)
+def test_a_ts_client_drops_a_killed_attempt_on_mcp_queue_restart(
+    node_tools, stack, redis_server, sdk, era, protocol
+):
     """The worker streaming the call is killed; another runs the job again (attempt 2). The client
     sees one notification with `mcp-queue/restart: 2`; the text from it on is the whole answer."""
     message = " ".join(f"word{i}" for i in range(40))  # a 56-token answer: over a second to stream
     client = redis_server.client()
     old = set(client.scan_iter(keys.STREAM_PREFIX + "*"))
-    plan = json.dumps({"sdk": sdk, "url": stack.url, "messages": [message]})
+    plan = json.dumps({"sdk": sdk, "url": stack.url, "era": era, "messages": [message]})
     node = subprocess.Popen(
         node_tools.node_command(CLIENT, plan), env=node_tools.env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
@@ -239,6 +241,7 @@ def test_a_ts_client_drops_a_killed_attempt_on_mcp_queue_restart(node_tools, sta
         if node.poll() is None:
             node.kill()
     seen = client_saw(sdk, node.returncode, stdout, stderr)
+    assert seen["protocolVersion"] == protocol
     (call,) = seen["calls"]
     assert call["result"]["jobId"] == job_id
     assert call["result"]["attempt"] == 2
