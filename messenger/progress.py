@@ -10,7 +10,9 @@ the answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -18,6 +20,8 @@ from mcp_types import ProgressNotification, ProgressNotificationParams
 
 from messenger.collector import Transcript
 from shared.events import Event, ToolCallEvent, ToolResultEvent
+
+log = logging.getLogger("messenger.progress")
 
 PROGRESS_INTERVAL = 0.05  # seconds between text notifications: tokens are batched, not one per message
 NOTICE_CHARS = 300  # a tool's arguments or result in `_meta` are cut to this many characters
@@ -84,7 +88,8 @@ class ProgressRelay:
     """Relays a job's events to the caller as progress (an `OnEvent` for JobClient.run / wait).
 
     Text goes out at most once per PROGRESS_INTERVAL, except the first text of each attempt, which
-    goes out at once. `progress` counts the attempt's tokens and rises with every notification (the
+    goes out at once; text held back goes out when the interval ends even if no event follows (a
+    model that pauses mid-answer does not hold its last words). `progress` counts the attempt's tokens and rises with every notification (the
     spec asks it to): a notification without new tokens adds a hair.
     """
 
@@ -96,6 +101,8 @@ class ProgressRelay:
         self.sent_text_of = 0  # the attempt whose text has started going out
         self.progress = 0.0
         self.job_id: str | None = None  # the followed job, once its first event (or tick) came
+        self.sending = asyncio.Lock()  # the held-back flush and the events' notifications, in order
+        self.held: asyncio.Task | None = None  # the flush of text held back, due at the interval's end
 
     async def __call__(self, event: Event | None, transcript: Transcript) -> None:
         self.job_id = transcript.job_id
@@ -110,6 +117,8 @@ class ProgressRelay:
                 or time.monotonic() - self.text_sent_at >= PROGRESS_INTERVAL
             ):
                 await self._flush(transcript)
+            elif self.held is None:
+                self.held = asyncio.create_task(self._flush_held(transcript))
         elif event.type == "start":
             self.pending.clear()  # a re-run: its tokens replace the old attempt's
             extra: dict[str, Any] = {WORKER: event.worker_id}
@@ -122,25 +131,37 @@ class ProgressRelay:
         else:  # the end: the last text, then the outcome
             await self._flush(transcript)
             await self._status(transcript)
+            if self.held is not None:
+                self.held.cancel()
+
+    async def _flush_held(self, transcript: Transcript) -> None:
+        await asyncio.sleep(max(0.0, self.text_sent_at + PROGRESS_INTERVAL - time.monotonic()))
+        self.held = None
+        try:
+            await self._flush(transcript)
+        except Exception as e:  # the call ended meanwhile: its stream is gone, and so is the need
+            log.debug("held-back progress of job %s not sent: %r", transcript.job_id, e)
 
     def _meta(self, transcript: Transcript) -> dict[str, Any]:
         return {JOB_ID: transcript.job_id, STATUS: transcript.status, ATTEMPT: transcript.attempt}
 
     async def _flush(self, transcript: Transcript) -> None:
-        if not self.pending:
-            return
-        text, self.pending = "".join(self.pending), []
-        self._advance(transcript)
-        self.text_sent_at, self.sent_text_of = time.monotonic(), transcript.attempt
-        await self.out.send(self.progress, text, self._meta(transcript))
+        async with self.sending:
+            if not self.pending:
+                return
+            text, self.pending = "".join(self.pending), []
+            self._advance(transcript)
+            self.text_sent_at, self.sent_text_of = time.monotonic(), transcript.attempt
+            await self.out.send(self.progress, text, self._meta(transcript))
 
     def _advance(self, transcript: Transcript) -> None:
         # the attempt's token count, but never back down (a restart counts from 0 again)
         self.progress = max(float(transcript.tokens), self.progress + 0.001)
 
     async def _status(self, transcript: Transcript, extra: dict[str, Any] | None = None) -> None:
-        self._advance(transcript)
-        meta = self._meta(transcript)
-        if extra:
-            meta.update(extra)
-        await self.out.send(self.progress, None, meta)
+        async with self.sending:
+            self._advance(transcript)
+            meta = self._meta(transcript)
+            if extra:
+                meta.update(extra)
+            await self.out.send(self.progress, None, meta)

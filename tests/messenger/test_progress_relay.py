@@ -1,0 +1,48 @@
+"""ProgressRelay's timing, with a fake context: the first text of an attempt goes out at once, and
+text held back by the interval goes out when it ends even if no event follows."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+
+from messenger.collector import Transcript
+from messenger.progress import PROGRESS_INTERVAL, ProgressRelay
+from shared.events import StartEvent, TokenEvent
+
+
+class Sink:
+    """A context without a request (no progressToken): report_progress gets every notification."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, str | None]] = []
+        self.arrived = anyio.Event()
+
+    async def report_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        self.sent.append((time.monotonic(), message))
+        self.arrived.set()
+
+
+async def feed(relay: ProgressRelay, transcript: Transcript, event) -> None:
+    transcript.apply(event)
+    await relay(event, transcript)
+
+
+async def test_held_back_text_goes_out_at_the_interval_end_with_no_event_after_it():
+    sink, t = Sink(), Transcript("j1")
+    relay = ProgressRelay(sink, None)
+    await relay(None, t)  # enqueued: status only
+    await relay(None, t)  # a keep-alive just now must not hold the first text back
+    await feed(relay, t, StartEvent(job_id="j1", seq=0, attempt=1, ts=0, worker_id="w", model="m"))
+    started = time.monotonic()
+    await feed(relay, t, TokenEvent(job_id="j1", seq=1, attempt=1, ts=0, text="first "))
+    assert sink.sent[-1][1] == "first ", "the first text of an attempt goes out at once"
+    await feed(relay, t, TokenEvent(job_id="j1", seq=2, attempt=1, ts=0, text="second"))
+    assert sink.sent[-1][1] == "first ", "within the interval: held back"
+    sink.arrived = anyio.Event()
+    with anyio.fail_after(2):  # no further event: the model paused
+        await sink.arrived.wait()
+    when, text = sink.sent[-1]
+    assert text == "second" and when - started >= PROGRESS_INTERVAL * 0.9
+    assert [m for _, m in sink.sent if m] == ["first ", "second"]
