@@ -392,6 +392,8 @@ def load_settings(**overrides: Any) -> Settings:
             msg = _TENANT_LIMITS_HINT if len(err["loc"]) < 3 else f"{where}: {msg}"
         elif field == "model_limits":
             where = ".".join(str(part) for part in err["loc"][1:])
+            if err["type"] == "extra_forbidden":
+                msg = "not a limit; use rpm, tpm or concurrency"
             msg = _MODEL_LIMITS_HINT if len(err["loc"]) < 3 else f"{where}: {msg}"
         elif field == "mcp_servers" and err["type"] == "dict_type" and len(err["loc"]) == 1:
             msg = _SERVERS_HINT

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import pytest
-from processes import start_openai_workers
+from openai_server import eventually
+from processes import ROOT, process_env, start_openai_workers
 
 from messenger.health import capacity
 from messenger.runtime import open_runtime
@@ -98,3 +101,47 @@ async def test_a_long_retry_after_fails_the_job_at_once_and_junk_one_backs_off(
     if ending == "failed":
         assert "429" in (result.error or "") and "JOB_TIMEOUT_SECONDS=20" in (result.error or "")
         assert seen[MODEL]["cool_down_s"] > 3000, "the cool-down holds for every later job too"
+
+
+async def test_a_worker_killed_while_holding_a_slot_gives_it_back_within_its_lease(
+    redis_url, workers, openai_server
+):
+    reply = " ".join(f"w{i}" for i in range(40))
+    openai_server.script(reply=reply, token_delay=0.05, concurrency=1)  # 2 s a call, one at a time
+    limits = json.dumps({"*": {"concurrency": 1}})
+    procs = start_openai_workers(
+        workers, redis_url, openai_server, count=2, MODEL_LIMITS=limits, WORKER_LEASE_SECONDS="2"
+    )
+    async with runtime(redis_url, openai_server) as rt:
+        first = asyncio.create_task(run_jobs(rt, 1, timeout=60))
+        await eventually(lambda: openai_server.active == 1, timeout=20)
+
+        async def running_pid():
+            beats = [json.loads(await rt.redis.get(k)) async for k in rt.redis.scan_iter("mcpq:worker:*")]
+            return next((b["pid"] for b in beats if b["running_jobs"]), None)
+
+        holder = await eventually(running_pid, timeout=10)
+        victim = next(p for p in procs if p.pid == holder)
+        victim.kill()
+        killed_at = time.monotonic()
+        second = await run_jobs(rt, 1, timeout=60)
+        (first_result,) = await first
+        slots = await rt.redis.zcard(f"mcpq:capacity:slots:{MODEL}")
+    assert first_result.status == "completed" and first_result.attempt == 2, first_result.error
+    assert second[0].status == "completed", second[0].error
+    assert time.monotonic() - killed_at < 20, "the dead worker's slot came back with its lease"
+    assert openai_server.sent_429s == 0 and openai_server.max_active == 1
+    assert slots == 0, "no slot is left held"
+
+
+@pytest.mark.parametrize(
+    "value", ['{"gpt-4o": {"rpm": 0}}', "not json", '{"gpt-4o": {"rmp": 5}}', '{"*": 3}']
+)
+def test_junk_model_limits_stop_the_worker_with_one_line(redis_url, value):
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli"], env=process_env(redis_url, MODEL_LIMITS=value), cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "MODEL_LIMITS" in lines[0] and "rpm" in lines[0]
