@@ -239,6 +239,9 @@ async def _health(runtime: Runtime, args) -> int:
         for w in report.get("workers", []):
             running = ", ".join(w["running_jobs"]) or "idle"
             print(f"worker     {w['worker_id']}  beat {w['heartbeat_age_s']}s ago  {running}")
+        for model, c in (report.get("capacity") or {}).items():
+            cool = f"  cooling down {c['cool_down_s']:g} s" if c["cool_down_s"] else ""
+            print(f"capacity   {model}  {c['waiting']} waiting  {c['upstream_429s']} upstream 429s{cool}")
         if report.get("problem"):
             print(f"problem    {report['problem']}")
     return 0 if report["status"] == "ok" else 1

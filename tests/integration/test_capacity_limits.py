@@ -14,6 +14,7 @@ import pytest
 from openai_server import eventually
 from processes import ROOT, process_env, start_openai_workers
 
+from messenger.dashboard import snapshot
 from messenger.health import capacity
 from messenger.runtime import open_runtime
 from shared.models import ChatRequest
@@ -64,12 +65,16 @@ async def test_without_limits_a_429_with_retry_after_pauses_every_worker_and_eve
     async with runtime(redis_url, openai_server) as rt:
         results = await run_jobs(rt, 20, timeout=90)
         seen = await capacity(rt.redis, rt.settings, [])
+        scraped = (await rt.metrics.scrape(rt)).decode()
+        shot = await snapshot(rt)
     assert [r.status for r in results] == ["completed"] * 20, {r.error for r in results}
     assert openai_server.sent_429s >= 1, "the server never limited: the test proves nothing"
     assert len(openai_server.chat_requests) == 20 + openai_server.sent_429s, (
         "each 429 was sent once, not retried"
     )
     assert seen[MODEL]["upstream_429s"] == openai_server.sent_429s, "every 429 received is counted"
+    assert f'mcpq_capacity_upstream_429s{{model="{MODEL}"}} {float(openai_server.sent_429s)}' in scraped
+    assert shot["capacity"][MODEL]["upstream_429s"] == openai_server.sent_429s  # the dashboard's line
 
 
 async def test_concurrency_3_against_a_3_slot_server_never_gets_a_429(redis_url, workers, openai_server):
