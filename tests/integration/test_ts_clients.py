@@ -10,6 +10,7 @@ replicas, workers and proxy serves every test of this module, so a client costs 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import proxy as proxy_module
 import pytest
 from mcp_helpers import HttpMessenger, messenger_env, running_messengers
 from node_tools import PACKAGES, NodeTools
@@ -250,6 +252,48 @@ def test_a_ts_client_drops_a_killed_attempt_on_mcp_queue_restart(
     dead = "".join(n.get("message") or "" for n in call["notifications"][: last_restart(call)])
     assert dead and whole_answer(message).startswith(dead)  # the dead attempt's text, dropped
     assert_exact_answers(seen, [message])
+
+
+@contextlib.contextmanager
+def first_call_stream_cut(monkeypatch) -> Iterator[list[bytes]]:
+    """The proxy ends the SSE response of the next tools/call once its first progress text has gone
+    through, as a dropped connection would; yields what it passed on before the cut."""
+    relay, passed = proxy_module._relay, []
+
+    async def cutting(response, receive, send) -> None:
+        if passed or b'"tools/call"' not in response.request.content:
+            return await relay(response, receive, send)
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in proxy_module.HOP_BY_HOP]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        async for chunk in response.aiter_raw():
+            passed.append(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if b'"message":"' in b"".join(passed):
+                break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    monkeypatch.setattr(proxy_module, "_relay", cutting)
+    yield passed
+
+
+@pytest.mark.parametrize(("sdk", "era", "protocol"), CLIENTS[:2])
+def test_a_ts_client_whose_stream_drops_resumes_on_another_replica(
+    node_tools, stack, monkeypatch, sdk, era, protocol
+):
+    """2025-11-25: the call's SSE stream is cut after its first text; the SDK reconnects with
+    Last-Event-ID, the proxy sends that GET to another replica, and the call ends with the exact
+    answer, its progress neither losing nor repeating a token."""
+    message = f"resume TS {sdk} on another replica"
+    before = len(stack.proxy.served)
+    with first_call_stream_cut(monkeypatch) as passed:
+        seen = run_client(node_tools, sdk, stack.proxy.url, era, messages=[message])
+    assert passed, "the cut never happened"
+    assert_exact_answers(seen, [message])
+    served = stack.proxy.served[before:]
+    posted = next(s for s in served if "tools/call" in s.rpc)
+    resumed = [s for s in served if s.last_event_id]
+    assert resumed and resumed[0].method == "GET" and resumed[0].status == 200
+    assert resumed[0].backend != posted.backend
 
 
 PROMPTS = {"delegate", "review_job", "summarize"}  # the repo's prompts/ directory
