@@ -370,10 +370,11 @@ def test_ts_sdks_hear_each_jobs_lifecycle_as_log_messages(node_tools, stack, sdk
         assert [n for n in quiet["notifications"] if n["method"] == "notifications/message"] == []
 
 
-@pytest.mark.parametrize("era", ["legacy", "modern"])
-def test_inspector_lists_and_gets_prompts_and_sets_a_log_level_in_both_eras(node_tools, stack, era):
-    """Prompts in both eras; logging/setLevel in 2025-11-25, and in 2026-07-28 (which deprecates
-    logging) the Inspector itself says the server does not offer it."""
+@pytest.mark.parametrize("era", ["legacy", "auto", "modern"])
+def test_inspector_lists_and_gets_prompts_and_sets_a_log_level_in_every_era(node_tools, stack, era):
+    """Prompts in all three of the Inspector's eras (auto finds 2026-07-28); logging/setLevel in
+    2025-11-25, and in 2026-07-28 (which deprecates logging) the Inspector itself says the server
+    does not offer it."""
     listing = node_tools.inspector(stack.url, "--protocol-era", era, "--method", "prompts/list")
     got = node_tools.inspector(
         stack.url, "--protocol-era", era, "--method", "prompts/get", "--prompt-name", "summarize",
