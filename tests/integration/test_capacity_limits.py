@@ -150,3 +150,22 @@ def test_junk_model_limits_stop_the_worker_with_one_line(redis_url, value):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "MODEL_LIMITS" in lines[0] and "rpm" in lines[0]
+
+
+async def test_tpm_counts_the_streamed_usage_and_keeps_the_server_under_its_token_limit(
+    redis_url, workers, openai_server
+):
+    reply = "one two three four five six seven eight nine ten"  # 10 tokens, plus the prompt's 2
+    # 100 tokens a second, with a second's worth of burst: a call's completion is counted when it
+    # ends, so up to the calls in flight (8 here) x their completions (10) may run ahead of the count
+    openai_server.script(reply=reply, tpm=6000, window=5, burst=100)
+    limits = json.dumps({MODEL: {"tpm": 6000}})
+    start_openai_workers(
+        workers, redis_url, openai_server, count=2, MODEL_LIMITS=limits, WORKER_CONCURRENCY="4"
+    )
+    async with runtime(redis_url, openai_server) as rt:
+        results = await run_jobs(rt, 60, timeout=90)
+    assert [r.status for r in results] == ["completed"] * 60, {r.error for r in results}
+    assert openai_server.sent_429s == 0, openai_server.limited
+    arrivals = sorted(openai_server.answered_at)
+    assert arrivals[-1] - arrivals[0] >= (60 * 12 - 600) / 100, "720 tokens at 100 a second: paced by tokens"
