@@ -165,7 +165,8 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
                 end = await _converse(run, req, call)
         except McpQueueError as e:  # the provider, a tool server, or a stop (rounds, budget, Redis)
             if isinstance(e, ProviderError):
-                state.provider_error = e.message if e.retryable else None
+                # (a job out of time for MODEL_LIMITS is no fault of the provider's: health stays clear)
+                state.provider_error = e.message if e.retryable and getattr(e, "upstream", True) else None
             return await run.end("failed", e.message)
         except TimeoutError:
             what = "the model call and its tool calls" if run.tool_calls else "the model call"
