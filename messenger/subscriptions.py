@@ -69,11 +69,18 @@ class JobSubscriptions:
         key = (session, uri)
         if snapshot.status in FINAL_STATUSES:
             return EmptyResult()  # it will not change any more
-        if session != LOCAL:
-            await self._shared(session, "sadd", uri)
         if key in self._following:
             return EmptyResult()  # twice is once
-        if sum(1 for s, _ in self._following if s == session) >= PER_SESSION:
+        if session == LOCAL:
+            full = sum(1 for s, _ in self._following if s == session) >= PER_SESSION
+        else:  # the set in Redis is the session's on every replica: its cap, and who follows
+            added, count = await self._add(session, uri)
+            if not added:
+                return EmptyResult()  # another replica follows it: twice is once
+            full = count > PER_SESSION
+            if full:
+                await self._shared(session, "srem", uri)
+        if full:
             raise MCPError(
                 code=INVALID_PARAMS,
                 message=f"this session already follows {PER_SESSION} jobs; unsubscribe from one first",
@@ -113,6 +120,21 @@ class JobSubscriptions:
             raise MCPError(
                 code=INTERNAL_ERROR, message=unavailable(e, self.runtime.settings).message
             ) from None
+
+    async def _add(self, session: str, uri: str) -> tuple[bool, int]:
+        """SADD the URI to the session's set: whether it is new there, and the set's size."""
+        name = keys.subscriptions(session)
+        try:
+            async with self.runtime.redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(name, uri)
+                pipe.scard(name)
+                pipe.expire(name, keys.SUBSCRIPTIONS_TTL_SECONDS)
+                added, count, _ = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise MCPError(
+                code=INTERNAL_ERROR, message=unavailable(e, self.runtime.settings).message
+            ) from None
+        return bool(added), int(count)
 
     async def _still_subscribed(self, session: str, uri: str) -> bool:
         """Not unsubscribed here (a cancel Python 3.11's asyncio.wait_for may have swallowed, when it
@@ -156,6 +178,10 @@ class JobSubscriptions:
             log.warning("subscription to %s ended: Redis failed (%s)", key[1], type(e).__name__)
         except Exception as e:  # the session's stream is gone: nobody to tell
             log.info("subscription to %s ended: %s", key[1], type(e).__name__)
+        finally:  # nobody follows it any more: it leaves the session's set (and cap)
+            if key[0] != LOCAL:
+                with contextlib.suppress(RedisError, OSError):
+                    await self.runtime.redis.srem(keys.subscriptions(key[0]), key[1])  # pyright: ignore[reportGeneralTypeIssues]
 
 
 def _job_id(uri: str) -> str:
