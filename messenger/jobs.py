@@ -24,7 +24,7 @@ from messenger.stored import held_by_worker, lost_message, not_found, read_job, 
 from shared import damaged, keys
 from shared.errors import JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
-from shared.models import FINAL_STATUSES, ChatRequest, JobResult, JobStatus, ToolCallRequest
+from shared.models import FINAL_STATUSES, CapacityWait, ChatRequest, JobResult, JobStatus, ToolCallRequest
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 from shared.turns import queue_position
@@ -113,6 +113,8 @@ class JobClient:
             pending = _pending(transcript, status)
             if status == "queued":
                 pending.queue_position = await queue_position(self.redis, job_id)
+            else:
+                pending.waiting_for = await _capacity_wait(self.redis, job_id)
             return pending, False
         if transcript.final:  # ended, but the stored result and some of its events are gone
             lost = JobResult(job_id=job_id, status="failed", attempt=transcript.attempt, error=_LOST_ANSWER)
@@ -299,6 +301,15 @@ _LOST_ANSWER = (
     "the job ended, but Redis lost its stored result and part of its text (restarted without "
     "persistence?); submit it again"
 )
+
+
+async def _capacity_wait(redis, job_id: str) -> CapacityWait | None:
+    """The capacity a running job waits for (worker/capacity.py writes it); junk reads as none."""
+    raw = await redis.get(keys.capacity_waiting(job_id))
+    try:
+        return CapacityWait.model_validate_json(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _pending(transcript: Transcript, status: JobStatus) -> JobResult:

@@ -198,6 +198,15 @@ class ToolCallRecord(_Camel):
     duration_ms: float | None = None
 
 
+class CapacityWait(_Camel):
+    """What a running job waits for before its next model call (MODEL_LIMITS or a 429 cool-down)."""
+
+    model: str
+    limit: str  # rpm | tpm | concurrency | cooldown | turn (jobs of this worker ahead of it for the model)
+    since: float  # unix seconds
+    until: float | None = None  # unix seconds it expects to go on; None: when a slot frees / its turn comes
+
+
 class JobResult(_Camel):
     """A job as a caller sees it: while it runs `ai_response` is the text so far."""
 
@@ -214,3 +223,4 @@ class JobResult(_Camel):
     attempt: int = 0
     tool_calls: list[ToolCallRecord] = []
     queue_position: int | None = None  # while queued: 1 is the next job a free worker takes
+    waiting_for: CapacityWait | None = None  # while running: the model capacity it waits for

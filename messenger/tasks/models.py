@@ -11,7 +11,7 @@ from pydantic import AliasChoices, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shared.keys import KEEP_RESULT_SECONDS
-from shared.models import JobResult, JobStatus
+from shared.models import CapacityWait, JobResult, JobStatus
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
@@ -70,6 +70,8 @@ def status_message(job: JobResult) -> str:
             return "queued: waiting for a worker"
         ahead = job.queue_position - 1
         return "queued: next in line" if ahead == 0 else f"queued: {ahead} job{'s' * (ahead != 1)} ahead"
+    if job.status == "running" and job.waiting_for is not None:
+        return waiting_message(job.waiting_for)
     if job.status == "running":
         where = f"running on {job.worker_id or 'a worker'}"
         if job.attempt > 1:
@@ -80,6 +82,17 @@ def status_message(job: JobResult) -> str:
     if job.status == "completed":
         return f"completed: {job.usage.total_tokens} tokens"
     return f"{job.status}: {job.error or job.status}"
+
+
+def waiting_message(wait: CapacityWait) -> str:
+    """`waiting for capacity: gpt-4o rpm until 18:20:31 UTC`. A concurrency slot frees when another
+    call ends, and a turn when the jobs ahead have theirs: no clock time to promise for those."""
+    said = f"waiting for capacity: {wait.model} {wait.limit}"
+    if wait.limit == "concurrency":
+        return f"{said} until a slot frees"
+    if wait.until is None:
+        return f"{said} until the jobs ahead have their turn"
+    return f"{said} until {datetime.fromtimestamp(wait.until, UTC):%H:%M:%S} UTC"
 
 
 def task_of(job: JobResult, created_ms: int, updated_ms: int, *, modern: bool) -> TaskState:

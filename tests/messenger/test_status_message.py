@@ -1,7 +1,7 @@
 """A task's statusMessage in each state, one line, from a job's state."""
 
 from messenger.tasks.models import LATEST_CHARS, status_message
-from shared.models import JobResult, ResultUsage
+from shared.models import CapacityWait, JobResult, ResultUsage
 
 
 def running(text: str, tokens: int, attempt: int = 1) -> JobResult:
@@ -28,3 +28,14 @@ def test_running_tells_worker_tokens_and_the_latest_words_on_one_line():
     assert told.startswith("running on worker-a (attempt 2): 60 tokens so far; latest: …")
     assert "\n" not in told and told.endswith(" the end.")
     assert len(told.split("latest: …", 1)[1]) == LATEST_CHARS
+
+
+def test_running_but_waiting_for_capacity_names_the_model_the_limit_and_until_when():
+    def waiting(limit: str, until: float | None) -> str:
+        wait = CapacityWait(model="gpt-4o", limit=limit, since=0, until=until)
+        return status_message(JobResult(job_id="j", status="running", waiting_for=wait))
+
+    assert waiting("rpm", 1_700_000_431.4) == "waiting for capacity: gpt-4o rpm until 22:20:31 UTC"
+    assert waiting("cooldown", 0) == "waiting for capacity: gpt-4o cooldown until 00:00:00 UTC"
+    assert waiting("concurrency", 99.0) == "waiting for capacity: gpt-4o concurrency until a slot frees"
+    assert waiting("turn", None) == "waiting for capacity: gpt-4o turn until the jobs ahead have their turn"
