@@ -54,6 +54,7 @@ MIN_COOL_DOWN_SECONDS = 0.05
 BACKOFF_SECONDS = (1.0, 60.0)  # a 429 without Retry-After: 1 s, doubling per 429 in a row, at most 60 s
 PACE_GRACE_MS = 10.0  # a tpm call admitted this late keeps the schedule (no rate lost to timer jitter)
 TPM_HORIZON_MS = 86_400_000  # a token schedule further ahead than this is junk
+SLOT_HORIZON_MS = 86_400_000  # a slot leased further ahead than this is junk (leases are seconds)
 FALLBACK_PATIENCE_SECONDS = 1.0  # a model with a fallback waits no longer: its next model answers now
 
 
@@ -78,11 +79,12 @@ end
 @script(
     _OWN
     + _NOW
+    + f"local max_cool_ms, slot_horizon_ms = {int(MAX_COOL_DOWN_SECONDS * 1000) + 1000}, {SLOT_HORIZON_MS}\n"
     + """
 own(models, 'set')
 redis.call('SADD', models, model)
-local cd = redis.call('PTTL', cooldown)
-if cd == -1 then redis.call('DEL', cooldown) elseif cd > 0 then return {'cooldown', cd} end
+local cd = redis.call('PTTL', cooldown)  -- no expiry, or longer than any 429 may set: junk
+if cd == -1 or cd > max_cool_ms then redis.call('DEL', cooldown) elseif cd > 0 then return {'cooldown', cd} end
 -- a schedule (next free time, ms); junk (another type, not a number, absurdly far ahead) reads as none
 local function schedule(key, horizon)
   local kind = redis.call('TYPE', key)['ok']
@@ -108,7 +110,8 @@ if tpm then
 end
 if concurrency then
   own(slots, 'zset')
-  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)  -- lapsed leases, and ones no lease reaches:
+  redis.call('ZREMRANGEBYSCORE', slots, '(' .. string.format('%.0f', now + slot_horizon_ms), '+inf')
   if not redis.call('ZSCORE', slots, holder) and redis.call('ZCARD', slots) >= concurrency then
     local first = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
     return {'concurrency', math.max(1, math.ceil(tonumber(first[2]) - now))}
