@@ -18,6 +18,7 @@ it lands, so session-wide notifications reach the client wherever they were sent
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -27,6 +28,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +50,9 @@ log = logging.getLogger("messenger")
 GET_STREAM = "_GET_stream"  # the SDK's stream key for the standalone GET stream
 FROM_NOW = "$"  # a Last-Event-ID cursor of our own: the standalone stream from this moment on
 EVENTS_KEPT = 10_000  # per stream (approximate trim): 500 s of progress at the batched 20 events/s
-TAIL_BLOCK_MS = 2_000  # one blocking read; between reads the session and the writer are checked
+TAIL_BLOCK_MS = 2_000  # one blocking read; a GET quiet this long checks its session and writer
+TAIL_QUEUE = 64  # batches a GET may be behind before it is left to read what it missed itself
+COMMANDS_AT_ONCE = 4  # the waiting GETs' own Redis commands in flight at once (per process)
 TAIL_SECONDS = 300  # a resumed or standalone GET ends after this; the client reconnects with its last id
 ANSWERED_SECONDS = 300  # how long a request's events are kept after its response (to resume and read it)
 RETRY_MS = 1_000  # the `retry:` hint on each stream's first (priming) event
@@ -68,6 +72,11 @@ async def beat(redis, replica: str) -> None:
         with contextlib.suppress(RedisError, OSError):
             await redis.set(keys.replica(replica), "1", ex=int(keys.HEARTBEAT_TTL_SECONDS))
         await anyio.sleep(keys.HEARTBEAT_SECONDS)
+
+
+def wake_key(replica: str) -> str:
+    """The stream a GET writes to when the reader of this replica's GETs must re-issue its read."""
+    return keys.replica(replica) + ":wake"
 
 
 @dataclass
@@ -147,11 +156,13 @@ class SessionEvents(EventStore):
     stream's first event, on its response (then ANSWERED_SECONDS), and when the TTL is half spent.
     """
 
-    def __init__(self, redis, session_id: str, registry: SessionRegistry, replica: str):
+    def __init__(self, redis, session_id: str, registry: SessionRegistry, replica: str,
+                 tails: Tails | None = None):  # fmt: skip
         self.redis = redis
         self.session_id = session_id
         self.registry = registry
         self.replica = replica
+        self.tails = tails or Tails(redis, wake_key(replica))  # the process's one, from SessionGate
         self.expiry_set: dict[str, float] = {}  # stream -> when its TTL was last set (this process writes it)
 
     async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
@@ -189,34 +200,169 @@ class SessionEvents(EventStore):
         return None
 
 
+class Tails:
+    """One blocking XREAD per messenger process for every resumed or standalone GET it serves.
+
+    Why: a blocking XREAD holds its Redis connection for the whole block, so one read per GET took a
+    connection per waiting client (a TS SDK client keeps a standalone GET open per session: 1,000
+    clients were 1,000 connections, and a pool that could run dry). Here one task reads every stream
+    a local GET waits on with ONE `XREAD BLOCK` over all their keys and hands each batch to the GETs
+    waiting on it. A GET that waits on a key the read in flight lacks makes the reader re-issue it by
+    an XADD to this process's wake stream, which every read includes (plain stream commands: fakeredis
+    has no CLIENT UNBLOCK, and cancelling a read in flight costs a reconnect); the block is capped at
+    TAIL_BLOCK_MS anyway. Each GET's queue is bounded: a GET that falls behind (a slow client) is
+    marked lagging, its batches are dropped, and it reads what it missed from Redis itself, so it
+    never stalls the reader or the others. The GETs' own short commands (catch-up reads, the checks
+    after a quiet spell) pass a semaphore of COMMANDS_AT_ONCE, so a thousand GETs whose checks fall
+    due together do not open a thousand connections either.
+    """
+
+    def __init__(self, redis, wake_key: str):
+        self.redis = redis
+        self.wake_key = wake_key
+        self.wake_cursor = "0-0"
+        self.cursors: dict[str, str] = {}  # stream key -> the entry id the reader has read up to
+        self.waiting: dict[str, set[Waiting]] = {}
+        self.reading: frozenset[str] = frozenset()  # the keys of the read in flight
+        self.woken = False  # a wake is on its way for the read in flight
+        self.reader: asyncio.Task[None] | None = None
+        self.commands = asyncio.Semaphore(COMMANDS_AT_ONCE)
+
+    async def command(self, awaitable):
+        """A GET's own Redis command, at most COMMANDS_AT_ONCE of them at a time in this process."""
+        async with self.commands:
+            return await awaitable
+
+    @contextlib.asynccontextmanager
+    async def watch(self, key: str, cursor: str) -> AsyncIterator[Waiting]:
+        """Batches of `key`'s entries from about `cursor` on (the caller drops what it has)."""
+        waiting = Waiting()
+        self.waiting.setdefault(key, set()).add(waiting)
+        self.cursors.setdefault(key, cursor)
+        try:
+            if self.reader is None or self.reader.done():
+                self.reader = asyncio.create_task(self._read(), name="session-tails")
+            if key not in self.reading:
+                await self._wake()
+            yield waiting
+        finally:
+            others = self.waiting.get(key, set())
+            others.discard(waiting)
+            if not others:
+                self.waiting.pop(key, None)
+                self.cursors.pop(key, None)
+
+    async def _wake(self) -> None:
+        if self.woken:
+            return
+        self.woken = True
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.wake_key, {"w": ""}, maxlen=10, approximate=False)
+        pipe.expire(self.wake_key, 60)
+        with contextlib.suppress(RedisError, OSError):  # the capped block re-issues the read anyway
+            await self.command(pipe.execute())
+
+    async def _read(self) -> None:
+        backoff = 0.05
+        while self.waiting:
+            self.reading, self.woken = frozenset(self.cursors), False
+            try:
+                streams = {self.wake_key: self.wake_cursor, **self.cursors}
+                read = await self.redis.xread(streams, count=500, block=TAIL_BLOCK_MS)
+                backoff = 0.05
+            except (RedisError, OSError) as e:  # the GETs' own checks end them if Redis stays away
+                log.warning("session streams: a read failed (%s); retrying", type(e).__name__)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for raw_key, entries in read or []:
+                key = _text(raw_key)
+                if not entries:
+                    continue
+                last = _text(entries[-1][0])
+                if key == self.wake_key:
+                    self.wake_cursor = last
+                elif key in self.cursors:
+                    self.cursors[key] = last
+                    for waiting in list(self.waiting.get(key, ())):
+                        waiting.offer(entries)
+        self.reading = frozenset()
+
+
+class Waiting:
+    """One GET's batches from the reader; bounded, and `lagging` once one had to be dropped."""
+
+    def __init__(self):
+        self.batches: asyncio.Queue[list] = asyncio.Queue(TAIL_QUEUE)
+        self.lagging = False
+
+    def offer(self, entries: list) -> None:
+        try:
+            self.batches.put_nowait(entries)
+        except asyncio.QueueFull:  # the GET reads what it missed from Redis when it catches up
+            self.lagging = True
+
+
 class Tail:
     """One resumed (or standalone) GET: the stream's entries after a cursor, then new ones as they come."""
 
     def __init__(self, store: SessionEvents, stream_id: str, key: str, send: EventCallback):
         self.store = store
+        self.tails = store.tails
         self.redis = store.redis
         self.stream_id = stream_id
         self.key = key
         self.send = send
+        self.cursor = "0-0"  # the latest entry handled
         self.writer: str | None = None  # the replica that wrote the latest entry
         self.job_id: str | None = None  # the job the stream's progress is about, once seen
 
     async def run(self, cursor: str) -> None:
         if cursor == FROM_NOW:
-            latest = await self.redis.xrevrange(self.key, "+", "-", count=1)
+            latest = await self.tails.command(self.redis.xrevrange(self.key, "+", "-", count=1))
             cursor = _text(latest[0][0]) if latest else "0-0"
-        elif await self._ended_at(cursor):  # the client had the response already: nothing follows
-            return
+        elif self.stream_id != GET_STREAM and await self._ended_at(cursor):
+            return  # the client had the response already: nothing follows
+        self.cursor = cursor
         deadline = time.monotonic() + TAIL_SECONDS
-        while time.monotonic() < deadline:
-            read = await self.redis.xread({self.key: cursor}, count=500, block=TAIL_BLOCK_MS)
-            entries = read[0][1] if read else []
-            for entry_id, fields in entries:
-                cursor = _text(entry_id)
-                if await self._deliver(cursor, fields):
-                    return
-            if not entries and await self._abandoned():
+        async with self.tails.watch(self.key, cursor) as waiting:
+            if await self._catch_up():  # what came before the reader had this GET's key
                 return
+            while time.monotonic() < deadline:
+                entries = None
+                with anyio.move_on_after(TAIL_BLOCK_MS / 1000):
+                    entries = await waiting.batches.get()
+                if entries is None:
+                    if await self._abandoned():
+                        return
+                    continue
+                if await self._take(entries):
+                    return
+                if waiting.lagging and waiting.batches.empty():
+                    waiting.lagging = False
+                    if await self._catch_up():
+                        return
+
+    async def _catch_up(self) -> bool:
+        """Read (without blocking) what followed the cursor; True once the response was among it."""
+        while True:
+            read = await self.tails.command(self.redis.xread({self.key: self.cursor}, count=500))
+            entries = read[0][1] if read else []
+            if not entries:
+                return False
+            if await self._take(entries):
+                return True
+
+    async def _take(self, entries: list) -> bool:
+        """Deliver the entries after the cursor (a batch may repeat ones a catch-up sent)."""
+        for entry_id, fields in entries:
+            entry = _text(entry_id)
+            if _order(entry) <= _order(self.cursor):
+                continue
+            self.cursor = entry
+            if await self._deliver(entry, fields):
+                return True
+        return False
 
     async def _deliver(self, entry_id: str, fields: dict) -> bool:
         """Send one entry; True once it was the stream's response (the end)."""
@@ -236,23 +382,23 @@ class Tail:
         return isinstance(message, JSONRPCResponse | JSONRPCError)
 
     async def _ended_at(self, cursor: str) -> bool:
-        entry = await self.redis.xrange(self.key, cursor, cursor, count=1)
+        entry = await self.tails.command(self.redis.xrange(self.key, cursor, cursor, count=1))
         body = entry[0][1].get(b"m", b"") if entry else b""
         return bool(body) and _is_end(body)
 
     async def _abandoned(self) -> bool:
         """After a quiet read: end if the session ended; if the replica writing a request's events
         stopped, answer the request with an error that names its job (the job itself goes on)."""
-        if not await self.store.registry.exists(self.store.session_id):
+        if not await self.tails.command(self.store.registry.exists(self.store.session_id)):
             return True
         if self.stream_id == GET_STREAM:
             return False
         if self.writer is None:  # nothing came since the client's last event: who wrote that one
-            latest = await self.redis.xrevrange(self.key, "+", "-", count=1)
+            latest = await self.tails.command(self.redis.xrevrange(self.key, "+", "-", count=1))
             self.writer = _text(latest[0][1].get(b"r", b"")) if latest else None
         if not self.writer:
             return False
-        if await self.redis.exists(keys.replica(self.writer)):
+        if await self.tails.command(self.redis.exists(keys.replica(self.writer))):
             return False
         self.job_id = self.job_id or await self._job_in_stream()
         job = f"; its job {self.job_id} goes on: get_job or wait_for_job answers it" if self.job_id else ""
@@ -266,7 +412,7 @@ class Tail:
 
     async def _job_in_stream(self) -> str | None:
         """The job named by a progress notification the client saw before this GET, if any."""
-        for _, fields in await self.redis.xrevrange(self.key, "+", "-", count=200):
+        for _, fields in await self.tails.command(self.redis.xrevrange(self.key, "+", "-", count=200)):
             with contextlib.suppress(ValidationError):
                 body = fields.get(b"m", b"")
                 job = _job_of(jsonrpc_message_adapter.validate_json(body)) if body else None
@@ -286,6 +432,11 @@ def _job_of(message: JSONRPCMessage) -> str | None:
     meta = params.get("_meta") if isinstance(params, dict) else None
     job = meta.get(JOB_META) if isinstance(meta, dict) else None
     return job if isinstance(job, str) else None
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, seq = entry_id.partition("-")
+    return int(milliseconds), int(seq or 0)
 
 
 def _text(value: bytes | str) -> str:
@@ -330,10 +481,11 @@ class SessionGate:
         self.replica = replica
         self.path = path
         self.rehydrating = anyio.Lock()
+        self.tails = Tails(redis, wake_key(replica))
         session_sdk.give_each_session_a_store(manager, self.store_for)
 
     def store_for(self, session_id: str) -> SessionEvents:
-        return SessionEvents(self.redis, session_id, self.registry, self.replica)
+        return SessionEvents(self.redis, session_id, self.registry, self.replica, self.tails)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or _modern(scope):
@@ -380,8 +532,9 @@ class SessionGate:
     async def _resume(self, scope: Scope, session_id: str) -> tuple[Scope, tuple[int, str] | None]:
         """A GET: check its Last-Event-ID, or give it one that tails the standalone stream from now."""
         last = _header(scope, b"last-event-id")
-        if last is None:
-            cursor = f"{GET_STREAM}/{FROM_NOW}".encode()
+        if last is None:  # from now: fixed before the response starts, so nothing sent after it is missed
+            latest = await self.redis.xrevrange(stream_key(session_id, GET_STREAM), "+", "-", count=1)
+            cursor = f"{GET_STREAM}/{_text(latest[0][0]) if latest else '0-0'}".encode()
             return {**scope, "headers": [*scope["headers"], (b"last-event-id", cursor)]}, None
         parts = split_event_id(last)
         if parts is None or parts[1] == FROM_NOW:

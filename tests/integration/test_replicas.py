@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -15,10 +17,13 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_helpers import HttpMessenger, messenger_env, running_messengers
+from mcp_types import jsonrpc_message_adapter
 from openai_server import eventually
 from processes import WorkerProcesses
 from proxy import round_robin_proxy
 
+from messenger.sessions import SessionEvents, SessionRegistry
+from shared.connection import connect
 from worker.providers.mock import mock_reply
 
 ALICE = {"Authorization": "Bearer tok-alice"}
@@ -320,6 +325,71 @@ async def test_a_plain_get_hears_session_notifications_sent_from_another_replica
     assert listened_on != created_on
     assert {m["method"] for m in heard} == {"notifications/tasks/status"}
     assert heard[-1]["params"]["status"] == "completed"
+
+
+def redis_connections_of(pid: int, redis) -> int:
+    """How many of Redis's clients (CLIENT LIST) are sockets of process `pid` (by local port)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return sum(int(c["addr"].rsplit(":", 1)[1]) in ports for c in redis.client_list())
+
+
+async def test_200_standalone_gets_on_one_replica_share_a_few_redis_connections_and_all_hear(
+    replicas, redis_server
+):
+    """200 sessions (a TS SDK client each keeps a standalone GET open) on replica 0; a notification
+    to each is stored by another writer (a replica's event store; the real cross-replica path is
+    test_a_plain_get_hears_session_notifications_sent_from_another_replica). Replica 0 tails them all with one read: its Redis
+    connections stay a small constant (one blocking read each took 200), and every GET hears."""
+    listener = replicas.messengers[0]
+    limits = httpx2.Limits(max_connections=300, max_keepalive_connections=300)
+    heard: dict[str, list[dict]] = {}
+    with anyio.fail_after(180):
+        async with (
+            httpx2.AsyncClient(headers=ALICE, timeout=120, limits=limits) as http,
+            contextlib.AsyncExitStack() as listening,
+            anyio.create_task_group() as tg,
+        ):
+            sessions = [await RawSession(http, listener.url).open() for _ in range(200)]
+            before = redis_connections_of(listener.proc.pid, replicas.redis)
+            for session in sessions:  # one at a time: the requests themselves need no more connections
+                stream = await listening.enter_async_context(
+                    http.stream("GET", listener.url, headers=session.headers())
+                )
+                assert stream.status_code == 200
+                heard[session.session_id] = []
+                tg.start_soon(hear, stream, heard[session.session_id])
+            writer = connect(redis_server.url)  # another replica's event store, as its writes go
+            note = jsonrpc_message_adapter.validate_python(
+                {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "job://x"}}
+            )
+            for session in sessions:
+                store = SessionEvents(writer, session.session_id, SessionRegistry(writer, 60), "replica-x")
+                await store.store_event("_GET_stream", note)
+            await writer.aclose()
+            await eventually(lambda: all(heard.values()), timeout=60)
+            during = redis_connections_of(listener.proc.pid, replicas.redis)
+            tg.cancel_scope.cancel()
+    assert all(notes == [{"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                          "params": {"uri": "job://x"}}] for notes in heard.values())  # fmt: skip
+    assert during - before <= 6, (before, during)  # the reader, its wake, COMMANDS_AT_ONCE; not 200
+    assert "Traceback" not in listener.log()
+
+
+async def hear(stream: httpx2.Response, notes: list[dict]) -> None:
+    async for event in sse_events(stream):
+        if event.data:
+            notes.append(event.message)
 
 
 async def test_the_replica_serving_a_call_dies_and_the_resumed_stream_says_so(replicas):
