@@ -48,14 +48,19 @@ async def first_turn(
     `streamed`: the text the turn has yielded so far."""
     models = chain(settings, call.model)
     failures: list[str] = []
+    first_failed = ""
     for i, model in enumerate(models):
         this = replace(call, model=model)
         try:
             end = await turn(this)
         except McpQueueError as e:
+            if i and not replaceable(e):  # a fallback failed for good: say which, and after what
+                e.message = f"fallback model {model!r} (after {first_failed}): {e.message}"
+                e.args = (e.message,)
             if not replaceable(e) or streamed or len(models) == 1:
                 raise
             failures.append(f"{model}: {e.message}")
+            first_failed = first_failed or f"{model!r} failed: {_status(e)}"
             if i + 1 == len(models):
                 raise ProviderError(
                     f"every model of the fallback chain failed: {'; '.join(failures)}", retryable=True

@@ -67,9 +67,11 @@ def _from_config(name: str, config: ProviderConfig, settings: Settings) -> Provi
             raise ProviderError(
                 f"PROVIDERS: {name!r} reads its key from {config.api_key_env}, which is not set"
             )
+        key = f"PROVIDERS {name!r} {'api_key_env ' + config.api_key_env if config.api_key_env else 'api_key'}"
         return OpenAIProvider(
             api_key=config.key(), base_url=config.base_url,
             timeout=settings.job_timeout_seconds, max_retries=settings.retry_attempts,
+            settings=(f"PROVIDERS {name!r} base_url", key),
         )  # fmt: skip
     return make_provider(
         settings.model_copy(update={"ai_provider": config.kind, "aws_region": config.region})

@@ -34,7 +34,12 @@ class _Client(AsyncOpenAI):
 class OpenAIProvider(Provider):
     name = "openai"
 
-    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float, max_retries: int):
+    def __init__(
+        self, *, api_key: str | None, base_url: str | None, timeout: float, max_retries: int,
+        settings: tuple[str, str] = ("OPENAI_BASE_URL", "OPENAI_API_KEY"),
+    ) -> None:  # fmt: skip
+        """`settings`: where the base URL and the key come from, named in the errors a person fixes."""
+        self.where_set = settings
         if not api_key and not base_url:
             raise ProviderError(
                 "AI_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a server that needs no key)"
@@ -124,11 +129,11 @@ class OpenAIProvider(Provider):
             return ProviderError(f"the provider at {where} did not answer in time", retryable=True)
         if isinstance(e, openai.APIConnectionError):
             return ProviderError(
-                f"cannot connect to the provider at {where}; check OPENAI_BASE_URL", retryable=True
+                f"cannot connect to the provider at {where}; check {self.where_set[0]}", retryable=True
             )
         status = getattr(e, "status_code", None)
         if isinstance(e, openai.AuthenticationError):
-            msg = f"the provider rejected the API key (HTTP 401); check OPENAI_API_KEY. {detail}"
+            msg = f"the provider rejected the API key (HTTP 401); check {self.where_set[1]}. {detail}"
         elif isinstance(e, openai.PermissionDeniedError):
             msg = f"the API key may not use this model or endpoint (HTTP 403). {detail}"
         elif isinstance(e, openai.NotFoundError):
