@@ -305,10 +305,10 @@ _LOST_ANSWER = (
 
 async def _capacity_wait(redis, job_id: str) -> CapacityWait | None:
     """The capacity a running job waits for (worker/capacity.py writes it); junk reads as none."""
-    raw = await redis.get(keys.capacity_waiting(job_id))
     try:
+        raw = await redis.get(keys.capacity_waiting(job_id))
         return CapacityWait.model_validate_json(raw) if raw else None
-    except ValueError:
+    except (ResponseError, ValueError):  # another type, not JSON, or values no worker writes
         return None
 
 

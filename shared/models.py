@@ -198,13 +198,16 @@ class ToolCallRecord(_Camel):
     duration_ms: float | None = None
 
 
+UNIX_SECONDS_MAX = 253_402_300_799  # 9999-12-31: a time past it (or NaN) in a record is junk
+
+
 class CapacityWait(_Camel):
     """What a running job waits for before its next model call (MODEL_LIMITS or a 429 cool-down)."""
 
-    model: str
-    limit: str  # rpm | tpm | concurrency | cooldown | turn (jobs of this worker ahead of it for the model)
-    since: float  # unix seconds
-    until: float | None = None  # unix seconds it expects to go on; None: when a slot frees / its turn comes
+    model: str = Field(max_length=500)
+    limit: Literal["rpm", "tpm", "concurrency", "cooldown", "turn"]  # turn: behind this worker's own waiters
+    since: float = Field(ge=0, le=UNIX_SECONDS_MAX)  # unix seconds
+    until: float | None = Field(None, ge=0, le=UNIX_SECONDS_MAX)  # None: when a slot frees / its turn comes
 
 
 class JobResult(_Camel):
