@@ -29,6 +29,7 @@ NOTICE_CHARS = 300  # a tool's arguments or result in `_meta` are cut to this ma
 JOB_ID = "mcp-queue/jobId"  # every notification: the job that answers this call
 STATUS = "mcp-queue/status"  # every notification: queued | running | completed | failed | cancelled
 ATTEMPT = "mcp-queue/attempt"  # every notification: 1, 2, … (0 while the job has not started)
+SEQ = "mcp-queue/seq"  # every notification: the seq of the attempt's last event it tells (-1: none yet)
 WORKER = "mcp-queue/worker"  # when an attempt starts: the worker id running it
 RESTART = "mcp-queue/restart"  # the new attempt number: drop the text received so far
 TOOL_CALL = "mcp-queue/toolCall"  # {callId, server, tool, arguments, round}
@@ -143,7 +144,10 @@ class ProgressRelay:
             log.debug("held-back progress of job %s not sent: %r", transcript.job_id, e)
 
     def _meta(self, transcript: Transcript) -> dict[str, Any]:
-        return {JOB_ID: transcript.job_id, STATUS: transcript.status, ATTEMPT: transcript.attempt}
+        return {
+            JOB_ID: transcript.job_id, STATUS: transcript.status, ATTEMPT: transcript.attempt,
+            SEQ: transcript.last_seq,
+        }  # fmt: skip
 
     async def _flush(self, transcript: Transcript) -> None:
         async with self.sending:

@@ -43,6 +43,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from messenger import session_sdk
 from messenger.guards import owner_name
+from messenger.progress import ATTEMPT as ATTEMPT_META
+from messenger.progress import JOB_ID as JOB_META
+from messenger.progress import SEQ as SEQ_META
 from shared import keys
 
 log = logging.getLogger("messenger")
@@ -56,8 +59,6 @@ COMMANDS_AT_ONCE = 4  # the waiting GETs' own Redis commands in flight at once (
 TAIL_SECONDS = 300  # a resumed or standalone GET ends after this; the client reconnects with its last id
 ANSWERED_SECONDS = 300  # how long a request's events are kept after its response (to resume and read it)
 RETRY_MS = 1_000  # the `retry:` hint on each stream's first (priming) event
-ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
-JOB_META = "mcp-queue/jobId"  # the job a progress notification is about (messenger.progress)
 
 
 def replica_id() -> str:
@@ -141,12 +142,30 @@ def stream_key(session_id: str, stream_id: str) -> str:
     return keys.session_events(session_id, stream_id)
 
 
+# `<stream>/<entry>`, then for a job's progress `@<job id>:<attempt>.<seq>` (its last event relayed):
+# the label tells a person (and a log) which job and where in it; resuming needs only the entry
+EVENT_ID = re.compile(r"(?P<stream>.+)/(?P<entry>\d{1,20}-\d{1,20}|\$)(?:@(?P<label>.*))?", re.DOTALL)
+
+
 def split_event_id(event_id: str) -> tuple[str, str] | None:
-    """`<stream>/<entry id>` as (stream, entry id); None for anything else."""
-    stream_id, slash, entry = event_id.rpartition("/")
-    if not slash or not stream_id or not (ENTRY_ID.fullmatch(entry) or entry == FROM_NOW):
+    """`<stream>/<entry id>[@<job label>]` as (stream, entry id); None for anything else."""
+    found = EVENT_ID.fullmatch(event_id)
+    if found is None:
         return None
-    return stream_id, entry
+    return found["stream"], found["entry"]
+
+
+def job_label(message: JSONRPCMessage | None) -> str:
+    """`@<job id>:<attempt>.<seq>` for a job's progress notification (messenger.progress puts them in
+    `_meta`), so an event's id names the job and its event seq; '' for any other message."""
+    params = getattr(message, "params", None)
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict):
+        return ""
+    job, attempt, seq = meta.get(JOB_META), meta.get(ATTEMPT_META), meta.get(SEQ_META)
+    if not isinstance(job, str) or not isinstance(attempt, int) or not isinstance(seq, int):
+        return ""
+    return f"@{job}:{attempt}.{seq}"
 
 
 class SessionEvents(EventStore):
@@ -183,7 +202,7 @@ class SessionEvents(EventStore):
         except (RedisError, OSError) as e:  # the live stream goes on; only resuming from here is lost
             log.warning("session %s: an event not stored (Redis: %s)", self.session_id[:12], type(e).__name__)
             entry = "0-0"  # names no entry: a Last-Event-ID of it gets 404
-        return f"{stream_id}/{entry}"
+        return f"{stream_id}/{entry}{job_label(message)}"
 
     async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> None:
         """Send what followed `last_event_id`, then what comes, until the response (or a reason to stop).

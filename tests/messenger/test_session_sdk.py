@@ -20,11 +20,19 @@ from mcp.server.connection import Connection
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp_types import JSONRPCError, jsonrpc_message_adapter
+from mcp_types import JSONRPCError, JSONRPCMessage, jsonrpc_message_adapter
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from messenger import session_sdk
-from messenger.sessions import RETRY_MS, SessionEvents, SessionGate, SessionRecord, SessionRegistry
+from messenger.sessions import (
+    RETRY_MS,
+    SessionEvents,
+    SessionGate,
+    SessionRecord,
+    SessionRegistry,
+    split_event_id,
+)
+from shared import keys
 from shared.connection import connect
 
 POST = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -230,3 +238,35 @@ async def test_a_call_whose_replica_is_gone_ends_with_an_error_naming_its_job(re
     (error,) = [e.message for e in sent]
     assert isinstance(error, JSONRPCError) and error.id == 7 and error.error.code == -32603
     assert "job job-42 goes on" in error.error.message and error.error.data == {"jobId": "job-42"}
+
+
+async def test_a_progress_event_id_names_its_job_and_seq_and_resumes_like_any_other(redis):
+    """Issue 18: the id of a job's progress event says which job and where in it
+    (`<stream>/<entry>@<job>:<attempt>.<seq>`); a Last-Event-ID of it resumes after that event."""
+    registry = SessionRegistry(redis, 60)
+    await registry.create("s2", SessionRecord("2025-11-25", INIT, None, 0.0))
+    store = SessionEvents(redis, "s2", registry, "r1")
+    await redis.set(keys.replica("r1"), "1", ex=60)  # the writer is alive
+
+    def note(text: str, seq: int) -> JSONRPCMessage:
+        meta = {"mcp-queue/jobId": "job/42", "mcp-queue/attempt": 2, "mcp-queue/seq": seq}
+        return jsonrpc_message_adapter.validate_python({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": 1, "progress": seq, "message": text, "_meta": meta}})  # fmt: skip
+
+    first = await store.store_event("req/7", note("Hel", 3))
+    assert first.startswith("req/7/") and first.endswith("@job/42:2.3")
+    assert split_event_id(first) == ("req/7", first[len("req/7/") : first.index("@")])
+    await store.store_event("req/7", note("lo", 5))
+    done = {"jsonrpc": "2.0", "id": "req/7", "result": {"content": []}}
+    await store.store_event("req/7", jsonrpc_message_adapter.validate_python(done))
+    sent: list = []
+
+    async def send(event) -> None:
+        sent.append(event)
+
+    with anyio.fail_after(10):
+        await store.replay_events_after(first, send)
+    assert [getattr(e.message, "params", {}).get("message") for e in sent[:-1]] == ["lo"]
+    assert sent[-1].event_id.endswith(tuple("0123456789"))  # the response names no job
+    assert split_event_id("req/7/1-0@") == ("req/7", "1-0")
+    assert split_event_id("req/7/x-0@job:1.2") is None and split_event_id("/1-0") is None
