@@ -397,7 +397,7 @@ class Tail:
             )
             return False
         self.job_id = _job_of(message) or self.job_id
-        await self.send(EventMessage(message, f"{self.stream_id}/{entry_id}"))
+        await self.send(EventMessage(message, f"{self.stream_id}/{entry_id}{job_label(message)}"))
         return isinstance(message, JSONRPCResponse | JSONRPCError)
 
     async def _ended_at(self, cursor: str) -> bool:

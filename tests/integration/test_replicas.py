@@ -214,7 +214,17 @@ async def test_a_dropped_call_resumes_on_another_replica_with_nothing_lost_or_re
     assert progress_text(every) == answer, "joined progress is the answer: no token lost or repeated"
     # and the ids are the stream's entries in Redis, in order, none skipped
     stream = replicas.redis.xrange(f"mcpq:session:{session.session_id}:events:{session.next_id}")
-    assert [e.id for e in every] == [f"{session.next_id}/{i.decode()}" for i, _ in stream]
+    assert [e.id.partition("@")[0] for e in every] == [f"{session.next_id}/{i.decode()}" for i, _ in stream]
+    # a job's progress names the job and its event seq: `@<job>:<attempt>.<seq>`, seq rising
+    job = final["result"]["structuredContent"]["jobId"]
+    labels = [
+        e.id.partition("@")[2]
+        for e in every
+        if e.data and e.message.get("method") == "notifications/progress"
+    ]
+    assert labels and all(label.startswith(f"{job}:") for label in labels), labels
+    told = [(int(a), int(q)) for a, _, q in (label.rpartition(":")[2].partition(".") for label in labels)]
+    assert told == sorted(told) and told[-1][0] == 1 and told[-1][1] > 0, told
 
 
 async def test_bad_last_event_ids_and_another_tenants_key_get_4xx_on_every_replica(replicas):

@@ -267,6 +267,7 @@ async def test_a_progress_event_id_names_its_job_and_seq_and_resumes_like_any_ot
     with anyio.fail_after(10):
         await store.replay_events_after(first, send)
     assert [getattr(e.message, "params", {}).get("message") for e in sent[:-1]] == ["lo"]
+    assert sent[0].event_id.endswith("@job/42:2.5")  # replayed on any replica with the same label
     assert sent[-1].event_id.endswith(tuple("0123456789"))  # the response names no job
     assert split_event_id("req/7/1-0@") == ("req/7", "1-0")
     assert split_event_id("req/7/x-0@job:1.2") is None and split_event_id("/1-0") is None
