@@ -257,6 +257,12 @@ class Capacity:
         model's limits, and a 429 moves it on at once (RateLimited)."""
         limits = self.settings.model_limits_for(call.model)
         cost = prompt_tokens(call) if limits and limits.tpm else 0
+        if limits and limits.tpm and cost > limits.tpm:  # admitted, it would hold the model for minutes
+            raise RateLimited(
+                f"the prompt's ~{cost} tokens can never fit model {call.model!r}'s MODEL_LIMITS "
+                f"tpm={limits.tpm} (tokens a minute); send less, or raise the limit",
+                model=call.model, limit="tpm", wait=None, upstream=False,
+            )  # fmt: skip
         while True:
             until = min(deadline, time.monotonic() + FALLBACK_PATIENCE_SECONDS) if fallback else deadline
             holder, delay = await self._admit(redis, job_id, call.model, limits, cost, Until(until, fallback))
