@@ -61,7 +61,11 @@ async def capacity(redis, settings: Settings, workers: list[dict]) -> dict[str, 
                 waiting[model] = waiting.get(model, 0) + n
     seen = await damaged.read(redis.smembers(keys.CAPACITY_MODELS), keys.CAPACITY_MODELS, set())
     limited = [m for m in settings.model_limits if m != "*"]
-    names = sorted({*limited, *waiting, *(m.decode(errors="replace") for m in seen)})[:CAPACITY_MODELS_SHOWN]
+    first = sorted(
+        {*limited, *waiting}
+    )  # configured or waited for: never pushed out by names callers made up
+    rest = sorted({m.decode(errors="replace") for m in seen} - set(first))
+    names = (first + rest)[:CAPACITY_MODELS_SHOWN]
     if not names:
         return {}
     counted = await damaged.read(redis.hgetall(keys.CAPACITY_429S), keys.CAPACITY_429S, {})
