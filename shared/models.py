@@ -37,7 +37,11 @@ ContextText = Annotated[
     str | None,
     Field(max_length=MAX_MESSAGE_CHARS, description="Background for the model, sent as a system message."),
 ]
-ModelName = Annotated[str | None, Field(description="Model name; default: the configured default model.")]
+MAX_MODEL_CHARS = 256  # a model name becomes Redis keys and set members: bounded (Bedrock ARNs fit)
+ModelName = Annotated[
+    str | None,
+    Field(max_length=MAX_MODEL_CHARS, description="Model name; default: the configured default model."),
+]
 Temperature = Annotated[float | None, Field(ge=0, le=2, description="Sampling temperature, 0 to 2.")]
 MaxTokens = Annotated[
     int | None, Field(ge=1, le=MAX_TOKENS_LIMIT, description="Upper bound on the reply's length in tokens.")
