@@ -9,7 +9,8 @@
    principal the SDK binds an MCP session to (a session answers only the key that opened it).
 3. Operator paths: `/dashboard*` and `/metrics` show every tenant's jobs and figures, so when keys
    are configured they need MCP_ADMIN_KEY (403 for a tenant key).
-4. Body caps: `/dashboard*` bodies over DASHBOARD_BODY_MAX_BYTES get 413 (`/mcp` and SSE's
+4. Body caps: `/dashboard*` bodies over DASHBOARD_BODY_MAX_BYTES get 413, a POST that opens a
+   2025-11-25 session over SESSION_OPEN_MAX_BYTES too (`/mcp` and SSE's
    `/messages/` have the SDK's cap, MCP_BODY_MAX_BYTES, passed in by serve.py).
 
 Every refusal is one line of JSON, `{"error": "..."}`, and never says which part of a key was wrong.
@@ -28,6 +29,7 @@ from mcp.server.transport_security import (
     TransportSecurityMiddleware,
     TransportSecuritySettings,
 )
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -36,6 +38,9 @@ from messenger.tenants import Tenant, Tenants, TooManyCredentials, credentials
 
 MCP_BODY_MAX_BYTES = 4 * 1024 * 1024  # a JSON-RPC message: 100k-character prompts fit with room
 DASHBOARD_BODY_MAX_BYTES = 64 * 1024  # the submit form's {"message", "model"}
+# a 2025-11-25 initialize (no session yet): its params become the session's record in Redis, read on
+# every request of the session, so megabytes of "capabilities" would be megabytes per session
+SESSION_OPEN_MAX_BYTES = 64 * 1024
 OPEN_PATHS = frozenset({"/health"})
 QUERY_TOKEN_PATHS = frozenset({"/dashboard", "/dashboard/events"})  # EventSource cannot send headers
 LOCAL_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
@@ -92,6 +97,7 @@ class Guard:
         self.origin_check = TransportSecurityMiddleware(security)
         self.checks_site = security.enable_dns_rebinding_protection
         self.capped = RequestBodyLimitMiddleware(app, DASHBOARD_BODY_MAX_BYTES)
+        self.opening = RequestBodyLimitMiddleware(app, SESSION_OPEN_MAX_BYTES)
 
     def malformed_site(self, scope: Scope) -> Response | None:
         return _malformed_site(scope["headers"]) if self.checks_site else None
@@ -128,7 +134,7 @@ class Guard:
         if tenant is not None and self.tenants.required:
             scope["user"] = session_owner(tenant)
         scope["headers"] = one_credential(scope["headers"], scope.get("query_string", b""), tenant)
-        app = self.capped if path.startswith("/dashboard") else self.app
+        app = self.capped if path.startswith("/dashboard") else self.opening if _opening(scope) else self.app
         await app(scope, receive, send)
 
 
@@ -144,6 +150,16 @@ def owner_name(scope: Scope) -> str | None:
     server needs no key (then a session has no owner)."""
     user = scope.get("user")
     return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+
+
+def _opening(scope: Scope) -> bool:
+    """A streamable-HTTP POST that may open a 2025-11-25 session: no session id, no 2026 version."""
+    if scope["method"] != "POST" or scope["path"] != "/mcp":
+        return False
+    headers = dict(scope["headers"])
+    version = headers.get(b"mcp-protocol-version")
+    legacy = version is None or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
+    return legacy and b"mcp-session-id" not in headers
 
 
 def _malformed_site(headers: list) -> Response | None:
