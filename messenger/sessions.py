@@ -46,7 +46,7 @@ from messenger.guards import owner_name
 from messenger.progress import ATTEMPT as ATTEMPT_META
 from messenger.progress import JOB_ID as JOB_META
 from messenger.progress import SEQ as SEQ_META
-from shared import keys
+from shared import damaged, keys
 
 log = logging.getLogger("messenger")
 
@@ -120,7 +120,10 @@ class SessionRegistry:
         await self.redis.set(keys.session(session_id), record.dumps(), ex=self.ttl)
 
     async def touch(self, session_id: str) -> SessionRecord | None:
-        raw = await self.redis.getex(keys.session(session_id), ex=self.ttl)
+        key = keys.session(session_id)
+        # a wrong-type key (damaged, written by hand) is that session unknown (404: the client opens
+        # a new one), not Redis being away (503 for ever: the key has no TTL to end it)
+        raw = await damaged.read(self.redis.getex(key, ex=self.ttl), key, None)
         if raw is None:
             return None
         record = SessionRecord.loads(raw)

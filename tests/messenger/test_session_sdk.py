@@ -271,3 +271,12 @@ async def test_a_progress_event_id_names_its_job_and_seq_and_resumes_like_any_ot
     assert sent[-1].event_id.endswith(tuple("0123456789"))  # the response names no job
     assert split_event_id("req/7/1-0@") == ("req/7", "1-0")
     assert split_event_id("req/7/x-0@job:1.2") is None and split_event_id("/1-0") is None
+
+
+async def test_a_wrong_type_session_key_is_an_unknown_session_not_redis_away(redis, caplog):
+    """A hash written by hand where a session record belongs: that session gets 404 (its client
+    opens a new one) and one WARNING names the key; Redis being away would be 503 for ever."""
+    await redis.hset(keys.session("s3"), "x", "y")
+    registry = SessionRegistry(redis, 60)
+    assert await registry.touch("s3") is None
+    assert "mcpq:session:s3" in caplog.text and "wrong type" in caplog.text
