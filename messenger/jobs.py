@@ -1,4 +1,4 @@
-"""The messenger's reads of the queue: follow a job, read, cancel and list jobs (submitting is
+"""The messenger's reads of the queue: follow a job, read, cancel, retry and list jobs (submitting is
 messenger/queue.py's).
 
 Every read is built from what Redis holds (arq's keys plus the job's event stream), so any
@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-from arq.jobs import deserialize_job_raw, serialize_result
+from arq.jobs import deserialize_job_raw, deserialize_result, serialize_result
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay, retold
@@ -22,11 +22,11 @@ from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
 from shared import damaged, keys
-from shared.errors import JobLost, JobNotFound
+from shared.errors import InvalidRequest, JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, CapacityWait, ChatRequest, JobResult, JobStatus, ToolCallRequest
 from shared.serializer import deserialize, serialize
-from shared.settings import Settings
+from shared.settings import OPERATOR, TENANT_NAME, UNOWNED, Settings
 from shared.turns import queue_position
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # fullmatch: "$" would let a trailing newline in
@@ -295,6 +295,30 @@ class JobClient:
         event = CancelledEvent(job_id=job_id, seq=0, attempt=attempt, ts=time.time())
         await publish_events(self.redis, [event])
         return True
+
+
+RETRIABLE = frozenset({"failed", "cancelled"})
+
+
+async def retry_job(jobs: JobClient, job_id: str, reader: str | None = None) -> str:
+    """Queue a failed or cancelled job's request again as a new job of the same tenant; answers the new
+    id. The one retry behind the dashboard's button and `messenger retry`; `reader` as for get()."""
+    job = await jobs.get(job_id, reader)
+    if job.status not in RETRIABLE:
+        raise InvalidRequest(f"job {job_id} is {job.status}: only a failed or cancelled job can be retried")
+    raw = await jobs.redis.get(keys.result(job_id))
+    try:
+        info = deserialize_result(raw, deserializer=deserialize)
+        request = {"chat": ChatRequest, "call_tool": ToolCallRequest}[info.function].model_validate(
+            info.args[0]
+        )
+    except Exception:  # no result record, or one without a runnable request (a dead-lettered entry)
+        raise InvalidRequest(
+            f"job {job_id}'s request is not kept in a form that can run again (see `messenger dead`)"
+        ) from None
+    owner = (await read_job(jobs.redis, job_id)).owner or OPERATOR
+    owner = owner if TENANT_NAME.fullmatch(owner) and owner != UNOWNED else reader or OPERATOR
+    return await jobs.queue.submit(request, caller=owner)
 
 
 _LOST_ANSWER = (
