@@ -38,6 +38,29 @@ def test_the_compose_file_is_valid_and_has_the_three_roles(services):
     assert int(services["worker"]["stop_grace_period"].rstrip("s")) > 30
 
 
+def test_one_image_is_built_once_and_every_service_restarts_after_a_crash(services):
+    assert all(s.get("restart") == "unless-stopped" for s in services.values()), services
+    built = [name for name, s in services.items() if "build" in s]
+    assert built == ["messenger"], "one build: the worker runs the messenger's image"
+    image = services["messenger"]["image"]
+    assert services["worker"]["image"] == image and services["worker"]["pull_policy"] == "never"
+
+
+def test_the_docker_context_leaves_out_secrets_and_local_environments_but_not_what_the_image_copies():
+    ignored = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]  # fmt: skip
+    assert {".env", ".venv", ".git"} <= set(ignored)
+    copied = [
+        part for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and "--from" not in line for part in line.split()[1:-1]
+    ]  # fmt: skip
+    assert {"pyproject.toml", "uv.lock", "LICENSE", "shared", "worker", "messenger"} <= set(copied)
+    assert not set(copied) & set(ignored), "the Dockerfile copies something the context leaves out"
+    assert all((ROOT / path).exists() for path in copied)
+
+
 def test_the_messenger_port_is_published_on_loopback_only(services):
     """No key is set by default, so the port must not reach other machines (README "Security")."""
     ports = services["messenger"]["ports"]

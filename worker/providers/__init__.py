@@ -30,6 +30,12 @@ __all__ = [
 ]
 
 
+BEDROCK_MISSING = (
+    "AWS Bedrock needs boto3, which is not installed: pip install 'mcp-queue[bedrock]' "
+    "(from a clone: uv sync --extra bedrock)"
+)
+
+
 def make_provider(settings: Settings) -> Provider:
     if settings.ai_provider == "mock":
         from worker.providers.mock import MockProvider
@@ -46,7 +52,12 @@ def make_provider(settings: Settings) -> Provider:
             max_retries=settings.retry_attempts,
         )
     if settings.ai_provider == "bedrock":
-        from worker.providers.bedrock import BedrockProvider  # imports boto3 only when chosen
+        try:
+            from worker.providers.bedrock import BedrockProvider  # imports boto3 only when chosen
+        except ModuleNotFoundError as e:
+            if (e.name or "").partition(".")[0] not in ("boto3", "botocore"):
+                raise
+            raise ProviderError(BEDROCK_MISSING) from None
 
         return BedrockProvider(
             region=settings.aws_region,  # None: boto3's chain (AWS_DEFAULT_REGION, the profile)
