@@ -99,6 +99,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+_early: list[logging.LogRecord] = []  # said before setup_logging: held, then logged by it
+
+
+def warn_at_start(logger: logging.Logger, message: str) -> None:
+    """A WARNING said while the settings are read, before logging has a format: held until
+    `setup_logging` (one JSON line each under LOG_FORMAT=json), at once if logging is set up."""
+    if logging.getLogger().handlers:
+        logger.warning(message)
+    else:
+        _early.append(logger.makeRecord(logger.name, logging.WARNING, "", 0, message, (), None))
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -113,3 +125,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpx2", "httpcore", "openai", "mcp", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    while _early:
+        record = _early.pop(0)
+        logging.getLogger(record.name).handle(record)

@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -31,7 +32,7 @@ from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 from redis.asyncio.connection import parse_url
 
 from shared.errors import SettingsError
-from shared.logs import keep_secret
+from shared.logs import keep_secret, warn_at_start
 from shared.tool_config import SERVER_NAME, ToolServerConfig, unknown_servers_message
 
 __all__ = ["MEMORY_URL", "ModelLimits", "Settings", "SettingsError", "TenantLimits", "load_settings"]
@@ -348,14 +349,41 @@ _MODEL_LIMITS_HINT = (
 _CHECKED_PREFIXES = ("MCP_API", "MCP_ADMIN", "TENANT_", "BUDGET_", "RATE_LIMIT", "MODEL_LIMIT")
 
 
-def _misspelt_variables(environ: dict[str, str]) -> None:
-    known = [name.upper() for name in Settings.model_fields]
-    for name in sorted(environ):
-        upper = name.upper()
-        if upper.startswith(_CHECKED_PREFIXES) and upper not in known:
-            close = difflib.get_close_matches(upper, known, n=2)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise SettingsError(f"{upper} is not a setting mcp-queue knows{hint}")
+# the prefixes of the other settings: a variable under one that is no setting is most likely a
+# misspelt one (ignored, so what it meant to set is not set), worth one WARNING at start
+_WARNED_PREFIXES = ("MCP_", "AI_", "OPENAI_", "WORKER_", "REDIS_", "MOCK_", "JOB_", "RETRY_", "HISTORY_",
+                    "TOOL_", "PROMPTS_", "PRICES_", "MODEL_", "MAX_QUEUE", "PROVIDER")  # fmt: skip
+# read by the openai SDK itself, not by these settings
+_OPENAI_SDK = {"OPENAI_ADMIN_KEY", "OPENAI_API_TYPE", "OPENAI_API_VERSION", "OPENAI_CUSTOM_HEADERS",
+               "OPENAI_LOG", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_WEBHOOK_SECRET"}  # fmt: skip
+_warned: set[str] = set()  # each unknown variable is warned once per process
+log = logging.getLogger("shared.settings")
+
+
+def _unknown_setting(name: str) -> str:
+    known = [field.upper() for field in Settings.model_fields]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"{name} is not a setting mcp-queue knows{hint}"
+
+
+def _misspelt_variables(environ: dict[str, str | None]) -> None:
+    """Refuse an unknown variable where ignoring it would lift a limit or open access."""
+    known = {field.upper() for field in Settings.model_fields}
+    for name in sorted({name.upper() for name in environ} - known):
+        if name.startswith(_CHECKED_PREFIXES):
+            raise SettingsError(_unknown_setting(name))
+
+
+def _warn_unknown_variables(environ: dict[str, str | None], settings: Settings) -> None:
+    """One WARNING, once per process, for each variable under the other settings' prefixes that is
+    neither a setting, nor the openai SDK's, nor a key a PROVIDERS entry names (api_key_env)."""
+    known = {field.upper() for field in Settings.model_fields} | _OPENAI_SDK
+    known |= {c.api_key_env.upper() for c in settings.providers.values() if c.api_key_env}
+    for name in sorted({name.upper() for name in environ} - known - _warned):
+        if name.startswith(_WARNED_PREFIXES):
+            _warned.add(name)
+            warn_at_start(log, f"{_unknown_setting(name)} (ignored)")
 
 
 _SERVERS_HINT = (
@@ -364,9 +392,17 @@ _SERVERS_HINT = (
 )
 
 
+def _dotenv() -> dict[str, str | None]:
+    """The variables of `.env` in the working directory, which Settings reads as well."""
+    from dotenv import dotenv_values
+
+    return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment; raise SettingsError with one readable line on the first bad value."""
-    _misspelt_variables(dict(os.environ))
+    environ = {**_dotenv(), **os.environ}
+    _misspelt_variables(environ)
     try:
         settings = Settings(**overrides)
     except PydanticSettingsError as e:  # a JSON setting that is not JSON
@@ -411,6 +447,7 @@ def load_settings(**overrides: Any) -> Settings:
             raise SettingsError(f"{field.upper()}: {msg}") from None
         raise SettingsError(f"{field.upper()}: {msg} (got {err.get('input')!r})") from None
     keep_secrets(settings)
+    _warn_unknown_variables(environ, settings)
     return settings
 
 
