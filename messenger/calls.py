@@ -20,6 +20,7 @@ from shared.connection import redacted
 from shared.errors import McpQueueError, QueueUnavailable, validation_message
 from shared.events import ToolCallEvent, ToolResultEvent
 from shared.models import ChatRequest, JobResult
+from shared.sentinel import UnknownMaster
 from shared.settings import Settings
 
 
@@ -80,6 +81,8 @@ def unavailable(e: BaseException, settings: Settings) -> McpQueueError:
     command Redis answered with an error is not Redis being unreachable."""
     if isinstance(e, ResponseError):
         return McpQueueError(damaged.refused(e))
+    if isinstance(e, UnknownMaster):  # REDIS_URL names a master no Sentinel watches: say which
+        return QueueUnavailable(str(e))
     return QueueUnavailable(
         f"the queue is unreachable (Redis at {redacted(settings.redis_url)}): {type(e).__name__}"
     )

@@ -33,6 +33,8 @@ from redis.asyncio.connection import parse_url
 
 from shared.errors import SettingsError
 from shared.logs import keep_secret, warn_at_start
+from shared.sentinel import SCHEME as SENTINEL_SCHEME
+from shared.sentinel import parse_sentinel_url
 from shared.tool_config import SERVER_NAME, ToolServerConfig, unknown_servers_message
 
 __all__ = ["MEMORY_URL", "ModelLimits", "Settings", "SettingsError", "TenantLimits", "load_settings"]
@@ -169,9 +171,11 @@ class Settings(BaseSettings):
     @classmethod
     def _known_scheme(cls, v: str) -> str:
         v = v.strip() or MEMORY_URL
-        if not v.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ValueError("must start with memory://, redis://, rediss:// or unix://")
-        if v != MEMORY_URL:
+        if not v.startswith(("memory://", "redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
+            raise ValueError("must start with memory://, redis://, rediss://, unix:// or redis+sentinel://")
+        if v.startswith(SENTINEL_SCHEME):
+            parse_sentinel_url(v)  # its own grammar: several Sentinel addresses and a master name
+        elif v != MEMORY_URL:
             parse_url(v)  # a bad port or option fails here, with a message that holds no credential
         return v
 

@@ -33,8 +33,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _worker_settings() -> type:
-    from arq.connections import RedisSettings
-
+    from shared.connection import connect
     from shared.settings import load_settings
     from worker.runner import worker_options
 
@@ -46,5 +45,6 @@ def _worker_settings() -> type:
     return type(
         "WorkerSettings",
         (),
-        {**worker_options(settings), "redis_settings": RedisSettings.from_dsn(settings.redis_url)},
+        # our pool, not arq's RedisSettings: the same retries, and redis+sentinel:// (shared/sentinel.py)
+        {**worker_options(settings), "redis_pool": connect(settings.redis_url)},
     )

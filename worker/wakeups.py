@@ -18,7 +18,8 @@ import time
 from arq.constants import abort_job_max_age
 from arq.utils import timestamp_ms
 from arq.worker import Worker
-from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -28,9 +29,10 @@ from redis.exceptions import (
 )
 
 from shared import dead_letter, keys, turns
-from shared.connection import redacted
+from shared.connection import connect, redacted
 from shared.errors import QueueUnavailable
 from shared.scripts import Arg, Args, Key, script
+from shared.sentinel import UnknownMaster
 from shared.settings import Settings
 from worker.heartbeat import beat_interval
 from worker.intake import job_id_problem, job_problem
@@ -103,7 +105,9 @@ async def redis_ready(settings: Settings) -> None:
         return
     wait = STARTUP_BACKOFF[0]
     while True:
-        client = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        client = connect(
+            settings.redis_url, socket_connect_timeout=5, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+        )
         try:
             await client.ping()
             await claim_jobs(
@@ -111,6 +115,8 @@ async def redis_ready(settings: Settings) -> None:
                 job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX, candidates=[],
             )  # fmt: skip
             return
+        except UnknownMaster as e:
+            raise QueueUnavailable(str(e)) from None
         except (AuthenticationError, AuthorizationError) as e:
             raise QueueUnavailable(
                 f"Redis at {redacted(settings.redis_url)} refused the user or password in REDIS_URL ({type(e).__name__})"

@@ -1,0 +1,142 @@
+"""`REDIS_URL=redis+sentinel://…`: every process asks the Sentinels which Redis is the primary, and asks
+again whenever a connection breaks, so a failover is followed without a restart.
+
+    redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/<master-name>[/<db>]
+
+The user and password are the primary's (and its replicas'); the Sentinels themselves are asked
+without one. A port left out is Sentinel's 26379.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
+
+SCHEME = "redis+sentinel://"
+DEFAULT_PORT = 26379
+FORM = "redis+sentinel://[[user]:password@]host:port[,host:port…]/<master-name>[/<db>]"
+_NAME = re.compile(
+    r"[A-Za-z0-9_.:-]{1,128}"
+)  # what sentinel.conf's `sentinel monitor <name>` takes in practice
+_HOST = re.compile(r"\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9_.-]+)")
+# a Sentinel that does not answer within this is skipped for the next one (they answer in microseconds)
+SENTINEL_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+
+    def where(self) -> str:
+        return ",".join(f"{host}:{port}" for host, port in self.sentinels)
+
+
+class UnknownMaster(RedisError):
+    """Every Sentinel answered, and none watches a primary of the name REDIS_URL gives: waiting cannot fix
+    it. Not a ConnectionError, so no retry loop hides it."""
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.startswith(SCHEME)
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """The parts of a redis+sentinel:// URL; a ValueError names the first wrong part (never the password)."""
+    rest = url[len(SCHEME) :]
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"takes no ?options or #fragment; the form is {FORM}")
+    userinfo, at, rest = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        if not colon:
+            raise ValueError(f"before '@' give user:password or :password; the form is {FORM}")
+        username, password = unquote(user) or None, unquote(secret)
+    hosts, slash, path = rest.partition("/")
+    if not slash or not path:
+        raise ValueError(f"names no master after the Sentinel addresses; the form is {FORM}")
+    master, _, db_part = path.partition("/")
+    master = unquote(master)
+    if not _NAME.fullmatch(master):
+        raise ValueError(
+            f"master name {master[:40]!r} is not a Sentinel master name (letters, digits, . _ : -)"
+        )
+    if db_part and not (db_part.isdigit() and int(db_part) < 1_000_000):
+        raise ValueError(f"database {db_part[:20]!r} after the master name is not a number")
+    return SentinelUrl(_addresses(hosts), master, int(db_part or 0), username, password)
+
+
+def _addresses(hosts: str) -> tuple[tuple[str, int], ...]:
+    found = []
+    for part in hosts.split(","):
+        match = _HOST.match(part)
+        if not part or not match:
+            raise ValueError(f"Sentinel address {part[:60]!r} is not host:port; the form is {FORM}")
+        port = part[match.end() :]
+        if port and not (port[0] == ":" and port[1:].isdigit() and 0 < int(port[1:]) < 65536):
+            raise ValueError(f"Sentinel address {part[:60]!r} has no valid port (1-65535)")
+        found.append((match.group(1) or match.group(2), int(port[1:]) if port else DEFAULT_PORT))
+    return tuple(found)
+
+
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel client, with errors that say which case it is: no Sentinel answered (wait),
+    the primary is down or being replaced (wait), or no Sentinel knows the master name (fix REDIS_URL)."""
+
+    def __init__(self, url: SentinelUrl, **connection_kwargs: Any):
+        timeouts = {
+            "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+            "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+        }
+        super().__init__(url.sentinels, sentinel_kwargs=timeouts, **connection_kwargs)
+        self.url = url
+
+    async def discover_master(self, service_name: str):
+        unreachable, known, answered = [], set(), 0
+        for number, sentinel in enumerate(self.sentinels):
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (ConnectionError, TimeoutError, ResponseError, OSError) as e:
+                kwargs = sentinel.connection_pool.connection_kwargs
+                unreachable.append(f"{kwargs['host']}:{kwargs['port']} ({type(e).__name__})")
+                continue
+            answered += 1
+            known.update(masters)
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels[0], self.sentinels[number] = (
+                    sentinel,
+                    self.sentinels[0],
+                )  # ask it first next time
+                return state["ip"], state["port"]
+        if answered == len(self.sentinels) and service_name not in known:
+            names = ", ".join(sorted(map(str, known))) or "none"
+            raise UnknownMaster(
+                f"no Sentinel at {self.url.where()} watches a master named {service_name!r} (they watch: "
+                f"{names}); fix the master name in REDIS_URL"
+            )
+        if not answered:
+            raise MasterNotFoundError(f"no Sentinel answered: {', '.join(unreachable)}")
+        raise MasterNotFoundError(
+            f"the Sentinels report master {service_name!r} down (a failover under way?)"
+        )
+
+
+def sentinel_pool(url: str, **connection_kwargs: Any) -> SentinelConnectionPool:
+    """A pool whose every new connection goes to the primary the Sentinels name at that moment; a
+    connection that breaks, or finds its server demoted to a replica (READONLY), reconnects the same way."""
+    parsed = parse_sentinel_url(url)
+    sentinels = _Sentinels(parsed)
+    return SentinelConnectionPool(
+        parsed.master, sentinels, db=parsed.db, username=parsed.username, password=parsed.password,
+        **connection_kwargs,
+    )  # fmt: skip
