@@ -263,7 +263,7 @@ async def _stats(runtime: Runtime, args) -> int:
     def ms(v) -> str:
         return "-" if v is None else f"{v:.0f} ms"
 
-    header = f"{'MODEL':24} {'REQ':>6} {'OK':>6} {'FAIL':>5} {'CANC':>5} {'PROMPT':>9} {'COMPL':>9} {'COST':>12} {'AVG':>8} {'P95':>8}"
+    header = f"{'MODEL':24} {'REQ':>6} {'OK':>6} {'FAIL':>5} {'CANC':>5} {'PROMPT':>9} {'COMPL':>9} {'COST':>12} {'AVG':>8} {'P95':>8}  PRICE FROM"
     if args.by == "tenant":
         header = header.replace("MODEL ", "TENANT")
         rows = [*((name, t["totals"]) for name, t in stats["tenants"].items()), ("TOTAL", stats["totals"])]
@@ -274,7 +274,7 @@ async def _stats(runtime: Runtime, args) -> int:
         print(
             f"{name[:24]:24} {r['requests']:>6} {r['completed']:>6} {r['failed']:>5} {r['cancelled']:>5} "
             f"{r['prompt_tokens']:>9} {r['completion_tokens']:>9} {cost(r['cost_usd']):>12} "
-            f"{ms(r['avg_latency_ms']):>8} {ms(r['p95_latency_ms']):>8}"
+            f"{ms(r['avg_latency_ms']):>8} {ms(r['p95_latency_ms']):>8}  {r.get('price_source') or '-'}"
         )
     if models:
         print(f"\n{'CAPACITY':24} {'LIMITS':32} {'WAITING':>7} {'429s':>6} {'COOL-DOWN':>10}")

@@ -156,13 +156,14 @@ def models(settings: Settings) -> dict:
     listed = dict.fromkeys([settings.default_model, *known])
     rows = []
     for name in listed:
-        price = prices.price(name)
+        found = prices.lookup(name)
         rows.append(
             {
                 "id": name,
                 "default": name == settings.default_model,
-                "input_usd_per_mtok": price.input if price else None,
-                "output_usd_per_mtok": price.output if price else None,
+                "input_usd_per_mtok": found.price.input if found else None,
+                "output_usd_per_mtok": found.price.output if found else None,
+                "price_source": found.source if found else None,  # MODEL_PRICES, genai-prices x.y, built-in
             }
         )
     return {"provider": settings.ai_provider, "default_model": settings.default_model, "models": rows}

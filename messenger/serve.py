@@ -14,6 +14,7 @@ from messenger.runtime import Runtime
 from messenger.server import build_server
 from messenger.sessions import RETRY_MS, SessionGate, beat, replica_id
 from messenger.tenants import Tenants
+from shared import prices
 from shared.errors import SettingsError
 from shared.settings import Settings
 
@@ -59,6 +60,7 @@ def refuse_open_network(settings: Settings) -> None:
 
 
 async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
+    prices.warm(runtime.settings.default_model)
     if transport == "stdio":
         await build_server(runtime).run_stdio_async()
         return

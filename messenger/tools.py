@@ -160,7 +160,8 @@ class QueueTools:
         return {"servers": mcp_server_rows(self.runtime)}
 
     async def list_models(self) -> dict[str, Any]:
-        """The configured provider's models, with prices in USD per million tokens."""
+        """The configured provider's models, with prices in USD per million tokens and where each price
+        came from (price_source: MODEL_PRICES, genai-prices x.y, built-in; None: unpriced)."""
         return models(self.settings)
 
     async def check_health(self, ctx: Context) -> dict[str, Any]:

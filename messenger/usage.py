@@ -82,6 +82,7 @@ async def _stats(redis, tenant: str | None, days: int) -> dict:
     for i, m in enumerate(models):
         row = _totals(rest[2 * i])
         row["p95_latency_ms"] = _p95(rest[2 * i + 1])
+        row["price_source"] = rest[2 * i].get(b"price_source", b"").decode(errors="replace")[:40] or None
         all_latencies += rest[2 * i + 1]
         per_model[m] = row
     totals = _totals(total)

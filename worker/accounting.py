@@ -52,6 +52,10 @@ for _, totals in ipairs({total, by_model, by_day, tenant_total, tenant_by_model,
     call('HINCRBY', totals, 'unpriced', 1)
   end
 end
+if price_source then  -- where the worker took the price from: "MODEL_PRICES", "genai-prices x.y", "built-in"
+  call('HSET', by_model, 'price_source', price_source)
+  call('HSET', tenant_by_model, 'price_source', price_source)
+end
 call('SADD', models, model)
 call('SADD', tenant_models, model)
 call('SADD', tenants, tenant)
@@ -94,6 +98,7 @@ async def _record(
     dead_attempt_tokens: Arg[int], received_entry: Arg[str], latencies_kept: Arg[int], received_kept: Arg[int],
     counted_ttl: Arg[int], conversation_id: Arg[str | None], user_turn: Arg[str], assistant_turn: Arg[str],
     history_ttl: Arg[int], now: Arg[float], tenant: Arg[str], spent_hour_ttl: Arg[int], spent_day_ttl: Arg[int],
+    price_source: Arg[str | None],
 ) -> int | list:  # fmt: skip
     """Count one ended job, for everyone and its tenant, once; settle its budget hold into the spend;
     add its turn to the tenant's conversation. 0 if already counted, else [1, <each key skipped>]."""
@@ -212,6 +217,7 @@ async def record(redis, result: dict, request: dict, *, history_ttl: int, tenant
         conversation_id=conversation_id or None, user_turn=json.dumps(user_turn),
         assistant_turn=json.dumps(assistant_turn), history_ttl=history_ttl, now=round(now, 3), tenant=tenant,
         spent_hour_ttl=SPENT_HOUR_TTL_SECONDS, spent_day_ttl=SPENT_DAY_TTL_SECONDS,
+        price_source=prices.source(model) if cost is not None else None,
     )  # fmt: skip
     if not isinstance(counted, list):
         return bool(counted)

@@ -39,6 +39,7 @@ def new_worker_id() -> str:
 async def startup(ctx: dict) -> None:
     settings: Settings = ctx["settings"]
     prices.configure(settings.model_prices)
+    prices.warm(settings.default_model)
     provider = make_providers(settings)
     state = WorkerState(
         settings=settings,

@@ -208,7 +208,13 @@ async def test_check_health_and_list_models(
     assert listed["default_model"] == peer.model
     # only what the server serves: no OpenAI models it does not have
     assert listed["models"] == [
-        {"id": peer.model, "default": True, "input_usd_per_mtok": None, "output_usd_per_mtok": None}
+        {
+            "id": peer.model,
+            "default": True,
+            "input_usd_per_mtok": None,
+            "output_usd_per_mtok": None,
+            "price_source": None,
+        }
     ]
 
 

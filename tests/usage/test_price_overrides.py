@@ -14,21 +14,21 @@ from shared.prices import Price
 from shared.settings import SettingsError, load_settings
 
 
-def test_configure_adds_and_replaces_entries_and_none_restores_the_table():
-    built_in = dict(prices.PRICES)
+def test_configure_adds_and_replaces_entries_and_none_restores_the_other_sources():
+    before = {m: prices.lookup(m) for m in ("gpt-4o", "gpt-4o-mini", "mock-1")}
     prices.configure({"My-Finetune": (1.0, 3.0), "gpt-4o": (5.0, 20.0)})
     assert prices.price("my-finetune") == Price(1.0, 3.0)  # names match case-insensitively
     assert prices.cost("MY-FINETUNE", 1_000_000, 1_000_000) == pytest.approx(4.0)
-    assert prices.price("gpt-4o") == Price(5.0, 20.0)
+    assert prices.lookup("gpt-4o") == (Price(5.0, 20.0), "MODEL_PRICES"), "on top of genai-prices"
     assert prices.price("gpt-4o-2024-08-06") == Price(5.0, 20.0), "snapshots follow the replaced entry"
-    assert prices.price("gpt-4o-mini") == built_in["gpt-4o-mini"], "other entries stay"
+    assert prices.lookup("gpt-4o-mini") == before["gpt-4o-mini"], "other entries stay"
 
-    prices.configure({"other": (0.5, 0.5)})  # each configure starts from the built-in table
+    prices.configure({"other": (0.5, 0.5)})  # each configure replaces every MODEL_PRICES entry
     assert prices.price("my-finetune") is None
-    assert prices.price("gpt-4o") == built_in["gpt-4o"]
+    assert prices.lookup("gpt-4o") == before["gpt-4o"]
 
     prices.configure(None)
-    assert prices.PRICES == built_in
+    assert {m: prices.lookup(m) for m in before} == before
     assert prices.cost("my-finetune", 10, 10) is None
 
 

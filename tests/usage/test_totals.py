@@ -299,6 +299,10 @@ async def test_messenger_stats_prints_a_table_and_json(redis_url, redis_server):
     assert rows["gpt-4o"][1:3] == ["2", "2"]
     assert f"${prices.cost('gpt-4o', 200, 100):.6f}" in rows["gpt-4o"]
     assert "unpriced" in rows["local-llama"]
+    assert lines[0].endswith("PRICE FROM")  # where the worker took each model's price from
+    source = {line.split()[0]: line for line in lines[1:]}
+    assert source["gpt-4o"].endswith(f"  {prices.source('gpt-4o')}") and "genai-prices" in source["gpt-4o"]
+    assert source["local-llama"].endswith("  -")
     assert rows["TOTAL"][1] == "3"
     assert rows["TOTAL"][5:7] == ["300", "150"]  # prompt and completion tokens
 
@@ -307,3 +311,5 @@ async def test_messenger_stats_prints_a_table_and_json(redis_url, redis_server):
     assert data["totals"]["unpriced"] == 1
     assert data["models"]["local-llama"]["cost_usd"] is None
     assert data["models"]["gpt-4o"]["cost_usd"] == pytest.approx(prices.cost("gpt-4o", 200, 100))
+    assert data["models"]["gpt-4o"]["price_source"] == prices.source("gpt-4o")
+    assert data["models"]["local-llama"]["price_source"] is None
