@@ -2,10 +2,13 @@
 
 `memory://` gives an in-process fakeredis server, shared by everything in the process, so the
 embedded messenger and its worker talk through exactly the same code as separate processes would.
+`rediss://` takes redis-py's ssl_* query parameters in every process; a certificate either side
+refuses is one line naming the REDIS_URL parameter to fix, not a retry loop.
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -13,9 +16,10 @@ from fakeredis import FakeServer
 from fakeredis.aioredis import FakeAsyncRedisMixin
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
+from shared.errors import SettingsError
 from shared.logs import redact
 from shared.sentinel import is_sentinel_url, sentinel_pool
 from shared.serializer import deserialize, serialize
@@ -65,3 +69,37 @@ def _pool(redis_url: str, options: dict[str, Any]) -> ConnectionPool:
 def redacted(redis_url: str) -> str:
     """The URL without its credentials, for logs, errors and health output (see shared.logs.redact)."""
     return redact(redis_url)
+
+
+def tls_refusal(error: BaseException, redis_url: str) -> str | None:
+    """One line naming what to fix in REDIS_URL when `error` is a refused TLS handshake, else None."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    at = f"Redis at {redacted(redis_url)}"  # a space after it: redaction masks a query up to one
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"the TLS certificate of {at} was refused ({cause.verify_message}); set ssl_ca_certs in REDIS_URL "
+            "to the CA file that signed it (or ssl_cert_reqs=none to skip the check)"
+        )
+    reason = cause.reason or type(cause).__name__
+    if "ALERT" in reason:  # the server's alert: it refused our client certificate
+        return f"{at} refused this client's TLS certificate ({reason}); set ssl_certfile and ssl_keyfile in REDIS_URL to a certificate its CA signed"
+    return f"TLS with {at} failed ({reason}); check rediss:// (the server's TLS port) and the ssl_* parameters in REDIS_URL"
+
+
+async def refuse_untrusted_tls(redis_url: str) -> None:
+    """Raise SettingsError (one line) if a rediss:// Redis and we refuse each other's certificate.
+    Anything else (Redis not up yet) is left to the callers' retries: waiting cannot fix a certificate."""
+    if not redis_url.startswith("rediss://"):
+        return
+    client = connect(redis_url, socket_connect_timeout=5, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    try:
+        await client.ping()
+    except (RedisError, OSError) as e:
+        if (line := tls_refusal(e, redis_url)) is not None:
+            raise SettingsError(line) from None
+    finally:
+        await client.aclose()

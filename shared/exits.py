@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from shared import damaged
-from shared.connection import redacted
+from shared.connection import redacted, tls_refusal
 from shared.errors import InvalidRequest, McpQueueError, ProviderError, validation_message
 from shared.logs import redact
 
@@ -24,6 +24,8 @@ def failure(e: BaseException, redis_url: str) -> tuple[str, int]:
         line, code = validation_message(e), WRONG_INPUT
     elif isinstance(e, ResponseError):
         line, code = damaged.refused(e), FAILED
+    elif (tls := tls_refusal(e, redis_url)) is not None:
+        line, code = tls, WRONG_INPUT
     elif isinstance(e, RedisError | ConnectionError | TimeoutError):
         line, code = f"cannot reach Redis at {redacted(redis_url)}: {str(e) or type(e).__name__}", FAILED
     else:

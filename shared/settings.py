@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -104,6 +105,42 @@ class ProviderConfig(BaseModel):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+SSL_FILES = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+)  # REDIS_URL query: files redis-py opens per connection
+CERT_REQS = ("none", "optional", "required")
+
+
+def _check_tls_options(url: str, options: dict[str, Any]) -> None:
+    """The ssl_* query parameters of REDIS_URL are checked now: redis-py would only fail at each connect."""
+    given = [name for name in options if name.startswith("ssl_")]
+    if given and not url.startswith("rediss://"):
+        raise ValueError(f"{given[0]} needs rediss:// (TLS)")
+    for name in given:
+        if name not in (*SSL_FILES, "ssl_cert_reqs", "ssl_check_hostname"):
+            raise ValueError(
+                f"unknown parameter {name}; TLS takes {', '.join(SSL_FILES)}, ssl_cert_reqs, ssl_check_hostname"
+            )
+    if options.get("ssl_cert_reqs", "required") not in CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be one of {', '.join(CERT_REQS)}")
+    for name in SSL_FILES:
+        if name in options and not (Path(options[name]).is_file() and os.access(options[name], os.R_OK)):
+            raise ValueError(f"{name}={options[name]} is not a file this process can read")
+    if "ssl_keyfile" in options and "ssl_certfile" not in options:
+        raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate it belongs to)")
+    what = "ssl_ca_certs is not a PEM CA certificate"
+    try:
+        if "ssl_ca_certs" in options:
+            ssl.create_default_context(cafile=options["ssl_ca_certs"])
+        what = "ssl_certfile and ssl_keyfile are not a PEM certificate and its key"
+        if "ssl_certfile" in options:
+            ssl.create_default_context().load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    except ssl.SSLError as e:
+        raise ValueError(f"{what} ({e.reason or e})") from None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
@@ -176,7 +213,8 @@ class Settings(BaseSettings):
         if v.startswith(SENTINEL_SCHEME):
             parse_sentinel_url(v)  # its own grammar: several Sentinel addresses and a master name
         elif v != MEMORY_URL:
-            parse_url(v)  # a bad port or option fails here, with a message that holds no credential
+            # a bad port or option fails here, with no credential in it
+            _check_tls_options(v, dict(parse_url(v)))
         return v
 
     @field_validator("log_level", mode="before")

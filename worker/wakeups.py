@@ -29,8 +29,8 @@ from redis.exceptions import (
 )
 
 from shared import dead_letter, keys, turns
-from shared.connection import connect, redacted
-from shared.errors import QueueUnavailable
+from shared.connection import connect, redacted, tls_refusal
+from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.scripts import Arg, Args, Key, script
 from shared.sentinel import UnknownMaster
 from shared.settings import Settings
@@ -99,7 +99,7 @@ STARTUP_BACKOFF = (0.5, 5.0)  # seconds: first and longest wait between start-up
 
 async def redis_ready(settings: Settings) -> None:
     """Wait until Redis answers the commands a worker needs. A refusal that waiting cannot fix (the
-    password or user, a missing permission, a command this server lacks) raises QueueUnavailable, so
+    password or user, a missing permission, a command this server lacks, a TLS certificate) raises, so
     the `worker` exits with one line; a Redis not reachable yet is retried, one log line a step."""
     if settings.embedded:
         return
@@ -135,6 +135,8 @@ async def redis_ready(settings: Settings) -> None:
                 "it needs Redis 6.2 or later with scripting, streams and pub/sub"
             ) from None
         except (RedisError, OSError) as e:
+            if (refused := tls_refusal(e, settings.redis_url)) is not None:
+                raise SettingsError(refused) from None  # a certificate does not get better by waiting
             log.warning(
                 "Redis at %s is not reachable yet (%s); retrying in %.1fs",
                 redacted(settings.redis_url), type(e).__name__, wait,
@@ -166,7 +168,7 @@ class QueueWorker(Worker):
         self.ctx["redis"] = self.pool
         try:
             await redis_ready(self.ctx["settings"])
-        except QueueUnavailable:
+        except McpQueueError:
             self._refused = True  # close() must not hide why with an error of its own
             raise
         if self.on_startup:
@@ -305,8 +307,12 @@ class QueueWorker(Worker):
     async def close(self) -> None:
         if not self._refused:
             return await super().close()
-        with contextlib.suppress(RedisError, OSError):
-            await super().close()
+        # refused at start-up: nothing started, and arq's clean-up write would only be refused (or,
+        # for a TLS certificate, retried for seconds) again
+        if self._pool is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.pool.aclose()
+            self._pool = None
 
     async def finish_job(
         self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
