@@ -222,3 +222,12 @@ def capacity(part: str, model: str) -> str:
 
 def capacity_waiting(job_id: str) -> str:
     return CAPACITY_WAITING_PREFIX + job_id
+
+
+# the dashboard's history (shared/timeseries.py): one hash per minute, + <unix minute>
+SERIES_PREFIX = "mcpq:series:"
+SERIES_KEPT_SECONDS = 86_400  # a day of minutes: at most 1,440 small hashes
+
+
+def series(minute: int) -> str:
+    return f"{SERIES_PREFIX}{minute}"

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 
-from shared import keys
+from shared import keys, timeseries
 from worker.job import WorkerState
 
 log = logging.getLogger("worker.heartbeat")
@@ -53,6 +53,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
                     pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
                 await pipe.execute()
             await state.capacity.renew(redis)
+            await timeseries.sample_depth(redis)  # the dashboard's queue depth chart
             state.metrics.heartbeat.set_to_current_time()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)

@@ -278,7 +278,7 @@ async def _stream_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamE
                 end = piece
                 continue
             if not run.text:
-                run.state.metrics.first_token.observe(time.monotonic() - run.started)
+                run.first_token()
             elif not turn and not run.text[-1][-1:].isspace():
                 piece = "\n\n" + piece  # a new turn's text starts a new paragraph
             run.text.append(piece)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from shared import keys, prices, tracing
+from shared import keys, prices, timeseries, tracing
 from shared.errors import JobStopped
 from shared.events import TokenUsage
 from shared.models import JobResult, ResultUsage, ToolCallRecord
@@ -53,6 +53,7 @@ class JobRun:
             self.job_id, self.attempt, patience=self.settings.job_timeout_seconds + PUBLISH_GRACE_SECONDS
         )
         self.started = time.monotonic()
+        self.first_token_s: float | None = None  # from the start to the model's first token
         self.tenant = OPERATOR
         self.model = model
         self.fallback_from: str | None = None  # the model first asked, when another one answered
@@ -66,6 +67,11 @@ class JobRun:
     def close(self) -> None:
         self.state.running.pop(self.job_id, None)
         self.state.jobs_done += 1
+
+    def first_token(self) -> None:
+        """The model's first token came now: its delay goes to the metrics and the dashboard's history."""
+        self.first_token_s = time.monotonic() - self.started
+        self.state.metrics.first_token.observe(self.first_token_s)
 
     async def end(self, status: str, error: str | None = None) -> dict:
         """The job's one ending (see the module's docstring); never raises, answers the result."""
@@ -136,14 +142,17 @@ class JobRun:
         result = self.result
         assert result is not None
         status, usage = result["status"], result["usage"]
+        first_time = True
         if self.counted:
             try:
-                await asyncio.shield(
+                first_time = await asyncio.shield(
                     accounting.record(self.redis, result, self.request,
                                       history_ttl=self.settings.history_ttl_seconds, tenant=self.tenant)
                 )  # fmt: skip
             except Exception as e:  # the answer still goes out; only the totals miss it
                 log.warning("could not count the usage of job %s: %s", self.job_id, type(e).__name__)
+        if first_time:  # a job counted before (a re-run of its ending) is in the history already
+            await self._history(result)
         self.state.metrics.job_ended(result)
         if self.span is not None:
             self.span.set_attributes({"gen_ai.request.model": self.model, "mcpq.outcome": status})
@@ -155,3 +164,16 @@ class JobRun:
                    "cost_usd": usage["estimatedCost"], "duration_s": result["processingTime"],
                    "error": result["error"], "trace_id": tracing.trace_id(self.span) if self.span else None},
         )  # fmt: skip
+
+    async def _history(self, result: dict) -> None:
+        usage = result["usage"]
+        try:
+            await asyncio.shield(
+                timeseries.record_job(
+                    self.redis, status=result["status"], model=result.get("model") or "?",
+                    prompt_tokens=usage["promptTokens"], completion_tokens=usage["completionTokens"],
+                    cost=usage.get("estimatedCost"), first_token_s=self.first_token_s,
+                )
+            )  # fmt: skip
+        except Exception as e:  # only the dashboard's chart misses it
+            log.warning("could not add job %s to the history: %s", self.job_id, type(e).__name__)
