@@ -20,6 +20,11 @@ from shared.settings import Settings
 
 log = logging.getLogger("messenger")
 
+# On SIGTERM or Ctrl-C, requests still open (a long send_message_to_ai, a client's stream) get this
+# long to finish before they are cut: under docker compose's 10 s, so the process ends on its own.
+# The dashboard's streams end at once (sse-starlette watches for the shutdown).
+SHUTDOWN_GRACE_SECONDS = 5
+
 
 def http_app(runtime: Runtime, transport: str, host: str, replica: str | None = None):
     """The HTTP app; on streamable HTTP, 2025-11-25 sessions and their streams live in Redis
@@ -75,7 +80,10 @@ async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
             "MCP_ALLOWED_HOSTS to the names clients use", host, host,
         )  # fmt: skip
     # log_config=None: uvicorn's records go through our handler (format, redaction), not its own
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", log_config=None)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", log_config=None,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )  # fmt: skip
     async with anyio.create_task_group() as tg:
         tg.start_soon(beat, runtime.redis, replica)  # resumed streams learn when this replica is gone
         await uvicorn.Server(config).serve()

@@ -1,5 +1,7 @@
-"""The dashboard in a real headless Chromium: a messenger and a worker as subprocesses on a real Redis;
-the page submits a job through its form and shows the job's tokens as they stream in.
+"""The dashboard in a real headless Chromium: a messenger and a worker as subprocesses on a real Redis,
+keys configured. The page submits jobs through its form, shows a job's tokens as they stream in,
+opens a job whole, cancels one and retries it, filters the list and draws the charts; a tenant's
+key is refused; and `messenger serve` stops at once on SIGTERM with a dashboard stream open.
 
 Chromium is driven through ChromeDriver's W3C WebDriver HTTP API with urllib (no client library).
 Debian's `chromium` and `chromium-driver` are installed by the test when missing (as root, ~20 s).
@@ -7,10 +9,13 @@ Debian's `chromium` and `chromium-driver` are installed by the test when missing
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +25,10 @@ from pathlib import Path
 
 import pytest
 from mcp_helpers import ROOT, free_port, messenger_env, running_messengers
+from runtimes import runtime_for
 
+from shared import keys, timeseries
+from shared.models import ChatRequest
 from worker.providers.mock import mock_reply
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
@@ -31,7 +39,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1280,1000"]  # fmt: skip
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
-README_SCREENSHOT = ROOT / "docs" / "dashboard.png"  # refreshed only with MCPQ_UPDATE_SCREENSHOT=1
+SCREENSHOTS = ROOT / "docs"  # dashboard-*.png, refreshed only with MCPQ_UPDATE_SCREENSHOT=1
+OPS, ALICE = "ops-key-for-the-dashboard-test", "alice-key-for-the-dashboard-test"
 
 
 def ensure_chromium() -> None:
@@ -107,6 +116,11 @@ class Browser:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(self.command("GET", "/screenshot")))
 
+    def text(self, css: str) -> str:
+        return self.js(
+            "const el = document.querySelector(arguments[0]); return el ? el.textContent : '';", css
+        )
+
     def close(self) -> None:
         try:
             self.command("DELETE", "")
@@ -126,10 +140,10 @@ def wait_for(what: str, check, timeout: float = 30, every: float = 0.03):
     return value
 
 
-def job_text(browser: Browser, job_id: str) -> str | None:
-    """The text the page shows for a job, in flight or among the recent results."""
+def flight_text(browser: Browser, job_id: str) -> str | None:
+    """The text the page shows for a job in flight (None once it has left "in flight")."""
     return browser.js(
-        "const el = document.querySelector(`[data-job='${arguments[0]}'] .text`);"
+        "const el = document.querySelector(`#flight [data-job='${arguments[0]}'] .text`);"
         "return el ? el.textContent : null;",
         job_id,
     )
@@ -147,6 +161,25 @@ def submit(browser: Browser, prompt: str) -> str:
     return wait_for("the form to return a job id", lambda: (i := submitted_id(browser)) != before and i)
 
 
+def listed(browser: Browser) -> list[list[str]]:
+    """The job list as the page shows it: one list of cell texts per row."""
+    return browser.js(
+        "return [...document.querySelectorAll('#jobs tr')].slice(1).map((r) => [...r.cells].map((c) => c.textContent));"
+    )
+
+
+def detail_shows(browser: Browser, job_id: str, status: str) -> bool:
+    return browser.text("#detail-id") == job_id and browser.text("#detail-status") == status
+
+
+def shoot(browser: Browser, tmp_path: Path, name: str) -> Path:
+    folder = SCREENSHOTS if os.environ.get("MCPQ_UPDATE_SCREENSHOT") else tmp_path
+    path = folder / f"dashboard-{name}.png"
+    browser.screenshot(path)
+    assert path.stat().st_size > 10_000
+    return path
+
+
 @pytest.fixture
 def browser(tmp_path):
     ensure_chromium()
@@ -155,73 +188,142 @@ def browser(tmp_path):
     b.close()
 
 
-def test_dashboard_streams_a_submitted_jobs_tokens_in_a_real_browser(
+async def seed_history(redis_url: str) -> None:
+    """An hour of earlier traffic for the charts' screenshot, written through the workers' own
+    recorder (shared/timeseries.py): the minutes before this test's jobs are synthetic."""
+    now = time.time()
+    async with runtime_for(redis_url) as runtime:
+        for ago in range(2, 60):
+            wave = 1 + math.sin(ago / 6) ** 2
+            at = now - ago * 60
+            for i in range(int(6 * wave)):
+                model, cost = ("gpt-4o-mini", 0.0004) if i % 3 else ("claude-sonnet-4", 0.006)
+                await timeseries.record_job(
+                    runtime.redis, status="failed" if i == 2 and ago % 9 == 0 else "completed", model=model,
+                    prompt_tokens=300, completion_tokens=int(1200 * wave), cost=cost * wave,
+                    first_token_s=0.2 + 0.05 * (i % 7) * wave + (1.5 if i == 3 else 0), now=at,
+                )  # fmt: skip
+            await runtime.redis.hset(keys.series(int(at // 60)), "depth_max", int(12 * wave**2) - 10)
+
+
+async def submit_as(redis_url: str, tenant: str, message: str) -> str:
+    async with runtime_for(redis_url) as runtime:
+        return await runtime.queue.submit(ChatRequest(message=message), caller=tenant)
+
+
+def test_an_operator_follows_opens_cancels_and_retries_jobs_in_a_real_browser(
     redis_url, redis_server, workers, browser, tmp_path
 ):
-    (worker,) = workers.start(redis_url, MOCK_TOKEN_DELAY_MS="40")
-    screenshot = README_SCREENSHOT if os.environ.get("MCPQ_UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"
+    (worker,) = workers.start(redis_url, MOCK_TOKEN_DELAY_MS="60")
     worker_id = next(redis_server.client().scan_iter("mcpq:worker:*")).decode().removeprefix("mcpq:worker:")
+    env = messenger_env(redis_url, MCP_API_KEYS=json.dumps({"alice": ALICE}), MCP_ADMIN_KEY=OPS)
     with running_messengers(tmp_path) as messengers:
-        server = messengers.http(messenger_env(redis_url))
-        browser.open(server.base_url + "/dashboard")
-        wait_for(
-            "the event stream",
-            lambda: browser.js("return document.getElementById('conn').textContent;") == "live",
-        )
-        wait_for(
-            "the worker to be listed",
-            lambda: worker_id in browser.js("return document.getElementById('workers').textContent;"),
-        )
+        server = messengers.http(env)
+        browser.open(f"{server.base_url}/dashboard?token={OPS}")
+        wait_for("the event stream", lambda: browser.text("#conn") == "live")
+        wait_for("the worker to be listed", lambda: worker_id in browser.text("#workers"))
 
-        first = "Say hello to the dashboard."
-        first_id = submit(browser, first)
-        answer = "".join(mock_reply([{"role": "user", "content": first}]))
-        wait_for("the first answer", lambda: job_text(browser, first_id) == answer)
+        short = "Say hello to the dashboard."
+        alices = asyncio.run(submit_as(redis_url, "alice", short))  # a tenant's job, in the same list
+        first = submit(browser, short)
+        answer = "".join(mock_reply([{"role": "user", "content": short}]))
 
-        # a longer answer (~50 tokens, 40 ms apart): watch it grow token by token
+        # a long answer (~55 tokens, 60 ms apart): it streams in under "in flight", token by token
         prompt = " ".join(f"word{i}" for i in range(35))
-        job_id = submit(browser, prompt)
-        answer = "".join(mock_reply([{"role": "user", "content": prompt}]))
+        long_id = submit(browser, prompt)
+        long_answer = "".join(mock_reply([{"role": "user", "content": prompt}]))
         seen: list[str] = []
-        shot = False
-        while (text := job_text(browser, job_id)) != answer:
-            assert text is None or answer.startswith(text), (
+        while len(seen) < 4:
+            text = flight_text(browser, long_id)
+            assert text is None or long_answer.startswith(text), (
                 f"the page shows text that is not the answer: {text!r}"
             )
             if text and (not seen or seen[-1] != text):
                 seen.append(text)
-            if not shot and text and len(text) > len(answer) // 3:
-                browser.screenshot(screenshot)  # mid-stream: a job in flight next to a finished one
-                shot = True
             assert server.proc.poll() is None and worker.poll() is None
             time.sleep(0.03)
-        partial = [t for t in seen if 0 < len(t) < len(answer)]
-        assert len(partial) >= 3, f"tokens did not stream in, the page only showed: {seen!r}"
-        if not shot:
-            browser.screenshot(screenshot)
 
-        page = browser.js("return document.body.innerText;")
-        assert worker_id in page
-        assert "mock-1" in page  # the cost-per-model table
-        assert screenshot.stat().st_size > 10_000
+        # open it from the in-flight list, cancel it from its page: it leaves "in flight"
+        browser.click(f"#flight a[data-id='{long_id}']")
+        wait_for("the running job's detail", lambda: detail_shows(browser, long_id, "running"))
+        browser.click("#cancel")
+        wait_for("the job to be cancelled", lambda: detail_shows(browser, long_id, "cancelled"), timeout=20)
+        assert long_answer.startswith(browser.text("#answer")) and browser.text("#answer") != long_answer
+        wait_for("it to leave in flight", lambda: flight_text(browser, long_id) is None)
+
+        # retry it: the page opens the new job, which answers in full
+        browser.click("#retry")
+        retried = wait_for("the retry's page", lambda: (i := browser.text("#detail-id")) != long_id and i)
+        wait_for("the retry to answer", lambda: detail_shows(browser, retried, "completed"), timeout=30)
+        assert browser.text("#answer") == long_answer and long_id in browser.text("#detail")
+
+        # the first job whole: its text, events and attempt, as the screenshot shows
+        browser.js("location.hash = 'job=' + arguments[0];", first)
+        wait_for("the first job's page", lambda: detail_shows(browser, first, "completed"))
+        assert browser.text("#answer") == answer
+        assert worker_id in browser.text("#attempts") and "done" in browser.text("#events")
+        assert "tokens" in browser.text("#events") and short in browser.text("#detail")
+        shoot(browser, tmp_path, "job")
+        browser.click("#close")
+
+        # the list: full ids, tenant, status; filter by status, search by an id's prefix
+        def all_ended() -> list[list[str]] | None:
+            rows = listed(browser)
+            return rows if len(rows) == 4 and not any(r[4] in ("queued", "running") for r in rows) else None
+
+        rows = wait_for("four jobs listed, none in flight", all_ended)
+        assert {(r[1], r[2], r[4]) for r in rows} == {
+            (alices, "alice", "completed"), (first, "operator", "completed"),
+            (long_id, "operator", "cancelled"), (retried, "operator", "completed"),
+        }  # fmt: skip
+        browser.js("document.querySelector('#jobs-section').scrollIntoView();")
+        shoot(browser, tmp_path, "list")
+        browser.js("const s = document.querySelector('#filters [name=status]'); s.value = 'cancelled';"
+                   "s.dispatchEvent(new Event('input', {bubbles: true}));")  # fmt: skip
+        wait_for("only the cancelled job", lambda: [r[1] for r in listed(browser)] == [long_id])
+        browser.js("const s = document.querySelector('#filters [name=status]'); s.value = '';")
+        browser.type("#filters input[name=q]", retried[:10])
+        wait_for("only the retried job", lambda: [r[1] for r in listed(browser)] == [retried])
+
+        # the charts: the jobs that ended, their tokens and first-token times, from the workers' history
+        asyncio.run(seed_history(redis_url))
+        browser.js("const q = document.querySelector('#filters [name=q]'); q.value = '';"
+                   "q.dispatchEvent(new Event('input', {bubbles: true}));")  # fmt: skip
+        wait_for("the whole list again", lambda: len(listed(browser)) == 4)
+        browser.js("document.querySelector('#window').dispatchEvent(new Event('change'));")
+        wait_for("the charts", lambda: browser.js(
+            "return ['jobs', 'ttft', 'tokens'].every((c) => document.querySelector(`#c-${c} path[d^=M]`) "
+            "|| document.querySelector(`#c-${c} circle`));"))  # fmt: skip
+        assert "p95" in browser.text("#l-ttft") and "mock-1" in browser.text("#l-cost")
+        browser.js("window.scrollTo(0, 0);")
+        shoot(browser, tmp_path, "charts")
+        assert server.proc.poll() is None and worker.poll() is None
 
 
-def test_dashboard_needs_the_operator_key_and_takes_it_from_the_query(redis_url, tmp_path):
+def test_the_page_takes_the_operator_key_from_the_query_and_serve_stops_at_once_on_sigterm(
+    redis_url, tmp_path
+):
     with running_messengers(tmp_path) as messengers:
         server = messengers.http(messenger_env(redis_url, MCP_API_KEY="tok1", MCP_ADMIN_KEY="ops-key"))
         assert server.get("/dashboard")[0] == 401
         assert server.get("/dashboard?token=wrong")[0] == 401
         assert server.get("/mcp?token=ops-key")[0] == 401  # the query token is for the dashboard only
+        assert server.get("/dashboard/jobs?token=ops-key")[0] == 401  # and only for the page and its stream
         assert server.get("/dashboard?token=tok1")[0] == 403  # a tenant key: every tenant's jobs are not its
         status, body = server.get("/dashboard?token=ops-key")
         assert status == 200 and b"<title>mcp-queue dashboard</title>" in body
-        assert server.get("/dashboard", {"Authorization": "Bearer ops-key"})[0] == 200
-        request = urllib.request.Request(
-            server.base_url + "/dashboard/events?token=ops-key", headers={"accept": "text/event-stream"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as stream:
+        assert server.get("/dashboard/jobs", {"Authorization": "Bearer ops-key"}) == (200, b"[]")
+
+        url = server.base_url + "/dashboard/events?token=ops-key"
+        with urllib.request.urlopen(urllib.request.Request(url), timeout=30) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
             lines = iter(stream.readline, b"")
-            event = next(line for line in lines if line.startswith(b"event: snapshot"))
+            next(line for line in lines if line.startswith(b"event: snapshot"))
             data = json.loads(next(lines).removeprefix(b"data: "))
-        assert event and data["queue_depth"] == 0 and data["in_flight"] == []
+            assert data["queue_depth"] == 0 and data["in_flight"] == []
+            server.proc.send_signal(signal.SIGTERM)  # a dashboard tab is open: the stream must not hold it
+            rest = b"".join(lines)  # read to the end: the server ends the stream
+            assert server.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+        log = server.log()
+        assert rest.count(b"event: snapshot") <= 2
+        assert "graceful shutdown exceeded" not in log and "without completing response" not in log, log

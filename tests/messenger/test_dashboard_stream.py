@@ -6,21 +6,21 @@ import json
 
 from redis.exceptions import ConnectionError, ResponseError
 
-from messenger import dashboard
+from messenger.dashboard import stream
 
 
 async def first_problem(runtime, monkeypatch, error: Exception) -> str:
     async def broken(_runtime):
         raise error
 
-    monkeypatch.setattr(dashboard, "snapshot", broken)
-    stream = dashboard.event_stream(runtime)
+    monkeypatch.setattr(stream, "snapshot", broken)
+    events = stream.event_stream(runtime)
     try:
-        async for chunk in stream:
-            if chunk.startswith("event: problem"):
-                return json.loads(chunk.split("data: ", 1)[1])["error"]
+        async for event in events:
+            if event.event == "problem":
+                return json.loads(event.data)["error"]
     finally:
-        await stream.aclose()
+        await events.aclose()
     raise AssertionError("no problem event")
 
 
