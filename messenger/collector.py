@@ -2,7 +2,8 @@
 
 Events are ordered by (attempt, seq). A stale or duplicate event is dropped; a gap (a message lost
 while disconnected) is filled from the job's stream; a new attempt (the job re-run after a worker
-died) discards the text of the old one. A gap the stream cannot fill either (an event that never
+died) discards the text of the old one, except what a re-run that went on from the job's journal
+(`start.resumed`) kept: everything up to the old attempt's last journaled step. A gap the stream cannot fill either (an event that never
 got written) is counted in `Transcript.gaps`: such a transcript is progress only, and the caller's
 answer is the job's stored result (messenger/jobs.py), never the text with a hole in it.
 """
@@ -59,6 +60,10 @@ class Transcript:
         self.ended_ts: float | None = None
         self.tool_calls: dict[str, ToolCallRecord] = {}  # by call id, in the order they were made
         self.gaps = 0  # events of this attempt missing from the stream: the text has holes
+        # after each event that announced a journal step: (len(parts), tokens, len(tool_calls)), so a
+        # re-run that goes on from the journal keeps what its steps told; results told by index
+        self._steps: list[tuple[int, int, int]] = []
+        self._result_told: dict[str, int] = {}
 
     @property
     def whole(self) -> bool:
@@ -84,8 +89,12 @@ class Transcript:
 
     def apply(self, event: Event) -> None:
         if event.attempt != self.attempt:
-            self.attempt, self.parts, self.tokens, self.started_ts = event.attempt, [], 0, None
-            self.tool_calls, self.gaps = {}, 0
+            if isinstance(event, StartEvent) and event.resumed is not None and self._steps:
+                self._resume()
+            else:
+                self.parts, self.tokens, self.started_ts, self.tool_calls = [], 0, None, {}
+                self._steps, self._result_told = [], {}
+            self.attempt, self.gaps = event.attempt, 0
         self.last_seq = event.seq
         self.started_ts = self.started_ts or event.ts
         if isinstance(event, StartEvent):
@@ -105,6 +114,7 @@ class Transcript:
             if record is not None:
                 record.result, record.is_error = event.result, event.is_error
                 record.duration_ms = event.duration_ms
+                self._result_told[event.call_id] = len(self._steps)
         elif isinstance(event, DoneEvent):
             self.status, self.model, self.finish_reason = "completed", event.model, event.finish_reason
             self.fallback_from = event.fallback_from
@@ -115,6 +125,18 @@ class Transcript:
             self.status, self.error = "cancelled", "cancelled by request"
         if event.type in TERMINAL:
             self.ended_ts = event.ts
+        if isinstance(event, ToolCallEvent | ToolResultEvent) and event.step is not None:
+            self._steps.append((len(self.parts), self.tokens, len(self.tool_calls)))
+
+    def _resume(self) -> None:
+        """Back to just after the last journaled step: the rest of the old attempt is void."""
+        parts, self.tokens, calls = self._steps[-1]
+        del self.parts[parts:]
+        self.tool_calls = dict(list(self.tool_calls.items())[:calls])
+        for call_id, told in list(self._result_told.items()):
+            if told >= len(self._steps) and (record := self.tool_calls.get(call_id)) is not None:
+                record.result, record.is_error, record.duration_ms = None, False, None
+                del self._result_told[call_id]
 
     def result(self) -> JobResult:
         elapsed = None

@@ -5,7 +5,7 @@ Joined, the `message`s of one call are its answer (`aiResponse`). Everything tha
 notification's `_meta` under the `mcp-queue/…` keys below, so a client that prints `message` prints
 the answer and nothing else. A restart (the worker died, another runs the job again) carries
 `mcp-queue/restart`: the client drops the text it has; the messages from that notification on are
-the answer.
+the answer (a re-run that went on from the job's journal sends the text it kept first, once).
 """
 
 from __future__ import annotations
@@ -126,6 +126,9 @@ class ProgressRelay:
             if event.attempt > 1:
                 extra[RESTART] = event.attempt
             await self._status(transcript, extra)
+            if event.resumed is not None and transcript.text:  # what the journal kept, said again
+                self.pending.append(transcript.text)
+                await self._flush(transcript)
         elif isinstance(event, ToolCallEvent | ToolResultEvent):
             await self._flush(transcript)
             await self._status(transcript, tool_meta(event))

@@ -36,6 +36,9 @@ class StartEvent(_Event):
     type: Literal["start"] = "start"
     worker_id: str
     model: str
+    # a re-run that goes on from the job's journal (worker/journal.py): its last finished step. What
+    # earlier attempts published up to their last event that carries a `step` stands; the rest is void
+    resumed: int | None = None
 
 
 class TokenEvent(_Event):
@@ -61,6 +64,7 @@ class ToolCallEvent(_Event):
     tool: str
     arguments: dict[str, Any] | str  # str: the model wrote arguments that are not a JSON object
     round: int = Field(ge=1)
+    step: int | None = None  # the journal step of the model turn that asked for it (None: not journaled)
 
 
 class ToolResultEvent(_Event):
@@ -71,6 +75,7 @@ class ToolResultEvent(_Event):
     result: str  # what the model is given (an error's text when is_error)
     is_error: bool
     duration_ms: float
+    step: int | None = None  # the call's journal step, written with this event (None: not journaled)
 
 
 class ErrorEvent(_Event):
@@ -101,8 +106,11 @@ def make_event(fields: dict[str, Any]) -> Event:
 
 
 def dump_event(event: Event) -> bytes:
-    if isinstance(event, DoneEvent) and event.fallback_from is None:  # the wire format as before fallbacks
+    # the usual events stay on the wire as they were before fallbacks and journals
+    if isinstance(event, DoneEvent) and event.fallback_from is None:
         return event.model_dump_json(exclude={"fallback_from"}).encode()
+    if isinstance(event, StartEvent) and event.resumed is None:
+        return event.model_dump_json(exclude={"resumed"}).encode()
     return event.model_dump_json().encode()
 
 
@@ -115,6 +123,12 @@ local i = 1
 while i <= #batch do
   local job, count, flags = batch[i], tonumber(batch[i + 1]), batch[i + 2]
   local stream, head, failed, skip = '{keys.STREAM_PREFIX}' .. job, '', '', 0
+  local journal, entries = '{keys.JOURNAL_PREFIX}' .. job, 0
+  if string.sub(flags, 4, 4) == '1' then entries = tonumber(batch[i + 3 + count]) end
+  if entries > 0 then  -- the journal entries and the events announcing them: all written, or none
+    local t = redis.call('TYPE', journal)['ok']
+    if t ~= 'none' and t ~= 'hash' then failed = 'WRONGTYPE ' .. journal .. ' is not a hash' end
+  end
   if string.sub(flags, 3, 3) == '1' then head = '{{"job_id":"' .. job .. '",' end
   if string.sub(flags, 2, 2) == '1' then  -- a failed write may have landed: never store an event twice
     local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
@@ -126,6 +140,7 @@ while i <= #batch do
       end
     end
   end
+  if failed ~= '' then skip = count end
   for k = skip + 1, count do
     local data = head .. batch[i + 2 + k]
     local added = redis.pcall('XADD', stream, 'MAXLEN', '~', {keys.STREAM_MAXLEN}, '*', 'event', data)
@@ -135,22 +150,30 @@ while i <= #batch do
   if failed == '' and string.sub(flags, 1, 1) == '1' then
     redis.call('EXPIRE', stream, {keys.ENDED_STREAM_SECONDS})
   end
+  if failed == '' and entries > 0 then  -- HSET by step: a retried write stores an entry once
+    for k = 1, entries do
+      redis.call('HSET', journal, batch[i + 2 + count + 2 * k], batch[i + 3 + count + 2 * k])
+    end
+    redis.call('EXPIRE', journal, {keys.JOURNAL_TTL_SECONDS})
+  end
   failures[#failures + 1] = failed
-  i = i + 3 + count
+  i = i + 3 + count + (entries > 0 and 1 + 2 * entries or 0)
 end
 return failures
 """
 )
 async def _append(redis, *, batch: Args) -> list[bytes]:
-    """Per job of `batch` (job id, event count, flags: ended? retried? job id left out?, events…): append
-    each event to the job's stream, then publish it; '' or the error that stopped that job alone (its
-    stream key holds junk)."""
+    """Per job of `batch` (job id, event count, flags: ended? retried? job id left out? journal entries?,
+    events…, then with journal entries their count and (step, entry) pairs): append each event to the
+    job's stream, then publish it, and store the entries in its journal; '' or the error that stopped
+    that job alone (its stream or journal key holds junk)."""
     ...
 
 
 async def write_events(
-    redis, events: list[Event], retried: frozenset[str] = frozenset()
-) -> dict[str, Exception]:
+    redis, events: list[Event], retried: frozenset[str] = frozenset(),
+    journal: dict[str, list[tuple[int, bytes]]] | None = None,
+) -> dict[str, Exception]:  # fmt: skip
     """Store and publish `events` (any jobs, each job's in order) in one command; answers the jobs whose
     events Redis refused, with the error. Raises when the whole write failed (Redis away, out of memory).
 
@@ -159,6 +182,8 @@ async def write_events(
     there for a reader that replays. A finished job's stream expires ENDED_STREAM_SECONDS after its
     ending (its result stays); a running one's is renewed by the worker's heartbeat. For the jobs in `retried` (an earlier write of these
     events failed, maybe after Redis ran it) the events already at the stream's end are skipped.
+    `journal`: per job, (step, entry) pairs for its journal (worker/journal.py), stored in the same
+    script as the job's events, so a step is journaled exactly when the event announcing it is.
     """
     jobs: dict[str, list[Event]] = {}
     for event in events:
@@ -171,8 +196,11 @@ async def write_events(
         if spliced:
             data = [d[len(head) :] for d in data]
         ended = any(e.type != "token" for e in owned)
-        flags = "".join("1" if f else "0" for f in (ended, job_id in retried, spliced))
+        entries = (journal or {}).get(job_id, [])
+        flags = "".join("1" if f else "0" for f in (ended, job_id in retried, spliced, entries))
         batch += [job_id, str(len(owned)), flags, *data]
+        if entries:
+            batch += [str(len(entries)), *(x for step, entry in entries for x in (str(step), entry))]
     answers = await _append(redis, batch=batch)
     return {
         job_id: BaseParser.parse_error(answer.decode(errors="replace"))

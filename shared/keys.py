@@ -231,3 +231,14 @@ SERIES_KEPT_SECONDS = 86_400  # a day of minutes: at most 1,440 small hashes
 
 def series(minute: int) -> str:
     return f"{SERIES_PREFIX}{minute}"
+
+
+# a tool loop's journal (worker/journal.py): hash of step -> JSON (a finished model turn, or a tool's
+# result), written with the event that announces it; renewed by every write, and kept
+# ENDED_STREAM_SECONDS once the job ended (like its stream)
+JOURNAL_PREFIX = "mcpq:journal:"
+JOURNAL_TTL_SECONDS = JOB_EXPIRES_MS // 1000  # a job not run again within a day is gone: so is its journal
+
+
+def journal(job_id: str) -> str:
+    return JOURNAL_PREFIX + job_id

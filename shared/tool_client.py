@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcpq.tool_servers")
 
+IDEMPOTENCY_KEY = (
+    "mcp-queue/idempotency-key"  # in a tools/call's `_meta`: "<job_id>:<step>", the same every attempt
+)
 RESULT_MAX_CHARS = 50_000  # of a tool's answer, kept for the model and the job's events
 CONNECT_TIMEOUT_SECONDS = 30.0
 
@@ -199,13 +202,18 @@ class ToolServers:
             ]
         return connection.tools
 
-    async def call(self, name: str, tool: str, arguments: dict[str, Any]) -> ToolOutcome:
-        """Run one tool; every failure comes back as an error outcome (the model reads it), never raised."""
+    async def call(
+        self, name: str, tool: str, arguments: dict[str, Any], idempotency_key: str | None = None
+    ) -> ToolOutcome:
+        """Run one tool; every failure comes back as an error outcome (the model reads it), never raised.
+        `idempotency_key` goes in the request's `_meta`, so a server can tell a call sent again (by a
+        job re-run after its worker died mid-call) from a new one."""
         connection = None
+        meta: Any = {IDEMPOTENCY_KEY: idempotency_key} if idempotency_key else None  # RequestParamsMeta
         try:
             connection = await self._open(name)
             async with asyncio.timeout(self.call_timeout):
-                result = await connection.live_client.call_tool(tool, arguments)
+                result = await connection.live_client.call_tool(tool, arguments, meta=meta)
         except TimeoutError:
             return ToolOutcome(f"Error: {name}/{tool} gave no answer within {self.call_timeout:g} s", True)
         except ToolServerError as e:

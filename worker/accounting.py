@@ -3,7 +3,9 @@ settlement, the received-messages log and the conversation turn, in one atomic s
 
 The `mcpq:usage:counted:<id>` marker makes it idempotent: a job re-run after its worker died, or a
 result written twice, is never counted twice. What a dead attempt streamed before its worker died was
-paid for too: it is counted, estimated from the job's stream, in usage and budgets.
+paid for too: it is counted, estimated from the job's stream, in usage and budgets; what a re-run took
+from the job's journal (worker/journal.py) is in the final attempt's own usage, so only a dead
+attempt's text after its last journaled step is counted as dead.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import time
 
 from shared import damaged, keys, prices
-from shared.events import parse_event
+from shared.events import ToolCallEvent, ToolResultEvent, parse_event
 from shared.scripts import Arg, Key, script
 from shared.settings import OPERATOR, TENANT_NAME, UNOWNED
 from shared.tokens import estimate_tokens
@@ -119,22 +121,33 @@ async def job_tenant(redis, job_id: str) -> str:
 async def dead_attempts(redis, job_id: str, final_attempt: int, request: dict) -> dict | None:
     """What earlier attempts of this job streamed before their worker died, estimated like an answer
     cut short: one token per streamed piece, plus the prompt (about four characters a token) of each
-    attempt that started answering. None when there was no earlier attempt with tokens."""
+    attempt that started answering. None when there was no earlier attempt with tokens. When the
+    next attempt went on from the journal (`start.resumed`), the pieces up to the dead attempt's last
+    journaled step are not counted here: their turns' usage came back with the journal."""
     if final_attempt <= 1:
         return None
     pieces: dict[int, int] = {}
+    unjournaled: dict[int, int] = {}  # pieces since the attempt's last journaled step
     models: dict[int, str] = {}
+    resumed: set[int] = set()  # attempts that went on from the journal
     for _, fields in await redis.xrange(keys.stream(job_id)):
         try:
             event = parse_event(fields.get(b"event", b""))
         except ValueError:
             continue  # junk in the stream is not a token anyone paid for
+        if event.type == "start" and event.resumed is not None:
+            resumed.add(event.attempt)
         if event.attempt >= final_attempt:
             continue
         if event.type == "start":
             models[event.attempt] = event.model
         elif event.type == "token":
             pieces[event.attempt] = pieces.get(event.attempt, 0) + 1
+            unjournaled[event.attempt] = unjournaled.get(event.attempt, 0) + 1
+        elif isinstance(event, ToolCallEvent | ToolResultEvent) and event.step is not None:
+            unjournaled[event.attempt] = 0
+    pieces = {a: unjournaled.get(a, 0) if a + 1 in resumed else n for a, n in pieces.items()}
+    pieces = {a: n for a, n in pieces.items() if n}
     if not pieces:
         return None
     prompt_each = estimate_tokens("".join(str(request.get(k) or "") for k in ("message", "context")))

@@ -1,6 +1,8 @@
 """The arq jobs: `chat` (one model call, streamed, with tool use when asked) and `call_tool` (one
 downstream MCP tool call); every event published, the result returned to arq.
 
+A tool loop journals each finished step (worker/journal.py): a re-run goes on from its last one.
+
 Every way out of a job goes through its JobRun's one `end()` (worker/run.py): exactly one terminal
 event, after every event before it is in Redis, counted once, and a JobResult (as JSON) for arq,
 whether the call succeeded, failed or was cancelled. A CancelledError that is not a user's cancel
@@ -28,7 +30,7 @@ from shared.models import ChatRequest, ModelDefaults, ToolCallRequest, effective
 from shared.settings import OPERATOR, UNOWNED, Settings
 from shared.tokens import estimate_tokens
 from shared.tool_client import ToolServers
-from worker import accounting, fallbacks
+from worker import accounting, fallbacks, journal
 from worker.capacity import Capacity
 from worker.history import earlier_turns
 from worker.metrics import WorkerMetrics
@@ -36,7 +38,7 @@ from worker.providers import ModelCall, Provider, ProviderError, StreamEnd, Tool
 from worker.providers.base import estimate_usage
 from worker.publisher import EventWriter
 from worker.run import JobRun
-from worker.tool_use import Toolbox, open_toolbox, run_tool_calls
+from worker.tool_use import Toolbox, TurnLog, open_toolbox, run_tool_calls
 
 log = logging.getLogger("worker.job")
 
@@ -159,10 +161,15 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             req = req.model_copy(update={"conversation_id": None})
             run.request = {k: v for k, v in run.request.items() if k != "conversation_id"}
         call = await _model_call(run, req)
-        await run.publisher.start(state.worker_id, run.model)
+        replay = journal.Replay()
+        if req.mcp_servers:
+            run.journaled = True
+            if run.attempt > 1:  # a re-run: go on from the last finished step of the attempts before
+                replay = await journal.read(run.redis, run.job_id)
+        await run.publisher.start(state.worker_id, run.model, resumed=replay.last_step or None)
         try:
             async with asyncio.timeout(settings.job_timeout_seconds):
-                end = await _converse(run, req, call)
+                end = await _converse(run, req, call, replay)
         except McpQueueError as e:  # the provider, a tool server, or a stop (rounds, budget, Redis)
             if isinstance(e, ProviderError):
                 # (a job out of time for MODEL_LIMITS is no fault of the provider's: health stays clear)
@@ -209,9 +216,12 @@ async def _model_call(run: JobRun, req: ChatRequest) -> ModelCall:
     )
 
 
-async def _converse(run: JobRun, req: ChatRequest, call: ModelCall) -> StreamEnd | None:
+async def _converse(
+    run: JobRun, req: ChatRequest, call: ModelCall, replay: journal.Replay
+) -> StreamEnd | None:
     """Model turns, with tool calls between them when the request names MCP servers; answers how
-    the last turn ended (None: the stream stopped without saying)."""
+    the last turn ended (None: the stream stopped without saying). Turns and results in `replay`
+    (the journal of earlier attempts) are taken from it, not asked or run again, and not told again."""
     state, settings = run.state, run.settings
     spent: TokenUsage | None = None  # summed over the model turns that ended
     turn: list[str] = []  # the text of the model turn in progress
@@ -227,33 +237,50 @@ async def _converse(run: JobRun, req: ChatRequest, call: ModelCall) -> StreamEnd
     toolbox = await open_toolbox(state.tool_servers, req.mcp_servers) if req.mcp_servers else None
     if toolbox:
         call = replace(call, tools=toolbox.specs)
+    step = 1  # the journal step of each turn; its tool calls take the steps after it
     for round_no in range(1, settings.tool_max_rounds + 2):
-        if round_no > 1:
-            await _check_reservation(run.redis, run.job_id, run.model, spent, call)
         turn = []
-        if round_no == 1:  # MODEL_FALLBACKS: the first turn may go on with another model
-            last = fallbacks.chain(settings, call.model)[-1]
-            end, call, run.fallback_from = await fallbacks.first_turn(
-                settings,
-                run.job_id,
-                call,
-                turn,
-                lambda c, t=turn, z=last: _model_turn(run, c, t, c.model != z),
-            )
+        if done := replay.turns.get(step):  # finished before: not asked again
+            end, call, turn_text = done.end, replace(call, model=done.model), done.text
+            run.fallback_from = done.fallback_from
+            run.text += [turn_text] if turn_text else []
         else:
-            end = await _model_turn(run, call, turn)
+            if round_no > 1:
+                await _check_reservation(run.redis, run.job_id, run.model, spent, call)
+            end, call = await _ask(run, call, turn, round_no)
+            turn_text = "".join(turn)
         spent = _add(spent, end.usage if end else None)
         run.model, run.finish_reason = (end.model, end.finish_reason) if end else (run.model, None)
-        turn_text, turn = "".join(turn), []
+        turn = []
         if toolbox is None or end is None or not end.tool_calls:
             return end
         if round_no > settings.tool_max_rounds:
             raise ToolRoundsExceeded(settings.tool_max_rounds)
+        entry = None if done else journal.turn_entry(turn_text, end, call.model, run.fallback_from)
         turn_messages = await run_tool_calls(
             toolbox, state.tool_servers, end.tool_calls, text=turn_text,
             round_no=round_no, publisher=run.publisher, records=run.tool_calls,
+            log=TurnLog(run.job_id, step, entry, replayed=bool(done), results=replay.results),
         )  # fmt: skip
         call = replace(call, messages=[*call.messages, *turn_messages])
+        step += 1 + len(end.tool_calls)
+
+
+async def _ask(
+    run: JobRun, call: ModelCall, turn: list[str], round_no: int
+) -> tuple[StreamEnd | None, ModelCall]:
+    """One model turn, streamed into `turn`; answers how it ended and the call as it ran."""
+    if round_no == 1:  # MODEL_FALLBACKS: the first turn may go on with another model
+        last = fallbacks.chain(run.settings, call.model)[-1]
+        end, call, run.fallback_from = await fallbacks.first_turn(
+            run.settings,
+            run.job_id,
+            call,
+            turn,
+            lambda c, t=turn, z=last: _model_turn(run, c, t, c.model != z),
+        )
+        return end, call
+    return await _model_turn(run, call, turn), call
 
 
 async def _model_turn(
@@ -308,15 +335,17 @@ async def _call_tool(ctx: dict, request: dict) -> dict:
         except ValidationError as e:
             await run.publisher.start(state.worker_id, run.model)
             return await run.end("failed", validation_message(e, INVALID))
-        run.model = f"mcp:{req.server}"
-        await run.publisher.start(state.worker_id, run.model)
+        run.model, run.journaled = f"mcp:{req.server}", True
+        replay = await journal.read(run.redis, run.job_id) if run.attempt > 1 else journal.Replay()
+        await run.publisher.start(state.worker_id, run.model, resumed=replay.last_step or None)
         toolbox = Toolbox(specs=(), routes={"call": (req.server, req.tool)})
         call = ToolCall(id=f"{run.job_id}-1", name="call", arguments=json.dumps(req.arguments))
+        turn = TurnLog(run.job_id, 0, None, replayed=bool(replay.results), results=replay.results)
         try:
             async with asyncio.timeout(settings.job_timeout_seconds):
                 await run_tool_calls(
                     toolbox, state.tool_servers, (call,), text="", round_no=1, publisher=run.publisher,
-                    records=run.tool_calls,
+                    records=run.tool_calls, log=turn,
                 )  # fmt: skip
         except TimeoutError:
             return await run.end(

@@ -61,6 +61,8 @@ def why_not_written(error: BaseException, job_id: str) -> tuple[str, bool]:
     if isinstance(error, ReadOnlyError):
         return "Redis is a read-only replica", True
     if isinstance(error, ResponseError):
+        if keys.JOURNAL_PREFIX in str(error):
+            return f"{keys.journal(job_id)} holds a value that is not a hash (written by hand?)", False
         if str(error).startswith("WRONGTYPE") or "WRONGTYPE" in str(error):
             return f"{keys.stream(job_id)} holds a value that is not a stream (written by hand?)", False
         return f"Redis refused the write ({type(error).__name__})", False
@@ -129,11 +131,12 @@ class EventWriter:
     async def _write(self, publishers: list[EventPublisher]) -> None:
         batch = [(p, p._take_events(), p._take_waiters()) for p in publishers]
         events = [event for _, taken, _ in batch for event in taken]
+        journal = {p.job_id: p._take_journal() for p in publishers if p._journal}
         failures: dict[str, BaseException] = {}
         try:
             if events:
                 retried = frozenset(p.job_id for p in publishers if p._failing_since is not None)
-                failures = dict(await write_events(self.redis, events, retried))
+                failures = dict(await write_events(self.redis, events, retried, journal))
         except Exception as e:  # the whole write failed: Redis away, or every write refused (OOM)
             failures = {p.job_id: e for p in publishers}
         for publisher, taken, waiters in batch:
@@ -160,9 +163,21 @@ class EventPublisher:
         self._retry_at = 0.0
         self._backoff = FIRST_BACKOFF
         self._failing_since: float | None = None
+        self._journal: list[tuple[int, bytes]] = []  # (step, entry) not yet confirmed in Redis, in order
+        self._journal_sent = 0
 
-    async def start(self, worker_id: str, model: str) -> None:
-        await self._write("start", worker_id=worker_id, model=model)
+    async def start(self, worker_id: str, model: str, resumed: int | None = None) -> None:
+        more = {"resumed": resumed} if resumed is not None else {}
+        await self._write("start", worker_id=worker_id, model=model, **more)
+
+    async def journaled(self, entries: list[tuple[int, bytes]], events: list[tuple[str, dict]]) -> None:
+        """Queue `events` with the journal entries they announce (worker/journal.py) and wait until
+        they are in Redis: one script writes both, so a step is journaled exactly when it is told."""
+        if self._failure is not None:
+            raise self._failure
+        self._pending += events
+        self._journal += entries
+        await self._wait()
 
     def token(self, text: str) -> None:
         """Queue a token; raises JobStopped once this job's events can no longer be written."""
@@ -182,12 +197,6 @@ class EventPublisher:
             {"fallback_from": fallback_from} if fallback_from else {}
         )  # the usual done event stays as it was
         await self._write("done", usage=usage, cost=cost, finish_reason=finish_reason, model=model, **more)
-
-    async def tool_call(self, **fields) -> None:
-        await self._write("tool_call", **fields)
-
-    async def tool_result(self, **fields) -> None:
-        await self._write("tool_result", **fields)
 
     async def error(self, message: str) -> None:
         await self._write("error", error=message)
@@ -226,12 +235,18 @@ class EventPublisher:
         self._pending = []
         return list(self._unwritten)
 
+    def _take_journal(self) -> list[tuple[int, bytes]]:
+        self._journal_sent = len(self._journal)
+        return list(self._journal)
+
     def _take_waiters(self) -> list[asyncio.Future[None]]:
         waiters, self._waiters = self._waiters, []
         return waiters
 
     def _written(self, count: int, waiters: list[asyncio.Future[None]]) -> None:
         del self._unwritten[:count]
+        del self._journal[: self._journal_sent]
+        self._journal_sent = 0
         if self._failing_since is not None:
             log.info(
                 "events of job %s written after %.1f s", self.job_id, time.monotonic() - self._failing_since
@@ -259,7 +274,7 @@ class EventPublisher:
             "the job was stopped so that nobody gets an answer with parts missing"
         )
         log.warning("job %s stopped: %s", self.job_id, self._failure.message)
-        self._pending, self._unwritten = [], []
+        self._pending, self._unwritten, self._journal = [], [], []
         for waiter in self._take_waiters():
             if not waiter.done():
                 waiter.set_exception(self._failure)

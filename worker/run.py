@@ -29,7 +29,7 @@ from shared.errors import JobStopped
 from shared.events import TokenUsage
 from shared.models import JobResult, ResultUsage, ToolCallRecord
 from shared.settings import OPERATOR, UNOWNED
-from worker import accounting
+from worker import accounting, journal
 
 log = logging.getLogger("worker.job")
 
@@ -62,6 +62,7 @@ class JobRun:
         self.tool_calls: list[ToolCallRecord] = []
         self.usage: Callable[[str], TokenUsage] = lambda status: TokenUsage()  # by the ending status
         self.result: dict | None = None
+        self.journaled = False  # True: a tool loop, whose journal goes once the job has its ending
         self.state.running[self.job_id] = self.attempt
 
     def close(self) -> None:
@@ -89,6 +90,8 @@ class JobRun:
             if status == "completed":
                 result = self._result("failed", e.message, usage)
         self.result = result.model_dump(mode="json")
+        if self.journaled:
+            await journal.ended(self.redis, self.job_id)
         await self._keep_owner()
         await self._count()
         return self.result

@@ -2,7 +2,9 @@
 and hand the results back as the next turn's messages.
 
 A failing tool never fails the job: its error goes to the model as the tool's answer, so the model
-can retry or explain. Every call and result is published on the job's stream as it happens.
+can retry or explain. Every call and result is published on the job's stream as it happens, and
+journaled with it (worker/journal.py): a call whose result the journal holds is not run again, and
+each call carries the idempotency key of its step, the same on every attempt.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from shared.models import ToolCallRecord
 from shared.tool_client import ToolOutcome, ToolServers
 from shared.tool_config import function_name
+from worker import journal
 from worker.providers import ToolCall, ToolSpec
 from worker.publisher import EventPublisher
 
@@ -28,6 +31,17 @@ ARGUMENTS_SHOWN_CHARS = 2000  # of arguments that are not a JSON object, in even
 class Toolbox:
     specs: tuple[ToolSpec, ...]
     routes: dict[str, tuple[str, str]]  # function name -> (server, tool)
+
+
+@dataclass(frozen=True)
+class TurnLog:
+    """Where one turn's tool calls stand in the job's journal."""
+
+    job_id: str
+    step: int  # the turn's step; its calls are step + 1, step + 2, … in the order the model asked
+    entry: bytes | None  # the turn's journal entry, written with its tool_call events (None: not journaled)
+    replayed: bool = False  # the turn came from the journal: its tool_call events are in the stream already
+    results: dict[int, ToolCallRecord] | None = None  # by step: results the journal holds, not run again
 
 
 async def open_toolbox(servers: ToolServers, names: list[str]) -> Toolbox:
@@ -56,22 +70,29 @@ async def run_tool_calls(
     round_no: int,
     publisher: EventPublisher,
     records: list[ToolCallRecord],
+    log: TurnLog,
 ) -> list[dict[str, Any]]:
-    """Run one turn's calls (concurrently), publish them, and return the messages for the next turn."""
-    planned = []
-    for call in calls:
+    """Run one turn's calls (concurrently), publish and journal them, and return the messages for the
+    next turn."""
+    planned, announced = [], []
+    done = log.results or {}
+    for index, call in enumerate(calls):
         server, tool = toolbox.routes.get(call.name, ("?", call.name))
         arguments = _arguments(call.arguments)
-        record = ToolCallRecord(
+        record = done.get(log.step + 1 + index) or ToolCallRecord(
             call_id=call.id, server=server, tool=tool, arguments=arguments, round=round_no
         )
         records.append(record)
         planned.append((call, record))
-        await publisher.tool_call(
-            call_id=call.id, server=server, tool=tool, arguments=arguments, round=round_no
-        )
+        announced.append(("tool_call", {"call_id": call.id, "server": server, "tool": tool,
+                                        "arguments": arguments, "round": round_no, "step": log.step if log.entry else None}))  # fmt: skip
+    if not log.replayed:  # the turn and every call it asked for: one write
+        await publisher.journaled([(log.step, log.entry)] if log.entry else [], announced)
 
     async def run(index: int, call: ToolCall, record: ToolCallRecord) -> ToolOutcome:
+        step = log.step + 1 + index
+        if step in done:
+            return ToolOutcome(record.result or "", record.is_error)  # journaled: not run again
         started = time.monotonic()
         if index >= MAX_CALLS_PER_TURN:
             outcome = ToolOutcome(f"Error: not run: at most {MAX_CALLS_PER_TURN} tool calls a turn", True)
@@ -82,17 +103,14 @@ async def run_tool_calls(
                 f"Error: the arguments must be a JSON object, got {str(record.arguments)[:200]!r}", True
             )
         else:
-            outcome = await servers.call(record.server, record.tool, record.arguments)
+            key = journal.idempotency_key(log.job_id, step)
+            outcome = await servers.call(record.server, record.tool, record.arguments, idempotency_key=key)
         record.result, record.is_error = outcome.text, outcome.is_error
         record.duration_ms = round((time.monotonic() - started) * 1000, 2)
-        await publisher.tool_result(
-            call_id=call.id,
-            server=record.server,
-            tool=record.tool,
-            result=outcome.text,
-            is_error=outcome.is_error,
-            duration_ms=record.duration_ms,
-        )  # fmt: skip  (published as soon as this call ends, not when the slowest does)
+        told = {"call_id": call.id, "server": record.server, "tool": record.tool, "result": outcome.text,
+                "is_error": outcome.is_error, "duration_ms": record.duration_ms, "step": step}  # fmt: skip
+        # published (and journaled) as soon as this call ends, not when the slowest does
+        await publisher.journaled([(step, journal.result_entry(record))], [("tool_result", told)])
         return outcome
 
     outcomes = await asyncio.gather(*(run(i, call, record) for i, (call, record) in enumerate(planned)))
