@@ -4,9 +4,7 @@
     python tests/mcp_clock_server.py --port 9000 --token T # http://127.0.0.1:9000/mcp, bearer T
 
 Its answers carry PREFIX so a test can tell a real tool result from anything a model made up.
-Every call is appended to the file named by CLOCK_CALL_LOG (one JSON line, with the idempotency
-key the caller sent in `_meta`, if any), when that is set: `charge` is the tool with a side effect
-the durable-loop tests count.
+Every call is appended to the file named by CLOCK_CALL_LOG (one JSON line), when that is set.
 """
 
 from __future__ import annotations
@@ -17,30 +15,26 @@ import datetime
 import json
 import os
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 
 PREFIX = "CLOCK-7f3a"
-IDEMPOTENCY_KEY = "mcp-queue/idempotency-key"
 
 mcp = MCPServer("clock")
 
 
-def _log(tool: str, arguments: dict, ctx: Context | None = None) -> None:
+def _log(tool: str, arguments: dict) -> None:
     path = os.environ.get("CLOCK_CALL_LOG")
     if path:
-        meta = (ctx.request_context.meta or {}) if ctx is not None else {}
-        line = {"tool": tool, "arguments": arguments, "pid": os.getpid(), "key": meta.get(IDEMPOTENCY_KEY)}
         with open(path, "a") as f:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
+            f.write(json.dumps({"tool": tool, "arguments": arguments, "pid": os.getpid()}) + "\n")
 
 
 @mcp.tool()
-def now(ctx: Context, timezone_offset_hours: int = 0) -> str:
+def now(timezone_offset_hours: int = 0) -> str:
     """The current time, ISO 8601, at the given offset from UTC."""
-    _log("now", {"timezone_offset_hours": timezone_offset_hours}, ctx)
+    _log("now", {"timezone_offset_hours": timezone_offset_hours})
     zone = datetime.timezone(datetime.timedelta(hours=timezone_offset_hours))
     return f"{PREFIX} {datetime.datetime.now(zone).isoformat(timespec='seconds')}"
 
@@ -64,14 +58,6 @@ def reject() -> str:
     """Answers with a JSON-RPC error instead of a result (the server refuses the call)."""
     _log("reject", {})
     raise MCPError(code=-32602, message=f"{PREFIX} rejected")
-
-
-@mcp.tool()
-async def charge(amount: int, ctx: Context, seconds: float = 0) -> str:
-    """Charge `amount` (a side effect: one ledger line per call), then wait `seconds` before answering."""
-    _log("charge", {"amount": amount, "seconds": seconds}, ctx)
-    await asyncio.sleep(seconds)
-    return f"{PREFIX} charged {amount}"
 
 
 @mcp.tool()

@@ -1,5 +1,5 @@
 """A tool loop's journal, in one process: the `chat` job called as arq calls it (fakeredis, the real
-stdio clock server), an attempt that dies mid-answer or mid-call, and the attempt after it.
+stdio ledger server), an attempt that dies mid-answer or mid-call, and the attempt after it.
 
 The re-run goes on from the last finished step: a tool that answered is not called again, a finished
 model turn is not asked again, the job's stream tells each step once, and every tools/call carries
@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
-from mcp_clock_server import PREFIX
+from mcp_ledger_server import PREFIX, read_ledger
 from openai_server import eventually
 from readers import job_events
 
@@ -31,9 +31,9 @@ from worker.publisher import EventWriter
 
 pytestmark = pytest.mark.anyio
 
-CLOCK = str(Path(__file__).resolve().parents[1] / "mcp_clock_server.py")
+LEDGER = str(Path(__file__).resolve().parents[1] / "mcp_ledger_server.py")
 JOB = "job-journal"
-REQUEST = {"message": "charge me", "mcp_servers": ["clock"]}
+REQUEST = {"message": "charge me", "mcp_servers": ["ledger"]}
 PREAMBLE = "Let me charge that. "
 ANSWER = f"{PREAMBLE}Done: it says {PREFIX} charged 5"
 
@@ -56,7 +56,7 @@ class ToolLoop(Provider):
             yield PREAMBLE
             arguments = json.dumps({"amount": 5, "seconds": self.seconds})
             usage = TokenUsage(prompt_tokens=10, completion_tokens=3, total_tokens=13)
-            yield StreamEnd("mock-1", "tool_calls", usage, (ToolCall("c1", "clock__charge", arguments),))
+            yield StreamEnd("mock-1", "tool_calls", usage, (ToolCall("c1", "ledger__charge", arguments),))
             return
         pieces = ["Done: ", "it ", "says ", *results]
         for i, piece in enumerate(pieces):
@@ -75,13 +75,13 @@ async def _tokens_written(redis, count: int) -> bool:
 
 @pytest.fixture
 async def world(clean_env, monkeypatch, tmp_path):
-    """A Redis, the clock server (its calls logged), and `attempt(n, provider)` running the job."""
+    """A Redis, the ledger server (its calls logged), and `attempt(n, provider)` running the job."""
     monkeypatch.setattr("shared.connection._memory_server", None)
     redis = connect("memory://")
     ledger = tmp_path / "ledger.jsonl"
     config = load_settings(
         redis_url="memory://", ai_provider="mock",
-        mcp_servers={"clock": {"command": sys.executable, "args": [CLOCK], "env": {"CLOCK_CALL_LOG": str(ledger)}}},
+        mcp_servers={"ledger": {"command": sys.executable, "args": [LEDGER], "env": {"LEDGER": str(ledger)}}},
     )  # fmt: skip
     servers = ToolServers(config.mcp_servers, config.tool_call_timeout_seconds)
 
@@ -90,7 +90,7 @@ async def world(clean_env, monkeypatch, tmp_path):
         return await chat({"mcpq": state, "job_id": JOB, "job_try": job_try, "redis": redis}, dict(REQUEST))
 
     def calls() -> list[dict]:
-        return [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
+        return read_ledger(ledger)
 
     yield redis, attempt, calls
     await servers.aclose()
@@ -115,7 +115,7 @@ async def test_each_step_is_journaled_with_its_event_and_each_call_carries_its_i
     journal = {int(k): json.loads(v) for k, v in (await redis.hgetall(keys.journal(JOB))).items()}
     assert sorted(journal) == [1, 2]
     assert journal[1]["kind"] == "turn" and journal[1]["text"] == PREAMBLE
-    assert journal[1]["end"]["tool_calls"] == [["c1", "clock__charge", '{"amount": 5, "seconds": 0}']]
+    assert journal[1]["end"]["tool_calls"] == [["c1", "ledger__charge", '{"amount": 5, "seconds": 0}']]
     assert journal[2]["kind"] == "tool" and journal[2]["result"] == f"{PREFIX} charged 5"
     events = await job_events(redis, JOB)
     assert [(e.type, getattr(e, "step", None)) for e in events if e.type.startswith("tool")] == [

@@ -1,0 +1,41 @@
+"""A real stdio MCP server with a side effect, for the durable tool-loop tests: its `charge` tool
+appends one JSON line per call (with the idempotency key the caller sent in `_meta`) to the file
+named by LEDGER, then waits `seconds` before answering. It dedupes nothing: the ledger shows every
+call that was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from mcp.server.mcpserver import Context, MCPServer
+
+PREFIX = "LEDGER-5c1e"
+IDEMPOTENCY_KEY = "mcp-queue/idempotency-key"
+
+mcp = MCPServer("ledger")
+
+
+def _write(line: dict) -> None:
+    with open(os.environ["LEDGER"], "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+@mcp.tool()
+async def charge(amount: int, ctx: Context, seconds: float = 0) -> str:
+    """Charge `amount`, then wait `seconds` before answering."""
+    _write(
+        {"amount": amount, "key": (ctx.request_context.meta or {}).get(IDEMPOTENCY_KEY), "pid": os.getpid()}
+    )
+    await asyncio.sleep(seconds)
+    return f"{PREFIX} charged {amount}"
+
+
+def read_ledger(path) -> list[dict]:
+    """The calls the server got, in order."""
+    return [json.loads(line) for line in open(path).read().splitlines()] if os.path.exists(path) else []
+
+
+if __name__ == "__main__":
+    mcp.run("stdio")
