@@ -23,6 +23,7 @@ from messenger.hub import RESYNC
 from shared import keys
 from shared.events import (
     TERMINAL,
+    CancelledEvent,
     DoneEvent,
     ErrorEvent,
     Event,
@@ -123,6 +124,8 @@ class Transcript:
             self.status, self.error = "failed", event.error
         else:
             self.status, self.error = "cancelled", "cancelled by request"
+        if isinstance(event, ErrorEvent | CancelledEvent) and event.usage is not None:
+            self.usage = ResultUsage(**event.usage.model_dump(), estimated_cost=event.cost)
         if event.type in TERMINAL:
             self.ended_ts = event.ts
         if isinstance(event, ToolCallEvent | ToolResultEvent) and event.step is not None:
@@ -261,23 +264,17 @@ def retold(result: JobResult) -> list[Event]:
             )
     if result.ai_response:
         told.append({"type": "token", "text": result.ai_response})
+    usage = result.usage.model_dump(
+        include={"prompt_tokens", "completion_tokens", "total_tokens", "estimated"}, by_alias=False
+    )
+    ending: dict = {"usage": usage, "cost": result.usage.estimated_cost}
     if result.status == "completed":
-        usage = result.usage.model_dump(
-            include={"prompt_tokens", "completion_tokens", "total_tokens", "estimated"}, by_alias=False
-        )
-        told.append(
-            {
-                "type": "done",
-                "usage": usage,
-                "cost": result.usage.estimated_cost,
-                "finish_reason": result.finish_reason,
-                "model": result.model or "?",
-            }
-        )
+        ending.update(type="done", finish_reason=result.finish_reason, model=result.model or "?")
     elif result.status == "cancelled":
-        told.append({"type": "cancelled"})
+        ending.update(type="cancelled")
     else:
-        told.append({"type": "error", "error": result.error or result.status})
+        ending.update(type="error", error=result.error or result.status)
+    told.append(ending)
     return [
         make_event({**fields, "job_id": result.job_id, "seq": seq, "attempt": attempt, "ts": now})
         for seq, fields in enumerate(told)

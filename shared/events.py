@@ -81,10 +81,17 @@ class ToolResultEvent(_Event):
 class ErrorEvent(_Event):
     type: Literal["error"] = "error"
     error: str  # a message a person can act on
+    usage: TokenUsage | None = None  # what the attempt used before it failed (None: not said)
+    cost: float | None = None
 
 
 class CancelledEvent(_Event):
+    """A cancelled job's ending, with what it used until then: a reader that has this event before
+    the stored result (written a moment later) answers the same usage."""
+
     type: Literal["cancelled"] = "cancelled"
+    usage: TokenUsage | None = None  # None: not said (an event written by an older worker)
+    cost: float | None = None
 
 
 Event = Annotated[

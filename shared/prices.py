@@ -115,11 +115,17 @@ def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None
     return round((prompt_tokens * p.input + completion_tokens * p.output) / 1_000_000, 8)
 
 
+WARM_AFTER_SECONDS = 1.0  # past a process's start-up, which the load would slow (one GIL)
+
+
 def warm(default_model: str) -> None:
-    """Load genai-prices in the background, so the first priced request does not wait for it; not
-    for the mock's default model (its tests start many processes that never need it)."""
+    """Load genai-prices in the background soon after start-up, so the first priced request does
+    not wait for it; not for the mock's default model (its tests start many processes that never
+    need it)."""
     if not default_model.strip().lower().startswith(_OURS):
-        threading.Thread(target=_library, name="load-prices", daemon=True).start()
+        timer = threading.Timer(WARM_AFTER_SECONDS, _library)
+        timer.daemon = True
+        timer.start()
 
 
 def _candidates(name: str):

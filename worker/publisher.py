@@ -198,11 +198,13 @@ class EventPublisher:
         )  # the usual done event stays as it was
         await self._write("done", usage=usage, cost=cost, finish_reason=finish_reason, model=model, **more)
 
-    async def error(self, message: str) -> None:
-        await self._write("error", error=message)
+    async def error(
+        self, message: str, *, usage: TokenUsage | None = None, cost: float | None = None
+    ) -> None:
+        await self._write("error", error=message, usage=usage, cost=cost)
 
-    async def cancelled(self) -> None:
-        await self._write("cancelled")
+    async def cancelled(self, *, usage: TokenUsage | None = None, cost: float | None = None) -> None:
+        await self._write("cancelled", usage=usage, cost=cost)
 
     async def settle(self) -> None:
         """Wait until every event queued so far is in Redis; raises JobStopped if it never can be."""

@@ -137,9 +137,11 @@ class JobRun:
                 fallback_from=self.fallback_from,
             )
         elif result.status == "cancelled":
-            await self.publisher.cancelled()
+            await self.publisher.cancelled(usage=usage, cost=result.usage.estimated_cost)
         else:
-            await self.publisher.error(result.error or "failed")
+            await self.publisher.error(
+                result.error or "failed", usage=usage, cost=result.usage.estimated_cost
+            )
 
     async def _count(self) -> None:
         result = self.result

@@ -39,7 +39,6 @@ def new_worker_id() -> str:
 async def startup(ctx: dict) -> None:
     settings: Settings = ctx["settings"]
     prices.configure(settings.model_prices)
-    prices.warm(settings.default_model)
     provider = make_providers(settings)
     state = WorkerState(
         settings=settings,
@@ -59,6 +58,7 @@ async def startup(ctx: dict) -> None:
     gc.collect()
     gc.freeze()  # start-up objects are never scanned again: no long GC pauses between tokens
     log.info("worker %s ready (provider %s)", state.worker_id, provider.name)
+    prices.warm(settings.default_model)
 
 
 async def shutdown(ctx: dict) -> None:

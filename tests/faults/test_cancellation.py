@@ -52,12 +52,24 @@ async def test_cancel_job_stops_a_running_openai_job_and_records_partial_usage(
             await openai_server.wait_until(lambda: openai_server.disconnects, timeout=15)
             followed = await follower
             stored = await ended(runtime.jobs, job_id)
+            # the moment between the worker's `cancelled` event and its stored result (arq writes it a
+            # moment later), made to last: a reader then answers from the events, with the same usage
+            result_key = keys.result(job_id)
+            kept = await runtime.redis.get(result_key)
+            await runtime.redis.delete(result_key)
+            in_between = await runtime.jobs.get(job_id)
+            await runtime.redis.set(result_key, kept)
 
     assert cancelled["status"] == "cancelled"
     assert followed.status == "cancelled", "a caller following the job sees it cancelled"
     assert 0 < cancelled["usage"]["completionTokens"] < len(words(SLOW_REPLY)), "partial usage"
     assert stored.status == "cancelled"
     assert 0 < stored.usage.completion_tokens < len(words(SLOW_REPLY)), "partial usage is kept"
+    assert cancelled["usage"] == stored.model_dump(mode="json")["usage"], (
+        "cancel_job answers what get_job will"
+    )
+    assert cancelled["usage"]["promptTokens"] > 0 and cancelled["usage"]["estimatedCost"] > 0
+    assert in_between.status == "cancelled" and in_between.usage == stored.usage
     (closed,) = openai_server.disconnects
     assert closed.sent_tokens < len(words(SLOW_REPLY)), "the worker closed the provider stream"
     assert len(openai_server.chat_requests) == 1
