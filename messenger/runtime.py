@@ -16,7 +16,7 @@ from messenger.jobs import JobClient
 from messenger.metrics import MessengerMetrics
 from messenger.queue import JobQueue
 from shared import prices
-from shared.connection import connect, refuse_untrusted_tls
+from shared.connection import check_access, connect
 from shared.settings import Settings
 from shared.tool_client import RemoteTool
 
@@ -45,7 +45,7 @@ def settle_heap() -> None:
 @contextlib.asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     prices.configure(settings.model_prices)
-    await refuse_untrusted_tls(settings.redis_url)  # one line, not a hub retrying a certificate for ever
+    await check_access(settings.redis_url)  # one line, not a hub retrying a certificate for ever
     redis = connect(settings.redis_url)
     hub = EventHub(redis)
     metrics = MessengerMetrics()

@@ -17,9 +17,10 @@ from fakeredis.aioredis import FakeAsyncRedisMixin
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, NoPermissionError, RedisError, TimeoutError
 
-from shared.errors import SettingsError
+from shared import damaged, keys
+from shared.errors import QueueUnavailable, SettingsError
 from shared.logs import redact
 from shared.sentinel import is_sentinel_url, sentinel_pool
 from shared.serializer import deserialize, serialize
@@ -52,6 +53,8 @@ def connect(redis_url: str, **options: Any) -> ArqRedis:
             "retry_on_error": [ConnectionError, TimeoutError, OSError],
             "socket_keepalive": True,
             "health_check_interval": 15,
+            "lib_name": None,  # no CLIENT SETINFO: the least-privilege ACL user is granted no CLIENT
+            "lib_version": None,
             **options,
         }
         redis = ArqRedis(_pool(redis_url, options))
@@ -90,14 +93,27 @@ def tls_refusal(error: BaseException, redis_url: str) -> str | None:
     return f"TLS with {at} failed ({reason}); check rediss:// (the server's TLS port) and the ssl_* parameters in REDIS_URL"
 
 
-async def refuse_untrusted_tls(redis_url: str) -> None:
-    """Raise SettingsError (one line) if a rediss:// Redis and we refuse each other's certificate.
-    Anything else (Redis not up yet) is left to the callers' retries: waiting cannot fix a certificate."""
-    if not redis_url.startswith("rediss://"):
+PROBE_CHANNEL = keys.EVENTS_PREFIX + "~access"  # nobody listens: a PUBLISH on it only tests the permission
+
+
+async def probe_access(redis) -> None:
+    """Use the keys and channels the README's ACL line grants once, so a user without them is
+    refused at start-up (NOPERM names what is missing) rather than on some later call."""
+    await redis.exists(keys.QUEUE, keys.RECENT_JOBS)
+    await redis.publish(PROBE_CHANNEL, "")
+
+
+async def check_access(redis_url: str) -> None:
+    """A start-up check of what waiting cannot fix, each one line: a refused TLS certificate
+    (SettingsError), an ACL user without mcp-queue's keys or channels (QueueUnavailable). Anything
+    else (Redis not up yet) is left to the callers' retries."""
+    if redis_url == MEMORY_URL:
         return
     client = connect(redis_url, socket_connect_timeout=5, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     try:
-        await client.ping()
+        await probe_access(client)
+    except NoPermissionError as e:
+        raise QueueUnavailable(damaged.refused(e)) from None
     except (RedisError, OSError) as e:
         if (line := tls_refusal(e, redis_url)) is not None:
             raise SettingsError(line) from None

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 log = logging.getLogger("mcpq.damaged")
 
@@ -25,6 +25,11 @@ def wrong_type_message(key: str) -> str:
 def refused(e: ResponseError) -> str:
     """A command Redis answered with an error (a wrong-type key, say) as one line: Redis is up."""
     said = (str(e).splitlines() or [type(e).__name__])[0].split(" script: ")[0][:200]
+    if isinstance(e, NoPermissionError):  # Redis names the command, or says "keys" or "channels"
+        return (
+            f"the Redis user in REDIS_URL lacks a permission: NOPERM {said}; give it the README's "
+            "ACL SETUSER line (keys ~arq:* ~mcpq:*, channels &mcpq:*, and the commands it lists)"
+        )
     return f"Redis refused a command: {said} (a key damaged or written by hand?)"
 
 

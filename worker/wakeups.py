@@ -28,8 +28,8 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from shared import dead_letter, keys, turns
-from shared.connection import connect, redacted, tls_refusal
+from shared import damaged, dead_letter, keys, turns
+from shared.connection import connect, probe_access, redacted, tls_refusal
 from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.scripts import Arg, Args, Key, script
 from shared.sentinel import UnknownMaster
@@ -110,6 +110,7 @@ async def redis_ready(settings: Settings) -> None:
         )
         try:
             await client.ping()
+            await probe_access(client)
             await claim_jobs(
                 client, queue=keys.QUEUE, now_ms=0, lease_ms=1, free=0, lease_prefix=keys.IN_PROGRESS_PREFIX,
                 job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX, candidates=[],
@@ -121,12 +122,8 @@ async def redis_ready(settings: Settings) -> None:
             raise QueueUnavailable(
                 f"Redis at {redacted(settings.redis_url)} refused the user or password in REDIS_URL ({type(e).__name__})"
             ) from None
-        except NoPermissionError:
-            raise QueueUnavailable(
-                f"the Redis user in REDIS_URL ({redacted(settings.redis_url)}) may not run a command the worker "
-                "needs (NOPERM); it needs the keys arq:* and mcpq:* and the commands of @read @write @scripting "
-                "@pubsub @stream"
-            ) from None
+        except NoPermissionError as e:
+            raise QueueUnavailable(damaged.refused(e)) from None
         except ResponseError as e:
             if not str(e).lower().startswith("unknown command"):
                 raise QueueUnavailable(f"Redis refused the worker's start-up check: {str(e)[:200]}") from None
