@@ -34,12 +34,19 @@ async def live_workers(redis) -> list[dict]:
 def worker_rows(workers: list[dict]) -> list[dict]:
     """What a person wants to see of each heartbeat (health, dashboard)."""
     now = time.time()
+
+    def age(last_seen) -> float | None:  # a heartbeat written by hand may hold anything
+        return round(now - last_seen, 2) if isinstance(last_seen, int | float) else None
+
+    def running(jobs) -> list[str]:
+        return [str(job_id) for job_id in jobs] if isinstance(jobs, dict | list) else []
+
     return [
         {
             "worker_id": w.get("worker_id"),
             "host": w.get("host"),
-            "heartbeat_age_s": round(now - w.get("last_seen", now), 2),
-            "running_jobs": list((w.get("running_jobs") or {}).keys()),
+            "heartbeat_age_s": age(w.get("last_seen", now)),
+            "running_jobs": running(w.get("running_jobs")),
             "jobs_done": w.get("jobs_done"),
             "provider_error": w.get("provider_error"),
         }

@@ -10,6 +10,7 @@ import httpx2 as httpx
 import pytest
 from runtimes import embedded
 
+from messenger.dashboard.views import snapshot
 from messenger.serve import http_app
 from shared import keys
 from shared.models import ChatRequest
@@ -95,12 +96,21 @@ async def test_junk_and_odd_requests_get_one_line(keyed):
     await runtime.redis.set(keys.result(job_id), b"\x00not json")  # a damaged result
     await runtime.redis.zadd(keys.RECENT_JOBS, {"junk\nid": 1, "x" * 300: 2})
     await runtime.redis.set(keys.series(123), "not a hash")
+    for beat in ({"worker_id": "w1", "running_jobs": ["a"], "last_seen": "yesterday"},
+                 {"worker_id": "w2", "running_jobs": "x"}, {"worker_id": "w3", "running_jobs": {"<b>": 1}}):  # fmt: skip
+        await runtime.redis.set(keys.worker(beat["worker_id"]), json.dumps(beat), ex=60)
     ops = auth(OPS)
     rows = (await http.get("/dashboard/jobs?limit=abc&status=<b>", headers=ops)).json()
     assert rows == []  # no job has the status "<b>"
     (row,) = (await http.get("/dashboard/jobs", headers=ops)).json()
     assert row["job_id"] == job_id and row["status"] == "failed" and "damaged" in row["error"]
     assert (await http.get("/dashboard/series?minutes=-5", headers=ops)).json()["step_seconds"] == 60
+    shot = await snapshot(runtime)  # hand-written heartbeats: still a picture, every worker in it
+    assert [w["running_jobs"] for w in shot["workers"] if w["worker_id"] in ("w1", "w2", "w3")] == [
+        ["a"],
+        [],
+        ["<b>"],
+    ]
     missing = await http.get("/dashboard/jobs/no-such-job", headers=ops)
     assert missing.status_code == 404 and "no job with id" in missing.json()["error"]
     form = await http.post(f"/dashboard/jobs/{job_id}/cancel", headers=ops, content=b"a=b")
