@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from messenger.calls import unavailable
 from messenger.dashboard import stream
-from messenger.dashboard.views import ROWS_MAX, Filters, job_detail, job_rows
+from messenger.dashboard.views import ROWS_MAX, Filters, job_detail, job_rows, snapshot
 from messenger.guards import verified_tenant
 from messenger.jobs import retry_job
 from messenger.runtime import Runtime
@@ -46,6 +46,8 @@ from shared.errors import (
 from shared.logs import redact
 from shared.models import ChatRequest
 from shared.settings import OPERATOR
+
+__all__ = ["routes", "snapshot"]  # snapshot: the live picture, for tests and other readers
 
 PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
 PAGE_HEADERS = {  # no framing (clickjacking the buttons), no key in a Referer, nothing cached
