@@ -9,12 +9,20 @@ without one. A port left out is Sentinel's 26379.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
 SCHEME = "redis+sentinel://"
@@ -41,8 +49,8 @@ class SentinelUrl:
 
 
 class UnknownMaster(RedisError):
-    """Every Sentinel answered, and none watches a primary of the name REDIS_URL gives: waiting cannot fix
-    it. Not a ConnectionError, so no retry loop hides it."""
+    """The Sentinels that answered watch no primary of the name REDIS_URL gives: waiting will not fix it.
+    Not a ConnectionError, so no connect retry hides it (a running process's own loops still retry)."""
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -93,10 +101,9 @@ class _Sentinels(Sentinel):
     the primary is down or being replaced (wait), or no Sentinel knows the master name (fix REDIS_URL)."""
 
     def __init__(self, url: SentinelUrl, **connection_kwargs: Any):
-        timeouts = {
-            "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
-            "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
-        }
+        # no socket_timeout: redis-py sends under asyncio.wait_for then, which on Python 3.11 can swallow a
+        # cancel (a process stopping hung for ever); discover_master bounds each question itself
+        timeouts = {"socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS}
         super().__init__(url.sentinels, sentinel_kwargs=timeouts, **connection_kwargs)
         self.url = url
 
@@ -104,8 +111,14 @@ class _Sentinels(Sentinel):
         unreachable, known, answered = [], set(), 0
         for number, sentinel in enumerate(self.sentinels):
             try:
-                masters = await sentinel.sentinel_masters()
-            except (ConnectionError, TimeoutError, ResponseError, OSError) as e:
+                async with asyncio.timeout(SENTINEL_TIMEOUT_SECONDS):
+                    masters = await sentinel.sentinel_masters()
+            except (
+                ConnectionError,
+                TimeoutError,
+                ResponseError,
+                OSError,
+            ) as e:  # OSError: the builtin timeout
                 kwargs = sentinel.connection_pool.connection_kwargs
                 unreachable.append(f"{kwargs['host']}:{kwargs['port']} ({type(e).__name__})")
                 continue
@@ -118,17 +131,30 @@ class _Sentinels(Sentinel):
                     self.sentinels[0],
                 )  # ask it first next time
                 return state["ip"], state["port"]
-        if answered == len(self.sentinels) and service_name not in known:
+        if answered and service_name not in known:  # a Sentinel that answers knows every master it watches
             names = ", ".join(sorted(map(str, known))) or "none"
             raise UnknownMaster(
-                f"no Sentinel at {self.url.where()} watches a master named {service_name!r} (they watch: "
-                f"{names}); fix the master name in REDIS_URL"
+                f"no Sentinel that answered ({answered} of {len(self.sentinels)} at {self.url.where()}) "
+                f"watches a master named {service_name!r} (they watch: {names}); fix the master name in REDIS_URL"
             )
         if not answered:
             raise MasterNotFoundError(f"no Sentinel answered: {', '.join(unreachable)}")
         raise MasterNotFoundError(
             f"the Sentinels report master {service_name!r} down (a failover under way?)"
         )
+
+
+class _PrimaryConnection(SentinelManagedConnection):
+    """Every try of a connect asks the Sentinels again. redis-py nests its connect retry inside the
+    Sentinel one, so the pool's backoff (about 9 s) was spent dialling the dead primary's address while
+    the promoted replica already served; here the inner connect tries once."""
+
+    async def connect(self):
+        retry, self.retry = self.retry, Retry(NoBackoff(), 0)
+        try:
+            return await retry.call_with_retry(self._connect_retry, lambda _error: asyncio.sleep(0))
+        finally:
+            self.retry = retry
 
 
 def sentinel_pool(url: str, **connection_kwargs: Any) -> SentinelConnectionPool:
@@ -138,5 +164,5 @@ def sentinel_pool(url: str, **connection_kwargs: Any) -> SentinelConnectionPool:
     sentinels = _Sentinels(parsed)
     return SentinelConnectionPool(
         parsed.master, sentinels, db=parsed.db, username=parsed.username, password=parsed.password,
-        **connection_kwargs,
+        connection_class=_PrimaryConnection, **connection_kwargs,
     )  # fmt: skip

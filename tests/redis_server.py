@@ -22,10 +22,11 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process the tests own; `restart()` keeps the port (for fault tests)."""
 
-    def __init__(self, tmp: Path, persistent: bool = False):
+    def __init__(self, tmp: Path, persistent: bool = False, args: tuple[str, ...] = ()):
         self.port = free_port()
         self.tmp = tmp
         self.persistent = persistent  # append-only file: data survives a restart, as in production
+        self.args = args  # more redis-server options, e.g. ("--replicaof", host, port)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -37,6 +38,7 @@ class RedisServer:
         args += (
             ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         )
+        args += self.args
         self.proc = subprocess.Popen(
             ["redis-server", *args, "--dir", str(self.tmp)],
             stdout=subprocess.DEVNULL,

@@ -19,6 +19,7 @@ from arq.constants import abort_job_max_age
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -136,12 +137,17 @@ async def redis_ready(settings: Settings) -> None:
                 raise SettingsError(refused) from None  # a certificate does not get better by waiting
             log.warning(
                 "Redis at %s is not reachable yet (%s); retrying in %.1fs",
-                redacted(settings.redis_url), type(e).__name__, wait,
+                redacted(settings.redis_url), _why(e), wait,
             )  # fmt: skip
         finally:
             await client.aclose()
         await asyncio.sleep(wait)
         wait = min(wait * 2, STARTUP_BACKOFF[1])
+
+
+def _why(e: BaseException) -> str:
+    """The error's type; with Sentinel, also which case it is (none answered, or the primary is down)."""
+    return f"{type(e).__name__}: {e}" if isinstance(e, MasterNotFoundError) else type(e).__name__
 
 
 class QueueWorker(Worker):
