@@ -398,6 +398,9 @@ _WARNED_PREFIXES = ("MCP_", "AI_", "OPENAI_", "WORKER_", "REDIS_", "MOCK_", "JOB
 # read by the openai SDK itself, not by these settings
 _OPENAI_SDK = {"OPENAI_ADMIN_KEY", "OPENAI_API_TYPE", "OPENAI_API_VERSION", "OPENAI_CUSTOM_HEADERS",
                "OPENAI_LOG", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_WEBHOOK_SECRET"}  # fmt: skip
+# what Kubernetes (and Docker links) set in every pod for a Service named redis, mcp, …: not ours
+_SERVICE_LINK = re.compile(r"_SERVICE_(HOST|PORT)(_\w+)?$|_PORT_\d+_(TCP|UDP|SCTP)(_\w+)?$")
+_LINK_URL = re.compile(r"(tcp|udp|sctp)://", re.I)  # REDIS_PORT=tcp://10.0.0.7:6379
 _warned: set[str] = set()  # each unknown variable is warned once per process
 log = logging.getLogger("shared.settings")
 
@@ -422,8 +425,10 @@ def _warn_unknown_variables(environ: dict[str, str | None], settings: Settings) 
     neither a setting, nor the openai SDK's, nor a key a PROVIDERS entry names (api_key_env)."""
     known = {field.upper() for field in Settings.model_fields} | _OPENAI_SDK
     known |= {c.api_key_env.upper() for c in settings.providers.values() if c.api_key_env}
-    for name in sorted({name.upper() for name in environ} - known - _warned):
-        if name.startswith(_WARNED_PREFIXES):
+    values = {name.upper(): value or "" for name, value in environ.items()}
+    for name in sorted(set(values) - known - _warned):
+        link = _SERVICE_LINK.search(name) or (name.endswith("_PORT") and _LINK_URL.match(values[name]))
+        if name.startswith(_WARNED_PREFIXES) and not link:
             _warned.add(name)
             warn_at_start(log, f"{_unknown_setting(name)} (ignored)")
 

@@ -43,6 +43,7 @@ def test_one_image_is_built_once_and_every_service_restarts_after_a_crash(servic
     built = [name for name, s in services.items() if "build" in s]
     assert built == ["messenger"], "one build: the worker runs the messenger's image"
     image = services["messenger"]["image"]
+    assert services["messenger"]["pull_policy"] == "build", "a local tag is never looked up on a registry"
     assert services["worker"]["image"] == image and services["worker"]["pull_policy"] == "never"
 
 

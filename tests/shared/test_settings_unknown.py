@@ -51,6 +51,9 @@ def test_the_openai_sdks_own_variables_and_keys_that_providers_name_are_not_warn
     fresh.setenv("OPENAI_LOCAL_KEY", "k")
     fresh.setenv("PROVIDERS", json.dumps({"local": {"kind": "openai", "api_key_env": "OPENAI_LOCAL_KEY"}}))
     fresh.setenv("HOME_GROWN_VAR", "x")  # not under a prefix of ours
+    for name, value in [("REDIS_SERVICE_HOST", "10.0.0.7"), ("REDIS_SERVICE_PORT", "6379"),
+                        ("REDIS_PORT_6379_TCP_ADDR", "10.0.0.7"), ("REDIS_PORT", "tcp://10.0.0.7:6379")]:  # fmt: skip
+        fresh.setenv(name, value)  # what Kubernetes sets in every pod for a Service named "redis"
     caplog.set_level(logging.WARNING)
     load_settings()
     assert warnings(caplog) == []
