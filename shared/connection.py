@@ -101,6 +101,12 @@ async def probe_access(redis) -> None:
     refused at start-up (NOPERM names what is missing) rather than on some later call."""
     await redis.exists(keys.QUEUE, keys.RECENT_JOBS)
     await redis.publish(PROBE_CHANNEL, "")
+    pubsub = redis.pubsub()  # the event hub and the workers' wake-ups SUBSCRIBE, and retry a refusal
+    try:
+        await pubsub.subscribe(PROBE_CHANNEL)
+        await pubsub.get_message(timeout=5)  # the confirmation, or the NOPERM raised here
+    finally:
+        await pubsub.aclose()
 
 
 async def check_access(redis_url: str) -> None:
