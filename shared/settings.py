@@ -440,10 +440,16 @@ _SERVERS_HINT = (
 
 
 def _dotenv() -> dict[str, str | None]:
-    """The variables of `.env` in the working directory, which Settings reads as well."""
+    """The variables of `.env` in the working directory, which Settings reads as well; one that
+    cannot be read (not UTF-8, no permission) stops start-up with one line."""
     from dotenv import dotenv_values
 
-    return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+    try:
+        return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(
+            f".env in {Path.cwd()} cannot be read ({type(e).__name__}): fix or remove it"
+        ) from None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -14,7 +14,7 @@ import pytest
 from processes import ROOT, process_env
 
 from shared import settings as settings_module
-from shared.settings import load_settings
+from shared.settings import SettingsError, load_settings
 
 
 @pytest.fixture
@@ -79,3 +79,10 @@ def test_a_worker_started_with_a_misspelt_setting_logs_one_json_warning_line(red
     lines = [json.loads(line) for line in done.stderr.splitlines() if "WORKER_CONCURENCY" in line]
     assert len(lines) == 1 and lines[0]["level"] == "warning"
     assert "did you mean WORKER_CONCURRENCY?" in lines[0]["message"]
+
+
+def test_a_dot_env_that_is_not_text_stops_start_up_with_one_line(fresh, tmp_path):
+    (tmp_path / ".env").write_bytes(b"MCP_TRANSPORT=http\n\xff\xfe junk\n")
+    fresh.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=r"^\.env in .* cannot be read \(UnicodeDecodeError\)"):
+        load_settings()
