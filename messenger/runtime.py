@@ -4,7 +4,6 @@ and in embedded mode the in-process worker. Shared by the MCP server and the CLI
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ from messenger.metrics import MessengerMetrics
 from messenger.queue import JobQueue
 from shared import prices
 from shared.connection import check_access, connect
+from shared.heap import settle_heap
 from shared.settings import Settings
 from shared.tool_client import RemoteTool
 
@@ -30,16 +30,6 @@ class Runtime:
     queue: JobQueue
     metrics: MessengerMetrics = field(default_factory=MessengerMetrics)
     exposed: dict[str, list[RemoteTool] | str] = field(default_factory=dict)  # server -> tools, or why not
-
-
-def settle_heap() -> None:
-    """Move everything start-up allocated out of the garbage collector's sight.
-
-    A full collection over a server-sized heap takes tens of milliseconds, which shows up as token
-    latency spikes; frozen start-up objects are never scanned again.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import uuid
 
@@ -14,6 +13,7 @@ from redis.exceptions import RedisError
 
 from shared import keys, prices
 from shared.connection import connect
+from shared.heap import settle_heap
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 from shared.tool_client import ToolServers
@@ -55,8 +55,7 @@ async def startup(ctx: dict) -> None:
     ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx["redis"], state))
     if settings.worker_metrics_port is not None:
         ctx["metrics_server"] = MetricsServer(state.metrics.registry, settings.worker_metrics_port)
-    gc.collect()
-    gc.freeze()  # start-up objects are never scanned again: no long GC pauses between tokens
+    settle_heap()  # start-up objects are never scanned again: no long GC pauses between tokens
     log.info("worker %s ready (provider %s)", state.worker_id, provider.name)
     prices.warm(settings.default_model)
 
