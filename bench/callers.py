@@ -31,7 +31,7 @@ from dataclasses import dataclass, field  # noqa: E402
 
 from redis_server import free_port  # noqa: E402
 
-from bench.lab import Lab, Site, child_env, cpu_seconds, scratch_lab  # noqa: E402
+from bench.lab import Lab, Site, child_env, cpu_seconds, runqueue_seconds, scratch_lab  # noqa: E402
 from bench.mcp_wire import Caller  # noqa: E402
 from bench.stats import ms, percentile  # noqa: E402
 from shared import keys  # noqa: E402
@@ -185,15 +185,6 @@ async def raw_path(runtime, n: int, rng: random.Random) -> Tally:
 
     await asyncio.gather(*(one(i) for i in range(n)))
     return tally
-
-
-def runqueue_seconds(pid: int) -> float:
-    """How long the process's threads have waited for a CPU while runnable (a busy box, not us)."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
-            total += int(f.read().split()[1])
-    return total / 1e9
 
 
 def wait_health(port: int, proc, lab: Lab, timeout: float = 60) -> None:

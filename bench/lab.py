@@ -72,6 +72,15 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_seconds(pid: int) -> float:
+    """How long the process's threads have waited for a CPU while runnable (a busy box, not us)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            total += int(f.read().split()[1])
+    return total / 1e9
+
+
 def box_cpu_seconds() -> tuple[float, float]:
     """(busy, stolen) CPU seconds of the whole machine so far, summed over its cores."""
     with open("/proc/stat") as f:

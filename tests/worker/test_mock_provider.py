@@ -93,15 +93,20 @@ async def test_any_mock_model_is_served(model):
     assert end.model == model
 
 
-async def test_token_delay_is_waited_before_every_token(monkeypatch):
+async def test_tokens_are_paced_on_a_schedule_and_a_late_wake_up_catches_up(monkeypatch):
+    """Token k leaves at k × the delay after the first, as a model server sends them: a wake-up that
+    comes late (a busy worker) shortens the next wait instead of slowing the whole stream."""
     log: list[object] = []
+    clock = [100.0]
     real_sleep = asyncio.sleep
 
     async def recording_sleep(seconds, *args, **kwargs):
-        log.append(("sleep", seconds))
+        log.append(("sleep", round(seconds, 6)))
+        clock[0] += seconds + (0.005 if len(log) == 1 else 0)  # the first wake-up is 5 ms late
         await real_sleep(0)
 
     monkeypatch.setattr("worker.providers.mock.asyncio.sleep", recording_sleep)
+    monkeypatch.setattr("worker.providers.mock.time.monotonic", lambda: clock[0])
     provider = MockProvider(token_delay_ms=7)
     async for piece in provider.stream(_call("delay check")):
         log.append(("end",) if isinstance(piece, StreamEnd) else ("token", piece))
@@ -109,9 +114,10 @@ async def test_token_delay_is_waited_before_every_token(monkeypatch):
 
     tokens = [entry for entry in log if entry[0] == "token"]
     assert len(tokens) > 3
+    waits = [0.007, 0.002] + [0.007] * (len(tokens) - 2)  # the second wait makes up the 5 ms
     expected = []
-    for token in tokens:
-        expected += [("sleep", 0.007), token]
+    for wait, token in zip(waits, tokens, strict=True):
+        expected += [("sleep", wait), token]
     assert log == [*expected, ("end",)]
 
 

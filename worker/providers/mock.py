@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import itertools
 import re
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -71,9 +72,10 @@ class MockProvider(Provider):
         finish = "stop"
         if len(tokens) > call.max_tokens:
             tokens, finish = tokens[: call.max_tokens], "length"
-        for token in tokens:
+        paced_from = time.monotonic()  # on a schedule, as a model server sends: a late wake-up catches up
+        for k, token in enumerate(tokens):
             if self.token_delay:
-                await asyncio.sleep(self.token_delay)
+                await asyncio.sleep(max(0.0, paced_from + (k + 1) * self.token_delay - time.monotonic()))
             yield token
         prompt_tokens = sum(len(str(m["content"] or "").split()) for m in call.messages)
         usage = TokenUsage(

@@ -1,0 +1,147 @@
+"""N concurrent streams in ONE worker process at 50 tokens/s each, beside the bare pub/sub floor.
+
+    uv run python bench/streams.py [--streams 100,300,1000] [--tokens-per-s 50]
+
+One redis-server, one real worker process (`python -m worker.cli`, the mock provider pacing
+--tokens-per-s, WORKER_CONCURRENCY above N). This process is the messenger: it submits N jobs
+spread over STAGGER seconds and follows each through the real JobClient (hub, collector). Per N:
+token delay (the worker's event `ts` → this process has it, p50/p99), the delivered rate (each
+stream's tokens over its first-to-last token time, against the paced rate), the worker's CPU, and
+in the same round the floor: this machine's bare PUBLISH → subscriber delay at the same pacing
+(bench/publisher_proc.py raw mode, through token_delivery.floor). Every answer must be whole.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+
+from bench import token_delivery  # noqa: E402
+from bench.lab import Lab, Site, cpu_seconds, runqueue_seconds, scratch_lab  # noqa: E402
+from bench.stats import ms, percentile  # noqa: E402
+
+STAGGER = 0.5  # seconds over which the N jobs are submitted: all N stream at once for most of a run
+WORDS = " ".join(f"w{i}" for i in range(40))  # the mock echoes 40 words: 56 tokens a stream
+
+
+class Lost(Exception):
+    """An answer came back incomplete or reordered: a correctness failure."""
+
+
+def expected(i: int) -> str:
+    from worker.providers.mock import mock_reply
+
+    return "".join(mock_reply([{"role": "user", "content": f"s{i} {WORDS}"}]))
+
+
+async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
+    from shared.models import ChatRequest
+
+    runtime = site.runtime
+    delays: list[float] = []
+    rates: list[float] = []
+    wrong: list[str] = []
+    rng = random.Random(n)
+    t_start = time.time() + 0.3
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(max(0.0, t_start + rng.uniform(0, STAGGER) - time.time()))
+        seen: list[tuple[float, int]] = []  # (event ts, tokens so far)
+
+        async def on_event(event, transcript) -> None:
+            if event is not None and event.type == "token":
+                delays.append(time.time() - event.ts)
+                seen.append((event.ts, len(transcript.text.split(" "))))
+
+        request = ChatRequest(message=f"s{i} {WORDS}")
+        result = await runtime.jobs.run(request, on_event=on_event, timeout=120)
+        if result.ai_response != expected(i):
+            wrong.append(f"job {result.job_id}: {result.status} {result.error or ''}")
+        elif len(seen) > 1 and seen[-1][0] > seen[0][0]:
+            (t0, k0), (t1, k1) = seen[0], seen[-1]
+            rates.append((k1 - k0) / (t1 - t0))
+
+    worker_pid = site.pids[0]
+    cpu0, wall0, wait0 = cpu_seconds(worker_pid), time.monotonic(), runqueue_seconds(worker_pid)
+    await asyncio.gather(*(one(i) for i in range(n)))
+    cpu, wall = cpu_seconds(worker_pid) - cpu0, time.monotonic() - wall0
+    waited = runqueue_seconds(worker_pid) - wait0
+    if wrong:
+        raise Lost(f"{n} streams: {len(wrong)} wrong; e.g. {wrong[0]}")
+    delays_ms = ms(delays)
+    return {
+        "delay_p50": percentile(delays_ms, 50),
+        "delay_p99": percentile(delays_ms, 99),
+        "rate_p50": percentile(rates, 50) / rate,
+        "rate_p1": percentile(rates, 1) / rate,
+        "worker_cpu": 100 * cpu / wall,
+        "worker_waited": 100 * waited / wall,
+    }
+
+
+async def measure(lab: Lab, site: Site, counts: list[int], rate: float) -> list[tuple[int, dict, dict]]:
+    from messenger.runtime import open_runtime
+    from shared.settings import load_settings
+
+    rows = []
+    async with open_runtime(load_settings(redis_url=site.url)) as runtime:
+        site.runtime = runtime
+        await lab.wait_ready(site)
+        await follow(site, 5, rate)  # warm up
+        for n in counts:
+            ours = await follow(site, n, rate)
+            floor = await token_delivery.floor(
+                lab, site, streams=n, tokens=56, interval=1 / rate, stagger=STAGGER, seed=n
+            )
+            rows.append((n, ours, floor))
+            print(f"{n} streams done", file=sys.stderr)
+    return rows
+
+
+def table(rows: list[tuple[int, dict, dict]], rate: float) -> list[str]:
+    lines = [
+        f"| streams in one worker ({rate:.0f} tok/s each) | token delay p50 / p99 | goal p99 ≤ 50 ms "
+        "| floor p50 / p99 (bare PUBLISH) | p99 ÷ floor p99 | delivered rate p50 / p1 (of paced) "
+        "| goal ≥ 95 % | worker CPU | worker waited for a CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, ours, floor in rows:
+        lines.append(
+            f"| {n} | {ours['delay_p50']:.1f} / {ours['delay_p99']:.1f} ms "
+            f"| {'yes' if ours['delay_p99'] <= 50 else 'no'} "
+            f"| {floor['floor_p50']:.1f} / {floor['floor_p99']:.1f} ms "
+            f"| ×{ours['delay_p99'] / max(floor['floor_p99'], 1e-9):.1f} "
+            f"| {100 * ours['rate_p50']:.0f} % / {100 * ours['rate_p1']:.0f} % "
+            f"| {'yes' if ours['rate_p1'] >= 0.95 else 'no'} | {ours['worker_cpu']:.0f} % | {ours['worker_waited']:.0f} % |"
+        )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", default="100,300,1000", help="comma-separated stream counts")
+    parser.add_argument("--tokens-per-s", type=float, default=50.0, help="paced rate of each stream")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.streams.split(",")]
+    with scratch_lab("mcpq-streams-") as lab:
+        site = lab.site("streams")
+        lab.add_workers(
+            site, 1, WORKER_CONCURRENCY=max(counts) + 10, MOCK_TOKEN_DELAY_MS=round(1000 / args.tokens_per_s)
+        )
+        rows = asyncio.run(measure(lab, site, counts, args.tokens_per_s))
+    print(f"$ uv run python bench/streams.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"load average at end {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print("\n".join(table(rows, args.tokens_per_s)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
