@@ -122,9 +122,18 @@ async def not_found(redis, job_id: str) -> JobNotFound:
     )
 
 
+async def promoted(redis) -> bool:
+    """This Redis was a replica once since it started (Sentinel promoted it): INFO replication keeps the
+    offset up to which its old primary's history is valid."""
+    info = await redis.info("replication")
+    return info.get("role") == "master" and int(info.get("second_repl_offset", -1)) != -1
+
+
 async def lost_message(redis, job_id: str, since: float) -> str:
     if await restarted_since(redis, since):
         why = "Redis restarted without its data (no persistence?)"
+    elif await promoted(redis):
+        why = "Redis failed over to a replica that had not received it (replication is asynchronous)"
     else:
         why = "its keys were removed from Redis (FLUSHALL, eviction or by hand)"
     return f"job {job_id} was lost: {why} before the job finished; submit it again"

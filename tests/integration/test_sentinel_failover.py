@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import time
 from dataclasses import dataclass, field
 
 import anyio
@@ -21,11 +22,14 @@ from mcp_helpers import HttpMessenger, messenger_env, running_messengers
 from openai_server import eventually
 from processes import WorkerProcesses, beating_pids
 from readers import text_of
+from redis_server import RedisServer
 from sentinels import MASTER, SentinelCluster, SentinelProcess, wait_until
 
 from messenger.cli import main as messenger_cli
 from messenger.hub import KEEPALIVE_CHANNEL
+from messenger.stored import lost_message
 from shared import keys
+from shared.connection import connect
 from shared.errors import QueueUnavailable
 from shared.settings import load_settings
 from worker.providers.mock import mock_reply
@@ -203,3 +207,26 @@ def test_cli_commands_through_sentinel_answer_and_exit(cluster, clean_env, capsy
     clean_env.setenv("REDIS_URL", cluster.url(dead_first=True))
     for _ in range(3):
         assert messenger_cli(["jobs"]) == 0, capsys.readouterr().err
+
+
+async def test_a_job_lost_in_a_failover_is_told_as_such(tmp_path):
+    """A promoted replica lacks what its primary had not sent it yet: a job lost so is not blamed on
+    FLUSHALL (the new primary's uptime is long; it is its replication history that tells)."""
+    primary = RedisServer(tmp_path / "a")
+    primary.tmp.mkdir()
+    primary.start()
+    replica = RedisServer(tmp_path / "b", args=("--replicaof", "127.0.0.1", str(primary.port)))
+    replica.tmp.mkdir()
+    replica.start()
+    try:
+        replica.client().replicaof("NO", "ONE")  # what Sentinel does to the replica it promotes
+        followed_since = time.time() + 1  # both servers run since before the job was followed
+        for server, why in ((replica, "failed over to a replica"), (primary, "removed from Redis")):
+            redis = connect(server.url)
+            try:
+                assert why in await lost_message(redis, "j1", since=followed_since)
+            finally:
+                await redis.aclose()
+    finally:
+        replica.stop()
+        primary.stop()
