@@ -120,7 +120,7 @@ def tls_refusal(error: BaseException, redis_url: str) -> str | None:
             f"the TLS certificate of {at} was refused ({cause.verify_message}); set ssl_ca_certs in REDIS_URL "
             "to the CA file that signed it (or ssl_cert_reqs=none to skip the check)"
         )
-    reason = cause.reason or type(cause).__name__
+    reason = getattr(cause, "reason", None) or type(cause).__name__  # not every SSLError has one
     if "ALERT" in reason:  # the server's alert: it refused our client certificate
         return f"{at} refused this client's TLS certificate ({reason}); set ssl_certfile and ssl_keyfile in REDIS_URL to a certificate its CA signed"
     return f"TLS with {at} failed ({reason}); check rediss:// (the server's TLS port) and the ssl_* parameters in REDIS_URL"

@@ -110,6 +110,12 @@ SSL_FILES = (
     "ssl_certfile",
     "ssl_keyfile",
 )  # REDIS_URL query: files redis-py opens per connection
+SSL_VALUES = (
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+    "ssl_ciphers",
+    "ssl_ca_data",
+)  # what redis-py's asyncio TLS takes
 CERT_REQS = ("none", "optional", "required")
 
 
@@ -119,9 +125,9 @@ def _check_tls_options(url: str, options: dict[str, Any]) -> None:
     if given and not url.startswith("rediss://"):
         raise ValueError(f"{given[0]} needs rediss:// (TLS)")
     for name in given:
-        if name not in (*SSL_FILES, "ssl_cert_reqs", "ssl_check_hostname"):
+        if name not in (*SSL_FILES, *SSL_VALUES):
             raise ValueError(
-                f"unknown parameter {name}; TLS takes {', '.join(SSL_FILES)}, ssl_cert_reqs, ssl_check_hostname"
+                f"{name} is not a parameter it takes; TLS takes {', '.join((*SSL_FILES, *SSL_VALUES))}"
             )
     if options.get("ssl_cert_reqs", "required") not in CERT_REQS:
         raise ValueError(f"ssl_cert_reqs must be one of {', '.join(CERT_REQS)}")
@@ -137,8 +143,11 @@ def _check_tls_options(url: str, options: dict[str, Any]) -> None:
         what = "ssl_certfile and ssl_keyfile are not a PEM certificate and its key"
         if "ssl_certfile" in options:
             ssl.create_default_context().load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+        what = "ssl_ciphers is not an OpenSSL cipher list"
+        if "ssl_ciphers" in options:
+            ssl.create_default_context().set_ciphers(options["ssl_ciphers"])
     except ssl.SSLError as e:
-        raise ValueError(f"{what} ({e.reason or e})") from None
+        raise ValueError(f"{what} ({getattr(e, 'reason', None) or e})") from None
 
 
 class Settings(BaseSettings):

@@ -29,7 +29,8 @@ def pem(tmp_path):
         ("ssl_certfile={junk}", "ssl_certfile and ssl_keyfile are not a PEM certificate"),
         ("ssl_keyfile={junk}", "ssl_keyfile needs ssl_certfile"),
         ("ssl_cert_reqs=maybe", "ssl_cert_reqs must be one of none, optional, required"),
-        ("ssl_ca_cert={junk}", "unknown parameter ssl_ca_cert"),
+        ("ssl_ciphers=NOT-A-CIPHER", "ssl_ciphers is not an OpenSSL cipher list"),
+        ("ssl_ca_cert={junk}", "ssl_ca_cert is not a parameter it takes"),
     ],
 )
 def test_a_wrong_ssl_parameter_stops_start_up_with_one_line_naming_it(clean_env, pem, query, says):
