@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -262,6 +263,10 @@ class ToolServers:
 
 @contextlib.asynccontextmanager
 async def _client(config: ToolServerConfig, stderr: _Stderr | None, call_timeout: float):
+    # `mcp` takes a second or more to import: off the event loop, so a worker's first tool call does
+    # not hold up its heartbeat (a lease of 1 s lapsed, and another worker ran the job at once)
+    await asyncio.to_thread(importlib.import_module, "mcp.client.streamable_http")
+    await asyncio.to_thread(importlib.import_module, "mcp.client.stdio")
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client
 

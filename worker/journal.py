@@ -73,9 +73,27 @@ def _turn(entry: dict) -> tuple[Turn, int]:
 
 async def read(redis, job_id: str) -> Replay:
     """The journal's finished steps, in order, up to the first one missing: a turn, then its calls'
-    results (some may be missing: those calls are run again). Junk ends the replay there."""
+    results (some may be missing: those calls are run again). Junk ends the replay there, and the
+    entries after it are removed: the re-run writes those steps afresh, and a later re-run must not
+    mistake an old one for its own."""
     key = keys.journal(job_id)
     raw = await damaged.read(redis.hgetall(key), key, {})
+    replay = _replay(job_id, raw)
+    if stale := [step for step in raw if not _kept(step, replay.last_step)]:
+        log.warning("job %s: removing %d journal entries after the damaged one", job_id, len(stale))
+        await redis.hdel(key, *stale)
+    return replay
+
+
+def _kept(step, last: int) -> bool:
+    """Whether a journal field names a step up to `last` (one the replay took, or skipped as missing)."""
+    try:
+        return int(step) <= last
+    except (ValueError, TypeError):
+        return False
+
+
+def _replay(job_id: str, raw: dict) -> Replay:
     entries: dict[int, dict] = {}
     for step, value in raw.items():
         try:

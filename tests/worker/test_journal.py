@@ -24,7 +24,7 @@ from shared.connection import connect
 from shared.events import TokenUsage
 from shared.settings import load_settings
 from shared.tool_client import ToolServers
-from worker import accounting
+from worker import accounting, journal
 from worker.job import WorkerState, chat
 from worker.providers import ModelCall, Provider, StreamEnd, ToolCall
 from worker.publisher import EventWriter
@@ -191,3 +191,27 @@ async def test_a_journal_key_of_the_wrong_type_fails_the_job_naming_it(world):
     assert result["status"] == "failed"
     assert f"{keys.journal(JOB)} holds a value that is not a hash" in result["error"]
     assert calls() == [], "no tool ran with a journal that cannot hold its result"
+
+
+async def test_junk_in_the_journal_ends_the_replay_there_and_the_entries_after_it_go(redis, caplog):
+    turn = {"kind": "turn", "text": PREAMBLE, "model": "mock-1", "fallback_from": None,
+            "end": {"model": "mock-1", "finish_reason": "tool_calls", "usage": None,
+                    "tool_calls": [["c1", "ledger__charge", "{}"]]}}  # fmt: skip
+    later = {
+        "kind": "tool",
+        "call_id": "c9",
+        "server": "ledger",
+        "tool": "charge",
+        "arguments": {},
+        "round": 2,
+    }
+    await redis.hset(
+        keys.journal(JOB), mapping={"1": json.dumps(turn), "2": "{not json", "5": json.dumps(later)}
+    )
+
+    replay = await journal.read(redis, JOB)
+
+    assert list(replay.turns) == [1] and replay.results == {} and replay.last_step == 1
+    assert replay.turns[1].text == PREAMBLE and replay.turns[1].end.tool_calls[0].name == "ledger__charge"
+    assert await redis.hkeys(keys.journal(JOB)) == [b"1"], "the junk and the step after it are gone"
+    assert "not JSON" in caplog.text and "removing 2 journal entries" in caplog.text
