@@ -2,7 +2,8 @@
 whose tool has a side effect, and the OpenAI-compatible test server: the re-run goes on from the
 job's journal. Killed after the tool's result, the tool is not called again; killed while it runs,
 the one second call carries the same idempotency key; each caller gets one whole answer, and the
-stream tells the call and its result once. Four trials here; `bench/durable_kill.py` runs twenty+."""
+stream tells the call and its result once. One trial of each kill here (CI time); `bench/durable_kill.py`
+runs twenty and more."""
 
 import asyncio
 import json
@@ -13,7 +14,7 @@ from tool_kill import kill_in_tool_loop, script, servers
 
 from shared import keys
 
-LEASE_SECONDS = 1
+LEASE_SECONDS = 2  # 1 s lapsed under a load of 25 on 2 cores: a live worker lost its job
 
 
 async def test_a_tool_loop_whose_worker_is_killed_goes_on_from_its_journal(
@@ -23,18 +24,14 @@ async def test_a_tool_loop_whose_worker_is_killed_goes_on_from_its_journal(
     script(openai_server)
     env = {"MCP_SERVERS": json.dumps(servers(ledger)), "WORKER_LEASE_SECONDS": str(LEASE_SECONDS)}
     start_openai_workers(workers, redis_url, openai_server, count=2, **env)
-    trials, replacing = [], []
-    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(150):
-        for when in ("after_result", "during_call", "after_result", "during_call"):
+    trials = []
+    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(120):
+        for when in ("after_result", "during_call"):
             trial = await kill_in_tool_loop(runtime, workers.procs, ledger, when)
             trials.append(trial)
             assert trial.killed is not None, trial.describe()
-            replacing.append(
-                asyncio.create_task(
-                    asyncio.to_thread(start_openai_workers, workers, redis_url, openai_server, **env)
-                )
-            )
-        await asyncio.gather(*replacing)
+            if len(trials) == 1:  # the killed one's replacement, for the next kill
+                await asyncio.to_thread(start_openai_workers, workers, redis_url, openai_server, **env)
 
     for trial in trials:
         assert trial.complete, trial.describe()
@@ -49,4 +46,4 @@ async def test_a_tool_loop_whose_worker_is_killed_goes_on_from_its_journal(
             assert trial.duplicates == 1, trial.describe()
             assert resumed == [None, 1], "the re-run went on after the model's turn, not asking it again"
     usage = {k.decode(): v.decode() for k, v in redis_server.client().hgetall(keys.USAGE_TOTAL).items()}
-    assert usage.get("requests") == "4", f"each answer counted once: {usage}"
+    assert usage.get("requests") == "2", f"each answer counted once: {usage}"
