@@ -17,7 +17,7 @@ import functools
 import logging
 import re
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
 log = logging.getLogger("shared.prices")
@@ -88,7 +88,8 @@ def lookup(model: str) -> Priced | None:
         if name in _overrides:
             return Priced(_overrides[name], OVERRIDE)
     unprefixed = names[0].split("/")[-1]
-    if not unprefixed.startswith(_OURS) and (found := _from_library(unprefixed)):
+    today = datetime.now(UTC).date()  # a price the list dates (a change announced ahead) applies that day
+    if not unprefixed.startswith(_OURS) and (found := _from_library(unprefixed, today)):
         return found
     for name in names:
         if name in PRICES:
@@ -139,9 +140,9 @@ def _candidates(name: str):
 
 
 @functools.lru_cache(maxsize=4096)  # bounded: model names come from callers
-def _from_library(name: str) -> Priced | None:
-    """genai-prices' price for `name` now: a Bedrock id from its AWS list, another name from the
-    provider whose names it matches; a tiered price at its base tier."""
+def _from_library(name: str, day: date) -> Priced | None:
+    """genai-prices' price for `name` on `day`: a Bedrock id from its AWS list, another name from
+    the provider whose names it matches; a tiered price at its base tier."""
     library = _library()
     bedrock = bool(_BEDROCK_ID.match(name))
     if library is None or (":" in name and not bedrock):
@@ -159,7 +160,7 @@ def _from_library(name: str) -> Priced | None:
         model = provider.find_model(name, all_providers=providers) if provider else None
         if model is None:
             return None
-        prices: Any = model.get_prices(datetime.now(UTC))
+        prices: Any = model.get_prices(datetime(day.year, day.month, day.day, 12, tzinfo=UTC))
         inp, out = (getattr(v, "base", v) for v in (prices.input_mtok, prices.output_mtok))
         if inp is None:
             return None  # not priced by the token (an image or audio model)
