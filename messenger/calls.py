@@ -16,7 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from messenger.tenants import Tenant, TooManyCredentials, tenants_for
 from shared import damaged
-from shared.connection import redacted
+from shared.connection import redacted, tls_refusal
 from shared.errors import McpQueueError, QueueUnavailable, validation_message
 from shared.events import ToolCallEvent, ToolResultEvent
 from shared.models import ChatRequest, JobResult
@@ -81,6 +81,8 @@ def unavailable(e: BaseException, settings: Settings) -> McpQueueError:
     command Redis answered with an error is not Redis being unreachable."""
     if isinstance(e, ResponseError):
         return McpQueueError(damaged.refused(e))
+    if (refused := tls_refusal(e, settings.redis_url)) is not None:  # a certificate rotated under us
+        return QueueUnavailable(refused)
     if isinstance(e, UnknownMaster):  # REDIS_URL names a master no Sentinel watches: say which
         return QueueUnavailable(str(e))
     return QueueUnavailable(

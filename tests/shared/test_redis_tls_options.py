@@ -69,3 +69,13 @@ def test_a_refused_handshake_names_the_parameter_to_fix():
     line = tls_refusal(refused(alert), URL)
     assert line is not None and "refused this client's TLS certificate" in line and "ssl_certfile" in line
     assert tls_refusal(refused(ConnectionRefusedError(111, "refused")), URL) is None
+
+
+def test_a_certificate_refused_while_the_messenger_runs_is_named_in_the_tool_error():
+    from messenger.calls import unavailable
+    from shared.settings import Settings
+
+    untrusted = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    untrusted.verify_message = "certificate has expired"
+    error = unavailable(refused(untrusted), Settings(redis_url=URL))
+    assert "certificate has expired" in error.message and "ssl_ca_certs in REDIS_URL" in error.message
