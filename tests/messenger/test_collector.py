@@ -139,3 +139,32 @@ def test_a_stale_tool_event_from_the_old_attempt_is_not_applied():
     late = first.call("late")
     feed(transcript, Events(attempt=2).start())
     assert transcript.position(late) == "stale"
+
+
+def test_a_rerun_from_the_journal_keeps_the_old_attempts_journaled_steps_and_drops_its_dead_tail():
+    """Two calls of one turn (steps 2 and 3); the second answered first, then the worker died while the
+    first ran. The re-run (`resumed`) keeps the turn's text, both calls and the one result, and drops
+    what the dead attempt told after its last journaled step."""
+    old, new, transcript = Events(1), Events(2), Transcript(JOB)
+    feed(transcript, old.start(), old.token("Checking. "))
+    feed(transcript, *(e.model_copy(update={"step": 1}) for e in (old.call("c1"), old.call("c2"))))
+    feed(transcript, old.result("c2", "two").model_copy(update={"step": 3}), old.result("c1", "unjournaled"))
+    feed(transcript, old.token("dead tail"))
+    feed(transcript, new.start().model_copy(update={"resumed": 3}))
+    assert transcript.text == "Checking. "
+    assert [(r.call_id, r.result) for r in transcript.tool_calls.values()] == [("c1", None), ("c2", "two")]
+    feed(
+        transcript,
+        new.result("c1", "one").model_copy(update={"step": 2}),
+        new.token("Both done."),
+        new.done(),
+    )
+    assert transcript.text == "Checking. Both done."
+    assert [(r.call_id, r.result) for r in transcript.result().tool_calls] == [("c1", "one"), ("c2", "two")]
+
+
+def test_a_rerun_that_did_not_resume_drops_everything_of_the_old_attempt():
+    old, new, transcript = Events(1), Events(2), Transcript(JOB)
+    feed(transcript, old.start(), old.token("Checking. "), old.call("c1").model_copy(update={"step": 1}))
+    feed(transcript, new.start())
+    assert transcript.text == "" and transcript.tool_calls == {}

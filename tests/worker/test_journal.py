@@ -25,7 +25,7 @@ from shared.events import TokenUsage
 from shared.settings import load_settings
 from shared.tool_client import ToolServers
 from worker import accounting, journal
-from worker.job import WorkerState, chat
+from worker.job import WorkerState, call_tool, chat
 from worker.providers import ModelCall, Provider, StreamEnd, ToolCall
 from worker.publisher import EventWriter
 
@@ -85,9 +85,9 @@ async def world(clean_env, monkeypatch, tmp_path):
     )  # fmt: skip
     servers = ToolServers(config.mcp_servers, config.tool_call_timeout_seconds)
 
-    async def attempt(job_try: int, provider: Provider) -> dict:
+    async def attempt(job_try: int, provider: Provider, job=chat, request: dict = REQUEST) -> dict:
         state = WorkerState(config, provider, f"worker-{job_try}", EventWriter(redis), tool_servers=servers)
-        return await chat({"mcpq": state, "job_id": JOB, "job_try": job_try, "redis": redis}, dict(REQUEST))
+        return await job({"mcpq": state, "job_id": JOB, "job_try": job_try, "redis": redis}, dict(request))
 
     def calls() -> list[dict]:
         return read_ledger(ledger)
@@ -215,3 +215,18 @@ async def test_junk_in_the_journal_ends_the_replay_there_and_the_entries_after_i
     assert replay.turns[1].text == PREAMBLE and replay.turns[1].end.tool_calls[0].name == "ledger__charge"
     assert await redis.hkeys(keys.journal(JOB)) == [b"1"], "the junk and the step after it are gone"
     assert "not JSON" in caplog.text and "removing 2 journal entries" in caplog.text
+
+
+async def test_a_tool_call_job_rerun_after_its_result_was_journaled_does_not_call_again(world):
+    redis, attempt, calls = world
+    request = {"server": "ledger", "tool": "charge", "arguments": {"amount": 7}}
+    first = await attempt(1, ToolLoop(redis), call_tool, request)
+    again = await attempt(2, ToolLoop(redis), call_tool, request)  # its worker died before arq stored it
+
+    assert first["aiResponse"] == again["aiResponse"] == f"{PREFIX} charged 7"
+    assert [c["key"] for c in calls()] == [f"{JOB}:1"], "the call that answered is not sent again"
+    events = await job_events(redis, JOB)
+    assert [(e.type, e.attempt) for e in events] == [
+        ("start", 1), ("tool_call", 1), ("tool_result", 1), ("done", 1), ("start", 2), ("done", 2),
+    ]  # fmt: skip
+    assert (await told(redis)).result().tool_calls[0].result == f"{PREFIX} charged 7"
