@@ -16,13 +16,14 @@ from fakeredis import FakeServer
 from fakeredis.aioredis import FakeAsyncRedisMixin
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError, NoPermissionError, RedisError, TimeoutError
 
 from shared import damaged, keys
 from shared.errors import QueueUnavailable, SettingsError
 from shared.logs import redact
-from shared.sentinel import is_sentinel_url, sentinel_pool
+from shared.sentinel import UnknownMaster, is_sentinel_url, sentinel_pool
 from shared.serializer import deserialize, serialize
 from shared.settings import MEMORY_URL
 
@@ -96,9 +97,13 @@ def connect(redis_url: str, **options: Any) -> ArqRedis:
     return redis
 
 
+class _QuickSentinelPool(QuickCheckout, SentinelConnectionPool):
+    """The Sentinel pool (shared/sentinel.py) with the same lock-free checkout."""
+
+
 def _pool(redis_url: str, options: dict[str, Any]) -> ConnectionPool:
     if is_sentinel_url(redis_url):  # the primary is whichever the Sentinels name now (shared/sentinel.py)
-        return sentinel_pool(redis_url, **options)
+        return sentinel_pool(redis_url, _QuickSentinelPool, **options)
     return QuickCheckout.from_url(redis_url, **options)
 
 
@@ -153,6 +158,8 @@ async def check_access(redis_url: str) -> None:
         await probe_access(client)
     except NoPermissionError as e:
         raise QueueUnavailable(damaged.refused(e)) from None
+    except UnknownMaster as e:  # REDIS_URL names a master no Sentinel watches
+        raise QueueUnavailable(str(e)) from None
     except (RedisError, OSError) as e:
         if (line := tls_refusal(e, redis_url)) is not None:
             raise SettingsError(line) from None

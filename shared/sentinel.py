@@ -157,12 +157,14 @@ class _PrimaryConnection(SentinelManagedConnection):
             self.retry = retry
 
 
-def sentinel_pool(url: str, **connection_kwargs: Any) -> SentinelConnectionPool:
+def sentinel_pool(
+    url: str, pool_class: type[SentinelConnectionPool] = SentinelConnectionPool, **connection_kwargs: Any
+) -> SentinelConnectionPool:
     """A pool whose every new connection goes to the primary the Sentinels name at that moment; a
     connection that breaks, or finds its server demoted to a replica (READONLY), reconnects the same way."""
     parsed = parse_sentinel_url(url)
     sentinels = _Sentinels(parsed)
-    return SentinelConnectionPool(
+    return pool_class(
         parsed.master, sentinels, db=parsed.db, username=parsed.username, password=parsed.password,
         connection_class=_PrimaryConnection, **connection_kwargs,
     )  # fmt: skip
