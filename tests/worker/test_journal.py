@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -24,6 +25,7 @@ from shared.connection import connect
 from shared.events import TokenUsage
 from shared.settings import load_settings
 from shared.tool_client import ToolServers
+from shared.tool_config import ToolServerConfig
 from worker import accounting, journal
 from worker.job import WorkerState, call_tool, chat
 from worker.providers import ModelCall, Provider, StreamEnd, ToolCall
@@ -230,3 +232,30 @@ async def test_a_tool_call_job_rerun_after_its_result_was_journaled_does_not_cal
         ("start", 1), ("tool_call", 1), ("tool_result", 1), ("done", 1), ("start", 2), ("done", 2),
     ]  # fmt: skip
     assert (await told(redis)).result().tool_calls[0].result == f"{PREFIX} charged 7"
+
+
+def readme_payments_server(tmp_path: Path) -> tuple[Path, Path]:
+    """The README's deduping tool as a stdio server file, its `bill` writing one x per charge."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n### Durable tool loops", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    server, bills = tmp_path / "payments.py", tmp_path / "bills"
+    server.write_text(
+        f"def bill(customer, cents):\n    open({str(bills)!r}, 'a').write('x')\n    return 'R1'\n\n"
+        f"{example}\nmcp.run('stdio')\n"
+    )
+    return server, bills
+
+
+async def test_the_readmes_deduping_tool_charges_once_per_idempotency_key(tmp_path):
+    server, bills = readme_payments_server(tmp_path)
+    servers = ToolServers({"payments": ToolServerConfig(command=sys.executable, args=[str(server)])})
+    try:
+        answers = [
+            await servers.call("payments", "charge", {"customer": "ada", "cents": 250}, idempotency_key=key)
+            for key in ("job-1:2", "job-1:2", "job-1:4")
+        ]
+    finally:
+        await servers.aclose()
+    assert [a.text for a in answers] == ["charged ada 250 cents, receipt R1"] * 3
+    assert bills.read_text() == "xx", "the same step sent again charged nothing; another step did"
