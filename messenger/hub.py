@@ -32,6 +32,7 @@ class EventHub:
         self._connected = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._subscribe_lock = asyncio.Lock()  # concurrent first subscribes would each open a connection
+        self._reads = 0  # messages read so far: a reader that reads is alive, however far behind
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read(), name="event-hub")
@@ -62,7 +63,7 @@ class EventHub:
                     await self._pubsub.subscribe(channel)
             pending = self._confirmations.get(channel)
             if pending is not None:
-                await asyncio.wait_for(asyncio.shield(pending), SUBSCRIBE_TIMEOUT)
+                await self._confirmed(pending)
             yield queue
         finally:
             followers.discard(queue)
@@ -71,6 +72,18 @@ class EventHub:
                 self._confirmations.pop(channel, None)
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.unsubscribe(channel)
+
+    async def _confirmed(self, pending: asyncio.Future[None]) -> None:
+        """Wait for Redis to confirm a subscription for as long as the reader keeps reading: a busy
+        messenger (2,000 callers subscribing at once) is slow to reach the confirmation, not broken;
+        SUBSCRIBE_TIMEOUT with not one message read is a stuck connection, and fails the caller."""
+        while True:
+            read = self._reads
+            try:
+                return await asyncio.wait_for(asyncio.shield(pending), SUBSCRIBE_TIMEOUT)
+            except TimeoutError:
+                if self._reads == read:
+                    raise
 
     async def _on_reconnect(self, _connection) -> None:
         log.warning("event subscription reconnected; %d jobs re-read their streams", len(self._followers))
@@ -93,6 +106,7 @@ class EventHub:
                 continue
             if message is None:
                 continue
+            self._reads += 1
             channel = message["channel"].decode()
             if message["type"] == "message":
                 for queue in self._followers.get(channel, ()):
