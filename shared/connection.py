@@ -16,14 +16,13 @@ from fakeredis import FakeServer
 from fakeredis.aioredis import FakeAsyncRedisMixin
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError, NoPermissionError, RedisError, TimeoutError
 
 from shared import damaged, keys
 from shared.errors import QueueUnavailable, SettingsError
 from shared.logs import redact
-from shared.sentinel import UnknownMaster, is_sentinel_url, sentinel_pool
+from shared.sentinel import FollowingPool, UnknownMaster, is_sentinel_url, sentinel_pool
 from shared.serializer import deserialize, serialize
 from shared.settings import MEMORY_URL
 
@@ -97,7 +96,7 @@ def connect(redis_url: str, **options: Any) -> ArqRedis:
     return redis
 
 
-class _QuickSentinelPool(QuickCheckout, SentinelConnectionPool):
+class _QuickSentinelPool(QuickCheckout, FollowingPool):
     """The Sentinel pool (shared/sentinel.py) with the same lock-free checkout."""
 
 

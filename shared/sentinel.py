@@ -10,7 +10,10 @@ without one. A port left out is Sentinel's 26379.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -34,6 +37,9 @@ _NAME = re.compile(
 _HOST = re.compile(r"\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9_.-]+)")
 # a Sentinel that does not answer within this is skipped for the next one (they answer in microseconds)
 SENTINEL_TIMEOUT_SECONDS = 2.0
+FOLLOW_SECONDS = 1.0  # how often a process asks whether the primary changed (one SENTINEL MASTERS)
+
+log = logging.getLogger("mcpq.sentinel")
 
 
 @dataclass(frozen=True)
@@ -152,13 +158,58 @@ class _PrimaryConnection(SentinelManagedConnection):
     async def connect(self):
         retry, self.retry = self.retry, Retry(NoBackoff(), 0)
         try:
-            return await retry.call_with_retry(self._connect_retry, lambda _error: asyncio.sleep(0))
+            await retry.call_with_retry(self._connect_retry, lambda _error: asyncio.sleep(0))
         finally:
             self.retry = retry
+        pool = self.connection_pool
+        if hasattr(pool, "follow"):  # a FollowingPool, through the weak proxy redis-py keeps
+            pool.follow()
+
+
+class FollowingPool(SentinelConnectionPool):
+    """Asks the Sentinels every FOLLOW_SECONDS which Redis is the primary, and when they name another,
+    drops every connection to the old one, those waiting for a reply too. A primary that stops
+    answering without closing its connections (a machine lost, a network cut, a frozen VM) would
+    otherwise keep every command and subscription waiting on it for as long as TCP takes to notice
+    (hours), whatever the Sentinels decided."""
+
+    _watcher: asyncio.Task[None] | None = None
+
+    def follow(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(
+                _follow(weakref.ref(self)), name="sentinel"
+            )
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        if inuse_connections and self._watcher is not None:  # the pool is being closed
+            self._watcher.cancel()
+        await super().disconnect(inuse_connections)
+
+    async def leave(self, address: tuple[str, int]) -> None:
+        old, self.master_address = self.master_address, address
+        was = f"{old[0]}:{old[1]}" if old else "?"
+        log.warning("the Sentinels name %s:%s the primary now, not %s; reconnecting", *address, was)
+        for connection in [*self._available_connections, *self._in_use_connections]:
+            if (getattr(connection, "host", None), getattr(connection, "port", None)) != tuple(address):
+                await connection.disconnect(nowait=True)
+
+
+async def _follow(pool_ref: weakref.ref[FollowingPool]) -> None:
+    while True:
+        await asyncio.sleep(FOLLOW_SECONDS)
+        pool = pool_ref()
+        if pool is None:
+            return
+        with contextlib.suppress(RedisError, OSError):  # none answered, or a failover under way
+            address = await pool.sentinel_manager.discover_master(pool.service_name)
+            if pool.master_address is not None and tuple(address) != tuple(pool.master_address):
+                await pool.leave(address)
+        del pool
 
 
 def sentinel_pool(
-    url: str, pool_class: type[SentinelConnectionPool] = SentinelConnectionPool, **connection_kwargs: Any
+    url: str, pool_class: type[SentinelConnectionPool] = FollowingPool, **connection_kwargs: Any
 ) -> SentinelConnectionPool:
     """A pool whose every new connection goes to the primary the Sentinels name at that moment; a
     connection that breaks, or finds its server demoted to a replica (READONLY), reconnects the same way."""

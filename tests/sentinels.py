@@ -1,6 +1,6 @@
 """A Redis primary and its replicas (all with AOF) watched by three Sentinels, on loopback ports of
-their own, for failover tests and benches: SIGKILL the primary, then wait until the Sentinels have
-promoted a replica and every replica left follows it.
+their own, for failover tests and benches: SIGKILL (or SIGSTOP) the primary, then wait until the
+Sentinels have promoted a replica and every replica left follows it.
 
 Sentinel's clocks are turned down (down after 1 s, failover timeout 3 s) so a failover takes seconds.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -93,6 +94,7 @@ class SentinelCluster:
             for n in range(1, replicas + 1)
         ]
         self.sentinels = [SentinelProcess(tmp, self.nodes[0].port) for _ in range(3)]
+        self.frozen: list[RedisServer] = []
 
     def _dir(self, n: int) -> Path:
         path = self.tmp / f"redis-{n}"
@@ -135,6 +137,15 @@ class SentinelCluster:
         node.proc.wait(10)
         return node
 
+    def freeze_primary(self) -> RedisServer:
+        """SIGSTOP the primary: it keeps its connections open and answers nothing, as a machine lost or
+        cut off does; answers the node frozen."""
+        node = self.primary()
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGSTOP)
+        self.frozen.append(node)
+        return node
+
     def wait_for_failover(self, old: RedisServer, timeout: float = 30) -> RedisServer:
         """Wait until every live Sentinel names a new primary that answers as one, and every live replica
         follows it; answers the new primary."""
@@ -152,7 +163,11 @@ class SentinelCluster:
 
         new = wait_until(promoted, timeout, f"a failover away from port {old.port}")
         assert isinstance(new, RedisServer)
-        live = [n for n in self.nodes if n is not new and n.proc is not None and n.proc.poll() is None]
+        live = [
+            n
+            for n in self.nodes
+            if n is not new and n not in self.frozen and n.proc and n.proc.poll() is None
+        ]
         self._wait_replicated(new, len(live), timeout)
         return new
 
@@ -171,6 +186,9 @@ class SentinelCluster:
     def stop(self) -> None:
         for sentinel in self.sentinels:
             sentinel.kill()
+        for node in self.frozen:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.kill()  # a stopped process would not act on SIGTERM
         for node in self.nodes:
             node.stop()
 
