@@ -204,7 +204,7 @@ class EventWrites:
             replies: list | BaseException
             try:
                 replies = await pipe.execute(raise_on_error=False)
-            except (RedisError, OSError) as e:  # every event of the batch is unstored; the next may land
+            except Exception as e:  # each waiting event gets it: none may wait for ever
                 replies = e
             at = 0
             for _, _, expire, future in batch:
@@ -250,7 +250,7 @@ class SessionEvents(EventStore):
             self.expiry_set[stream_id] = now
         try:
             entry = await self.writes.add(key, {"m": body, "r": self.replica}, expire)
-        except (RedisError, OSError) as e:  # the live stream goes on; only resuming from here is lost
+        except Exception as e:  # the live stream goes on; only resuming from here is lost
             log.warning("session %s: an event not stored (Redis: %s)", self.session_id[:12], type(e).__name__)
             entry = "0-0"  # names no entry: a Last-Event-ID of it gets 404
         return f"{stream_id}/{entry}{job_label(message)}"

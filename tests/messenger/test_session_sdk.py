@@ -15,6 +15,7 @@ import json
 
 import anyio
 import httpx2
+import pytest
 import redis as sync_redis
 from mcp.server import runner
 from mcp.server.connection import Connection
@@ -309,7 +310,9 @@ async def test_events_of_many_streams_go_out_together_each_stream_in_order(redis
     assert pipelines <= 11, pipelines  # 200 events: about one pipeline per round of the 20 streams
 
 
-async def test_a_failed_event_write_fails_its_events_and_the_next_one_lands(redis, monkeypatch):
+@pytest.mark.parametrize("error", [RedisConnectionError("Redis went away"), RuntimeError("a bug")])
+async def test_a_failed_event_write_fails_its_events_and_the_next_one_lands(redis, monkeypatch, error):
+    """No event waits for ever: whatever the write raised, each event of it gets it."""
     writes = EventWrites(redis)
     make = redis.pipeline
 
@@ -317,7 +320,7 @@ async def test_a_failed_event_write_fails_its_events_and_the_next_one_lands(redi
         pipe = make(*args, **kwargs)
 
         async def refuse(*_a, **_k):
-            raise RedisConnectionError("Redis went away")
+            raise error
 
         pipe.execute = refuse
         return pipe
@@ -326,7 +329,7 @@ async def test_a_failed_event_write_fails_its_events_and_the_next_one_lands(redi
     results = await asyncio.gather(
         *(writes.add("s", {"m": "x"}, None) for _ in range(3)), return_exceptions=True
     )
-    assert all(isinstance(r, RedisConnectionError) for r in results)
+    assert all(r is error for r in results)
     monkeypatch.setattr(redis, "pipeline", make)
     entry = await writes.add("s", {"m": "y"}, None)
     assert [i.decode() for i, _ in await redis.xrange("s")] == [entry]
