@@ -103,7 +103,12 @@ def seen_by_tenant(report: dict) -> dict:
 
 async def health(runtime: Runtime) -> dict:
     """Redis, live workers, queue depth and provider reachability, as one JSON-able dict."""
-    settings = runtime.settings
+    rows = mcp_server_rows(runtime) if runtime.settings.mcp_servers else []
+    return await report(runtime.settings, runtime.redis, rows)
+
+
+async def report(settings: Settings, redis, mcp_rows: list[dict] | None = None) -> dict:
+    """health() for a caller without a Runtime (the CLI reads Redis without starting the server)."""
     out: dict = {
         "mode": "embedded" if settings.embedded else "redis",
         "redis": {"url": redacted(settings.redis_url), "ok": False},
@@ -111,30 +116,75 @@ async def health(runtime: Runtime) -> dict:
     }
     try:
         t0 = time.perf_counter()
-        await runtime.redis.ping()
+        await redis.ping()
         out["redis"].update(ok=True, latency_ms=round((time.perf_counter() - t0) * 1000, 2))
     except Exception as e:
         out["redis"]["error"] = redact(f"{type(e).__name__}: {e}")
         out["status"] = "down"
         return out
-    workers = await live_workers(runtime.redis)
+    workers = await live_workers(redis)
     out["workers"] = worker_rows(workers)
-    out["queue_depth"] = await runtime.jobs.queue_depth()
-    if models_capacity := await capacity(runtime.redis, settings, workers):
+    out["queue_depth"], out["running"] = await queue_counts(redis, workers)
+    if models_capacity := await capacity(redis, settings, workers):
         out["capacity"] = models_capacity  # MODEL_LIMITS, waiting jobs, 429s and cool-downs per model
-    provider_errors = [w["provider_error"] for w in out["workers"] if w["provider_error"]]
-    out["provider_reachable"] = bool(workers) and len(provider_errors) < len(workers)
-    if provider_errors:
-        out["provider_error"] = provider_errors[0]
-    if settings.mcp_servers:
+    out["providers"] = providers(workers)
+    down = {name: p for name, p in out["providers"].items() if not p["reachable"]}
+    out["provider_reachable"] = not down if workers else None  # None: no worker to ask
+    if down:
+        out["provider_error"] = next(iter(down.values()))["error"]
+    if mcp_rows:
         out["mcp_servers"] = {
             row.pop("name"): {k: len(v) if k == "tools" else v for k, v in row.items() if k != "transport"}
-            for row in mcp_server_rows(runtime)
+            for row in mcp_rows
         }
-    out["status"] = "ok" if workers and out["provider_reachable"] else "degraded"
+    out["status"] = "ok" if workers and not down else "degraded"
     if not workers:
-        out["problem"] = "no live workers: queued jobs wait until a `worker` process starts"
+        out["problem"] = "no live worker: queued jobs wait until a `worker` process starts"
+    elif down:
+        name, p = next(iter(down.items()))
+        ago = f", {p['seen_s_ago']:g} s ago" if p["seen_s_ago"] is not None else ""
+        out["problem"] = f"provider {name} not reachable (worker {p['worker_id']}{ago}): {p['error']}"
     return out
+
+
+async def queue_counts(redis, workers: list[dict]) -> tuple[int, int]:
+    """(waiting, running). arq keeps a job in its queue while it runs, so the queue's size counts
+    both; the running ones are those a live worker's heartbeat holds."""
+    held = sorted({j for w in workers for j in (w.get("running_jobs") or {}) if isinstance(j, str)})
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.QUEUE)
+        for job_id in held:
+            pipe.zscore(keys.QUEUE, job_id)
+        size, *scores = await pipe.execute(raise_on_error=False)
+    for reply in (size, *scores):
+        if isinstance(reply, BaseException) and not damaged.wrong_type(reply):
+            raise reply  # a lost connection, no permission; a wrong-typed queue (junk) reads as empty
+    if not isinstance(size, int):
+        damaged.warn(keys.QUEUE)
+        size = 0
+    in_queue = sum(1 for s in scores if isinstance(s, int | float))
+    return max(size - in_queue, 0), len(held)
+
+
+def providers(workers: list[dict]) -> dict[str, dict]:
+    """Per provider, the newest call outcome any live worker saw: a failed call marks it down until
+    a call (on any worker) succeeds. A worker that has not called since it stopped working cannot
+    vouch for it, so the newest word wins rather than any worker without an error."""
+    now, newest = time.time(), {}
+    for w in workers:
+        name, seen = w.get("provider"), w.get("provider_seen_at")
+        seen = seen if isinstance(seen, int | float) else 0.0  # a worker from before this field
+        if isinstance(name, str) and (name not in newest or seen > newest[name][0]):
+            newest[name] = (seen, w)
+    return {
+        name: {
+            "reachable": not w.get("provider_error"),
+            "error": w.get("provider_error"),
+            "worker_id": w.get("worker_id"),
+            "seen_s_ago": round(max(now - seen, 0.0), 1) if seen else None,
+        }
+        for name, (seen, w) in sorted(newest.items())
+    }
 
 
 def mcp_server_rows(runtime: Runtime) -> list[dict]:

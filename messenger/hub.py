@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from redis.exceptions import RedisError
 
 from shared import keys
+from shared.connection import SERVICE, RetryPolicy
 
 log = logging.getLogger("messenger.hub")
 
@@ -24,8 +25,9 @@ KEEPALIVE_CHANNEL = keys.EVENTS_PREFIX + "~hub"  # "~" never occurs in a job id
 
 
 class EventHub:
-    def __init__(self, redis):
+    def __init__(self, redis, policy: RetryPolicy = SERVICE):
         self._redis = redis
+        self._policy = policy  # the pool's: a lost subscription is retried as patiently as a command
         self._pubsub = redis.pubsub()
         self._followers: dict[str, set[asyncio.Queue]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
@@ -92,17 +94,19 @@ class EventHub:
                 queue.put_nowait(RESYNC)
 
     async def _read(self) -> None:
-        backoff = 0.05
+        failures = 0
         while True:
             try:
                 if not self._connected.is_set():
                     await self._connect()
                 message = await self._pubsub.get_message(timeout=None)  # blocks; no timer per message
-                backoff = 0.05
+                failures = 0
             except (RedisError, OSError, RuntimeError) as e:
-                log.warning("event subscription lost (%s); retrying in %.2fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                failures += 1
+                delay = self._policy.delay(failures)
+                level = logging.WARNING if failures == 1 else logging.DEBUG  # one line per outage
+                log.log(level, "event subscription lost (%s); retrying until Redis answers", e)
+                await asyncio.sleep(delay)
                 continue
             if message is None:
                 continue

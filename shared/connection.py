@@ -8,16 +8,16 @@ refuses is one line naming the REDIS_URL parameter to fix, not a retry loop.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arq.connections import ArqRedis
-from fakeredis import FakeServer
-from fakeredis.aioredis import FakeAsyncRedisMixin
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError, NoPermissionError, RedisError, TimeoutError
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, RedisError, TimeoutError
 
 from shared import damaged, keys
 from shared.errors import QueueUnavailable, SettingsError
@@ -26,7 +26,52 @@ from shared.sentinel import FollowingPool, UnknownMaster, is_sentinel_url, senti
 from shared.serializer import deserialize, serialize
 from shared.settings import MEMORY_URL
 
+if TYPE_CHECKING:
+    from fakeredis import FakeServer
+
 _memory_server: FakeServer | None = None
+
+
+class RetryPolicy(NamedTuple):
+    """How long one Redis command rides out a lost connection: redis-py retries it `retries` times,
+    waiting 0.05 s doubling up to `cap`; a hand loop (a subscription's reader) waits the same
+    (`delay`). One policy per process kind, not a loop of ours around redis-py's retries."""
+
+    retries: int
+    cap: float
+    connect_timeout: float | None  # seconds for one TCP (and TLS) connect; None: the OS's (minutes)
+
+    def delay(self, failures: int) -> float:
+        return ExponentialBackoff(cap=self.cap, base=0.05).compute(failures)
+
+
+SERVICE = RetryPolicy(retries=8, cap=2.0, connect_timeout=None)  # servers, workers: outlive a restart
+COMMAND = RetryPolicy(retries=1, cap=0.25, connect_timeout=1.5)  # a CLI command: answer within seconds
+
+
+class _Retry(Retry):
+    """redis-py's Retry, except that a refused password or user is final: retrying it only delays
+    the one line that says so (nested in redis-py's connect, it took minutes)."""
+
+    async def call_with_retry(self, do, fail):
+        async def once():
+            try:
+                return await do()
+            except AuthenticationError as e:
+                with contextlib.suppress(Exception):
+                    await fail(e)
+                raise _Final(e) from None
+
+        try:
+            return await super().call_with_retry(once, fail)
+        except _Final as final:
+            error = final.error
+        raise error  # outside the except: the error's context stays its own (no cycle through _Final)
+
+
+class _Final(Exception):
+    def __init__(self, error: Exception):
+        self.error = error
 
 
 class QuickCheckout(ConnectionPool):
@@ -62,28 +107,37 @@ def _clean(connection) -> bool:
     return parser is not None and hasattr(parser, "has_data") and not parser.has_data()
 
 
-# fakeredis's mixin narrows `from_url`, which this class never calls
-class _MemoryArqRedis(FakeAsyncRedisMixin, ArqRedis):  # pyright: ignore[reportIncompatibleMethodOverride]
-    """ArqRedis whose connections go to an in-process fakeredis server."""
+@functools.cache
+def _memory_arq_redis() -> type[ArqRedis]:
+    from fakeredis.aioredis import FakeAsyncRedisMixin  # only embedded mode pays for fakeredis
+
+    # fakeredis's mixin narrows `from_url`, which this class never calls
+    class MemoryArqRedis(FakeAsyncRedisMixin, ArqRedis):  # pyright: ignore[reportIncompatibleMethodOverride]
+        """ArqRedis whose connections go to an in-process fakeredis server."""
+
+    return MemoryArqRedis
 
 
 def memory_server() -> FakeServer:
     global _memory_server
     if _memory_server is None:
+        from fakeredis import FakeServer
+
         _memory_server = FakeServer()
     return _memory_server
 
 
-def connect(redis_url: str, **options: Any) -> ArqRedis:
-    """An arq pool for `redis_url`; connections are made lazily and retried with backoff. `options`
+def connect(redis_url: str, policy: RetryPolicy = SERVICE, **options: Any) -> ArqRedis:
+    """An arq pool for `redis_url`; connections are made lazily and retried by `policy`. `options`
     (redis-py connection arguments) replace the defaults, e.g. for a one-shot start-up probe."""
     if redis_url == MEMORY_URL:
-        redis: ArqRedis = _MemoryArqRedis(server=memory_server())
+        redis: ArqRedis = _memory_arq_redis()(server=memory_server())
     else:
         options = {
             # OSError too: a refused connect (Redis restarting) is a builtin ConnectionRefusedError
-            "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+            "retry": _Retry(ExponentialBackoff(cap=policy.cap, base=0.05), retries=policy.retries),
             "retry_on_error": [ConnectionError, TimeoutError, OSError],
+            "socket_connect_timeout": policy.connect_timeout,
             "socket_keepalive": True,
             "health_check_interval": 15,
             "lib_name": None,  # no CLIENT SETINFO: the least-privilege ACL user is granted no CLIENT
@@ -114,8 +168,12 @@ def redacted(redis_url: str) -> str:
 def tls_refusal(error: BaseException, redis_url: str) -> str | None:
     """One line naming what to fix in REDIS_URL when `error` is a refused TLS handshake, else None."""
     cause: BaseException | None = error
-    while cause is not None and not isinstance(cause, ssl.SSLError):
+    seen: set[int] = set()  # a chain can loop (an error re-raised in its own handler)
+    while cause is not None and not isinstance(cause, ssl.SSLError) and id(cause) not in seen:
+        seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
+    if cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = None
     if cause is None:
         return None
     at = f"Redis at {redacted(redis_url)}"  # a space after it: redaction masks a query up to one

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 
+from shared.arguments import Parser, Version, positive
 from shared.errors import SettingsError
 from shared.exits import WRONG_INPUT, failure
 from shared.logs import setup_logging
@@ -25,17 +26,20 @@ EXIT_CODES = """exit codes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="worker",
         description="Run an mcp-queue worker (arq) against REDIS_URL.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--concurrency", type=int, help="jobs at once (default: WORKER_CONCURRENCY)")
+    parser.add_argument("--version", action=Version)
+    parser.add_argument(
+        "--concurrency", type=positive(int), help="jobs at once (default: WORKER_CONCURRENCY)"
+    )
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
     try:
-        overrides = {"worker_concurrency": args.concurrency} if args.concurrency else {}
+        overrides = {"worker_concurrency": args.concurrency} if args.concurrency is not None else {}
         settings = load_settings(**overrides)
     except SettingsError as e:
         print(f"worker: {e.message}", file=sys.stderr)

@@ -30,6 +30,7 @@ def heartbeat(state: WorkerState, started_at: float) -> dict:
         "pid": os.getpid(),
         "provider": state.provider.name,
         "provider_error": state.provider_error,
+        "provider_seen_at": round(state.provider_seen_at, 3),
         "concurrency": state.settings.worker_concurrency,
         "running_jobs": dict(state.running),
         "jobs_done": state.jobs_done,

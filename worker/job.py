@@ -55,7 +55,8 @@ class WorkerState:
     writer: EventWriter
     running: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     jobs_done: int = 0
-    provider_error: str | None = None
+    provider_error: str | None = None  # the last call's outcome: down until a call succeeds
+    provider_seen_at: float = 0.0  # unix time of that outcome (health trusts the newest across workers)
     defaults: dict[str, ModelDefaults] = field(default_factory=dict)  # tenant -> its defaults over the global
     defaults_read_at: float = float("-inf")  # monotonic; -inf: read before the next job
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
@@ -65,6 +66,9 @@ class WorkerState:
     def __post_init__(self) -> None:
         self.metrics.watch_running(lambda: len(self.running))
         self.capacity = Capacity(self.settings)
+
+    def provider_said(self, error: str | None) -> None:
+        self.provider_error, self.provider_seen_at = error, time.time()
 
     async def model_defaults(self, redis, tenant: str = OPERATOR) -> ModelDefaults:
         """configure_ai_model's defaults for this tenant: its own over the global ones."""
@@ -173,7 +177,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         except McpQueueError as e:  # the provider, a tool server, or a stop (rounds, budget, Redis)
             if isinstance(e, ProviderError):
                 # (a job out of time for MODEL_LIMITS is no fault of the provider's: health stays clear)
-                state.provider_error = e.message if e.retryable and getattr(e, "upstream", True) else None
+                state.provider_said(e.message if e.retryable and getattr(e, "upstream", True) else None)
             return await run.end("failed", e.message)
         except TimeoutError:
             what = "the model call and its tool calls" if run.tool_calls else "the model call"
@@ -184,7 +188,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             if not await asyncio.shield(run.redis.exists(keys.cancel(run.job_id))):
                 raise  # shutdown: arq puts the job back and another worker runs it again
             return await run.end("cancelled", "cancelled by request")
-        state.provider_error = None
+        state.provider_said(None)
         if end is None or not run.text:  # never report an empty answer as a success
             return await run.end(
                 "failed", f"the provider returned an empty answer (finish_reason={run.finish_reason})"

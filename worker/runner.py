@@ -48,7 +48,7 @@ async def startup(ctx: dict) -> None:
         metrics=WorkerMetrics(ctx.get("metrics_registry")),  # the messenger's, in embedded mode
         tool_servers=ToolServers(settings.mcp_servers, settings.tool_call_timeout_seconds),
     )
-    state.provider_error = await provider.check()
+    state.provider_said(await provider.check())
     if state.provider_error:
         log.warning("provider %s not reachable yet: %s", provider.name, state.provider_error)
     ctx["mcpq"] = state

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import JobNotFound, ProviderError, QueueFull, Refused, SettingsError
 from shared.exits import FAILED, WRONG_INPUT, failure
@@ -40,7 +41,26 @@ def test_a_validation_error_reads_like_ours():
 def test_redis_away_names_the_url_without_its_password():
     line, code = failure(RedisConnectionError("Error 111 connecting to db:6379."), URL)
     assert code == FAILED
-    assert line == "cannot reach Redis at redis://***@db:6379/0: Error 111 connecting to db:6379."
+    assert line == (
+        "cannot reach Redis at redis://***@db:6379/0: Error 111 connecting to db:6379 "
+        "(is redis-server running? check REDIS_URL)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (AuthenticationError("Authentication required."), "requires a password and REDIS_URL gives none"),
+        (AuthenticationError("invalid username-password pair or user is disabled."), "refused the user or password in REDIS_URL"),
+        (NoPermissionError("this user has no permissions to run the 'zadd' command"), "the Redis user in REDIS_URL may not"),
+        (RedisConnectionError("Error 1 connecting to db:6379. [SSL: WRONG_VERSION_NUMBER] wrong version number"), "TLS to Redis at"),
+        (RedisTimeoutError("Timeout connecting to server"), "did not answer in time: check the host and port in REDIS_URL"),
+        (RedisConnectionError("Error 111 connecting to db:6379. Connect call failed ('db', 6379)."), ": connection refused (is redis-server running?"),
+    ],
+)  # fmt: skip
+def test_each_way_redis_can_refuse_us_is_one_line_naming_redis_url(error, says):
+    line, code = failure(error, URL)
+    assert code == FAILED and says in line and "REDIS_URL" in line and "hunter2" not in line, line
 
 
 def test_anything_else_is_still_one_line():
