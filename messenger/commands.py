@@ -12,8 +12,8 @@ import sys
 
 from messenger.collector import Transcript
 from messenger.health import capacity, live_workers, report
-from messenger.jobs import JobClient
-from messenger.operate import full_id, resubmit
+from messenger.job_ids import full_id
+from messenger.jobs import JobClient, retry_job
 from messenger.queue import ANONYMOUS
 from shared.events import Event, ToolCallEvent, ToolResultEvent
 from shared.models import ChatRequest, JobResult
@@ -169,7 +169,7 @@ async def cancel(jobs: JobClient, args) -> int:
 
 
 async def retry(jobs: JobClient, args) -> int:
-    print(await resubmit(jobs, await full_id(jobs, args.job_id)))
+    print(await retry_job(jobs, await full_id(jobs, args.job_id)))
     return 0
 
 

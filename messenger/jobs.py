@@ -21,7 +21,7 @@ from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay,
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
-from shared import damaged, keys
+from shared import damaged, dead_letter, keys
 from shared.errors import InvalidRequest, JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, CapacityWait, ChatRequest, JobResult, JobStatus, ToolCallRequest
@@ -301,24 +301,35 @@ RETRIABLE = frozenset({"failed", "cancelled"})
 
 
 async def retry_job(jobs: JobClient, job_id: str, reader: str | None = None) -> str:
-    """Queue a failed or cancelled job's request again as a new job of the same tenant; answers the new
-    id. The one retry behind the dashboard's button and `messenger retry`; `reader` as for get()."""
+    """Queue a failed, cancelled or dead-lettered job's request again as a new job of the same
+    tenant; answers the new id. The one retry behind the dashboard's button and `messenger retry`;
+    `reader` as for get()."""
     job = await jobs.get(job_id, reader)
     if job.status not in RETRIABLE:
         raise InvalidRequest(f"job {job_id} is {job.status}: only a failed or cancelled job can be retried")
-    raw = await jobs.redis.get(keys.result(job_id))
     try:
-        info = deserialize_result(raw, deserializer=deserialize)
-        request = {"chat": ChatRequest, "call_tool": ToolCallRequest}[info.function].model_validate(
-            info.args[0]
-        )
-    except Exception:  # no result record, or one without a runnable request (a dead-lettered entry)
+        function, args = await _queued_with(jobs.redis, job_id)
+        request = {"chat": ChatRequest, "call_tool": ToolCallRequest}[function].model_validate(args[0])
+    except Exception:  # no result record, or one without a runnable request
         raise InvalidRequest(
             f"job {job_id}'s request is not kept in a form that can run again (see `messenger dead`)"
         ) from None
     owner = (await read_job(jobs.redis, job_id)).owner or OPERATOR
     owner = owner if TENANT_NAME.fullmatch(owner) and owner != UNOWNED else reader or OPERATOR
     return await jobs.queue.submit(request, caller=owner)
+
+
+async def _queued_with(redis, job_id: str) -> tuple[str, list]:
+    """The function and arguments a job was queued with: from arq's result record, or for a
+    dead-lettered job (whose record keeps none) from its dead-letter entry, when kept whole."""
+    info = deserialize_result(await redis.get(keys.result(job_id)), deserializer=deserialize)
+    if info.args:
+        return info.function, list(info.args)
+    for entry in await dead_letter.list_dead(redis, keys.DEAD_LETTER_KEPT):
+        if entry.job_id == job_id and not entry.raw_truncated:
+            function, args, *_ = deserialize_job_raw(entry.raw.encode(), deserializer=deserialize)
+            return function, list(args)
+    raise LookupError(job_id)
 
 
 _LOST_ANSWER = (

@@ -112,7 +112,7 @@ def test_every_command_without_the_password_says_redis_requires_one(guarded):
 def test_a_refused_password_or_user_and_tls_redis_does_not_speak_are_one_line(guarded):
     cases = [
         ("redis://:wrong-{p}@127.0.0.1:{port}/0", "refused the user or password in REDIS_URL"),
-        ("redis://narrow:{p}@127.0.0.1:{port}/0", "the Redis user in REDIS_URL may not"),
+        ("redis://narrow:{p}@127.0.0.1:{port}/0", "the Redis user in REDIS_URL lacks a permission"),
         ("rediss://:{p}@127.0.0.1:{port}/0", "TLS"),  # TLS asked of a Redis that speaks plain TCP
     ]
     procs = [

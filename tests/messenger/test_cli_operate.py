@@ -17,8 +17,8 @@ import pytest
 from messenger.health import providers, queue_counts, report
 from messenger.hub import EventHub
 from messenger.install import install
-from messenger.jobs import JobClient
-from messenger.operate import full_id, resubmit
+from messenger.job_ids import full_id
+from messenger.jobs import JobClient, retry_job
 from messenger.queue import JobQueue
 from shared import dead_letter, keys
 from shared.errors import InvalidRequest, JobNotFound
@@ -50,14 +50,14 @@ async def test_a_unique_prefix_names_its_job_and_a_short_or_shared_one_is_refuse
 async def test_a_cancelled_job_runs_again_under_a_new_id_for_its_own_tenant(jobs):
     await jobs.queue.submit(ChatRequest(message="again", model="mock-1"), caller="tenant-a", job_id="job-one")
     assert (await jobs.cancel("job-one")).status == "cancelled"
-    new_id = await resubmit(jobs, "job-one")
+    new_id = await retry_job(jobs, "job-one")
     assert new_id != "job-one"
     assert (await jobs.get(new_id)).status == "queued"
     assert await jobs.redis.get(keys.owner(new_id)) == b"tenant-a"
-    with pytest.raises(InvalidRequest, match="is queued: only a failed, cancelled or dead job runs again"):
-        await resubmit(jobs, new_id)
+    with pytest.raises(InvalidRequest, match="is queued: only a failed or cancelled job can be retried"):
+        await retry_job(jobs, new_id)
     with pytest.raises(JobNotFound):
-        await resubmit(jobs, "never-was")
+        await retry_job(jobs, "never-was")
 
 
 async def test_a_dead_job_runs_again_from_its_dead_letter_entry_and_is_found_by_prefix(jobs):
@@ -66,7 +66,7 @@ async def test_a_dead_job_runs_again_from_its_dead_letter_entry_and_is_found_by_
     assert await dead_letter.bury(jobs.redis, b"deadbeef-1", raw, "a worker died on it", function="chat")
     await jobs.redis.zrem(keys.RECENT_JOBS, "deadbeef-1")  # known only to the dead letters now
     assert await full_id(jobs, "deadbeef") == "deadbeef-1"
-    new_id = await resubmit(jobs, "deadbeef-1")
+    new_id = await retry_job(jobs, "deadbeef-1")
     assert (await jobs.get(new_id)).status == "queued"
 
 
