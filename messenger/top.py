@@ -12,6 +12,7 @@ from messenger.health import report
 from messenger.jobs import JobClient
 from shared import damaged, keys
 from shared.errors import JobNotFound
+from shared.tokens import estimate_tokens
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: every terminal since the VT100
 JOBS_SHOWN = 20
@@ -80,7 +81,7 @@ async def _job_line(jobs: JobClient, job_id: str, worker: str | None, now: float
     except JobNotFound:
         return f"{job_id[:14]:14} {'gone':9}"
     created_ms, _ = await jobs.timeline(job_id)
-    tokens = job.usage.completion_tokens
+    tokens = job.usage.completion_tokens or estimate_tokens(job.ai_response)  # running: no usage yet
     since, before = seen.get(job_id, (created_ms / 1000, 0))
     rate = (tokens - before) / (now - since) if now > since and job.status == "running" else 0.0
     if job.status == "running":
