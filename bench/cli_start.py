@@ -131,11 +131,16 @@ def main() -> None:
         finally:
             guarded.terminate()
             plain.stop()
+    started = figures["start_up"]["jobs"]["median_s"]  # what any command takes here to start at all
+    for row in figures["refusals"].values():
+        row["beyond_start_up_s"] = round(row["slowest_s"] - started, 2)
     print(json.dumps(figures, indent=2))
     worst = max(v["ratio"] for k, v in figures["start_up"].items() if k != "floor")
     slowest = max(v["slowest_s"] for v in figures["refusals"].values())
+    beyond = max(v["beyond_start_up_s"] for v in figures["refusals"].values())
     print(
-        f"start-up: worst ratio to the floor {worst} (target ≤ 1.5); slowest refusal {slowest} s (target ≤ 5)"
+        f"start-up: worst ratio to the floor {worst} (target ≤ 1.5); slowest refusal {slowest} s, "
+        f"{beyond} s of it past start-up (target ≤ 5 s in all; load stretches start-up, not the wait)"
     )
 
 
