@@ -51,7 +51,11 @@ def run(args: list[str], redis_url: str) -> subprocess.CompletedProcess:
 def run_all(commands: list[list[str]], redis_url: str) -> list[subprocess.CompletedProcess]:
     """Side by side: the suite pays for the slowest, not the sum."""
     procs = [(args, start(args, redis_url)) for args in commands]
-    ended = [(args, p, p.communicate(timeout=90)) for args, p in procs]
+    try:
+        ended = [(args, p, p.communicate(timeout=90)) for args, p in procs]
+    finally:
+        for _, p in procs:  # a command that hangs fails the test and is not left running
+            p.kill()
     return [subprocess.CompletedProcess(args, p.returncode, *out) for args, p, out in ended]
 
 
