@@ -96,8 +96,12 @@ async def test_json_logs_and_worker_metrics_match_the_jobs_run_and_hold_no_secre
 
 
 async def test_messenger_metrics_count_tool_calls_and_a_traceparent_header_reaches_the_worker(
-    redis_server, redis_url, workers, tmp_path
+    redis_server, redis_url, workers, tmp_path, monkeypatch
 ):
+    # a client that traces by header only: once another test in this process has set an OpenTelemetry
+    # SDK provider, the SDK's client would also put its own (new) trace into every request's _meta,
+    # and _meta wins over the header
+    monkeypatch.setattr("mcp.shared.jsonrpc_dispatcher.inject_trace_context", lambda meta: None)
     worker_port = free_port()
     workers.start(redis_url, LOG_FORMAT="json", WORKER_METRICS_PORT=str(worker_port))
     calls = 4
