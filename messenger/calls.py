@@ -3,7 +3,6 @@ failures and job endings read to the caller."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -18,7 +17,6 @@ from messenger.tenants import Tenant, TooManyCredentials, tenants_for
 from shared import damaged
 from shared.connection import redacted, tls_refusal
 from shared.errors import McpQueueError, QueueUnavailable, validation_message
-from shared.events import ToolCallEvent, ToolResultEvent
 from shared.models import ChatRequest, JobResult
 from shared.sentinel import UnknownMaster
 from shared.settings import Settings
@@ -110,19 +108,6 @@ def final_answer(result: JobResult) -> JobResult:
             f"wait_for_job or get_job"
         )
     return result
-
-
-def tool_notice(event: ToolCallEvent | ToolResultEvent) -> str:
-    """A tool call or result as one bracketed progress line (like the queue's keep-alives)."""
-    if isinstance(event, ToolCallEvent):
-        arguments = (
-            json.dumps(event.arguments, ensure_ascii=False)
-            if isinstance(event.arguments, dict)
-            else event.arguments
-        )
-        return f"[tool call {event.server}/{event.tool} {arguments[:300]}]"
-    outcome = "error" if event.is_error else "result"
-    return f"[tool {outcome} {event.server}/{event.tool}: {event.result[:300]}]"
 
 
 def error_result(text: str) -> CallToolResult:

@@ -39,12 +39,21 @@ def _printer(out=sys.stdout):
             out.write(event.text)
             midline = not event.text.endswith("\n")
         elif isinstance(event, ToolCallEvent | ToolResultEvent):
-            from messenger.calls import tool_notice  # only when the model uses tools (imports mcp)
-
-            notice(tool_notice(event))
+            notice(_tool_notice(event))
         out.flush()
 
     return on_event
+
+
+def _tool_notice(event: ToolCallEvent | ToolResultEvent) -> str:
+    """A tool call or result as one bracketed line between the answer's tokens."""
+    if isinstance(event, ToolCallEvent):
+        arguments = event.arguments
+        if isinstance(arguments, dict):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        return f"[tool call {event.server}/{event.tool} {arguments[:300]}]"
+    outcome = "error" if event.is_error else "result"
+    return f"[tool {outcome} {event.server}/{event.tool}: {event.result[:300]}]"
 
 
 def _request(args) -> ChatRequest:

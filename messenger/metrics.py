@@ -2,22 +2,24 @@
 that counts tool calls and joins a caller's trace.
 
 One CollectorRegistry per Runtime, never the global default; in embedded mode the in-process worker
-writes its `mcpq_worker_*` metrics into the same registry, so one scrape shows both sides.
+writes its `mcpq_worker_*` metrics into the same registry, so one scrape shows both sides. The MCP and
+HTTP types are imported where the server uses them: `messenger ask` in embedded mode needs neither.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp_types import CallToolResult
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from starlette.requests import Request
-from starlette.responses import Response
 
 from messenger.health import capacity, live_workers
 from shared import tracing
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 MAX_TOOL_LABELS = 50  # a client calling made-up tool names cannot grow the label set without bound
 
@@ -89,6 +91,8 @@ class MessengerMetrics:
             except BaseException:
                 self.requests.labels(tool, "error").inc()
                 raise
+        from mcp_types import CallToolResult
+
         failed = isinstance(result, CallToolResult) and result.is_error
         failed = failed or (isinstance(result, dict) and result.get("isError") is True)
         self.requests.labels(tool, "error" if failed else "ok").inc()
@@ -97,6 +101,8 @@ class MessengerMetrics:
 
 def metrics_route(runtime):
     """`GET /metrics`; behind BearerAuth like every path but /health when MCP_API_KEY is set."""
+
+    from starlette.responses import Response
 
     async def route(_: Request) -> Response:
         return Response(await runtime.metrics.scrape(runtime), media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 
-from messenger.aggregate import list_exposed
 from messenger.hub import EventHub
 from messenger.jobs import JobClient
 from messenger.metrics import MessengerMetrics
@@ -55,8 +54,18 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 jobs=JobClient(redis, hub, settings, queue),
                 queue=queue,
                 metrics=metrics,
-                exposed=await list_exposed(settings),
+                exposed=await _exposed(settings),
             )
     finally:
         await hub.close()
         await redis.aclose()
+
+
+async def _exposed(settings: Settings) -> dict[str, list[RemoteTool] | str]:
+    """MCP_EXPOSE_SERVERS' tools; without any, no MCP client is loaded (`messenger ask` in embedded
+    mode starts a runtime and needs none)."""
+    if not settings.exposed_servers:
+        return {}
+    from messenger.aggregate import list_exposed
+
+    return await list_exposed(settings)

@@ -40,13 +40,18 @@ class RetryPolicy(NamedTuple):
     retries: int
     cap: float
     connect_timeout: float | None  # seconds for one TCP (and TLS) connect; None: the OS's (minutes)
+    # seconds a process may wait for Redis's first answers before it says Redis cannot be used (None:
+    # it waits): more than every connect attempt, so a host that never answers is caught by the
+    # attempts, and one that takes the connection and then says nothing (frozen) by this
+    give_up: float | None = None
 
     def delay(self, failures: int) -> float:
         return ExponentialBackoff(cap=self.cap, base=0.05).compute(failures)
 
 
 SERVICE = RetryPolicy(retries=8, cap=2.0, connect_timeout=None)  # servers, workers: outlive a restart
-COMMAND = RetryPolicy(retries=1, cap=0.25, connect_timeout=1.5)  # a CLI command: answer within seconds
+# a CLI command: an operator has the one-line answer within start-up + 2.5 s, whatever Redis does
+COMMAND = RetryPolicy(retries=1, cap=0.25, connect_timeout=1.0, give_up=2.5)
 
 
 class _Retry(Retry):
