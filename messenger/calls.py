@@ -102,7 +102,9 @@ def final_answer(result: JobResult) -> JobResult:
     """What send_message_to_ai answers once its job stops: the result, or an error naming the job."""
     if result.status == "failed":
         raise ToolError(f"job {result.job_id} failed: {result.error}")
-    if result.status in ("queued", "running"):
+    if result.status == "input_required" and result.input_request is not None:
+        return result  # the caller answers with respond_to_job, then follows with wait_for_job
+    if result.status in ("queued", "running", "input_required"):
         raise ToolError(
             f"job {result.job_id} is still {result.status}; fetch its answer later with "
             f"wait_for_job or get_job"

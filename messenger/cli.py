@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text).add_argument("job_id")
     jobs = sub.add_parser("jobs", help="list recent jobs")
-    jobs.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
+    jobs.add_argument(
+        "--status", choices=["queued", "running", "input_required", "completed", "failed", "cancelled"]
+    )
     jobs.add_argument("--limit", type=positive(int), default=50)
     jobs.add_argument("--json", action="store_true")
     dead = sub.add_parser("dead", help="queue entries no worker could run (mcpq:dead); requeue or drop one")

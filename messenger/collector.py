@@ -27,6 +27,7 @@ from shared.events import (
     DoneEvent,
     ErrorEvent,
     Event,
+    InputRequiredEvent,
     StartEvent,
     TokenEvent,
     ToolCallEvent,
@@ -122,6 +123,8 @@ class Transcript:
             self.usage = ResultUsage(**event.usage.model_dump(), estimated_cost=event.cost)
         elif isinstance(event, ErrorEvent):
             self.status, self.error = "failed", event.error
+        elif isinstance(event, InputRequiredEvent):
+            self.status = "input_required"  # the job's record holds the question (shared/approvals.py)
         else:
             self.status, self.error = "cancelled", "cancelled by request"
         if isinstance(event, ErrorEvent | CancelledEvent) and event.usage is not None:

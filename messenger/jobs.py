@@ -56,11 +56,12 @@ class JobClient:
         timeout: float | None = None,
         caller: str = ANONYMOUS,
     ) -> JobResult:
-        """Submit and follow to the end. Subscribes first, so not one token can be missed."""
+        """Submit and follow to the end, or until the job waits for its caller's answer (status
+        input_required). Subscribes first, so not one token can be missed."""
         job_id = new_job_id()
         async with self.hub.follow(job_id) as live:
             await self.queue.submit(request, caller=caller, job_id=job_id)
-            return await self._follow(job_id, live, on_event, timeout)
+            return await self._follow(job_id, live, on_event, timeout, until_input=True)
 
     async def wait(
         self,
@@ -68,13 +69,17 @@ class JobClient:
         timeout: float | None = None,
         on_event: OnEvent | None = None,
         reader: str | None = None,
+        until_input: bool = True,
     ) -> JobResult:
-        """Follow an existing job until it ends or `timeout` passes; returns its state either way."""
+        """Follow an existing job until it ends or `timeout` passes; returns its state either way.
+        `until_input`: also return once the job waits for its caller's answer (input_required)."""
         _check_id(job_id)
         async with self.hub.follow(job_id) as live:
             snapshot, stored = await self._read(job_id, reader)
+            if until_input and snapshot.status == "input_required":
+                return snapshot
             if snapshot.status not in FINAL_STATUSES:
-                return await self._follow(job_id, live, on_event, timeout)
+                return await self._follow(job_id, live, on_event, timeout, until_input)
             transcript = Transcript(job_id)
             if on_event:  # a late follower still sees the whole story
                 told = (await replay(self.redis, transcript))[0]
@@ -108,6 +113,10 @@ class JobClient:
             return stored_result(job_id, stored.result, transcript), True
         if transcript.final and transcript.whole:
             return transcript.result(), False  # ended a moment ago; arq is storing the same result now
+        if stored.question is not None and stored.queued:  # paused (worker/pause.py): waits for an answer
+            paused = _pending(transcript, "input_required")
+            paused.input_request = stored.question
+            return paused, False
         if stored.running or stored.queued or await held_by_worker(self.redis, job_id):
             status = "queued" if stored.queued and not stored.running else "running"
             pending = _pending(transcript, status)
@@ -133,7 +142,7 @@ class JobClient:
             pipe.zadd(keys.ABORT_SET, {job_id: int(time.time() * 1000)})
             pipe.publish(keys.WAKEUP_CHANNEL, b"cancel")
             await pipe.execute()
-        return await self.wait(job_id, timeout=10)
+        return await self.wait(job_id, timeout=10, until_input=False)
 
     async def list(
         self, status: JobStatus | None = None, limit: int = 50, reader: str | None = None
@@ -196,8 +205,9 @@ class JobClient:
         return created, max(created, updated or created)
 
     async def _follow(
-        self, job_id: str, live: asyncio.Queue, on_event: OnEvent | None, timeout: float | None
-    ) -> JobResult:
+        self, job_id: str, live: asyncio.Queue, on_event: OnEvent | None, timeout: float | None,
+        until_input: bool = False,
+    ) -> JobResult:  # fmt: skip
         """Follow a job to its end and answer with its stored result, never the streamed text (which
         may have holes); on timeout, its state now."""
         transcript = Transcript(job_id)
@@ -209,6 +219,10 @@ class JobClient:
                 async for event in follow_events(self.redis, transcript, live):
                     if on_event:
                         await on_event(event, transcript)
+                    if until_input and event is not None and event.type == "input_required":
+                        snapshot = await self.get(job_id)  # (an old pause, replayed, is answered already)
+                        if snapshot.status == "input_required":
+                            return snapshot  # its record has the question: the caller answers
                     if event is None:  # quiet for a while: did the job end (or vanish) unseen?
                         snapshot = await self._recheck(job_id, vanished)
                         if snapshot is not None and snapshot.status in FINAL_STATUSES:
@@ -286,6 +300,8 @@ class JobClient:
                 pipe.zrem(keys.QUEUE, job_id)
                 pipe.delete(keys.job(job_id), keys.retry(job_id))
                 pipe.set(keys.result(job_id), data, ex=keys.KEEP_RESULT_SECONDS)
+                pipe.delete(keys.input_request(job_id))  # paused: its question goes unanswered
+                pipe.zrem(keys.INPUT_WAITING, job_id)
                 pipe.hdel(keys.BUDGET_RESERVED, job_id)  # it will never run: give back its budget
                 pipe.hdel(keys.BUDGET_RESERVED_TENANT, job_id)
                 pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)

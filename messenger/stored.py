@@ -19,7 +19,7 @@ from messenger.health import live_workers
 from shared import keys
 from shared.errors import JobNotFound, shown_id
 from shared.keys import JOB_EXPIRES_MS, KEEP_RESULT_SECONDS
-from shared.models import JobResult
+from shared.models import JobResult, Question
 from shared.serializer import deserialize
 
 log = logging.getLogger("messenger.stored")
@@ -31,6 +31,7 @@ class StoredJob:
     running: bool  # arq:in-progress:<id> exists
     queued: bool  # arq:job:<id> exists
     owner: str | None  # mcpq:owner:<id>; None when missing or unreadable
+    question: Question | None = None  # mcpq:input:<id>'s question: the job waits for its caller's answer
 
 
 def _value(job_id: str, key: str, value: object) -> object:
@@ -44,20 +45,37 @@ def _value(job_id: str, key: str, value: object) -> object:
 
 
 async def read_job(redis, job_id: str) -> StoredJob:
-    names = (keys.result(job_id), keys.in_progress(job_id), keys.job(job_id), keys.owner(job_id))
+    names = (
+        keys.result(job_id), keys.in_progress(job_id), keys.job(job_id), keys.owner(job_id),
+        keys.input_request(job_id),
+    )  # fmt: skip
     async with redis.pipeline(transaction=False) as pipe:
         pipe.get(names[0])
         pipe.exists(names[1])
         pipe.exists(names[2])
         pipe.get(names[3])
+        pipe.hget(names[4], "question")
         replies = await pipe.execute(raise_on_error=False)
-    result, running, queued, owner = (_value(job_id, k, v) for k, v in zip(names, replies, strict=True))
+    result, running, queued, owner, asked = (
+        _value(job_id, k, v) for k, v in zip(names, replies, strict=True)
+    )
     return StoredJob(
         result=result if isinstance(result, bytes) else None,
         running=bool(running),
         queued=bool(queued),
         owner=owner.decode(errors="replace") if isinstance(owner, bytes) else None,
+        question=_question(job_id, asked),
     )
+
+
+def _question(job_id: str, raw: object) -> Question | None:
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        return Question.model_validate_json(raw)
+    except ValueError:
+        log.warning("job %s: the question in %s is damaged; ignored", job_id, keys.input_request(job_id))
+        return None
 
 
 def stored_result(job_id: str, raw: bytes, transcript: Transcript) -> JobResult:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from messenger import usage
+from messenger.approvals import respond
 from messenger.calls import chat_request, final_answer, guarded, tenant_from
 from messenger.client_log import LevelStore, job_log
 from messenger.health import health, mcp_server_rows, models, seen_by_tenant
@@ -23,6 +24,7 @@ from messenger.progress import ProgressRelay
 from messenger.runtime import Runtime
 from messenger.tenants import TENANT_NAME, Tenant
 from shared import dead_letter
+from shared.approvals import NOTE_MAX_CHARS
 from shared.errors import validation_message
 from shared.models import (
     ContextText,
@@ -39,7 +41,7 @@ from shared.models import (
 )
 
 JobId = Annotated[str, Field(description="The job id returned by submit_message or send_message_to_ai.")]
-StatusFilter = Literal["queued", "running", "completed", "failed", "cancelled"]
+StatusFilter = Literal["queued", "running", "input_required", "completed", "failed", "cancelled"]
 WaitSeconds = Annotated[float, Field(gt=0, le=3600, description="Give up waiting after this.")]
 
 
@@ -57,7 +59,7 @@ class QueueTools:
         "send_message_to_ai", "submit_message", "get_job", "wait_for_job", "cancel_job", "list_jobs",
         "list_mcp_servers", "list_models", "check_health", "get_ai_usage_stats",
         "get_conversation_history", "get_received_messages", "configure_ai_model", "list_dead_jobs",
-        "requeue_dead_job",
+        "requeue_dead_job", "respond_to_job",
     )  # fmt: skip
 
     def __init__(self, runtime: Runtime, log_levels: LevelStore | None = None):
@@ -143,6 +145,26 @@ class QueueTools:
     async def cancel_job(self, job_id: JobId, ctx: Context) -> JobResult:
         """Stop a job. A queued job never starts; a running one stops calling the model."""
         return await self._guard(self.jobs.cancel(job_id, self.identity(ctx).reader))
+
+    async def respond_to_job(
+        self,
+        job_id: JobId,
+        approve: Annotated[
+            bool, Field(description="true: run the tool call; false: the model is told you declined.")
+        ],
+        ctx: Context,
+        note: Annotated[
+            str | None, Field(max_length=NOTE_MAX_CHARS, description="Said to the model with the answer.")
+        ] = None,
+        key: Annotated[
+            str | None, Field(description="The question's key (inputRequest.key); omit: the one it waits on.")
+        ] = None,
+    ) -> JobResult:
+        """Answer a job that waits for your approval of a tool call (status input_required); it goes on
+        at once on any worker. Follow it with wait_for_job."""
+        caller = self.identity(ctx).reader
+        await self._guard(respond(self.jobs, job_id, approve=approve, note=note, key=key, reader=caller))
+        return await self._guard(self.jobs.get(job_id, caller))
 
     async def list_jobs(
         self,

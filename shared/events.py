@@ -78,6 +78,19 @@ class ToolResultEvent(_Event):
     step: int | None = None  # the call's journal step, written with this event (None: not journaled)
 
 
+class InputRequiredEvent(_Event):
+    """The job paused for its caller's answer (worker/pause.py): no worker holds it until one comes.
+    Not an ending: an answer (tasks/update, respond_to_job) resumes it as a new attempt."""
+
+    type: Literal["input_required"] = "input_required"
+    key: str  # what the answer names: <job_id>:<step>
+    server: str
+    tool: str
+    arguments: dict[str, Any] | str
+    question: str
+    expires_at: float  # unix seconds: unanswered by then, the job fails
+
+
 class ErrorEvent(_Event):
     type: Literal["error"] = "error"
     error: str  # a message a person can act on
@@ -95,7 +108,14 @@ class CancelledEvent(_Event):
 
 
 Event = Annotated[
-    StartEvent | TokenEvent | ToolCallEvent | ToolResultEvent | DoneEvent | ErrorEvent | CancelledEvent,
+    StartEvent
+    | TokenEvent
+    | ToolCallEvent
+    | ToolResultEvent
+    | InputRequiredEvent
+    | DoneEvent
+    | ErrorEvent
+    | CancelledEvent,
     Field(discriminator="type"),
 ]
 TERMINAL = frozenset({"done", "error", "cancelled"})
@@ -202,7 +222,8 @@ async def write_events(
         spliced = all(d.startswith(head) for d in data)  # a job id JSON escapes is sent as it is
         if spliced:
             data = [d[len(head) :] for d in data]
-        ended = any(e.type != "token" for e in owned)
+        # (a paused job's stream lives as long as its question: worker/pause.py set its expiry)
+        ended = any(e.type not in ("token", "input_required") for e in owned)
         entries = (journal or {}).get(job_id, [])
         flags = "".join("1" if f else "0" for f in (ended, job_id in retried, spliced, entries))
         batch += [job_id, str(len(owned)), flags, *data]

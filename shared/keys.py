@@ -242,3 +242,17 @@ JOURNAL_TTL_SECONDS = JOB_EXPIRES_MS // 1000  # a job not run again within a day
 
 def journal(job_id: str) -> str:
     return JOURNAL_PREFIX + job_id
+
+
+# human in the loop (worker/pause.py, messenger/approvals.py): a job paused for its caller's answer.
+# A hash of JSON values: `question` (the one waiting for an answer, gone once answered), `answer:<step>`
+# (each answer, kept for re-runs until the job ends), `base` (attempts before the last pause), `parked`
+# (no worker holds the job: an answer puts it back on the queue). Deleted when the job ends.
+INPUT_PREFIX = "mcpq:input:"
+INPUT_WAITING = (
+    "mcpq:input:waiting"  # zset: parked job id -> ms when its question expires (INPUT_WAIT_SECONDS)
+)
+
+
+def input_request(job_id: str) -> str:
+    return INPUT_PREFIX + job_id

@@ -25,7 +25,7 @@ MAX_MESSAGE_CHARS = 100_000  # message and context each; a larger prompt belongs
 MAX_TOKENS_LIMIT = 200_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 
-JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "input_required", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -214,6 +214,19 @@ class CapacityWait(_Camel):
     until: float | None = Field(None, ge=0, le=UNIX_SECONDS_MAX)  # None: when a slot frees / its turn comes
 
 
+class Question(_Camel):
+    """A tool call waiting for the caller's approval."""
+
+    key: str  # <job_id>:<step>: what tasks/update and respond_to_job answer
+    step: int = Field(ge=1)
+    server: str
+    tool: str
+    arguments: dict[str, Any] | str
+    question: str  # one line a person can answer yes or no
+    asked_at: float  # unix seconds
+    expires_at: float  # unix seconds: unanswered by then, the job fails (INPUT_WAIT_SECONDS)
+
+
 class JobResult(_Camel):
     """A job as a caller sees it: while it runs `ai_response` is the text so far."""
 
@@ -231,3 +244,6 @@ class JobResult(_Camel):
     tool_calls: list[ToolCallRecord] = []
     queue_position: int | None = None  # while queued: 1 is the next job a free worker takes
     waiting_for: CapacityWait | None = None  # while running: the model capacity it waits for
+    input_request: Question | None = (
+        None  # while input_required: the question it waits on (shared/approvals.py)
+    )

@@ -203,6 +203,11 @@ class Settings(BaseSettings):
     )
     tool_max_rounds: int = Field(8, ge=1, le=100)  # model turns that may ask for tools, per job
     tool_call_timeout_seconds: float = Field(60, gt=0, le=3600)
+    # human in the loop (worker/pause.py): which tool calls wait for the caller's approval
+    tool_approval: Literal["none", "destructive", "all"] = "none"
+    input_wait_seconds: float = Field(
+        86_400, ge=1, le=30 * 86_400
+    )  # a paused job waits this long for an answer
     # MCP prompts (messenger/prompts.py): a directory of *.toml prompt files; unset: the repo's prompts/
     prompts_dir: Path | None = None
     # MODEL_LIMITS: JSON {"gpt-4o-mini": {"rpm": 500, "tpm": 200000}, "*": {"concurrency": 8}}

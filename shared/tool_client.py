@@ -41,6 +41,8 @@ class RemoteTool:
     name: str
     description: str
     input_schema: dict[str, Any]
+    read_only: bool | None = None  # the tool's MCP annotations (readOnlyHint, destructiveHint)
+    destructive: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,14 @@ class ToolServers:
                 await self._drop(connection)
                 raise ToolServerError(f"MCP server {name!r} did not list its tools: {_describe(e)}") from None
             connection.tools = [
-                RemoteTool(name, t.name, t.description or "", dict(t.input_schema or {"type": "object"}))
+                RemoteTool(
+                    name,
+                    t.name,
+                    t.description or "",
+                    dict(t.input_schema or {"type": "object"}),
+                    t.annotations.read_only_hint if t.annotations else None,
+                    t.annotations.destructive_hint if t.annotations else None,
+                )
                 for t in listed
             ]
         return connection.tools

@@ -1,7 +1,7 @@
 """A real stdio MCP server with a side effect, for the durable tool-loop tests: its `charge` tool
 appends one JSON line per call (with the idempotency key the caller sent in `_meta`) to the file
 named by LEDGER, then waits `seconds` before answering. It dedupes nothing: the ledger shows every
-call that was sent."""
+call that was sent. `charge` says it is destructive (its MCP annotations); `balance` that it only reads."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import ToolAnnotations
 
 PREFIX = "LEDGER-5c1e"
 IDEMPOTENCY_KEY = "mcp-queue/idempotency-key"
@@ -22,7 +23,7 @@ def _write(line: dict) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-@mcp.tool()
+@mcp.tool(annotations=ToolAnnotations(destructive_hint=True))  # TOOL_APPROVAL=destructive asks first
 async def charge(amount: int, ctx: Context, seconds: float = 0) -> str:
     """Charge `amount`, then wait `seconds` before answering."""
     _write(
@@ -30,6 +31,12 @@ async def charge(amount: int, ctx: Context, seconds: float = 0) -> str:
     )
     await asyncio.sleep(seconds)
     return f"{PREFIX} charged {amount}"
+
+
+@mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
+async def balance() -> str:
+    """The ledger's number of charges (reads only)."""
+    return f"{PREFIX} {len(read_ledger(os.environ['LEDGER']))} charges"
 
 
 def read_ledger(path) -> list[dict]:

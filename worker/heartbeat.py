@@ -13,6 +13,7 @@ import socket
 import time
 
 from shared import keys, timeseries
+from worker import pause
 from worker.job import WorkerState
 
 log = logging.getLogger("worker.heartbeat")
@@ -54,6 +55,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
                     pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
                 await pipe.execute()
             await state.capacity.renew(redis)
+            await pause.wake_expired(redis)  # paused jobs whose question expired: each fails when it runs
             await timeseries.sample_depth(redis)  # the dashboard's queue depth chart
             state.metrics.heartbeat.set_to_current_time()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone

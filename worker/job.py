@@ -22,7 +22,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from shared import damaged, keys, prices, tracing
+from shared import approvals, damaged, keys, prices, tracing
 from shared.errors import JobStopped, McpQueueError, ReservationSpent, ToolRoundsExceeded, validation_message
 from shared.events import TokenUsage
 from shared.logs import redact
@@ -30,7 +30,7 @@ from shared.models import ChatRequest, ModelDefaults, ToolCallRequest, effective
 from shared.settings import OPERATOR, UNOWNED, Settings
 from shared.tokens import estimate_tokens
 from shared.tool_client import ToolServers
-from worker import accounting, fallbacks, journal
+from worker import accounting, fallbacks, journal, pause
 from worker.capacity import Capacity
 from worker.history import earlier_turns
 from worker.metrics import WorkerMetrics
@@ -61,6 +61,7 @@ class WorkerState:
     defaults_read_at: float = float("-inf")  # monotonic; -inf: read before the next job
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     tool_servers: ToolServers = field(default_factory=lambda: ToolServers({}))
+    paused: dict[str, pause.Park] = field(default_factory=dict)  # job id -> how to park it (worker/pause.py)
     capacity: Capacity = field(init=False)  # MODEL_LIMITS and 429 cool-downs, shared by every worker
 
     def __post_init__(self) -> None:
@@ -165,15 +166,22 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             req = req.model_copy(update={"conversation_id": None})
             run.request = {k: v for k, v in run.request.items() if k != "conversation_id"}
         call = await _model_call(run, req)
-        replay = journal.Replay()
+        replay, asked = journal.Replay(), approvals.InputRecord()
         if req.mcp_servers:
             run.journaled = True
+            asked = await approvals.read(run.redis, run.job_id)
+            run.rebase(asked.base)  # attempts before its last pause, if it paused
             if run.attempt > 1:  # a re-run: go on from the last finished step of the attempts before
                 replay = await journal.read(run.redis, run.job_id)
         await run.publisher.start(state.worker_id, run.model, resumed=replay.last_step or None)
+        if asked.question and asked.question.expires_at <= time.time():
+            await run.redis.hdel(keys.input_request(run.job_id), "question")  # a late answer finds none
+            return await run.end("failed", _unanswered(asked.question, settings))
         try:
             async with asyncio.timeout(settings.job_timeout_seconds):
-                end = await _converse(run, req, call, replay)
+                end = await _converse(run, req, call, replay, asked.answers)
+        except pause.InputRequired as e:  # no answer yet: the job waits without its worker
+            return await pause.ask(run, e.question)
         except McpQueueError as e:  # the provider, a tool server, or a stop (rounds, budget, Redis)
             if isinstance(e, ProviderError):
                 # (a job out of time for MODEL_LIMITS is no fault of the provider's: health stays clear)
@@ -201,6 +209,13 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
         run.close()
 
 
+def _unanswered(question, settings: Settings) -> str:
+    return (
+        f"nobody answered whether to run {question.server}/{question.tool} within "
+        f"INPUT_WAIT_SECONDS={settings.input_wait_seconds:g}; the call was not run"
+    )
+
+
 async def _model_call(run: JobRun, req: ChatRequest) -> ModelCall:
     """The first model call: the request over the tenant's defaults and settings, after its history."""
     settings = run.settings
@@ -221,7 +236,7 @@ async def _model_call(run: JobRun, req: ChatRequest) -> ModelCall:
 
 
 async def _converse(
-    run: JobRun, req: ChatRequest, call: ModelCall, replay: journal.Replay
+    run: JobRun, req: ChatRequest, call: ModelCall, replay: journal.Replay, answers: dict | None = None
 ) -> StreamEnd | None:
     """Model turns, with tool calls between them when the request names MCP servers; answers how
     the last turn ended (None: the stream stopped without saying). Turns and results in `replay`
@@ -238,7 +253,11 @@ async def _converse(
         return estimated_usage(run.request, run.text) if run.text else TokenUsage()
 
     run.usage = usage
-    toolbox = await open_toolbox(state.tool_servers, req.mcp_servers) if req.mcp_servers else None
+    toolbox = (
+        await open_toolbox(state.tool_servers, req.mcp_servers, settings.tool_approval)
+        if req.mcp_servers
+        else None
+    )
     if toolbox:
         call = replace(call, tools=toolbox.specs)
     step = 1  # the journal step of each turn; its tool calls take the steps after it
@@ -264,7 +283,8 @@ async def _converse(
         turn_messages = await run_tool_calls(
             toolbox, state.tool_servers, end.tool_calls, text=turn_text,
             round_no=round_no, publisher=run.publisher, records=run.tool_calls,
-            log=TurnLog(run.job_id, step, entry, replayed=bool(done), results=replay.results),
+            log=TurnLog(run.job_id, step, entry, replayed=bool(done), results=replay.results,
+                        answers=answers, wait_seconds=settings.input_wait_seconds),
         )  # fmt: skip
         call = replace(call, messages=[*call.messages, *turn_messages])
         step += 1 + len(end.tool_calls)

@@ -126,8 +126,13 @@ def _replay(job_id: str, raw: dict) -> Replay:
 
 
 async def ended(redis, job_id: str) -> None:
-    """The job has its ending: its journal goes with its stream (ENDED_STREAM_SECONDS)."""
+    """The job has its ending: its journal goes with its stream (ENDED_STREAM_SECONDS), and its
+    questions and answers (worker/pause.py) with it."""
     try:
-        await redis.expire(keys.journal(job_id), keys.ENDED_STREAM_SECONDS)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.expire(keys.journal(job_id), keys.ENDED_STREAM_SECONDS)
+            pipe.delete(keys.input_request(job_id))
+            pipe.zrem(keys.INPUT_WAITING, job_id)
+            await pipe.execute()
     except (RedisError, OSError) as e:  # it expires a day after its last step anyway
         log.warning("job %s: could not set its journal to expire: %s", job_id, type(e).__name__)

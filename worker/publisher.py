@@ -30,6 +30,7 @@ from shared.events import (
     DoneEvent,
     ErrorEvent,
     Event,
+    InputRequiredEvent,
     StartEvent,
     TokenEvent,
     TokenUsage,
@@ -47,6 +48,7 @@ _EVENT_TYPES = {
     "tool_result": ToolResultEvent,
     "done": DoneEvent,
     "error": ErrorEvent,
+    "input_required": InputRequiredEvent,
 }
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 DEFAULT_PATIENCE = 60.0  # seconds a publisher keeps retrying when its job gave no deadline
@@ -202,6 +204,13 @@ class EventPublisher:
         self, message: str, *, usage: TokenUsage | None = None, cost: float | None = None
     ) -> None:
         await self._write("error", error=message, usage=usage, cost=cost)
+
+    async def input_required(self, question) -> None:
+        """The job pauses on `question` (a shared.models.Question); written before this returns."""
+        await self._write(
+            "input_required", key=question.key, server=question.server, tool=question.tool,
+            arguments=question.arguments, question=question.question, expires_at=question.expires_at,
+        )  # fmt: skip
 
     async def cancelled(self, *, usage: TokenUsage | None = None, cost: float | None = None) -> None:
         await self._write("cancelled", usage=usage, cost=cost)

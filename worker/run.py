@@ -45,7 +45,8 @@ class JobRun:
         self.settings = self.state.settings
         self.redis = ctx["redis"]
         self.job_id: str = ctx["job_id"]
-        self.attempt: int = ctx["job_try"]
+        self.job_try: int = ctx["job_try"]  # arq's count, reset when the job pauses
+        self.attempt: int = self.job_try  # the job's: rebase() adds the attempts before its last pause
         self.request = request if isinstance(request, dict) else {}
         self.span = span
         self.counted = counted  # False: no model ran (a tool call job), nothing to count
@@ -65,9 +66,17 @@ class JobRun:
         self.journaled = False  # True: a tool loop, whose journal goes once the job has its ending
         self.state.running[self.job_id] = self.attempt
 
+    def rebase(self, base: int) -> None:
+        """The job paused `base` attempts in (worker/pause.py): this attempt is numbered after them."""
+        if base:
+            self.attempt = self.publisher.attempt = base + self.job_try
+            self.state.running[self.job_id] = self.attempt
+
     def close(self) -> None:
-        self.state.running.pop(self.job_id, None)
-        self.state.jobs_done += 1
+        """This worker no longer runs the attempt (once: a paused job closes before it returns)."""
+        if self.state.running.get(self.job_id) == self.attempt:  # not a later attempt of the same job
+            del self.state.running[self.job_id]
+            self.state.jobs_done += 1
 
     def first_token(self) -> None:
         """The model's first token came now: its delay goes to the metrics and the dashboard's history."""

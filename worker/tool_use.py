@@ -4,7 +4,9 @@ and hand the results back as the next turn's messages.
 A failing tool never fails the job: its error goes to the model as the tool's answer, so the model
 can retry or explain. Every call and result is published on the job's stream as it happens, and
 journaled with it (worker/journal.py): a call whose result the journal holds is not run again, and
-each call carries the idempotency key of its step, the same on every attempt.
+each call carries the idempotency key of its step, the same on every attempt. A call that needs its
+caller's approval (TOOL_APPROVAL) pauses the job until an answer comes (worker/pause.py); a declined
+call is not run, and the model is told so.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from shared.models import ToolCallRecord
+from shared.approvals import Answer, ask_text
+from shared.models import Question, ToolCallRecord
 from shared.tool_client import ToolOutcome, ToolServers
 from shared.tool_config import function_name
 from worker import journal
+from worker.pause import InputRequired, needs_approval
 from worker.providers import ToolCall, ToolSpec
 from worker.publisher import EventPublisher
 
@@ -31,6 +35,7 @@ ARGUMENTS_SHOWN_CHARS = 2000  # of arguments that are not a JSON object, in even
 class Toolbox:
     specs: tuple[ToolSpec, ...]
     routes: dict[str, tuple[str, str]]  # function name -> (server, tool)
+    asks: frozenset[str] = frozenset()  # function names whose calls wait for the caller's approval
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,17 @@ class TurnLog:
     entry: bytes | None  # the turn's journal entry, written with its tool_call events (None: not journaled)
     replayed: bool = False  # the turn came from the journal: its tool_call events are in the stream already
     results: dict[int, ToolCallRecord] | None = None  # by step: results the journal holds, not run again
+    answers: dict[int, Answer] | None = None  # by step: the caller's answers to the job's questions
+    wait_seconds: float = 0.0  # how long a question waits for its answer (INPUT_WAIT_SECONDS)
 
 
-async def open_toolbox(servers: ToolServers, names: list[str]) -> Toolbox:
-    """The tools of the named servers as functions; raises ToolServerError if one cannot be listed."""
+async def open_toolbox(servers: ToolServers, names: list[str], approval: str = "none") -> Toolbox:
+    """The tools of the named servers as functions; raises ToolServerError if one cannot be listed.
+    `approval`: TOOL_APPROVAL, which of them wait for the caller's approval."""
     servers.check_names(names)
     specs: list[ToolSpec] = []
     routes: dict[str, tuple[str, str]] = {}
+    asks: set[str] = set()
     for name in names:
         for tool in await servers.tools(name):
             fn = function_name(name, tool.name)
@@ -56,9 +65,11 @@ async def open_toolbox(servers: ToolServers, names: list[str]) -> Toolbox:
             while fn in routes:  # `get.x` and `get_x` sanitise alike: keep both callable
                 fn, suffix = function_name(name, f"{tool.name}_{suffix}"), suffix + 1
             routes[fn] = (name, tool.name)
+            if needs_approval(approval, tool.read_only, tool.destructive):
+                asks.add(fn)
             description = tool.description or f"{tool.name} (from the MCP server {name})"
             specs.append(ToolSpec(fn, description[:DESCRIPTION_MAX_CHARS], tool.input_schema))
-    return Toolbox(tuple(specs), routes)
+    return Toolbox(tuple(specs), routes, frozenset(asks))
 
 
 async def run_tool_calls(
@@ -88,6 +99,12 @@ async def run_tool_calls(
                                         "arguments": arguments, "round": round_no, "step": log.step if log.entry else None}))  # fmt: skip
     if not log.replayed:  # the turn and every call it asked for: one write
         await publisher.journaled([(log.step, log.entry)] if log.entry else [], announced)
+    answers = log.answers or {}
+    for index, (call, record) in enumerate(planned):  # before any call runs: the first unanswered question
+        step = log.step + 1 + index
+        runnable = index < MAX_CALLS_PER_TURN and isinstance(record.arguments, dict)
+        if runnable and call.name in toolbox.asks and step not in done and step not in answers:
+            raise InputRequired(_question(log, step, record))
 
     async def run(index: int, call: ToolCall, record: ToolCallRecord) -> ToolOutcome:
         step = log.step + 1 + index
@@ -102,6 +119,8 @@ async def run_tool_calls(
             outcome = ToolOutcome(
                 f"Error: the arguments must be a JSON object, got {str(record.arguments)[:200]!r}", True
             )
+        elif call.name in toolbox.asks and not (answer := answers[step]).approved:
+            outcome = ToolOutcome(f"Error: not run: the user declined this call{_said(answer)}", True)
         else:
             key = journal.idempotency_key(log.job_id, step)
             outcome = await servers.call(record.server, record.tool, record.arguments, idempotency_key=key)
@@ -130,6 +149,19 @@ async def run_tool_calls(
             content = f"Error: {content}"  # a tool's own error result: say so to the model
         messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
     return messages
+
+
+def _question(log: TurnLog, step: int, record: ToolCallRecord) -> Question:
+    now = time.time()
+    return Question(
+        key=journal.idempotency_key(log.job_id, step), step=step, server=record.server, tool=record.tool,
+        arguments=record.arguments, question=ask_text(record.server, record.tool, record.arguments),
+        asked_at=now, expires_at=now + log.wait_seconds,
+    )  # fmt: skip
+
+
+def _said(answer: Answer) -> str:
+    return f"; they said: {answer.note}" if answer.note else ""
 
 
 def _arguments(raw: str) -> dict[str, Any] | str:

@@ -35,6 +35,7 @@ from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.scripts import Arg, Args, Key, script
 from shared.sentinel import UnknownMaster
 from shared.settings import Settings
+from worker import pause
 from worker.heartbeat import beat_interval
 from worker.intake import job_id_problem, job_problem
 from worker.publisher import why_not_written
@@ -323,7 +324,12 @@ class QueueWorker(Worker):
     ) -> None:  # fmt: skip
         """arq's, except that a job's first stored ending stays its only one: a result is written
         only if none is there (an attempt that overlapped another after a Redis outage cannot
-        overwrite the answer a caller may already have read)."""
+        overwrite the answer a caller may already have read); and a job that paused for its
+        caller's answer has no ending yet: it is parked (worker/pause.py), nothing stored."""
+        state = self.ctx.get("mcpq")
+        if state is not None and (how := state.paused.pop(job_id, None)) is not None:
+            await pause.park(self.pool, job_id, how, state.settings)
+            return
         async with self.pool.pipeline(transaction=True) as tr:
             if finish:
                 if result_data:

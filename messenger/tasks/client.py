@@ -25,6 +25,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from messenger.tasks.models import (
     TASKS_EXTENSION,
     CancelTask,
+    DetailedTask,
     GetTask,
     ListTasks,
     TaskHandle,
@@ -33,6 +34,8 @@ from messenger.tasks.models import (
     TaskPayload,
     TaskState,
     TaskStatusParams,
+    UpdateTask,
+    UpdateTaskParams,
 )
 from messenger.tasks.sdk import send_unchecked
 from shared.errors import McpQueueError
@@ -103,8 +106,8 @@ async def start_task(
     raise NotATask(CallToolResult.model_validate(raw))
 
 
-async def get_task(client: Client | ClientSession, task_id: str) -> TaskState:
-    return await _session(client).send_request(GetTask(params=TaskParams(task_id=task_id)), TaskState)
+async def get_task(client: Client | ClientSession, task_id: str) -> DetailedTask:
+    return await _session(client).send_request(GetTask(params=TaskParams(task_id=task_id)), DetailedTask)
 
 
 async def wait_for_task(
@@ -124,6 +127,12 @@ async def task_result(client: Client | ClientSession, task_id: str) -> CallToolR
     return await _session(client).send_request(
         TaskPayload(params=TaskParams(task_id=task_id)), CallToolResult
     )
+
+
+async def update_task(client: Client | ClientSession, task_id: str, responses: dict[str, Any]) -> None:
+    """tasks/update (2026-07-28): answer the task's `inputRequests`, each key an ElicitResult."""
+    params = UpdateTaskParams(task_id=task_id, input_responses=responses)
+    await _session(client).send_request(UpdateTask(params=params), Result)
 
 
 async def list_tasks(client: Client | ClientSession) -> list[TaskState]:

@@ -25,8 +25,8 @@ from messenger.calls import (
     unavailable,
 )
 from messenger.runtime import Runtime
-from messenger.tasks.models import TASKS_EXTENSION, TaskNotification, task_of
-from shared.errors import JobNotFound, McpQueueError
+from messenger.tasks.models import TASKS_EXTENSION, TaskNotification, input_requests, task_of
+from shared.errors import InvalidRequest, JobNotFound, McpQueueError
 from shared.models import FINAL_STATUSES, ChatRequest, JobResult
 
 log = logging.getLogger("messenger.tasks")
@@ -70,7 +70,7 @@ class TaskCore:
             require_client_extension(ctx, TASKS_EXTENSION)
         try:
             return await read(reader_from(headers_of(ctx), self.runtime.settings))
-        except JobNotFound as e:
+        except (JobNotFound, InvalidRequest) as e:
             raise MCPError(INVALID_PARAMS, str(e)) from None
         except McpQueueError as e:
             raise MCPError(INTERNAL_ERROR, e.message) from None
@@ -86,6 +86,8 @@ class TaskCore:
         wire = task_of(job, created, updated, modern=modern).wire(modern=modern)
         if modern and detailed and job.status in ("completed", "failed"):
             wire["result"] = tool_result(job).model_dump(by_alias=True, mode="json", exclude_none=True)
+        if detailed and job.input_request is not None:  # paused: what tasks/update answers
+            wire["inputRequests"] = input_requests(job.input_request)
         return wire
 
     async def _follow(self, job_id: str, reader: str | None, send: Send | None) -> JobResult:
@@ -97,8 +99,11 @@ class TaskCore:
             if send and event is not None and not started and transcript.status == "running":
                 started = True
                 await send(transcript.result())
+            elif send and event is not None and event.type == "input_required":
+                started = False  # its resumed run is told again
+                await send(await self.jobs.get(job_id))
 
-        job = await self.jobs.wait(job_id, None, on_event=on_event, reader=reader)
+        job = await self.jobs.wait(job_id, None, on_event=on_event, reader=reader, until_input=False)
         if send and job.status in FINAL_STATUSES:
             await send(job)
         return job

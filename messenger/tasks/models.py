@@ -11,7 +11,7 @@ from pydantic import AliasChoices, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shared.keys import KEEP_RESULT_SECONDS
-from shared.models import CapacityWait, JobResult, JobStatus
+from shared.models import CapacityWait, JobResult, JobStatus, Question
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
@@ -19,8 +19,8 @@ POLL_INTERVAL_MS = 500
 TASK_TTL_MS = KEEP_RESULT_SECONDS * 1000  # a finished job's result is kept this long
 FINAL = frozenset({"completed", "failed", "cancelled"})
 LEGACY_STATUS: dict[JobStatus, str] = {
-    "queued": "working", "running": "working", "completed": "completed", "failed": "failed",
-    "cancelled": "cancelled",
+    "queued": "working", "running": "working", "input_required": "input_required",
+    "completed": "completed", "failed": "failed", "cancelled": "cancelled",
 }  # fmt: skip
 # SEP-2663 keeps `failed` for JSON-RPC errors: a tool result with isError is a completed task
 MODERN_STATUS: dict[JobStatus, str] = {**LEGACY_STATUS, "failed": "completed"}
@@ -79,6 +79,8 @@ def status_message(job: JobResult) -> str:
         said = f"{where}: {job.usage.completion_tokens} tokens so far"
         latest = " ".join(job.ai_response.split())[-LATEST_CHARS:]
         return f"{said}; latest: …{latest}" if latest else said
+    if job.status == "input_required" and job.input_request is not None:
+        return f"input_required: {job.input_request.question} (answer key {job.input_request.key})"
     if job.status == "completed":
         return f"completed: {job.usage.total_tokens} tokens"
     return f"{job.status}: {job.error or job.status}"
@@ -108,6 +110,37 @@ def task_of(job: JobResult, created_ms: int, updated_ms: int, *, modern: bool) -
     )
 
 
+APPROVAL_SCHEMA = {
+    "type": "object",
+    "properties": {"note": {"type": "string", "description": "Said to the model with your answer."}},
+}  # accept: run the call; decline (or cancel): do not, and the model is told
+
+
+def input_requests(question: Question) -> dict[str, Any]:
+    """A paused job's question as the tasks extension's `inputRequests`: one form elicitation."""
+    params = {"mode": "form", "message": question.question, "requestedSchema": APPROVAL_SCHEMA}
+    return {question.key: {"method": "elicitation/create", "params": params}}
+
+
+def approval_of(response: Any) -> tuple[bool, str | None]:
+    """(approved, note) from one `inputResponses` entry (an ElicitResult); raises ValueError on junk."""
+    if not isinstance(response, dict) or response.get("action") not in ("accept", "decline", "cancel"):
+        raise ValueError(
+            "each input response must be an elicitation result with action accept, decline or cancel"
+        )
+    content = response.get("content") or {}
+    note = content.get("note") if isinstance(content, dict) else None
+    if note is not None and not isinstance(note, str):
+        raise ValueError("the note of an input response must be text")
+    return response["action"] == "accept", note
+
+
+class DetailedTask(TaskState):
+    """tasks/get's answer: while the task is input_required, also the `inputRequests` tasks/update answers."""
+
+    input_requests: dict[str, Any] | None = None
+
+
 class TaskHandle(TaskState):
     """The 2026-07-28 CreateTaskResult: `resultType: "task"` in place of the tool's result."""
 
@@ -123,7 +156,7 @@ class TaskParams(RequestParams):
 
 
 class UpdateTaskParams(RequestParams):
-    """tasks/update (2026-07-28): answers to a task's input requests. Ours never ask for input."""
+    """tasks/update (2026-07-28): answers to a task's input requests (a paused job's question)."""
 
     model_config = ConfigDict(extra="allow")
     task_id: str
@@ -147,6 +180,11 @@ class TaskPayload(_TaskRequest[Literal["tasks/result"]]):
 
 class CancelTask(_TaskRequest[Literal["tasks/cancel"]]):
     method: Literal["tasks/cancel"] = "tasks/cancel"
+
+
+class UpdateTask(Request[UpdateTaskParams, Literal["tasks/update"]]):
+    method: Literal["tasks/update"] = "tasks/update"
+    name_param: ClassVar[str | None] = "taskId"
 
 
 class ListTasks(Request[PaginatedRequestParams | None, Literal["tasks/list"]]):

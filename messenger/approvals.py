@@ -1,0 +1,67 @@
+"""Answers to a paused job's question (human in the loop, worker/pause.py): `tasks/update` (2026-07-28)
+and the `respond_to_job` tool (2025 eras) both come here.
+
+An answer is stored in the job's record and, if no worker holds the job any more (it is parked),
+puts it back at the head of the queue and wakes the workers, in one script: any worker resumes it
+within a wake-up's time. An answer that comes while the pausing worker is still letting go is kept,
+and that worker's park finds it and wakes the job instead of parking it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from messenger.jobs import JobClient
+from shared import keys
+from shared.approvals import NOTE_MAX_CHARS, RESUME_SCORE, Answer
+from shared.errors import InvalidRequest
+from shared.scripts import Arg, Key, script
+
+
+@script("""
+local raw = redis.call('HGET', record, 'question')
+if not raw then return {'none'} end
+local ok, q = pcall(cjson.decode, raw)
+if not ok or type(q) ~= 'table' or type(q.step) ~= 'number' then return {'none'} end
+if key ~= '' and q.key ~= key then return {'wrong', tostring(q.key)} end
+if redis.call('EXISTS', job) == 0 then return {'none'} end
+redis.call('HSET', record, 'answer:' .. string.format('%d', q.step), answer)
+redis.call('HDEL', record, 'question')
+if redis.call('HDEL', record, 'parked') == 1 then
+  redis.call('ZREM', waiting, job_id)
+  redis.call('ZADD', queue, score, job_id)
+  redis.call('PUBLISH', wakeup, job_id)
+end
+return {'ok', tostring(q.key)}
+""")
+async def _answer(
+    redis, *, record: Key, job: Key, waiting: Key, queue: Key, wakeup: Key, job_id: Arg[str], key: Arg[str],
+    answer: Arg[str], score: Arg[int],
+) -> list[bytes]:  # fmt: skip
+    """['ok', key] once stored (and the job queued again if parked); ['none'] if the job waits for no
+    answer; ['wrong', its key] if `key` is not the question's."""
+    ...
+
+
+async def respond(
+    jobs: JobClient, job_id: str, *, approve: bool, note: str | None = None, key: str | None = None,
+    reader: str | None = None,
+) -> str:  # fmt: skip
+    """Answer the question job `job_id` waits on (`key`: the question's; None: whichever it is now);
+    answers the key answered. Raises JobNotFound for a job `reader` may not see, InvalidRequest for a
+    job that waits for no answer or a key that is not its question's."""
+    job = await jobs.get(job_id, reader)  # the caller's own job, or as unknown as a missing one
+    if note is not None and len(note) > NOTE_MAX_CHARS:
+        raise InvalidRequest(f"the note takes {len(note)} characters; at most {NOTE_MAX_CHARS}")
+    answer = Answer(approved=approve, note=note or None, answered_at=round(time.time(), 3))
+    replied = await _answer(
+        jobs.redis, record=keys.input_request(job_id), job=keys.job(job_id), waiting=keys.INPUT_WAITING,
+        queue=keys.QUEUE, wakeup=keys.WAKEUP_CHANNEL, job_id=job_id, key=key or "",
+        answer=answer.model_dump_json(), score=RESUME_SCORE,
+    )  # fmt: skip
+    outcome = [r.decode(errors="replace") if isinstance(r, bytes) else str(r) for r in replied]
+    if outcome[0] == "wrong":
+        raise InvalidRequest(f"job {job_id} waits for an answer to {outcome[1]}, not to {key}")
+    if outcome[0] != "ok":
+        raise InvalidRequest(f"job {job_id} is {job.status}: it waits for no answer")
+    return outcome[1]

@@ -1,0 +1,178 @@
+"""Human in the loop (worker/pause.py, messenger/approvals.py) with real worker processes, real Redis,
+the OpenAI-compatible test server driving a tool call, and a real stdio MCP server whose `charge`
+tool says it is destructive (TOOL_APPROVAL=destructive asks before it): a paused job holds no worker,
+an answer resumes it on any worker, approved it charges once, declined never, and the model is told."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from mcp_ledger_server import PREFIX, read_ledger
+from openai_server import eventually
+from processes import start_openai_workers, worker_ids
+from readers import parse_stream
+from runtimes import runtime_for
+
+from messenger.approvals import respond
+from shared import keys
+from shared.errors import InvalidRequest, JobNotFound
+from shared.models import ChatRequest
+
+LEDGER_SERVER = str(Path(__file__).resolve().parents[1] / "mcp_ledger_server.py")
+PREAMBLE = "Let me charge that for you. "
+REPLY = "The ledger says"
+APPROVAL = {"TOOL_APPROVAL": "destructive"}
+
+
+def servers(ledger: Path) -> dict:
+    return {"ledger": {"command": sys.executable, "args": [LEDGER_SERVER], "env": {"LEDGER": str(ledger)}}}
+
+
+def charge_script(openai_server, tool: str = "ledger__charge") -> None:
+    openai_server.script(
+        reply=REPLY, tool_preamble=PREAMBLE, tool_calls=[(tool, json.dumps({"amount": 5}))], token_delay=0
+    )
+
+
+def starts(stream: list[dict]) -> list[tuple[int, str]]:
+    """(attempt, worker id) of each attempt's start event."""
+    return [(e["attempt"], e["worker_id"]) for e in stream if e["type"] == "start"]
+
+
+async def test_a_paused_job_resumes_on_another_worker_and_charges_once(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    charge_script(openai_server)
+    env = {"MCP_SERVERS": json.dumps(servers(ledger)), **APPROVAL}
+    (first,) = start_openai_workers(workers, redis_url, openai_server, **env)
+    client = redis_server.client()
+    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(60):
+        paused = await runtime.jobs.run(ChatRequest(message="charge 5", mcp_servers=["ledger"]), timeout=30)
+        job_id = paused.job_id
+        assert paused.status == "input_required", paused
+        question = paused.input_request
+        assert question is not None and question.key == f"{job_id}:2" and question.tool == "charge"
+        assert question.arguments == {"amount": 5}
+        assert read_ledger(ledger) == [], "nothing charged before the answer"
+        await eventually(lambda: client.zscore(keys.INPUT_WAITING, job_id) is not None)
+        assert not client.exists(keys.in_progress(job_id)), "no worker holds a paused job"
+        assert (await runtime.jobs.get(job_id)).status == "input_required"
+
+        pauser = set(worker_ids(client))
+        first.send_signal(signal.SIGTERM)  # the worker that paused it goes away: it holds nothing
+        first.wait(30)
+        start_openai_workers(workers, redis_url, openai_server, **env)
+        assert await respond(runtime.jobs, job_id, approve=True, key=question.key) == question.key
+        result = await runtime.jobs.wait(job_id, timeout=30)
+
+        assert result.status == "completed", result
+        assert result.ai_response == f"{PREAMBLE}{REPLY} {PREFIX} charged 5"
+        assert [c["key"] for c in read_ledger(ledger)] == [question.key], "charged once, with its key"
+        stream = parse_stream(await runtime.redis.xrange(keys.stream(job_id)))
+        (one, two) = starts(stream)
+        assert one[1] in pauser and two[1] not in pauser, f"resumed on another worker: {one} {two}"
+        assert result.worker_id == two[1] and result.attempt == two[0] == 2
+        assert [e["type"] for e in stream].count("tool_call") == 1, "the call is told once"
+        assert not client.exists(keys.input_request(job_id)), "the question went with the job's ending"
+
+
+async def test_a_declined_call_never_runs_and_the_model_is_told(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    charge_script(openai_server)
+    env = {"MCP_SERVERS": json.dumps(servers(ledger)), **APPROVAL}
+    start_openai_workers(workers, redis_url, openai_server, **env)
+    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(60):
+        paused = await runtime.jobs.run(ChatRequest(message="charge 5", mcp_servers=["ledger"]), timeout=30)
+        assert paused.status == "input_required", paused
+        await respond(runtime.jobs, paused.job_id, approve=False, note="not this month")
+        result = await runtime.jobs.wait(paused.job_id, timeout=30)
+    assert result.status == "completed", result
+    assert result.ai_response == (
+        f"{PREAMBLE}{REPLY} Error: not run: the user declined this call; they said: not this month"
+    )
+    assert read_ledger(ledger) == [], "a declined call is never sent"
+    assert result.tool_calls[0].is_error
+
+
+async def test_a_read_only_tool_runs_without_asking(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    charge_script(openai_server, tool="ledger__balance")
+    openai_server.script(tool_calls=[("ledger__balance", "{}")])
+    start_openai_workers(
+        workers, redis_url, openai_server, MCP_SERVERS=json.dumps(servers(ledger)), **APPROVAL
+    )
+    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(60):
+        result = await runtime.jobs.run(ChatRequest(message="balance", mcp_servers=["ledger"]), timeout=30)
+    assert result.status == "completed", result
+    assert result.ai_response == f"{PREAMBLE}{REPLY} {PREFIX} 0 charges"
+
+
+async def test_bad_answers_are_one_line_errors_and_lose_nothing(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    charge_script(openai_server)
+    start_openai_workers(
+        workers, redis_url, openai_server, MCP_SERVERS=json.dumps(servers(ledger)), **APPROVAL
+    )
+    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(60):
+        request = ChatRequest(message="charge 5", mcp_servers=["ledger"])
+        job_id = await runtime.queue.submit(request, caller="alice")
+        paused = await runtime.jobs.wait(job_id, timeout=30)
+        assert paused.status == "input_required" and paused.input_request is not None
+        key = paused.input_request.key
+
+        with pytest.raises(InvalidRequest, match=f"waits for an answer to {key}, not to {job_id}:7"):
+            await respond(runtime.jobs, job_id, approve=True, key=f"{job_id}:7")
+        with pytest.raises(JobNotFound):  # another tenant's job is as unknown as a missing one
+            await respond(runtime.jobs, job_id, approve=True, reader="bob")
+        with pytest.raises(JobNotFound):
+            await respond(runtime.jobs, "f" * 32, approve=True)
+        assert (await runtime.jobs.get(job_id)).status == "input_required", "nothing applied"
+
+        await respond(runtime.jobs, job_id, approve=True, reader="alice")
+        with pytest.raises(InvalidRequest, match="waits for no answer"):
+            await respond(runtime.jobs, job_id, approve=False, key=key)  # twice
+        result = await runtime.jobs.wait(job_id, timeout=30)
+        assert result.status == "completed" and len(read_ledger(ledger)) == 1, result
+        with pytest.raises(InvalidRequest, match="is completed: it waits for no answer"):
+            await respond(runtime.jobs, job_id, approve=True)
+
+
+async def test_a_paused_job_is_cancelled_at_once_and_an_unanswered_one_expires(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    charge_script(openai_server)
+    env = {"MCP_SERVERS": json.dumps(servers(ledger)), "INPUT_WAIT_SECONDS": "1", **APPROVAL}
+    start_openai_workers(workers, redis_url, openai_server, **env)
+    client = redis_server.client()
+    request = ChatRequest(message="charge 5", mcp_servers=["ledger"])
+    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(60):
+        cancelled, expiring = [await runtime.jobs.run(request, timeout=30) for _ in range(2)]
+        assert cancelled.status == expiring.status == "input_required"
+        await eventually(lambda: client.zscore(keys.INPUT_WAITING, cancelled.job_id) is not None)
+        result = await runtime.jobs.cancel(cancelled.job_id)
+        assert result.status == "cancelled", result
+        assert client.zscore(keys.INPUT_WAITING, cancelled.job_id) is None
+        with pytest.raises(InvalidRequest, match="is cancelled: it waits for no answer"):
+            await respond(runtime.jobs, cancelled.job_id, approve=True)
+
+        ended = await runtime.jobs.wait(expiring.job_id, timeout=30, until_input=False)
+        assert ended.status == "failed", ended
+        assert ended.error == (
+            "nobody answered whether to run ledger/charge within INPUT_WAIT_SECONDS=1; the call was not run"
+        )
+        with pytest.raises(InvalidRequest, match="is failed: it waits for no answer"):
+            await respond(runtime.jobs, expiring.job_id, approve=True)
+    assert read_ledger(ledger) == []
