@@ -176,3 +176,48 @@ async def test_a_paused_job_is_cancelled_at_once_and_an_unanswered_one_expires(
         with pytest.raises(InvalidRequest, match="is failed: it waits for no answer"):
             await respond(runtime.jobs, expiring.job_id, approve=True)
     assert read_ledger(ledger) == []
+
+
+PAUSED = 100
+
+
+async def test_a_hundred_paused_jobs_hold_no_slot_and_resume_on_another_worker(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    """WORKER_CONCURRENCY=2 on two workers: 100 jobs pause, new jobs still run and finish; the two
+    workers stop (they hold nothing), a third one resumes every job after its answer."""
+    ledger = tmp_path / "ledger.jsonl"
+    charge_script(openai_server)
+    env = {"MCP_SERVERS": json.dumps(servers(ledger)), "WORKER_CONCURRENCY": "2", **APPROVAL}
+    pausers = start_openai_workers(workers, redis_url, openai_server, count=2, **env)
+    client = redis_server.client()
+    pauser_ids = worker_ids(client)
+    request = ChatRequest(message="charge 5", mcp_servers=["ledger"])
+    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(240):
+        ids = [await runtime.queue.submit(request, caller="operator") for _ in range(PAUSED)]
+        await eventually(lambda: client.zcard(keys.INPUT_WAITING) == PAUSED, timeout=120)
+        assert not list(client.scan_iter(f"{keys.IN_PROGRESS_PREFIX}*")), "no paused job is held"
+        assert {(await runtime.jobs.get(i)).status for i in ids} == {"input_required"}
+
+        fresh = await asyncio.gather(
+            *(runtime.jobs.run(ChatRequest(message=f"new {n}"), timeout=60) for n in range(4))
+        )
+        assert [r.status for r in fresh] == ["completed"] * 4, "new jobs run beside 100 paused ones"
+        assert {r.worker_id for r in fresh} <= pauser_ids
+
+        start_openai_workers(workers, redis_url, openai_server, **env)
+        (resumer,) = worker_ids(client) - pauser_ids
+        for proc in pausers:  # holding nothing, they stop at once
+            proc.send_signal(signal.SIGTERM)
+        for proc in pausers:
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+        await asyncio.gather(*(respond(runtime.jobs, i, approve=True, key=f"{i}:2") for i in ids))
+        results = await asyncio.gather(*(runtime.jobs.wait(i, timeout=180, until_input=False) for i in ids))
+
+        assert [r.status for r in results] == ["completed"] * PAUSED, [r.error for r in results if r.error]
+        assert {r.worker_id for r in results} == {resumer}, "every job resumed on the third worker"
+        assert all(r.ai_response == f"{PREAMBLE}{REPLY} {PREFIX} charged 5" for r in results)
+        assert sorted(c["key"] for c in read_ledger(ledger)) == sorted(f"{i}:2" for i in ids), "charged once"
+        for job_id in ids:
+            (one, two) = starts(parse_stream(await runtime.redis.xrange(keys.stream(job_id))))
+            assert one[1] in pauser_ids and two == (2, resumer), (one, two)
