@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -27,9 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 for path in (ROOT, ROOT / "tests", ROOT / "tests" / "faults"):
     sys.path.insert(0, str(path))
 
-from kill_loop import Workers  # noqa: E402
-from openai_server import OpenAIServer  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from kill_loop import tool_lab  # noqa: E402
 from runtimes import runtime_for  # noqa: E402
 from tool_kill import ToolKillTrial, kill_in_tool_loop, script, servers  # noqa: E402
 
@@ -39,33 +36,24 @@ KINDS = ("after_result", "during_call")
 async def run(trials: int, lease: float, verbose: bool) -> int:
     results: list[ToolKillTrial] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="durable-kill-") as tmp:
-        redis, model, ledger = RedisServer(Path(tmp)), OpenAIServer(), Path(tmp) / "ledger.jsonl"
-        redis.start()
-        model.start()
+    with (
+        tempfile.TemporaryDirectory(prefix="durable-kill-") as tmp,
+        tool_lab(Path(tmp), servers, WORKER_LEASE_SECONDS=lease) as (workers, model, ledger),
+    ):
         script(model)
-        workers = Workers(
-            redis, Path(tmp), AI_PROVIDER="openai", OPENAI_BASE_URL=model.base_url, OPENAI_API_KEY="sk-test",
-            MCP_SERVERS=json.dumps(servers(ledger)), WORKER_LEASE_SECONDS=lease,
-        )  # fmt: skip
-        try:
-            workers.start()
-            workers.start()
-            async with runtime_for(redis.url, mcp_servers=servers(ledger)) as runtime:
-                for n in range(trials):
-                    await workers.all_ready()
-                    trial = await kill_in_tool_loop(
-                        runtime, workers.procs, ledger, KINDS[n % 2], timeout=lease + 60
-                    )
-                    results.append(trial)
-                    if trial.killed is not None:
-                        workers.replace(trial.killed)
-                    if verbose or not trial.complete:
-                        print(f"trial {n + 1}: {trial.seconds:.1f} s {trial.describe()}")
-        finally:
-            workers.stop()
-            model.stop()
-            redis.stop()
+        workers.start()
+        workers.start()
+        async with runtime_for(workers.redis.url, mcp_servers=servers(ledger)) as runtime:
+            for n in range(trials):
+                await workers.all_ready()
+                trial = await kill_in_tool_loop(
+                    runtime, workers.procs, ledger, KINDS[n % 2], timeout=lease + 60
+                )
+                results.append(trial)
+                if trial.killed is not None:
+                    workers.replace(trial.killed)
+                if verbose or not trial.complete:
+                    print(f"trial {n + 1}: {trial.seconds:.1f} s {trial.describe()}")
     return report(results, lease, time.monotonic() - started)
 
 

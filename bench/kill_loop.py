@@ -95,6 +95,27 @@ class Workers:
                 p.kill()
 
 
+@contextlib.contextmanager
+def tool_lab(tmp: Path, servers, **settings: object):
+    """A redis-server, the OpenAI-compatible test server and a Workers whose MCP_SERVERS are
+    `servers(ledger)` (the ledger file in `tmp`); yields (workers, model, ledger), stops them all."""
+    from openai_server import OpenAIServer
+
+    redis, model, ledger = RedisServer(tmp), OpenAIServer(), tmp / "ledger.jsonl"
+    redis.start()
+    model.start()
+    workers = Workers(
+        redis, tmp, AI_PROVIDER="openai", OPENAI_BASE_URL=model.base_url, OPENAI_API_KEY="sk-test",
+        MCP_SERVERS=json.dumps(servers(ledger)), **settings,
+    )  # fmt: skip
+    try:
+        yield workers, model, ledger
+    finally:
+        workers.stop()
+        model.stop()
+        redis.stop()
+
+
 async def run(trials: int, lease: float, token_delay_ms: float, verbose: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="kill-loop-") as tmp:
         redis = RedisServer(Path(tmp))

@@ -221,3 +221,32 @@ async def test_a_hundred_paused_jobs_hold_no_slot_and_resume_on_another_worker(
         for job_id in ids:
             (one, two) = starts(parse_stream(await runtime.redis.xrange(keys.stream(job_id))))
             assert one[1] in pauser_ids and two == (2, resumer), (one, two)
+
+
+async def test_each_of_several_questions_pauses_the_job_and_every_answer_holds(
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+):
+    """Two turns, each asking for two charges: four questions, one at a time; each answer is kept
+    through the later pauses, each attempt numbered after the last, and each charge runs once."""
+    ledger = tmp_path / "ledger.jsonl"
+    charge_script(openai_server)
+    args = json.dumps({"amount": 5})
+    openai_server.script(tool_calls=[("ledger__charge", args), ("ledger__charge", args)], tool_rounds=2)
+    start_openai_workers(
+        workers, redis_url, openai_server, MCP_SERVERS=json.dumps(servers(ledger)), **APPROVAL
+    )
+    async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(90):
+        job = await runtime.jobs.run(ChatRequest(message="charge 5", mcp_servers=["ledger"]), timeout=30)
+        asked = []
+        while job.status == "input_required" and job.input_request is not None:
+            asked.append(job.input_request.key)
+            await respond(runtime.jobs, job.job_id, approve=len(asked) != 3, note="not that one")
+            job = await runtime.jobs.wait(job.job_id, timeout=30)
+        stream = parse_stream(await runtime.redis.xrange(keys.stream(job.job_id)))
+    assert job.status == "completed", job
+    assert asked == [f"{job.job_id}:{step}" for step in (2, 3, 5, 6)]
+    assert [c["key"] for c in read_ledger(ledger)] == [asked[0], asked[1], asked[3]], (
+        "each approved call once"
+    )
+    assert [a for a, _ in starts(stream)] == [1, 2, 3, 4, 5] and job.attempt == 5
+    assert [r.is_error for r in job.tool_calls] == [False, False, True, False]
