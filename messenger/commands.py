@@ -11,7 +11,7 @@ import signal
 import sys
 
 from messenger.collector import Transcript
-from messenger.health import capacity, live_workers, report
+from messenger.health import NO_WORKER, capacity, live_workers, report
 from messenger.job_ids import full_id
 from messenger.jobs import JobClient, retry_job
 from messenger.queue import ANONYMOUS
@@ -139,11 +139,7 @@ async def _say_when_no_worker(jobs: JobClient, job_id: str) -> None:
         return
     while True:
         if not await live_workers(jobs.redis):
-            print(
-                f"messenger: no live worker: job {job_id} waits in the queue until a `worker` process "
-                "starts (Ctrl-C cancels it)",
-                file=sys.stderr,
-            )
+            print(f"messenger: {NO_WORKER} (job {job_id}; Ctrl-C cancels it)", file=sys.stderr)
             return
         await asyncio.sleep(NO_WORKER_CHECK_SECONDS)
 
@@ -152,7 +148,7 @@ async def submit(jobs: JobClient, args) -> int:
     job_id = await jobs.queue.submit(_request(args), caller=ANONYMOUS)
     print(job_id)
     if not await live_workers(jobs.redis):
-        print("messenger: no live worker: the job waits until a `worker` process starts", file=sys.stderr)
+        print(f"messenger: {NO_WORKER}", file=sys.stderr)
     return 0
 
 

@@ -17,6 +17,9 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from messenger.runtime import Runtime
 
+# what every surface (health, check_health, the CLI, top, the dashboard) says when no worker beats
+NO_WORKER = "no live worker: queued jobs wait until a `worker` process starts"
+
 
 async def live_workers(redis) -> list[dict]:
     workers = []
@@ -139,7 +142,7 @@ async def report(settings: Settings, redis, mcp_rows: list[dict] | None = None) 
         }
     out["status"] = "ok" if workers and not down else "degraded"
     if not workers:
-        out["problem"] = "no live worker: queued jobs wait until a `worker` process starts"
+        out["problem"] = NO_WORKER
     elif down:
         name, p = next(iter(down.items()))
         ago = f", {p['seen_s_ago']:g} s ago" if p["seen_s_ago"] is not None else ""
@@ -147,9 +150,13 @@ async def report(settings: Settings, redis, mcp_rows: list[dict] | None = None) 
     return out
 
 
-async def queue_counts(redis, workers: list[dict]) -> tuple[int, int]:
-    """(waiting, running). arq keeps a job in its queue while it runs, so the queue's size counts
-    both; the running ones are those a live worker's heartbeat holds."""
+async def queue_counts(redis, workers: list[dict] | None = None) -> tuple[int, int]:
+    """(waiting, running): jobs queued and not started, and jobs a live worker runs. arq keeps a job
+    in its queue while it runs, so the queue's size counts both; the running ones are those a live
+    worker's heartbeat holds (`workers`: the live workers' heartbeats, read here when not given).
+    Every count of the queue a person or a probe reads is this one."""
+    if workers is None:
+        workers = await live_workers(redis)
     held = sorted({j for w in workers for j in (w.get("running_jobs") or {}) if isinstance(j, str)})
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(keys.QUEUE)

@@ -21,7 +21,7 @@ from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay,
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
-from shared import damaged, dead_letter, keys
+from shared import dead_letter, keys
 from shared.errors import InvalidRequest, JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, CapacityWait, ChatRequest, JobResult, JobStatus, ToolCallRequest
@@ -186,9 +186,6 @@ class JobClient:
             else:
                 log.warning("skipping a member of %s that is not a job id", keys.RECENT_JOBS)
         return ids
-
-    async def queue_depth(self) -> int:
-        return await damaged.read(self.redis.zcard(keys.QUEUE), keys.QUEUE, 0)
 
     async def timeline(self, job_id: str) -> tuple[int, int]:
         """When a job was enqueued and when its last event came, in ms (the enqueue time if none yet)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from messenger.health import capacity, live_workers
+from messenger.health import capacity, live_workers, queue_counts
 from shared import tracing
 
 if TYPE_CHECKING:
@@ -32,7 +32,10 @@ class MessengerMetrics:
             registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge(
-            "mcpq_queue_depth", "Jobs waiting in the queue (read at scrape time)", registry=r
+            "mcpq_queue_depth", "Jobs queued and not yet started (read at scrape time)", registry=r
+        )
+        self.running = Gauge(
+            "mcpq_jobs_running", "Jobs a live worker is running (read at scrape time)", registry=r
         )
         self.workers = Gauge(
             "mcpq_workers_live", "Workers with a live heartbeat (read at scrape time)", registry=r
@@ -56,8 +59,10 @@ class MessengerMetrics:
 
     async def scrape(self, runtime) -> bytes:
         """The registry as Prometheus text; the Redis-backed gauges are read now."""
-        self.queue_depth.set(await runtime.jobs.queue_depth())
         workers = await live_workers(runtime.redis)
+        waiting, running = await queue_counts(runtime.redis, workers)
+        self.queue_depth.set(waiting)
+        self.running.set(running)
         self.workers.set(len(workers))
         models = await capacity(runtime.redis, runtime.settings, workers)
         for gauge, field in ((self.waiting, "waiting"), (self.upstream_429s, "upstream_429s"),

@@ -19,7 +19,7 @@ from messenger import usage
 from messenger.approvals import respond
 from messenger.calls import chat_request, final_answer, guarded, tenant_from
 from messenger.client_log import LevelStore, job_log
-from messenger.health import health, mcp_server_rows, models, seen_by_tenant
+from messenger.health import health, mcp_server_rows, models, queue_counts, seen_by_tenant
 from messenger.progress import ProgressRelay
 from messenger.runtime import Runtime
 from messenger.tenants import TENANT_NAME, Tenant
@@ -48,7 +48,8 @@ WaitSeconds = Annotated[float, Field(gt=0, le=3600, description="Give up waiting
 class JobList(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
-    queue_depth: int
+    queue_depth: int = Field(description="Jobs queued and not yet started, of every caller.")
+    running: int = Field(description="Jobs a live worker is running now, of every caller.")
     jobs: list[JobResult]
 
 
@@ -174,7 +175,8 @@ class QueueTools:
     ) -> JobList:
         """Recent jobs, newest first: queued, running and finished."""
         found = await self._guard(self.jobs.list(status, limit, self.identity(ctx).reader))
-        return JobList(queue_depth=await self._guard(self.jobs.queue_depth()), jobs=found)
+        waiting, running = await self._guard(queue_counts(self.runtime.redis))
+        return JobList(queue_depth=waiting, running=running, jobs=found)
 
     async def list_mcp_servers(self) -> dict[str, Any]:
         """The MCP servers a request may name in `mcp_servers` (MCP_SERVERS), and which of them this

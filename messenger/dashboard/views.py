@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 
 from messenger import usage
 from messenger.collector import Transcript, replay, retold
-from messenger.health import capacity, live_workers, worker_rows
+from messenger.health import NO_WORKER, capacity, live_workers, queue_counts, worker_rows
 from messenger.runtime import Runtime
 from messenger.stored import stored_result
 from shared import damaged, keys, timeseries
@@ -58,17 +58,19 @@ async def snapshot(runtime: Runtime) -> dict:
     redis = runtime.redis
     beats = await live_workers(redis)
     workers = worker_rows(beats)
-    depth = await runtime.jobs.queue_depth()
+    waiting, running = await queue_counts(redis, beats)
     await timeseries.sample_depth(redis)  # a point on the queue chart even with no worker alive
-    running = [job_id for w in workers for job_id in w["running_jobs"]]
+    held = [job_id for w in workers for job_id in w["running_jobs"]]
     queued = [m.decode(errors="replace") for m in await damaged.read(
         redis.zrange(keys.QUEUE, 0, IN_FLIGHT_SHOWN - 1), keys.QUEUE, [])]  # fmt: skip
-    flight = await rows(redis, list(dict.fromkeys(running + queued))[:IN_FLIGHT_SHOWN])
+    flight = await rows(redis, list(dict.fromkeys(held + queued))[:IN_FLIGHT_SHOWN])
     stats = await usage.usage_stats(redis, days=1)
     return {
         "time": time.time(),
-        "queue_depth": depth,
+        "queue_depth": waiting,
+        "running": running,
         "workers": workers,
+        "no_worker": NO_WORKER,  # said when `workers` is empty, in the words every other surface uses
         "in_flight": [r for r in flight if r["status"] not in FINAL_STATUSES],  # ended: it leaves
         "cost": {"totals": stats["totals"], "models": stats["models"]},
         "capacity": await capacity(redis, runtime.settings, beats),

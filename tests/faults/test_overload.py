@@ -31,7 +31,7 @@ async def test_a_full_queue_refuses_new_jobs_at_once_and_accepts_them_again_once
             assert refused.is_error
             assert "queue is full" in refused.content[0].text
             assert "MAX_QUEUE_DEPTH=5" in refused.content[0].text
-            assert await runtime.jobs.queue_depth() == 5, "refused requests were not queued"
+            assert await runtime.redis.zcard(keys.QUEUE) == 5, "refused requests were not queued"
 
             workers.start(redis_url)
             for job_id in queued:

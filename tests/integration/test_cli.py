@@ -26,6 +26,7 @@ import redis as sync_redis
 from processes import ROOT, WorkerProcesses, process_env
 from redis_server import RedisServer, free_port
 
+from messenger.health import NO_WORKER
 from shared.connection import COMMAND
 
 pytestmark = pytest.mark.redis
@@ -221,8 +222,8 @@ def test_ask_without_a_worker_says_so_and_ctrl_c_cancels_its_job(plain):
     proc = start(["ask", "nobody listens"], plain.url)
     assert proc.stderr is not None
     line = proc.stderr.readline()  # pytest's timeout guards the wait: the line comes, or the test fails
-    assert line.startswith("messenger: no live worker: job ") and "waits in the queue" in line, line
-    job_id = line.split("job ")[1].split()[0]
+    assert line.startswith(f"messenger: {NO_WORKER} (job "), line  # the words health and the dashboard use
+    job_id = line.split("(job ")[1].split(";")[0]
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=30)[1]
     assert proc.returncode == 130 and f"job {job_id} cancelled" in rest and "Traceback" not in rest, rest

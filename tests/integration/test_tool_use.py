@@ -25,6 +25,7 @@ from redis_server import free_port
 from messenger.queue import ANONYMOUS
 from messenger.runtime import open_runtime
 from messenger.server import build_server
+from shared import keys
 from shared.settings import load_settings
 
 CLOCK = str(Path(__file__).resolve().parents[1] / "mcp_clock_server.py")
@@ -228,7 +229,7 @@ async def test_an_unknown_server_is_refused_before_anything_is_queued(
             result = await client.call_tool(
                 "submit_message", {"message": "hi", "mcp_servers": ["clock", "weather"]}
             )
-            depth = await runtime.jobs.queue_depth()
+            depth = await runtime.redis.zcard(keys.QUEUE)
     assert result.is_error
     assert result.content[0].text.endswith(": unknown MCP server 'weather'; configured servers: clock")
     assert depth == 0

@@ -13,13 +13,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from mcp import Client
+from readers import text_of
 
+from messenger.dashboard.views import snapshot
 from messenger.health import providers, queue_counts, report
 from messenger.hub import EventHub
 from messenger.install import install
 from messenger.job_ids import full_id
 from messenger.jobs import JobClient, retry_job
 from messenger.queue import JobQueue
+from messenger.runtime import Runtime
+from messenger.server import build_server
 from shared import dead_letter, keys
 from shared.errors import InvalidRequest, JobNotFound
 from shared.models import ChatRequest
@@ -77,7 +82,15 @@ def _beat(worker_id: str, running=(), provider_error=None, seen_at=0.0, provider
     }  # fmt: skip
 
 
-async def test_the_queue_counts_waiting_jobs_apart_from_the_running_ones(jobs):
+async def test_every_surface_counts_the_waiting_jobs_apart_from_the_running_ones(jobs):
+    """Waiting: queued, not started. health, check_health, list_jobs, /metrics and the dashboard say
+    the same numbers, and the same words when no worker is live."""
+    runtime = Runtime(jobs.settings, jobs.redis, jobs.hub, jobs, jobs.queue)
+    nobody = await snapshot(runtime)
+    assert (
+        not nobody["workers"] and nobody["no_worker"] == (await report(jobs.settings, jobs.redis))["problem"]
+    )
+    assert "live worker" not in (ROOT / "messenger" / "dashboard" / "page.html").read_text()  # it shows that
     for job_id in ("j1", "j2", "j3"):
         await jobs.queue.submit(ChatRequest(message="hi"), caller="t", job_id=job_id)
     # arq keeps a running job in its queue: j1 is held by a worker
@@ -85,6 +98,15 @@ async def test_the_queue_counts_waiting_jobs_apart_from_the_running_ones(jobs):
     await jobs.redis.set(keys.worker("w1"), json.dumps(_beat("w1", running=["j1"])))
     found = await report(jobs.settings, jobs.redis)
     assert (found["queue_depth"], found["running"]) == (2, 1)
+    async with Client(build_server(runtime)) as client:
+        listed = (await client.call_tool("list_jobs", {})).structured_content
+        health = json.loads(text_of(await client.call_tool("check_health", {})))
+    assert listed is not None and (listed["queueDepth"], listed["running"]) == (2, 1)
+    assert (health["queue_depth"], health["running"]) == (2, 1)
+    scraped = (await runtime.metrics.scrape(runtime)).decode()
+    assert "mcpq_queue_depth 2.0" in scraped and "mcpq_jobs_running 1.0" in scraped
+    shot = await snapshot(runtime)
+    assert (shot["queue_depth"], shot["running"]) == (2, 1)
 
 
 def test_the_newest_call_outcome_decides_and_a_quiet_worker_cannot_vouch_for_the_provider():
