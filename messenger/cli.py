@@ -1,5 +1,5 @@
-"""`messenger serve | ask | submit | job | tail | jobs | cancel | retry | dead | top | stats | health |
-install`: a thin shell over the job client.
+"""`messenger serve | ask | submit | job | tail | jobs | cancel | retry | respond | dead | top | stats |
+health | install`: a thin shell over the job client.
 
 Whatever goes wrong ends in one line on stderr and an exit code (EXIT_CODES), never a traceback; a
 Redis that cannot be used says so within seconds, naming REDIS_URL. Only `serve` (and embedded mode)
@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 
 EXIT_CODES = """exit codes:
   0    done (ask, tail: the job completed; cancel: the job is cancelled; health: everything is ok)
-  1    the job failed or was cancelled; the queue refused the request (full, a budget or rate limit,
+  1    the job failed or was cancelled (ask, tail: or waits for an answer: `respond`); the queue refused the request (full, a budget or rate limit,
        an unknown MCP server); no such job; Redis cannot be reached or refuses the password or user;
        health found a problem
   2    a setting or an argument is wrong, or the provider cannot be used as configured
   130  interrupted (Ctrl-C, or SIGTERM during `ask`, which cancels its job first)"""
 
-NEEDS_REDIS = {"submit", "job", "tail", "jobs", "cancel", "retry", "dead", "top", "stats"}
+NEEDS_REDIS = {"submit", "job", "tail", "jobs", "cancel", "retry", "respond", "dead", "top", "stats"}
 
 
 def _request_options(p: argparse.ArgumentParser) -> None:
@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         ("retry", "queue a failed, cancelled or dead job again; prints the new job id"),
     ):
         sub.add_parser(name, help=text).add_argument("job_id")
+    respond = sub.add_parser("respond", help="answer a job that waits for approval of a tool call")
+    respond.add_argument("job_id")
+    respond.add_argument("answer", choices=["yes", "no"], help="yes: run the call; no: the model is told")
+    respond.add_argument("--note", help="said to the model with the answer")
     jobs = sub.add_parser("jobs", help="list recent jobs")
     jobs.add_argument(
         "--status", choices=["queued", "running", "input_required", "completed", "failed", "cancelled"]

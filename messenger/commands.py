@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 
+from messenger import approvals
 from messenger.collector import Transcript
 from messenger.health import NO_WORKER, capacity, live_workers, report
 from messenger.job_ids import full_id
@@ -85,6 +86,9 @@ def _finish(result: JobResult, as_json: bool) -> int:
         print()
         if result.status == "completed":
             print(_summary(result), file=sys.stderr)
+        elif result.input_request is not None:
+            print(f"job {result.job_id} waits for your answer: {result.input_request.question} "
+                  f"(messenger respond {result.job_id} yes|no)", file=sys.stderr)  # fmt: skip
         else:
             print(f"job {result.job_id} {result.status}: {result.error}", file=sys.stderr)
     return 0 if result.status == "completed" else 1
@@ -171,6 +175,14 @@ async def cancel(jobs: JobClient, args) -> int:
         return 1
     print(f"job {job_id} {result.status}")
     return 0 if result.status == "cancelled" else 1
+
+
+async def respond(jobs: JobClient, args) -> int:
+    """Answer the question a paused job waits on (human in the loop); it goes on at once."""
+    job_id = await full_id(jobs, args.job_id)
+    key = await approvals.respond(jobs, job_id, approve=args.answer == "yes", note=args.note)
+    print(f"job {job_id}: answered {args.answer} to {key}")
+    return 0
 
 
 async def retry(jobs: JobClient, args) -> int:

@@ -35,7 +35,7 @@ PASSWORD = "hunter2-cli"
 SOME_ID = "abcdef123456"
 EVERY_COMMAND = [
     ["jobs"], ["job", SOME_ID], ["tail", SOME_ID], ["stats"], ["health"], ["submit", "hi"], ["ask", "hi"],
-    ["cancel", SOME_ID], ["retry", SOME_ID], ["dead"], ["top", "--once"],
+    ["cancel", SOME_ID], ["retry", SOME_ID], ["respond", SOME_ID, "yes"], ["dead"], ["top", "--once"],
 ]  # fmt: skip
 
 

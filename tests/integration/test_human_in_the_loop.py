@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mcp_ledger_server import PREFIX, read_ledger
 from openai_server import eventually
-from processes import start_openai_workers, worker_ids
+from processes import ROOT, process_env, start_openai_workers, worker_ids
 from readers import parse_stream
 from runtimes import runtime_for
 
@@ -250,3 +251,36 @@ async def test_each_of_several_questions_pauses_the_job_and_every_answer_holds(
     )
     assert [a for a, _ in starts(stream)] == [1, 2, 3, 4, 5] and job.attempt == 5
     assert [r.is_error for r in job.tool_calls] == [False, False, True, False]
+
+
+def messenger(args: list[str], redis_url: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "messenger.cli", *args], env=process_env(redis_url, LOG_LEVEL="WARNING", **env),
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+async def test_the_cli_says_what_a_paused_job_asks_and_respond_answers_it(
+    redis_url, workers, openai_server, clean_env, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    charge_script(openai_server)
+    env = {"MCP_SERVERS": json.dumps(servers(ledger))}
+    start_openai_workers(workers, redis_url, openai_server, **env, **APPROVAL)
+    asked = await asyncio.to_thread(
+        messenger, ["ask", "--mcp-server", "ledger", "charge 5"], redis_url, **env
+    )
+    assert asked.returncode == 1, asked.stderr
+    (line,) = [x for x in asked.stderr.splitlines() if "waits for your answer" in x]
+    job_id = line.split()[1]
+    assert line == (
+        f'job {job_id} waits for your answer: Allow the tool call ledger/charge {{"amount": 5}}? '
+        f"(messenger respond {job_id} yes|no)"
+    )
+    answered = await asyncio.to_thread(messenger, ["respond", job_id[:8], "yes"], redis_url, **env)
+    assert answered.returncode == 0 and answered.stdout == f"job {job_id}: answered yes to {job_id}:2\n"
+    again = await asyncio.to_thread(messenger, ["respond", job_id, "no"], redis_url, **env)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "waits for no answer" in again.stderr
+    tail = await asyncio.to_thread(messenger, ["tail", job_id], redis_url, **env)
+    assert tail.returncode == 0, tail.stderr
+    assert f"{REPLY} {PREFIX} charged 5" in tail.stdout
