@@ -214,7 +214,8 @@ async def health(jobs: JobClient, args) -> int:
     print(f"redis      {r['url']}  {'ok ' + str(r.get('latency_ms')) + ' ms' if r['ok'] else r.get('error')}")
     if not r["ok"]:
         return 1
-    print(f"queue      {found['queue_depth']} waiting, {found['running']} running")
+    paused = f", {found['paused']} paused for an answer" if found.get("paused") else ""
+    print(f"queue      {found['queue_depth']} waiting, {found['running']} running{paused}")
     if not found["workers"]:
         print("provider   unknown: no live worker to call it")
     for name, p in found["providers"].items():

@@ -128,6 +128,8 @@ async def report(settings: Settings, redis, mcp_rows: list[dict] | None = None) 
     workers = await live_workers(redis)
     out["workers"] = worker_rows(workers)
     out["queue_depth"], out["running"] = await queue_counts(redis, workers)
+    # paused for their callers' answers (worker/pause.py): off the queue, held by no worker
+    out["paused"] = await damaged.read(redis.zcard(keys.INPUT_WAITING), keys.INPUT_WAITING, 0)
     if models_capacity := await capacity(redis, settings, workers):
         out["capacity"] = models_capacity  # MODEL_LIMITS, waiting jobs, 429s and cool-downs per model
     out["providers"] = providers(workers)

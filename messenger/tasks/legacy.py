@@ -53,7 +53,8 @@ class LegacyEra(TaskCore):
     def _watch(self, ctx, job_id: str) -> None:
         """Sessions hear about the job's progress without polling, for as long as it runs."""
         send = self._sender(ctx)
-        timeout = self.runtime.settings.job_timeout_seconds + 60
+        settings = self.runtime.settings  # (a job may pause for an answer up to INPUT_WAIT_SECONDS)
+        timeout = settings.job_timeout_seconds + settings.input_wait_seconds + 60
 
         async def watch() -> None:
             try:

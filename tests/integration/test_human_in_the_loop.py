@@ -20,6 +20,7 @@ from readers import parse_stream
 from runtimes import runtime_for
 
 from messenger.approvals import respond
+from messenger.health import report
 from shared import keys
 from shared.errors import InvalidRequest, JobNotFound
 from shared.models import ChatRequest
@@ -182,6 +183,12 @@ async def test_a_paused_job_is_cancelled_at_once_and_an_unanswered_one_expires(
 PAUSED = 100
 
 
+def held(client) -> set[str]:
+    """The jobs the live workers' heartbeats say they run."""
+    beats = [json.loads(client.get(k) or b"{}") for k in client.scan_iter(f"{keys.WORKER_PREFIX}*")]
+    return {job_id for beat in beats for job_id in beat.get("running_jobs") or {}}
+
+
 async def test_a_hundred_paused_jobs_hold_no_slot_and_resume_on_another_worker(
     redis_url, redis_server, workers, openai_server, clean_env, tmp_path
 ):
@@ -199,6 +206,9 @@ async def test_a_hundred_paused_jobs_hold_no_slot_and_resume_on_another_worker(
         await eventually(lambda: client.zcard(keys.INPUT_WAITING) == PAUSED, timeout=120)
         assert not list(client.scan_iter(f"{keys.IN_PROGRESS_PREFIX}*")), "no paused job is held"
         assert {(await runtime.jobs.get(i)).status for i in ids} == {"input_required"}
+        await eventually(lambda: not held(client), timeout=10)  # the heartbeats after the pauses say so
+        found = await report(runtime.settings, runtime.redis)
+        assert (found["queue_depth"], found["running"], found["paused"]) == (0, 0, PAUSED)
 
         fresh = await asyncio.gather(
             *(runtime.jobs.run(ChatRequest(message=f"new {n}"), timeout=60) for n in range(4))

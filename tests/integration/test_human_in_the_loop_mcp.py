@@ -103,3 +103,30 @@ async def test_send_message_returns_the_question_and_respond_to_job_answers_it(s
             assert done.structured_content["status"] == "completed", done.structured_content
             assert done.structured_content["aiResponse"] == f"{PREAMBLE}{REPLY} {PREFIX} charged 5"
     assert [c["key"] for c in read_ledger(ledger)] == [key]
+
+
+async def test_a_2025_task_that_pauses_is_told_input_required_and_then_completed(stack):
+    messenger, ledger = stack
+    heard: list[tuple[str, str]] = []
+    changed = anyio.Event()
+
+    async def on_status(state) -> None:
+        nonlocal changed
+        heard.append((state.task_id, state.status))
+        changed.set()
+        changed = anyio.Event()
+
+    async def hear(pair: tuple[str, str]) -> None:
+        while pair not in heard:
+            await changed.wait()
+
+    async with Client(messenger.url, mode="legacy", extensions=[Tasks(on_status)]) as client:
+        with anyio.fail_after(60):
+            task = await start_task(client, "send_message_to_ai", CHARGE)
+            await hear((task.task_id, "input_required"))
+            state = await get_task(client, task.task_id)
+            assert state.status == "input_required" and state.input_requests, state
+            answered = await client.call_tool("respond_to_job", {"job_id": task.task_id, "approve": True})
+            assert not answered.is_error, text_of(answered)
+            await hear((task.task_id, "completed"))
+    assert len(read_ledger(ledger)) == 1
