@@ -8,9 +8,12 @@ refuses is one line naming the REDIS_URL parameter to fix, not a retry loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arq.connections import ArqRedis
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from fakeredis import FakeServer
 
 _memory_server: FakeServer | None = None
+log = logging.getLogger("mcpq.redis")
 
 
 class RetryPolicy(NamedTuple):
@@ -52,6 +56,34 @@ class RetryPolicy(NamedTuple):
 SERVICE = RetryPolicy(retries=8, cap=2.0, connect_timeout=None)  # servers, workers: outlive a restart
 # a CLI command: an operator has the one-line answer within start-up + 2.5 s, whatever Redis does
 COMMAND = RetryPolicy(retries=1, cap=0.25, connect_timeout=1.0, give_up=2.5)
+
+
+async def subscribe_forever(
+    redis, channel: str, on_message: Callable[[bytes], None], *, on_subscribed: Callable[[], None],
+    what: str, policy: RetryPolicy = SERVICE,
+) -> None:  # fmt: skip
+    """Hand every message published on `channel` to `on_message`, for as long as the task runs. A
+    lost subscription is made again, waiting `policy.delay` between tries, with one WARNING per
+    outage; `on_subscribed` runs on each (re)subscribe: what was published meanwhile is gone, so
+    the caller looks again."""
+    failures = 0
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            failures = 0
+            on_subscribed()
+            async for message in pubsub.listen():
+                if message["type"] == "message" and isinstance(message["data"], bytes):
+                    on_message(message["data"])
+        except (RedisError, OSError) as e:
+            failures += 1
+            level = logging.WARNING if failures == 1 else logging.DEBUG
+            log.log(level, "%s subscription lost (%s); retrying until Redis answers", what, type(e).__name__)
+            await asyncio.sleep(policy.delay(failures))
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
 
 class _Retry(Retry):

@@ -42,6 +42,7 @@ from email.utils import parsedate_to_datetime
 from redis.exceptions import RedisError
 
 from shared import keys
+from shared.connection import subscribe_forever
 from shared.errors import ProviderError, RateLimited
 from shared.scripts import Arg, Args, Key, script
 from shared.settings import ModelLimits, Settings
@@ -433,29 +434,19 @@ class Capacity:
     async def _listen_forever(self, redis) -> None:
         """`free <model>`: a slot freed somewhere, wake this worker's waiter; `cool <model>`: the
         model cools down, so its next call asks Redis even when it has no MODEL_LIMITS."""
-        backoff = 0.05
-        while True:
-            pubsub = redis.pubsub()
-            try:
-                await pubsub.subscribe(keys.CAPACITY_CHANNEL)
-                for event in self._freed.values():  # anything freed while we were not listening
-                    event.set()
-                backoff = 0.05
-                async for message in pubsub.listen():
-                    if message["type"] != "message" or not isinstance(message["data"], bytes):
-                        continue
-                    kind, _, model = message["data"].decode(errors="replace").partition(" ")
-                    if kind == "free" and model in self._freed:
-                        self._freed[model].set()
-                    elif kind == "cool":
-                        self._cooling[model] = math.inf
-            except (RedisError, OSError) as e:
-                log.warning("capacity subscription lost (%s); retrying in %.2fs", type(e).__name__, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+
+        def subscribed() -> None:
+            for event in self._freed.values():  # anything freed while we were not listening
+                event.set()
+
+        def told(data: bytes) -> None:
+            kind, _, model = data.decode(errors="replace").partition(" ")
+            if kind == "free" and model in self._freed:
+                self._freed[model].set()
+            elif kind == "cool":
+                self._cooling[model] = math.inf
+
+        await subscribe_forever(redis, keys.CAPACITY_CHANNEL, told, on_subscribed=subscribed, what="capacity")
 
     async def aclose(self) -> None:
         if self._listener is not None:

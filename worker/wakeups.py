@@ -30,7 +30,7 @@ from redis.exceptions import (
 )
 
 from shared import damaged, dead_letter, keys, turns
-from shared.connection import connect, probe_access, redacted, tls_refusal
+from shared.connection import connect, probe_access, redacted, subscribe_forever, tls_refusal
 from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.scripts import Arg, Args, Key, script
 from shared.sentinel import UnknownMaster
@@ -163,7 +163,7 @@ class QueueWorker(Worker):
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = self.ctx["settings"].worker_lease_seconds  # the heartbeat renews it
         self._wake = asyncio.Event()
-        self._woken: list[str] = []
+        self._woken: list[bytes] = []  # job ids as published
         self._full_poll_due = True
         self._claims_paused_until = 0.0  # loop time; see main()
         self._refused = False
@@ -370,30 +370,20 @@ class QueueWorker(Worker):
         self._wake.set()
 
     async def _listen_for_wakeups(self) -> None:
-        backoff = 0.05
-        while True:
-            pubsub = self.pool.pubsub()
-            try:
-                await pubsub.subscribe(keys.WAKEUP_CHANNEL)
-                self._full_poll_due = True  # anything enqueued while we were not listening
-                self._wake.set()
-                backoff = 0.05
-                async for message in pubsub.listen():
-                    if message["type"] != "message":
-                        continue
-                    data = message["data"]
-                    if data == b"cancel":
-                        self._full_poll_due = True  # arq's poll handles aborts
-                    elif data == b"config":
-                        self.ctx["mcpq"].defaults_read_at = float("-inf")  # configure_ai_model: re-read
-                        continue
-                    else:
-                        self._woken.append(data)
-                    self._wake.set()
-            except (RedisError, OSError) as e:
-                log.warning("wake-up subscription lost (%s); retrying in %.2fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        def subscribed() -> None:
+            self._full_poll_due = True  # anything enqueued while we were not listening
+            self._wake.set()
+
+        def woken(data: bytes) -> None:
+            if data == b"cancel":
+                self._full_poll_due = True  # arq's poll handles aborts
+            elif data == b"config":
+                self.ctx["mcpq"].defaults_read_at = float("-inf")  # configure_ai_model: re-read
+                return
+            else:
+                self._woken.append(data)
+            self._wake.set()
+
+        await subscribe_forever(
+            self.pool, keys.WAKEUP_CHANNEL, woken, on_subscribed=subscribed, what="wake-up"
+        )
