@@ -19,6 +19,7 @@ from shared.scripts import Arg, Key, script
 
 
 @script("""
+if redis.call('TYPE', record).ok ~= 'hash' then return {'none'} end  -- none, or junk written by hand
 local raw = redis.call('HGET', record, 'question')
 if not raw then return {'none'} end
 local ok, q = pcall(cjson.decode, raw)

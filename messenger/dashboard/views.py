@@ -96,23 +96,25 @@ async def rows(redis, job_ids: list[str]) -> list[dict]:
             pipe.exists(keys.in_progress(job_id))
             pipe.get(keys.job(job_id))
             pipe.get(keys.owner(job_id))
+            pipe.hexists(keys.input_request(job_id), "question")  # paused for its caller's answer
         replies = [
             None if isinstance(r, ResponseError) else r for r in await pipe.execute(raise_on_error=False)
         ]
     for reply in replies:
         if isinstance(reply, BaseException):
             raise reply  # a lost connection; a wrong-typed key (junk) only loses that field
-    found = (_row(job_id, *replies[5 * i : 5 * i + 5]) for i, job_id in enumerate(job_ids))
+    found = (_row(job_id, *replies[6 * i : 6 * i + 6]) for i, job_id in enumerate(job_ids))
     return [row for row in found if row is not None]
 
 
-def _row(job_id: str, enqueued_ms, result, running, queued, owner) -> dict | None:
+def _row(job_id: str, enqueued_ms, result, running, queued, owner, asking) -> dict | None:
     job: JobResult | None = None
     request = _request(result, queued)
     if isinstance(result, bytes):
         job = stored_result(job_id, result, Transcript(job_id))
     elif running or isinstance(queued, bytes):
-        job = JobResult(job_id=job_id, status="running" if running else "queued")
+        status = "input_required" if asking else "running" if running else "queued"
+        job = JobResult(job_id=job_id, status=status)
     if job is None:
         return None
     return {

@@ -20,6 +20,7 @@ from readers import parse_stream
 from runtimes import runtime_for
 
 from messenger.approvals import respond
+from messenger.dashboard.views import rows
 from messenger.health import report
 from shared import keys
 from shared.errors import InvalidRequest, JobNotFound
@@ -209,6 +210,7 @@ async def test_a_hundred_paused_jobs_hold_no_slot_and_resume_on_another_worker(
         await eventually(lambda: not held(client), timeout=10)  # the heartbeats after the pauses say so
         found = await report(runtime.settings, runtime.redis)
         assert (found["queue_depth"], found["running"], found["paused"]) == (0, 0, PAUSED)
+        assert {row["status"] for row in await rows(runtime.redis, ids)} == {"input_required"}  # dashboard
 
         fresh = await asyncio.gather(
             *(runtime.jobs.run(ChatRequest(message=f"new {n}"), timeout=60) for n in range(4))
