@@ -11,8 +11,7 @@ import uuid
 
 from arq.jobs import serialize_job
 
-from messenger import admission, usage
-from shared import keys, tracing, turns
+from shared import keys, turns
 from shared.errors import InvalidRequest, QueueFull, ToolServerError
 from shared.models import ChatRequest, ToolCallRequest
 from shared.scripts import Arg, Key, script
@@ -97,6 +96,8 @@ class JobQueue:
             unknown = [n for n in request.mcp_servers if n not in self.settings.mcp_servers]
             if unknown:
                 raise ToolServerError(unknown_servers_message(unknown, self.settings.mcp_servers))
+        from messenger import admission, usage  # only a submit needs them, not `messenger jobs`
+
         admitting = admission.enabled(self.settings)
         if admitting:  # one more round trip, only when budgets or rate limits are set
             request = admission.pinned(request, await usage.model_defaults(self.redis, caller), self.settings)
@@ -115,6 +116,8 @@ class JobQueue:
     async def _write(
         self, job_id: str, function: str, request: dict, caller: str, *, priority: str | None
     ) -> None:
+        from shared import tracing  # only a submit needs it (OpenTelemetry), not `messenger jobs`
+
         now_ms = int(time.time() * 1000)
         trace = tracing.current_carrier()  # the caller's trace, when there is one, goes with the job
         payload = serialize_job(

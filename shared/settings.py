@@ -7,7 +7,6 @@ secret values are never echoed.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import logging
@@ -421,6 +420,8 @@ log = logging.getLogger("shared.settings")
 
 def _unknown_setting(name: str) -> str:
     known = [field.upper() for field in Settings.model_fields]
+    import difflib  # only for a misspelt variable
+
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     return f"{name} is not a setting mcp-queue knows{hint}"

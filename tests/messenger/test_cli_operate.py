@@ -6,6 +6,7 @@ loads the MCP SDK."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -159,12 +160,22 @@ def test_install_leaves_a_file_it_cannot_read_as_it_was(tmp_path, capsys):
 
 
 def test_the_commands_that_need_no_mcp_never_import_it():
-    """`import mcp` alone costs over a second: --help, jobs, job, stats, health, top must not pay it."""
-    probe = (
+    """`import mcp` alone costs over a second: --help, jobs, job, stats, health, top must not pay it
+    (nor OpenTelemetry, which only a submit uses); `ask` in embedded mode starts a runtime and its
+    worker, and needs no MCP client or server either."""
+    heavy = "{'mcp', 'mcp_types', 'starlette', 'anyio', 'worker', 'opentelemetry'}"
+    commands = (
         "import sys, messenger.cli, messenger.commands, messenger.top, messenger.install; "
-        "messenger.cli._parser(); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'mcp_types', 'starlette', 'worker'}))"
+        f"messenger.cli._parser(); print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))"
     )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    embedded_ask = (
+        "import sys, messenger.cli; assert messenger.cli.main(['ask', 'hi']) == 0; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'mcp_types', 'starlette', 'anyio'}))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "AI_", "MCP_"))}
+    for probe in (commands, embedded_ask):
+        done = subprocess.run(
+            [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
