@@ -1,0 +1,113 @@
+"""The pause's Redis side in one process (fakeredis): parking, answering in either order, a cancel
+before the park, expiry, and which tools TOOL_APPROVAL asks about."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from messenger.approvals import _answer
+from shared import keys
+from shared.approvals import RESUME_SCORE, Answer, read
+from shared.models import Question
+from shared.settings import load_settings
+from worker.pause import Park, needs_approval, park, wake_expired
+
+JOB = "job1"
+KEY = f"{JOB}:2"
+
+
+@pytest.mark.parametrize(
+    ("rule", "read_only", "destructive", "asks"),
+    [
+        ("none", None, True, False),
+        ("all", True, False, True),
+        ("destructive", None, None, True),  # the MCP spec's defaults: may be destructive
+        ("destructive", None, True, True),
+        ("destructive", True, None, False),
+        ("destructive", False, False, False),
+    ],
+)
+def test_tool_approval_asks_unless_a_tool_says_it_is_harmless(rule, read_only, destructive, asks):
+    assert needs_approval(rule, read_only, destructive) is asks
+
+
+async def asking(redis, expires_at: float | None = None) -> None:
+    """A job that has asked (its worker still holds it): queued, leased, its question in its record."""
+    question = Question(
+        key=KEY, step=2, server="ledger", tool="charge", arguments={"amount": 5}, question="Allow?",
+        asked_at=time.time(), expires_at=expires_at or time.time() + 60,
+    )  # fmt: skip
+    await redis.set(keys.job(JOB), b"{}", px=10_000)
+    await redis.zadd(keys.QUEUE, {JOB: 5})
+    await redis.set(keys.in_progress(JOB), b"1", px=10_000)
+    await redis.set(keys.retry(JOB), b"1")
+    await redis.hset(keys.input_request(JOB), "question", question.model_dump_json())
+
+
+async def answer(redis, key: str = KEY) -> list[bytes]:
+    return await _answer(
+        redis, record=keys.input_request(JOB), job=keys.job(JOB), waiting=keys.INPUT_WAITING, queue=keys.QUEUE,
+        wakeup=keys.WAKEUP_CHANNEL, job_id=JOB, key=key, score=RESUME_SCORE,
+        answer=Answer(approved=True, answered_at=1.0).model_dump_json(),
+    )  # fmt: skip
+
+
+async def park_it(redis, expires_at: float | None = None) -> int:
+    how = Park(job_try=1, expires_at=expires_at or time.time() + 60)
+    return await park(redis, JOB, how, load_settings(redis_url="memory://"))
+
+
+async def test_a_parked_job_leaves_the_queue_and_an_answer_puts_it_back_at_the_head(redis):
+    await asking(redis)
+    assert await park_it(redis) == 1
+    assert await redis.zscore(keys.QUEUE, JOB) is None and await redis.zscore(keys.INPUT_WAITING, JOB)
+    assert not await redis.exists(keys.in_progress(JOB), keys.retry(JOB))
+    assert await redis.pttl(keys.job(JOB)) > 60_000, "its keys outlive its question"
+
+    assert await answer(redis, f"{JOB}:9") == [b"wrong", KEY.encode()]
+    assert await answer(redis) == [b"ok", KEY.encode()]
+    assert await redis.zscore(keys.QUEUE, JOB) == RESUME_SCORE
+    assert await redis.zscore(keys.INPUT_WAITING, JOB) is None
+    record = await read(redis, JOB)
+    assert record.question is None and record.answers[2].approved and record.base == 1 and not record.parked
+    assert await answer(redis) == [b"none"], "an answer is taken once"
+
+
+async def test_an_answer_before_the_park_makes_the_park_wake_the_job(redis):
+    await asking(redis)
+    assert await answer(redis) == [b"ok", KEY.encode()]  # the worker is still letting go
+    assert await redis.zscore(keys.QUEUE, JOB) == 5, "not queued twice"
+    assert await park_it(redis) == 0
+    assert await redis.zscore(keys.QUEUE, JOB) == 5 and not await redis.exists(keys.in_progress(JOB))
+    assert await redis.zscore(keys.INPUT_WAITING, JOB) is None
+
+
+async def test_a_cancel_before_the_park_leaves_the_job_to_arqs_abort(redis):
+    await asking(redis)
+    await redis.set(keys.cancel(JOB), b"1")
+    assert await park_it(redis) == 0
+    assert await redis.zscore(keys.QUEUE, JOB) == 5 and await redis.zscore(keys.INPUT_WAITING, JOB) is None
+
+
+async def test_an_expired_question_puts_its_job_back_on_the_queue(redis):
+    await asking(redis, expires_at=time.time() - 1)
+    assert await park_it(redis, expires_at=time.time() - 1) == 1
+    assert await wake_expired(redis) == 1
+    assert await redis.zscore(keys.QUEUE, JOB) == RESUME_SCORE
+    assert (await read(redis, JOB)).question is not None, "still unanswered: the run fails, saying so"
+    assert await wake_expired(redis) == 0
+
+
+async def test_junk_in_the_record_reads_as_no_question(redis):
+    await redis.set(keys.input_request(JOB), b"junk")
+    assert (await read(redis, JOB)).question is None
+    assert await answer(redis) == [b"none"]
+    await redis.delete(keys.input_request(JOB))
+    await redis.hset(
+        keys.input_request(JOB), mapping={"question": b"{", "answer:2": json.dumps({"approved": 1})}
+    )
+    record = await read(redis, JOB)
+    assert record.question is None and record.answers[2].approved
