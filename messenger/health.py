@@ -1,6 +1,6 @@
-"""What a person (or a probe) reads about the running system: Redis, live workers, queue depth,
-provider reachability, configured MCP servers and the models on offer. Shared by check_health,
-`GET /health`, `GET /metrics`, the dashboard and the CLI; it only reads."""
+"""What a person (or a probe) reads about the running system: Redis, live workers, jobs waiting and
+running, provider reachability, configured MCP servers and the models on offer. Shared by
+check_health, `GET /health`, `GET /metrics`, the dashboard and the CLI; it only reads."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def seen_by_tenant(report: dict) -> dict:
 
 
 async def health(runtime: Runtime) -> dict:
-    """Redis, live workers, queue depth and provider reachability, as one JSON-able dict."""
+    """Redis, live workers, jobs waiting and running, and provider reachability, as one JSON-able dict."""
     rows = mcp_server_rows(runtime) if runtime.settings.mcp_servers else []
     return await report(runtime.settings, runtime.redis, rows)
 

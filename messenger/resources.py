@@ -47,6 +47,6 @@ def add_resources(mcp: MCPServer, runtime: Runtime, tenant_of: Callable[[Context
 
     @mcp.resource("health://status", name="health", mime_type=JSON)
     async def health_status() -> str:
-        """Redis, live workers, queue depth and provider reachability."""
+        """Redis, live workers, jobs waiting and running, and provider reachability."""
         report = await health(runtime)
         return json.dumps(report if current_tenant(runtime.settings).operator else seen_by_tenant(report))

@@ -189,7 +189,8 @@ class QueueTools:
         return models(self.settings)
 
     async def check_health(self, ctx: Context) -> dict[str, Any]:
-        """Redis, live workers, queue depth and whether the provider can be reached."""
+        """Redis, live workers, jobs waiting (queued, not started) and running, and whether the provider
+        can be reached."""
         report = await health(self.runtime)
         return report if self.identity(ctx).operator else seen_by_tenant(report)
 

@@ -61,7 +61,7 @@ async def _sample_depth(redis, *, queue: Key, series: Key, ttl: Arg[int]) -> int
 
 async def sample_depth(redis, now: float | None = None) -> None:
     """Note the queue's length in this minute's hash (each worker's heartbeat, each dashboard
-    snapshot): the queue depth chart has a point even in a minute when no job ended."""
+    snapshot): the chart of jobs waiting or running has a point even in a minute when no job ended."""
     key = keys.series(int((now or time.time()) // 60))
     try:
         if await _sample_depth(redis, queue=keys.QUEUE, series=key, ttl=keys.SERIES_KEPT_SECONDS) < 0:

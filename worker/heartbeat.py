@@ -56,7 +56,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
                 await pipe.execute()
             await state.capacity.renew(redis)
             await pause.wake_expired(redis)  # paused jobs whose question expired: each fails when it runs
-            await timeseries.sample_depth(redis)  # the dashboard's queue depth chart
+            await timeseries.sample_depth(redis)  # the dashboard's chart of jobs waiting or running
             state.metrics.heartbeat.set_to_current_time()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)
