@@ -174,6 +174,8 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             if run.attempt > 1:  # a re-run: go on from the last finished step of the attempts before
                 replay = await journal.read(run.redis, run.job_id)
         await run.publisher.start(state.worker_id, run.model, resumed=replay.last_step or None)
+        if asked.base and await run.redis.exists(keys.cancel(run.job_id)):  # cancelled as it paused
+            return await run.end("cancelled", "cancelled by request")
         if asked.question and asked.question.expires_at <= time.time():
             await run.redis.hdel(keys.input_request(run.job_id), "question")  # a late answer finds none
             return await run.end("failed", _unanswered(asked.question, settings))

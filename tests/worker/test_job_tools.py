@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mcp_clock_server import PREFIX
 from readers import job_events
-from runtimes import embedded
+from runtimes import clock_worker, embedded
 from stream_helpers import collect
 
 from shared.models import ChatRequest
@@ -284,30 +284,11 @@ async def test_three_tools_whose_names_sanitise_alike_get_three_names():
 
 
 async def _run_call_tool(clean_env, monkeypatch, request: dict, **settings):
-    from shared.connection import connect
-    from shared.settings import load_settings
-    from shared.tool_client import ToolServers
-    from worker.job import WorkerState, call_tool
-    from worker.publisher import EventWriter
+    from worker.job import call_tool
 
-    monkeypatch.setattr("shared.connection._memory_server", None)
-    redis = connect("memory://")
-    servers_config = {"clock": {"command": sys.executable, "args": [CLOCK]}}
-    config = load_settings(redis_url="memory://", mcp_servers=servers_config, **settings)
-    servers = ToolServers(config.mcp_servers, config.tool_call_timeout_seconds)
-    state = WorkerState(
-        settings=config,
-        provider=MockProvider(),
-        worker_id="w-test",
-        writer=EventWriter(redis),
-        tool_servers=servers,
-    )
-    try:
+    async with clock_worker(monkeypatch, **settings) as (redis, state):
         out = await call_tool({"mcpq": state, "job_id": "job-t", "job_try": 1, "redis": redis}, request)
         events = await job_events(redis, "job-t")
-    finally:
-        await servers.aclose()
-        await redis.aclose()
     return out, events
 
 

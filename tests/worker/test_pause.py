@@ -7,12 +7,16 @@ import json
 import time
 
 import pytest
+from mcp_clock_server import PREFIX
+from readers import job_events
+from runtimes import clock_worker
 
 from messenger.approvals import _answer
 from shared import keys
 from shared.approvals import RESUME_SCORE, Answer, read
-from shared.models import Question
+from shared.models import ChatRequest, Question
 from shared.settings import load_settings
+from worker.job import chat
 from worker.pause import Park, needs_approval, park, wake_expired
 
 JOB = "job1"
@@ -111,3 +115,49 @@ async def test_junk_in_the_record_reads_as_no_question(redis):
     )
     record = await read(redis, JOB)
     assert record.question is None and record.answers[2].approved
+
+
+@pytest.fixture
+async def worker_state(clean_env, monkeypatch):
+    """A worker with the mock model, the clock server and TOOL_APPROVAL=all."""
+    async with clock_worker(monkeypatch, tool_approval="all") as found:
+        yield found
+
+
+async def run_chat(redis, state) -> dict:
+    """One attempt, as arq starts it (its try counted, as arq's INCR does), parked if it paused."""
+    job_try = await redis.incr(keys.retry(JOB))
+    request = ChatRequest(message="what is the time now?", mcp_servers=["clock"]).model_dump(
+        exclude_none=True
+    )
+    out = await chat({"mcpq": state, "job_id": JOB, "job_try": job_try, "redis": redis}, request)
+    if (how := state.paused.pop(JOB, None)) is not None:
+        await park(redis, JOB, how, state.settings)
+    return out
+
+
+async def test_a_job_pauses_before_the_call_and_an_answer_runs_it(worker_state):
+    redis, state = worker_state
+    await redis.set(keys.job(JOB), b"{}")
+    await redis.zadd(keys.QUEUE, {JOB: 5})
+    paused = await run_chat(redis, state)
+    assert paused == {"job_id": JOB, "status": "input_required", "key": KEY}
+    assert JOB not in state.running and await redis.zscore(keys.INPUT_WAITING, JOB)
+    assert [e.type for e in await job_events(redis, JOB)] == ["start", "tool_call", "input_required"]
+
+    assert await answer(redis) == [b"ok", KEY.encode()]
+    done = await run_chat(redis, state)
+    assert done["status"] == "completed" and done["attempt"] == 2, done
+    assert done["toolCalls"][0]["result"].startswith(PREFIX)
+    assert not await redis.exists(keys.input_request(JOB)), "the record went with the ending"
+
+
+async def test_a_job_cancelled_as_it_paused_ends_cancelled_when_it_runs_again(worker_state):
+    """The cancel came while its worker let go (the park then left it on the queue): its next run ends
+    it, instead of asking again and again while the cancel stands."""
+    redis, state = worker_state
+    await redis.set(keys.job(JOB), b"{}")
+    await redis.set(keys.cancel(JOB), b"1")
+    assert (await run_chat(redis, state))["status"] == "input_required"
+    ended = await run_chat(redis, state)
+    assert ended["status"] == "cancelled" and ended["attempt"] == 2, ended
