@@ -92,7 +92,8 @@ class QueueTools:
         """Ask the model and wait for the whole answer; tokens stream as progress notifications.
 
         The call runs as a queued job. If the wait is cut short the job goes on: fetch it later with
-        get_job or wait_for_job (its id is in every result)."""
+        get_job or wait_for_job (its id is in every result). A job that waits for approval of a tool
+        call returns at once with status input_required and the question: answer with respond_to_job."""
         request = chat_request(
             message=message, context=context, model=model, temperature=temperature,
             max_tokens=max_tokens, conversation_id=conversation_id, mcp_servers=mcp_servers,
