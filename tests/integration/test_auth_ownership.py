@@ -16,7 +16,15 @@ from mcp.shared.exceptions import MCPError
 from mcp_helpers import messenger_env, running_messengers
 from readers import text_of
 
-from messenger.tasks.client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
+from messenger.tasks.client import (
+    Tasks,
+    cancel_task,
+    get_task,
+    list_tasks,
+    start_task,
+    task_result,
+    update_task,
+)
 
 ALICE = {"Authorization": "Bearer tok1"}
 ALICE_AGAIN = {"X-Api-Key": "tok1"}  # the same key through the other header: the same caller
@@ -81,6 +89,7 @@ async def test_another_keys_jobs_and_tasks_are_unknown_to_it(server, mode):
                 ("get_job", {}),
                 ("wait_for_job", {"timeout_seconds": 1}),
                 ("cancel_job", {}),
+                ("respond_to_job", {"approve": True}),
             ):
                 never = text_of(await bob.call_tool(tool, {"job_id": UNKNOWN, **extra}))
                 for job_id in (mine["jobId"], task.task_id):
@@ -90,6 +99,10 @@ async def test_another_keys_jobs_and_tasks_are_unknown_to_it(server, mode):
             for read in (get_task, task_result, cancel_task):
                 with pytest.raises(MCPError) as refused_task:
                     await read(bob, task.task_id)
+                task_errors.append(refused_task.value.message)
+            if mode == "auto":  # tasks/update (2026-07-28), answering a question alice's job might ask
+                with pytest.raises(MCPError) as refused_task:
+                    await update_task(bob, task.task_id, {f"{task.task_id}:2": {"action": "accept"}})
                 task_errors.append(refused_task.value.message)
             with pytest.raises(MCPError) as refused_resource:
                 await bob.read_resource(f"job://{mine['jobId']}")
