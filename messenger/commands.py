@@ -79,7 +79,7 @@ def _summary(result: JobResult) -> str:
     )
 
 
-def _finish(result: JobResult, as_json: bool) -> int:
+def _finish(result: JobResult, as_json: bool, embedded: bool = False) -> int:
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
@@ -87,8 +87,15 @@ def _finish(result: JobResult, as_json: bool) -> int:
         if result.status == "completed":
             print(_summary(result), file=sys.stderr)
         elif result.input_request is not None:
-            print(f"job {result.job_id} waits for your answer: {result.input_request.question} "
-                  f"(messenger respond {result.job_id} yes|no)", file=sys.stderr)  # fmt: skip
+            how = (
+                "in embedded mode it ends with this command: set REDIS_URL to answer it"
+                if embedded
+                else f"messenger respond {result.job_id} yes|no"
+            )
+            print(
+                f"job {result.job_id} waits for your answer: {result.input_request.question} ({how})",
+                file=sys.stderr,
+            )
         else:
             print(f"job {result.job_id} {result.status}: {result.error}", file=sys.stderr)
     return 0 if result.status == "completed" else 1
@@ -123,7 +130,7 @@ async def ask(jobs: JobClient, args) -> int:
     finally:
         if watch:
             watch.cancel()
-    return _finish(result, args.json)
+    return _finish(result, args.json, jobs.settings.embedded)
 
 
 async def _cancel_quickly(jobs: JobClient, job_id: str) -> str:

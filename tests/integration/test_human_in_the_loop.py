@@ -296,3 +296,22 @@ async def test_the_cli_says_what_a_paused_job_asks_and_respond_answers_it(
     tail = await asyncio.to_thread(messenger, ["tail", job_id], redis_url, **env)
     assert tail.returncode == 0, tail.stderr
     assert f"{REPLY} {PREFIX} charged 5" in tail.stdout
+
+
+def test_embedded_ask_says_a_paused_job_cannot_be_answered_without_redis():
+    clock = str(Path(__file__).resolve().parents[1] / "mcp_clock_server.py")
+    env = process_env(
+        "",
+        TOOL_APPROVAL="all",
+        MCP_SERVERS=json.dumps({"clock": {"command": sys.executable, "args": [clock]}}),
+    )
+    del env["REDIS_URL"]  # embedded: the job lives in this process
+    asked = subprocess.run(
+        [sys.executable, "-m", "messenger.cli", "ask", "--mcp-server", "clock", "what is the time now?"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert asked.returncode == 1, asked.stderr
+    assert asked.stderr.strip().endswith(
+        "waits for your answer: Allow the tool call clock/now {}? "
+        "(in embedded mode it ends with this command: set REDIS_URL to answer it)"
+    ), asked.stderr
