@@ -20,7 +20,7 @@ from messenger.health import NO_WORKER, capacity, live_workers, queue_counts, wo
 from messenger.runtime import Runtime
 from messenger.stored import stored_result
 from shared import damaged, keys, timeseries
-from shared.events import Event
+from shared.events import CancelledEvent, DoneEvent, ErrorEvent, Event
 from shared.models import FINAL_STATUSES, JobResult
 from shared.serializer import deserialize
 
@@ -181,18 +181,19 @@ async def job_detail(runtime: Runtime, job_id: str) -> dict:
 
 
 def timeline(events: list[Event]) -> list[dict]:
-    """Events in order, a run of tokens folded into one line (`tokens`, with its count)."""
+    """Events in order, a run of token events folded into one line (`tokens`: how many events and
+    characters; a busy worker merges the tokens that pile up into one event, so events are not tokens)."""
     out: list[dict] = []
     for event in events:
         if event.type == "token":
             last = out[-1] if out else None
             if last and last["type"] == "tokens" and last["attempt"] == event.attempt:
-                last["count"] += 1
+                last["events"] += 1
+                last["chars"] += len(event.text)
                 last["until"] = event.ts
                 continue
-            out.append(
-                {"type": "tokens", "attempt": event.attempt, "ts": event.ts, "until": event.ts, "count": 1}
-            )
+            out.append({"type": "tokens", "attempt": event.attempt, "ts": event.ts, "until": event.ts,
+                        "events": 1, "chars": len(event.text)})  # fmt: skip
             continue
         entry = event.model_dump(mode="json", exclude={"job_id", "seq", "text"})
         if event.type == "tool_result":
@@ -202,18 +203,19 @@ def timeline(events: list[Event]) -> list[dict]:
 
 
 def attempts(events: list[Event]) -> list[dict]:
-    """Each attempt of the job: the worker and model that ran it, when, its tokens, how it ended."""
+    """Each attempt of the job: the worker and model that ran it, when, how it ended, and its tokens
+    as the provider counted them (None until its ending reports usage)."""
     runs: dict[int, dict] = {}
     for event in events:
         run = runs.setdefault(
             event.attempt, {"attempt": event.attempt, "worker_id": None, "model": None, "started": event.ts,
-                            "ended": None, "tokens": 0, "outcome": "did not end (its worker stopped?)"},
+                            "ended": None, "tokens": None, "outcome": "did not end (its worker stopped?)"},
         )  # fmt: skip
         if event.type == "start":
             run["worker_id"], run["model"] = event.worker_id, event.model
-        elif event.type == "token":
-            run["tokens"] += 1
-        elif event.type in ("done", "error", "cancelled"):
+        elif isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):
             run["ended"] = event.ts
             run["outcome"] = {"done": "completed", "error": "failed", "cancelled": "cancelled"}[event.type]
+            if event.usage is not None:
+                run["tokens"] = event.usage.completion_tokens
     return list(runs.values())

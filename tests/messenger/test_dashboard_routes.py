@@ -65,9 +65,10 @@ async def test_a_job_reads_whole_with_its_request_events_and_attempts(keyed):
     assert detail["job"]["aiResponse"] == done.ai_response and detail["job"]["status"] == "completed"
     assert detail["tenant"] == "bob" and detail["request"]["message"] == "Explain queues"
     assert [e["type"] for e in detail["events"]] == ["start", "tokens", "done"]
-    assert detail["events"][1]["count"] == done.usage.completion_tokens
+    assert detail["events"][1]["chars"] == len(done.ai_response)  # however many events carried it
     (attempt,) = detail["attempts"]
     assert attempt["outcome"] == "completed" and attempt["worker_id"] == done.worker_id
+    assert attempt["tokens"] == done.usage.completion_tokens
 
     other = await runtime.queue.submit(ChatRequest(message="something else"), caller="alice")
     await runtime.jobs.cancel(other)
