@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from messenger.calls import unavailable
 from messenger.collector import Transcript
 from shared import damaged, keys
-from shared.events import Event, ToolCallEvent, ToolResultEvent
+from shared.events import Event, InputRequiredEvent, ToolCallEvent, ToolResultEvent
 
 if TYPE_CHECKING:
     from messenger.runtime import Runtime
@@ -123,6 +123,11 @@ def describe(event: Event | None, transcript: Transcript, first: bool) -> tuple[
         return (
             "warning" if event.is_error else "info"
         ), f"{job} tool {outcome} {event.server}/{event.tool}: {_cut(event.result)}"
+    if isinstance(event, InputRequiredEvent):
+        return (
+            "notice",
+            f"{job} waits for your answer: {_cut(event.question)} (respond_to_job, key {event.key})",
+        )
     if event.type == "done":
         return "info", f"{job} completed: {event.usage.completion_tokens} tokens"
     if event.type == "error":

@@ -11,7 +11,15 @@ from messenger.collector import Transcript
 from messenger.progress import NOTICE_CHARS, TOOL_CALL, tool_meta
 from messenger.server import build_server
 from shared import keys
-from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolCallEvent, ToolResultEvent
+from shared.events import (
+    DoneEvent,
+    InputRequiredEvent,
+    StartEvent,
+    TokenEvent,
+    TokenUsage,
+    ToolCallEvent,
+    ToolResultEvent,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
@@ -59,6 +67,14 @@ def test_each_lifecycle_event_is_one_line_at_its_level():
         finish_reason="stop", model="m",
     )  # fmt: skip
     assert describe(done, t, first=False) == ("info", "job j1 completed: 7 tokens")
+    asked = InputRequiredEvent(
+        job_id="j1", seq=4, attempt=2, ts=0, key="j1:2", server="s", tool="t", arguments={},
+        question="Allow the tool call s/t {}?", expires_at=1,
+    )  # fmt: skip
+    assert describe(asked, t, first=False) == (
+        "notice",
+        "job j1 waits for your answer: Allow the tool call s/t {}? (respond_to_job, key j1:2)",
+    )
 
 
 def test_a_tool_notice_in_meta_is_cut_however_big_the_arguments():
