@@ -10,16 +10,8 @@ from messenger.client_log import DEFAULT_LEVEL, LevelStore, describe
 from messenger.collector import Transcript
 from messenger.progress import NOTICE_CHARS, TOOL_CALL, tool_meta
 from messenger.server import build_server
-from shared import keys
-from shared.events import (
-    DoneEvent,
-    InputRequiredEvent,
-    StartEvent,
-    TokenEvent,
-    TokenUsage,
-    ToolCallEvent,
-    ToolResultEvent,
-)
+from shared import events, keys
+from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolCallEvent, ToolResultEvent
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
@@ -67,7 +59,7 @@ def test_each_lifecycle_event_is_one_line_at_its_level():
         finish_reason="stop", model="m",
     )  # fmt: skip
     assert describe(done, t, first=False) == ("info", "job j1 completed: 7 tokens")
-    asked = InputRequiredEvent(
+    asked = events.InputRequiredEvent(
         job_id="j1", seq=4, attempt=2, ts=0, key="j1:2", server="s", tool="t", arguments={},
         question="Allow the tool call s/t {}?", expires_at=1,
     )  # fmt: skip
