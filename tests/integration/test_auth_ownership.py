@@ -16,15 +16,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_helpers import messenger_env, running_messengers
 from readers import text_of
 
-from messenger.tasks.client import (
-    Tasks,
-    cancel_task,
-    get_task,
-    list_tasks,
-    start_task,
-    task_result,
-    update_task,
-)
+from messenger.tasks import client as task_client
+from messenger.tasks.client import Tasks, cancel_task, get_task, list_tasks, start_task, task_result
 
 ALICE = {"Authorization": "Bearer tok1"}
 ALICE_AGAIN = {"X-Api-Key": "tok1"}  # the same key through the other header: the same caller
@@ -102,7 +95,9 @@ async def test_another_keys_jobs_and_tasks_are_unknown_to_it(server, mode):
                 task_errors.append(refused_task.value.message)
             if mode == "auto":  # tasks/update (2026-07-28), answering a question alice's job might ask
                 with pytest.raises(MCPError) as refused_task:
-                    await update_task(bob, task.task_id, {f"{task.task_id}:2": {"action": "accept"}})
+                    await task_client.update_task(
+                        bob, task.task_id, {f"{task.task_id}:2": {"action": "accept"}}
+                    )
                 task_errors.append(refused_task.value.message)
             with pytest.raises(MCPError) as refused_resource:
                 await bob.read_resource(f"job://{mine['jobId']}")
