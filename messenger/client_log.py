@@ -110,6 +110,11 @@ def describe(event: Event | None, transcript: Transcript, first: bool) -> tuple[
     if event.type == "start":
         if event.attempt == 1:
             return "info", f"{job} started on worker {event.worker_id}"
+        if transcript.after_pause:
+            return (
+                "info",
+                f"{job} resumed after the answer on worker {event.worker_id}, attempt {event.attempt}",
+            )
         return "warning", f"{job} restarted on worker {event.worker_id}, attempt {event.attempt}"
     if isinstance(event, ToolCallEvent):
         arguments = (

@@ -66,6 +66,7 @@ class Transcript:
         # re-run that goes on from the journal keeps what its steps told; results told by index
         self._steps: list[tuple[int, int, int]] = []
         self._result_told: dict[str, int] = {}
+        self.after_pause = False  # this attempt went on after the job paused for its caller's answer
 
     @property
     def whole(self) -> bool:
@@ -91,6 +92,7 @@ class Transcript:
 
     def apply(self, event: Event) -> None:
         if event.attempt != self.attempt:
+            self.after_pause = self.status == "input_required"
             if isinstance(event, StartEvent) and event.resumed is not None and self._steps:
                 self._resume()
             else:

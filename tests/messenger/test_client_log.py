@@ -67,6 +67,13 @@ def test_each_lifecycle_event_is_one_line_at_its_level():
         "notice",
         "job j1 waits for your answer: Allow the tool call s/t {}? (respond_to_job, key j1:2)",
     )
+    t.apply(asked)
+    resumed = StartEvent(job_id="j1", seq=0, attempt=3, ts=0, worker_id="w3", model="m", resumed=2)
+    t.apply(resumed)
+    assert describe(resumed, t, first=False) == (
+        "info",
+        "job j1 resumed after the answer on worker w3, attempt 3",
+    ), "going on after an answer is no crash"
 
 
 def test_a_tool_notice_in_meta_is_cut_however_big_the_arguments():
