@@ -7,7 +7,7 @@ one script), and measures from just before the answer to the resumed attempt's `
 worker's clock, the same machine). The floor, measured in the same run, is a new job: from just
 before its submit to its `start` event — the same wake-up, claim and start path.
 
-    flock /work/wt/bench.lock uv run python bench/resume_latency.py --trials 30
+    uv run python bench/resume_latency.py --trials 30
 """
 
 from __future__ import annotations
