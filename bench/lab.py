@@ -138,11 +138,13 @@ class Lab:
         self.servers.append(server)
         return Site(name, server, stock=stock)
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str], **popen) -> subprocess.Popen:
+    def spawn(
+        self, name: str, args: list[str], env: dict[str, str], *, program: str = sys.executable, **popen
+    ) -> subprocess.Popen:
         log = self.tmp / f"{name}-{len(self.children)}.log"
         with open(log, "wb") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, *args],
+                [program, *args],
                 cwd=self.tmp,
                 env=env,
                 stderr=stderr,

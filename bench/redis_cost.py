@@ -61,7 +61,7 @@ async def one_run(redis, hub, streams: int, tokens: int, old: bool) -> dict[str,
     writer = EventWriter(redis)
     real = publisher_module.write_events
     if old:
-        publisher_module.write_events = lambda _sent_once, events, _retried: old_write(redis, events)  # type: ignore[assignment]
+        publisher_module.write_events = lambda _client, events, *_: old_write(redis, events)  # type: ignore[assignment]
     subscribed = asyncio.Event()
     confirmed = 0
 

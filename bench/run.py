@@ -21,6 +21,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
@@ -35,6 +36,7 @@ from dataclasses import dataclass  # noqa: E402
 
 from bench import cold_start, inflight, redis_cost, start_latency, throughput, token_delivery, ttft  # noqa: E402
 from bench.lab import Lab, Site, box_cpu_seconds, child_env, forget_settings, own_cpu_seconds  # noqa: E402
+from bench.peer_queues import PEERS, Peer, PeerGone, start_peers  # noqa: E402
 from bench.stats import median  # noqa: E402
 
 CORRECTNESS = (
@@ -238,6 +240,7 @@ class Results:
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = defaultdict(list)
         self.failures: list[str] = []
+        self.notes: list[str] = []  # a peer queue that could not be run
 
     def get(self, key: str | None) -> float | None:
         return median(self.values[key]) if key and self.values.get(key) else None
@@ -300,6 +303,7 @@ async def bench(plan: Plan, lab: Lab, results: Results) -> None:
     rng = random.Random(20261121)
     base_url = await start_provider(lab)
     sites = start_sites(lab, base_url)
+    booting = asyncio.create_task(start_peers(lab))  # they install and boot meanwhile
     async with contextlib.AsyncExitStack() as stack:
         for site in sites.values():
             site.runtime = await stack.enter_async_context(open_runtime(load_settings(redis_url=site.url)))
@@ -307,6 +311,9 @@ async def bench(plan: Plan, lab: Lab, results: Results) -> None:
         stack.push_async_callback(client.close)
         t0 = time.monotonic()
         await asyncio.gather(*(lab.wait_ready(site) for site in sites.values()))
+        peers, results.notes = await booting
+        for note in results.notes:
+            print(note, file=sys.stderr)
         print(f"workers ready in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         for site in sites.values():  # the figures measure a messenger that is up and running
             async with site.runtime.hub.follow("bench-warm-up"):
@@ -325,7 +332,8 @@ async def bench(plan: Plan, lab: Lab, results: Results) -> None:
 
         for r in range(plan.rounds):
             t0 = time.monotonic()
-            await one_round(plan, lab, sites, client, results, rng, stock_first=r % 2 == 1)
+            await one_round(plan, lab, sites, client, results, rng, turn=r)
+            await queues(plan, sites, peers, results, rng, turn=r)
             print(f"round {r + 1}/{plan.rounds}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
 
 
@@ -337,12 +345,12 @@ async def one_round(
     results: Results,
     rng: random.Random,
     *,
-    stock_first: bool,
+    turn: int,
 ) -> None:
     """Every configuration once; which of each pair goes first alternates between rounds."""
 
     def ordered(pair: list) -> list:
-        return pair[::-1] if stock_first else pair
+        return pair[::-1] if turn % 2 else pair
 
     ours, stock = sites["start-ours"], sites["start-stock"]
     for site, samples in ordered([(ours, plan.start_samples), (stock, plan.stock_start_samples)]):
@@ -356,12 +364,43 @@ async def one_round(
         load = {"streams": plan.streams, "tokens": plan.tokens, "seed": rng.randrange(1 << 30)}
         await results.record("tokens", how(lab, sites["tokens"], **load))
 
-    pairs = [(sites["tput-ours"], plan.throughput_jobs), (sites["tput-stock"], plan.stock_throughput_jobs)]
-    for site, jobs in ordered(pairs):
-        await results.record(f"tput.{'stock' if site.stock else 'ours'}", throughput.measure(site, jobs))
-
     samples = (plan.ttft_samples, plan.stock_ttft_samples)
     await results.record("ttft", ttft.measure(client, sites["ttft-ours"], sites["ttft-stock"], *samples, rng))
+
+
+async def queues(
+    plan: Plan,
+    sites: dict[str, Site],
+    peers: dict[str, Peer],
+    results: Results,
+    rng: random.Random,
+    *,
+    turn: int,
+) -> None:
+    """Every queue's no-op jobs/s on 2 workers × 50 slots, then enqueue → start on those same workers
+    (stock arq's start is the figure above), each in an order that turns by one every round."""
+    ours, stock = sites["tput-ours"], sites["tput-stock"]
+    figures: dict[str, dict[str, Callable]] = {
+        "tput": {
+            "ours": lambda: throughput.measure(ours, plan.throughput_jobs),
+            "stock": lambda: throughput.measure(stock, plan.stock_throughput_jobs),
+        },
+        "peers": {"ours": lambda: start_latency.measure(ours, plan.start_samples, rng)},
+    }
+    for name, peer in peers.items():
+        figures["tput"][name] = functools.partial(peer.ask, "tput", plan.throughput_jobs)
+        figures["peers"][name] = functools.partial(peer.ask, "start", plan.start_samples)
+    for figure, measure in figures.items():
+        names = list(measure)
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            if name in PEERS and name not in peers:
+                continue  # it stopped earlier in this round
+            try:
+                await results.record(f"{figure}.{name}", measure[name]())
+            except PeerGone as e:
+                del peers[name]
+                results.notes.append(f"{e}; its figures are from the rounds before")
+                print(results.notes[-1], file=sys.stderr)
 
 
 def fmt(value: float | None, row: Row) -> str:
@@ -391,6 +430,44 @@ def table(plan: Plan, results: Results) -> list[str]:
         lines.append(
             f"| {row.figure} | {row.target} | {fmt(ours, row)} | {fmt(stock, row)} | {ratio} | {met} | {rounds} |"
         )
+    return lines
+
+
+PEER_ROWS = [  # figure, key ({} = the queue), stock arq's key, unit, digits, goal × taskiq's (or None)
+    ("no-op jobs/s (32 concurrent enqueue calls)", "tput.{}.jobs_per_s", None, "jobs/s", 0, 1.5),
+    ("enqueue → job start, p50", "peers.{}.start_p50", "start.stock.start_p50", "ms", 2, 1.0),
+    ("enqueue → job start, p99", "peers.{}.start_p99", "start.stock.start_p99", "ms", 2, None),
+    ("enqueue call, p50", "peers.{}.enqueue_p50", "start.stock.enqueue_p50", "ms", 2, None),
+    ("worker CPU per job", "tput.{}.worker_cpu_us_per_job", None, "µs", 0, None),
+]
+
+
+def peer_table(plan: Plan, results: Results) -> list[str]:
+    """mcp-queue beside stock arq, taskiq and SAQ: the same no-op job on 2 workers × 50 slots."""
+    lines = [
+        f"| same no-op job, 2 workers × 50 slots (median of {plan.rounds}) | mcp-queue | stock arq "
+        "| taskiq | SAQ | goal | met? | each round, mcp-queue / taskiq |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for figure, key, stock_key, unit, digits, goal in PEER_ROWS:
+        row = Row(figure, "", key, unit=unit, digits=digits)
+        value = {q: results.get(key.format(q)) for q in ("ours", "stock", *PEERS)}
+        value["stock"] = results.get(stock_key or key.format("stock"))
+        target, met = "–", "–"
+        taskiq = value["taskiq"]
+        if goal is not None:
+            faster = key.startswith("tput.")
+            target = f"{'≥' if faster else '≤'} {f'{goal}× ' if goal != 1 else ''}taskiq's"
+            if value["ours"] is not None and taskiq is not None:
+                ok = value["ours"] >= goal * taskiq if faster else value["ours"] <= goal * taskiq
+                met = "yes" if ok else "no"
+            else:
+                met = "not measured"
+        each = [results.values.get(key.format(q), []) for q in ("ours", "taskiq")]
+        rounds = " / ".join(", ".join(f"{v:,.{digits}f}" for v in vs) or "–" for vs in each)
+        shown = " | ".join(fmt(value[q], row) for q in ("ours", "stock", *PEERS))
+        lines.append(f"| {figure} | {shown} | {target} | {met} | {rounds} |")
+    lines.append("stock arq's start and enqueue figures: its 1-worker site above (its poll sets them)")
     return lines
 
 
@@ -464,6 +541,10 @@ def main() -> int:
     print(noise)
     print()
     print("\n".join(table(plan, results)))
+    print()
+    print("\n".join(peer_table(plan, results)))
+    for note in results.notes:
+        print(note)
     if stopped:
         print(f"\nTHE BENCH STOPPED EARLY (the table holds what was measured before): {stopped}")
         return 2
