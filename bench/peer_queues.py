@@ -29,6 +29,10 @@ class PeerGone(Exception):
     """The peer's process ended or answered nonsense: its figures stay empty, the bench goes on."""
 
 
+class PeerFailed(Exception):
+    """A peer's job never started: that figure stays empty this round, the peer goes on."""
+
+
 class Peer:
     def __init__(self, name: str, lab: Lab, proc: subprocess.Popen):
         self.name, self.lab, self.proc = name, lab, proc
@@ -44,9 +48,12 @@ class Peer:
         try:
             self.proc.stdin.write(f"{command} {n}\n".encode())
             self.proc.stdin.flush()
-            return json.loads(await self._line())
+            answer = json.loads(await self._line())
         except (OSError, ValueError) as e:
             raise PeerGone(f"{self.name} stopped answering ({type(e).__name__})") from None
+        if "error" in answer:
+            raise PeerFailed(answer["error"])
+        return answer
 
 
 async def _start(lab: Lab, name: str, uv: str) -> Peer | str:

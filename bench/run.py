@@ -36,7 +36,7 @@ from dataclasses import dataclass  # noqa: E402
 
 from bench import cold_start, inflight, redis_cost, start_latency, throughput, token_delivery, ttft  # noqa: E402
 from bench.lab import Lab, Site, box_cpu_seconds, child_env, forget_settings, own_cpu_seconds  # noqa: E402
-from bench.peer_queues import PEERS, Peer, PeerGone, start_peers  # noqa: E402
+from bench.peer_queues import PEERS, Peer, PeerFailed, PeerGone, start_peers  # noqa: E402
 from bench.stats import median  # noqa: E402
 
 CORRECTNESS = (
@@ -400,6 +400,9 @@ async def queues(
             except PeerGone as e:
                 del peers[name]
                 results.notes.append(f"{e}; its figures are from the rounds before")
+                print(results.notes[-1], file=sys.stderr)
+            except PeerFailed as e:
+                results.notes.append(f"{e} (round {turn + 1}; that figure is left out of its median)")
                 print(results.notes[-1], file=sys.stderr)
 
 

@@ -46,10 +46,15 @@ log = logging.getLogger("worker")
 # arq's claim (per job: WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC, four round trips) as one atomic
 # script for a whole batch of candidate ids, stopping once the worker's free slots are filled. It
 # hands back each claimed job's value too, so the worker checks it before arq sees it (intake.py),
-# and resets a retry counter arq's INCR would choke on.
+# and resets a retry counter arq's INCR would choke on. Given no candidates, it reads them itself:
+# the first `scan` due ids of the queue, lowest score first, as arq's poll would (one round trip
+# for a freed slot instead of a poll's read and claim).
 @script("""
 -- answers {id, score, job value ('' = none), starts so far (or 'reset: why'), ...} for the jobs leased
 local claimed = {}
+if #candidates == 0 and scan > 0 then
+  candidates = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'LIMIT', 0, scan)
+end
 for _, id in ipairs(candidates) do
   if #claimed >= 4 * free then break end
   local lease = lease_prefix .. id
@@ -87,12 +92,14 @@ async def claim_jobs(
     now_ms: Arg[int],
     lease_ms: Arg[int],
     free: Arg[int],
+    scan: Arg[int],
     lease_prefix: Arg[str],
     job_prefix: Arg[str],
     retry_prefix: Arg[str],
     candidates: Args,
 ) -> list[bytes]:
-    """Lease up to `free` of the candidates that are due; answers [id, score, job, tries, ...]."""
+    """Lease up to `free` of the candidates (none: of the queue's first `scan`) that are due; answers
+    [id, score, job, tries, ...]."""
     ...
 
 
@@ -114,7 +121,7 @@ async def redis_ready(settings: Settings) -> None:
             await client.ping()
             await probe_access(client)
             await claim_jobs(
-                client, queue=keys.QUEUE, now_ms=0, lease_ms=1, free=0, lease_prefix=keys.IN_PROGRESS_PREFIX,
+                client, queue=keys.QUEUE, now_ms=0, lease_ms=1, free=0, scan=0, lease_prefix=keys.IN_PROGRESS_PREFIX,
                 job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX, candidates=[],
             )  # fmt: skip
             return
@@ -155,8 +162,9 @@ class QueueWorker(Worker):
     """arq's Worker with a wake-up path; keys, retries and aborts stay arq's.
 
     A wake-up message carries the new job's id, so an idle worker claims that job directly (one
-    script call) instead of scanning the queue; every other message, a freed slot, or a second
-    without news runs arq's full poll (queue scan, aborts, health).
+    script call) instead of scanning the queue; a freed slot claims from the head of the queue
+    (one script call too: a backlog drains lowest score first without a poll per job); every other
+    message, or a second without a full poll, runs arq's full poll (queue scan, aborts, health).
     """
 
     def __init__(self, *args, **kwargs):
@@ -165,6 +173,7 @@ class QueueWorker(Worker):
         self._wake = asyncio.Event()
         self._woken: list[bytes] = []  # job ids as published
         self._full_poll_due = True
+        self._slot_freed = False
         self._claims_paused_until = 0.0  # loop time; see main()
         self._refused = False
 
@@ -184,10 +193,15 @@ class QueueWorker(Worker):
             while True:
                 self._wake.clear()
                 woken, self._woken = self._woken, []
+                freed, self._slot_freed = self._slot_freed and not self.burst, False
                 try:
-                    if woken and not self._full_poll_due and loop.time() - last_poll < self.poll_delay_s:
+                    if (
+                        (woken or freed)
+                        and not self._full_poll_due
+                        and loop.time() - last_poll < self.poll_delay_s
+                    ):
                         if self.allow_pick_jobs:
-                            await self.start_jobs(woken)
+                            await (self.claim_queued() if freed else self.start_jobs(woken))
                     else:
                         self._full_poll_due = False
                         last_poll = loop.time()
@@ -203,7 +217,7 @@ class QueueWorker(Worker):
                     self._claims_paused_until = loop.time() + 2 * beat_interval(self.in_progress_timeout_s)
                     await asyncio.sleep(self.poll_delay_s)
                     continue
-                if not self._woken and not self._full_poll_due:
+                if not (self._woken or self._slot_freed or self._full_poll_due):
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.poll_delay_s):  # (3.11's wait_for can lose a cancel)
                             await self._wake.wait()
@@ -211,12 +225,18 @@ class QueueWorker(Worker):
             listener.cancel()
 
     async def start_jobs(self, job_ids: list) -> None:
-        candidates = await self._job_ids(job_ids)
+        await self._claim(await self._job_ids(job_ids))
+
+    async def claim_queued(self) -> None:
+        """A slot is free: the jobs at the head of the queue, as arq's poll would pick them."""
+        await self._claim([], scan=self.queue_read_limit)
+
+    async def _claim(self, candidates: list[bytes], scan: int = 0) -> None:
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
         free = self.max_jobs - self.job_counter
-        if free <= 0 or not candidates:
+        if free <= 0 or not (candidates or scan):
             return
         if self.loop.time() < self._claims_paused_until:
             return  # the safety poll looks again
@@ -226,6 +246,7 @@ class QueueWorker(Worker):
             now_ms=int(time.time() * 1000),
             lease_ms=int(self.in_progress_timeout_s * 1000),
             free=free,
+            scan=scan,
             lease_prefix=keys.IN_PROGRESS_PREFIX,
             job_prefix=keys.JOB_PREFIX,
             retry_prefix=keys.RETRY_PREFIX,
@@ -233,6 +254,9 @@ class QueueWorker(Worker):
         )
         for i in range(0, len(claimed), 4):
             raw_id, score, raw_job, tries = claimed[i : i + 4]
+            if scan and (problem := job_id_problem(raw_id)) is not None:  # read from the queue itself
+                await self._bury(raw_id, raw_job or None, problem)
+                continue
             if await self._buried(raw_id, raw_job or None, tries):
                 continue
             await self.sem.acquire()  # never waits: the script claimed no more than the free slots
@@ -366,7 +390,7 @@ class QueueWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._full_poll_due = True  # a slot is free: look for queued work now, not at the next poll
+        self._slot_freed = True  # look for queued work now, not at the next poll
         self._wake.set()
 
     async def _listen_for_wakeups(self) -> None:

@@ -17,6 +17,7 @@ with one JSON line:
   start N  N jobs one at a time, 5-20 ms apart: enqueue call -> job start, p50/p99 in ms
   tput N   N jobs from 32 concurrent enqueue calls: jobs/s until the last has started, and the
            workers' CPU per job in us
+or {"error": ...} when a job did not start (10 s for a start sample, 120 s for tput).
 Closing stdin (or SIGTERM) stops the workers.
 """
 
@@ -214,10 +215,13 @@ async def drive(peer: str, url: str) -> None:
         loop = asyncio.get_running_loop()
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             command, n = line.split()
-            if command == "start":
-                figures = await producer.start(int(n), rng)
-            else:
-                figures = await producer.tput(int(n), pids)
+            try:
+                if command == "start":
+                    figures = await producer.start(int(n), rng)
+                else:
+                    figures = await producer.tput(int(n), pids)
+            except TimeoutError:
+                figures = {"error": f"{peer}: a job of `{command} {n}` never started"}
             print(json.dumps(figures), flush=True)
     finally:
         stop(workers)
