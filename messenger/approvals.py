@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import time
 
+from pydantic import ValidationError
+
 from messenger.jobs import JobClient
 from shared import keys
-from shared.approvals import NOTE_MAX_CHARS, RESUME_SCORE, Answer
-from shared.errors import InvalidRequest
+from shared.approvals import NOTE_MAX_CHARS, RESUME_SCORE, WAITING_LUA, Answer
+from shared.errors import InvalidRequest, validation_message
 from shared.scripts import Arg, Key, script
 
 
-@script("""
+@script(
+    WAITING_LUA
+    + """
 if redis.call('TYPE', record).ok ~= 'hash' then return {'none'} end  -- none, or junk written by hand
 local raw = redis.call('HGET', record, 'question')
 if not raw then return {'none'} end
@@ -34,7 +38,8 @@ if redis.call('HDEL', record, 'parked') == 1 then
   redis.call('PUBLISH', wakeup, job_id)
 end
 return {'ok', tostring(q.key)}
-""")
+"""
+)
 async def _answer(
     redis, *, record: Key, job: Key, waiting: Key, queue: Key, wakeup: Key, job_id: Arg[str], key: Arg[str],
     answer: Arg[str], score: Arg[int],
@@ -51,10 +56,13 @@ async def respond(
     """Answer the question job `job_id` waits on (`key`: the question's; None: whichever it is now);
     answers the key answered. Raises JobNotFound for a job `reader` may not see, InvalidRequest for a
     job that waits for no answer or a key that is not its question's."""
-    job = await jobs.get(job_id, reader)  # the caller's own job, or as unknown as a missing one
+    await jobs.get(job_id, reader)  # the caller's own job, or as unknown as a missing one
     if note is not None and len(note) > NOTE_MAX_CHARS:
         raise InvalidRequest(f"the note takes {len(note)} characters; at most {NOTE_MAX_CHARS}")
-    answer = Answer(approved=approve, note=note or None, answered_at=round(time.time(), 3))
+    try:  # a note with a lone surrogate (from JSON's \ud800 or a shell's undecodable bytes) is no text
+        answer = Answer(approved=approve, note=note or None, answered_at=round(time.time(), 3))
+    except ValidationError as e:
+        raise InvalidRequest(validation_message(e)) from None
     replied = await _answer(
         jobs.redis, record=keys.input_request(job_id), job=keys.job(job_id), waiting=keys.INPUT_WAITING,
         queue=keys.QUEUE, wakeup=keys.WAKEUP_CHANNEL, job_id=job_id, key=key or "",
@@ -63,6 +71,6 @@ async def respond(
     outcome = [r.decode(errors="replace") if isinstance(r, bytes) else str(r) for r in replied]
     if outcome[0] == "wrong":
         raise InvalidRequest(f"job {job_id} waits for an answer to {outcome[1]}, not to {key}")
-    if outcome[0] != "ok":
-        raise InvalidRequest(f"job {job_id} is {job.status}: it waits for no answer")
+    if outcome[0] != "ok":  # its state now: another answer may have come since it was read above
+        raise InvalidRequest(f"job {job_id} is {(await jobs.get(job_id)).status}: it waits for no answer")
     return outcome[1]

@@ -25,6 +25,13 @@ log = logging.getLogger("shared.approvals")
 NOTE_MAX_CHARS = 2000  # of the text an answer may give the model
 RESUME_SCORE = turns.band("high")  # an answered or expired job goes to the head of the queue: it waited
 
+# Lua, first in each script that writes `mcpq:input:waiting`: junk there (written by hand) is started
+# afresh, or the script would fail half-way, its earlier writes kept (a job off the queue, in no set).
+WAITING_LUA = """
+local waiting_kind = redis.call('TYPE', waiting).ok
+if waiting_kind ~= 'zset' and waiting_kind ~= 'none' then redis.call('DEL', waiting) end
+"""
+
 
 class Answer(BaseModel):
     approved: bool

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from shared import keys
-from shared.approvals import RESUME_SCORE
+from shared.approvals import RESUME_SCORE, WAITING_LUA
 from shared.models import Question
 from shared.scripts import Arg, Key, script
 from shared.settings import Settings
@@ -61,6 +61,7 @@ end
 
 @script(
     _KEEP_LUA
+    + WAITING_LUA
     + """
 redis.call('DEL', lease, retry)
 redis.call('HINCRBY', record, 'base', job_try)
@@ -96,7 +97,9 @@ async def park(redis, job_id: str, how: Park, settings: Settings) -> int:
     )  # fmt: skip
 
 
-@script("""
+@script(
+    WAITING_LUA
+    + """
 local due = redis.call('ZRANGEBYSCORE', waiting, '-inf', now_ms, 'LIMIT', 0, 100)
 for _, id in ipairs(due) do
   redis.call('ZREM', waiting, id)
@@ -105,7 +108,8 @@ for _, id in ipairs(due) do
   redis.call('PUBLISH', wakeup, id)
 end
 return #due
-""")
+"""
+)
 async def _wake_expired(
     redis,
     *,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -121,7 +122,7 @@ async def test_a_read_only_tool_runs_without_asking(
 
 
 async def test_bad_answers_are_one_line_errors_and_lose_nothing(
-    redis_url, redis_server, workers, openai_server, clean_env, tmp_path
+    redis_url, redis_server, workers, openai_server, clean_env, tmp_path, monkeypatch
 ):
     ledger = tmp_path / "ledger.jsonl"
     charge_script(openai_server)
@@ -137,13 +138,30 @@ async def test_bad_answers_are_one_line_errors_and_lose_nothing(
 
         with pytest.raises(InvalidRequest, match=f"waits for an answer to {key}, not to {job_id}:7"):
             await respond(runtime.jobs, job_id, approve=True, key=f"{job_id}:7")
+        with pytest.raises(InvalidRequest, match=r"^invalid note: Input should be a valid string"):
+            await respond(runtime.jobs, job_id, approve=False, note="no \ud800")  # a lone surrogate
         with pytest.raises(JobNotFound):  # another tenant's job is as unknown as a missing one
             await respond(runtime.jobs, job_id, approve=True, reader="bob")
         with pytest.raises(JobNotFound):
             await respond(runtime.jobs, "f" * 32, approve=True)
         assert (await runtime.jobs.get(job_id)).status == "input_required", "nothing applied"
 
-        await respond(runtime.jobs, job_id, approve=True, reader="alice")
+        read_state, raced = runtime.jobs.get, []
+
+        async def answered_meanwhile(job_id: str, reader: str | None = None):
+            found = await read_state(job_id, reader)
+            if not raced:  # another answer lands between this one's read of the job and its script
+                raced.append("answering")
+                raced[0] = await respond(runtime.jobs, job_id, approve=True, reader="alice")
+            return found
+
+        monkeypatch.setattr(runtime.jobs, "get", answered_meanwhile)
+        with pytest.raises(InvalidRequest) as late:
+            await respond(runtime.jobs, job_id, approve=False, reader="alice")
+        assert raced == [key]
+        assert re.fullmatch(
+            f"job {job_id} is (queued|running|completed): it waits for no answer", late.value.message
+        )
         with pytest.raises(InvalidRequest, match="waits for no answer"):
             await respond(runtime.jobs, job_id, approve=False, key=key)  # twice
         result = await runtime.jobs.wait(job_id, timeout=30)

@@ -117,6 +117,21 @@ async def test_junk_in_the_record_reads_as_no_question(redis):
     assert record.question is None and record.answers[2].approved
 
 
+async def test_junk_in_the_waiting_set_is_started_afresh_and_loses_no_job(redis):
+    """`mcpq:input:waiting` overwritten by hand (not a sorted set): a park, an answer and the expiry
+    sweep each start it afresh instead of failing half-way (a failed script keeps its earlier writes:
+    the job was off the queue and in no waiting set, lost)."""
+    await redis.set(keys.INPUT_WAITING, b"junk")
+    assert await wake_expired(redis) == 0
+    await redis.set(keys.INPUT_WAITING, b"junk")
+    await asking(redis)
+    assert await park_it(redis) == 1
+    assert await redis.zscore(keys.INPUT_WAITING, JOB), "parked, not lost"
+    await redis.set(keys.INPUT_WAITING, b"junk")
+    assert await answer(redis) == [b"ok", KEY.encode()]
+    assert await redis.zscore(keys.QUEUE, JOB) == RESUME_SCORE, "answered: back on the queue"
+
+
 @pytest.fixture
 async def worker_state(clean_env, monkeypatch):
     """A worker with the mock model, the clock server and TOOL_APPROVAL=all."""
