@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import pytest
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -197,7 +197,9 @@ class OpenAIServer:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
-            ]
+            ],
+            # a client killed while it sent its request (the fault tests SIGKILL workers): nothing to answer
+            exception_handlers={ClientDisconnect: lambda _request, _exc: Response(status_code=499)},
         )
 
     async def _record(self, request: Request) -> tuple[int, Received]:
