@@ -6,7 +6,7 @@ key), then answers slowly; the worker running it gets SIGKILL, alternately just 
 result and while the tool runs (tests/faults/tool_kill.py, the trial the fault suite runs). The
 killed worker is replaced before the next trial.
 
-    uv run python bench/durable_kill.py --trials 20
+    uv run python bench/durable_kill.py --trials 40
 
 Prints, per kind of kill, the trials, the duplicate tool calls (and whether they carried the key of
 the call they repeat) and the whole answers. Exits 1 on a duplicate after a result, a duplicate with
