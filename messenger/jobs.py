@@ -21,7 +21,7 @@ from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay,
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
-from shared import dead_letter, keys
+from shared import damaged, dead_letter, keys
 from shared.errors import InvalidRequest, JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, CapacityWait, ChatRequest, JobResult, JobStatus, ToolCallRequest
@@ -302,7 +302,11 @@ class JobClient:
                 pipe.hdel(keys.BUDGET_RESERVED, job_id)  # it will never run: give back its budget
                 pipe.hdel(keys.BUDGET_RESERVED_TENANT, job_id)
                 pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)
-                await pipe.execute()
+                for reply in await pipe.execute(raise_on_error=False):  # EXEC ran every write
+                    if isinstance(reply, ResponseError) and damaged.wrong_type(reply):
+                        log.warning("job %s: cancelled; %s", job_id, damaged.refused(reply))
+                    elif isinstance(reply, BaseException):
+                        raise reply
             except WatchError:
                 return False
         event = CancelledEvent(job_id=job_id, seq=0, attempt=attempt, ts=time.time())

@@ -333,3 +333,17 @@ def test_embedded_ask_says_a_paused_job_cannot_be_answered_without_redis():
         "waits for your answer: Allow the tool call clock/now {}? "
         "(in embedded mode it ends with this command: set REDIS_URL to answer it)"
     ), asked.stderr
+
+
+async def test_a_cancel_is_not_refused_for_junk_in_the_waiting_set(redis_url, redis_server, clean_env):
+    """`mcpq:input:waiting` overwritten by hand: a cancel still ends the job and says so (its
+    transaction applied every write; the junk key's refusal is only logged)."""
+    client = redis_server.client()
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(30):
+        job_id = await runtime.queue.submit(ChatRequest(message="hi"), caller="alice")
+        client.set(keys.INPUT_WAITING, "junk")
+        try:
+            result = await runtime.jobs.cancel(job_id)
+        finally:
+            client.delete(keys.INPUT_WAITING)
+    assert result.status == "cancelled" and result.error == "cancelled before it started", result
