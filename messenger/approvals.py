@@ -70,7 +70,9 @@ async def respond(
     )  # fmt: skip
     outcome = [r.decode(errors="replace") if isinstance(r, bytes) else str(r) for r in replied]
     if outcome[0] == "wrong":
-        raise InvalidRequest(f"job {job_id} waits for an answer to {outcome[1]}, not to {key}")
+        yours = key or ""  # (only a given key is wrong)
+        yours = yours if len(yours) <= 100 else f"{yours[:40]}…"  # a caller's huge key is not echoed whole
+        raise InvalidRequest(f"job {job_id} waits for an answer to {outcome[1]}, not to {yours}")
     if outcome[0] != "ok":  # its state now: another answer may have come since it was read above
         raise InvalidRequest(f"job {job_id} is {(await jobs.get(job_id)).status}: it waits for no answer")
     return outcome[1]

@@ -138,6 +138,8 @@ async def test_bad_answers_are_one_line_errors_and_lose_nothing(
 
         with pytest.raises(InvalidRequest, match=f"waits for an answer to {key}, not to {job_id}:7"):
             await respond(runtime.jobs, job_id, approve=True, key=f"{job_id}:7")
+        with pytest.raises(InvalidRequest, match=f"waits for an answer to {key}, not to k{'x' * 39}…$"):
+            await respond(runtime.jobs, job_id, approve=True, key="k" + "x" * 1_000_000)  # not echoed whole
         with pytest.raises(InvalidRequest, match=r"^invalid note: Input should be a valid string"):
             await respond(runtime.jobs, job_id, approve=False, note="no \ud800")  # a lone surrogate
         with pytest.raises(JobNotFound):  # another tenant's job is as unknown as a missing one
