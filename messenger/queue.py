@@ -38,7 +38,10 @@ local tenant = caller
 redis.call('ZADD', queue, turn, job_id)
 local kind = redis.call('TYPE', recent).ok
 if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', recent) end  -- damaged: an unreadable index
-redis.call('ZADD', recent, now_ms, job_id)
+local newest = redis.call('ZREVRANGE', recent, 0, 0, 'WITHSCORES')[2]
+local at = now_ms  -- a job enqueued in the same ms (or by a replica whose clock lags) sorts after the last
+if newest and tonumber(newest) >= at then at = tonumber(newest) + 0.001 end
+redis.call('ZADD', recent, at, job_id)
 redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
 redis.call('PUBLISH', wakeup, job_id)
 return 1

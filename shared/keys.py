@@ -14,7 +14,7 @@ ABORT_SET = "arq:abort"  # zset of job ids asked to stop
 
 # ours
 WAKEUP_CHANNEL = "mcpq:wakeup"  # pub/sub: "a job was enqueued or cancelled, poll now"
-RECENT_JOBS = "mcpq:jobs:recent"  # zset: job id -> enqueue time in ms, trimmed to RECENT_JOBS_KEPT
+RECENT_JOBS = "mcpq:jobs:recent"  # zset: job id -> enqueue time in ms (+µs: enqueue order), trimmed
 RECENT_JOBS_KEPT = 1000
 WORKER_PREFIX = "mcpq:worker:"  # heartbeat JSON, expires when the worker stops beating
 EVENTS_PREFIX = "mcpq:events:"  # pub/sub channel per job, one JSON event per message
