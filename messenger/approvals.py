@@ -25,9 +25,19 @@ from shared.scripts import Arg, Key, script
     + """
 if redis.call('TYPE', record).ok ~= 'hash' then return {'none'} end  -- none, or junk written by hand
 local raw = redis.call('HGET', record, 'question')
-if not raw then return {'none'} end
-local ok, q = pcall(cjson.decode, raw)
-if not ok or type(q) ~= 'table' or type(q.step) ~= 'number' then return {'none'} end
+local ok, q = false, nil
+if raw then ok, q = pcall(cjson.decode, raw) end
+if not ok or type(q) ~= 'table' or type(q.step) ~= 'number' then
+  if redis.call('HEXISTS', record, 'parked') == 1 and redis.call('EXISTS', job) == 1 then
+    -- parked on a question nobody can read (damaged by hand): back on the queue, its re-run asks again
+    redis.call('HDEL', record, 'parked', 'question')
+    redis.call('ZREM', waiting, job_id)
+    redis.call('ZADD', queue, score, job_id)
+    redis.call('PUBLISH', wakeup, job_id)
+    return {'asked_again'}
+  end
+  return {'none'}
+end
 if key ~= '' and q.key ~= key then return {'wrong', tostring(q.key)} end
 if redis.call('EXISTS', job) == 0 then return {'none'} end
 redis.call('HSET', record, 'answer:' .. string.format('%d', q.step), answer)
@@ -45,7 +55,8 @@ async def _answer(
     answer: Arg[str], score: Arg[int],
 ) -> list[bytes]:  # fmt: skip
     """['ok', key] once stored (and the job queued again if parked); ['none'] if the job waits for no
-    answer; ['wrong', its key] if `key` is not the question's."""
+    answer; ['wrong', its key] if `key` is not the question's; ['asked_again'] if it was parked on a
+    question that cannot be read (queued again: its re-run asks anew)."""
     ...
 
 
@@ -73,6 +84,11 @@ async def respond(
         yours = key or ""  # (only a given key is wrong)
         yours = yours if len(yours) <= 100 else f"{yours[:40]}…"  # a caller's huge key is not echoed whole
         raise InvalidRequest(f"job {job_id} waits for an answer to {outcome[1]}, not to {yours}")
+    if outcome[0] == "asked_again":
+        raise InvalidRequest(
+            f"job {job_id}'s question could not be read (damaged in Redis); the job runs again to ask it"
+            " anew: answer the new question"
+        )
     if outcome[0] != "ok":  # its state now: another answer may have come since it was read above
         raise InvalidRequest(f"job {job_id} is {(await jobs.get(job_id)).status}: it waits for no answer")
     return outcome[1]

@@ -167,6 +167,24 @@ async def test_a_job_pauses_before_the_call_and_an_answer_runs_it(worker_state):
     assert not await redis.exists(keys.input_request(JOB)), "the record went with the ending"
 
 
+async def test_a_parked_job_whose_question_was_damaged_is_asked_again_after_an_answer(worker_state):
+    """Junk written over a parked job's question: nobody could answer it until it expired. An answer
+    puts the job back on the queue instead, and its re-run asks the same question anew."""
+    redis, state = worker_state
+    await redis.set(keys.job(JOB), b"{}")
+    await redis.zadd(keys.QUEUE, {JOB: 5})
+    assert (await run_chat(redis, state))["status"] == "input_required"
+    await redis.hset(keys.input_request(JOB), "question", b"{damaged")
+    assert await answer(redis) == [b"asked_again"]
+    assert await redis.zscore(keys.QUEUE, JOB) == RESUME_SCORE and not await redis.zscore(
+        keys.INPUT_WAITING, JOB
+    )
+    assert (await run_chat(redis, state))["status"] == "input_required", "asked anew"
+    assert (await read(redis, JOB)).question.key == KEY  # type: ignore[union-attr]
+    assert await answer(redis) == [b"ok", KEY.encode()]
+    assert (await run_chat(redis, state))["status"] == "completed"
+
+
 async def test_a_job_cancelled_as_it_paused_ends_cancelled_when_it_runs_again(worker_state):
     """The cancel came while its worker let go (the park then left it on the queue): its next run ends
     it, instead of asking again and again while the cancel stands."""
