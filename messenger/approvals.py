@@ -31,9 +31,7 @@ if not ok or type(q) ~= 'table' or type(q.step) ~= 'number' then
   if redis.call('HEXISTS', record, 'parked') == 1 and redis.call('EXISTS', job) == 1 then
     -- parked on a question nobody can read (damaged by hand): back on the queue, its re-run asks again
     redis.call('HDEL', record, 'parked', 'question')
-    redis.call('ZREM', waiting, job_id)
-    redis.call('ZADD', queue, score, job_id)
-    redis.call('PUBLISH', wakeup, job_id)
+    requeue(job_id)
     return {'asked_again'}
   end
   return {'none'}
@@ -42,11 +40,7 @@ if key ~= '' and q.key ~= key then return {'wrong', tostring(q.key)} end
 if redis.call('EXISTS', job) == 0 then return {'none'} end
 redis.call('HSET', record, 'answer:' .. string.format('%d', q.step), answer)
 redis.call('HDEL', record, 'question')
-if redis.call('HDEL', record, 'parked') == 1 then
-  redis.call('ZREM', waiting, job_id)
-  redis.call('ZADD', queue, score, job_id)
-  redis.call('PUBLISH', wakeup, job_id)
-end
+if redis.call('HDEL', record, 'parked') == 1 then requeue(job_id) end
 return {'ok', tostring(q.key)}
 """
 )

@@ -30,6 +30,12 @@ RESUME_SCORE = turns.band("high")  # an answered or expired job goes to the head
 WAITING_LUA = """
 local waiting_kind = redis.call('TYPE', waiting).ok
 if waiting_kind ~= 'zset' and waiting_kind ~= 'none' then redis.call('DEL', waiting) end
+-- a parked job back at the head of the queue (score: RESUME_SCORE), the workers woken for it
+local function requeue(id)
+  redis.call('ZREM', waiting, id)
+  redis.call('ZADD', queue, score, id)
+  redis.call('PUBLISH', wakeup, id)
+end
 """
 
 

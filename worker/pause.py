@@ -102,10 +102,8 @@ async def park(redis, job_id: str, how: Park, settings: Settings) -> int:
     + """
 local due = redis.call('ZRANGEBYSCORE', waiting, '-inf', now_ms, 'LIMIT', 0, 100)
 for _, id in ipairs(due) do
-  redis.call('ZREM', waiting, id)
   redis.call('HDEL', record_prefix .. id, 'parked')
-  redis.call('ZADD', queue, score, id)
-  redis.call('PUBLISH', wakeup, id)
+  requeue(id)
 end
 return #due
 """
