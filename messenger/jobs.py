@@ -21,7 +21,7 @@ from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay,
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
-from shared import damaged, dead_letter, keys
+from shared import approvals, damaged, dead_letter, keys
 from shared.errors import InvalidRequest, JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
 from shared.models import FINAL_STATUSES, CapacityWait, ChatRequest, JobResult, JobStatus, ToolCallRequest
@@ -297,8 +297,7 @@ class JobClient:
                 pipe.zrem(keys.QUEUE, job_id)
                 pipe.delete(keys.job(job_id), keys.retry(job_id))
                 pipe.set(keys.result(job_id), data, ex=keys.KEEP_RESULT_SECONDS)
-                pipe.delete(keys.input_request(job_id))  # paused: its question goes unanswered
-                pipe.zrem(keys.INPUT_WAITING, job_id)
+                approvals.forget(pipe, job_id)  # paused: its question goes unanswered
                 pipe.hdel(keys.BUDGET_RESERVED, job_id)  # it will never run: give back its budget
                 pipe.hdel(keys.BUDGET_RESERVED_TENANT, job_id)
                 pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)

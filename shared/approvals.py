@@ -39,6 +39,12 @@ end
 """
 
 
+def forget(pipe, job_id: str) -> None:
+    """Queue on `pipe` what a job's ending takes with it: its question, answers and waiting place."""
+    pipe.delete(keys.input_request(job_id))
+    pipe.zrem(keys.INPUT_WAITING, job_id)
+
+
 class Answer(BaseModel):
     approved: bool
     note: str | None = Field(None, max_length=NOTE_MAX_CHARS)  # given to the model with a refusal

@@ -238,7 +238,7 @@ async def _model_call(run: JobRun, req: ChatRequest) -> ModelCall:
 
 
 async def _converse(
-    run: JobRun, req: ChatRequest, call: ModelCall, replay: journal.Replay, answers: dict | None = None
+    run: JobRun, req: ChatRequest, call: ModelCall, replay: journal.Replay, answers: dict
 ) -> StreamEnd | None:
     """Model turns, with tool calls between them when the request names MCP servers; answers how
     the last turn ended (None: the stream stopped without saying). Turns and results in `replay`

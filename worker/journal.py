@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from shared import damaged, keys
+from shared import approvals, damaged, keys
 from shared.events import TokenUsage
 from shared.models import ToolCallRecord
 from worker.providers import StreamEnd, ToolCall
@@ -131,8 +131,7 @@ async def ended(redis, job_id: str) -> None:
     try:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.expire(keys.journal(job_id), keys.ENDED_STREAM_SECONDS)
-            pipe.delete(keys.input_request(job_id))
-            pipe.zrem(keys.INPUT_WAITING, job_id)
+            approvals.forget(pipe, job_id)
             await pipe.execute()
     except (RedisError, OSError) as e:  # it expires a day after its last step anyway
         log.warning("job %s: could not set its journal to expire: %s", job_id, type(e).__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.approvals import Answer, ask_text
@@ -47,7 +47,7 @@ class TurnLog:
     entry: bytes | None  # the turn's journal entry, written with its tool_call events (None: not journaled)
     replayed: bool = False  # the turn came from the journal: its tool_call events are in the stream already
     results: dict[int, ToolCallRecord] | None = None  # by step: results the journal holds, not run again
-    answers: dict[int, Answer] | None = None  # by step: the caller's answers to the job's questions
+    answers: dict[int, Answer] = field(default_factory=dict)  # by step: the caller's answers to its questions
     wait_seconds: float = 0.0  # how long a question waits for its answer (INPUT_WAIT_SECONDS)
 
 
@@ -99,7 +99,7 @@ async def run_tool_calls(
                                         "arguments": arguments, "round": round_no, "step": log.step if log.entry else None}))  # fmt: skip
     if not log.replayed:  # the turn and every call it asked for: one write
         await publisher.journaled([(log.step, log.entry)] if log.entry else [], announced)
-    answers = log.answers or {}
+    answers = log.answers
     for index, (call, record) in enumerate(planned):  # before any call runs: the first unanswered question
         step = log.step + 1 + index
         runnable = index < MAX_CALLS_PER_TURN and isinstance(record.arguments, dict)
