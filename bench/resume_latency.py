@@ -48,13 +48,13 @@ async def run(trials: int) -> None:
     fresh: list[float] = []
     with (
         tempfile.TemporaryDirectory(prefix="resume-latency-") as tmp,
-        tool_lab(Path(tmp), servers, TOOL_APPROVAL="destructive") as (workers, model, _),
+        tool_lab(Path(tmp), servers, TOOL_APPROVAL="destructive") as (workers, model, ledger),
     ):
         charge_script(model)
         workers.start()
         workers.start()
         await workers.all_ready()
-        async with runtime_for(workers.redis.url, mcp_servers=servers(Path(tmp) / "ledger.jsonl")) as runtime:
+        async with runtime_for(workers.redis.url, mcp_servers=servers(ledger)) as runtime:
             request = ChatRequest(message="charge 5", mcp_servers=["ledger"])
             for _ in range(trials):
                 paused = await runtime.jobs.run(request, timeout=60)

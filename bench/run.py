@@ -455,7 +455,8 @@ def peer_table(plan: Plan, results: Results) -> list[str]:
     for figure, key, stock_key, unit, digits, goal in PEER_ROWS:
         row = Row(figure, "", key, unit=unit, digits=digits)
         value = {q: results.get(key.format(q)) for q in ("ours", "stock", *PEERS)}
-        value["stock"] = results.get(stock_key or key.format("stock"))
+        if stock_key:
+            value["stock"] = results.get(stock_key)
         target, met = "–", "–"
         taskiq = value["taskiq"]
         if goal is not None:

@@ -49,8 +49,11 @@ class RetryPolicy(NamedTuple):
     # attempts, and one that takes the connection and then says nothing (frozen) by this
     give_up: float | None = None
 
+    def backoff(self) -> ExponentialBackoff:
+        return ExponentialBackoff(cap=self.cap, base=0.05)
+
     def delay(self, failures: int) -> float:
-        return ExponentialBackoff(cap=self.cap, base=0.05).compute(failures)
+        return self.backoff().compute(failures)
 
 
 SERVICE = RetryPolicy(retries=8, cap=2.0, connect_timeout=None)  # servers, workers: outlive a restart
@@ -60,10 +63,10 @@ COMMAND = RetryPolicy(retries=1, cap=0.25, connect_timeout=1.0, give_up=2.5)
 
 async def subscribe_forever(
     redis, channel: str, on_message: Callable[[bytes], None], *, on_subscribed: Callable[[], None],
-    what: str, policy: RetryPolicy = SERVICE,
+    what: str,
 ) -> None:  # fmt: skip
     """Hand every message published on `channel` to `on_message`, for as long as the task runs. A
-    lost subscription is made again, waiting `policy.delay` between tries, with one WARNING per
+    lost subscription is made again, waiting `SERVICE.delay` between tries, with one WARNING per
     outage; `on_subscribed` runs on each (re)subscribe: what was published meanwhile is gone, so
     the caller looks again."""
     failures = 0
@@ -80,7 +83,7 @@ async def subscribe_forever(
             failures += 1
             level = logging.WARNING if failures == 1 else logging.DEBUG
             log.log(level, "%s subscription lost (%s); retrying until Redis answers", what, type(e).__name__)
-            await asyncio.sleep(policy.delay(failures))
+            await asyncio.sleep(SERVICE.delay(failures))
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -172,7 +175,7 @@ def connect(redis_url: str, policy: RetryPolicy = SERVICE, **options: Any) -> Ar
     else:
         options = {
             # OSError too: a refused connect (Redis restarting) is a builtin ConnectionRefusedError
-            "retry": _Retry(ExponentialBackoff(cap=policy.cap, base=0.05), retries=policy.retries),
+            "retry": _Retry(policy.backoff(), retries=policy.retries),
             "retry_on_error": [ConnectionError, TimeoutError, OSError],
             "socket_connect_timeout": policy.connect_timeout,
             "socket_keepalive": True,

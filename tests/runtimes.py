@@ -39,7 +39,6 @@ async def clock_worker(monkeypatch, **settings):
     """(redis, WorkerState): a worker's state on in-memory Redis, with the mock model and the clock MCP
     server (tests/mcp_clock_server.py) as `clock`, for running a job function in-process."""
     from shared.connection import connect
-    from shared.settings import load_settings
     from shared.tool_client import ToolServers
     from worker.job import WorkerState
     from worker.providers.mock import MockProvider

@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 from mcp_clock_server import PREFIX
 from readers import job_events
-from runtimes import clock_worker, embedded
+from runtimes import CLOCK, clock_worker, embedded
 from stream_helpers import collect
 
 from shared.models import ChatRequest
 from worker.providers import ModelCall, StreamEnd, ToolCall, ToolSpec
 from worker.providers.mock import MockProvider
 from worker.providers.openai import OpenAIProvider
-
-CLOCK = str(Path(__file__).resolve().parents[1] / "mcp_clock_server.py")
 
 # module-level marker, as in test_mock_provider.py: parametrized async tests need it
 pytestmark = pytest.mark.anyio
