@@ -323,22 +323,25 @@ async def retry_job(jobs: JobClient, job_id: str, reader: str | None = None) -> 
     job = await jobs.get(job_id, reader)
     if job.status not in RETRIABLE:
         raise InvalidRequest(f"job {job_id} is {job.status}: only a failed or cancelled job can be retried")
+    stored = await read_job(jobs.redis, job_id)  # its result record and owner, read once
     try:
-        function, args = await _queued_with(jobs.redis, job_id)
+        function, args = await _queued_with(jobs.redis, job_id, stored.result)
         request = {"chat": ChatRequest, "call_tool": ToolCallRequest}[function].model_validate(args[0])
     except Exception:  # no result record, or one without a runnable request
         raise InvalidRequest(
             f"job {job_id}'s request is not kept in a form that can run again (see `messenger dead`)"
         ) from None
-    owner = (await read_job(jobs.redis, job_id)).owner or OPERATOR
+    owner = stored.owner or OPERATOR
     owner = owner if TENANT_NAME.fullmatch(owner) and owner != UNOWNED else reader or OPERATOR
     return await jobs.queue.submit(request, caller=owner)
 
 
-async def _queued_with(redis, job_id: str) -> tuple[str, list]:
-    """The function and arguments a job was queued with: from arq's result record, or for a
-    dead-lettered job (whose record keeps none) from its dead-letter entry, when kept whole."""
-    info = deserialize_result(await redis.get(keys.result(job_id)), deserializer=deserialize)
+async def _queued_with(redis, job_id: str, result: bytes | None) -> tuple[str, list]:
+    """The function and arguments a job was queued with: from arq's result record (`result`, raw), or
+    for a dead-lettered job (whose record keeps none) from its dead-letter entry, when kept whole."""
+    if result is None:
+        raise LookupError(job_id)
+    info = deserialize_result(result, deserializer=deserialize)
     if info.args:
         return info.function, list(info.args)
     for entry in await dead_letter.list_dead(redis, keys.DEAD_LETTER_KEPT):
