@@ -1,6 +1,6 @@
 """mcp-queue's benchmarks: every figure of the speed targets, beside arq's stock settings, in one run.
 
-    uv run python bench/run.py [--rounds N] [--quick]
+    uv run python bench/run.py [--rounds N] [--quick] [--only queues]
 
 Each configuration gets its own redis-server and worker processes, started here and stopped at the
 end. Each round runs every configuration once, round-robin, so they all see the same noise; the
@@ -56,6 +56,7 @@ COLD_FOLLOWS = 200
 @dataclass
 class Plan:
     rounds: int
+    only_queues: bool = False  # `--only queues`: the no-op table alone (about a minute with --quick)
     start_samples: int = 200
     stock_start_samples: int = 16
     idle_seconds: float = 5.0
@@ -69,9 +70,11 @@ class Plan:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
+        only_queues = args.only == "queues"
         if args.quick:
             return cls(
                 rounds=args.rounds or 1,
+                only_queues=only_queues,
                 start_samples=50,
                 stock_start_samples=4,
                 idle_seconds=2.0,
@@ -81,7 +84,7 @@ class Plan:
                 ttft_samples=10,
                 stock_ttft_samples=3,
             )
-        return cls(rounds=args.rounds or 3)
+        return cls(rounds=args.rounds or 3, only_queues=only_queues)
 
 
 @dataclass
@@ -272,7 +275,7 @@ async def start_provider(lab: Lab) -> str:
     return base_url
 
 
-def start_sites(lab: Lab, base_url: str) -> dict[str, Site]:
+def start_sites(lab: Lab, base_url: str, plan: Plan) -> dict[str, Site]:
     """One redis-server per configuration, with its worker processes (they boot meanwhile)."""
     openai_env = {"AI_PROVIDER": "openai", "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sk-bench"}
     workers: dict[str, tuple[bool, int, dict]] = {  # name: (stock arq?, processes, settings)
@@ -286,6 +289,8 @@ def start_sites(lab: Lab, base_url: str) -> dict[str, Site]:
         "ttft-ours": (False, 1, openai_env),
         "ttft-stock": (True, 1, openai_env),
     }
+    if plan.only_queues:
+        workers = {name: workers[name] for name in ("tput-ours", "tput-stock")}
     sites = {}
     for name, (stock, count, settings) in workers.items():
         sites[name] = lab.site(name, stock=stock)
@@ -302,7 +307,7 @@ async def bench(plan: Plan, lab: Lab, results: Results) -> None:
 
     rng = random.Random(20261121)
     base_url = await start_provider(lab)
-    sites = start_sites(lab, base_url)
+    sites = start_sites(lab, base_url, plan)
     booting = asyncio.create_task(start_peers(lab))  # they install and boot meanwhile
     async with contextlib.AsyncExitStack() as stack:
         for site in sites.values():
@@ -318,23 +323,26 @@ async def bench(plan: Plan, lab: Lab, results: Results) -> None:
         for site in sites.values():  # the figures measure a messenger that is up and running
             async with site.runtime.hub.follow("bench-warm-up"):
                 pass
-        await ttft.direct(client)  # open both paths' HTTP connections once
-        await ttft.through_system(sites["ttft-ours"])
-
-        t0 = time.monotonic()  # once, first: this process's memory is what it measures
-        await results.record("inflight", inflight.measure(sites["inflight"], plan.inflight_jobs))
-        lab.stop(sites["inflight"].workers)
-        await results.record("cold", cold_start.measure(sites["tokens"], COLD_FOLLOWS))
-        await results.record("redis", redis_cost.figures(sites["redis-cost"].url, plan.streams, plan.tokens))
-        print(
-            f"{plan.inflight_jobs} in flight, fresh messenger: {time.monotonic() - t0:.1f} s", file=sys.stderr
-        )
-
+        if not plan.only_queues:
+            await once(plan, lab, sites, client, results)
         for r in range(plan.rounds):
             t0 = time.monotonic()
-            await one_round(plan, lab, sites, client, results, rng, turn=r)
+            if not plan.only_queues:
+                await one_round(plan, lab, sites, client, results, rng, turn=r)
             await queues(plan, sites, peers, results, rng, turn=r)
             print(f"round {r + 1}/{plan.rounds}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+
+async def once(plan: Plan, lab: Lab, sites: dict[str, Site], client, results: Results) -> None:
+    """The figures measured once, first, while this process is fresh (its memory is one of them)."""
+    await ttft.direct(client)  # open both paths' HTTP connections once
+    await ttft.through_system(sites["ttft-ours"])
+    t0 = time.monotonic()
+    await results.record("inflight", inflight.measure(sites["inflight"], plan.inflight_jobs))
+    lab.stop(sites["inflight"].workers)
+    await results.record("cold", cold_start.measure(sites["tokens"], COLD_FOLLOWS))
+    await results.record("redis", redis_cost.figures(sites["redis-cost"].url, plan.streams, plan.tokens))
+    print(f"{plan.inflight_jobs} in flight, fresh messenger: {time.monotonic() - t0:.1f} s", file=sys.stderr)
 
 
 async def one_round(
@@ -498,6 +506,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, help="rounds to take the median of (default 3; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run with fewer samples")
+    parser.add_argument(
+        "--only", choices=["queues"], help="queues: only the no-op table beside stock arq, taskiq and SAQ"
+    )
     args = parser.parse_args()
     plan = Plan.from_args(args)
     command = "uv run python bench/run.py" + "".join(f" {a}" for a in sys.argv[1:])
@@ -544,8 +555,9 @@ def main() -> int:
     print(machine().replace(", load average", f", wall {wall:.0f} s, load average at end"))
     print(noise)
     print()
-    print("\n".join(table(plan, results)))
-    print()
+    if not plan.only_queues:
+        print("\n".join(table(plan, results)))
+        print()
     print("\n".join(peer_table(plan, results)))
     for note in results.notes:
         print(note)
