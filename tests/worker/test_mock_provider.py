@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from worker.providers import ModelCall, ProviderError, StreamEnd
-from worker.providers.mock import MockProvider, mock_reply
+from worker.providers.mock import MockProvider, Pacer, mock_reply
 
 # module-level marker: the conftest adds `anyio` too late for parametrized async tests (see report)
 pytestmark = pytest.mark.anyio
@@ -93,32 +93,58 @@ async def test_any_mock_model_is_served(model):
     assert end.model == model
 
 
-async def test_tokens_are_paced_on_a_schedule_and_a_late_wake_up_catches_up(monkeypatch):
+async def test_tokens_are_paced_on_a_schedule_not_from_each_wake_up():
     """Token k leaves at k × the delay after the first, as a model server sends them: a wake-up that
     comes late (a busy worker) shortens the next wait instead of slowing the whole stream."""
-    log: list[object] = []
-    clock = [100.0]
-    real_sleep = asyncio.sleep
 
-    async def recording_sleep(seconds, *args, **kwargs):
-        log.append(("sleep", round(seconds, 6)))
-        clock[0] += seconds + (0.005 if len(log) == 1 else 0)  # the first wake-up is 5 ms late
-        await real_sleep(0)
+    class LateClock(Pacer):  # time moves only when the mock waits; the first wake-up is 5 ms late
+        def __init__(self):
+            super().__init__()
+            self.t, self.asked = 100.0, []
 
-    monkeypatch.setattr("worker.providers.mock.asyncio.sleep", recording_sleep)
-    monkeypatch.setattr("worker.providers.mock.time.monotonic", lambda: clock[0])
+        def now(self) -> float:
+            return self.t
+
+        async def until(self, when: float) -> None:
+            self.asked.append(round(when - 100.0, 6))
+            self.t = max(self.t, when) + (0.005 if len(self.asked) == 1 else 0)
+
     provider = MockProvider(token_delay_ms=7)
-    async for piece in provider.stream(_call("delay check")):
-        log.append(("end",) if isinstance(piece, StreamEnd) else ("token", piece))
-    monkeypatch.undo()
-
-    tokens = [entry for entry in log if entry[0] == "token"]
+    provider.pacer = clock = LateClock()
+    tokens, _ = await _collect(provider, _call("delay check"))
     assert len(tokens) > 3
-    waits = [0.007, 0.002] + [0.007] * (len(tokens) - 2)  # the second wait makes up the 5 ms
-    expected = []
-    for wait, token in zip(waits, tokens, strict=True):
-        expected += [("sleep", wait), token]
-    assert log == [*expected, ("end",)]
+    assert clock.asked == [round(0.007 * (k + 1), 6) for k in range(len(tokens))]
+
+
+async def test_a_token_already_due_is_handed_over_without_a_loop_turn():
+    """A late stream catches up at once, as a client reading a full socket buffer does."""
+    loop, ran = asyncio.get_running_loop(), []
+    loop.call_soon(ran.append, "other work")
+    await Pacer().until(loop.time() - 1.0)
+    assert ran == []
+    await Pacer().until(loop.time() + 0.002)
+    assert ran == ["other work"]
+
+
+async def test_streams_due_in_the_same_tick_share_one_timer(monkeypatch):
+    loop, timers = asyncio.get_running_loop(), []
+    call_at = loop.call_at
+
+    def counting(when, callback, *args, **kwargs):
+        timers.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    pacer, due = Pacer(), loop.time() + 0.003
+    woke: list[float] = []
+
+    async def stream(offset: float) -> None:
+        await pacer.until(due + offset)
+        woke.append(loop.time() - (due + offset))
+
+    await asyncio.gather(*(stream(i * Pacer.TICK / 1000) for i in range(1000)))
+    assert len(timers) <= 2, "1,000 streams due within one tick (or across its edge) wake on one timer each"
+    assert min(woke) >= -1e-6, "no stream wakes before its time"
 
 
 async def test_token_delay_lets_other_tasks_run_between_tokens():
