@@ -116,12 +116,19 @@ class Providers(Provider):
             self.named[name] = make_provider(self.settings.model_copy(update={"ai_provider": name}))
         return self.named[name]
 
-    async def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
+    def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
         name, model = self.route(call.model)
-        provider = self.default if name is None else self._provider(name)
-        async with aclosing(provider.stream(replace(call, model=model))) as pieces:
+        if name is None:  # the default provider's own stream: no layer to pass each token through
+            return self.default.stream(call)
+        return self._renamed(name, self._provider(name).stream(replace(call, model=model)))
+
+    @staticmethod
+    async def _renamed(
+        name: str, stream: AsyncGenerator[str | StreamEnd, None]
+    ) -> AsyncGenerator[str | StreamEnd, None]:
+        async with aclosing(stream) as pieces:
             async for piece in pieces:
-                if isinstance(piece, StreamEnd) and name is not None:
+                if isinstance(piece, StreamEnd):
                     piece = replace(piece, model=f"{name}/{piece.model}")
                 yield piece
 
