@@ -40,6 +40,7 @@ from shared.models import JobResult, ResultUsage, ToolCallRecord
 log = logging.getLogger("messenger.collector")
 
 IDLE_SECONDS = 5.0  # how often a quiet follower re-checks the stream and the job
+IDLE = object()  # put into a follower's queue when it has heard nothing for IDLE_SECONDS
 
 
 class Transcript:
@@ -207,6 +208,28 @@ def _fresh(transcript: Transcript, entries, after: bytes) -> tuple[list[Event], 
     return fresh, after
 
 
+class _IdleAlarm:
+    """Puts IDLE into a follower's queue once it has waited IDLE_SECONDS for a message. One timer
+    per follower, moved on only when it rings: an asyncio.timeout around each wait armed and
+    cancelled a timer per token (50,000 a second for 1,000 streams)."""
+
+    def __init__(self, live: asyncio.Queue):
+        self._loop = asyncio.get_running_loop()
+        self._live = live
+        self.waiting_since: float | None = None  # loop time the follower began waiting on an empty queue
+        self._timer = self._loop.call_later(IDLE_SECONDS, self._ring)
+
+    def _ring(self) -> None:
+        now, since = self._loop.time(), self.waiting_since
+        if since is not None and now >= since + IDLE_SECONDS - 0.001:  # (timers may ring a hair early)
+            self._live.put_nowait(IDLE)
+            since = self.waiting_since = None
+        self._timer = self._loop.call_at((now if since is None else since) + IDLE_SECONDS, self._ring)
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
 async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> AsyncIterator[Event | None]:
     """Yield the job's events in order until a terminal one; None on each idle tick.
 
@@ -216,30 +239,34 @@ async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> A
     fresh, cursor = await replay(redis, transcript)
     for event in fresh:
         yield event
-    while not transcript.final:
-        try:
-            raw = live.get_nowait()
-        except asyncio.QueueEmpty:
+    alarm, clock = _IdleAlarm(live), asyncio.get_running_loop().time
+    try:
+        while not transcript.final:
             try:
-                async with asyncio.timeout(IDLE_SECONDS):
-                    raw = await live.get()
-            except TimeoutError:
+                raw = live.get_nowait()
+            except asyncio.QueueEmpty:
+                alarm.waiting_since = clock()
+                raw = await live.get()
+                alarm.waiting_since = None
+            if raw is IDLE:
                 raw = RESYNC
                 yield None
-        if raw is RESYNC:
-            where, event = "gap", None
-        else:
-            event = _parse(cast("bytes", raw), transcript.job_id)
-            if event is None:
-                continue
-            where = transcript.position(event)
-        if where == "next" and event is not None:
-            transcript.apply(event)
-            yield event
-        elif where == "gap":
-            fresh, cursor = await replay_patiently(redis, transcript, cursor)
-            for event in fresh:
+            if raw is RESYNC:
+                where, event = "gap", None
+            else:
+                event = _parse(cast("bytes", raw), transcript.job_id)
+                if event is None:
+                    continue
+                where = transcript.position(event)
+            if where == "next" and event is not None:
+                transcript.apply(event)
                 yield event
+            elif where == "gap":
+                fresh, cursor = await replay_patiently(redis, transcript, cursor)
+                for event in fresh:
+                    yield event
+    finally:
+        alarm.close()
 
 
 def retold(result: JobResult) -> list[Event]:

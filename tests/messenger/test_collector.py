@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-from messenger.collector import Transcript
-from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolCallEvent, ToolResultEvent
+import asyncio
+
+import pytest
+
+from messenger import collector
+from messenger.collector import Transcript, follow_events
+from shared.events import (
+    DoneEvent,
+    StartEvent,
+    TokenEvent,
+    TokenUsage,
+    ToolCallEvent,
+    ToolResultEvent,
+    dump_event,
+)
 from shared.models import ToolCallRecord
 
 JOB = "job-1"
@@ -168,3 +181,29 @@ def test_a_rerun_that_did_not_resume_drops_everything_of_the_old_attempt():
     feed(transcript, old.start(), old.token("Checking. "), old.call("c1").model_copy(update={"step": 1}))
     feed(transcript, new.start())
     assert transcript.text == "" and transcript.tool_calls == {}
+
+
+class EmptyStream:
+    async def xrange(self, key, min="-"):
+        return []
+
+
+@pytest.mark.anyio
+async def test_a_quiet_follower_is_told_each_idle_tick_and_still_gets_every_event(monkeypatch):
+    """None after IDLE_SECONDS without a message (the follower re-checks the job then), however
+    many messages came before; the events stay whole and in order around it."""
+    monkeypatch.setattr(collector, "IDLE_SECONDS", 0.01)
+    live: asyncio.Queue = asyncio.Queue()
+    e = Events()
+    told = []
+    events = follow_events(EmptyStream(), Transcript(JOB), live)
+    assert await anext(events) is None
+    for event in (e.start(), *(e.token(f"t{i} ") for i in range(50))):
+        live.put_nowait(dump_event(event))
+    told += [await anext(events) for _ in range(51)]
+    assert await anext(events) is None
+    live.put_nowait(dump_event(e.done()))
+    told.append(await anext(events))
+    assert [event.seq for event in told] == list(range(52))
+    assert [event.type for event in told[-2:]] == ["token", "done"]
+    await events.aclose()
