@@ -6,8 +6,8 @@ One redis-server, one real worker process (`python -m worker.cli`, the mock prov
 --tokens-per-s, WORKER_CONCURRENCY above N). This process is the messenger: it submits N jobs
 spread over STAGGER seconds and follows each through the real JobClient (hub, collector). Per N:
 token delay (the worker's event `ts` → this process has it, p50/p99), the delivered rate (each
-stream's tokens over its first-to-last token time, against the paced rate), the worker's CPU, and
-in the same round the floor: this machine's bare PUBLISH → subscriber delay at the same pacing
+stream's tokens over its first-to-last token time, against the paced rate), the CPU of the worker
+and of this process (the messenger side), each also per token, and in the same round the floor: this machine's bare PUBLISH → subscriber delay at the same pacing
 (bench/publisher_proc.py raw mode, through token_delivery.floor). Every answer must be whole.
 """
 
@@ -30,6 +30,7 @@ from bench.stats import ms, percentile  # noqa: E402
 
 STAGGER = 0.5  # seconds over which the N jobs are submitted: all N stream at once for most of a run
 WORDS = " ".join(f"w{i}" for i in range(40))  # the mock echoes 40 words: 56 tokens a stream
+TOKENS = 56  # what the mock answers to WORDS: its 40 words, "Mock answer to:" and a 12-word tail
 
 
 class Lost(Exception):
@@ -55,11 +56,14 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
     async def one(i: int) -> None:
         await asyncio.sleep(max(0.0, t_start + rng.uniform(0, STAGGER) - time.time()))
         seen: list[tuple[float, int]] = []  # (event ts, tokens so far)
+        words = 0  # a merged token event carries several: counted by their spaces
 
         async def on_event(event, transcript) -> None:
+            nonlocal words
             if event is not None and event.type == "token":
                 delays.append(time.time() - event.ts)
-                seen.append((event.ts, len(transcript.text.split(" "))))
+                words += event.text.count(" ")
+                seen.append((event.ts, words))
 
         request = ChatRequest(message=f"s{i} {WORDS}")
         result = await runtime.jobs.run(request, on_event=on_event, timeout=120)
@@ -71,8 +75,10 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
 
     worker_pid = site.pids[0]
     cpu0, wall0, wait0 = cpu_seconds(worker_pid), time.monotonic(), runqueue_seconds(worker_pid)
+    ours0 = time.process_time()
     await asyncio.gather(*(one(i) for i in range(n)))
     cpu, wall = cpu_seconds(worker_pid) - cpu0, time.monotonic() - wall0
+    ours = time.process_time() - ours0
     waited = runqueue_seconds(worker_pid) - wait0
     if wrong:
         raise Lost(f"{n} streams: {len(wrong)} wrong; e.g. {wrong[0]}")
@@ -83,6 +89,9 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
         "rate_p50": percentile(rates, 50) / rate,
         "rate_p1": percentile(rates, 1) / rate,
         "worker_cpu": 100 * cpu / wall,
+        "messenger_cpu": 100 * ours / wall,
+        "worker_us": 1e6 * cpu / (n * TOKENS),  # CPU per token, the job's own start and end included
+        "messenger_us": 1e6 * ours / (n * TOKENS),
         "worker_waited": 100 * waited / wall,
     }
 
@@ -99,7 +108,7 @@ async def measure(lab: Lab, site: Site, counts: list[int], rate: float) -> list[
         for n in counts:
             ours = await follow(site, n, rate)
             floor = await token_delivery.floor(
-                lab, site, streams=n, tokens=56, interval=1 / rate, stagger=STAGGER, seed=n
+                lab, site, streams=n, tokens=TOKENS, interval=1 / rate, stagger=STAGGER, seed=n
             )
             rows.append((n, ours, floor))
             print(f"{n} streams done", file=sys.stderr)
@@ -110,8 +119,9 @@ def table(rows: list[tuple[int, dict, dict]], rate: float) -> list[str]:
     lines = [
         f"| streams in one worker ({rate:.0f} tok/s each) | token delay p50 / p99 | goal p99 ≤ 50 ms "
         "| floor p50 / p99 (bare PUBLISH) | p99 ÷ floor p99 | delivered rate p50 / p1 (of paced) "
-        "| goal ≥ 95 % | worker CPU | worker waited for a CPU |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| goal ≥ 95 % | CPU worker / messenger | CPU per token worker / messenger "
+        "| worker waited for a CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, ours, floor in rows:
         lines.append(
@@ -120,7 +130,9 @@ def table(rows: list[tuple[int, dict, dict]], rate: float) -> list[str]:
             f"| {floor['floor_p50']:.1f} / {floor['floor_p99']:.1f} ms "
             f"| ×{ours['delay_p99'] / max(floor['floor_p99'], 1e-9):.1f} "
             f"| {100 * ours['rate_p50']:.0f} % / {100 * ours['rate_p1']:.0f} % "
-            f"| {'yes' if ours['rate_p1'] >= 0.95 else 'no'} | {ours['worker_cpu']:.0f} % | {ours['worker_waited']:.0f} % |"
+            f"| {'yes' if ours['rate_p1'] >= 0.95 else 'no'} "
+            f"| {ours['worker_cpu']:.0f} % / {ours['messenger_cpu']:.0f} % "
+            f"| {ours['worker_us']:.0f} / {ours['messenger_us']:.0f} µs | {ours['worker_waited']:.0f} % |"
         )
     return lines
 
