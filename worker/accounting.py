@@ -107,10 +107,11 @@ async def _record(
     ...
 
 
-async def job_tenant(redis, job_id: str) -> str:
-    """The tenant a job belongs to (its owner record). A job whose record is gone or damaged is
-    UNOWNED: it must not read or extend anyone's conversation, the operator's included."""
-    raw = await redis.get(keys.owner(job_id))
+async def job_tenant(redis, job_id: str, ctx: dict) -> str:
+    """The tenant a job belongs to (its owner record, as the claim read it into arq's ctx, or read
+    now). A job whose record is gone or damaged is UNOWNED: it must not read or extend anyone's
+    conversation, the operator's included."""
+    raw = ctx["owner"] if "owner" in ctx else await redis.get(keys.owner(job_id))
     name = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
     if TENANT_NAME.fullmatch(name):
         return name

@@ -156,7 +156,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
     run = JobRun(ctx, request, model="?", span=span)
     state, settings = run.state, run.settings
     try:
-        run.tenant = await accounting.job_tenant(run.redis, run.job_id)
+        run.tenant = await accounting.job_tenant(run.redis, run.job_id, ctx)
         try:
             req = ChatRequest.model_validate(request)
         except ValidationError as e:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
 
 from arq.constants import abort_job_max_age
-from arq.utils import timestamp_ms
-from arq.worker import Worker
+from arq.cron import CronJob
+from arq.jobs import serialize_result
+from arq.utils import args_to_string, ms_to_datetime, timestamp_ms
+from arq.worker import Function, JobExecutionFailed, RetryJob, Worker
+from arq.worker import Retry as RetryLater  # a job asking to run again later (not redis-py's Retry)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
@@ -32,75 +36,17 @@ from redis.exceptions import (
 from shared import damaged, dead_letter, keys, turns
 from shared.connection import connect, probe_access, redacted, subscribe_forever, tls_refusal
 from shared.errors import McpQueueError, QueueUnavailable, SettingsError
-from shared.scripts import Arg, Args, Key, script
 from shared.sentinel import UnknownMaster
 from shared.settings import Settings
 from worker import pause
+from worker.claim import RETRY_KEPT_SECONDS, Claimed, claim_jobs
 from worker.heartbeat import beat_interval
 from worker.intake import job_id_problem, job_problem
 from worker.publisher import why_not_written
 
 log = logging.getLogger("worker")
-
-
-# arq's claim (per job: WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC, four round trips) as one atomic
-# script for a whole batch of candidate ids, stopping once the worker's free slots are filled. It
-# hands back each claimed job's value too, so the worker checks it before arq sees it (intake.py),
-# and resets a retry counter arq's INCR would choke on. Given no candidates, it reads them itself:
-# the first `scan` due ids of the queue, lowest score first, as arq's poll would (one round trip
-# for a freed slot instead of a poll's read and claim).
-@script("""
--- answers {id, score, job value ('' = none), starts so far (or 'reset: why'), ...} for the jobs leased
-local claimed = {}
-if #candidates == 0 and scan > 0 then
-  candidates = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'LIMIT', 0, scan)
-end
-for _, id in ipairs(candidates) do
-  if #claimed >= 4 * free then break end
-  local lease = lease_prefix .. id
-  if redis.call('EXISTS', lease) == 0 then
-    local score = redis.call('ZSCORE', queue, id)
-    local due = score and tonumber(score)
-    if due and due <= now_ms then
-      redis.call('PSETEX', lease, lease_ms, '1')
-      local job = ''
-      if redis.call('TYPE', job_prefix .. id)['ok'] == 'string' then job = redis.call('GET', job_prefix .. id) end
-      local retry, tries = retry_prefix .. id, '0'
-      local kind = redis.call('TYPE', retry)['ok']
-      if kind == 'string' then
-        tries = redis.call('GET', retry)
-        if #tries > 9 or not (tries == '0' or string.match(tries, '^[1-9][0-9]*$')) then
-          tries = 'reset: it was not a count'  -- arq's INCR would fail on it
-        end
-      elseif kind ~= 'none' then
-        tries = 'reset: it was a ' .. kind
-      end
-      if string.sub(tries, 1, 6) == 'reset:' then redis.call('DEL', retry) end
-      claimed[#claimed + 1] = id
-      claimed[#claimed + 1] = score
-      claimed[#claimed + 1] = job
-      claimed[#claimed + 1] = tries
-    end
-  end
-end
-return claimed
-""")
-async def claim_jobs(
-    redis,
-    *,
-    queue: Key,
-    now_ms: Arg[int],
-    lease_ms: Arg[int],
-    free: Arg[int],
-    scan: Arg[int],
-    lease_prefix: Arg[str],
-    job_prefix: Arg[str],
-    retry_prefix: Arg[str],
-    candidates: Args,
-) -> list[bytes]:
-    """Lease up to `free` of the candidates (none: of the queue's first `scan`) that are due; answers
-    [id, score, job, tries, ...]."""
-    ...
+arq_log = logging.getLogger("arq.worker")  # the lines arq's own run_job logs, under its name
+NO_RESULT = object()  # arq's `no_result`: a job handed back to the queue stores nothing
 
 
 STARTUP_BACKOFF = (0.5, 5.0)  # seconds: first and longest wait between start-up checks of Redis
@@ -121,8 +67,9 @@ async def redis_ready(settings: Settings) -> None:
             await client.ping()
             await probe_access(client)
             await claim_jobs(
-                client, queue=keys.QUEUE, now_ms=0, lease_ms=1, free=0, scan=0, lease_prefix=keys.IN_PROGRESS_PREFIX,
-                job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX, candidates=[],
+                client, queue=keys.QUEUE, abort_set=keys.ABORT_SET, now_ms=0, lease_ms=1, free=0, scan=0,
+                retry_ttl=RETRY_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
+                retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX, candidates=[],
             )  # fmt: skip
             return
         except UnknownMaster as e:
@@ -241,32 +188,26 @@ class QueueWorker(Worker):
         if self.loop.time() < self._claims_paused_until:
             return  # the safety poll looks again
         claimed = await claim_jobs(
-            self.pool,
-            queue=self.queue_name,
-            now_ms=int(time.time() * 1000),
-            lease_ms=int(self.in_progress_timeout_s * 1000),
-            free=free,
-            scan=scan,
-            lease_prefix=keys.IN_PROGRESS_PREFIX,
-            job_prefix=keys.JOB_PREFIX,
-            retry_prefix=keys.RETRY_PREFIX,
-            candidates=candidates,
-        )
-        for i in range(0, len(claimed), 4):
-            raw_id, score, raw_job, tries = claimed[i : i + 4]
-            if scan and (problem := job_id_problem(raw_id)) is not None:  # read from the queue itself
-                await self._bury(raw_id, raw_job or None, problem)
+            self.pool, queue=self.queue_name, abort_set=keys.ABORT_SET, now_ms=int(time.time() * 1000),
+            lease_ms=int(self.in_progress_timeout_s * 1000), free=free, scan=scan, retry_ttl=RETRY_KEPT_SECONDS,
+            lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX,
+            owner_prefix=keys.OWNER_PREFIX, candidates=candidates,
+        )  # fmt: skip
+        for job in Claimed.batch(claimed):
+            if scan and (problem := job_id_problem(job.raw_id)) is not None:  # read from the queue itself
+                await self._bury(job.raw_id, job.raw_job, problem)
                 continue
-            if await self._buried(raw_id, raw_job or None, tries):
+            if await self._buried(job):
                 continue
             await self.sem.acquire()  # never waits: the script claimed no more than the free slots
             self.job_counter += 1
-            due = float(score)
+            due = float(job.score)
             # a turn (shared/turns.py) is not a time: arq would log it as a delay of decades
             due = due if math.isfinite(due) and not turns.is_turn(due) else time.time() * 1000
-            task = self.loop.create_task(self.run_job(raw_id.decode(), int(due)))
+            job_id = job.raw_id.decode()
+            task = self.loop.create_task(self.run_claimed(job, job_id, int(due)))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[raw_id.decode()] = task
+            self.tasks[job_id] = task
 
     async def _job_ids(self, raw_ids: list) -> list[bytes]:
         """The ids worth claiming; a queue member that can never be a job id is dead-lettered."""
@@ -282,15 +223,14 @@ class QueueWorker(Worker):
                 log.warning("ignoring a wake-up that is not a job id: %.100r", raw_id)
         return candidates
 
-    async def _buried(self, raw_id: bytes, raw_job: bytes | None, tries: bytes) -> bool:
-        """Check a claimed job before arq reads it; a poison one is dead-lettered (True)."""
-        if tries.startswith(b"reset:"):
-            log.warning("job %s: its retry counter was reset (%s)", raw_id.decode(), tries.decode()[7:])
-            tries = b"0"
-        problem, function = job_problem(raw_job, set(self.functions))
+    async def _buried(self, job: Claimed) -> bool:
+        """Check a claimed job before it runs; a poison one is dead-lettered (True)."""
+        if job.note:
+            log.warning("job %s: its retry counter was reset (%s)", job.raw_id.decode(), job.note)
+        problem, function = job_problem(job.raw_job, set(self.functions))
         if problem is None:
             return False
-        await self._bury(raw_id, raw_job, problem, function=function, attempt=int(tries) + 1)
+        await self._bury(job.raw_id, job.raw_job, problem, function=function, attempt=job.job_try)
         return True
 
     async def _bury(self, raw_id: bytes, raw_job: bytes | None, problem: str, **details) -> None:
@@ -301,10 +241,10 @@ class QueueWorker(Worker):
         except (RedisError, OSError) as e:  # its lease lapses and the next claim tries again
             log.warning("could not dead-letter queue entry %.100s (%s)", shown, type(e).__name__)
 
-    async def run_job(self, job_id: str, score: int) -> None:
-        """arq's run_job, with nothing it raises reaching the main loop (which would stop the worker)."""
+    async def run_claimed(self, job: Claimed, job_id: str, score: int) -> None:
+        """Run a claimed job, with nothing it raises reaching the main loop (which would stop the worker)."""
         try:
-            await super().run_job(job_id, score)
+            await self._run_claimed(job, job_id, score)
         except (RedisError, OSError) as e:  # Redis went away around the job: its lease lapses, it runs again
             # (never str(e): a pipeline's error quotes its commands, the job's result among them)
             log.warning(
@@ -314,6 +254,91 @@ class QueueWorker(Worker):
             )
         except Exception:
             log.exception("job %s: arq failed around the job; it will run again", job_id)
+
+    async def _run_claimed(self, job: Claimed, job_id: str, score: int) -> None:
+        """arq 0.28's `run_job` from where its pipeline has read the job (the claim read it, and
+        intake.py checked it): the same abort, retry and timeout rules, counters and stored result."""
+        start_ms = timestamp_ms()
+        d = self.job_deserializer(job.raw_job)  # type: ignore[misc]  # checked: an arq job of ours
+        name, args, kwargs, job_try, enqueued_ms = d["f"], tuple(d["a"]), d["k"], job.job_try, d["et"]
+        function = self.functions[name]
+        ref = f"{job_id}:{name}"
+        ending = functools.partial(self._ending, job_id, ref, function, args, kwargs, enqueued_ms)
+        if job.aborted:
+            arq_log.info("%6.2fs ⊘ %s aborted before start", (timestamp_ms() - enqueued_ms) / 1000, ref)
+            self.jobs_failed += 1
+            return await ending(job_try, start_ms, failed=asyncio.CancelledError())
+        if d["t"] and d["t"] > job_try:  # enqueued as a later try than its counter says
+            job_try = d["t"]
+            await self.pool.setex(keys.retry(job_id), RETRY_KEPT_SECONDS, str(job_try))
+        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        if job_try > max_tries:
+            arq_log.warning(
+                "%6.2fs ! %s max retries %d exceeded", (timestamp_ms() - enqueued_ms) / 1000, ref, max_tries
+            )
+            self.jobs_failed += 1
+            return await ending(
+                job_try, start_ms, failed=JobExecutionFailed(f"max {max_tries} retries exceeded")
+            )
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueued_ms),
+               "score": score, "owner": job.owner}  # fmt: skip
+        if arq_log.isEnabledFor(logging.INFO):
+            arq_log.info("%6.2fs → %s(%s)%s", (timestamp_ms() - enqueued_ms) / 1000, ref,
+                         args_to_string(args, kwargs), f" try={job_try}" if job_try > 1 else "")  # fmt: skip
+        start_ms = timestamp_ms()
+        self.job_tasks[job_id] = task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        try:
+            try:
+                result = await asyncio.wait_for(task, timeout_s)
+            finally:
+                del self.job_tasks[job_id]
+        except (Exception, asyncio.CancelledError) as e:
+            await ending(job_try, start_ms, *self._outcome(job_id, ref, e, score, start_ms))
+        else:
+            self.jobs_complete += 1
+            await ending(job_try, start_ms, result, success=True)
+
+    def _outcome(self, job_id: str, ref: str, e: BaseException, score: int, start_ms: int) -> tuple:
+        """arq's reading of a job that raised: (result to store or NO_RESULT, finish it?, retry delay)."""
+        t = (timestamp_ms() - start_ms) / 1000
+        if self.retry_jobs and isinstance(e, RetryLater):
+            arq_log.info("%6.2fs ↻ %s retrying job in %0.2fs", t, ref, (e.defer_score or 0) / 1000)
+            self.jobs_retried += 1
+            return NO_RESULT, False, e.defer_score and e.defer_score + (timestamp_ms() - score)
+        if job_id in self.aborting_tasks and isinstance(e, asyncio.CancelledError):
+            arq_log.info("%6.2fs ⊘ %s aborted", t, ref)
+            self.aborting_tasks.remove(job_id)
+            self.jobs_failed += 1
+            return e, True, None
+        if self.retry_jobs and isinstance(e, asyncio.CancelledError | RetryJob):
+            arq_log.info("%6.2fs ↻ %s cancelled, will be run again", t, ref)
+            self.jobs_retried += 1
+            return NO_RESULT, False, None
+        arq_log.exception("%6.2fs ! %s failed, %s: %s", t, ref, type(e).__name__, e)
+        self.jobs_failed += 1
+        return e, True, None
+
+    async def _ending(
+        self, job_id: str, ref: str, function: Function | CronJob, args: tuple, kwargs: dict, enqueued_ms: int, job_try: int,
+        start_ms: int, result=NO_RESULT, finish: bool = True, incr_score: int | None = None, *,
+        success: bool = False, failed: BaseException | None = None,
+    ) -> None:  # fmt: skip
+        """Store how the job ended as arq would (a job that failed before it ran: `failed`)."""
+        result = failed if failed is not None else result
+        result_data = None
+        forever = (
+            self.keep_result_forever if function.keep_result_forever is None else function.keep_result_forever
+        )
+        keep_s = self.keep_result_s if function.keep_result_s is None else function.keep_result_s
+        if result is not NO_RESULT and (forever or keep_s > 0):
+            result_data = serialize_result(
+                function.name, args, kwargs, job_try, enqueued_ms, success, result, start_ms, timestamp_ms(), ref,
+                self.queue_name, job_id=job_id, serializer=self.job_serializer,
+            )  # fmt: skip
+        if failed is not None:
+            return await asyncio.shield(self.finish_failed_job(job_id, result_data))
+        await asyncio.shield(self.finish_job(job_id, finish, result_data, keep_s, forever, incr_score, None))
 
     async def _cancel_aborted_jobs(self) -> None:
         """arq's abort poll, minus its crash on an `arq:abort` member that is not text."""
