@@ -119,6 +119,7 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 TERMINAL = frozenset({"done", "error", "cancelled"})
+_GOING_ON = frozenset({"token", "input_required"})  # events after which a job's stream is not yet ending
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 
@@ -216,17 +217,19 @@ async def write_events(
     for event in events:
         jobs.setdefault(event.job_id, []).append(event)
     batch: list[str | bytes] = []
-    for job_id, owned in jobs.items():
+    journal = journal or {}
+    for job_id, owned in jobs.items():  # (per job and event: 1,000 streams make 1,000 jobs a write)
         data = [dump_event(e) for e in owned]
-        head = b'{"job_id":"' + job_id.encode() + b'",'
-        spliced = all(d.startswith(head) for d in data)  # a job id JSON escapes is sent as it is
+        head = b'{"job_id":"%b",' % job_id.encode()
+        cut = len(head)
+        spliced = all(d[:cut] == head for d in data)  # a job id JSON escapes is sent as it is
         if spliced:
-            data = [d[len(head) :] for d in data]
+            data = [d[cut:] for d in data]
         # (a paused job's stream lives as long as its question: worker/pause.py set its expiry)
-        ended = any(e.type not in ("token", "input_required") for e in owned)
-        entries = (journal or {}).get(job_id, [])
-        flags = "".join("1" if f else "0" for f in (ended, job_id in retried, spliced, entries))
-        batch += [job_id, str(len(owned)), flags, *data]
+        ended = any(e.type not in _GOING_ON for e in owned)
+        entries = journal.get(job_id)
+        flags = ("1" if ended else "0") + ("1" if job_id in retried else "0") + ("1" if spliced else "0")
+        batch += [job_id, str(len(owned)), flags + ("1" if entries else "0"), *data]
         if entries:
             batch += [str(len(entries)), *(x for step, entry in entries for x in (str(step), entry))]
     answers = await _append(redis, batch=batch)

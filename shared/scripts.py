@@ -62,6 +62,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 def _encode(value: object) -> str | bytes:
     """One ARGV value as Redis will see it; `_decoder` reads it back in Lua."""
+    if type(value) is bytes or type(value) is str:  # most values: first (an event write has thousands)
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):
