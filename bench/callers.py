@@ -23,16 +23,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import bisect  # noqa: E402
-import contextlib  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
-from redis_server import free_port  # noqa: E402
-
-from bench.lab import Lab, Site, child_env, cpu_seconds, runqueue_seconds, scratch_lab  # noqa: E402
+from bench.lab import Lab, Site, cpu_seconds, runqueue_seconds, scratch_lab  # noqa: E402
 from bench.mcp_wire import Caller  # noqa: E402
 from bench.stats import ms, percentile  # noqa: E402
 from shared import keys  # noqa: E402
@@ -184,20 +180,6 @@ async def raw_path(runtime, n: int, rng: random.Random) -> Tally:
     return tally
 
 
-def wait_health(port: int, proc, lab: Lab, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the messenger exited:\n{lab.log_tail(proc)}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the messenger did not get healthy:\n{lab.log_tail(proc)}")
-        time.sleep(0.1)
-
-
 def profile(pid: int, path: str, seconds: float) -> None:
     """py-spy (installed by hand, not a dependency) samples the messenger while the callers run."""
     import subprocess
@@ -215,13 +197,8 @@ async def measure(
     from messenger.runtime import open_runtime
     from shared.settings import load_settings
 
-    port = free_port()
-    messenger = lab.spawn(
-        "messenger",
-        ["-m", "messenger.cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
-        child_env(REDIS_URL=site.url),
-    )
-    await asyncio.to_thread(wait_health, port, messenger, lab)
+    messenger, port = lab.messenger(site)
+    await asyncio.to_thread(lab.wait_healthy, messenger, port)
     rng = random.Random(20)
     rows = []
     async with open_runtime(load_settings(redis_url=site.url)) as runtime:

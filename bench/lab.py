@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redis_server import RedisServer
+from redis_server import RedisServer, free_port
 
 from shared import keys
 from shared.settings import Settings
@@ -162,6 +164,36 @@ class Lab:
             site.workers.append(
                 self.spawn(f"{site.name}-worker", ["-m", module], env, stdin=subprocess.DEVNULL)
             )
+
+    def messenger(self, site: Site) -> tuple[subprocess.Popen, int]:
+        """A real `messenger serve --transport http` process on the site's Redis: (process, port)."""
+        port = free_port()
+        args = [
+            "-m",
+            "messenger.cli",
+            "serve",
+            "--transport",
+            "http",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        return self.spawn(f"{site.name}-messenger", args, child_env(REDIS_URL=site.url)), port
+
+    def wait_healthy(self, proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
+        """Until the messenger on `port` answers /health with 200 (blocking: run it in a thread)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the messenger exited:\n{self.log_tail(proc)}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the messenger did not get healthy:\n{self.log_tail(proc)}")
+            time.sleep(0.1)
 
     def log_tail(self, proc: subprocess.Popen, lines: int = 15) -> str:
         path = self.logs.get(proc.pid)

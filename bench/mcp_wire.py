@@ -46,6 +46,10 @@ class Caller:
         await self.close()
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
 
+    async def _fresh(self) -> None:
+        if time.monotonic() - self._used > IDLE_KEPT:
+            await self._connect()
+
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -55,36 +59,48 @@ class Caller:
         """Yield (arrival time, message) for every progress notification, then for the result.
 
         A connection idle longer than uvicorn keeps one (5 s) is replaced first, as httpx would."""
-        if time.monotonic() - self._used > IDLE_KEPT:
-            await self._connect()
+        await self._fresh()
         async for arrived, message in self._post(
             "tools/call", {"name": tool, "arguments": arguments, "_meta": {"progressToken": 1}}
         ):
             yield arrived, message
 
+    async def stream(self, path: str, message: dict) -> AsyncIterator[tuple[float, dict]]:
+        """POST `message` as JSON to any path of the same server (an OpenAI-compatible
+        /v1/chat/completions, say) and yield (arrival time, message) for each JSON event it answers."""
+        await self._fresh()
+        async for item in self._request(path, message, []):
+            yield item
+
     async def _post(self, method: str, params: dict | None, notify: bool = False):
-        assert self._reader is not None and self._writer is not None
         message: dict = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = params
         if not notify:
             self._ids += 1
             message["id"] = self._ids
+        head = (
+            [f"Mcp-Session-Id: {self.session}", f"Mcp-Protocol-Version: {PROTOCOL}"] if self.session else []
+        )
+        async for item in self._request("/mcp", message, head):
+            yield item
+
+    async def _request(self, path: str, message: dict, more_head: list[str]):
+        assert self._reader is not None and self._writer is not None
         body = json.dumps(message).encode()
         head = [
-            "POST /mcp HTTP/1.1",
+            f"POST {path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
             "Content-Type: application/json",
             "Accept: application/json, text/event-stream",
             f"Content-Length: {len(body)}",
+            *more_head,
         ]
-        if self.session:
-            head += [f"Mcp-Session-Id: {self.session}", f"Mcp-Protocol-Version: {PROTOCOL}"]
         self._used = time.monotonic()
         self._writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         status, headers = await self._head()
         if status >= 300:
-            raise WireError(f"{method}: HTTP {status}: {(await self._body(headers))[:200]!r}")
+            raise WireError(f"{path}: HTTP {status}: {(await self._body(headers))[:200]!r}")
         self.session = headers.get("mcp-session-id", self.session)
         if headers.get("content-type", "").startswith("text/event-stream"):
             async for item in self._events(headers):
@@ -133,5 +149,5 @@ class Caller:
                 data = b"\n".join(
                     line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
                 )
-                if data:
+                if data and data != b"[DONE]":  # an OpenAI stream's last line is not JSON
                     yield arrived, json.loads(data)

@@ -1,11 +1,13 @@
-"""Figure 4's provider: tests/openai_server.OpenAIServer in a process of its own, like a real one.
+"""The TTFT figure's provider: tests/openai_server.OpenAIServer in a process of its own, like a real one.
 
-`python -m bench.openai_proc REPLY TOKEN_DELAY_S` prints the base URL on one line, then serves
-until stdin closes.
+`python -m bench.openai_proc SCRIPT_JSON` (the fields of openai_server.Script, e.g.
+`{"reply": "…", "first_token_delay": 0.03, "token_delay": 0.03}`) prints the base URL on one line,
+then serves until stdin closes.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from openai_server import OpenAIServer
 
 
-def main(reply: str, token_delay: float) -> None:
+def main(script: dict) -> None:
     server = OpenAIServer()
-    server.script(reply=reply, token_delay=token_delay)
+    server.script(**script)
     server.start()
     try:
         print(server.base_url, flush=True)
@@ -26,4 +28,4 @@ def main(reply: str, token_delay: float) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], float(sys.argv[2]))
+    main(json.loads(sys.argv[1]))

@@ -35,7 +35,7 @@ from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 from bench import cold_start, inflight, redis_cost, start_latency, throughput, token_delivery, ttft  # noqa: E402
-from bench.lab import Lab, Site, box_cpu_seconds, child_env, forget_settings, own_cpu_seconds  # noqa: E402
+from bench.lab import Lab, Site, box_cpu_seconds, forget_settings, own_cpu_seconds  # noqa: E402
 from bench.peer_queues import PEERS, Peer, PeerFailed, PeerGone, start_peers  # noqa: E402
 from bench.stats import median  # noqa: E402
 
@@ -48,8 +48,6 @@ CORRECTNESS = (
     ttft.NoAnswer,
     inflight.Incomplete,
 )
-TTFT_REPLY = "Hello from the bench server, a short reply of ten words."
-TTFT_TOKEN_DELAY = 0.002
 COLD_FOLLOWS = 200
 
 
@@ -64,8 +62,8 @@ class Plan:
     tokens: int = 150
     throughput_jobs: int = 3000
     stock_throughput_jobs: int = 600
-    ttft_samples: int = 30
-    stock_ttft_samples: int = 6
+    ttft_pairs: int = 20
+    ttft_side: int = 6  # of those pairs, how many also take a bare, a collector and a stock arq sample
     inflight_jobs: int = 1000
 
     @classmethod
@@ -81,8 +79,8 @@ class Plan:
                 tokens=75,
                 throughput_jobs=1000,
                 stock_throughput_jobs=200,
-                ttft_samples=10,
-                stock_ttft_samples=3,
+                ttft_pairs=8,
+                ttft_side=3,
             )
         return cls(rounds=args.rounds or 3, only_queues=only_queues)
 
@@ -175,14 +173,23 @@ def rows(plan: Plan) -> list[Row]:
             digits=0,
         ),
         Row(
-            "TTFT system − direct, p50",
+            "TTFT, MCP caller − direct stream, p50 (paced provider, real `messenger serve`)",
             "≤ 3 ms",
             "ttft.overhead_p50",
-            "ttft.stock_overhead_p50",
             met=at_most(3),
         ),
-        Row("TTFT through the system, p50", "–", "ttft.system_p50"),
-        Row("TTFT calling the server directly, p50", "–", "ttft.direct_p50"),
+        Row("TTFT, MCP caller − direct stream, p95", "–", "ttft.overhead_p95"),
+        Row("last token, MCP caller − direct stream, p50", "–", "ttft.last_overhead_p50"),
+        Row("last token, MCP caller − direct stream, p95", "–", "ttft.last_overhead_p95"),
+        Row("TTFT at the MCP caller, p50", "–", "ttft.mcp_p50"),
+        Row("floor: TTFT calling the server directly (openai SDK), p50", "–", "ttft.direct_p50"),
+        Row("floor: the same over a bare HTTP connection, p50", "–", "ttft.bare_p50"),
+        Row(
+            "TTFT at the messenger's collector (no MCP) − direct, p50",
+            "–",
+            "ttft.collector_overhead_p50",
+            "ttft.stock_overhead_p50",
+        ),
         Row(
             f"{n} in flight (4 workers): answers complete",
             f"{n}/{n}",
@@ -260,21 +267,6 @@ class Results:
             self.values[f"{prefix}.{name}"].append(value)
 
 
-async def start_provider(lab: Lab) -> str:
-    """The OpenAI-compatible test server, in a process of its own; returns its base URL."""
-    provider = lab.spawn(
-        "openai-server",
-        ["-m", "bench.openai_proc", TTFT_REPLY, str(TTFT_TOKEN_DELAY)],
-        child_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    base_url = (await asyncio.to_thread(provider.stdout.readline)).decode().strip()
-    if not base_url.startswith("http"):
-        raise RuntimeError(f"the OpenAI test server did not start:\n{lab.log_tail(provider)}")
-    return base_url
-
-
 def start_sites(lab: Lab, base_url: str, plan: Plan) -> dict[str, Site]:
     """One redis-server per configuration, with its worker processes (they boot meanwhile)."""
     openai_env = {"AI_PROVIDER": "openai", "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sk-bench"}
@@ -299,23 +291,21 @@ def start_sites(lab: Lab, base_url: str, plan: Plan) -> dict[str, Site]:
 
 
 async def bench(plan: Plan, lab: Lab, results: Results) -> None:
-    from openai import AsyncOpenAI
-
     import messenger.server  # noqa: F401  (a messenger's heap: what a full GC pause walks through)
     from messenger.runtime import open_runtime
     from shared.settings import load_settings
 
     rng = random.Random(20261121)
-    base_url = await start_provider(lab)
+    base_url = await ttft.start_provider(lab)
     sites = start_sites(lab, base_url, plan)
+    served = None if plan.only_queues else lab.messenger(sites["ttft-ours"])  # the TTFT figure's, over HTTP
     booting = asyncio.create_task(start_peers(lab))  # they install and boot meanwhile
     async with contextlib.AsyncExitStack() as stack:
         for site in sites.values():
             site.runtime = await stack.enter_async_context(open_runtime(load_settings(redis_url=site.url)))
-        client = AsyncOpenAI(base_url=base_url, api_key="sk-bench")
-        stack.push_async_callback(client.close)
         t0 = time.monotonic()
-        await asyncio.gather(*(lab.wait_ready(site) for site in sites.values()))
+        healthy = [asyncio.to_thread(lab.wait_healthy, *served)] if served else []
+        await asyncio.gather(*(lab.wait_ready(site) for site in sites.values()), *healthy)
         peers, results.notes = await booting
         for note in results.notes:
             print(note, file=sys.stderr)
@@ -323,20 +313,21 @@ async def bench(plan: Plan, lab: Lab, results: Results) -> None:
         for site in sites.values():  # the figures measure a messenger that is up and running
             async with site.runtime.hub.follow("bench-warm-up"):
                 pass
-        if not plan.only_queues:
-            await once(plan, lab, sites, client, results)
+        paths = None
+        if served:
+            paths = await ttft.connect(base_url, served[1], sites["ttft-ours"], sites["ttft-stock"])
+            stack.push_async_callback(paths.close)
+            await once(plan, lab, sites, results)
         for r in range(plan.rounds):
             t0 = time.monotonic()
-            if not plan.only_queues:
-                await one_round(plan, lab, sites, client, results, rng, turn=r)
+            if paths:
+                await one_round(plan, lab, sites, paths, results, rng, turn=r)
             await queues(plan, sites, peers, results, rng, turn=r)
             print(f"round {r + 1}/{plan.rounds}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
 
 
-async def once(plan: Plan, lab: Lab, sites: dict[str, Site], client, results: Results) -> None:
+async def once(plan: Plan, lab: Lab, sites: dict[str, Site], results: Results) -> None:
     """The figures measured once, first, while this process is fresh (its memory is one of them)."""
-    await ttft.direct(client)  # open both paths' HTTP connections once
-    await ttft.through_system(sites["ttft-ours"])
     t0 = time.monotonic()
     await results.record("inflight", inflight.measure(sites["inflight"], plan.inflight_jobs))
     lab.stop(sites["inflight"].workers)
@@ -349,7 +340,7 @@ async def one_round(
     plan: Plan,
     lab: Lab,
     sites: dict[str, Site],
-    client,
+    paths: ttft.Paths,
     results: Results,
     rng: random.Random,
     *,
@@ -372,8 +363,7 @@ async def one_round(
         load = {"streams": plan.streams, "tokens": plan.tokens, "seed": rng.randrange(1 << 30)}
         await results.record("tokens", how(lab, sites["tokens"], **load))
 
-    samples = (plan.ttft_samples, plan.stock_ttft_samples)
-    await results.record("ttft", ttft.measure(client, sites["ttft-ours"], sites["ttft-stock"], *samples, rng))
+    await results.record("ttft", ttft.measure(paths, plan.ttft_pairs, plan.ttft_side, rng))
 
 
 async def queues(

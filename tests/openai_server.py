@@ -80,6 +80,10 @@ class Script:
 
     reply: str = DEFAULT_REPLY
     token_delay: float = 0.0  # seconds before each content chunk
+    first_token_delay: float | None = (
+        None  # before the first one instead (a model's prefill); None: token_delay
+    )
+    finish_delay: float = 0.0  # before the chunk with the finish_reason (a model decodes its end token too)
     status: int | None = None  # answer chat completions with this HTTP error instead
     failures: int | None = None  # answer only this many chat completions with `status`, then stream the reply
     error_message: str | None = None
@@ -372,9 +376,10 @@ class OpenAIServer:
 
         async def stream():
             yield chunk({"role": "assistant", "content": ""})
-            for token in tokens:
-                if script.token_delay:
-                    await asyncio.sleep(script.token_delay)
+            for i, token in enumerate(tokens):
+                first = script.first_token_delay if i == 0 else None
+                if delay := first if first is not None else script.token_delay:
+                    await asyncio.sleep(delay)
                 yield chunk({"content": token})
                 record.sent_tokens += 1
             for i, (name, arguments) in enumerate(calls):  # id and name first, then the arguments in pieces
@@ -383,6 +388,8 @@ class OpenAIServer:
                 for start in range(0, len(arguments), 5):
                     piece = {"index": i, "function": {"arguments": arguments[start : start + 5]}}
                     yield chunk({"tool_calls": [piece]})
+            if script.finish_delay:
+                await asyncio.sleep(script.finish_delay)
             yield chunk({}, finish)
             if include_usage:
                 yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
