@@ -1,8 +1,11 @@
 """One pub/sub connection for every job this messenger follows.
 
 Callers `follow(job_id)` to get a queue of that job's raw events; the subscription is confirmed by
-Redis before `follow` returns, so a job enqueued afterwards cannot publish into the void. After a
-reconnect every follower gets RESYNC and re-reads the job's stream for what it missed.
+Redis before `follow` returns, so a job enqueued afterwards cannot publish into the void. A job
+enqueued `meanwhile` (while Redis confirms) may publish before the subscription is live: those
+events are in its stream, which the follower reads after `follow` returns (collector.follow_events
+replays first). After a reconnect every follower gets RESYNC and re-reads the job's stream for what
+it missed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -52,7 +55,12 @@ class EventHub:
         return len(self._followers)
 
     @contextlib.asynccontextmanager
-    async def follow(self, job_id: str) -> AsyncIterator[asyncio.Queue]:
+    async def follow(
+        self, job_id: str, meanwhile: Callable[[], Awaitable[object]] | None = None
+    ) -> AsyncIterator[asyncio.Queue]:
+        """`meanwhile` (the job's enqueue) runs once the SUBSCRIBE is sent, not after Redis confirms
+        it: a caller's first token does not wait that round trip. Read the job's stream before its
+        live events (collector.follow_events does) to see what it published before the confirmation."""
         channel = keys.events(job_id)
         queue: asyncio.Queue = asyncio.Queue()
         followers = self._followers.setdefault(channel, set())
@@ -63,6 +71,8 @@ class EventHub:
                 await asyncio.wait_for(self._connected.wait(), SUBSCRIBE_TIMEOUT)
                 async with self._subscribe_lock:
                     await self._pubsub.subscribe(channel)
+            if meanwhile is not None:
+                await meanwhile()
             pending = self._confirmations.get(channel)
             if pending is not None:
                 await self._confirmed(pending)

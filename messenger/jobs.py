@@ -57,10 +57,11 @@ class JobClient:
         caller: str = ANONYMOUS,
     ) -> JobResult:
         """Submit and follow to the end, or until the job waits for its caller's answer (status
-        input_required). Subscribes first, so not one token can be missed."""
+        input_required). Subscribes first, so not one token can be missed (what the job publishes
+        before Redis confirms the subscription is read from its stream)."""
         job_id = new_job_id()
-        async with self.hub.follow(job_id) as live:
-            await self.queue.submit(request, caller=caller, job_id=job_id)
+        enqueue = lambda: self.queue.submit(request, caller=caller, job_id=job_id)  # noqa: E731
+        async with self.hub.follow(job_id, meanwhile=enqueue) as live:  # enqueued while Redis confirms
             return await self._follow(job_id, live, on_event, timeout, until_input=True)
 
     async def wait(

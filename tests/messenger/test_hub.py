@@ -1,13 +1,18 @@
-"""The event hub waits out a busy messenger's slow subscription confirmations, never a stuck one."""
+"""The event hub waits out a busy messenger's slow subscription confirmations, never a stuck one, and
+a job is enqueued while its follower's subscription is being confirmed, missing none of its events."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from openai_server import eventually
+from runtimes import embedded
 
 from messenger import hub as hub_module
 from messenger.hub import EventHub
+from shared import keys
+from shared.models import ChatRequest
 
 
 async def test_a_confirmation_behind_a_reader_that_keeps_reading_is_waited_for(redis, monkeypatch):
@@ -34,3 +39,26 @@ async def test_a_reader_that_reads_nothing_fails_the_subscription(redis, monkeyp
     hub = EventHub(redis)
     with pytest.raises(TimeoutError):
         await hub._confirmed(asyncio.get_running_loop().create_future())
+
+
+async def test_a_job_is_enqueued_before_its_subscription_is_confirmed_and_no_event_is_missed(monkeypatch):
+    """The enqueue does not wait for Redis to confirm the follower's subscription (a round trip before
+    the caller's first token): here the confirmation comes only after the job has ended, so every
+    event was published before the subscription was live, and the caller still gets them all."""
+    async with embedded(monkeypatch) as runtime:
+        confirmed = runtime.hub._confirmed
+
+        async def after_the_job_ended(pending):
+            await eventually(lambda: runtime.redis.keys(keys.result("*")))
+            await confirmed(pending)
+
+        monkeypatch.setattr(runtime.hub, "_confirmed", after_the_job_ended)
+        told: list[str] = []
+
+        async def on_event(event, _transcript) -> None:
+            if event is not None and event.type == "token":
+                told.append(event.text)
+
+        result = await runtime.jobs.run(ChatRequest(message="all of it, please"), on_event, timeout=20)
+    assert result.status == "completed" and result.ai_response
+    assert "".join(told) == result.ai_response
