@@ -38,11 +38,16 @@ async def record_job(
         pipe.hincrby(key, "completion_tokens", max(0, completion_tokens))
         if cost is not None:
             pipe.hincrbyfloat(key, f"cost:{model}", cost)
-        if first_token_s is not None:
-            pipe.hincrby(key, f"ttft:{bisect.bisect_left(TTFT_EDGES, first_token_s)}", 1)
+        if (ttft := ttft_field(first_token_s)) is not None:
+            pipe.hincrby(key, ttft, 1)
         pipe.expire(key, keys.SERIES_KEPT_SECONDS)
         replies = await pipe.execute(raise_on_error=False)
     _warn_damaged(key, replies)
+
+
+def ttft_field(first_token_s: float | None) -> str | None:
+    """The histogram field a job whose first token came `first_token_s` after its start adds to."""
+    return None if first_token_s is None else f"ttft:{bisect.bisect_left(TTFT_EDGES, first_token_s)}"
 
 
 @script("""

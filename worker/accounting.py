@@ -14,7 +14,7 @@ import json
 import logging
 import time
 
-from shared import damaged, keys, prices
+from shared import damaged, keys, prices, timeseries
 from shared.events import ToolCallEvent, ToolResultEvent, parse_event
 from shared.scripts import Arg, Key, script
 from shared.settings import OPERATOR, TENANT_NAME, UNOWNED
@@ -23,16 +23,24 @@ from shared.tokens import estimate_tokens
 log = logging.getLogger("worker.accounting")
 
 COUNTED_TTL_SECONDS = 2 * 86_400
+OWNER_KEPT_SECONDS = keys.KEEP_RESULT_SECONDS + 300  # a rewritten owner record lives as long as the result
 
 SPENT_HOUR_TTL_SECONDS = 7200  # an hour's spend is read during its hour; kept one more
 SPENT_DAY_TTL_SECONDS = 172_800
 
 
 @script("""
-if not redis.call('SET', counted, '1', 'NX', 'EX', counted_ttl) then return 0 end
+-- a tenant's owner record that Redis lost while the job ran is written again (kept: 1), so the
+-- tenant can still read the answer
+local kept = 0
+if keep_owner then
+  local set = redis.pcall('SET', owner, tenant, 'NX', 'EX', owner_ttl)
+  if type(set) == 'table' and set.ok then kept = 1 end
+end
+if not redis.call('SET', counted, '1', 'NX', 'EX', counted_ttl) then return {0, kept} end
 -- a key that refuses a write (wrong type, a counter that is not a number: damaged or written by hand)
 -- is skipped and named in the reply; every other key, the budget settlement included, is still written
-local damaged, seen = {1}, {}
+local damaged, seen = {1, kept}, {}
 local function call(cmd, key, ...)
   local reply = redis.pcall(cmd, key, ...)
   if type(reply) == 'table' and reply.err and not seen[key] then
@@ -82,6 +90,13 @@ if cost then
     call('EXPIRE', spent, spent_day_ttl)
   end
 end
+-- the dashboard's minute (shared/timeseries.py): this job's own usage, without earlier attempts'
+call('HINCRBY', series, 'ended:' .. status, 1)
+call('HINCRBY', series, 'prompt_tokens', series_prompt)
+call('HINCRBY', series, 'completion_tokens', series_completion)
+if series_cost then call('HINCRBYFLOAT', series, 'cost:' .. model, series_cost) end
+if ttft_field then call('HINCRBY', series, ttft_field, 1) end
+call('EXPIRE', series, series_ttl)
 if conversation_id then
   call('RPUSH', conversation, user_turn, assistant_turn)
   call('EXPIRE', conversation, history_ttl)
@@ -95,15 +110,18 @@ async def _record(
     tenant_by_day: Key, models: Key, tenant_models: Key, tenants: Key, latency: Key, tenant_latency: Key,
     received: Key, tenant_received: Key, reserved: Key, reserved_tenant: Key, reserved_until: Key,
     spent_hour: Key, spent_day: Key, tenant_spent_hour: Key, tenant_spent_day: Key, conversation: Key,
-    conversations: Key, job_id: Arg[str], model: Arg[str], status: Arg[str], prompt_tokens: Arg[int],
+    conversations: Key, owner: Key, series: Key, keep_owner: Arg[bool], owner_ttl: Arg[int],
+    series_prompt: Arg[int], series_completion: Arg[int], series_cost: Arg[str | None],
+    ttft_field: Arg[str | None], series_ttl: Arg[int], job_id: Arg[str], model: Arg[str], status: Arg[str], prompt_tokens: Arg[int],
     completion_tokens: Arg[int], total_tokens: Arg[int], cost: Arg[str | None], latency_ms: Arg[int],
     dead_attempt_tokens: Arg[int], received_entry: Arg[str], latencies_kept: Arg[int], received_kept: Arg[int],
     counted_ttl: Arg[int], conversation_id: Arg[str | None], user_turn: Arg[str], assistant_turn: Arg[str],
     history_ttl: Arg[int], now: Arg[float], tenant: Arg[str], spent_hour_ttl: Arg[int], spent_day_ttl: Arg[int],
     price_source: Arg[str | None],
-) -> int | list:  # fmt: skip
-    """Count one ended job, for everyone and its tenant, once; settle its budget hold into the spend;
-    add its turn to the tenant's conversation. 0 if already counted, else [1, <each key skipped>]."""
+) -> list:  # fmt: skip
+    """Count one ended job, for everyone, its tenant and the dashboard's minute, once; settle its
+    budget hold into the spend; add its turn to the tenant's conversation; write its owner record
+    again if it was lost. [counted now (0/1), owner written again (0/1), <each key skipped>...]."""
     ...
 
 
@@ -185,9 +203,13 @@ def _turns(result: dict, request: dict, now: float) -> tuple[dict, dict]:
     return user, assistant
 
 
-async def record(redis, result: dict, request: dict, *, history_ttl: int, tenant: str = OPERATOR) -> bool:
-    """Count a finished job (a JobResult dict) once, for everyone and for its tenant; False if it was
-    already counted."""
+async def record(
+    redis, result: dict, request: dict, *, history_ttl: int, tenant: str = OPERATOR,
+    first_token_s: float | None = None,
+) -> bool:  # fmt: skip
+    """Count a finished job (a JobResult dict) once, for everyone, for its tenant and in the
+    dashboard's history (`first_token_s`: from its start to its first token); False if it was already
+    counted. One round trip, which also writes a tenant's owner record again if Redis lost it."""
     job_id, model, usage = result["jobId"], result.get("model") or "?", result["usage"]
     dead = await dead_attempts(redis, job_id, int(result.get("attempt") or 1), request)
     prompt, completion = usage["promptTokens"], usage["completionTokens"]
@@ -207,7 +229,7 @@ async def record(redis, result: dict, request: dict, *, history_ttl: int, tenant
         "dead_attempts": dead, "ts": round(now, 3),
     }  # fmt: skip
     conversation_id = request.get("conversation_id") if result["status"] == "completed" else None
-    user_turn, assistant_turn = _turns(result, request, now)
+    user_turn, assistant_turn = _turns(result, request, now) if conversation_id else ({}, {})
     dead_tokens = dead["prompt_tokens"] + dead["completion_tokens"] if dead else 0
 
     def mine(part: str) -> str:
@@ -231,11 +253,18 @@ async def record(redis, result: dict, request: dict, *, history_ttl: int, tenant
         conversation_id=conversation_id or None, user_turn=json.dumps(user_turn),
         assistant_turn=json.dumps(assistant_turn), history_ttl=history_ttl, now=round(now, 3), tenant=tenant,
         spent_hour_ttl=SPENT_HOUR_TTL_SECONDS, spent_day_ttl=SPENT_DAY_TTL_SECONDS,
-        price_source=prices.source(model) if cost is not None else None,
+        price_source=prices.source(model) if cost is not None else None, owner=keys.owner(job_id),
+        series=keys.series(int(now // 60)), keep_owner=tenant not in (OPERATOR, UNOWNED), owner_ttl=OWNER_KEPT_SECONDS,
+        series_prompt=max(0, usage["promptTokens"]), series_completion=max(0, usage["completionTokens"]),
+        series_cost=None if usage.get("estimatedCost") is None else repr(float(usage["estimatedCost"])),
+        ttft_field=timeseries.ttft_field(first_token_s), series_ttl=keys.SERIES_KEPT_SECONDS,
     )  # fmt: skip
-    if not isinstance(counted, list):
-        return bool(counted)
-    for key in counted[1:]:
+    if counted[1]:
+        log.warning("job %s: its owner record was lost (Redis restarted without its data?); "
+                    "written again for its result", job_id)  # fmt: skip
+    if not counted[0]:
+        return False
+    for key in counted[2:]:
         damaged.warn(key.decode(errors="replace") if isinstance(key, bytes) else str(key),
                      f"job {job_id}'s usage was not added to it (wrong type, or a value that is not a number)")  # fmt: skip
     return True

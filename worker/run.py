@@ -8,8 +8,9 @@ Every way a job attempt ends (answered, failed, stopped, cancelled, a bug) goes 
 2. build the result (text, usage, cost);
 3. write the one terminal event (`done`, `error` or `cancelled`); a `done` that cannot be written
    turns the ending into `failed`, so a job never completes while its own events are unwritten;
-4. count it (usage, cost, budget, history: `accounting.record`, idempotent per job), metrics, the log
-   line; then the result goes back to arq, which stores it as the answer.
+4. count it (usage, cost, budget, the dashboard's history, a lost owner record written again:
+   `accounting.record`, one round trip, idempotent per job), metrics, the log line; then the result
+   goes back to arq, which stores it as the answer.
 
 The terminal event is written before the job is counted so that it is counted with the status it
 truly ended with; a caller of the messenger waits for the stored result, which comes after both.
@@ -22,18 +23,15 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
-from shared import keys, prices, timeseries, tracing
+from shared import prices, timeseries, tracing
 from shared.errors import JobStopped
 from shared.events import TokenUsage
 from shared.models import JobResult, ResultUsage, ToolCallRecord
-from shared.settings import OPERATOR, UNOWNED
+from shared.settings import OPERATOR
 from worker import accounting, journal
 
 log = logging.getLogger("worker.job")
 
-OWNER_KEPT_SECONDS = keys.KEEP_RESULT_SECONDS + 300  # a rewritten owner record lives as long as the result
 PUBLISH_GRACE_SECONDS = 10.0  # past JOB_TIMEOUT_SECONDS, for the last events (arq's backstop is +30 s)
 
 
@@ -101,21 +99,8 @@ class JobRun:
         self.result = result.model_dump(mode="json")
         if self.journaled:
             await journal.ended(self.redis, self.job_id)
-        await self._keep_owner()
         await self._count()
         return self.result
-
-    async def _keep_owner(self) -> None:
-        """A tenant's job whose owner record Redis lost while it ran (restarted without persistence)
-        gets it back before its result is stored, so its tenant can still read the answer."""
-        if self.tenant in (OPERATOR, UNOWNED):  # the operator reads every job; nobody's stays nobody's
-            return
-        try:
-            if await self.redis.set(keys.owner(self.job_id), self.tenant, nx=True, ex=OWNER_KEPT_SECONDS):
-                log.warning("job %s: its owner record was lost (Redis restarted without its data?); "
-                            "written again for its result", self.job_id)  # fmt: skip
-        except (RedisError, OSError) as e:  # Redis away: the result waits for it too; not worth failing for
-            log.warning("job %s: could not check its owner record: %s", self.job_id, type(e).__name__)
 
     def _result(self, status: str, error: str | None, usage: TokenUsage) -> JobResult:
         return JobResult(
@@ -156,16 +141,15 @@ class JobRun:
         result = self.result
         assert result is not None
         status, usage = result["status"], result["usage"]
-        first_time = True
-        if self.counted:
+        if self.counted:  # with its minute of the dashboard's history, once; and a lost owner record again
             try:
-                first_time = await asyncio.shield(
-                    accounting.record(self.redis, result, self.request,
-                                      history_ttl=self.settings.history_ttl_seconds, tenant=self.tenant)
+                await asyncio.shield(
+                    accounting.record(self.redis, result, self.request, history_ttl=self.settings.history_ttl_seconds,
+                                      tenant=self.tenant, first_token_s=self.first_token_s)
                 )  # fmt: skip
-            except Exception as e:  # the answer still goes out; only the totals miss it
+            except Exception as e:  # the answer still goes out; only the totals and the chart miss it
                 log.warning("could not count the usage of job %s: %s", self.job_id, type(e).__name__)
-        if first_time:  # a job counted before (a re-run of its ending) is in the history already
+        else:
             await self._history(result)
         self.state.metrics.job_ended(result)
         if self.span is not None:
