@@ -89,7 +89,7 @@ def _forwarder(runtime: Runtime, server: str, tool: str, log_levels: LevelStore 
 
     async def forward(arguments: dict[str, Any], ctx: Context) -> CallToolResult:
         call = ToolCallRequest(server=server, tool=tool, arguments=arguments)
-        relay = ProgressRelay(ctx, None, await job_log(ctx, log_levels))  # status and the call: in `_meta`
+        relay = ProgressRelay(ctx, None, job_log(ctx, log_levels))  # status and the call: in `_meta`
 
         try:
             job = await guarded(

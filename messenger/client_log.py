@@ -14,8 +14,10 @@ below it once (`_lowlevel_server.add_request_handler`), pinned by tests/messenge
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, get_args
 
 from mcp.server.context import ServerRequestContext
@@ -83,19 +85,34 @@ class LevelStore:
         return level if level in LEVELS else DEFAULT_LEVEL  # unset, expired or junk: the default
 
 
-async def job_log(ctx, store: LevelStore | None) -> JobLog | None:
+Listener = Callable[[Event | None, Transcript], Awaitable[None]]
+
+
+def job_log(ctx, store: LevelStore | None) -> Listener | None:
     """The lifecycle log of this tool call, or None when no message may go out (a 2026-07-28 request
-    that did not opt in, a tool called as a plain method)."""
+    that did not opt in, a tool called as a plain method). A 2025-11-25 session's level is a Redis GET:
+    it starts now and the job's first event waits for it, so the read overlaps the job's enqueue
+    instead of holding back the caller's first token (a failed read fails the call at that event)."""
     request = getattr(ctx, "request_context", None)
     if request is None or store is None:
         return None
     if request.protocol_version in MODERN_PROTOCOL_VERSIONS:
-        level = (request.meta or {}).get(LOG_LEVEL_META_KEY)
-    else:
-        level = await store.level(request.request)
-    if level not in LEVELS:
-        return None
-    return JobLog(ctx, LEVELS.index(level))
+        return _at(ctx, (request.meta or {}).get(LOG_LEVEL_META_KEY))
+    reading = asyncio.ensure_future(store.level(request.request))
+    reading.add_done_callback(lambda done: done.cancelled() or done.exception())  # never "not retrieved"
+    log: list[JobLog | None] = []
+
+    async def tell(event: Event | None, transcript: Transcript) -> None:
+        if not log:
+            log.append(_at(ctx, await reading))
+        if log[0] is not None:
+            await log[0](event, transcript)
+
+    return tell
+
+
+def _at(ctx, level: object) -> JobLog | None:
+    return JobLog(ctx, LEVELS.index(level)) if isinstance(level, str) and level in LEVELS else None
 
 
 def _cut(text: str) -> str:

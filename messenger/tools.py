@@ -100,7 +100,7 @@ class QueueTools:
             priority=priority,
         )  # fmt: skip
         total = request.max_tokens or self.settings.openai_max_tokens
-        relay = ProgressRelay(ctx, total, await job_log(ctx, self.log_levels))
+        relay = ProgressRelay(ctx, total, job_log(ctx, self.log_levels))
         timeout = self.settings.job_timeout_seconds + 60
         try:
             result = await self._guard(
@@ -140,7 +140,7 @@ class QueueTools:
 
     async def wait_for_job(self, job_id: JobId, ctx: Context, timeout_seconds: WaitSeconds = 60) -> JobResult:
         """Wait until a job ends (or the timeout passes) and return it; tokens stream as progress."""
-        relay = ProgressRelay(ctx, None, await job_log(ctx, self.log_levels))
+        relay = ProgressRelay(ctx, None, job_log(ctx, self.log_levels))
         reader = self.identity(ctx).reader
         return await self._guard(self.jobs.wait(job_id, timeout_seconds, on_event=relay, reader=reader))
 

@@ -1,10 +1,12 @@
 """The lifecycle log's pieces without a network: the one private SDK hook (logging/setLevel on the
-lowlevel server) is pinned, the level store reads junk as the default, and each event reads as one line."""
+lowlevel server) is pinned, the level store reads junk as the default, each event reads as one line,
+and reading the level does not hold back the job's enqueue."""
 
 from __future__ import annotations
 
 import pytest
 from mcp import Client
+from openai_server import eventually
 
 from messenger.client_log import DEFAULT_LEVEL, LevelStore, describe
 from messenger.collector import Transcript
@@ -14,6 +16,29 @@ from shared import events, keys
 from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolCallEvent, ToolResultEvent
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+
+
+async def test_the_level_is_read_while_the_job_is_enqueued_not_before(embedded_runtime, monkeypatch):
+    """A 2025-11-25 session's level is a Redis read; the caller's first token does not wait for it
+    before the enqueue. Here the read answers only once the job has ended: the job ran meanwhile, and
+    the log still tells its whole lifecycle, in order."""
+    read = LevelStore.level
+
+    async def after_the_job_ended(self, request):
+        await eventually(lambda: embedded_runtime.redis.keys(keys.result("*")))
+        return await read(self, request)
+
+    monkeypatch.setattr(LevelStore, "level", after_the_job_ended)
+    logs: list[str] = []
+
+    async def on_log(params) -> None:
+        logs.append(params.data)
+
+    async with Client(build_server(embedded_runtime), mode="legacy", logging_callback=on_log) as client:
+        result = await client.call_tool("send_message_to_ai", {"message": "a slow level read"})
+    job_id = result.structured_content["jobId"]  # type: ignore[index]
+    assert result.structured_content["status"] == "completed"  # type: ignore[index]
+    assert logs[0] == f"job {job_id} queued" and logs[-1].startswith(f"job {job_id} completed")
 
 
 class Request:
