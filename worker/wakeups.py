@@ -286,11 +286,14 @@ class QueueWorker(Worker):
             arq_log.info("%6.2fs → %s(%s)%s", (timestamp_ms() - enqueued_ms) / 1000, ref,
                          args_to_string(args, kwargs), f" try={job_try}" if job_try > 1 else "")  # fmt: skip
         start_ms = timestamp_ms()
-        self.job_tasks[job_id] = task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
+        # the function runs in this task (arq starts a task of its own: one more event-loop turn before
+        # the job starts); an abort cancels this task, which the function sees as arq's would
+        self.job_tasks[job_id] = asyncio.current_task()  # type: ignore[assignment]
         timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
         try:
             try:
-                result = await asyncio.wait_for(task, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    result = await function.coroutine(ctx, *args, **kwargs)
             finally:
                 del self.job_tasks[job_id]
         except (Exception, asyncio.CancelledError) as e:
