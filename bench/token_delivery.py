@@ -219,16 +219,17 @@ async def floor(
                 confirmed += message is not None and message["type"] == "subscribe"
             subscribed.set()
             done = 0
-            while done < streams:
-                message = await pubsub.get_message(timeout=10)
-                now = time.time()
-                if message is None or message["type"] != "message":
-                    continue
-                data = json.loads(message["data"])
-                if data["type"] == "token":
-                    latencies.append(now - data["ts"])
-                else:
-                    done += 1
+            async with asyncio.timeout(60):  # one timer for the run, not one per message
+                while done < streams:
+                    message = await pubsub.get_message(timeout=None)
+                    now = time.time()
+                    if message is None or message["type"] != "message":
+                        continue
+                    data = json.loads(message["data"])
+                    if data["type"] == "token":
+                        latencies.append(now - data["ts"])
+                    else:
+                        done += 1
         finally:
             await pubsub.aclose()
         return []
