@@ -136,21 +136,27 @@ def script(body: str) -> Callable[[F], F]:
         sha = hashlib.sha1(lua.encode()).hexdigest()
         names = {*keys, *(name for name, _ in args), *([rest] if rest else [])}
 
-        @functools.wraps(fn)
-        async def call(redis: Any, **given: Any) -> Any:
+        def slots(given: dict[str, Any]) -> list:
             if given.keys() != names:
                 missing, extra = sorted(names - given.keys()), sorted(given.keys() - names)
                 raise TypeError(f"{fn.__qualname__}: missing {missing}, unexpected {extra}")
             argv = [_encode(given[name]) for name, _ in args]
             if rest is not None:
                 argv += [_encode(value) for value in given[rest]]
-            slots = [*(given[name] for name in keys), *argv]
+            return [*(given[name] for name in keys), *argv]
+
+        @functools.wraps(fn)
+        async def call(redis: Any, **given: Any) -> Any:
+            bound = slots(given)
             try:
-                return await redis.evalsha(sha, len(keys), *slots)
+                return await redis.evalsha(sha, len(keys), *bound)
             except NoScriptError:  # first use on this server, or its script cache was flushed
-                return await redis.eval(lua, len(keys), *slots)
+                return await redis.eval(lua, len(keys), *bound)
 
         call.lua = lua  # type: ignore[attr-defined]  # the full text, for tests and redis-cli users
+        # the call as one command, for a pipeline or MULTI (its caller handles a NOSCRIPT reply by
+        # calling the script the usual way)
+        call.command = lambda **given: ("EVALSHA", sha, len(keys), *slots(given))  # type: ignore[attr-defined]
         return cast(F, call)
 
     return decorate

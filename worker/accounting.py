@@ -14,6 +14,8 @@ import json
 import logging
 import time
 
+from redis.exceptions import NoScriptError
+
 from shared import damaged, keys, prices, timeseries
 from shared.events import ToolCallEvent, ToolResultEvent, parse_event
 from shared.scripts import Arg, Key, script
@@ -210,6 +212,50 @@ async def record(
     """Count a finished job (a JobResult dict) once, for everyone, for its tenant and in the
     dashboard's history (`first_token_s`: from its start to its first token); False if it was already
     counted. One round trip, which also writes a tenant's owner record again if Redis lost it."""
+    count = await prepare(
+        redis, result, request, history_ttl=history_ttl, tenant=tenant, first_token_s=first_token_s
+    )
+    return await write(redis, count)
+
+
+async def write(redis, count: dict) -> bool:
+    """Write the count `prepare` made (its own round trip); False if the job was counted before."""
+    return _counted(count["job_id"], await _record(redis, **count))
+
+
+def command(count: dict) -> tuple:
+    """The count `prepare` made, as one command for the MULTI that stores the job's result
+    (worker/wakeups.py: finish_job), so the two land together; its reply goes to `recorded`."""
+    return _record.command(**count)  # type: ignore[attr-defined]
+
+
+async def recorded(redis, count: dict, reply: object) -> bool:
+    """Read the reply to `command` (a script cache Redis lost: counted now, the usual way)."""
+    if isinstance(reply, NoScriptError):
+        reply = await _record(redis, **count)
+    if isinstance(reply, BaseException):
+        log.warning("could not count the usage of job %s: %s", count["job_id"], type(reply).__name__)
+        return False
+    return _counted(count["job_id"], reply)  # type: ignore[arg-type]
+
+
+def _counted(job_id: str, counted: list) -> bool:
+    if counted[1]:
+        log.warning("job %s: its owner record was lost (Redis restarted without its data?); "
+                    "written again for its result", job_id)  # fmt: skip
+    if not counted[0]:
+        return False
+    for key in counted[2:]:
+        damaged.warn(key.decode(errors="replace") if isinstance(key, bytes) else str(key),
+                     f"job {job_id}'s usage was not added to it (wrong type, or a value that is not a number)")  # fmt: skip
+    return True
+
+
+async def prepare(
+    redis, result: dict, request: dict, *, history_ttl: int, tenant: str = OPERATOR,
+    first_token_s: float | None = None,
+) -> dict:  # fmt: skip
+    """What `record` writes, as the script's arguments (reads what dead attempts streamed, if any)."""
     job_id, model, usage = result["jobId"], result.get("model") or "?", result["usage"]
     dead = await dead_attempts(redis, job_id, int(result.get("attempt") or 1), request)
     prompt, completion = usage["promptTokens"], usage["completionTokens"]
@@ -235,8 +281,8 @@ async def record(
     def mine(part: str) -> str:
         return keys.usage_tenant(tenant, part)
 
-    counted = await _record(
-        redis, counted=keys.usage_counted(job_id), total=keys.USAGE_TOTAL, by_model=keys.usage_model(model),
+    return dict(
+        counted=keys.usage_counted(job_id), total=keys.USAGE_TOTAL, by_model=keys.usage_model(model),
         by_day=keys.usage_day(day), tenant_total=mine("total"), tenant_by_model=mine(f"model:{model}"),
         tenant_by_day=mine(f"day:{day}"), models=keys.USAGE_MODELS, tenant_models=mine("models"),
         tenants=keys.TENANTS, latency=keys.usage_latency(model), tenant_latency=mine(f"latency:{model}"),
@@ -259,12 +305,3 @@ async def record(
         series_cost=None if usage.get("estimatedCost") is None else repr(float(usage["estimatedCost"])),
         ttft_field=timeseries.ttft_field(first_token_s), series_ttl=keys.SERIES_KEPT_SECONDS,
     )  # fmt: skip
-    if counted[1]:
-        log.warning("job %s: its owner record was lost (Redis restarted without its data?); "
-                    "written again for its result", job_id)  # fmt: skip
-    if not counted[0]:
-        return False
-    for key in counted[2:]:
-        damaged.warn(key.decode(errors="replace") if isinstance(key, bytes) else str(key),
-                     f"job {job_id}'s usage was not added to it (wrong type, or a value that is not a number)")  # fmt: skip
-    return True

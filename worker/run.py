@@ -9,8 +9,9 @@ Every way a job attempt ends (answered, failed, stopped, cancelled, a bug) goes 
 3. write the one terminal event (`done`, `error` or `cancelled`); a `done` that cannot be written
    turns the ending into `failed`, so a job never completes while its own events are unwritten;
 4. count it (usage, cost, budget, the dashboard's history, a lost owner record written again:
-   `accounting.record`, one round trip, idempotent per job), metrics, the log line; then the result
-   goes back to arq, which stores it as the answer.
+   `accounting`, one script, idempotent per job), metrics, the log line; then the result goes back
+   to the worker, which stores it as the answer. Run by our worker, the count goes with the result
+   in one MULTI (worker/wakeups.py): one round trip, and whoever reads the answer finds it counted.
 
 The terminal event is written before the job is counted so that it is counted with the status it
 truly ended with; a caller of the messenger waits for the stored result, which comes after both.
@@ -62,6 +63,8 @@ class JobRun:
         self.usage: Callable[[str], TokenUsage] = lambda status: TokenUsage()  # by the ending status
         self.result: dict | None = None
         self.journaled = False  # True: a tool loop, whose journal goes once the job has its ending
+        # given by the worker (worker/wakeups.py): what it writes with the job's result, in one transaction
+        self.ending: dict | None = ctx.get("ending")
         self.state.running[self.job_id] = self.attempt
 
     def rebase(self, base: int) -> None:
@@ -143,10 +146,14 @@ class JobRun:
         status, usage = result["status"], result["usage"]
         if self.counted:  # with its minute of the dashboard's history, once; and a lost owner record again
             try:
-                await asyncio.shield(
-                    accounting.record(self.redis, result, self.request, history_ttl=self.settings.history_ttl_seconds,
-                                      tenant=self.tenant, first_token_s=self.first_token_s)
+                count = await asyncio.shield(
+                    accounting.prepare(self.redis, result, self.request, history_ttl=self.settings.history_ttl_seconds,
+                                       tenant=self.tenant, first_token_s=self.first_token_s)
                 )  # fmt: skip
+                if self.ending is not None:  # the worker counts it in the transaction that stores the result
+                    self.ending["count"] = count
+                else:
+                    await asyncio.shield(accounting.write(self.redis, count))
             except Exception as e:  # the answer still goes out; only the totals and the chart miss it
                 log.warning("could not count the usage of job %s: %s", self.job_id, type(e).__name__)
         else:

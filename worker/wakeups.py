@@ -38,7 +38,7 @@ from shared.connection import connect, probe_access, redacted, subscribe_forever
 from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.sentinel import UnknownMaster
 from shared.settings import Settings
-from worker import pause
+from worker import accounting, pause
 from worker.claim import RETRY_KEPT_SECONDS, Claimed, claim_jobs
 from worker.heartbeat import beat_interval
 from worker.intake import job_id_problem, job_problem
@@ -281,7 +281,7 @@ class QueueWorker(Worker):
                 job_try, start_ms, failed=JobExecutionFailed(f"max {max_tries} retries exceeded")
             )
         ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueued_ms),
-               "score": score, "owner": job.owner}  # fmt: skip
+               "score": score, "owner": job.owner, "ending": {}}  # fmt: skip
         if arq_log.isEnabledFor(logging.INFO):
             arq_log.info("%6.2fs → %s(%s)%s", (timestamp_ms() - enqueued_ms) / 1000, ref,
                          args_to_string(args, kwargs), f" try={job_try}" if job_try > 1 else "")  # fmt: skip
@@ -300,7 +300,7 @@ class QueueWorker(Worker):
             await ending(job_try, start_ms, *self._outcome(job_id, ref, e, score, start_ms))
         else:
             self.jobs_complete += 1
-            await ending(job_try, start_ms, result, success=True)
+            await ending(job_try, start_ms, result, success=True, count=ctx["ending"].get("count"))
 
     def _outcome(self, job_id: str, ref: str, e: BaseException, score: int, start_ms: int) -> tuple:
         """arq's reading of a job that raised: (result to store or NO_RESULT, finish it?, retry delay)."""
@@ -325,9 +325,10 @@ class QueueWorker(Worker):
     async def _ending(
         self, job_id: str, ref: str, function: Function | CronJob, args: tuple, kwargs: dict, enqueued_ms: int, job_try: int,
         start_ms: int, result=NO_RESULT, finish: bool = True, incr_score: int | None = None, *,
-        success: bool = False, failed: BaseException | None = None,
+        success: bool = False, failed: BaseException | None = None, count: dict | None = None,
     ) -> None:  # fmt: skip
-        """Store how the job ended as arq would (a job that failed before it ran: `failed`)."""
+        """Store how the job ended as arq would (a job that failed before it ran: `failed`), with
+        its usage `count` (worker/run.py) when it made one."""
         result = failed if failed is not None else result
         result_data = None
         forever = (
@@ -341,7 +342,9 @@ class QueueWorker(Worker):
             )  # fmt: skip
         if failed is not None:
             return await asyncio.shield(self.finish_failed_job(job_id, result_data))
-        await asyncio.shield(self.finish_job(job_id, finish, result_data, keep_s, forever, incr_score, None))
+        await asyncio.shield(
+            self.finish_job(job_id, finish, result_data, keep_s, forever, incr_score, None, count=count)
+        )
 
     async def _cancel_aborted_jobs(self) -> None:
         """arq's abort poll, minus its crash on an `arq:abort` member that is not text."""
@@ -373,16 +376,21 @@ class QueueWorker(Worker):
     async def finish_job(
         self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
         keep_result_forever: bool, incr_score: int | None, keep_in_progress: float | None,
+        *, count: dict | None = None,
     ) -> None:  # fmt: skip
         """arq's, except that a job's first stored ending stays its only one: a result is written
         only if none is there (an attempt that overlapped another after a Redis outage cannot
         overwrite the answer a caller may already have read); and a job that paused for its
-        caller's answer has no ending yet: it is parked (worker/pause.py), nothing stored."""
+        caller's answer has no ending yet: it is parked (worker/pause.py), nothing stored. The
+        job's usage `count` (worker/run.py), when it made one, goes first in the same MULTI."""
         state = self.ctx.get("mcpq")
         if state is not None and (how := state.paused.pop(job_id, None)) is not None:
             await pause.park(self.pool, job_id, how, state.settings)
             return
+        count = count if finish else None
         async with self.pool.pipeline(transaction=True) as tr:
+            if count is not None:  # first: the answer is never readable before its usage is counted
+                tr.execute_command(*accounting.command(count))
             if finish:
                 if result_data:
                     expire = None if keep_result_forever else result_timeout_s
@@ -399,7 +407,11 @@ class QueueWorker(Worker):
                 if incr_score:
                     tr.zincrby(self.queue_name, incr_score, job_id)
                 tr.delete(keys.in_progress(job_id))
-            await tr.execute()
+            replies = await tr.execute(raise_on_error=count is None)
+        if count is not None:
+            if failed := next((r for r in replies[1:] if isinstance(r, BaseException)), None):
+                raise failed  # as tr.execute() would, had it not kept the count's reply apart
+            await accounting.recorded(self.pool, count, replies[0])
         if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
             with contextlib.suppress(RedisError, OSError):
                 await self.pool.publish(keys.WAKEUP_CHANNEL, job_id)
