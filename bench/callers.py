@@ -49,6 +49,7 @@ class Tally:
     cpu: float = 0.0
     wall: float = 0.0
     starved: float = 0.0  # seconds the follower's process was runnable but had no CPU
+    setup_cpu: float = 0.0  # the messenger's CPU opening the N sessions (initialize), before any call
 
     def figures(self) -> dict[str, float]:
         first, delays = ms(self.first), ms(self.delays)
@@ -60,11 +61,15 @@ class Tally:
             "cpu_us_per_token": 1e6 * self.cpu / max(self.tokens, 1),
             "cpu_pct": 100 * self.cpu / max(self.wall, 1e-9),
             "starved_pct": 100 * self.starved / max(self.wall, 1e-9),
+            "setup_ms": 1e3 * self.setup_cpu,
         }
 
 
+REPEAT = [1]  # --repeat: the filler this many times (the mock echoes it: ~30 tokens more each)
+
+
 def message(i: int) -> str:
-    return f"caller {i} {FILLER}"
+    return f"caller {i} " + " ".join([FILLER] * REPEAT[0])
 
 
 def expected(i: int) -> str:
@@ -208,12 +213,17 @@ async def measure(
         await mcp_path(port, runtime.redis, 5, rng)
         for n in counts:
             cpu0, wall0, wait0 = cpu_seconds(messenger.pid), time.monotonic(), runqueue_seconds(messenger.pid)
-            opened = lambda: None  # noqa: E731
-            if profile_to and n == max(counts):
-                opened = lambda: profile(messenger.pid, profile_to, 8)  # noqa: E731
+            marks: dict[str, float] = {}
+
+            def opened(n=n, cpu0=cpu0, marks=marks) -> None:  # the sessions are open: the calls start now
+                marks.update(cpu=cpu_seconds(messenger.pid), wall=time.monotonic(),
+                             wait=runqueue_seconds(messenger.pid), setup=cpu_seconds(messenger.pid) - cpu0)  # fmt: skip
+                if profile_to and n == max(counts):
+                    profile(messenger.pid, profile_to, 8)
+
             mcp = await mcp_path(port, runtime.redis, n, rng, opened)
-            mcp.cpu, mcp.wall = cpu_seconds(messenger.pid) - cpu0, time.monotonic() - wall0
-            mcp.starved = runqueue_seconds(messenger.pid) - wait0
+            mcp.cpu, mcp.wall = cpu_seconds(messenger.pid) - marks["cpu"], time.monotonic() - marks["wall"]
+            mcp.starved, mcp.setup_cpu = runqueue_seconds(messenger.pid) - marks["wait"], marks["setup"] / n
             cpu0, wall0, wait0 = time.process_time(), time.monotonic(), runqueue_seconds(os.getpid())
             raw = await raw_path(runtime, n, rng)
             raw.cpu, raw.wall = time.process_time() - cpu0, time.monotonic() - wall0
@@ -230,8 +240,8 @@ def table(rows: list[tuple[int, dict, dict, str]]) -> list[str]:
         "| callers | first token p50 / p99 (MCP) | goal p99 ≤ 1 s | first token p99 (raw) "
         "| token delay p99 (MCP) | goal ≤ 150 ms | token delay p99 (raw) "
         "| CPU/token MCP | CPU/token raw | ratio (goal ≤ 2×) | messenger CPU | messenger waited for a CPU "
-        "| calls not answered whole |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| calls not answered whole | session open, CPU each |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, mcp, raw, wrong in rows:
         ratio = mcp["cpu_us_per_token"] / max(raw["cpu_us_per_token"], 1e-9)
@@ -240,7 +250,8 @@ def table(rows: list[tuple[int, dict, dict, str]]) -> list[str]:
             f"| {'yes' if mcp['first_p99'] <= 1000 else 'no'} | {raw['first_p99']:.0f} ms "
             f"| {mcp['delay_p99']:.0f} ms | {'yes' if mcp['delay_p99'] <= 150 else 'no'} "
             f"| {raw['delay_p99']:.0f} ms | {mcp['cpu_us_per_token']:.0f} µs "
-            f"| {raw['cpu_us_per_token']:.0f} µs | ×{ratio:.1f} | {mcp['cpu_pct']:.0f} % | {mcp['starved_pct']:.0f} % | {wrong or 0} |"
+            f"| {raw['cpu_us_per_token']:.0f} µs | ×{ratio:.1f} | {mcp['cpu_pct']:.0f} % | {mcp['starved_pct']:.0f} % | {wrong or 0} "
+            f"| {mcp['setup_ms']:.1f} ms |"
         )
     return lines
 
@@ -250,7 +261,9 @@ def main() -> int:
     parser.add_argument("--callers", default="100,300,1000", help="comma-separated caller counts")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (slots split evenly)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the messenger's largest round to FILE")
+    parser.add_argument("--repeat", type=int, default=1, help="longer answers: 35 tokens, +30 per repeat")
     args = parser.parse_args()
+    REPEAT[0] = args.repeat
     counts = [int(c) for c in args.callers.split(",")]
     with scratch_lab("mcpq-callers-") as lab:
         site = lab.site("callers")

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from messenger.calls import unavailable
 from messenger.collector import Transcript
+from messenger.progress import direct_stream, notification
 from shared import damaged, keys
 from shared.events import Event, InputRequiredEvent, ToolCallEvent, ToolResultEvent
 
@@ -166,11 +167,16 @@ class JobLog:
         self.ctx = ctx
         self.threshold = threshold
         self.request_id = ctx.request_context.request_id
+        self.direct = direct_stream(ctx.request_context)  # the same stream as the call's progress
         self.first = True
 
     async def __call__(self, event: Event | None, transcript: Transcript) -> None:
         said, self.first = describe(event, transcript, self.first), False
         if said is None or LEVELS.index(said[0]) < self.threshold:
+            return
+        if self.direct is not None:
+            message = {"level": said[0], "logger": LOGGER, "data": said[1]}
+            await self.direct.send(notification("notifications/message", message))
             return
         params = LoggingMessageNotificationParams(level=said[0], data=said[1], logger=LOGGER)  # type: ignore[arg-type]
         await self.ctx.session.send_notification(LoggingMessageNotification(params=params), self.request_id)

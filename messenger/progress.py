@@ -14,16 +14,20 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from typing import Any
 
 from mcp_types import ProgressNotification, ProgressNotificationParams
 
 from messenger.collector import Transcript
+from messenger.session_sdk import RequestStream, request_stream
 from shared.events import Event, ToolCallEvent, ToolResultEvent
 
 log = logging.getLogger("messenger.progress")
 
 PROGRESS_INTERVAL = 0.05  # seconds between text notifications: tokens are batched, not one per message
+BUSY_CALLS = 300  # more calls than this streaming text in one process: each sends text less often,
+BUSY_INTERVAL = 0.1  # every BUSY_INTERVAL seconds (half the notifications, the CPU for more callers)
 NOTICE_CHARS = 300  # a tool's arguments or result in `_meta` are cut to this many characters
 
 JOB_ID = "mcp-queue/jobId"  # every notification: the job that answers this call
@@ -62,10 +66,12 @@ def tool_meta(event: ToolCallEvent | ToolResultEvent) -> dict[str, Any]:
 class ProgressOut:
     """Sends one call's progress notifications with `_meta`.
 
-    The SDK's `report_progress` has no `_meta`, so the notification is built here and sent on the
-    request's own stream (`send_notification` with the request id), to the caller's progress token.
-    Without a token in the request (the in-process client, which takes a callback instead), it
-    falls back to `report_progress`, which carries no `_meta`.
+    The SDK's `report_progress` has no `_meta`, so the notification is built here: over a
+    2025-11-25 HTTP session it is written to the request's own SSE stream directly
+    (messenger.session_sdk.RequestStream: one JSON dump, no per-message SDK chain), otherwise sent
+    through the session on the request's stream (`send_notification` with the request id). Without
+    a token in the request (the in-process client, which takes a callback instead), it falls back
+    to `report_progress`, which carries no `_meta`.
     """
 
     def __init__(self, ctx, total: float | None):
@@ -74,21 +80,65 @@ class ProgressOut:
         request = getattr(ctx, "request_context", None)  # None: a tool called as a plain method
         self.token = (request.meta or {}).get("progress_token") if request is not None else None
         self.request_id = request.request_id if request is not None else None
+        self.direct = direct_stream(request)
 
     async def send(self, progress: float, message: str | None, meta: dict[str, Any]) -> None:
         if self.token is None:
             await self.ctx.report_progress(progress, self.total, message)
             return
-        params = ProgressNotificationParams(
+        if self.direct is not None:
+            params: dict[str, Any] = {"progressToken": self.token, "progress": progress}
+            if self.total is not None:
+                params["total"] = self.total
+            if message is not None:
+                params["message"] = message
+            params["_meta"] = meta
+            await self.direct.send(notification("notifications/progress", params), job_label(meta))
+            return
+        params_model = ProgressNotificationParams(
             progress_token=self.token, progress=progress, total=self.total, message=message, _meta=meta
         )
-        await self.ctx.session.send_notification(ProgressNotification(params=params), self.request_id)
+        await self.ctx.session.send_notification(ProgressNotification(params=params_model), self.request_id)
+
+
+def direct_stream(request) -> RequestStream | None:
+    """The request's SSE stream to write notifications to directly, if it has one here."""
+    if request is None:
+        return None
+    return request_stream(getattr(request, "request", None), request.request_id)
+
+
+def notification(method: str, params: dict[str, Any]) -> str:
+    """A JSON-RPC notification in its wire form."""
+    return json.dumps(
+        {"jsonrpc": "2.0", "method": method, "params": params}, ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def job_label(meta: dict[str, Any] | None) -> str:
+    """`@<job id>:<attempt>.<seq>` for a job's progress notification (its `_meta`), so an SSE event's
+    id names the job and its event seq (messenger.sessions resumes a job's story by it); '' otherwise."""
+    if not isinstance(meta, dict):
+        return ""
+    job, attempt, seq = meta.get(JOB_ID), meta.get(ATTEMPT), meta.get(SEQ)
+    if not isinstance(job, str) or not isinstance(attempt, int) or not isinstance(seq, int):
+        return ""
+    return f"@{job}:{attempt}.{seq}"
+
+
+STREAMING: weakref.WeakSet[ProgressRelay] = weakref.WeakSet()  # this process's relays with text under way
+
+
+def text_interval() -> float:
+    """Seconds between one call's text notifications: longer when many calls stream at once."""
+    return BUSY_INTERVAL if len(STREAMING) > BUSY_CALLS else PROGRESS_INTERVAL
 
 
 class ProgressRelay:
     """Relays a job's events to the caller as progress (an `OnEvent` for JobClient.run / wait).
 
-    Text goes out at most once per PROGRESS_INTERVAL, except the first text of each attempt, which
+    Text goes out at most once per PROGRESS_INTERVAL (BUSY_INTERVAL while more than BUSY_CALLS calls
+    stream in this process), except the first text of each attempt, which
     goes out at once; text held back goes out when the interval ends even if no event follows (a
     model that pauses mid-answer does not hold its last words). `progress` counts the attempt's tokens and rises with every notification (the
     spec asks it to): a notification without new tokens adds a hair.
@@ -113,10 +163,8 @@ class ProgressRelay:
             await self._status(transcript)
         elif event.type == "token":
             self.pending.append(event.text)
-            if (
-                self.sent_text_of != event.attempt
-                or time.monotonic() - self.text_sent_at >= PROGRESS_INTERVAL
-            ):
+            STREAMING.add(self)
+            if self.sent_text_of != event.attempt or time.monotonic() - self.text_sent_at >= text_interval():
                 await self._flush(transcript)
             elif self.held is None:
                 self.held = asyncio.create_task(self._flush_held(transcript))
@@ -133,13 +181,14 @@ class ProgressRelay:
             await self._flush(transcript)
             await self._status(transcript, tool_meta(event))
         else:  # the end: the last text, then the outcome
+            STREAMING.discard(self)
             await self._flush(transcript)
             await self._status(transcript)
             if self.held is not None:
                 self.held.cancel()
 
     async def _flush_held(self, transcript: Transcript) -> None:
-        await asyncio.sleep(max(0.0, self.text_sent_at + PROGRESS_INTERVAL - time.monotonic()))
+        await asyncio.sleep(max(0.0, self.text_sent_at + text_interval() - time.monotonic()))
         self.held = None
         try:
             await self._flush(transcript)

@@ -11,7 +11,9 @@ serve any session (messenger.sessions), three things are done here and nowhere e
 - `rehydrate`: a session opened on another replica becomes a local transport, run the way the
   manager's own `serve_loop` runs one, but with the connection already past its handshake (client
   params and protocol version from Redis, `initialized` set) and bound to the tenant that opened it;
-- `is_local` / `discard`: whether this process holds the session, and forget it (ended elsewhere).
+- `is_local` / `discard`: whether this process holds the session, and forget it (ended elsewhere);
+- `request_stream`: a request's SSE response written directly (RequestStream), for the notifications
+  a long tool call sends by the thousand.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.runner import serve_connection
-from mcp.server.streamable_http import EventStore, StreamableHTTPServerTransport
+from mcp.server.streamable_http import EventMessage, EventStore, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types import InitializeRequestParams
 
 log = logging.getLogger("messenger")
+
+MANAGER_SCOPE_KEY = "mcp-queue.session-manager"  # set by messenger.sessions.SessionGate on each request
 
 
 def give_each_session_a_store(
@@ -108,3 +112,58 @@ async def rehydrate(
     if owner is not None:
         manager._session_owners[session_id] = authorization_context(owner)
     await manager._task_group.start(run)
+
+
+class _Encoded:
+    """A JSON-RPC message already in its wire form: the transport's SSE writer asks it for its JSON."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: str):
+        self.body = body
+
+    def model_dump_json(self, **_: Any) -> str:
+        return self.body
+
+
+class RequestStream:
+    """Notifications of one request of a 2025-11-25 session this process holds, written without the
+    SDK's per-message chain.
+
+    Why: a notification sent through the session goes through the dispatcher, two memory streams and
+    the session's one message-router task, and is built and dumped as pydantic models; at 1,000
+    callers × 20 notifications a second that chain was most of the messenger's CPU. Here the JSON is
+    made once, stored in the session's event store (what a `Last-Event-ID` resumes on any replica),
+    and put on the request's own stream, the one the SDK's SSE writer drains after its priming event
+    and before the response: the same order, ids and replay as the SDK's path. No stream (the client
+    went away; it resumes from the store) drops the live copy only.
+    """
+
+    def __init__(self, transport: StreamableHTTPServerTransport, request_id: str):
+        self.transport = transport
+        self.request_id = request_id
+        self.store = getattr(transport._event_store, "store_body", None)  # messenger.sessions.SessionEvents
+
+    async def send(self, body: str, label: str = "") -> None:
+        event_id = await self.store(self.request_id, body, label) if self.store is not None else None
+        streams = self.transport._request_streams.get(self.request_id)
+        if streams is None:
+            return
+        try:
+            await streams[0].send(EventMessage(_Encoded(body), event_id))  # type: ignore[arg-type]
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # the client went away meanwhile
+            pass
+
+
+def request_stream(request: Any, request_id: Any) -> RequestStream | None:
+    """The direct stream of a request that came as a POST in a session this process holds, with an
+    SSE response (None otherwise: stdio, 2026-07-28, JSON responses, the old SSE transport)."""
+    scope = getattr(request, "scope", None)
+    manager = scope.get(MANAGER_SCOPE_KEY) if isinstance(scope, dict) else None
+    if manager is None or request_id is None:
+        return None
+    session_id = request.headers.get("mcp-session-id")
+    transport = manager._server_instances.get(session_id) if session_id else None
+    if transport is None or transport.is_json_response_enabled:
+        return None
+    return RequestStream(transport, str(request_id))

@@ -43,9 +43,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from messenger import session_sdk
 from messenger.guards import owner_name
-from messenger.progress import ATTEMPT as ATTEMPT_META
 from messenger.progress import JOB_ID as JOB_META
-from messenger.progress import SEQ as SEQ_META
+from messenger.progress import job_label as progress_label
 from shared import damaged, keys
 
 log = logging.getLogger("messenger")
@@ -159,16 +158,9 @@ def split_event_id(event_id: str) -> tuple[str, str] | None:
 
 
 def job_label(message: JSONRPCMessage | None) -> str:
-    """`@<job id>:<attempt>.<seq>` for a job's progress notification (messenger.progress puts them in
-    `_meta`), so an event's id names the job and its event seq; '' for any other message."""
+    """The job label (messenger.progress.job_label) of a message's `_meta`; '' for a message without."""
     params = getattr(message, "params", None)
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    if not isinstance(meta, dict):
-        return ""
-    job, attempt, seq = meta.get(JOB_META), meta.get(ATTEMPT_META), meta.get(SEQ_META)
-    if not isinstance(job, str) or not isinstance(attempt, int) or not isinstance(seq, int):
-        return ""
-    return f"@{job}:{attempt}.{seq}"
+    return progress_label(params.get("_meta") if isinstance(params, dict) else None)
 
 
 class EventWrites:
@@ -237,9 +229,13 @@ class SessionEvents(EventStore):
         self.expiry_set: dict[str, float] = {}  # stream -> when its TTL was last set (this process writes it)
 
     async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
-        key = stream_key(self.session_id, stream_id)
         body = message.model_dump_json(by_alias=True, exclude_unset=True) if message is not None else ""
         ending = isinstance(message, JSONRPCResponse | JSONRPCError)
+        return await self.store_body(stream_id, body, job_label(message), ending)
+
+    async def store_body(self, stream_id: str, body: str, label: str = "", ending: bool = False) -> str:
+        """Store one event already in its JSON form (messenger.session_sdk.RequestStream writes so)."""
+        key = stream_key(self.session_id, stream_id)
         now = time.monotonic()
         expire = None
         if ending:  # answered: kept only as long as a client that lost the answer may come back for it
@@ -253,7 +249,7 @@ class SessionEvents(EventStore):
         except Exception as e:  # the live stream goes on; only resuming from here is lost
             log.warning("session %s: an event not stored (Redis: %s)", self.session_id[:12], type(e).__name__)
             entry = "0-0"  # names no entry: a Last-Event-ID of it gets 404
-        return f"{stream_id}/{entry}{job_label(message)}"
+        return f"{stream_id}/{entry}{label}"
 
     async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> None:
         """Send what followed `last_event_id`, then what comes, until the response (or a reason to stop).
@@ -576,6 +572,7 @@ class SessionGate:
         if refusal is not None:
             await refuse(send, *refusal)
             return
+        scope[session_sdk.MANAGER_SCOPE_KEY] = self.manager  # RequestStream writes this session's events
         await self.app(scope, receive, self._after(scope, session_id, send))
 
     async def _admit(self, scope: Scope, session_id: str) -> tuple[int, str] | None:

@@ -8,8 +8,8 @@ import time
 import anyio
 
 from messenger.collector import Transcript
-from messenger.progress import PROGRESS_INTERVAL, ProgressRelay
-from shared.events import StartEvent, TokenEvent
+from messenger.progress import BUSY_CALLS, BUSY_INTERVAL, PROGRESS_INTERVAL, ProgressRelay, text_interval
+from shared.events import DoneEvent, StartEvent, TokenEvent
 
 
 class Sink:
@@ -46,3 +46,26 @@ async def test_held_back_text_goes_out_at_the_interval_end_with_no_event_after_i
     when, text = sink.sent[-1]
     assert text == "second" and when - started >= PROGRESS_INTERVAL * 0.9
     assert [m for _, m in sink.sent if m] == ["first ", "second"]
+
+
+async def test_with_many_calls_streaming_text_goes_out_less_often_until_they_end():
+    """More than BUSY_CALLS relays with text under way: each sends text every BUSY_INTERVAL (half
+    the notifications at 1,000 callers); as they end, the interval is PROGRESS_INTERVAL again."""
+    sinks = [Sink() for _ in range(BUSY_CALLS + 1)]
+    relays = [ProgressRelay(sink, None) for sink in sinks]
+    transcripts = [Transcript(f"j{i}") for i in range(len(relays))]
+    assert text_interval() == PROGRESS_INTERVAL
+    for relay, t in zip(relays, transcripts, strict=True):
+        await feed(relay, t, StartEvent(job_id=t.job_id, seq=0, attempt=1, ts=0, worker_id="w", model="m"))
+        await feed(relay, t, TokenEvent(job_id=t.job_id, seq=1, attempt=1, ts=0, text="a"))
+    assert text_interval() == BUSY_INTERVAL > PROGRESS_INTERVAL
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    relay, t = relays[0], transcripts[0]
+    await feed(
+        relay,
+        t,
+        DoneEvent(
+            job_id=t.job_id, seq=2, attempt=1, ts=0, usage=usage, model="m", cost=None, finish_reason="stop"
+        ),
+    )
+    assert text_interval() == PROGRESS_INTERVAL  # BUSY_CALLS left: not more than that

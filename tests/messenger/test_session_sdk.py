@@ -26,6 +26,9 @@ from mcp_types import JSONRPCError, JSONRPCMessage, jsonrpc_message_adapter
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from messenger import session_sdk
+from messenger.client_log import JobLog
+from messenger.collector import Transcript
+from messenger.progress import ATTEMPT, JOB_ID, SEQ, ProgressOut
 from messenger.sessions import (
     RETRY_MS,
     EventWrites,
@@ -130,6 +133,85 @@ async def test_a_session_opened_on_one_replica_is_served_and_deleted_on_another(
     ]
     assert deleted.status_code == 200 and gone.status_code == 404
     assert not session_sdk.is_local(manager_a, sid)  # the 404 made replica A forget its copy too
+
+
+def test_the_request_stream_internals_direct_notifications_use_are_still_there():
+    """messenger.session_sdk.RequestStream puts pre-encoded events on a request's own stream: the SSE
+    writer must still send the priming event first, then drain that stream, asking each message for
+    `model_dump_json`, and end at the response."""
+    writer = inspect.getsource(StreamableHTTPServerTransport._run_sse_writer)
+    assert writer.index("send(priming_event)") < writer.index(
+        "async for event_message in request_stream_reader"
+    )
+    assert "self._create_event_data(event_message)" in writer and "JSONRPCResponse | JSONRPCError" in writer
+    assert "event_message.message.model_dump_json(" in inspect.getsource(
+        StreamableHTTPServerTransport._create_event_data
+    )
+    post = inspect.getsource(StreamableHTTPServerTransport._handle_post_request)
+    assert "self._request_streams[request_id] = anyio.create_memory_object_stream" in post
+    assert "request_id = str(message.id)" in post
+
+
+def direct_replica(redis, sent_direct: list[bool]) -> tuple[SessionGate, StreamableHTTPSessionManager]:
+    """A replica whose tool relays like the messenger's: ProgressOut notifications and a JobLog line."""
+    server = MCPServer("direct")
+
+    @server.tool()
+    async def relay(text: str, ctx: Context) -> str:
+        out = ProgressOut(ctx, None)
+        log = JobLog(ctx, 0)
+        sent_direct.append(out.direct is not None and log.direct is not None)
+        transcript = Transcript("job-7")
+        await log(None, transcript)  # "job job-7 queued", as a notifications/message
+        for seq, word in enumerate(text.split()):
+            await out.send(seq + 1, word, {JOB_ID: "job-7", ATTEMPT: 1, SEQ: seq})
+        return text.upper()
+
+    app = server.streamable_http_app(retry_interval=RETRY_MS)
+    manager = server.session_manager
+    return SessionGate(app, manager, redis, 60, f"replica-{id(manager)}"), manager
+
+
+async def test_direct_notifications_keep_the_sdks_order_ids_store_and_resume(redis):
+    """Progress and log notifications written straight to the request's stream (not through the
+    SDK's session): priming event first, then each in the order sent, then the response; every id is
+    the stored entry's (a job's progress labelled with its job and seq), so a Last-Event-ID resumes
+    on another replica with the rest, as for any SDK-sent event."""
+    sent_direct: list[bool] = []
+    (gate_a, manager_a), (gate_b, manager_b) = direct_replica(redis, sent_direct), direct_replica(redis, [])
+    url = "http://127.0.0.1:8000/mcp"
+    with anyio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(manager_a.run())
+            await stack.enter_async_context(manager_b.run())
+            a = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_a)))
+            b = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_b)))
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+            sid = (await a.post(url, headers=POST, json=init)).headers["mcp-session-id"]
+            headers = {**POST, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "relay", "arguments": {"text": "x y z"}, "_meta": {"progressToken": "t"}}}  # fmt: skip
+            sent = events((await a.post(url, headers=headers, json=call)).text)
+            again = events((await b.get(url, headers={**headers, "Last-Event-ID": sent[2]["id"]})).text)
+    assert sent_direct == [True]
+    messages = [json.loads(e["data"]) for e in sent[1:]]
+    assert messages[0] == {"jsonrpc": "2.0", "method": "notifications/message",
+                           "params": {"level": "info", "logger": "mcp-queue", "data": "job job-7 queued"}}  # fmt: skip
+    assert [m["params"] for m in messages[1:4]] == [
+        {
+            "progressToken": "t",
+            "progress": i + 1,
+            "message": w,
+            "_meta": {JOB_ID: "job-7", ATTEMPT: 1, SEQ: i},
+        }
+        for i, w in enumerate("x y z".split())
+    ]
+    assert messages[-1]["result"]["structuredContent"] == {"result": "X Y Z"}
+    assert [e["id"] for e in sent] == [
+        f"2/{i.decode()}" + (f"@job-7:1.{n - 2}" if 2 <= n <= 4 else "")
+        for n, (i, _) in enumerate(await redis.xrange(f"mcpq:session:{sid}:events:2"))
+    ]
+    assert again == sent[3:]  # after the first progress event: the rest and the response, same ids
 
 
 async def test_each_stored_event_costs_about_one_redis_command(redis_url):
