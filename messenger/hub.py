@@ -109,7 +109,9 @@ class EventHub:
             try:
                 if not self._connected.is_set():
                     await self._connect()
-                message = await self._pubsub.get_message(timeout=None)  # blocks; no timer per message
+                # get_message's first half (blocks; no timer per message): a job's event is dispatched
+                # from the reply itself, without redis-py building a message dict for it
+                response = await self._pubsub.parse_response(block=True)
                 failures = 0
             except (RedisError, OSError, RuntimeError) as e:
                 failures += 1
@@ -118,15 +120,16 @@ class EventHub:
                 log.log(level, "event subscription lost (%s); retrying until Redis answers", e)
                 await asyncio.sleep(delay)
                 continue
-            if message is None:
+            if response is None:
                 continue
             self._reads += 1
-            channel = message["channel"].decode()
-            if message["type"] == "message":
-                for queue in self._followers.get(channel, ()):
-                    queue.put_nowait(message["data"])
-            elif message["type"] == "subscribe":
-                pending = self._confirmations.pop(channel, None)
+            if type(response) is list and response[0] == b"message":
+                for queue in self._followers.get(response[1].decode(), ()):
+                    queue.put_nowait(response[2])
+                continue
+            message = await self._pubsub.handle_message(response)  # (redis-py's bookkeeping of the rest)
+            if message is not None and message["type"] == "subscribe":
+                pending = self._confirmations.pop(message["channel"].decode(), None)
                 if pending is not None and not pending.done():
                     pending.set_result(None)
 
