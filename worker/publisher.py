@@ -21,7 +21,6 @@ import contextlib
 import logging
 import time
 
-from hiredis import pack_command
 from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from shared import keys
@@ -85,8 +84,7 @@ class _SentOnce:
     async def _once(self, *args):
         connection = await self.pool.get_connection()
         try:
-            # hiredis packs a 1,000-job batch (4,000 arguments) in a tenth of redis-py's time
-            await connection.send_packed_command(pack_command(args))
+            await connection.send_command(*args)  # packed by hiredis (shared/connection.py)
             return await connection.read_response()
         except BaseException:
             await connection.disconnect()
