@@ -5,7 +5,9 @@
 Each configuration gets its own redis-server and worker processes, started here and stopped at the
 end. Each round runs every configuration once, round-robin, so they all see the same noise; the
 table shows medians over rounds. The 1,000-in-flight figure runs once, first, while this process
-is still fresh (its memory is what it measures). Exit status: 0 when every correctness check held
+is still fresh (its memory is what it measures). Then, each in a process of its own, the scale
+tables: 1,000 streams in one worker process (bench/streams.py) and 1,000 MCP callers on one
+messenger (bench/callers.py), 300 each with --quick. Exit status: 0 when every correctness check held
 (even if a speed target was missed: the table says so), 1 when a token was lost or reordered or an
 answer came back incomplete, 2 when the bench itself could not run.
 """
@@ -64,6 +66,8 @@ class Plan:
     stock_throughput_jobs: int = 600
     ttft_pairs: int = 20
     ttft_side: int = 6  # of those pairs, how many also take a bare, a collector and a stock arq sample
+    scale_streams: int = 1000  # streams in one worker process (bench/streams.py), after the rest
+    scale_callers: int = 1000  # MCP callers on one messenger (bench/callers.py), after the rest
     inflight_jobs: int = 1000
 
     @classmethod
@@ -81,6 +85,8 @@ class Plan:
                 stock_throughput_jobs=200,
                 ttft_pairs=8,
                 ttft_side=3,
+                scale_streams=300,
+                scale_callers=300,
             )
         return cls(rounds=args.rounds or 3, only_queues=only_queues)
 
@@ -492,6 +498,30 @@ def machine() -> str:
     )
 
 
+def at_scale(plan: Plan) -> tuple[list[str], bool]:
+    """The scale figures (streams per worker, MCP callers per messenger), each bench in a process of
+    its own after the rest (they load the box to its limit): their tables, and whether every answer
+    came back whole."""
+    bench = Path(__file__).resolve().parent
+    lines, whole = [], True
+    for script, flag, n in (
+        ("streams.py", "--streams", plan.scale_streams),
+        ("callers.py", "--callers", plan.scale_callers),
+    ):
+        print(f"at scale: {script} {flag} {n}", file=sys.stderr)
+        done = subprocess.run(
+            [sys.executable, str(bench / script), flag, str(n)], capture_output=True, text=True, check=False
+        )
+        table_lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
+        if done.returncode != 0 or not table_lines:
+            whole = whole and done.returncode != 1
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            lines += [f"{script} {flag} {n} did not finish (exit {done.returncode}): {tail}", ""]
+            continue
+        lines += [*table_lines, ""]
+    return lines, whole
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, help="rounds to take the median of (default 3; --quick: 1)")
@@ -551,6 +581,12 @@ def main() -> int:
     print("\n".join(peer_table(plan, results)))
     for note in results.notes:
         print(note)
+    if not plan.only_queues and not stopped:
+        scale, whole = at_scale(plan)
+        print()
+        print("\n".join(scale))
+        if not whole:
+            results.failures.append("at scale: an answer came back incomplete or reordered (table above)")
     if stopped:
         print(f"\nTHE BENCH STOPPED EARLY (the table holds what was measured before): {stopped}")
         return 2
