@@ -40,6 +40,7 @@ from shared.sentinel import UnknownMaster
 from shared.settings import Settings
 from worker import accounting, pause
 from worker.claim import RETRY_KEPT_SECONDS, Claimed, claim_jobs
+from worker.endings import Endings
 from worker.heartbeat import beat_interval
 from worker.intake import job_id_problem, job_problem
 from worker.publisher import why_not_written
@@ -123,6 +124,7 @@ class QueueWorker(Worker):
         self._slot_freed = False
         self._claims_paused_until = 0.0  # loop time; see main()
         self._refused = False
+        self._endings: Endings | None = None  # made on the first ending, on the worker's pool
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -382,35 +384,34 @@ class QueueWorker(Worker):
         only if none is there (an attempt that overlapped another after a Redis outage cannot
         overwrite the answer a caller may already have read); and a job that paused for its
         caller's answer has no ending yet: it is parked (worker/pause.py), nothing stored. The
-        job's usage `count` (worker/run.py), when it made one, goes first in the same MULTI."""
+        job's usage `count` (worker/run.py), when it made one, goes first in the same MULTI, which
+        the jobs that end meanwhile share (worker/endings.py)."""
         state = self.ctx.get("mcpq")
         if state is not None and (how := state.paused.pop(job_id, None)) is not None:
             await pause.park(self.pool, job_id, how, state.settings)
             return
         count = count if finish else None
-        async with self.pool.pipeline(transaction=True) as tr:
-            if count is not None:  # first: the answer is never readable before its usage is counted
-                tr.execute_command(*accounting.command(count))
-            if finish:
-                if result_data:
-                    expire = None if keep_result_forever else result_timeout_s
-                    tr.set(
-                        keys.result(job_id),
-                        result_data,
-                        px=None if expire is None else int(expire * 1000),
-                        nx=True,
-                    )
-                tr.delete(keys.retry(job_id), keys.job(job_id), keys.in_progress(job_id))
-                tr.zrem(keys.ABORT_SET, job_id)
-                tr.zrem(self.queue_name, job_id)
-            else:
-                if incr_score:
-                    tr.zincrby(self.queue_name, incr_score, job_id)
-                tr.delete(keys.in_progress(job_id))
-            replies = await tr.execute(raise_on_error=count is None)
+        commands = [accounting.command(count)] if count is not None else []  # first: see run.py
+        if finish:
+            if result_data:
+                expire = None if keep_result_forever else result_timeout_s
+                px = () if expire is None else ("PX", int(expire * 1000))
+                commands.append(("SET", keys.result(job_id), result_data, *px, "NX"))
+            commands += [
+                ("DEL", keys.retry(job_id), keys.job(job_id), keys.in_progress(job_id)),
+                ("ZREM", keys.ABORT_SET, job_id),
+                ("ZREM", self.queue_name, job_id),
+            ]
+        else:
+            if incr_score:
+                commands.append(("ZINCRBY", self.queue_name, incr_score, job_id))
+            commands.append(("DEL", keys.in_progress(job_id)))
+        if self._endings is None:
+            self._endings = Endings(self.pool)
+        replies = await self._endings.store(commands)  # in one MULTI with the other jobs ending now
+        if failed := next((r for r in replies[count is not None :] if isinstance(r, BaseException)), None):
+            raise failed  # as arq's MULTI would
         if count is not None:
-            if failed := next((r for r in replies[1:] if isinstance(r, BaseException)), None):
-                raise failed  # as tr.execute() would, had it not kept the count's reply apart
             await accounting.recorded(self.pool, count, replies[0])
         if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
             with contextlib.suppress(RedisError, OSError):
