@@ -6,9 +6,13 @@ One redis-server, one real worker process (`python -m worker.cli`, the mock prov
 --tokens-per-s, WORKER_CONCURRENCY above N). This process is the messenger: it submits N jobs
 spread over STAGGER seconds and follows each through the real JobClient (hub, collector). Per N:
 token delay (the worker's event `ts` → this process has it, p50/p99), the delivered rate (each
-stream's tokens over its first-to-last token time, against the paced rate), the CPU of the worker
-and of this process (the messenger side), each also per token, and in the same round the floor: this machine's bare PUBLISH → subscriber delay at the same pacing
-(bench/publisher_proc.py raw mode, through token_delivery.floor). Every answer must be whole.
+stream's tokens over its first-to-last token time, against the paced rate), the token delay while
+all N stream at once (between the last stream's first token and the first stream's last: no job
+starts or ends then, so it is the cost of tokens alone, where the whole run's p99 also holds the
+ramp of N job starts in STAGGER seconds), the CPU of the worker and of this process (the messenger
+side), each also per token, and in the same round the floor: this machine's bare PUBLISH →
+subscriber delay at the same pacing (bench/publisher_proc.py raw mode, through
+token_delivery.floor). Every answer must be whole.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
     from shared.models import ChatRequest
 
     runtime = site.runtime
-    delays: list[float] = []
+    delays: list[tuple[float, float]] = []  # (event ts, delay)
+    spans: list[tuple[float, float]] = []  # per stream: its first and last token's ts
     rates: list[float] = []
     wrong: list[str] = []
     rng = random.Random(n)
@@ -61,7 +66,7 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
         async def on_event(event, transcript) -> None:
             nonlocal words
             if event is not None and event.type == "token":
-                delays.append(time.time() - event.ts)
+                delays.append((event.ts, time.time() - event.ts))
                 words += event.text.count(" ")
                 seen.append((event.ts, words))
 
@@ -72,6 +77,7 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
         elif len(seen) > 1 and seen[-1][0] > seen[0][0]:
             (t0, k0), (t1, k1) = seen[0], seen[-1]
             rates.append((k1 - k0) / (t1 - t0))
+            spans.append((t0, t1))
 
     worker_pid = site.pids[0]
     cpu0, wall0, wait0 = cpu_seconds(worker_pid), time.monotonic(), runqueue_seconds(worker_pid)
@@ -82,10 +88,16 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
     waited = runqueue_seconds(worker_pid) - wait0
     if wrong:
         raise Lost(f"{n} streams: {len(wrong)} wrong; e.g. {wrong[0]}")
-    delays_ms = ms(delays)
+    delays_ms = ms([d for _, d in delays])
+    # while every stream is between its first and last token: no job starts or ends, tokens only
+    lo, hi = max(t0 for t0, _ in spans), min(t1 for _, t1 in spans)
+    steady_ms = ms([d for ts, d in delays if lo <= ts <= hi]) or [float("nan")]
     return {
         "delay_p50": percentile(delays_ms, 50),
         "delay_p99": percentile(delays_ms, 99),
+        "steady_p50": percentile(steady_ms, 50),
+        "steady_p99": percentile(steady_ms, 99),
+        "steady_s": max(0.0, hi - lo),
         "rate_p50": percentile(rates, 50) / rate,
         "rate_p1": percentile(rates, 1) / rate,
         "worker_cpu": 100 * cpu / wall,
@@ -118,15 +130,17 @@ async def measure(lab: Lab, site: Site, counts: list[int], rate: float) -> list[
 def table(rows: list[tuple[int, dict, dict]], rate: float) -> list[str]:
     lines = [
         f"| streams in one worker ({rate:.0f} tok/s each) | token delay p50 / p99 | goal p99 ≤ 50 ms "
+        "| while all N stream: delay p50 / p99 (for how long) "
         "| floor p50 / p99 (bare PUBLISH) | p99 ÷ floor p99 | delivered rate p50 / p1 (of paced) "
         "| goal ≥ 95 % | CPU worker / messenger | CPU per token worker / messenger "
         "| worker waited for a CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, ours, floor in rows:
         lines.append(
             f"| {n} | {ours['delay_p50']:.1f} / {ours['delay_p99']:.1f} ms "
             f"| {'yes' if ours['delay_p99'] <= 50 else 'no'} "
+            f"| {ours['steady_p50']:.1f} / {ours['steady_p99']:.1f} ms ({ours['steady_s']:.1f} s) "
             f"| {floor['floor_p50']:.1f} / {floor['floor_p99']:.1f} ms "
             f"| ×{ours['delay_p99'] / max(floor['floor_p99'], 1e-9):.1f} "
             f"| {100 * ours['rate_p50']:.0f} % / {100 * ours['rate_p1']:.0f} % "
