@@ -92,6 +92,12 @@ class Transcript:
         return "gap"
 
     def apply(self, event: Event) -> None:
+        if type(event) is TokenEvent and event.attempt == self.attempt:  # the usual event, in short
+            self.last_seq, self.status = event.seq, "running"
+            self.started_ts = self.started_ts or event.ts
+            self.parts.append(event.text)
+            self.tokens += 1
+            return
         if event.attempt != self.attempt:
             self.after_pause = self.status == "input_required"
             if isinstance(event, StartEvent) and event.resumed is not None and self._steps:
