@@ -31,14 +31,40 @@ SPENT_HOUR_TTL_SECONDS = 7200  # an hour's spend is read during its hour; kept o
 SPENT_DAY_TTL_SECONDS = 172_800
 
 
-@script("""
--- a tenant's owner record that Redis lost while the job ran is written again (kept: 1), so the
--- tenant can still read the answer
+# a tenant's owner record that Redis lost while the job ran is written again (kept: 1), so the tenant
+# can still read the answer; it runs whether or not the job was counted before
+KEEP_OWNER_LUA = """
 local kept = 0
 if keep_owner then
   local set = redis.pcall('SET', owner, tenant, 'NX', 'EX', owner_ttl)
   if type(set) == 'table' and set.ok then kept = 1 end
 end
+"""
+# the dashboard's minute (shared/timeseries.py): this job's own usage, without earlier attempts'
+SERIES_LUA = """
+call('HINCRBY', series, 'ended:' .. status, 1)
+call('HINCRBY', series, 'prompt_tokens', series_prompt)
+call('HINCRBY', series, 'completion_tokens', series_completion)
+if series_cost then call('HINCRBYFLOAT', series, 'cost:' .. model, series_cost) end
+if ttft_field then call('HINCRBY', series, ttft_field, 1) end
+call('EXPIRE', series, series_ttl)
+"""
+
+# the job's turn in its tenant's conversation; the script's last part
+CONVERSATION_LUA = """
+if conversation_id then
+  call('RPUSH', conversation, user_turn, assistant_turn)
+  call('EXPIRE', conversation, history_ttl)
+  call('ZADD', conversations, now, conversation_id)
+  call('EXPIRE', conversations, history_ttl)
+end
+return damaged
+"""
+
+
+@script(
+    KEEP_OWNER_LUA
+    + """
 if not redis.call('SET', counted, '1', 'NX', 'EX', counted_ttl) then return {0, kept} end
 -- a key that refuses a write (wrong type, a counter that is not a number: damaged or written by hand)
 -- is skipped and named in the reply; every other key, the budget settlement included, is still written
@@ -92,29 +118,20 @@ if cost then
     call('EXPIRE', spent, spent_day_ttl)
   end
 end
--- the dashboard's minute (shared/timeseries.py): this job's own usage, without earlier attempts'
-call('HINCRBY', series, 'ended:' .. status, 1)
-call('HINCRBY', series, 'prompt_tokens', series_prompt)
-call('HINCRBY', series, 'completion_tokens', series_completion)
-if series_cost then call('HINCRBYFLOAT', series, 'cost:' .. model, series_cost) end
-if ttft_field then call('HINCRBY', series, ttft_field, 1) end
-call('EXPIRE', series, series_ttl)
-if conversation_id then
-  call('RPUSH', conversation, user_turn, assistant_turn)
-  call('EXPIRE', conversation, history_ttl)
-  call('ZADD', conversations, now, conversation_id)
-  call('EXPIRE', conversations, history_ttl)
-end
-return damaged
-""")
+"""
+    + SERIES_LUA
+    + """
+"""
+    + CONVERSATION_LUA
+)
 async def _record(
     redis, *, counted: Key, total: Key, by_model: Key, by_day: Key, tenant_total: Key, tenant_by_model: Key,
     tenant_by_day: Key, models: Key, tenant_models: Key, tenants: Key, latency: Key, tenant_latency: Key,
     received: Key, tenant_received: Key, reserved: Key, reserved_tenant: Key, reserved_until: Key,
     spent_hour: Key, spent_day: Key, tenant_spent_hour: Key, tenant_spent_day: Key, conversation: Key,
-    conversations: Key, owner: Key, series: Key, keep_owner: Arg[bool], owner_ttl: Arg[int],
-    series_prompt: Arg[int], series_completion: Arg[int], series_cost: Arg[str | None],
-    ttft_field: Arg[str | None], series_ttl: Arg[int], job_id: Arg[str], model: Arg[str], status: Arg[str], prompt_tokens: Arg[int],
+    conversations: Key, owner: Key, series: Key, keep_owner: Arg[bool], owner_ttl: Arg[int], series_prompt: Arg[int],
+    series_completion: Arg[int], series_cost: Arg[str | None], ttft_field: Arg[str | None], series_ttl: Arg[int],
+    job_id: Arg[str], model: Arg[str], status: Arg[str], prompt_tokens: Arg[int],
     completion_tokens: Arg[int], total_tokens: Arg[int], cost: Arg[str | None], latency_ms: Arg[int],
     dead_attempt_tokens: Arg[int], received_entry: Arg[str], latencies_kept: Arg[int], received_kept: Arg[int],
     counted_ttl: Arg[int], conversation_id: Arg[str | None], user_turn: Arg[str], assistant_turn: Arg[str],
@@ -300,8 +317,16 @@ async def prepare(
         assistant_turn=json.dumps(assistant_turn), history_ttl=history_ttl, now=round(now, 3), tenant=tenant,
         spent_hour_ttl=SPENT_HOUR_TTL_SECONDS, spent_day_ttl=SPENT_DAY_TTL_SECONDS,
         price_source=prices.source(model) if cost is not None else None, owner=keys.owner(job_id),
-        series=keys.series(int(now // 60)), keep_owner=tenant not in (OPERATOR, UNOWNED), owner_ttl=OWNER_KEPT_SECONDS,
-        series_prompt=max(0, usage["promptTokens"]), series_completion=max(0, usage["completionTokens"]),
+        keep_owner=tenant not in (OPERATOR, UNOWNED), owner_ttl=OWNER_KEPT_SECONDS,
+        **_series(usage, now, first_token_s),
+    )  # fmt: skip
+
+
+def _series(usage: dict, now: float, first_token_s: float | None) -> dict:
+    """The dashboard's minute (shared/timeseries.py): the job's own usage, without earlier attempts'."""
+    return dict(
+        series=keys.series(int(now // 60)), series_prompt=max(0, usage["promptTokens"]),
+        series_completion=max(0, usage["completionTokens"]),
         series_cost=None if usage.get("estimatedCost") is None else repr(float(usage["estimatedCost"])),
         ttft_field=timeseries.ttft_field(first_token_s), series_ttl=keys.SERIES_KEPT_SECONDS,
     )  # fmt: skip
