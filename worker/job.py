@@ -78,8 +78,12 @@ class WorkerState:
             self.defaults_read_at = time.monotonic()
         if tenant not in self.defaults:
             found = ModelDefaults()
-            for key in (keys.MODEL_DEFAULTS, keys.model_defaults(tenant)):
-                raw = await damaged.read(redis.get(key), key, None)  # not a string: as if unset
+            names = [keys.MODEL_DEFAULTS, keys.model_defaults(tenant)]
+            async with redis.pipeline(transaction=False) as pipe:  # one round trip: a job waits for it
+                for key in names:
+                    pipe.get(key)
+                stored = damaged.replies(await pipe.execute(raise_on_error=False), names, [None, None])
+            for key, raw in zip(names, stored, strict=True):  # not a string: as if unset
                 try:
                     found = (ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()).over(found)
                 except ValidationError:
@@ -173,7 +177,8 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             run.rebase(asked.base)  # attempts before its last pause, if it paused
             if run.attempt > 1:  # a re-run: go on from the last finished step of the attempts before
                 replay = await journal.read(run.redis, run.job_id)
-        await run.publisher.start(state.worker_id, run.model, resumed=replay.last_step or None)
+        # the model is asked while the start event is written, not a round trip after
+        run.publisher.start_soon(state.worker_id, run.model, replay.last_step or None)
         if asked.base and await run.redis.exists(keys.cancel(run.job_id)):  # cancelled as it paused
             return await run.end("cancelled", "cancelled by request")
         if asked.question and asked.question.expires_at <= time.time():

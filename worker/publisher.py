@@ -169,8 +169,18 @@ class EventPublisher:
         self._journal_sent = 0
 
     async def start(self, worker_id: str, model: str, resumed: int | None = None) -> None:
+        self.start_soon(worker_id, model, resumed)
+        await self._wait()
+
+    def start_soon(self, worker_id: str, model: str, resumed: int | None = None) -> None:
+        """Queue the start event without waiting for its write (the model call need not wait that round
+        trip): it is written before every later event, and should it never be, the job stops at its
+        next event (token, settle or ending) with the JobStopped that says why."""
+        if self._failure is not None:
+            raise self._failure
         more = {"resumed": resumed} if resumed is not None else {}
-        await self._write("start", worker_id=worker_id, model=model, **more)
+        self._pending.append(("start", {"worker_id": worker_id, "model": model, **more}))
+        self.writer._schedule(self)
 
     async def journaled(self, entries: list[tuple[int, bytes]], events: list[tuple[str, dict]]) -> None:
         """Queue `events` with the journal entries they announce (worker/journal.py) and wait until

@@ -114,6 +114,51 @@ async def test_completed_job_returns_the_streamed_text(redis, clean):
     assert events[0].worker_id == "worker-test" and events[0].model == "mock-1"
 
 
+class HeldWrites:
+    """Redis whose event writes (script calls) wait until `released` is set."""
+
+    def __init__(self, redis):
+        self.redis = redis
+        self.released = asyncio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.redis, name)
+
+    async def evalsha(self, *args):
+        await self.released.wait()
+        return await self.redis.evalsha(*args)
+
+    async def eval(self, *args):
+        await self.released.wait()
+        return await self.redis.eval(*args)
+
+
+async def test_the_model_is_asked_while_the_start_event_is_written(redis, clean):
+    """The start event's write is not a round trip before the model call (the caller's first token
+    waits for both): here the write is held until the model has been asked, and the job's events
+    still go out whole and in order once it is let through."""
+    held = HeldWrites(redis)
+    asked = asyncio.Event()
+
+    class Asked(ScriptedProvider):
+        async def stream(self, call: ModelCall):
+            asked.set()
+            async for piece in super().stream(call):
+                yield piece
+
+    ctx = make_ctx(redis, Asked(["Hello ", "there."]))
+    ctx["mcpq"].writer = EventWriter(held)
+    job = asyncio.create_task(chat(ctx, {"message": "hi"}))
+    with anyio.fail_after(5):
+        await asked.wait()
+    assert await job_events(redis, JOB) == [], "asked before the start event was written"
+    held.released.set()
+    out = await job
+    events = await job_events(redis, JOB)
+    assert out["status"] == "completed" and out["aiResponse"] == token_text(events) == "Hello there."
+    assert_one_terminal_last(events, "done")
+
+
 async def test_request_options_reach_the_provider(redis, clean):
     out = await chat(
         make_ctx(redis), {"message": "one two three four five", "max_tokens": 3, "model": "mock-x"}
