@@ -68,7 +68,8 @@ class EventHub:
         try:
             if len(followers) == 1:
                 self._confirmations[channel] = asyncio.get_running_loop().create_future()
-                await asyncio.wait_for(self._connected.wait(), SUBSCRIBE_TIMEOUT)
+                if not self._connected.is_set():  # (wait_for would cost a task and a loop turn even so)
+                    await asyncio.wait_for(self._connected.wait(), SUBSCRIBE_TIMEOUT)
                 async with self._subscribe_lock:
                     await self._pubsub.subscribe(channel)
             if meanwhile is not None:
