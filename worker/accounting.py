@@ -62,9 +62,9 @@ return damaged
 """
 
 
-@script(
-    KEEP_OWNER_LUA
-    + """
+# counted once: the totals for everyone, the tenant and the model, the latencies, the received log,
+# the budget hold settled into the spend (each key that refuses a write is named in the reply)
+COUNT_LUA = """
 if not redis.call('SET', counted, '1', 'NX', 'EX', counted_ttl) then return {0, kept} end
 -- a key that refuses a write (wrong type, a counter that is not a number: damaged or written by hand)
 -- is skipped and named in the reply; every other key, the budget settlement included, is still written
@@ -119,11 +119,9 @@ if cost then
   end
 end
 """
-    + SERIES_LUA
-    + """
-"""
-    + CONVERSATION_LUA
-)
+
+
+@script(KEEP_OWNER_LUA + COUNT_LUA + SERIES_LUA + CONVERSATION_LUA)
 async def _record(
     redis, *, counted: Key, total: Key, by_model: Key, by_day: Key, tenant_total: Key, tenant_by_model: Key,
     tenant_by_day: Key, models: Key, tenant_models: Key, tenants: Key, latency: Key, tenant_latency: Key,
