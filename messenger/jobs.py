@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay, retold
 from messenger.hub import EventHub
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
-from messenger.stored import held_by_worker, lost_message, not_found, read_job, stored_result
+from messenger.stored import ResultReads, held_by_worker, lost_message, not_found, read_job, stored_result
 from shared import approvals, damaged, dead_letter, keys
 from shared.errors import InvalidRequest, JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
@@ -48,6 +48,7 @@ class JobClient:
         self.hub = hub
         self.settings = settings
         self.queue = queue
+        self.results = ResultReads(redis)  # followers waiting for stored results share one MGET a turn
 
     async def run(
         self,
@@ -247,7 +248,7 @@ class JobClient:
         delay, waited = STORED_POLL_SECONDS, 0.0
         while True:
             with contextlib.suppress(RedisError, OSError):
-                raw = await self.redis.get(keys.result(job_id))
+                raw = await self.results.get(job_id)
                 if raw is not None:
                     return stored_result(job_id, raw, transcript)
             if waited >= IDLE_SECONDS:

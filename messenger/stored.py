@@ -7,6 +7,7 @@ value) and read as damaged; only a lost connection raises.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +24,49 @@ from shared.models import JobResult, Question
 from shared.serializer import deserialize
 
 log = logging.getLogger("messenger.stored")
+
+
+class ResultReads:
+    """Stored results (arq:result:<id>) read for the followers that wait for one: every read asked for
+    in the same event-loop turn goes out as one MGET. A job's result is stored a moment after its last
+    event, so 1,000 jobs ending together polled with 1,000 GETs a turn, each a command of its own.
+    A key that holds no string reads as None (MGET's nil), as a result not stored yet."""
+
+    def __init__(self, redis):
+        self.redis = redis
+        self._asked: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._reading: set[asyncio.Task[None]] = set()  # (a task nobody holds may be collected)
+
+    async def get(self, job_id: str) -> bytes | None:
+        """The stored result, raw; raises what the read raised (RedisError, OSError)."""
+        loop = asyncio.get_running_loop()
+        if not self._asked:
+            loop.call_soon(self._send)  # after every follower this turn has asked
+        waiter = loop.create_future()
+        self._asked.setdefault(keys.result(job_id), []).append(waiter)
+        return await waiter
+
+    def _send(self) -> None:
+        asked, self._asked = self._asked, {}
+        task = asyncio.ensure_future(self._read(asked))
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+
+    async def _read(self, asked: dict[str, list[asyncio.Future[bytes | None]]]) -> None:
+        try:
+            values = await self.redis.mget(list(asked))
+        except BaseException as e:  # every reader of this batch sees the failure its own GET would have
+            for waiters in asked.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(e) if isinstance(e, Exception) else waiter.cancel()
+            if not isinstance(e, Exception):
+                raise
+            return
+        for waiters, value in zip(asked.values(), values, strict=True):
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(value)
 
 
 @dataclass
