@@ -28,7 +28,7 @@ log = logging.getLogger("messenger.progress")
 # seconds between text notifications: tokens are batched, not one per message. Held text waits up to
 # this long, so it stays under a small model's token gap (~30 ms): 50 ms held its last token ~40 ms
 PROGRESS_INTERVAL = 0.02
-BUSY_CALLS = 300  # more calls than this streaming text in one process: each sends text less often,
+BUSY_CALLS = 100  # more calls than this streaming text in one process: each sends text less often,
 BUSY_INTERVAL = 0.1  # every BUSY_INTERVAL seconds (fewer notifications: the CPU for more callers)
 NOTICE_CHARS = 300  # a tool's arguments or result in `_meta` are cut to this many characters
 
