@@ -102,14 +102,28 @@ def events(text: str) -> list[dict]:
     return found
 
 
+async def serve(stack: contextlib.AsyncExitStack, *replicas) -> list[httpx2.AsyncClient]:
+    """Run each replica's session manager, and an HTTP client for each (both end with `stack`)."""
+    for _, manager in replicas:
+        await stack.enter_async_context(manager.run())
+    return [
+        await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate)))
+        for gate, _ in replicas
+    ]
+
+
+async def open_session(client: httpx2.AsyncClient, url: str) -> tuple[str, dict[str, str]]:
+    """Initialize a session: its id, and the headers of a request in it."""
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
+    sid = (await client.post(url, headers=POST, json=init)).headers["mcp-session-id"]
+    return sid, {**POST, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+
+
 async def test_a_session_opened_on_one_replica_is_served_and_deleted_on_another(redis):
     (gate_a, manager_a), (gate_b, manager_b) = replica(redis), replica(redis)
     with anyio.fail_after(20):
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(manager_a.run())
-            await stack.enter_async_context(manager_b.run())
-            a = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_a)))
-            b = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_b)))
+            a, b = await serve(stack, (gate_a, manager_a), (gate_b, manager_b))
             url = "http://127.0.0.1:8000/mcp"
             opened = await a.post(
                 url, headers=POST, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
@@ -182,13 +196,8 @@ async def test_direct_notifications_keep_the_sdks_order_ids_store_and_resume(red
     url = "http://127.0.0.1:8000/mcp"
     with anyio.fail_after(20):
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(manager_a.run())
-            await stack.enter_async_context(manager_b.run())
-            a = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_a)))
-            b = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_b)))
-            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
-            sid = (await a.post(url, headers=POST, json=init)).headers["mcp-session-id"]
-            headers = {**POST, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+            a, b = await serve(stack, (gate_a, manager_a), (gate_b, manager_b))
+            sid, headers = await open_session(a, url)
             call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                     "params": {"name": "relay", "arguments": {"text": "x y z"}, "_meta": {"progressToken": "t"}}}  # fmt: skip
             sent = events((await a.post(url, headers=headers, json=call)).text)
@@ -251,13 +260,8 @@ async def test_a_finished_stream_replays_whole_on_another_replica_and_junk_in_it
     url = "http://127.0.0.1:8000/mcp"
     with anyio.fail_after(20):
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(manager_a.run())
-            await stack.enter_async_context(manager_b.run())
-            a = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_a)))
-            b = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(gate_b)))
-            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT}
-            sid = (await a.post(url, headers=POST, json=init)).headers["mcp-session-id"]
-            headers = {**POST, "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+            a, b = await serve(stack, (gate_a, manager_a), (gate_b, manager_b))
+            sid, headers = await open_session(a, url)
             call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                     "params": {"name": "shout", "arguments": {"text": "x y"}, "_meta": {"progressToken": 1}}}  # fmt: skip
             sent = events((await a.post(url, headers=headers, json=call)).text)
