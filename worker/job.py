@@ -28,7 +28,7 @@ from shared.events import TokenUsage
 from shared.logs import redact
 from shared.models import ChatRequest, ModelDefaults, ToolCallRequest, effective
 from shared.settings import OPERATOR, UNOWNED, Settings
-from shared.tokens import estimate_tokens
+from shared.tokens import estimate_tokens, well_formed
 from shared.tool_client import ToolServers
 from worker import accounting, fallbacks, journal, pause
 from worker.capacity import Capacity
@@ -333,8 +333,11 @@ async def _stream_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamE
     async with aclosing(run.state.provider.stream(call)) as pieces:
         async for piece in pieces:
             if isinstance(piece, StreamEnd):
-                end = piece
+                end = replace(piece, tool_calls=tuple(
+                    replace(c, name=well_formed(c.name), arguments=well_formed(c.arguments)) for c in piece.tool_calls
+                ))  # fmt: skip
                 continue
+            piece = well_formed(piece)
             if not run.text:
                 run.first_token()
             elif not turn and not run.text[-1][-1:].isspace():

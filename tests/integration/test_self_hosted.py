@@ -244,3 +244,18 @@ async def test_a_model_name_with_slashes_and_a_colon_goes_through_end_to_end(
     assert [r.body["model"] for r in openai_server.chat_requests] == [HF_ON_OLLAMA, HF_ON_OLLAMA]
     assert set(stats["models"]) == {HF_ON_OLLAMA}
     assert stats["models"][HF_ON_OLLAMA]["requests"] == 2
+
+
+async def test_a_broken_unicode_escape_from_the_server_becomes_a_replacement_character(
+    redis_url, redis_server, workers, openai_server, clean_env
+):
+    """A server that streams a lone surrogate (`\\ud800` in its JSON, which decodes to no
+    character UTF-8 can carry): the answer completes with U+FFFD in its place, in the result and in
+    the progress, instead of a job that fails with "unable to serialize result"."""
+    openai_server.script(reply="caf\ud800 au lait \U0001f600", models=[LLAMA_CPP.model])
+    start_worker(workers, redis_url, openai_server, LLAMA_CPP)
+    async with messenger(redis_url, openai_server, LLAMA_CPP) as client:
+        result, streamed = await ask(client, message=QUESTION)
+    assert result["status"] == "completed", result["error"]
+    assert result["aiResponse"] == streamed == "caf\ufffd au lait \U0001f600"
+    assert "Traceback" not in workers.logs()
