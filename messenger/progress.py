@@ -128,7 +128,7 @@ def job_label(meta: dict[str, Any] | None) -> str:
     return f"@{job}:{attempt}.{seq}"
 
 
-STREAMING: weakref.WeakSet[ProgressRelay] = weakref.WeakSet()  # this process's relays with text under way
+STREAMING: weakref.WeakSet[ProgressRelay] = weakref.WeakSet()  # this process's relays of started jobs
 
 
 def text_interval() -> float:
@@ -165,12 +165,12 @@ class ProgressRelay:
             await self._status(transcript)
         elif event.type == "token":
             self.pending.append(event.text)
-            STREAMING.add(self)
             if self.sent_text_of != event.attempt or time.monotonic() - self.text_sent_at >= text_interval():
                 await self._flush(transcript)
             elif self.held is None:
                 self.held = asyncio.create_task(self._flush_held(transcript))
         elif event.type == "start":
+            STREAMING.add(self)  # (once an attempt, not a new weak reference every token)
             self.pending.clear()  # a re-run: its tokens replace the old attempt's
             extra: dict[str, Any] = {WORKER: event.worker_id}
             if event.attempt > 1:
