@@ -1,6 +1,7 @@
 """Figure 4: time to first (and last) token as an MCP caller sees it, minus a direct stream.
 
     uv run python bench/ttft.py [--pairs 20] [--rounds 3] [--prefill-ms 30] [--gap-ms 30]
+    uv run python bench/ttft.py --base /tmp/base [--pairs 20] [--rounds 3]   # A/B of two checkouts
 
 The provider is an OpenAI-compatible HTTP server in a process of its own (bench/openai_proc.py),
 paced like a small model on a CPU: `prefill` before the first token, `gap` between tokens, and one
@@ -19,6 +20,11 @@ one that completes the answer its last. Both clock from just before their reques
 Pairs alternate which path goes first, with a random pause between. The overhead figures are
 p50/p95 of system − direct over the pairs. Alongside (fewer samples): our messenger's collector
 without MCP (t0 before the enqueue → the first token event), and stock arq's, minus the direct p50.
+
+With `--base CHECKOUT` (an A/B of a change, e.g. `git worktree add /tmp/base <commit>`): site A runs
+the messenger and worker of that checkout, site B this one's, each on its own redis-server, both
+streaming from the one provider; every step is a triple (direct, A, B) in a turning order, and each
+round prints both overheads over the triple's direct call and the paired difference B − A.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import itertools  # noqa: E402
 import random  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -38,6 +45,7 @@ from dataclasses import dataclass  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 from openai import AsyncOpenAI  # noqa: E402
+from redis_server import free_port  # noqa: E402
 
 from bench.lab import Lab, Site, child_env, scratch_lab  # noqa: E402
 from bench.mcp_wire import Caller  # noqa: E402
@@ -250,15 +258,88 @@ async def bench(lab: Lab, args: argparse.Namespace) -> list[dict[str, float]]:
             await paths.close()
 
 
+async def ab_measure(client: AsyncOpenAI, callers: dict[str, Caller], steps: int, rng: random.Random):
+    """`steps` triples (direct, A, B) in an order that turns every step; per site its samples' first
+    and last token minus the triple's direct one."""
+    names = ["direct", *callers]
+    orders = list(itertools.permutations(names))
+    first: dict[str, list[float]] = {name: [] for name in callers}
+    last: dict[str, list[float]] = {name: [] for name in callers}
+    for i in range(steps):
+        got: dict[str, Sample] = {}
+        for name in orders[i % len(orders)]:
+            got[name] = await (direct(client) if name == "direct" else over_mcp(callers[name]))
+            await asyncio.sleep(rng.uniform(0.005, 0.020))
+        for name in callers:
+            first[name].append(got[name].first - got["direct"].first)
+            last[name].append(got[name].last - got["direct"].last)
+    return first, last
+
+
+async def ab(lab: Lab, args: argparse.Namespace) -> list[dict[str, float]]:
+    """Site A: the messenger and worker of the checkout `args.base`; site B: this checkout's."""
+    base_url = await start_provider(lab, args.prefill_ms / 1000, args.gap_ms / 1000)
+    provider = {"AI_PROVIDER": "openai", "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sk-bench"}
+    callers: dict[str, Caller] = {}
+    for name, root in (("A", args.base), ("B", ROOT)):
+        site = lab.site(name)
+        env = child_env(REDIS_URL=site.url, **provider)
+        env["PYTHONPATH"] = str(root)  # that checkout's packages, this environment's libraries
+        site.workers.append(lab.spawn(f"{name}-worker", ["-m", "worker.cli"], env, stdin=subprocess.DEVNULL))
+        port = free_port()
+        argv = [
+            "-m",
+            "messenger.cli",
+            "serve",
+            "--transport",
+            "http",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        messenger = lab.spawn(f"{name}-messenger", argv, env)
+        await asyncio.to_thread(lab.wait_healthy, messenger, port)
+        callers[name] = Caller("127.0.0.1", port)
+        await callers[name].open()
+    client = AsyncOpenAI(base_url=base_url, api_key="sk-bench")
+    rng = random.Random(4)
+    try:
+        for caller in callers.values():
+            await over_mcp(caller)
+        await direct(client)
+        rounds = []
+        for _ in range(args.rounds):
+            first, last = await ab_measure(client, callers, args.pairs, rng)
+            figures = {}
+            for name in callers:
+                figures[f"{name} overhead_p50"] = percentile(ms(first[name]), 50)
+                figures[f"{name} overhead_p95"] = percentile(ms(first[name]), 95)
+                figures[f"{name} last_overhead_p50"] = percentile(ms(last[name]), 50)
+            paired = ms([b - a for a, b in zip(first["A"], first["B"], strict=True)])
+            figures["B-A first p50"] = percentile(paired, 50)
+            figures["B-A first mean"] = sum(paired) / len(paired)
+            rounds.append(figures)
+            print("  round: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
+        return rounds
+    finally:
+        await asyncio.gather(client.close(), *(c.close() for c in callers.values()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20, help="direct/MCP pairs a round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each figure: median over rounds)")
     parser.add_argument("--prefill-ms", type=float, default=1000 * PREFILL_S, help="before the first token")
     parser.add_argument("--gap-ms", type=float, default=1000 * TOKEN_GAP_S, help="between tokens")
+    parser.add_argument(
+        "--base",
+        type=lambda p: Path(p).resolve(),
+        help="A/B: the checkout whose messenger and worker are site A",
+    )
     args = parser.parse_args()
     with scratch_lab("mcpq-ttft-") as lab:
-        rounds = asyncio.run(bench(lab, args))
+        rounds = asyncio.run(ab(lab, args) if args.base else bench(lab, args))
     print(f"$ uv run python bench/ttft.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"load average at end {' '.join(open('/proc/loadavg').read().split()[:3])}")
     for name in rounds[0]:
