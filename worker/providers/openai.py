@@ -3,6 +3,11 @@
 One AsyncOpenAI client per worker (its connection pool is reused by every job). Usage comes from
 the final stream chunk (`stream_options.include_usage`); servers that do not send it get an
 estimate, flagged `estimated` in the usage (see base.estimate_usage).
+
+The chat call goes through the SDK's own `post` (its auth, headers, retries, errors and SSE
+decoding) with the request body built here and the chunks read as the server's JSON: the typed
+`chat.completions.create` walked the whole request through its param transforms (1.2 ms a call on a
+2-core box) and built a model per chunk (0.3 ms to the first token), all before the first token.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletion
 
 from shared.events import TokenUsage
 from shared.logs import redact
@@ -20,6 +26,9 @@ from worker.capacity import retry_after_seconds
 from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd, ToolCall, estimate_usage
 
 NO_KEY_PLACEHOLDER = "not-needed"  # self-hosted servers (vLLM, llama.cpp, Ollama) accept any key
+CHAT = "/chat/completions"
+_AS_SENT: dict[str, Any] = {"security": {"bearer_auth": True}}  # the options `create` passes (its auth)
+_Chunks = AsyncStream[object]  # each chunk as the server's JSON (the SDK builds no model for it)
 
 
 class _Client(AsyncOpenAI):
@@ -56,46 +65,40 @@ class OpenAIProvider(Provider):
         model = call.model
         pieces = 0
         calls: dict[int, dict[str, str]] = {}  # tool calls arrive in pieces, keyed by index
-        options: dict[str, Any] = {}
-        if call.tools:
-            options["tools"] = [
-                {
-                    "type": "function",
-                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-                }
-                for t in call.tools
-            ]
         try:
-            stream = await self.client.chat.completions.create(
-                model=call.model,
-                messages=call.messages,  # type: ignore[arg-type]
-                temperature=call.temperature,
-                max_tokens=call.max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-                **options,
-            )
+            stream = await self.client.post(
+                CHAT, body=request_body(call), cast_to=ChatCompletion, stream=True, stream_cls=_Chunks,
+                options=_AS_SENT,  # type: ignore[arg-type]
+            )  # fmt: skip
             async with stream:
                 async for chunk in stream:
-                    model = chunk.model or model
-                    if chunk.usage is not None:
+                    if not isinstance(chunk, dict):
+                        continue
+                    model = _text(chunk.get("model")) or model
+                    if isinstance(counted := chunk.get("usage"), dict):
                         usage = TokenUsage(
-                            prompt_tokens=chunk.usage.prompt_tokens or 0,
-                            completion_tokens=chunk.usage.completion_tokens or 0,
-                            total_tokens=chunk.usage.total_tokens or 0,
+                            prompt_tokens=counted.get("prompt_tokens") or 0,
+                            completion_tokens=counted.get("completion_tokens") or 0,
+                            total_tokens=counted.get("total_tokens") or 0,
                         )
-                    for choice in chunk.choices:
-                        if choice.finish_reason:
-                            finish_reason = choice.finish_reason
-                        if choice.delta and choice.delta.content:
+                    for choice in _dicts(chunk.get("choices")):
+                        finish_reason = _text(choice.get("finish_reason")) or finish_reason
+                        delta = choice.get("delta")
+                        if not isinstance(delta, dict):
+                            continue
+                        if content := _text(delta.get("content")):
                             pieces += 1
-                            yield choice.delta.content
-                        for delta in (choice.delta.tool_calls or []) if choice.delta else []:
-                            part = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
-                            part["id"] = delta.id or part["id"]
-                            if delta.function:
-                                part["name"] += delta.function.name or ""
-                                part["arguments"] += delta.function.arguments or ""
+                            yield content
+                        for part in _dicts(delta.get("tool_calls")):
+                            index = part.get("index")
+                            tool = calls.setdefault(
+                                index if isinstance(index, int) else 0,
+                                {"id": "", "name": "", "arguments": ""},
+                            )
+                            tool["id"] = _text(part.get("id")) or tool["id"]
+                            if isinstance(function := part.get("function"), dict):
+                                tool["name"] += _text(function.get("name"))
+                                tool["arguments"] += _text(function.get("arguments"))
         except openai.APIError as e:
             raise self._explain(e, call.model) from None
         if usage is None:
@@ -155,3 +158,30 @@ class OpenAIProvider(Provider):
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._secret])
+
+
+def request_body(call: ModelCall) -> dict[str, Any]:
+    """The JSON `chat.completions.create(..., stream=True)` sends for this call."""
+    body: dict[str, Any] = {
+        "model": call.model, "messages": call.messages, "temperature": call.temperature,
+        "max_tokens": call.max_tokens, "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    if call.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+            }
+            for t in call.tools
+        ]
+    return body
+
+
+def _text(value: object) -> str:
+    """A chunk's string field; anything else (null, junk) as empty."""
+    return value if isinstance(value, str) else ""
+
+
+def _dicts(value: object) -> list[dict[str, Any]]:
+    """A chunk's list of objects (choices, tool call pieces); anything else as none."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
