@@ -12,8 +12,8 @@ serve any session (messenger.sessions), three things are done here and nowhere e
   manager's own `serve_loop` runs one, but with the connection already past its handshake (client
   params and protocol version from Redis, `initialized` set) and bound to the tenant that opened it;
 - `is_local` / `discard`: whether this process holds the session, and forget it (ended elsewhere);
-- `request_stream`: a request's SSE response written directly (RequestStream), for the notifications
-  a long tool call sends by the thousand.
+- `request_stream`: a request's SSE response written directly (RequestStream, Wire), for the
+  notifications a long tool call sends by the thousand.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from mcp.server.streamable_http import EventMessage, EventStore, StreamableHTTPS
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types import InitializeRequestParams
+from starlette.types import Message, Send
 
 log = logging.getLogger("messenger")
 
 MANAGER_SCOPE_KEY = "mcp-queue.session-manager"  # set by messenger.sessions.SessionGate on each request
+WIRE_SCOPE_KEY = "mcp-queue.wire"  # a POST's Wire, set by messenger.sessions.SessionGate
 
 
 def give_each_session_a_store(
@@ -126,6 +128,39 @@ class _Encoded:
         return self.body
 
 
+class Wire:
+    """The ASGI `send` of one POST's SSE response, as the server (uvicorn) gave it, wrapped to see
+    what the SDK's response writes: once its first event (the priming one) is out, RequestStream may
+    write notifications to the socket itself; once the response is complete, nothing more goes.
+
+    Why: from the request's stream to the socket the SDK's path takes two memory streams, two task
+    wake-ups, sse-starlette's encoder, a cancel scope per event and the ASGI middleware chain, more
+    CPU than all the rest of relaying a token (bench/callers.py)."""
+
+    __slots__ = ("ended", "queued", "send", "started")
+
+    def __init__(self, send: Send):
+        self.send = send
+        self.started = False  # the response's first event (the priming event) went out
+        self.ended = False  # the response is complete (or failed): the stream is gone
+        self.queued = False  # a notification went the SDK's way: the rest follow it, in order
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                self.started = True
+            else:
+                self.ended = True
+        await self.send(message)
+
+
+def sse(event_id: str | None, body: str) -> bytes:
+    """One event as sse-starlette encodes the SDK's (`id`, `event`, `data`, CRLF): a JSON body has
+    no line break in it."""
+    head = f"id: {event_id}\r\n" if event_id else ""
+    return f"{head}event: message\r\ndata: {body}\r\n\r\n".encode()
+
+
 class RequestStream:
     """Notifications of one request of a 2025-11-25 session this process holds, written without the
     SDK's per-message chain.
@@ -134,21 +169,35 @@ class RequestStream:
     the session's one message-router task, and is built and dumped as pydantic models; at 1,000
     callers × 20 notifications a second that chain was most of the messenger's CPU. Here the JSON is
     made once, stored in the session's event store (what a `Last-Event-ID` resumes on any replica),
-    and put on the request's own stream, the one the SDK's SSE writer drains after its priming event
-    and before the response: the same order, ids and replay as the SDK's path. No stream (the client
+    and written to the response's socket (Wire) once the priming event is out, else put on the
+    request's own stream, the one the SDK's SSE writer drains after its priming event and before the
+    response: either way the same order, ids and replay as the SDK's path. No stream (the client
     went away; it resumes from the store) drops the live copy only.
     """
 
-    def __init__(self, transport: StreamableHTTPServerTransport, request_id: str):
+    def __init__(self, transport: StreamableHTTPServerTransport, request_id: str, wire: Wire | None):
         self.transport = transport
         self.request_id = request_id
+        self.wire = wire
         self.store = getattr(transport._event_store, "store_body", None)  # messenger.sessions.SessionEvents
 
     async def send(self, body: str, label: str = "") -> None:
         event_id = await self.store(self.request_id, body, label) if self.store is not None else None
+        wire = self.wire
+        if wire is not None and wire.started and not wire.queued:
+            if not wire.ended:
+                try:
+                    await wire.send(
+                        {"type": "http.response.body", "body": sse(event_id, body), "more_body": True}
+                    )
+                except (RuntimeError, OSError):  # the server has closed the response meanwhile
+                    wire.ended = True
+            return
         streams = self.transport._request_streams.get(self.request_id)
         if streams is None:
             return
+        if wire is not None:
+            wire.queued = True
         try:
             await streams[0].send(EventMessage(_Encoded(body), event_id))  # type: ignore[arg-type]
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # the client went away meanwhile
@@ -159,11 +208,13 @@ def request_stream(request: Any, request_id: Any) -> RequestStream | None:
     """The direct stream of a request that came as a POST in a session this process holds, with an
     SSE response (None otherwise: stdio, 2026-07-28, JSON responses, the old SSE transport)."""
     scope = getattr(request, "scope", None)
-    manager = scope.get(MANAGER_SCOPE_KEY) if isinstance(scope, dict) else None
-    if manager is None or request_id is None:
+    if not isinstance(scope, dict) or request_id is None:
+        return None
+    manager = scope.get(MANAGER_SCOPE_KEY)
+    if manager is None:
         return None
     session_id = request.headers.get("mcp-session-id")
     transport = manager._server_instances.get(session_id) if session_id else None
     if transport is None or transport.is_json_response_enabled:
         return None
-    return RequestStream(transport, str(request_id))
+    return RequestStream(transport, str(request_id), scope.get(WIRE_SCOPE_KEY))

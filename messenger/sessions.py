@@ -613,6 +613,9 @@ class SessionGate:
         return scope, None
 
     def _after(self, scope: Scope, session_id: str, send: Send) -> Send:
+        if scope["method"] == "POST":  # its notifications may go to the socket directly
+            wire = scope[session_sdk.WIRE_SCOPE_KEY] = session_sdk.Wire(send)
+            return wire
         if scope["method"] != "DELETE":
             return send
 

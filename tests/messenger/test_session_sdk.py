@@ -186,12 +186,28 @@ def direct_replica(redis, sent_direct: list[bool]) -> tuple[SessionGate, Streama
     return SessionGate(app, manager, redis, 60, f"replica-{id(manager)}"), manager
 
 
-async def test_direct_notifications_keep_the_sdks_order_ids_store_and_resume(redis):
-    """Progress and log notifications written straight to the request's stream (not through the
-    SDK's session): priming event first, then each in the order sent, then the response; every id is
-    the stored entry's (a job's progress labelled with its job and seq), so a Last-Event-ID resumes
-    on another replica with the rest, as for any SDK-sent event."""
+@pytest.mark.parametrize("priming_out_first", [True, False])
+async def test_direct_notifications_keep_the_sdks_order_ids_store_and_resume(
+    redis, monkeypatch, priming_out_first
+):
+    """Progress and log notifications written straight to the response's socket (not through the
+    SDK's session and SSE writer): priming event first, then each in the order sent, then the
+    response; every id is the stored entry's (a job's progress labelled with its job and seq), so a
+    Last-Event-ID resumes on another replica with the rest, as for any SDK-sent event. A call whose
+    first notification comes before the priming event is out sends it, and the rest, the SDK's way:
+    nothing overtakes the priming event or a notification still in the SDK's stream."""
     sent_direct: list[bool] = []
+    on_the_wire: list[str] = []  # the events written to the socket directly, not by the SDK
+    encode = session_sdk.sse
+    monkeypatch.setattr(session_sdk, "sse", lambda i, body: on_the_wire.append(body) or encode(i, body))
+    if not priming_out_first:
+        seen = session_sdk.Wire.__call__
+
+        async def priming_seen_late(self, message):
+            await seen(self, message)
+            self.started = self.started and self.queued
+
+        monkeypatch.setattr(session_sdk.Wire, "__call__", priming_seen_late)
     (gate_a, manager_a), (gate_b, manager_b) = direct_replica(redis, sent_direct), direct_replica(redis, [])
     url = "http://127.0.0.1:8000/mcp"
     with anyio.fail_after(20):
@@ -204,6 +220,7 @@ async def test_direct_notifications_keep_the_sdks_order_ids_store_and_resume(red
             again = events((await b.get(url, headers={**headers, "Last-Event-ID": sent[2]["id"]})).text)
     assert sent_direct == [True]
     messages = [json.loads(e["data"]) for e in sent[1:]]
+    assert [json.loads(body) for body in on_the_wire] == (messages[:-1] if priming_out_first else [])
     assert messages[0] == {"jsonrpc": "2.0", "method": "notifications/message",
                            "params": {"level": "info", "logger": "mcp-queue", "data": "job job-7 queued"}}  # fmt: skip
     assert [m["params"] for m in messages[1:4]] == [
