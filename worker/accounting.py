@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError
 
 from shared import damaged, keys, prices, timeseries
 from shared.events import ToolCallEvent, ToolResultEvent, parse_event
-from shared.scripts import Arg, Key, script
+from shared.scripts import Args, script
 from shared.settings import OPERATOR, TENANT_NAME, UNOWNED
 from shared.tokens import estimate_tokens
 
@@ -31,114 +31,147 @@ SPENT_HOUR_TTL_SECONDS = 7200  # an hour's spend is read during its hour; kept o
 SPENT_DAY_TTL_SECONDS = 172_800
 
 
-# a tenant's owner record that Redis lost while the job ran is written again (kept: 1), so the tenant
-# can still read the answer; it runs whether or not the job was counted before
-KEEP_OWNER_LUA = """
-local kept = 0
-if keep_owner then
-  local set = redis.pcall('SET', owner, tenant, 'NX', 'EX', owner_ttl)
-  if type(set) == 'table' and set.ok then kept = 1 end
+# One call counts a batch of ended jobs (the jobs whose endings share one MULTI, worker/endings.py):
+# each job's marker, and its owner record when Redis lost it (a tenant's: written again so the
+# tenant can still read the answer), one by one; then the counts of the jobs counted now are added up
+# key by key, so a batch of jobs of one model and tenant costs a counter's HINCRBY once, not once a job
+# (about 75 commands a job before). Every job is a JSON object (`prepare`'s dict without its None
+# values); a key that refuses a write (wrong type, a counter that is not a number: damaged or written
+# by hand) is skipped and named in the reply of each job that wrote to it; every other key, the budget
+# settlement included, is still written. Answers each job's [counted now (0/1), owner written again
+# (0/1), <each key skipped>...], in order.
+BATCH_LUA = """
+local replies, counted = {}, {}
+local hinc, hflt, htext, hset, incr, itext, expire, trim = {}, {}, {}, {}, {}, {}, {}, {}
+local sadd, push, rpush, hdel, zrem, zadd = {}, {}, {}, {}, {}, {}
+local function slot(t, key) local s = t[key]; if not s then s = {}; t[key] = s end; return s end
+local function add(t, key, field, n) local s = slot(t, key); s[field] = (s[field] or 0) + n end
+local function add_float(key, field, text)  -- one job's amount goes as given (exact); more are added up
+  local s, texts = slot(hflt, key), slot(htext, key)
+  texts[field] = s[field] == nil and text
+  s[field] = (s[field] or 0) + tonumber(text)
 end
-"""
-# the dashboard's minute (shared/timeseries.py): this job's own usage, without earlier attempts'
-SERIES_LUA = """
-call('HINCRBY', series, 'ended:' .. status, 1)
-call('HINCRBY', series, 'prompt_tokens', series_prompt)
-call('HINCRBY', series, 'completion_tokens', series_completion)
-if series_cost then call('HINCRBYFLOAT', series, 'cost:' .. model, series_cost) end
-if ttft_field then call('HINCRBY', series, ttft_field, 1) end
-call('EXPIRE', series, series_ttl)
-"""
-
-# the job's turn in its tenant's conversation; the script's last part
-CONVERSATION_LUA = """
-if conversation_id then
-  call('RPUSH', conversation, user_turn, assistant_turn)
-  call('EXPIRE', conversation, history_ttl)
-  call('ZADD', conversations, now, conversation_id)
-  call('EXPIRE', conversations, history_ttl)
+local function append(t, key, v) local s = slot(t, key); s[#s + 1] = v end
+for i, raw in ipairs(counts) do
+  local c = cjson.decode(raw)
+  local kept = 0
+  if c.keep_owner then
+    local set = redis.pcall('SET', c.owner, c.tenant, 'NX', 'EX', c.owner_ttl)
+    if type(set) == 'table' and set.ok then kept = 1 end
+  end
+  replies[i] = {0, kept}
+  if redis.call('SET', c.counted, '1', 'NX', 'EX', c.counted_ttl) then
+    replies[i][1] = 1
+    counted[#counted + 1] = i
+    counts[i] = c
+    for _, totals in ipairs({c.total, c.by_model, c.by_day, c.tenant_total, c.tenant_by_model, c.tenant_by_day}) do
+      add(hinc, totals, 'requests', 1)
+      add(hinc, totals, c.status, 1)
+      add(hinc, totals, 'prompt_tokens', c.prompt_tokens)
+      add(hinc, totals, 'completion_tokens', c.completion_tokens)
+      add(hinc, totals, 'total_tokens', c.total_tokens)
+      add(hinc, totals, 'latency_ms', c.latency_ms)
+      if c.dead_attempt_tokens > 0 then add(hinc, totals, 'dead_attempt_tokens', c.dead_attempt_tokens) end
+      if c.cost then add_float(totals, 'cost_usd', c.cost) else add(hinc, totals, 'unpriced', 1) end
+    end
+    if c.price_source then  -- where the worker took the price from: "MODEL_PRICES", "genai-prices x.y", "built-in"
+      slot(hset, c.by_model).price_source = c.price_source
+      slot(hset, c.tenant_by_model).price_source = c.price_source
+    end
+    append(sadd, c.models, c.model)
+    append(sadd, c.tenant_models, c.model)
+    append(sadd, c.tenants, c.tenant)
+    for _, latencies in ipairs({c.latency, c.tenant_latency}) do
+      append(push, latencies, c.latency_ms)
+      trim[latencies] = c.latencies_kept
+    end
+    for _, log in ipairs({c.received, c.tenant_received}) do
+      append(push, log, c.received_entry)
+      trim[log] = c.received_kept
+    end
+    append(hdel, c.reserved, c.job_id)
+    append(hdel, c.reserved_tenant, c.job_id)
+    append(zrem, c.reserved_until, c.job_id)
+    if c.cost then
+      for _, spent in ipairs({c.spent_hour, c.tenant_spent_hour, c.spent_day, c.tenant_spent_day}) do
+        itext[spent] = incr[spent] == nil and c.cost
+        incr[spent] = (incr[spent] or 0) + tonumber(c.cost)
+      end
+      expire[c.spent_hour], expire[c.tenant_spent_hour] = c.spent_hour_ttl, c.spent_hour_ttl
+      expire[c.spent_day], expire[c.tenant_spent_day] = c.spent_day_ttl, c.spent_day_ttl
+    end
+    -- the dashboard's minute (shared/timeseries.py): this job's own usage, without earlier attempts'
+    add(hinc, c.series, 'ended:' .. c.status, 1)
+    add(hinc, c.series, 'prompt_tokens', c.series_prompt)
+    add(hinc, c.series, 'completion_tokens', c.series_completion)
+    if c.series_cost then add_float(c.series, 'cost:' .. c.model, c.series_cost) end
+    if c.ttft_field then add(hinc, c.series, c.ttft_field, 1) end
+    expire[c.series] = c.series_ttl
+    if c.conversation_id then  -- the job's turn in its tenant's conversation
+      append(rpush, c.conversation, c.user_turn)
+      append(rpush, c.conversation, c.assistant_turn)
+      append(zadd, c.conversations, c.now)
+      append(zadd, c.conversations, c.conversation_id)
+      expire[c.conversation], expire[c.conversations] = c.history_ttl, c.history_ttl
+    end
+  end
 end
-return damaged
-"""
-
-
-# counted once: the totals for everyone, the tenant and the model, the latencies, the received log,
-# the budget hold settled into the spend (each key that refuses a write is named in the reply)
-COUNT_LUA = """
-if not redis.call('SET', counted, '1', 'NX', 'EX', counted_ttl) then return {0, kept} end
--- a key that refuses a write (wrong type, a counter that is not a number: damaged or written by hand)
--- is skipped and named in the reply; every other key, the budget settlement included, is still written
-local damaged, seen = {1, kept}, {}
+local broken = {}
 local function call(cmd, key, ...)
   local reply = redis.pcall(cmd, key, ...)
-  if type(reply) == 'table' and reply.err and not seen[key] then
-    seen[key] = true
-    damaged[#damaged + 1] = key
+  if type(reply) == 'table' and reply.err then broken[key] = true end
+end
+local function amount(sum, text) return text or string.format('%.17g', sum) end
+local function many(cmd, t, step)  -- in chunks: Lua's unpack has a limit
+  for key, values in pairs(t) do
+    for from = 1, #values, 512 * step do
+      call(cmd, key, unpack(values, from, math.min(#values, from + 512 * step - 1)))
+    end
   end
 end
-for _, totals in ipairs({total, by_model, by_day, tenant_total, tenant_by_model, tenant_by_day}) do
-  call('HINCRBY', totals, 'requests', 1)
-  call('HINCRBY', totals, status, 1)
-  call('HINCRBY', totals, 'prompt_tokens', prompt_tokens)
-  call('HINCRBY', totals, 'completion_tokens', completion_tokens)
-  call('HINCRBY', totals, 'total_tokens', total_tokens)
-  call('HINCRBY', totals, 'latency_ms', latency_ms)
-  if dead_attempt_tokens > 0 then call('HINCRBY', totals, 'dead_attempt_tokens', dead_attempt_tokens) end
-  if cost then
-    call('HINCRBYFLOAT', totals, 'cost_usd', cost)
-  else
-    call('HINCRBY', totals, 'unpriced', 1)
+for key, fields in pairs(hinc) do for field, n in pairs(fields) do call('HINCRBY', key, field, n) end end
+for key, fields in pairs(hflt) do
+  for field, sum in pairs(fields) do call('HINCRBYFLOAT', key, field, amount(sum, htext[key][field])) end
+end
+for key, fields in pairs(hset) do for field, v in pairs(fields) do call('HSET', key, field, v) end end
+many('SADD', sadd, 1)
+many('LPUSH', push, 1)
+for key, kept in pairs(trim) do call('LTRIM', key, 0, kept - 1) end
+many('RPUSH', rpush, 2)
+many('HDEL', hdel, 1)
+many('ZREM', zrem, 1)
+many('ZADD', zadd, 2)
+for key, sum in pairs(incr) do call('INCRBYFLOAT', key, amount(sum, itext[key])) end
+for key, ttl in pairs(expire) do call('EXPIRE', key, ttl) end  -- last: a key must exist to expire
+if next(broken) then  -- name each skipped key in the reply of each job that wrote to it
+  for _, i in ipairs(counted) do
+    local c, named = counts[i], {}
+    local mine = {c.total, c.by_model, c.by_day, c.tenant_total, c.tenant_by_model, c.tenant_by_day, c.models,
+                  c.tenant_models, c.tenants, c.latency, c.tenant_latency, c.received, c.tenant_received, c.reserved,
+                  c.reserved_tenant, c.reserved_until, c.series}
+    if c.cost then
+      for _, key in ipairs({c.spent_hour, c.tenant_spent_hour, c.spent_day, c.tenant_spent_day}) do
+        mine[#mine + 1] = key
+      end
+    end
+    if c.conversation_id then mine[#mine + 1] = c.conversation; mine[#mine + 1] = c.conversations end
+    for _, key in ipairs(mine) do
+      if broken[key] and not named[key] then
+        named[key] = true
+        replies[i][#replies[i] + 1] = key
+      end
+    end
   end
 end
-if price_source then  -- where the worker took the price from: "MODEL_PRICES", "genai-prices x.y", "built-in"
-  call('HSET', by_model, 'price_source', price_source)
-  call('HSET', tenant_by_model, 'price_source', price_source)
-end
-call('SADD', models, model)
-call('SADD', tenant_models, model)
-call('SADD', tenants, tenant)
-for _, latencies in ipairs({latency, tenant_latency}) do
-  call('LPUSH', latencies, latency_ms)
-  call('LTRIM', latencies, 0, latencies_kept - 1)
-end
-for _, log in ipairs({received, tenant_received}) do
-  call('LPUSH', log, received_entry)
-  call('LTRIM', log, 0, received_kept - 1)
-end
-call('HDEL', reserved, job_id)
-call('HDEL', reserved_tenant, job_id)
-call('ZREM', reserved_until, job_id)
-if cost then
-  for _, spent in ipairs({spent_hour, tenant_spent_hour}) do
-    call('INCRBYFLOAT', spent, cost)
-    call('EXPIRE', spent, spent_hour_ttl)
-  end
-  for _, spent in ipairs({spent_day, tenant_spent_day}) do
-    call('INCRBYFLOAT', spent, cost)
-    call('EXPIRE', spent, spent_day_ttl)
-  end
-end
+return replies
 """
 
 
-@script(KEEP_OWNER_LUA + COUNT_LUA + SERIES_LUA + CONVERSATION_LUA)
-async def _record(
-    redis, *, counted: Key, total: Key, by_model: Key, by_day: Key, tenant_total: Key, tenant_by_model: Key,
-    tenant_by_day: Key, models: Key, tenant_models: Key, tenants: Key, latency: Key, tenant_latency: Key,
-    received: Key, tenant_received: Key, reserved: Key, reserved_tenant: Key, reserved_until: Key,
-    spent_hour: Key, spent_day: Key, tenant_spent_hour: Key, tenant_spent_day: Key, conversation: Key,
-    conversations: Key, owner: Key, series: Key, keep_owner: Arg[bool], owner_ttl: Arg[int], series_prompt: Arg[int],
-    series_completion: Arg[int], series_cost: Arg[str | None], ttft_field: Arg[str | None], series_ttl: Arg[int],
-    job_id: Arg[str], model: Arg[str], status: Arg[str], prompt_tokens: Arg[int],
-    completion_tokens: Arg[int], total_tokens: Arg[int], cost: Arg[str | None], latency_ms: Arg[int],
-    dead_attempt_tokens: Arg[int], received_entry: Arg[str], latencies_kept: Arg[int], received_kept: Arg[int],
-    counted_ttl: Arg[int], conversation_id: Arg[str | None], user_turn: Arg[str], assistant_turn: Arg[str],
-    history_ttl: Arg[int], now: Arg[float], tenant: Arg[str], spent_hour_ttl: Arg[int], spent_day_ttl: Arg[int],
-    price_source: Arg[str | None],
-) -> list:  # fmt: skip
-    """Count one ended job, for everyone, its tenant and the dashboard's minute, once; settle its
-    budget hold into the spend; add its turn to the tenant's conversation; write its owner record
-    again if it was lost. [counted now (0/1), owner written again (0/1), <each key skipped>...]."""
+@script(BATCH_LUA)
+async def _record(redis, *, counts: Args) -> list:
+    """Count ended jobs, each once, for everyone, its tenant and the dashboard's minute; settle their
+    budget holds into the spend; add their turns to their tenants' conversations; write an owner
+    record again if it was lost. One reply per job (see BATCH_LUA)."""
     ...
 
 
@@ -235,19 +268,24 @@ async def record(
 
 async def write(redis, count: dict) -> bool:
     """Write the count `prepare` made (its own round trip); False if the job was counted before."""
-    return _counted(count["job_id"], await _record(redis, **count))
+    return _counted(count["job_id"], (await _record(redis, counts=[_encoded(count)]))[0])
 
 
-def command(count: dict) -> tuple:
-    """The count `prepare` made, as one command for the MULTI that stores the job's result
-    (worker/wakeups.py: finish_job), so the two land together; its reply goes to `recorded`."""
-    return _record.command(**count)  # type: ignore[attr-defined]
+def command(counts: list[dict]) -> tuple:
+    """The counts `prepare` made for the jobs ending together, as one command for the MULTI that
+    stores their results (worker/endings.py), so they land together; its reply is one per job, in
+    order, each for `recorded`."""
+    return _record.command(counts=[_encoded(count) for count in counts])  # type: ignore[attr-defined]
+
+
+def _encoded(count: dict) -> str:
+    return json.dumps({k: v for k, v in count.items() if v is not None})  # None: absent (nil) in Lua
 
 
 async def recorded(redis, count: dict, reply: object) -> bool:
-    """Read the reply to `command` (a script cache Redis lost: counted now, the usual way)."""
+    """Read this job's reply to `command` (a script cache Redis lost: counted now, the usual way)."""
     if isinstance(reply, NoScriptError):
-        reply = await _record(redis, **count)
+        return await write(redis, count)
     if isinstance(reply, BaseException):
         log.warning("could not count the usage of job %s: %s", count["job_id"], type(reply).__name__)
         return False

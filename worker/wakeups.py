@@ -391,7 +391,7 @@ class QueueWorker(Worker):
             await pause.park(self.pool, job_id, how, state.settings)
             return
         count = count if finish else None
-        commands = [accounting.command(count)] if count is not None else []  # first: see run.py
+        commands: list[tuple] = []
         if finish:
             if result_data:
                 expire = None if keep_result_forever else result_timeout_s
@@ -407,12 +407,13 @@ class QueueWorker(Worker):
                 commands.append(("ZINCRBY", self.queue_name, incr_score, job_id))
             commands.append(("DEL", keys.in_progress(job_id)))
         if self._endings is None:
-            self._endings = Endings(self.pool)
-        replies = await self._endings.store(commands)  # in one MULTI with the other jobs ending now
-        if failed := next((r for r in replies[count is not None :] if isinstance(r, BaseException)), None):
+            self._endings = Endings(self.pool, accounting.command)
+        # in one MULTI with the other jobs ending now, their counts first (see run.py)
+        counted, replies = await self._endings.store(commands, count)
+        if failed := next((r for r in replies if isinstance(r, BaseException)), None):
             raise failed  # as arq's MULTI would
         if count is not None:
-            await accounting.recorded(self.pool, count, replies[0])
+            await accounting.recorded(self.pool, count, counted)
         if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
             with contextlib.suppress(RedisError, OSError):
                 await self.pool.publish(keys.WAKEUP_CHANNEL, job_id)

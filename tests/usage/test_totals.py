@@ -313,3 +313,71 @@ async def test_messenger_stats_prints_a_table_and_json(redis_url, redis_server):
     assert data["models"]["gpt-4o"]["cost_usd"] == pytest.approx(prices.cost("gpt-4o", 200, 100))
     assert data["models"]["gpt-4o"]["price_source"] == prices.source("gpt-4o")
     assert data["models"]["local-llama"]["price_source"] is None
+
+
+def dump(client) -> dict:
+    """Every key's content, numbers read as numbers (a sum of costs may differ in its last digits)."""
+
+    def value(v: bytes):
+        try:
+            return pytest.approx(float(v), rel=1e-12)
+        except ValueError:
+            return v
+
+    out = {}
+    for key in sorted(client.keys("*")):
+        kind = client.type(key)
+        if kind == b"hash":
+            out[key] = {f: value(v) for f, v in client.hgetall(key).items()}
+        elif kind == b"list":
+            out[key] = client.lrange(key, 0, -1)
+        elif kind == b"set":
+            out[key] = client.smembers(key)
+        elif kind == b"zset":
+            out[key] = client.zrange(key, 0, -1, withscores=True)
+        else:
+            out[key] = value(client.get(key))
+    return out
+
+
+async def test_a_batch_of_endings_counts_as_the_same_jobs_counted_one_by_one(redis_url, redis_server):
+    """The worker counts the jobs that end together in one script call (worker/endings.py), which adds
+    up the counters they share: the totals, lists, spend and minute must be what one call a job writes,
+    a job counted before must not count again, and a damaged key is named for each job that wrote it."""
+    client = redis_server.client()
+    redis = connect(redis_url)
+    jobs = [
+        (finished("b1"), {"message": "one", "conversation_id": "c1"}, "alice"),
+        (finished("b2", model="gpt-4o-mini"), {"message": "two", "conversation_id": "c1"}, "alice"),
+        (finished("b3", cost=False, model="local-llama"), {"message": "three"}, "bob"),
+        (finished("b4", status="failed", prompt=7, completion=0), {"message": "four"}, "alice"),
+        (finished("b5", prompt=3, completion=9), {"message": "five"}, "operator"),
+    ]
+    try:
+        counts = [
+            await accounting.prepare(redis, r, q, history_ttl=600, tenant=t, first_token_s=0.01)
+            for r, q, t in jobs
+        ]
+
+        def damage() -> None:
+            client.flushall()
+            client.set("mcpq:usage:counted:b4", "1")  # counted before: not again
+            client.set("mcpq:usage:tenant:bob:total", "junk")  # damaged: b3's key only
+            client.hset("mcpq:budget:reserved", mapping={"b1": "0.5", "b2": "0.5", "other": "1"})
+
+        damage()
+        for count in counts:  # (the first call also loads the script, which a MULTI cannot)
+            await accounting.write(redis, count)
+        one_by_one = dump(client)
+        damage()
+        async with redis.pipeline(transaction=True) as tr:
+            tr.execute_command(*accounting.command(counts))
+            (replies,) = await tr.execute()
+        batch = dump(client)
+    finally:
+        await redis.aclose()
+    assert batch == one_by_one
+    assert [r[0] for r in replies] == [1, 1, 1, 0, 1]
+    assert [r[2:] for r in replies] == [[], [], [b"mcpq:usage:tenant:bob:total"], [], []]
+    assert batch[b"mcpq:budget:reserved"] == {b"other": 1.0}
+    assert batch[b"mcpq:usage:total"][b"requests"] == 4
