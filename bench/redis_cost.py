@@ -5,7 +5,7 @@
 One redis-server; this process follows every job with the real EventHub and collector (so pub/sub
 delivery is part of the cost) and drives the streams through the real EventWriter, paced at
 50 tokens/s each. It runs twice on the same server, the write of today (one script call per batch:
-shared.events.write_events) and the write before it (a MULTI/EXEC of XADD + PUBLISH per event,
+shared.events.write_wired) and the write before it (a MULTI/EXEC of XADD + PUBLISH per event,
 EXPIRE per ended job) as the peer, with CONFIG RESETSTAT before each. Counted by Redis itself, no
 MONITOR: `INFO commandstats` (every command run, inside scripts too), `INFO stats`
 total_commands_processed (commands clients sent) and net input/output bytes; MEMORY USAGE and TTL
@@ -27,7 +27,7 @@ import time  # noqa: E402
 
 from bench.lab import scratch_lab  # noqa: E402
 from shared import keys  # noqa: E402
-from shared.events import Event, TokenUsage, dump_event  # noqa: E402
+from shared.events import TokenUsage  # noqa: E402
 
 INTERVAL = 0.02  # 50 tokens/s per stream
 
@@ -36,16 +36,16 @@ class Lost(Exception):
     """A token was lost or reordered: a correctness failure."""
 
 
-async def old_write(redis, events: list[Event]) -> dict[str, Exception]:
+async def old_write(redis, jobs: dict[str, list[tuple[str, bytes]]]) -> dict[str, Exception]:
     """The write before the script: MULTI, XADD + PUBLISH per event, EXPIRE per ended job, EXEC.
     `redis` is the client itself, not the EventWriter's wrapper of it."""
     async with redis.pipeline(transaction=True) as pipe:
-        for event in events:
-            data = dump_event(event)
-            pipe.xadd(keys.stream(event.job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
-            pipe.publish(keys.events(event.job_id), data)
-        for job_id in dict.fromkeys(e.job_id for e in events if e.type != "token"):
-            pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
+        for job_id, events in jobs.items():
+            for _, data in events:
+                pipe.xadd(keys.stream(job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
+                pipe.publish(keys.events(job_id), data)
+            if any(kind != "token" for kind, _ in events):
+                pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
         await pipe.execute()
     return {}
 
@@ -59,9 +59,9 @@ async def one_run(redis, hub, streams: int, tokens: int, old: bool) -> dict[str,
     job_ids = [new_job_id() for _ in range(streams)]
     rng = random.Random(streams)
     writer = EventWriter(redis)
-    real = publisher_module.write_events
+    real = publisher_module.write_wired
     if old:
-        publisher_module.write_events = lambda _client, events, *_: old_write(redis, events)  # type: ignore[assignment]
+        publisher_module.write_wired = lambda _client, jobs, *_: old_write(redis, jobs)  # type: ignore[assignment]
     subscribed = asyncio.Event()
     confirmed = 0
 
@@ -97,7 +97,7 @@ async def one_run(redis, hub, streams: int, tokens: int, old: bool) -> dict[str,
         memory = [await redis.memory_usage(keys.stream(j)) or 0 for j in job_ids]
         kept = max([await redis.ttl(keys.stream(j)) for j in job_ids])
     finally:
-        publisher_module.write_events = real  # type: ignore[assignment]
+        publisher_module.write_wired = real  # type: ignore[assignment]
     want = "".join(f"{k} " for k in range(tokens))
     if any(text != want for text in texts):
         raise Lost(f"{sum(text != want for text in texts)} of {streams} answers incomplete or reordered")

@@ -2,7 +2,7 @@
 
 One EventWriter per worker process keeps at most one write in flight: whatever events all of the
 process's jobs produce meanwhile go out together in the next one (one script call, so an event is
-published only if it was also stored: shared.events.write_events). A job's tokens that pile up
+published only if it was also stored: shared.events.write_wired). A job's tokens that pile up
 while a write is in flight merge into a single token event, so 200 concurrent streams cost one
 command per batch, not two per token.
 
@@ -29,14 +29,15 @@ from shared.events import (
     CancelledEvent,
     DoneEvent,
     ErrorEvent,
-    Event,
     InputRequiredEvent,
     StartEvent,
     TokenEvent,
     TokenUsage,
     ToolCallEvent,
     ToolResultEvent,
-    write_events,
+    dump_event,
+    token_wire,
+    write_wired,
 )
 
 log = logging.getLogger("worker.publisher")
@@ -132,13 +133,13 @@ class EventWriter:
 
     async def _write(self, publishers: list[EventPublisher]) -> None:
         batch = [(p, p._take_events(), p._take_waiters()) for p in publishers]
-        events = [event for _, taken, _ in batch for event in taken]
+        jobs = {p.job_id: taken for p, taken, _ in batch if taken}
         journal = {p.job_id: p._take_journal() for p in publishers if p._journal}
         failures: dict[str, BaseException] = {}
         try:
-            if events:
+            if jobs:
                 retried = frozenset(p.job_id for p in publishers if p._failing_since is not None)
-                failures = dict(await write_events(self.redis, events, retried, journal))
+                failures = dict(await write_wired(self.redis, jobs, retried, journal))
         except Exception as e:  # the whole write failed: Redis away, or every write refused (OOM)
             failures = {p.job_id: e for p in publishers}
         for publisher, taken, waiters in batch:
@@ -159,7 +160,7 @@ class EventPublisher:
         self.deadline = deadline  # monotonic
         self._seq = 0
         self._pending: list[tuple[str, dict]] = []  # not numbered yet
-        self._unwritten: list[Event] = []  # numbered, not yet confirmed in Redis, in order
+        self._unwritten: list[tuple[str, bytes]] = []  # (type, JSON) numbered, not yet in Redis, in order
         self._waiters: list[asyncio.Future[None]] = []
         self._failure: JobStopped | None = None
         self._retry_at = 0.0
@@ -245,13 +246,16 @@ class EventPublisher:
         self.writer._schedule(self)
         await waiter
 
-    def _take_events(self) -> list[Event]:
+    def _take_events(self) -> list[tuple[str, bytes]]:
         """Number what is pending and answer every unwritten event (a retry sends them all again)."""
+        job_id, attempt, ts = self.job_id, self.attempt, time.time()
         for kind, fields in self._pending:
-            cls = _EVENT_TYPES.get(kind, CancelledEvent)
-            self._unwritten.append(
-                cls(job_id=self.job_id, seq=self._seq, attempt=self.attempt, ts=time.time(), **fields)
-            )
+            if kind == "token":  # (the usual event: its JSON without a model)
+                data = token_wire(job_id, self._seq, attempt, ts, fields["text"])
+            else:
+                cls = _EVENT_TYPES.get(kind, CancelledEvent)
+                data = dump_event(cls(job_id=job_id, seq=self._seq, attempt=attempt, ts=ts, **fields))
+            self._unwritten.append((kind, data))
             self._seq += 1
         self._pending = []
         return list(self._unwritten)
