@@ -28,6 +28,9 @@ _PATTERNS = [  # what a URL, a command line, an error or a server's stderr may c
         r"\1\2***",
     ),
 ]
+# a word or mark every pattern above needs (a string without any holds nothing they mask): checked
+# first, as the four substitutions cost ~20 µs a string, and a job's two log lines redact ten
+_MAY_MATCH = re.compile(r"(?i)://|bearer|basic|password|passwd|pwd|token|secret|api[_-]?key|apikey")
 _SECRET_MIN_CHARS = 6  # shorter values would mask ordinary words; keys are far longer
 _secrets: set[str] = set()
 
@@ -43,8 +46,9 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in sorted({*_secrets, *secrets}, key=len, reverse=True):
         if secret:
             text = text.replace(secret, "***")
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    if _MAY_MATCH.search(text):
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
     return text
 
 

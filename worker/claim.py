@@ -26,9 +26,9 @@ local claimed = {}
 if #candidates == 0 and scan > 0 then
   candidates = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'LIMIT', 0, scan)
 end
-local function text(key)
-  if redis.call('TYPE', key)['ok'] == 'string' then return redis.call('GET', key) end
-  return ''
+local function text(key)  -- '' when missing or not a string (GET's error: read, not raised)
+  local value = redis.pcall('GET', key)
+  return type(value) == 'string' and value or ''
 end
 local abortable = redis.call('TYPE', abort_set)['ok'] == 'zset'  -- junk there is arq's poll's to name
 for _, id in ipairs(candidates) do
@@ -40,14 +40,13 @@ for _, id in ipairs(candidates) do
     if due and due <= now_ms then
       redis.call('PSETEX', lease, lease_ms, '1')
       local retry, note = retry_prefix .. id, ''
-      local kind = redis.call('TYPE', retry)['ok']
-      if kind == 'string' then
-        local tries = redis.call('GET', retry)
+      local tries = redis.pcall('GET', retry)
+      if type(tries) == 'string' then
         if #tries > 9 or not (tries == '0' or string.match(tries, '^[1-9][0-9]*$')) then
           note = 'reset: it was not a count'
         end
-      elseif kind ~= 'none' then
-        note = 'reset: it was a ' .. kind
+      elseif tries then  -- not a string
+        note = 'reset: it was a ' .. redis.call('TYPE', retry)['ok']
       end
       if note ~= '' then redis.call('DEL', retry) end
       local tries = redis.call('INCR', retry)

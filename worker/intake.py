@@ -30,12 +30,8 @@ def job_id_problem(raw_id: bytes) -> str | None:
         job_id = raw_id.decode()
     except UnicodeDecodeError:
         return "the job id is not UTF-8 text"
-    if (
-        not job_id
-        or len(job_id) > MAX_ID_CHARS
-        or not job_id.isprintable()
-        or any(c.isspace() for c in job_id)
-    ):
+    # (split() != [job_id]: some character is a space; every worker checks every woken id, so in C)
+    if not job_id or len(job_id) > MAX_ID_CHARS or not job_id.isprintable() or job_id.split() != [job_id]:
         return f"the job id is not 1-{MAX_ID_CHARS} printable characters without spaces"
     return None
 
