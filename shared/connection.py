@@ -69,7 +69,9 @@ async def subscribe_forever(
     """Hand every message published on `channel` to `on_message`, for as long as the task runs. A
     lost subscription is made again, waiting `SERVICE.delay` between tries, with one WARNING per
     outage; `on_subscribed` runs on each (re)subscribe: what was published meanwhile is gone, so
-    the caller looks again."""
+    the caller looks again. Messages are read straight off the connection: every worker reads every
+    wake-up, and redis-py's `listen()` wraps each read in its retry and health-check layers (a lost
+    connection raises here and is subscribed again, as above)."""
     failures = 0
     while True:
         pubsub = redis.pubsub()
@@ -77,9 +79,12 @@ async def subscribe_forever(
             await pubsub.subscribe(channel)
             failures = 0
             on_subscribed()
-            async for message in pubsub.listen():
-                if message["type"] == "message" and isinstance(message["data"], bytes):
-                    on_message(message["data"])
+            connection = pubsub.connection
+            while True:
+                reply = await connection.read_response(disconnect_on_error=False, push_request=True)
+                if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                    if isinstance(reply[2], bytes):
+                        on_message(reply[2])
         except (RedisError, OSError) as e:
             failures += 1
             level = logging.WARNING if failures == 1 else logging.DEBUG
