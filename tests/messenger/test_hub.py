@@ -4,6 +4,7 @@ a job is enqueued while its follower's subscription is being confirmed, missing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from openai_server import eventually
@@ -62,3 +63,31 @@ async def test_a_job_is_enqueued_before_its_subscription_is_confirmed_and_no_eve
         result = await runtime.jobs.run(ChatRequest(message="all of it, please"), on_event, timeout=20)
     assert result.status == "completed" and result.ai_response
     assert "".join(told) == result.ai_response
+
+
+async def test_a_burst_of_messages_reaches_every_follower_whole_and_in_order_beside_a_new_subscription(redis):
+    """One script publishes 3 × 500 messages at once, so the hub reads them buffered in a few socket
+    reads; a follow that starts meanwhile is confirmed, and every follower gets its own, in order."""
+    hub = EventHub(redis)
+    await hub.start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            jobs = ["burst-a", "burst-b", "burst-c"]
+            queues = [await stack.enter_async_context(hub.follow(job)) for job in jobs]
+            channels = [keys.events(job) for job in jobs]
+            burst = asyncio.create_task(
+                redis.eval(
+                    "for i = 1, 500 do for _, c in ipairs(KEYS) do redis.call('PUBLISH', c, c .. ':' .. i) end end",
+                    len(channels),
+                    *channels,
+                )
+            )
+            late = await asyncio.wait_for(stack.enter_async_context(hub.follow("burst-late")), 5)
+            await burst
+            for channel, queue in zip(channels, queues, strict=True):
+                got = [await asyncio.wait_for(queue.get(), 5) for _ in range(500)]
+                assert got == [f"{channel}:{i}".encode() for i in range(1, 501)]
+                assert queue.empty()
+            assert late.empty()
+    finally:
+        await hub.close()
