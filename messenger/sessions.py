@@ -46,6 +46,7 @@ from messenger.guards import owner_name
 from messenger.progress import JOB_ID as JOB_META
 from messenger.progress import job_label as progress_label
 from shared import damaged, keys
+from shared.connection import Batch
 
 log = logging.getLogger("messenger")
 
@@ -109,11 +110,13 @@ class SessionRecord:
 
 
 class SessionRegistry:
-    """The `mcpq:session:<sid>` records: one GETEX per request (read and refresh the idle TTL)."""
+    """The `mcpq:session:<sid>` records: one GETEX per request (read and refresh the idle TTL), in a
+    pipeline with the other requests' and the sessions' events (one Batch a process)."""
 
     def __init__(self, redis, idle_seconds: float):
         self.redis = redis
         self.ttl = max(1, int(idle_seconds))
+        self.batch = Batch(redis)
 
     async def create(self, session_id: str, record: SessionRecord) -> None:
         await self.redis.set(keys.session(session_id), record.dumps(), ex=self.ttl)
@@ -122,7 +125,7 @@ class SessionRegistry:
         key = keys.session(session_id)
         # a wrong-type key (damaged, written by hand) is that session unknown (404: the client opens
         # a new one), not Redis being away (503 for ever: the key has no TTL to end it)
-        raw = await damaged.read(self.redis.getex(key, ex=self.ttl), key, None)
+        raw = await damaged.read(self.batch.run(("GETEX", key, "EX", self.ttl)), key, None)
         if raw is None:
             return None
         record = SessionRecord.loads(raw)
@@ -163,69 +166,22 @@ def job_label(message: JSONRPCMessage | None) -> str:
     return progress_label(params.get("_meta") if isinstance(params, dict) else None)
 
 
-class EventWrites:
-    """Every session's SSE events of this process go to Redis together: one pipeline at a time, holding
-    whatever events came while the one before was in flight.
-
-    Why: an XADD round trip per event (a pool checkout, a command, a reply, two wake-ups) was a fifth
-    of the messenger's CPU with 300 callers streaming. The order of one stream's events is kept (one
-    pipeline at a time, in arrival order), and each event is in Redis before `add` returns, as before.
-    """
-
-    def __init__(self, redis):
-        self.redis = redis
-        self.pending: list[tuple[str, dict[str, str], int | None, asyncio.Future[str]]] = []
-        self.flusher: asyncio.Task[None] | None = None
-
-    async def add(self, key: str, fields: dict[str, str], expire: int | None) -> str:
-        """XADD `fields` to `key` (and EXPIRE it `expire` seconds when given); the new entry's id."""
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.pending.append((key, fields, expire, future))
-        if self.flusher is None or self.flusher.done():
-            self.flusher = asyncio.create_task(self._flush(), name="session-event-writes")
-        return await future
-
-    async def _flush(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
-            pipe = self.redis.pipeline(transaction=False)
-            for key, fields, expire, _ in batch:
-                pipe.xadd(key, fields, maxlen=EVENTS_KEPT, approximate=True)
-                if expire is not None:
-                    pipe.expire(key, expire)
-            replies: list | BaseException
-            try:
-                replies = await pipe.execute(raise_on_error=False)
-            except Exception as e:  # each waiting event gets it: none may wait for ever
-                replies = e
-            at = 0
-            for _, _, expire, future in batch:
-                reply = replies if isinstance(replies, BaseException) else replies[at]
-                at += 1 + (expire is not None)
-                if future.done():  # its caller went away meanwhile
-                    continue
-                if isinstance(reply, BaseException):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(_text(reply))
-
-
 class SessionEvents(EventStore):
     """One session's SSE events in Redis: what `Last-Event-ID` resumes on any replica.
 
     Each event is an XADD (trimmed to EVENTS_KEPT), plus an EXPIRE on a stream's first event, on its
     response (then ANSWERED_SECONDS), and when the TTL is half spent; every session of the process
-    writes through one EventWrites, so an event costs a share of a pipeline, not a round trip.
+    writes through one Batch, so an event costs a share of a pipeline, not a round trip.
     """
 
     def __init__(self, redis, session_id: str, registry: SessionRegistry, replica: str,
-                 tails: Tails | None = None, writes: EventWrites | None = None):  # fmt: skip
+                 tails: Tails | None = None, batch: Batch | None = None):  # fmt: skip
         self.redis = redis
         self.session_id = session_id
         self.registry = registry
         self.replica = replica
         self.tails = tails or Tails(redis, wake_key(replica))  # the process's one, from SessionGate
-        self.writes = writes or EventWrites(redis)  # the process's one, from SessionGate
+        self.batch = batch or registry.batch  # the process's one, from SessionGate
         self.expiry_set: dict[str, float] = {}  # stream -> when its TTL was last set (this process writes it)
 
     async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
@@ -245,7 +201,10 @@ class SessionEvents(EventStore):
             expire = self.registry.ttl
             self.expiry_set[stream_id] = now
         try:
-            entry = await self.writes.add(key, {"m": body, "r": self.replica}, expire)
+            add = ("XADD", key, "MAXLEN", "~", EVENTS_KEPT, "*", "m", body, "r", self.replica)
+            entry = _text(
+                await self.batch.run(add, *([("EXPIRE", key, expire)] if expire is not None else []))
+            )
         except Exception as e:  # the live stream goes on; only resuming from here is lost
             log.warning("session %s: an event not stored (Redis: %s)", self.session_id[:12], type(e).__name__)
             entry = "0-0"  # names no entry: a Last-Event-ID of it gets 404
@@ -548,11 +507,10 @@ class SessionGate:
         self.path = path
         self.rehydrating = anyio.Lock()
         self.tails = Tails(redis, wake_key(replica))
-        self.writes = EventWrites(redis)
         session_sdk.give_each_session_a_store(manager, self.store_for)
 
     def store_for(self, session_id: str) -> SessionEvents:
-        return SessionEvents(self.redis, session_id, self.registry, self.replica, self.tails, self.writes)
+        return SessionEvents(self.redis, session_id, self.registry, self.replica, self.tails)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or _modern(scope):

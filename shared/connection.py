@@ -228,6 +228,54 @@ def _packed_by_hiredis(connection_class: type) -> type:
     return type(connection_class.__name__, (_HiredisPacking, connection_class), {})
 
 
+class Batch:
+    """Commands of many callers go to Redis together: one pipeline at a time, holding whatever came
+    while the one before was in flight.
+
+    Why: a round trip per command (a pool checkout, the command, its reply, two wake-ups) was a fifth
+    of the messenger's CPU with 300 callers streaming, and a burst of 1,000 calls opened hundreds of
+    connections. Commands go out in the order `run` was called (one pipeline at a time), so one
+    key's writes keep their order; each caller's reply comes back as if it had sent alone.
+    """
+
+    def __init__(self, redis):
+        self.redis = redis
+        self.pending: list[tuple[tuple[tuple[Any, ...], ...], asyncio.Future[Any]]] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def run(self, *commands: tuple[Any, ...]) -> Any:
+        """Send `commands` (each one command's arguments) in the next pipeline: the first one's reply,
+        raised if it is an error (the others' replies are not looked at)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append((commands, future))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush(), name="redis-batch")
+        return await future
+
+    async def _flush(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            pipe = self.redis.pipeline(transaction=False)
+            for commands, _ in batch:
+                for args in commands:
+                    pipe.execute_command(*args)
+            replies: list | BaseException
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except Exception as e:  # each waiting caller gets it: none may wait for ever
+                replies = e
+            at = 0
+            for commands, future in batch:
+                reply = replies if isinstance(replies, BaseException) else replies[at]
+                at += len(commands)
+                if future.done():  # its caller went away meanwhile
+                    continue
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+
 def redacted(redis_url: str) -> str:
     """The URL without its credentials, for logs, errors and health output (see shared.logs.redact)."""
     return redact(redis_url)

@@ -8,7 +8,6 @@ costs, junk, Redis refusing, a call whose replica is gone) is checked here, in p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import json
@@ -31,7 +30,6 @@ from messenger.collector import Transcript
 from messenger.progress import ATTEMPT, JOB_ID, SEQ, ProgressOut
 from messenger.sessions import (
     RETRY_MS,
-    EventWrites,
     SessionEvents,
     SessionGate,
     SessionRecord,
@@ -316,7 +314,12 @@ async def test_with_redis_refusing_a_session_request_gets_503_and_a_live_call_st
             monkeypatch.setattr(gate.registry, "touch", refused)
             unavailable = await http.post(url, headers=headers, json=call)
             monkeypatch.undo()
-            monkeypatch.setattr(type(redis.pipeline()), "execute", refused)  # no event can be stored
+            run = gate.registry.batch.run
+
+            async def no_event_stored(*commands):
+                return await (refused() if commands[0][0] == "XADD" else run(*commands))
+
+            monkeypatch.setattr(gate.registry.batch, "run", no_event_stored)
             answered = events((await http.post(url, headers=headers, json=call)).text)
     assert unavailable.status_code == 503 and "Redis" in unavailable.json()["error"]["message"]
     assert json.loads(answered[-1]["data"])["result"]["structuredContent"] == {"result": "P Q"}
@@ -386,53 +389,3 @@ async def test_a_wrong_type_session_key_is_an_unknown_session_not_redis_away(red
     registry = SessionRegistry(redis, 60)
     assert await registry.touch("s3") is None
     assert "mcpq:session:s3" in caplog.text and "wrong type" in caplog.text
-
-
-async def test_events_of_many_streams_go_out_together_each_stream_in_order(redis, monkeypatch):
-    """messenger.sessions.EventWrites: one pipeline carries the events of every waiting stream."""
-    writes = EventWrites(redis)
-    pipelines = 0
-    make = redis.pipeline
-
-    def counted(*args, **kwargs):
-        nonlocal pipelines
-        pipelines += 1
-        return make(*args, **kwargs)
-
-    monkeypatch.setattr(redis, "pipeline", counted)
-
-    async def stream(k: int) -> list[str]:
-        return [await writes.add(f"s{k}", {"m": str(i)}, 60 if i == 0 else None) for i in range(10)]
-
-    ids = await asyncio.gather(*(stream(k) for k in range(20)))
-    for k, entry_ids in enumerate(ids):
-        stored = await redis.xrange(f"s{k}")
-        assert [i.decode() for i, _ in stored] == entry_ids
-        assert [f[b"m"] for _, f in stored] == [str(i).encode() for i in range(10)]
-        assert 0 < await redis.ttl(f"s{k}") <= 60
-    assert pipelines <= 11, pipelines  # 200 events: about one pipeline per round of the 20 streams
-
-
-@pytest.mark.parametrize("error", [RedisConnectionError("Redis went away"), RuntimeError("a bug")])
-async def test_a_failed_event_write_fails_its_events_and_the_next_one_lands(redis, monkeypatch, error):
-    """No event waits for ever: whatever the write raised, each event of it gets it."""
-    writes = EventWrites(redis)
-    make = redis.pipeline
-
-    def broken(*args, **kwargs):
-        pipe = make(*args, **kwargs)
-
-        async def refuse(*_a, **_k):
-            raise error
-
-        pipe.execute = refuse
-        return pipe
-
-    monkeypatch.setattr(redis, "pipeline", broken)
-    results = await asyncio.gather(
-        *(writes.add("s", {"m": "x"}, None) for _ in range(3)), return_exceptions=True
-    )
-    assert all(r is error for r in results)
-    monkeypatch.setattr(redis, "pipeline", make)
-    entry = await writes.add("s", {"m": "y"}, None)
-    assert [i.decode() for i, _ in await redis.xrange("s")] == [entry]

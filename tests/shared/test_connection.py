@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.connection import QuickCheckout, connect
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.connection import Batch, QuickCheckout, connect
 
 
 async def test_a_connection_returned_with_an_unread_reply_is_reconnected_not_reused(redis_url):
@@ -30,5 +33,81 @@ async def test_concurrent_commands_each_get_their_own_answer(redis_url):
     try:
         answers = await asyncio.gather(*(redis.echo(f"n{i}") for i in range(300)))
         assert answers == [f"n{i}".encode() for i in range(300)]
+    finally:
+        await redis.aclose()
+
+
+async def test_a_batch_sends_every_waiting_callers_commands_in_one_pipeline(redis_url, monkeypatch):
+    """Batch (the messenger's session events and records): one pipeline carries the commands of every
+    waiting caller, each caller's in order, each with its own reply."""
+    redis = connect(redis_url)
+    batch = Batch(redis)
+    pipelines = 0
+    make = redis.pipeline
+
+    def counted(*args, **kwargs):
+        nonlocal pipelines
+        pipelines += 1
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(redis, "pipeline", counted)
+
+    async def stream(k: int) -> list[str]:
+        async def add(i: int) -> str:
+            expire = [("EXPIRE", f"s{k}", 60)] if i == 0 else []
+            return (await batch.run(("XADD", f"s{k}", "*", "m", str(i)), *expire)).decode()
+
+        return [await add(i) for i in range(10)]
+
+    ids = await asyncio.gather(*(stream(k) for k in range(20)))
+    for k, entry_ids in enumerate(ids):
+        stored = await redis.xrange(f"s{k}")
+        assert [i.decode() for i, _ in stored] == entry_ids
+        assert [f[b"m"] for _, f in stored] == [str(i).encode() for i in range(10)]
+        assert 0 < await redis.ttl(f"s{k}") <= 60
+    assert pipelines <= 11, pipelines  # 200 events: about one pipeline per round of the 20 streams
+    await redis.aclose()
+
+
+@pytest.mark.parametrize("error", [RedisConnectionError("Redis went away"), RuntimeError("a bug")])
+async def test_a_failed_batch_fails_its_callers_and_the_next_one_lands(redis_url, monkeypatch, error):
+    """No caller waits for ever: whatever the pipeline raised, each caller of it gets it."""
+    redis = connect(redis_url)
+    batch = Batch(redis)
+    make = redis.pipeline
+
+    def broken(*args, **kwargs):
+        pipe = make(*args, **kwargs)
+
+        async def refuse(*_a, **_k):
+            raise error
+
+        pipe.execute = refuse
+        return pipe
+
+    monkeypatch.setattr(redis, "pipeline", broken)
+    results = await asyncio.gather(
+        *(batch.run(("XADD", "s", "*", "m", "x")) for _ in range(3)), return_exceptions=True
+    )
+    assert all(r is error for r in results)
+    monkeypatch.setattr(redis, "pipeline", make)
+    entry = await batch.run(("XADD", "s", "*", "m", "y"))
+    assert [i for i, _ in await redis.xrange("s")] == [entry]
+    await redis.aclose()
+
+
+async def test_a_batched_commands_error_is_its_callers_alone(redis_url):
+    """A wrong-type key fails the caller that read it (messenger.sessions reads that as an unknown
+    session); the callers beside it in the same pipeline get their replies."""
+    redis = connect(redis_url)
+    batch = Batch(redis)
+    try:
+        await redis.hset("h", "x", "y")
+        await redis.set("k", "v")
+        results = await asyncio.gather(
+            batch.run(("GETEX", "h", "EX", 60)), batch.run(("GETEX", "k", "EX", 60)), return_exceptions=True
+        )
+        assert "WRONGTYPE" in str(results[0]) and results[1] == b"v"
+        assert 0 < await redis.ttl("k") <= 60
     finally:
         await redis.aclose()
