@@ -185,3 +185,50 @@ async def test_fake_server_speaks_the_real_stream_byte_format(openai_server):
     assert chunks[3]["choices"][0]["finish_reason"] == "stop"
     assert chunks[4]["choices"] == [] and chunks[4]["usage"]["completion_tokens"] == 2
     assert len(chunks) == 5
+
+
+async def test_a_plain_http_server_gets_each_job_on_one_kept_connection_with_the_sdks_headers(
+    openai_server, provider
+):
+    """worker/providers/openai_http.py: the SDK's headers and key, the connection kept for the next
+    job, and one the server closed meanwhile replaced without the job noticing."""
+    replies = ["one two", "three four", "five six"]
+    closing = await asyncio.start_server(lambda _, writer: writer.close(), "127.0.0.1", 0)
+    for reply in replies:
+        openai_server.script(reply=reply)
+        pieces, _ = await collect(provider, call())
+        assert "".join(pieces) == reply
+        assert provider.lean is not None and len(provider.lean.idle) == 1
+        if reply == replies[1]:  # the kept connection is one its server closes (an idle timeout)
+            provider.lean.idle.pop()[1].close()
+            provider.lean.idle.append(
+                await asyncio.open_connection("127.0.0.1", closing.sockets[0].getsockname()[1])
+            )
+    closing.close()
+    sent = openai_server.chat_requests
+    assert len(sent) == 3
+    assert {r.headers["authorization"] for r in sent} == {f"Bearer {KEY}"}
+    assert {r.headers["user-agent"] for r in sent} == {
+        OpenAIProvider(api_key=KEY, base_url=None, timeout=1, max_retries=0).client.user_agent
+    }
+
+
+@pytest.mark.parametrize(
+    ("base_url", "env", "lean"),
+    [
+        ("http://127.0.0.1:8080/v1", {}, True),
+        ("https://api.openai.com/v1", {}, False),  # TLS: the SDK's
+        ("http://10.0.0.5:8000/v1", {"HTTP_PROXY": "http://proxy:3128"}, False),  # a proxy applies
+        ("http://10.0.0.5:8000/v1", {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "10.0.0.5"}, True),
+        ("http://10.0.0.5:8000/v1", {"ALL_PROXY": "http://proxy:3128"}, False),
+    ],
+)
+def test_only_a_plain_http_server_no_proxy_applies_to_is_asked_over_the_lean_connection(
+    base_url, env, lean, monkeypatch
+):
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    provider = OpenAIProvider(api_key=KEY, base_url=base_url, timeout=1, max_retries=0)
+    assert (provider.lean is not None) is lean

@@ -12,8 +12,10 @@ decoding) with the request body built here and the chunks read as the server's J
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import openai
@@ -24,9 +26,11 @@ from shared.events import TokenUsage
 from shared.logs import redact
 from worker.capacity import retry_after_seconds
 from worker.providers.base import ModelCall, Provider, ProviderError, StreamEnd, ToolCall, estimate_usage
+from worker.providers.openai_http import LeanChat, Unreached, lean_url
 
 NO_KEY_PLACEHOLDER = "not-needed"  # self-hosted servers (vLLM, llama.cpp, Ollama) accept any key
 CHAT = "/chat/completions"
+RETRY_DELAY, MAX_RETRY_DELAY = 0.5, 8.0  # the SDK's first wait before a retry, and its longest
 _AS_SENT: dict[str, Any] = {"security": {"bearer_auth": True}}  # the options `create` passes (its auth)
 _Chunks = AsyncStream[object]  # each chunk as the server's JSON (the SDK builds no model for it)
 
@@ -58,6 +62,13 @@ class OpenAIProvider(Provider):
         self.client = _Client(
             api_key=api_key or NO_KEY_PLACEHOLDER, base_url=base_url, timeout=timeout, max_retries=max_retries
         )
+        self.lean: LeanChat | None = (
+            None  # a plain-HTTP server's chat stream (worker/providers/openai_http.py)
+        )
+        if (where := lean_url(base_url)) is not None:
+            headers = {k: v for k, v in self.client.default_headers.items() if isinstance(v, str)}
+            headers["Authorization"] = f"Bearer {api_key or NO_KEY_PLACEHOLDER}"
+            self.lean = LeanChat(where, headers, self.client._make_status_error_from_response)
 
     async def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
         usage: TokenUsage | None = None
@@ -66,12 +77,8 @@ class OpenAIProvider(Provider):
         pieces = 0
         calls: dict[int, dict[str, str]] = {}  # tool calls arrive in pieces, keyed by index
         try:
-            stream = await self.client.post(
-                CHAT, body=request_body(call), cast_to=ChatCompletion, stream=True, stream_cls=_Chunks,
-                options=_AS_SENT,  # type: ignore[arg-type]
-            )  # fmt: skip
-            async with stream:
-                async for chunk in stream:
+            async with aclosing(self._chunks(call)) as chunks:
+                async for chunk in chunks:
                     if not isinstance(chunk, dict):
                         continue
                     model = _text(chunk.get("model")) or model
@@ -113,6 +120,34 @@ class OpenAIProvider(Provider):
         )
         yield StreamEnd(model=model, finish_reason=finish_reason, usage=usage, tool_calls=tool_calls)
 
+    async def _chunks(self, call: ModelCall) -> AsyncGenerator[Any, None]:
+        """The server's chunks as JSON: over the lean connection when the server is plain HTTP (if it
+        answers at all), else through the SDK."""
+        body = request_body(call)
+        client = self.client
+        if self.lean is not None:
+            try:
+                async with aclosing(self.lean.stream(body)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+                return
+            except Unreached:  # no answer at all: the SDK's way, with its retries
+                pass
+            except openai.APIStatusError as e:  # one the SDK retries (5xx…): its retries, one spent
+                if client.max_retries < 1 or not client._should_retry(e.response):
+                    raise
+                await asyncio.sleep(
+                    min(retry_after_seconds(e.response.headers) or RETRY_DELAY, MAX_RETRY_DELAY)
+                )
+                client = client.with_options(max_retries=client.max_retries - 1)
+        stream = await client.post(
+            CHAT, body=body, cast_to=ChatCompletion, stream=True, stream_cls=_Chunks,
+            options=_AS_SENT,  # type: ignore[arg-type]
+        )  # fmt: skip
+        async with stream:
+            async for chunk in stream:
+                yield chunk
+
     async def check(self) -> str | None:
         try:
             await self.client.models.list()
@@ -123,6 +158,8 @@ class OpenAIProvider(Provider):
         return None
 
     async def aclose(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
         await self.client.close()
 
     def _explain(self, e: openai.APIError, model: str) -> ProviderError:
