@@ -269,9 +269,8 @@ class Capacity:
             holder, delay = await self._admit(redis, job_id, call.model, limits, cost, Until(until, fallback))
             end, settle = None, 0
             try:
-                await asyncio.sleep(
-                    delay
-                )  # its turn in the rpm schedule; the next waiter may take the one after
+                if delay > 0:  # its turn in the rpm schedule (no limits: no loop turn before the call)
+                    await asyncio.sleep(delay)
                 end = await stream()
                 if end is not None and end.usage is not None and limits and limits.tpm:
                     settle = end.usage.total_tokens - cost
