@@ -13,16 +13,21 @@ serve any session (messenger.sessions), three things are done here and nowhere e
   params and protocol version from Redis, `initialized` set) and bound to the tenant that opened it;
 - `is_local` / `discard`: whether this process holds the session, and forget it (ended elsewhere);
 - `request_stream`: a request's SSE response written directly (RequestStream, Wire), for the
-  notifications a long tool call sends by the thousand.
+  notifications a long tool call sends by the thousand;
+- `answer_posts_lightly`: such a request's response is a PostStream, not sse-starlette's
+  EventSourceResponse (the module global the SDK's POST handler builds it by).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import anyio
+from mcp.server import streamable_http
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.runner import serve_connection
@@ -30,7 +35,9 @@ from mcp.server.streamable_http import EventMessage, EventStore, StreamableHTTPS
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types import InitializeRequestParams
-from starlette.types import Message, Send
+from sse_starlette import EventSourceResponse
+from sse_starlette.event import ensure_bytes
+from starlette.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("messenger")
 
@@ -202,6 +209,84 @@ class RequestStream:
             await streams[0].send(EventMessage(_Encoded(body), event_id))  # type: ignore[arg-type]
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # the client went away meanwhile
             pass
+
+
+PING_SECONDS = 15.0  # as sse-starlette: a comment line keeps proxies from closing a quiet stream
+PING = b": ping\r\n\r\n"
+
+
+class PostStream:
+    """The SSE response of a POST in a 2025-11-25 session (SessionGate gave its scope a Wire), built
+    where the SDK builds sse-starlette's EventSourceResponse, with the same arguments; any other
+    response (a GET's stream, a replay, another transport) is sse-starlette's, unchanged.
+
+    Why: sse-starlette runs five tasks per response (stream, ping, shutdown watch, the SDK's SSE
+    writer, disconnect watch) and cancels three at the end; at 1,000 callers that was a tenth of the
+    messenger's py-spy samples, and the frames and tracebacks of the cancelled tasks were most of
+    the cyclic garbage the collector then spent more on. Here: the SDK's SSE writer in one task, its
+    events written in this one, a ping every PING_SECONDS from one task for all streams. A client
+    that goes away does not end the call (in 2025-11-25 it resumes by `Last-Event-ID`): the server
+    drops what is written to a closed connection, and the response ends with the call.
+    """
+
+    def __init__(self, content, *, data_sender_callable, headers: dict[str, str], **options: Any):
+        self.content = content
+        self.sender = data_sender_callable
+        self.headers = headers
+        self.options = options
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wire = scope.get(WIRE_SCOPE_KEY)
+        if wire is None or scope.get("method") != "POST":
+            response = EventSourceResponse(
+                self.content, headers=self.headers, data_sender_callable=self.sender, **self.options
+            )
+            await response(scope, receive, send)
+            return
+        headers = [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        headers.append((b"x-accel-buffering", b"no"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        _keep_pinging()
+        _PINGED.add(wire)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.sender)
+                async with self.content:
+                    async for event in self.content:
+                        if not wire.ended:
+                            await send(
+                                {
+                                    "type": "http.response.body",
+                                    "body": ensure_bytes(event, "\r\n"),
+                                    "more_body": True,
+                                }
+                            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            _PINGED.discard(wire)
+
+
+_PINGED: set[Wire] = set()  # the open PostStreams' wires
+_pinger: list[asyncio.Task[None]] = []  # the one task that pings them, in this event loop
+
+
+def _keep_pinging() -> None:
+    if not _pinger or _pinger[0].done() or _pinger[0].get_loop() is not asyncio.get_running_loop():
+        _pinger[:] = [asyncio.create_task(_ping_forever(), name="sse-pings")]
+
+
+async def _ping_forever() -> None:
+    while True:
+        await asyncio.sleep(PING_SECONDS)
+        for wire in list(_PINGED):
+            if wire.started and not wire.ended:
+                with contextlib.suppress(RuntimeError, OSError):
+                    await wire.send({"type": "http.response.body", "body": PING, "more_body": True})
+
+
+def answer_posts_lightly() -> None:
+    """From now on the SDK answers a session's POST with a PostStream (see there)."""
+    streamable_http.EventSourceResponse = PostStream  # type: ignore[misc]
 
 
 def request_stream(request: Any, request_id: Any) -> RequestStream | None:

@@ -508,6 +508,7 @@ class SessionGate:
         self.rehydrating = anyio.Lock()
         self.tails = Tails(redis, wake_key(replica))
         session_sdk.give_each_session_a_store(manager, self.store_for)
+        session_sdk.answer_posts_lightly()
 
     def store_for(self, session_id: str) -> SessionEvents:
         return SessionEvents(self.redis, session_id, self.registry, self.replica, self.tails)

@@ -8,6 +8,7 @@ costs, junk, Redis refusing, a call whose replica is gone) is checked here, in p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -389,3 +390,54 @@ async def test_a_wrong_type_session_key_is_an_unknown_session_not_redis_away(red
     registry = SessionRegistry(redis, 60)
     assert await registry.touch("s3") is None
     assert "mcpq:session:s3" in caplog.text and "wrong type" in caplog.text
+
+
+def test_the_post_response_the_sdk_builds_is_still_the_module_global_sse_response():
+    """messenger.session_sdk.answer_posts_lightly swaps the module global the SDK's POST handler
+    builds its SSE response by; it must still be built there, with these arguments."""
+    post = inspect.getsource(StreamableHTTPServerTransport._handle_post_request)
+    assert "response = EventSourceResponse(" in post
+    assert "content=sse_stream_reader" in post and "data_sender_callable=partial(" in post
+    assert "headers=headers" in post and "tg.start_soon(response, scope, receive, send)" in post
+
+
+async def test_a_posts_light_response_has_sse_starlettes_headers_and_pings_a_quiet_stream(redis, monkeypatch):
+    """A session's POST is answered by PostStream: the headers sse-starlette sent (but its
+    Date), a comment line every PING_SECONDS while the call is quiet, then the response; the same
+    call without SessionGate (sse-starlette's response) for comparison."""
+    monkeypatch.setattr(session_sdk, "PING_SECONDS", 0.05)
+    server = MCPServer("quiet")
+
+    @server.tool()
+    async def wait(seconds: float) -> str:
+        await asyncio.sleep(seconds)  # the pinger's timer (0.05 s) rings first
+        return "done"
+
+    app = server.streamable_http_app(retry_interval=RETRY_MS)
+    gate = SessionGate(app, server.session_manager, redis, 60, "replica-q")
+    url = "http://127.0.0.1:8000/mcp"
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "wait", "arguments": {"seconds": 0.3}},
+    }
+    with anyio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            (light,) = await serve(stack, (gate, server.session_manager))
+            plain = await stack.enter_async_context(httpx2.AsyncClient(transport=httpx2.ASGITransport(app)))
+            _, headers = await open_session(light, url)
+            answered = await light.post(url, headers=headers, json=call)
+            _, headers = await open_session(plain, url)
+            call["params"]["arguments"]["seconds"] = 0
+            unchanged = await plain.post(url, headers=headers, json=call)
+    assert not session_sdk._PINGED  # every stream left the pinger's set
+    drop = {"date", "mcp-session-id"}
+    assert {k: v for k, v in answered.headers.items() if k not in drop} == {
+        k: v for k, v in unchanged.headers.items() if k not in drop
+    }
+    assert ": ping\r\n\r\n" in answered.text and ": ping" not in unchanged.text
+    sent = [e for e in events(answered.text) if "id" in e]
+    assert sent[0]["retry"] == "1000" and json.loads(sent[-1]["data"])["result"]["structuredContent"] == {
+        "result": "done"
+    }
