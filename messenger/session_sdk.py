@@ -144,16 +144,20 @@ class Wire:
     wake-ups, sse-starlette's encoder, a cancel scope per event and the ASGI middleware chain, more
     CPU than all the rest of relaying a token (bench/callers.py)."""
 
-    __slots__ = ("ended", "queued", "send", "started")
+    __slots__ = ("ended", "headed", "pinging", "queued", "send", "started")
 
     def __init__(self, send: Send):
         self.send = send
+        self.headed = False  # the response's head went out: pings may follow (as sse-starlette's)
         self.started = False  # the response's first event (the priming event) went out
         self.ended = False  # the response is complete (or failed): the stream is gone
         self.queued = False  # a notification went the SDK's way: the rest follow it, in order
+        self.pinging = False  # a ping is being written (waits while the client does not read)
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.body":
+        if message["type"] == "http.response.start":
+            self.headed = True  # (a 2025-06-18 call has no priming event: its first may come late)
+        elif message["type"] == "http.response.body":
             if message.get("more_body", False):
                 self.started = True
             else:
@@ -275,13 +279,29 @@ def _keep_pinging() -> None:
         _pinger[:] = [asyncio.create_task(_ping_forever(), name="sse-pings")]
 
 
+_pings: set[asyncio.Task[None]] = set()  # pings being written (kept referenced until done)
+
+
 async def _ping_forever() -> None:
+    """Each stream's ping in a task of its own: a client that stops reading makes the server's send
+    wait (uvicorn: flow.drain() while the transport is paused), and must not hold up the others'."""
     while True:
         await asyncio.sleep(PING_SECONDS)
         for wire in list(_PINGED):
-            if wire.started and not wire.ended:
-                with contextlib.suppress(RuntimeError, OSError):
-                    await wire.send({"type": "http.response.body", "body": PING, "more_body": True})
+            if wire.headed and not wire.ended and not wire.pinging:
+                wire.pinging = True
+                task = asyncio.create_task(_ping(wire))
+                _pings.add(task)
+                task.add_done_callback(_pings.discard)
+
+
+async def _ping(wire: Wire) -> None:
+    try:
+        if not wire.ended:  # (it may have ended since the pinger looked)
+            with contextlib.suppress(RuntimeError, OSError):
+                await wire.send({"type": "http.response.body", "body": PING, "more_body": True})
+    finally:
+        wire.pinging = False
 
 
 def answer_posts_lightly() -> None:
