@@ -132,13 +132,19 @@ class EventHub:
         reader = parser._reader if type(parser) is _AsyncHiredisParser and parser._connected else None
         if reader is None:
             return None
-        response = reader.gets()
+        try:
+            response = reader.gets()
+        except Exception:  # a protocol error: the reader is spoilt (redis-py would disconnect too)
+            self._pubsub.connection._parser.on_disconnect()
+            raise
         if response is NOT_ENOUGH_DATA:
             return None
-        if isinstance(response, ConnectionError) or (
-            type(response) is list and response and isinstance(response[0], ConnectionError)
-        ):
-            raise response if isinstance(response, ConnectionError) else response[0]
+        # an error reply (NOPERM for a SUBSCRIBE an ACL refuses, LOADING…) is raised, as
+        # parse_response raises it, never handed to handle_message as if it were a message
+        if isinstance(response, Exception):
+            raise response
+        if type(response) is list and response and isinstance(response[0], ConnectionError):
+            raise response[0]
         return response
 
     async def _dispatch(self, response) -> None:

@@ -62,6 +62,9 @@ SERVICE = RetryPolicy(retries=8, cap=2.0, connect_timeout=None)  # servers, work
 COMMAND = RetryPolicy(retries=1, cap=0.25, connect_timeout=1.0, give_up=2.5)
 
 
+QUIET_READ_SECONDS = 3600.0  # subscribe_forever's read: None after this long without a message
+
+
 async def subscribe_forever(
     redis, channel: str, on_message: Callable[[bytes], None], *, on_subscribed: Callable[[], None],
     what: str,
@@ -81,7 +84,11 @@ async def subscribe_forever(
             on_subscribed()
             connection = pubsub.connection
             while True:
-                reply = await connection.read_response(disconnect_on_error=False, push_request=True)
+                # a timeout of its own (as listen(): none): the connection's socket_timeout (REDIS_URL)
+                # would end a quiet subscription every socket_timeout; a quiet read returns None here
+                reply = await connection.read_response(
+                    timeout=QUIET_READ_SECONDS, disconnect_on_error=False, push_request=True
+                )
                 if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
                     if isinstance(reply[2], bytes):
                         on_message(reply[2])
@@ -228,6 +235,9 @@ def _packed_by_hiredis(connection_class: type) -> type:
     return type(connection_class.__name__, (_HiredisPacking, connection_class), {})
 
 
+BATCH_STUCK_SECONDS = 20.0  # a Batch pipeline's longest wait (Redis retries included) before its callers fail
+
+
 class Batch:
     """Commands of many callers go to Redis together: one pipeline at a time, holding whatever came
     while the one before was in flight.
@@ -261,7 +271,11 @@ class Batch:
                     pipe.execute_command(*args)
             replies: list | BaseException
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                # every caller waits for this one pipeline: one on a dead connection (half-open TCP
+                # after a failover: no RST, and the pool has no socket_timeout) must not hold all
+                # of them for the kernel's ~15 min; cancelled, redis-py drops that connection
+                async with asyncio.timeout(BATCH_STUCK_SECONDS):
+                    replies = await pipe.execute(raise_on_error=False)
             except Exception as e:  # each waiting caller gets it: none may wait for ever
                 replies = e
             at = 0
