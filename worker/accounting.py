@@ -129,7 +129,10 @@ local function many(cmd, t, step)  -- in chunks: Lua's unpack has a limit
     end
   end
 end
-for key, fields in pairs(hinc) do for field, n in pairs(fields) do call('HINCRBY', key, field, n) end end
+-- '%d': a Lua number goes to Redis as '%.17g', which is '1e+18' from 1e17 on (HINCRBY refuses it)
+for key, fields in pairs(hinc) do
+  for field, n in pairs(fields) do call('HINCRBY', key, field, string.format('%d', n)) end
+end
 for key, fields in pairs(hflt) do
   for field, sum in pairs(fields) do call('HINCRBYFLOAT', key, field, amount(sum, htext[key][field])) end
 end
@@ -311,7 +314,7 @@ async def prepare(
     """What `record` writes, as the script's arguments (reads what dead attempts streamed, if any)."""
     job_id, model, usage = result["jobId"], result.get("model") or "?", result["usage"]
     dead = await dead_attempts(redis, job_id, int(result.get("attempt") or 1), request)
-    prompt, completion = usage["promptTokens"], usage["completionTokens"]
+    prompt, completion = _tokens(usage["promptTokens"]), _tokens(usage["completionTokens"])
     cost = usage.get("estimatedCost")
     if dead:
         prompt, completion = prompt + dead["prompt_tokens"], completion + dead["completion_tokens"]
@@ -346,7 +349,7 @@ async def prepare(
         tenant_spent_day=keys.spent_tenant(tenant, f"day:{day}"),
         conversation=keys.conversation(tenant, conversation_id or "-"), conversations=keys.conversations(tenant),
         job_id=job_id, model=model, status=result["status"], prompt_tokens=prompt, completion_tokens=completion,
-        total_tokens=usage["totalTokens"] + dead_tokens, cost=None if cost is None else repr(float(cost)),
+        total_tokens=_tokens(usage["totalTokens"]) + dead_tokens, cost=None if cost is None else repr(float(cost)),
         latency_ms=latency_ms, dead_attempt_tokens=dead_tokens, received_entry=json.dumps(received),
         latencies_kept=keys.USAGE_LATENCY_KEPT, received_kept=keys.RECEIVED_KEPT, counted_ttl=COUNTED_TTL_SECONDS,
         conversation_id=conversation_id or None, user_turn=json.dumps(user_turn),
@@ -356,6 +359,14 @@ async def prepare(
         keep_owner=tenant not in (OPERATOR, UNOWNED), owner_ttl=OWNER_KEPT_SECONDS,
         **_series(usage, now, first_token_s),
     )  # fmt: skip
+
+
+MAX_TOKENS = 2**40  # a job's count as the batch script adds it up (Lua's doubles are exact to 2**53)
+
+
+def _tokens(n: object) -> int:
+    """A token count from a provider's usage (any number a server said), as the script can add it."""
+    return min(max(int(n), 0), MAX_TOKENS) if isinstance(n, int | float) and n == n else 0
 
 
 def _series(usage: dict, now: float, first_token_s: float | None) -> dict:
