@@ -68,7 +68,7 @@ class OpenAIProvider(Provider):
         if (where := lean_url(base_url)) is not None:
             headers = {k: v for k, v in self.client.default_headers.items() if isinstance(v, str)}
             headers["Authorization"] = f"Bearer {api_key or NO_KEY_PLACEHOLDER}"
-            self.lean = LeanChat(where, headers, self.client._make_status_error_from_response)
+            self.lean = LeanChat(where, headers, self.client._make_status_error_from_response, timeout)
 
     async def stream(self, call: ModelCall) -> AsyncGenerator[str | StreamEnd, None]:
         usage: TokenUsage | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
@@ -51,17 +52,19 @@ class LeanChat:
 
     def __init__(
         self, where: tuple[str, int, str], headers: dict[str, str],
-        make_error: Callable[[httpx2.Response], openai.APIStatusError],
+        make_error: Callable[[httpx2.Response], openai.APIStatusError], timeout: float = 600.0,
     ) -> None:  # fmt: skip
         """`headers`: what the SDK sends (its defaults and the key); `make_error`: the SDK client's
         error for an answer (`_make_status_error_from_response`)."""
         self.host, self.port, prefix = where
         path = f"{prefix}/chat/completions"
-        self.url = f"http://{self.host}:{self.port}{path}"
-        host = self.host if self.port == 80 else f"{self.host}:{self.port}"
+        named = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address, bracketed
+        self.url = f"http://{named}:{self.port}{path}"
+        host = named if self.port == 80 else f"{named}:{self.port}"
         lines = [f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
         self.head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{''.join(lines)}".encode("latin-1")
         self.make_error = make_error
+        self.timeout = timeout  # the SDK's: for the answer's head, and for each read after it
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     def close(self) -> None:
@@ -71,20 +74,30 @@ class LeanChat:
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[Any, None]:
         """The server's chunks (parsed JSON) as they come; raises the SDK's errors, or Unreached."""
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        reader, writer, status, headers = await self._ask(data)
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer, status, headers = await self._ask(data)
+        except TimeoutError:
+            raise openai.APITimeoutError(request=self._request()) from None
         kept = False
         answer = _body(reader, headers)
         try:
             if status != 200:
                 raise await self._status_error(answer, status, headers)
             async with aclosing(_events(answer)) as events:
-                async for event in events:
+                while True:
+                    async with asyncio.timeout(self.timeout):
+                        event = await anext(events, None)
+                    if event is None:
+                        break
                     if event == "[DONE]":
                         kept = headers.get("connection", "").lower() != "close" and await _finish(
                             answer, headers
                         )
                         return
                     yield self._chunk(event)
+        except TimeoutError:  # (an OSError): the server went quiet mid-answer
+            raise openai.APITimeoutError(request=self._request()) from None
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:  # cut or garbled mid-answer
             raise openai.APIConnectionError(
                 message=f"the stream broke ({type(e).__name__})", request=self._request()
@@ -139,6 +152,9 @@ class LeanChat:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             writer.close()
             raise Unreached(type(e).__name__) from None
+        except BaseException:  # cancelled (the timeout): the socket must not leak
+            writer.close()
+            raise
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
@@ -184,22 +200,27 @@ async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncG
             yield piece
 
 
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
 async def _events(pieces: AsyncIterator[bytes]) -> AsyncGenerator[str, None]:
-    """The `data` of each server-sent event (multi-line data joined with newlines)."""
+    """The `data` of each server-sent event (multi-line data joined with newlines). Linear in the
+    bytes: a piece holding thousands of events is not copied once per event."""
     buffer = b""
+    for_end = 0  # where the next event's end may start (what was searched before had none)
     async for piece in pieces:
         buffer += piece
-        while True:
-            ends = [
-                i for i in (buffer.find(b"\n\n"), buffer.find(b"\r\n\r\n"), buffer.find(b"\r\r")) if i >= 0
-            ]
-            if not ends:
-                break
-            end = min(ends)
-            block, buffer = buffer[:end], buffer[end:].lstrip(b"\r\n")
+        at = 0
+        while (found := _EVENT_END.search(buffer, max(at, for_end))) is not None:
+            block = buffer[at : found.start()]
+            at = found.end()
+            while at < len(buffer) and buffer[at] in b"\r\n":
+                at += 1
             data = [line[5:].removeprefix(b" ") for line in block.splitlines() if line.startswith(b"data:")]
             if data:
                 yield b"\n".join(data).decode()
+        buffer = buffer[at:]
+        for_end = max(0, len(buffer) - 3)
 
 
 async def _finish(answer: AsyncIterator[bytes], headers: dict[str, str]) -> bool:

@@ -1,0 +1,95 @@
+"""worker/providers/openai_http.py (the lean plain-HTTP path) against raw asyncio servers."""
+
+import asyncio
+import time
+
+from stream_helpers import collect, model_call
+
+from worker.providers import ProviderError
+from worker.providers.openai import OpenAIProvider
+from worker.providers.openai_http import _events
+
+KEY = "sk-test-0123456789abcdef"
+
+
+async def serve(handler):
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+
+async def test_a_server_that_never_answers_ends_in_the_providers_timeout():
+    """timeout=1: the SDK path raises APITimeoutError ('did not answer in time', retryable) after 1 s;
+    the lean path has no timeout at all and waits for ever (the job hangs until arq's job timeout)."""
+
+    async def silent(reader, writer):
+        await reader.read(65536)  # the request, then nothing
+        await asyncio.sleep(3600)
+
+    server, url = await serve(silent)
+    provider = OpenAIProvider(api_key=KEY, base_url=url, timeout=1, max_retries=0)
+    assert provider.lean is not None
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(8):
+            try:
+                await collect(provider, model_call("m"))
+            except ProviderError as e:
+                assert "did not answer in time" in e.message and e.retryable
+    except TimeoutError:
+        raise AssertionError("no answer in 8 s with timeout=1: the lean path never times out") from None
+    finally:
+        await provider.aclose()
+        server.close()
+    assert time.monotonic() - started < 5
+
+
+async def test_one_big_chunk_of_many_small_events_is_parsed_in_linear_time():
+    """A server (or a buffering proxy before it) that writes 190 KB of events as one HTTP chunk."""
+    event = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+    n = 4_000  # ~190 KB (40,000: 65 s of CPU on this box)
+
+    async def one_piece():
+        yield event * n
+
+    started = time.process_time()
+    count = 0
+    async for _ in _events(one_piece()):
+        count += 1
+    spent = time.process_time() - started
+    assert count == n
+    assert spent < 0.1, (
+        f"{spent:.1f} s of CPU for {n} events in one chunk (the worker's loop is blocked meanwhile)"
+    )
+
+
+async def test_a_server_on_an_ipv6_address_gets_a_valid_host_and_its_errors_are_provider_errors():
+    """http://[::1]:port/v1: the lean path writes 'Host: ::1:port' and builds its error requests from
+    'http://::1:port/…', which httpx2 refuses (InvalidURL) instead of the provider's error."""
+    hosts: list[bytes] = []
+
+    async def broken(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        hosts.extend(line for line in head.split(b"\r\n") if line.lower().startswith(b"host:"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 16\r\n\r\ndata: not json\n\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(broken, "::1", 0)
+    except OSError:
+        import pytest
+
+        pytest.skip("no IPv6 loopback here")
+    url = f"http://[::1]:{server.sockets[0].getsockname()[1]}/v1"
+    provider = OpenAIProvider(api_key=KEY, base_url=url, timeout=5, max_retries=0)
+    try:
+        try:
+            await collect(provider, model_call("m"))
+        except ProviderError:
+            pass
+    finally:
+        await provider.aclose()
+        server.close()
+    assert hosts and hosts[0].startswith(b"Host: [::1]:"), hosts
