@@ -18,8 +18,8 @@ async def serve(handler):
 
 
 async def test_a_server_that_never_answers_ends_in_the_providers_timeout():
-    """timeout=1: the SDK path raises APITimeoutError ('did not answer in time', retryable) after 1 s;
-    the lean path has no timeout at all and waits for ever (the job hangs until arq's job timeout)."""
+    """timeout=1: the lean path ends in 'did not answer in time' (retryable) after about 1 s, as the
+    SDK path does, not when arq's job timeout ends the job."""
 
     async def silent(reader, writer):
         await reader.read(65536)  # the request, then nothing
@@ -63,8 +63,8 @@ async def test_one_big_chunk_of_many_small_events_is_parsed_in_linear_time():
 
 
 async def test_a_server_on_an_ipv6_address_gets_a_valid_host_and_its_errors_are_provider_errors():
-    """http://[::1]:port/v1: the lean path writes 'Host: ::1:port' and builds its error requests from
-    'http://::1:port/…', which httpx2 refuses (InvalidURL) instead of the provider's error."""
+    """http://[::1]:port/v1: the Host header and the error's request URL keep the brackets, so a
+    garbled answer is the provider's error, not httpx2's InvalidURL."""
     hosts: list[bytes] = []
 
     async def broken(reader, writer):
@@ -93,3 +93,30 @@ async def test_a_server_on_an_ipv6_address_gets_a_valid_host_and_its_errors_are_
         await provider.aclose()
         server.close()
     assert hosts and hosts[0].startswith(b"Host: [::1]:"), hosts
+
+
+async def test_a_token_that_is_not_utf8_becomes_u_fffd_and_the_answer_completes():
+    """A model server whose stream carries invalid UTF-8 inside a token: the bytes become U+FFFD (as a
+    lone surrogate does, shared.tokens.well_formed) and the answer completes; before, the job failed
+    as 'cannot connect to the provider … check OPENAI_BASE_URL', retried."""
+    body = (
+        b'data: {"choices":[{"delta":{"content":"caf\xc3"}}]}\n\n'
+        b'data: {"choices":[{"delta":{"content":"!"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+
+    async def garbled(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server, url = await serve(garbled)
+    provider = OpenAIProvider(api_key=KEY, base_url=url, timeout=5, max_retries=0)
+    try:
+        pieces, _ = await collect(provider, model_call("m"))
+    finally:
+        await provider.aclose()
+        server.close()
+    assert "".join(pieces) == "caf\ufffd!"

@@ -217,8 +217,8 @@ async def _events(pieces: AsyncIterator[bytes]) -> AsyncGenerator[str, None]:
             while at < len(buffer) and buffer[at] in b"\r\n":
                 at += 1
             data = [line[5:].removeprefix(b" ") for line in block.splitlines() if line.startswith(b"data:")]
-            if data:
-                yield b"\n".join(data).decode()
+            if data:  # a broken UTF-8 byte becomes U+FFFD, as a lone surrogate does
+                yield b"\n".join(data).decode(errors="replace")
         buffer = buffer[at:]
         for_end = max(0, len(buffer) - 3)
 
