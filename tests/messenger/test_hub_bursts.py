@@ -77,3 +77,33 @@ async def test_a_confirmation_and_an_unknown_channel_inside_a_burst(redis_url):
     finally:
         await hub.close()
         await client.aclose()
+
+
+async def test_follows_that_start_together_share_one_subscribe_and_their_ends_one_unsubscribe(redis_url):
+    """200 follows at once on a real Redis: each is confirmed and gets its job's message, in a few
+    SUBSCRIBE commands, not 200; once all have ended, Redis holds none of their channels."""
+    admin = sync_redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
+    hub = EventHub(client)
+    await hub.start()
+    jobs = [f"together-{i}" for i in range(200)]
+    try:
+        admin.config_resetstat()
+
+        async def one(job: str) -> bytes:
+            async with hub.follow(job) as queue:
+                admin.publish(keys.events(job), job.encode())
+                return await asyncio.wait_for(queue.get(), 10)
+
+        got = await asyncio.gather(*(one(job) for job in jobs))
+        channels = [keys.events(job) for job in jobs]
+        async with asyncio.timeout(10):  # the UNSUBSCRIBEs are sent; Redis runs them a moment later
+            while any(count for _, count in admin.pubsub_numsub(*channels)):  # noqa: ASYNC110 (Redis has no event for it)
+                await asyncio.sleep(0.01)
+        stats = admin.info("commandstats")
+    finally:
+        await hub.close()
+        await client.aclose()
+    assert got == [job.encode() for job in jobs]
+    assert stats["cmdstat_subscribe"]["calls"] <= 20, stats["cmdstat_subscribe"]
+    assert stats["cmdstat_unsubscribe"]["calls"] <= 20, stats["cmdstat_unsubscribe"]
