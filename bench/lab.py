@@ -165,8 +165,9 @@ class Lab:
                 self.spawn(f"{site.name}-worker", ["-m", module], env, stdin=subprocess.DEVNULL)
             )
 
-    def messenger(self, site: Site) -> tuple[subprocess.Popen, int]:
-        """A real `messenger serve --transport http` process on the site's Redis: (process, port)."""
+    def messenger(self, site: Site, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+        """A real `messenger serve --transport http` process on the site's Redis: (process, port);
+        `env`: its whole environment instead (it must name the site's REDIS_URL)."""
         port = free_port()
         args = [
             "-m",
@@ -179,7 +180,7 @@ class Lab:
             "--port",
             str(port),
         ]
-        return self.spawn(f"{site.name}-messenger", args, child_env(REDIS_URL=site.url)), port
+        return self.spawn(f"{site.name}-messenger", args, env or child_env(REDIS_URL=site.url)), port
 
     def wait_healthy(self, proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
         """Until the messenger on `port` answers /health with 200 (blocking: run it in a thread)."""

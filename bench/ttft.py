@@ -45,7 +45,6 @@ from dataclasses import dataclass  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 from openai import AsyncOpenAI  # noqa: E402
-from redis_server import free_port  # noqa: E402
 
 from bench.lab import Lab, Site, child_env, scratch_lab  # noqa: E402
 from bench.mcp_wire import Caller  # noqa: E402
@@ -286,19 +285,7 @@ async def ab(lab: Lab, args: argparse.Namespace) -> list[dict[str, float]]:
         env = child_env(REDIS_URL=site.url, **provider)
         env["PYTHONPATH"] = str(root)  # that checkout's packages, this environment's libraries
         site.workers.append(lab.spawn(f"{name}-worker", ["-m", "worker.cli"], env, stdin=subprocess.DEVNULL))
-        port = free_port()
-        argv = [
-            "-m",
-            "messenger.cli",
-            "serve",
-            "--transport",
-            "http",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        messenger = lab.spawn(f"{name}-messenger", argv, env)
+        messenger, port = lab.messenger(site, env)
         await asyncio.to_thread(lab.wait_healthy, messenger, port)
         callers[name] = Caller("127.0.0.1", port)
         await callers[name].open()

@@ -5,30 +5,19 @@ sse-starlette pinged it every 15 s from the start. Behind a proxy with an idle t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import anyio
 import pytest
-from mcp.server.mcpserver import MCPServer
-from test_session_sdk import POST, serve
+from test_session_sdk import POST, quiet_replica, serve
 
 from messenger import session_sdk
-from messenger.sessions import RETRY_MS, SessionGate
 
 
 @pytest.mark.parametrize("version", ["2025-06-18", "2025-03-26"])
 async def test_an_old_versions_quiet_call_is_pinged(redis, monkeypatch, version):
     monkeypatch.setattr(session_sdk, "PING_SECONDS", 0.05)
-    server = MCPServer("quiet")
-
-    @server.tool()
-    async def wait(seconds: float) -> str:
-        await asyncio.sleep(seconds)
-        return "done"
-
-    app = server.streamable_http_app(retry_interval=RETRY_MS)
-    gate = SessionGate(app, server.session_manager, redis, 60, "replica-old")
+    server, _, gate = quiet_replica(redis)
     url = "http://127.0.0.1:8000/mcp"
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "old", "version": "1"}}}  # fmt: skip

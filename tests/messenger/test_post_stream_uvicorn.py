@@ -20,7 +20,8 @@ from messenger.progress import ATTEMPT, JOB_ID, SEQ, ProgressOut
 from messenger.sessions import RETRY_MS, SessionGate
 
 
-def chatty(redis):
+def chatty(redis, width: int = 50, pause: float = 0.002):
+    """A replica whose tool `talk` sends n progress notes (each `width` words long) as the messenger does."""
     server = MCPServer("chatty")
 
     @server.tool()
@@ -28,8 +29,8 @@ def chatty(redis):
         out = ProgressOut(ctx, None)
         JobLog(ctx, 0)
         for seq in range(n):
-            await out.send(seq + 1, f"w{seq}" * 50, {JOB_ID: "job-9", ATTEMPT: 1, SEQ: seq})
-            await asyncio.sleep(0.002)
+            await out.send(seq + 1, f"w{seq}" * width, {JOB_ID: "job-9", ATTEMPT: 1, SEQ: seq})
+            await asyncio.sleep(pause)
         return "done"
 
     app = server.streamable_http_app(retry_interval=RETRY_MS)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+from typing import Any
 
 import anyio
 import httpx2
@@ -392,6 +393,19 @@ async def test_a_wrong_type_session_key_is_an_unknown_session_not_redis_away(red
     assert "mcpq:session:s3" in caplog.text and "wrong type" in caplog.text
 
 
+def quiet_replica(redis) -> tuple[MCPServer, Any, SessionGate]:
+    """A replica whose tool `wait` says nothing for `seconds` (the pinger's timer rings first)."""
+    server = MCPServer("quiet")
+
+    @server.tool()
+    async def wait(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    app = server.streamable_http_app(retry_interval=RETRY_MS)
+    return server, app, SessionGate(app, server.session_manager, redis, 60, f"replica-{id(server)}")
+
+
 def test_the_post_response_the_sdk_builds_is_still_the_module_global_sse_response():
     """messenger.session_sdk.answer_posts_lightly swaps the module global the SDK's POST handler
     builds its SSE response by; it must still be built there, with these arguments."""
@@ -406,15 +420,7 @@ async def test_a_posts_light_response_has_sse_starlettes_headers_and_pings_a_qui
     Date), a comment line every PING_SECONDS while the call is quiet, then the response; the same
     call without SessionGate (sse-starlette's response) for comparison."""
     monkeypatch.setattr(session_sdk, "PING_SECONDS", 0.05)
-    server = MCPServer("quiet")
-
-    @server.tool()
-    async def wait(seconds: float) -> str:
-        await asyncio.sleep(seconds)  # the pinger's timer (0.05 s) rings first
-        return "done"
-
-    app = server.streamable_http_app(retry_interval=RETRY_MS)
-    gate = SessionGate(app, server.session_manager, redis, 60, "replica-q")
+    server, app, gate = quiet_replica(redis)
     url = "http://127.0.0.1:8000/mcp"
     call = {
         "jsonrpc": "2.0",
