@@ -1,8 +1,9 @@
-"""worker/providers/openai_http.py (the lean plain-HTTP path) against raw asyncio servers."""
+"""The OpenAI provider's streams against raw asyncio servers: the lean plain-HTTP path (worker/providers/openai_http.py), and the SDK's where a test says so."""
 
 import asyncio
 import time
 
+import pytest
 from stream_helpers import collect, model_call
 
 from worker.providers import ProviderError
@@ -95,10 +96,13 @@ async def test_a_server_on_an_ipv6_address_gets_a_valid_host_and_its_errors_are_
     assert hosts and hosts[0].startswith(b"Host: [::1]:"), hosts
 
 
-async def test_a_token_that_is_not_utf8_becomes_u_fffd_and_the_answer_completes():
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "sdk"])
+async def test_a_token_that_is_not_utf8_becomes_u_fffd_and_the_answer_completes(lean):
     """A model server whose stream carries invalid UTF-8 inside a token: the bytes become U+FFFD (as a
-    lone surrogate does, shared.tokens.well_formed) and the answer completes; before, the job failed
-    as 'cannot connect to the provider … check OPENAI_BASE_URL', retried."""
+    lone surrogate does, shared.tokens.well_formed) and the answer completes, on the lean path and
+    where the SDK streams (TLS, a proxy: here the lean path switched off); before, the job failed
+    ('cannot connect to the provider … check OPENAI_BASE_URL' on the lean path, the SDK's
+    UnicodeDecodeError on its own) and was retried."""
     body = (
         b'data: {"choices":[{"delta":{"content":"caf\xc3"}}]}\n\n'
         b'data: {"choices":[{"delta":{"content":"!"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
@@ -114,6 +118,8 @@ async def test_a_token_that_is_not_utf8_becomes_u_fffd_and_the_answer_completes(
 
     server, url = await serve(garbled)
     provider = OpenAIProvider(api_key=KEY, base_url=url, timeout=5, max_retries=0)
+    if not lean:
+        provider.lean = None
     try:
         pieces, _ = await collect(provider, model_call("m"))
     finally:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from typing import Any
 
 import openai
 from openai import AsyncOpenAI, AsyncStream
+from openai._streaming import ServerSentEvent, SSEDecoder
 from openai.types.chat import ChatCompletion
 
 from shared.events import TokenUsage
@@ -42,6 +43,19 @@ class _Client(AsyncOpenAI):
 
     def _should_retry(self, response) -> bool:  # pinned: tests/worker/test_capacity_provider.py
         return response.status_code != 429 and super()._should_retry(response)
+
+    def _make_sse_decoder(self) -> SSEDecoder:
+        return _Lenient()
+
+
+class _Lenient(SSEDecoder):
+    """The SDK's SSE decoder, with a broken UTF-8 byte as U+FFFD (as the lean path and
+    shared.tokens.well_formed do): the SDK's strict decode raised, and the job failed and retried."""
+
+    def _decode_lines(self, lines: Iterator[bytes]) -> Iterator[ServerSentEvent]:
+        for raw_line in lines:
+            if sse := self.decode(raw_line.decode("utf-8", "replace")):
+                yield sse
 
 
 class OpenAIProvider(Provider):
