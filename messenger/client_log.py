@@ -39,6 +39,7 @@ from messenger.calls import unavailable
 from messenger.collector import Transcript
 from messenger.progress import direct_stream, notification
 from shared import damaged, keys
+from shared.connection import Batch
 from shared.events import Event, InputRequiredEvent, ToolCallEvent, ToolResultEvent
 
 if TYPE_CHECKING:
@@ -80,8 +81,8 @@ class LevelStore:
         sid = _session_id(request)
         if sid is None:
             return self.local
-        key = keys.log_level(sid)
-        stored = await damaged.read(self.runtime.redis.get(key), key, None)
+        key = keys.log_level(sid)  # in the pipeline that reads the session's record (Batch.of)
+        stored = await damaged.read(Batch.of(self.runtime.redis).run(("GET", key)), key, None)
         level = stored.decode(errors="replace") if isinstance(stored, bytes) else None
         return level if level in LEVELS else DEFAULT_LEVEL  # unset, expired or junk: the default
 

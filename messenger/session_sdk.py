@@ -34,7 +34,7 @@ from mcp.server.runner import serve_connection
 from mcp.server.streamable_http import EventMessage, EventStore, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
-from mcp_types import InitializeRequestParams
+from mcp_types import InitializeRequestParams, JSONRPCError, JSONRPCResponse
 from sse_starlette import EventSourceResponse
 from sse_starlette.event import ensure_bytes
 from starlette.types import Message, Receive, Scope, Send
@@ -227,10 +227,11 @@ class PostStream:
     Why: sse-starlette runs five tasks per response (stream, ping, shutdown watch, the SDK's SSE
     writer, disconnect watch) and cancels three at the end; at 1,000 callers that was a tenth of the
     messenger's py-spy samples, and the frames and tracebacks of the cancelled tasks were most of
-    the cyclic garbage the collector then spent more on. Here: the SDK's SSE writer in one task, its
-    events written in this one, a ping every PING_SECONDS from one task for all streams. A client
-    that goes away does not end the call (in 2025-11-25 it resumes by `Last-Event-ID`): the server
-    drops what is written to a closed connection, and the response ends with the call.
+    the cyclic garbage the collector then spent more on. Here the SDK's SSE writer's work is done in
+    this one task (`_write_events`: no writer task, no second memory stream per call), a ping every
+    PING_SECONDS from one task for all streams. A client that goes away does not end the call (in
+    2025-11-25 it resumes by `Last-Event-ID`): the server drops what is written to a closed
+    connection, and the response ends with the call.
     """
 
     def __init__(self, content, *, data_sender_callable, headers: dict[str, str], **options: Any):
@@ -241,7 +242,7 @@ class PostStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         wire = scope.get(WIRE_SCOPE_KEY)
-        if wire is None or scope.get("method") != "POST":
+        if wire is None or scope.get("method") != "POST" or _sse_writer_args(self.sender) is None:
             response = EventSourceResponse(
                 self.content, headers=self.headers, data_sender_callable=self.sender, **self.options
             )
@@ -253,21 +254,51 @@ class PostStream:
         _keep_pinging()
         _PINGED.add(wire)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.sender)
-                async with self.content:
-                    async for event in self.content:
-                        if not wire.ended:
-                            await send(
-                                {
-                                    "type": "http.response.body",
-                                    "body": ensure_bytes(event, "\r\n"),
-                                    "more_body": True,
-                                }
-                            )
+            async with self.content:
+                await self._write_events(wire, send)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             _PINGED.discard(wire)
+
+    async def _write_events(self, wire: Wire, send: Send) -> None:
+        """The SDK's `_run_sse_writer` (the priming event, then the request's stream up to its
+        response; a stream closed under it, by `close_sse_stream` or the session's end, ends it),
+        each event written as the SDK's `sse_stream_reader` would have handed it over."""
+        transport, request_id, sse_writer, request_reader, priming = _sse_writer_args(self.sender)  # type: ignore[misc]
+
+        async def write(event: dict[str, Any]) -> None:
+            if not wire.ended:
+                await send(
+                    {"type": "http.response.body", "body": ensure_bytes(event, "\r\n"), "more_body": True}
+                )
+
+        try:
+            async with sse_writer, request_reader:
+                if priming is not None:
+                    await write(priming)
+                async for event_message in request_reader:
+                    await write(transport._create_event_data(event_message))
+                    if isinstance(event_message.message, JSONRPCResponse | JSONRPCError):
+                        break
+        except anyio.ClosedResourceError:
+            log.debug("SSE stream closed by close_sse_stream()")
+        except Exception:
+            log.exception("Error in SSE writer")
+        finally:
+            transport._sse_stream_writers.pop(request_id, None)
+            await transport._clean_up_memory_streams(request_id)
+
+
+def _sse_writer_args(sender: Any) -> tuple[StreamableHTTPServerTransport, Any, Any, Any, Any] | None:
+    """(transport, request id, SSE stream writer, request stream reader, priming event) of the SDK's
+    `partial(transport._run_sse_writer, …)`; None for any other sender."""
+    func = getattr(sender, "func", None)
+    transport = getattr(func, "__self__", None)
+    if not isinstance(transport, StreamableHTTPServerTransport) or len(getattr(sender, "args", ())) != 4:
+        return None
+    if getattr(func, "__func__", None) is not StreamableHTTPServerTransport._run_sse_writer:
+        return None
+    return (transport, *sender.args)
 
 
 _PINGED: set[Wire] = set()  # the open PostStreams' wires

@@ -116,7 +116,7 @@ class SessionRegistry:
     def __init__(self, redis, idle_seconds: float):
         self.redis = redis
         self.ttl = max(1, int(idle_seconds))
-        self.batch = Batch(redis)
+        self.batch = Batch.of(redis)
 
     async def create(self, session_id: str, record: SessionRecord) -> None:
         await self.redis.set(keys.session(session_id), record.dumps(), ex=self.ttl)

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import ssl
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -253,6 +254,14 @@ class Batch:
         self.pending: list[tuple[tuple[tuple[Any, ...], ...], asyncio.Future[Any]]] = []
         self.flusher: asyncio.Task[None] | None = None
 
+    @classmethod
+    def of(cls, redis) -> Batch:
+        """The one Batch of this Redis client, so every user of it in the process shares its pipelines."""
+        batch = _BATCHES.get(redis)
+        if batch is None:
+            batch = _BATCHES[redis] = cls(redis)
+        return batch
+
     async def run(self, *commands: tuple[Any, ...]) -> Any:
         """Send `commands` (each one command's arguments) in the next pipeline: the first one's reply,
         raised if it is an error (the others' replies are not looked at)."""
@@ -288,6 +297,9 @@ class Batch:
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
+
+
+_BATCHES: weakref.WeakKeyDictionary[Any, Batch] = weakref.WeakKeyDictionary()
 
 
 def redacted(redis_url: str) -> str:

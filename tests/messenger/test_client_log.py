@@ -4,6 +4,9 @@ and reading the level does not hold back the job's enqueue."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
 import pytest
 from mcp import Client
 from openai_server import eventually
@@ -13,6 +16,7 @@ from messenger.collector import Transcript
 from messenger.progress import NOTICE_CHARS, TOOL_CALL, tool_meta
 from messenger.server import build_server
 from shared import events, keys
+from shared.connection import connect
 from shared.events import DoneEvent, StartEvent, TokenEvent, TokenUsage, ToolCallEvent, ToolResultEvent
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
@@ -110,3 +114,20 @@ def test_a_tool_notice_in_meta_is_cut_however_big_the_arguments():
     assert tool_meta(small)[TOOL_CALL]["arguments"] == {"x": 1}
     cut = tool_meta(big)[TOOL_CALL]["arguments"]
     assert isinstance(cut, str) and cut.startswith('{"x": "yyy') and len(cut) == NOTICE_CHARS + 1
+
+
+async def test_a_burst_of_calls_reads_its_levels_without_a_connection_each(redis_url):
+    """Calls that arrive together read their sessions' levels in the pipelines the session records
+    go in (shared.connection.Batch.of), not each on a pool connection of its own: 300 reads at once
+    opened about as many connections before."""
+    redis = connect(redis_url)
+    try:
+        store = LevelStore(SimpleNamespace(redis=redis))  # type: ignore[arg-type]
+        await redis.set(keys.log_level("s1"), b"debug")
+        levels = await asyncio.gather(*(store.level(Request("s1")) for _ in range(300)))
+        pool = redis.connection_pool
+        opened = len(pool._available_connections) + len(pool._in_use_connections)  # pyright: ignore[reportAttributeAccessIssue]
+    finally:
+        await redis.aclose()
+    assert levels == ["debug"] * 300
+    assert opened <= 2  # the SET's, and the one the pipelines took turns on

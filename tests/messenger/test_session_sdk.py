@@ -447,3 +447,41 @@ async def test_a_posts_light_response_has_sse_starlettes_headers_and_pings_a_qui
     assert sent[0]["retry"] == "1000" and json.loads(sent[-1]["data"])["result"]["structuredContent"] == {
         "result": "done"
     }
+
+
+async def test_a_posts_events_are_written_without_the_sdks_sse_writer_task(redis, monkeypatch):
+    """PostStream does the SDK's SSE writer's work in its own task (the priming event, then the
+    request's stream up to the response, the streams cleaned up after): no writer task and no second
+    memory stream per call, the same events and the same ids."""
+    started: list[str] = []
+    writer = StreamableHTTPServerTransport._run_sse_writer
+
+    async def counted(self, request_id, *args):
+        started.append(request_id)
+        await writer(self, request_id, *args)
+
+    monkeypatch.setattr(StreamableHTTPServerTransport, "_run_sse_writer", counted)
+    server, _, gate = quiet_replica(redis)
+    url = "http://127.0.0.1:8000/mcp"
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "wait", "arguments": {"seconds": 0}},
+    }
+    with anyio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            (client,) = await serve(stack, (gate, server.session_manager))
+            sid, headers = await open_session(client, url)
+            answered = await client.post(url, headers=headers, json=call)
+    transport = server.session_manager._server_instances.get(sid)
+    assert started == ["1"]  # the initialize's (its scope has no Wire): sse-starlette's, unchanged
+    sent = [e for e in events(answered.text) if "id" in e]
+    assert sent[0]["retry"] == "1000" and sent[0]["data"] == ""
+    assert json.loads(sent[-1]["data"])["result"]["structuredContent"] == {"result": "done"}
+    assert [e["id"] for e in sent] == [
+        f"2/{i.decode()}" for i, _ in await redis.xrange(f"mcpq:session:{sid}:events:2")
+    ]
+    assert transport is None or (
+        "2" not in transport._request_streams and "2" not in transport._sse_stream_writers
+    )
