@@ -19,7 +19,7 @@ from typing import Literal, cast
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from messenger.hub import RESYNC
+from messenger.hub import RESYNC, Mailbox
 from shared import keys
 from shared.events import (
     TERMINAL,
@@ -219,7 +219,7 @@ class _IdleAlarm:
     per follower, moved on only when it rings: an asyncio.timeout around each wait armed and
     cancelled a timer per token (50,000 a second for 1,000 streams)."""
 
-    def __init__(self, live: asyncio.Queue):
+    def __init__(self, live: Mailbox):
         self._loop = asyncio.get_running_loop()
         self._live = live
         self.waiting_since: float | None = None  # loop time the follower began waiting on an empty queue
@@ -236,7 +236,7 @@ class _IdleAlarm:
         self._timer.cancel()
 
 
-async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> AsyncIterator[Event | None]:
+async def follow_events(redis, transcript: Transcript, live: Mailbox) -> AsyncIterator[Event | None]:
     """Yield the job's events in order until a terminal one; None on each idle tick.
 
     `live` must already be subscribed (EventHub.follow), so replaying the stream first and then
@@ -248,7 +248,7 @@ async def follow_events(redis, transcript: Transcript, live: asyncio.Queue) -> A
     alarm, clock = _IdleAlarm(live), asyncio.get_running_loop().time
     try:
         while not transcript.final:
-            if live.empty():  # (the usual case at 50 tokens/s: no QueueEmpty raised and caught per message)
+            if live.empty():  # (the usual case at 50 tokens/s: wait for the next message)
                 alarm.waiting_since = clock()
                 raw = await live.get()
                 alarm.waiting_since = None

@@ -1,6 +1,6 @@
 """One pub/sub connection for every job this messenger follows.
 
-Callers `follow(job_id)` to get a queue of that job's raw events; the subscription is confirmed by
+Callers `follow(job_id)` to get a Mailbox of that job's raw events; the subscription is confirmed by
 Redis before `follow` returns, so a job enqueued afterwards cannot publish into the void. A job
 enqueued `meanwhile` (while Redis confirms) may publish before the subscription is live: those
 events are in its stream, which the follower reads after `follow` returns (collector.follow_events
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
@@ -28,12 +29,51 @@ SUBSCRIBE_TIMEOUT = 10.0
 KEEPALIVE_CHANNEL = keys.EVENTS_PREFIX + "~hub"  # "~" never occurs in a job id
 
 
+class Mailbox:
+    """One follower's live messages, in the order the hub read them: a deque and the one reader's
+    waiter. An asyncio.Queue's bookkeeping (unfinished-task count, its Event, getter and putter
+    queues, a loop check per get) cost 1.5-2 µs of every relayed event with 1,000 jobs followed."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: object) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def get_nowait(self) -> object:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> object:
+        """The next message, waiting for it (one reader at a time)."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class EventHub:
     def __init__(self, redis, policy: RetryPolicy = SERVICE):
         self._redis = redis
         self._policy = policy  # the pool's: a lost subscription is retried as patiently as a command
         self._pubsub = redis.pubsub()
-        self._followers: dict[str, set[asyncio.Queue]] = {}
+        self._followers: dict[str, set[Mailbox]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -60,13 +100,13 @@ class EventHub:
     @contextlib.asynccontextmanager
     async def follow(
         self, job_id: str, meanwhile: Callable[[], Awaitable[object]] | None = None
-    ) -> AsyncIterator[asyncio.Queue]:
+    ) -> AsyncIterator[Mailbox]:
         """`meanwhile` (the job's enqueue) runs once the SUBSCRIBE is sent, not after Redis confirms
         it: a caller's first token does not wait that round trip. Read the job's stream before its
         live events (collector.follow_events does) to see what it published before the confirmation.
         The follows that start in one loop turn share one SUBSCRIBE (and their ends one UNSUBSCRIBE)."""
         channel = keys.events(job_id)
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = Mailbox()
         followers = self._followers.setdefault(channel, set())
         followers.add(queue)
         try:

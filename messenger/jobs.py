@@ -18,7 +18,7 @@ from arq.jobs import deserialize_job_raw, deserialize_result, serialize_result
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay, retold
-from messenger.hub import EventHub
+from messenger.hub import EventHub, Mailbox
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import ResultReads, held_by_worker, lost_message, not_found, read_job, stored_result
 from shared import approvals, damaged, dead_letter, keys
@@ -204,7 +204,7 @@ class JobClient:
         return created, max(created, updated or created)
 
     async def _follow(
-        self, job_id: str, live: asyncio.Queue, on_event: OnEvent | None, timeout: float | None,
+        self, job_id: str, live: Mailbox, on_event: OnEvent | None, timeout: float | None,
         until_input: bool = False,
     ) -> JobResult:  # fmt: skip
         """Follow a job to its end and answer with its stored result, never the streamed text (which

@@ -8,6 +8,7 @@ import pytest
 
 from messenger import collector
 from messenger.collector import Transcript, follow_events
+from messenger.hub import Mailbox
 from shared.events import (
     DoneEvent,
     StartEvent,
@@ -193,7 +194,7 @@ async def test_a_quiet_follower_is_told_each_idle_tick_and_still_gets_every_even
     """None after IDLE_SECONDS without a message (the follower re-checks the job then), however
     many messages came before; the events stay whole and in order around it."""
     monkeypatch.setattr(collector, "IDLE_SECONDS", 0.01)
-    live: asyncio.Queue = asyncio.Queue()
+    live = Mailbox()
     e = Events()
     told = []
     events = follow_events(EmptyStream(), Transcript(JOB), live)
@@ -207,3 +208,24 @@ async def test_a_quiet_follower_is_told_each_idle_tick_and_still_gets_every_even
     assert [event.seq for event in told] == list(range(52))
     assert [event.type for event in told[-2:]] == ["token", "done"]
     await events.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_followers_mailbox_hands_over_every_message_in_order_and_wakes_its_reader():
+    """A reader waiting on an empty Mailbox is woken by the next message; a burst put while it
+    runs comes out whole and in order, and a reader cancelled while it waited takes nothing."""
+    live = Mailbox()
+    waiting = asyncio.ensure_future(live.get())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    reader = asyncio.ensure_future(live.get())
+    await asyncio.sleep(0)
+    for i in range(100):
+        live.put_nowait(i)
+    assert await reader == 0
+    assert [live.get_nowait() for _ in range(99)] == list(range(1, 100))
+    assert live.empty()
+    with pytest.raises(asyncio.QueueEmpty):
+        live.get_nowait()
