@@ -7,6 +7,7 @@ reconnecting readers). `seq` rises by one per event within an `attempt`; an atte
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -144,12 +145,26 @@ def dump_event(event: Event) -> bytes:
     return event.model_dump_json().encode()
 
 
-def token_wire(job_id: str, seq: int, attempt: int, ts: float, text: str) -> bytes:
-    """A TokenEvent's JSON, byte for byte as dump_event writes it, without building the model: the
-    worker numbers tens of thousands a second (1 µs each, not 4)."""
-    return to_json(
-        {"job_id": job_id, "seq": seq, "attempt": attempt, "ts": ts, "type": "token", "text": text}
-    )
+def event_head(job_id: str) -> bytes:
+    """What every event of the job starts with: its JSON up to the job id's comma. An event write
+    sends what follows it (write_wired), so the id crosses the wire once per job, not per event."""
+    return b'{"job_id":%b,' % to_json(job_id)
+
+
+def token_body(seq: int, attempt: int, ts: bytes, text: str) -> bytes:
+    """A TokenEvent's JSON after event_head, byte for byte as dump_event writes it, without building
+    the model (`ts`: to_json of the time, one for a whole write): the worker numbers tens of
+    thousands a second."""
+    return b'"seq":%d,"attempt":%d,"ts":%b,"type":"token","text":%b}' % (seq, attempt, ts, to_json(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _spliced(job_id: str) -> bool:
+    """Whether the script can put the job's head back itself (an id JSON does not escape)."""
+    try:
+        return event_head(job_id) == b'{"job_id":"%b",' % job_id.encode()
+    except UnicodeEncodeError:
+        return False
 
 
 # The job id is spliced back into each event here, so it crosses the wire once per job, not per
@@ -212,9 +227,9 @@ async def write_wired(
     redis, jobs: Mapping[str, Sequence[tuple[str, bytes]]], retried: frozenset[str] = frozenset(),
     journal: dict[str, list[tuple[int, bytes]]] | None = None,
 ) -> dict[str, Exception]:  # fmt: skip
-    """Store and publish each job's events, (type, dump_event's bytes) in order, in one command;
-    answers the jobs whose events Redis refused, with the error. Raises when the whole write failed
-    (Redis away, out of memory).
+    """Store and publish each job's events, (type, its JSON after event_head) in order, in one
+    command; answers the jobs whose events Redis refused, with the error. Raises when the whole write
+    failed (Redis away, out of memory).
 
     One script, not a pipeline of XADD + PUBLISH per event: each event crosses the wire once, and
     one reply comes back, not two per event. Stream first: any event a live reader sees is already
@@ -227,16 +242,16 @@ async def write_wired(
     batch: list[str | bytes] = []
     journal = journal or {}
     for job_id, owned in jobs.items():  # (per job and event: 1,000 streams make 1,000 jobs a write)
-        head = b'{"job_id":"%b",' % job_id.encode()
-        cut = len(head)
-        data = [d for _, d in owned]
-        spliced = all(d[:cut] == head for d in data)  # a job id JSON escapes is sent as it is
-        if spliced:
-            data = [d[cut:] for d in data]
+        spliced = _spliced(job_id)  # the script puts the head back; a job id JSON escapes goes whole
+        data = [d for _, d in owned] if spliced else [event_head(job_id) + d for _, d in owned]
         # (a paused job's stream lives as long as its question: worker/pause.py set its expiry)
-        ended = any(kind not in _GOING_ON for kind, _ in owned)
-        entries = journal.get(job_id)
+        ended = False
+        for kind, _ in owned:  # (a loop, not any(): a generator per job is a cost at 1,000 jobs)
+            if kind not in _GOING_ON:
+                ended = True
+                break
         flags = ("1" if ended else "0") + ("1" if job_id in retried else "0") + ("1" if spliced else "0")
+        entries = journal.get(job_id)
         batch += [job_id, str(len(owned)), flags + ("1" if entries else "0"), *data]
         if entries:
             batch += [str(len(entries)), *(x for step, entry in entries for x in (str(step), entry))]
@@ -252,6 +267,7 @@ async def publish_events(redis, events: Sequence[Event]) -> None:
     """Append events to their job's stream, then publish them, in one round trip; raises on a refusal."""
     jobs: dict[str, list[tuple[str, bytes]]] = {}
     for event in events:
-        jobs.setdefault(event.job_id, []).append((event.type, dump_event(event)))
+        body = dump_event(event)[len(event_head(event.job_id)) :]
+        jobs.setdefault(event.job_id, []).append((event.type, body))
     for error in (await write_wired(redis, jobs)).values():
         raise error

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 
+from pydantic_core import to_json
 from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from shared import keys
@@ -36,7 +37,8 @@ from shared.events import (
     ToolCallEvent,
     ToolResultEvent,
     dump_event,
-    token_wire,
+    event_head,
+    token_body,
     write_wired,
 )
 
@@ -132,7 +134,9 @@ class EventWriter:
             await self._write(ready)
 
     async def _write(self, publishers: list[EventPublisher]) -> None:
-        batch = [(p, p._take_events(), p._take_waiters()) for p in publishers]
+        now = time.time()  # one time for the write's events: all were pending when it began
+        stamp = to_json(now)
+        batch = [(p, p._take_events(now, stamp), p._take_waiters()) for p in publishers]
         jobs = {p.job_id: taken for p, taken, _ in batch if taken}
         journal = {p.job_id: p._take_journal() for p in publishers if p._journal}
         failures: dict[str, BaseException] = {}
@@ -160,7 +164,9 @@ class EventPublisher:
         self.deadline = deadline  # monotonic
         self._seq = 0
         self._pending: list[tuple[str, dict]] = []  # not numbered yet
-        self._unwritten: list[tuple[str, bytes]] = []  # (type, JSON) numbered, not yet in Redis, in order
+        # (type, JSON after the event's head: shared.events.write_wired) numbered, not yet in Redis, in order
+        self._unwritten: list[tuple[str, bytes]] = []
+        self._head = len(event_head(job_id))
         self._waiters: list[asyncio.Future[None]] = []
         self._failure: JobStopped | None = None
         self._retry_at = 0.0
@@ -246,17 +252,20 @@ class EventPublisher:
         self.writer._schedule(self)
         await waiter
 
-    def _take_events(self) -> list[tuple[str, bytes]]:
-        """Number what is pending and answer every unwritten event (a retry sends them all again)."""
-        job_id, attempt, ts = self.job_id, self.attempt, time.time()
+    def _take_events(self, now: float, stamp: bytes) -> list[tuple[str, bytes]]:
+        """Number what is pending, written at `now` (`stamp`: its JSON), and answer every unwritten
+        event (a retry sends them all again)."""
+        seq, attempt = self._seq, self.attempt
         for kind, fields in self._pending:
             if kind == "token":  # (the usual event: its JSON without a model)
-                data = token_wire(job_id, self._seq, attempt, ts, fields["text"])
+                data = token_body(seq, attempt, stamp, fields["text"])
             else:
                 cls = _EVENT_TYPES.get(kind, CancelledEvent)
-                data = dump_event(cls(job_id=job_id, seq=self._seq, attempt=attempt, ts=ts, **fields))
+                event = cls(job_id=self.job_id, seq=seq, attempt=attempt, ts=now, **fields)
+                data = dump_event(event)[self._head :]
             self._unwritten.append((kind, data))
-            self._seq += 1
+            seq += 1
+        self._seq = seq
         self._pending = []
         return list(self._unwritten)
 

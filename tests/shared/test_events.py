@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from shared.events import (
     TERMINAL,
@@ -19,8 +20,9 @@ from shared.events import (
     TokenEvent,
     TokenUsage,
     dump_event,
+    event_head,
     parse_event,
-    token_wire,
+    token_body,
 )
 
 EVENT_TYPES = (StartEvent, TokenEvent, DoneEvent, ErrorEvent, CancelledEvent)
@@ -206,8 +208,11 @@ def test_any_valid_event_round_trips(event):
 @FAST
 @given(st.fixed_dictionaries(envelope), st.text())
 def test_a_token_written_without_its_model_is_the_same_bytes(fields, text):
-    """The worker writes token events with token_wire: a reader cannot tell them from dump_event's."""
-    assert token_wire(**fields, text=text) == dump_event(TokenEvent(**fields, text=text))
+    """The worker writes token events with token_body after the job's event_head: a reader cannot
+    tell them from dump_event's."""
+    job_id, seq, attempt, ts = fields["job_id"], fields["seq"], fields["attempt"], fields["ts"]
+    wired = event_head(job_id) + token_body(seq, attempt, to_json(ts), text)
+    assert wired == dump_event(TokenEvent(**fields, text=text))
 
 
 @FAST

@@ -77,6 +77,25 @@ async def test_events_land_in_the_stream_and_on_the_channel(redis, channel):
     )
 
 
+async def test_a_job_id_json_escapes_is_written_whole_beside_plain_ones(redis):
+    """The write leaves each event's job id out for the script to put back; an id JSON escapes
+    (a quote, a backslash: arq takes any id) cannot be put back by plain concatenation, so its
+    events go whole. Both jobs' events, written in one script, read back exactly."""
+    odd = 'job"q\\1'
+    writer = EventWriter(redis)
+    plain, quoted = writer.publisher(JOB, attempt=1), writer.publisher(odd, attempt=2)
+    for publisher in (plain, quoted):
+        publisher.start_soon("worker-a", "mock-1")
+        publisher.token('ü "x"\n')
+    await asyncio.gather(done(plain), done(quoted))
+    for job_id, attempt in ((JOB, 1), (odd, 2)):
+        events = await job_events(redis, job_id)
+        assert [(e.type, e.job_id, e.attempt) for e in events] == [
+            ("start", job_id, attempt), ("token", job_id, attempt), ("done", job_id, attempt)
+        ]  # fmt: skip
+        assert events[1].text == 'ü "x"\n'
+
+
 async def test_many_unawaited_tokens_are_coalesced_without_losing_text(redis, channel):
     publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
