@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from shared import keys, prices
 from shared.connection import connect
-from shared.heap import settle_heap
+from shared.heap import WORKER_YOUNG_OBJECTS, settle_heap
 from shared.serializer import deserialize, serialize
 from shared.settings import Settings
 from shared.tool_client import ToolServers
@@ -55,7 +55,7 @@ async def startup(ctx: dict) -> None:
     ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx["redis"], state))
     if settings.worker_metrics_port is not None:
         ctx["metrics_server"] = MetricsServer(state.metrics.registry, settings.worker_metrics_port)
-    settle_heap()  # start-up objects are never scanned again: no long GC pauses between tokens
+    settle_heap(WORKER_YOUNG_OBJECTS)  # start-up objects are never scanned again; short young pauses
     log.info("worker %s ready (provider %s)", state.worker_id, provider.name)
     prices.warm(settings.default_model)
 
