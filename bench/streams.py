@@ -6,8 +6,8 @@ One redis-server, one real worker process (`python -m worker.cli`, the mock prov
 --tokens-per-s, WORKER_CONCURRENCY above N). This process is the messenger: it submits N jobs
 spread over STAGGER seconds and follows each through the real JobClient (hub, collector). Per N:
 token delay (the worker's event `ts` → this process has it, p50/p99), the delivered rate (each
-stream's tokens over its first-to-last token time, against the paced rate), the token delay while
-all N stream at once (between the last stream's first token and the first stream's last: no job
+stream's tokens after its first token event over the time to its last, against the paced rate: a
+stream paced exactly reads 100 %), the token delay while all N stream at once (between the last stream's first token and the first stream's last: no job
 starts or ends then, so it is the cost of tokens alone, where the whole run's p99 also holds the
 ramp of N job starts in STAGGER seconds), the CPU of the worker and of this process (the messenger
 side), each also per token, and in the same round the floor: this machine's bare PUBLISH →
@@ -62,13 +62,13 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
     async def one(i: int) -> None:
         await asyncio.sleep(max(0.0, t_start + rng.uniform(0, STAGGER) - time.time()))
         seen: list[tuple[float, int]] = []  # (event ts, tokens so far): one per token event
-        words = 0  # a merged token event carries several: counted by their spaces
+        words = 0  # a merged token event carries several: each mock token is one word (the last has no space)
 
         async def on_event(event, transcript) -> None:
             nonlocal words
             if event is not None and event.type == "token":
                 delays.append((event.ts, time.time() - event.ts))
-                words += event.text.count(" ")
+                words += len(event.text.split())
                 seen.append((event.ts, words))
 
         request = ChatRequest(message=f"s{i} {WORDS}")
