@@ -11,6 +11,7 @@ the answer (a re-run that went on from the job's journal sends the text it kept 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -84,6 +85,10 @@ class ProgressOut:
         self.request_id = request.request_id if request is not None else None
         self.direct = direct_stream(request)
 
+    def together(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Notifications sent inside go out at its end, together (RequestStream), where that is possible."""
+        return self.direct if self.direct is not None and self.token is not None else _AT_ONCE
+
     async def send(self, progress: float, message: str | None, meta: dict[str, Any]) -> None:
         if self.token is None:
             await self.ctx.report_progress(progress, self.total, message)
@@ -101,6 +106,9 @@ class ProgressOut:
             progress_token=self.token, progress=progress, total=self.total, message=message, _meta=meta
         )
         await self.ctx.session.send_notification(ProgressNotification(params=params_model), self.request_id)
+
+
+_AT_ONCE = contextlib.nullcontext()
 
 
 def direct_stream(request) -> RequestStream | None:
@@ -159,6 +167,10 @@ class ProgressRelay:
 
     async def __call__(self, event: Event | None, transcript: Transcript) -> None:
         self.job_id = transcript.job_id
+        async with self.out.together():  # the event's log message, text and status: one write
+            await self._relay(event, transcript)
+
+    async def _relay(self, event: Event | None, transcript: Transcript) -> None:
         if self.lifecycle is not None:
             await self.lifecycle(event, transcript)
         if event is None:  # the job's id at once, then keep-alives: no message, the text stays the answer

@@ -43,6 +43,7 @@ log = logging.getLogger("messenger")
 
 MANAGER_SCOPE_KEY = "mcp-queue.session-manager"  # set by messenger.sessions.SessionGate on each request
 WIRE_SCOPE_KEY = "mcp-queue.wire"  # a POST's Wire, set by messenger.sessions.SessionGate
+STREAM_SCOPE_KEY = "mcp-queue.request-stream"  # a POST's RequestStream, made by request_stream
 
 
 def give_each_session_a_store(
@@ -184,23 +185,48 @@ class RequestStream:
     request's own stream, the one the SDK's SSE writer drains after its priming event and before the
     response: either way the same order, ids and replay as the SDK's path. No stream (the client
     went away; it resumes from the store) drops the live copy only.
+
+    `async with` it: what is sent inside goes out at the end, together (one Batch entry, one socket
+    write), so a job event's log message, status and text cost one round trip and one write, not
+    three; an error inside drops them (the call is failing or cancelled: its response ends it).
     """
 
     def __init__(self, transport: StreamableHTTPServerTransport, request_id: str, wire: Wire | None):
         self.transport = transport
         self.request_id = request_id
         self.wire = wire
-        self.store = getattr(transport._event_store, "store_body", None)  # messenger.sessions.SessionEvents
+        self.store = getattr(transport._event_store, "store_bodies", None)  # messenger.sessions.SessionEvents
+        self.held: list[tuple[str, str]] | None = None  # inside `async with`: sent at its end
+
+    async def __aenter__(self) -> RequestStream:
+        if self.held is None:
+            self.held = []
+            self.holding = True
+        else:
+            self.holding = False  # (nested: the outer one sends)
+        return self
+
+    async def __aexit__(self, kind, *_: Any) -> None:
+        if not self.holding:
+            return
+        held, self.held = self.held, None
+        if held and kind is None:
+            await self._send(held)
 
     async def send(self, body: str, label: str = "") -> None:
-        event_id = await self.store(self.request_id, body, label) if self.store is not None else None
+        if self.held is not None:
+            self.held.append((body, label))
+            return
+        await self._send([(body, label)])
+
+    async def _send(self, events: list[tuple[str, str]]) -> None:
+        ids = await self.store(self.request_id, events) if self.store is not None else [None] * len(events)
         wire = self.wire
         if wire is not None and wire.started and not wire.queued:
             if not wire.ended:
+                body = b"".join(sse(event_id, body) for event_id, (body, _) in zip(ids, events, strict=True))
                 try:
-                    await wire.send(
-                        {"type": "http.response.body", "body": sse(event_id, body), "more_body": True}
-                    )
+                    await wire.send({"type": "http.response.body", "body": body, "more_body": True})
                 except (RuntimeError, OSError):  # the server has closed the response meanwhile
                     wire.ended = True
             return
@@ -210,7 +236,8 @@ class RequestStream:
         if wire is not None:
             wire.queued = True
         try:
-            await streams[0].send(EventMessage(_Encoded(body), event_id))  # type: ignore[arg-type]
+            for event_id, (body, _) in zip(ids, events, strict=True):
+                await streams[0].send(EventMessage(_Encoded(body), event_id))  # type: ignore[arg-type]
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # the client went away meanwhile
             pass
 
@@ -353,4 +380,9 @@ def request_stream(request: Any, request_id: Any) -> RequestStream | None:
     transport = manager._server_instances.get(session_id) if session_id else None
     if transport is None or transport.is_json_response_enabled:
         return None
-    return RequestStream(transport, str(request_id), scope.get(WIRE_SCOPE_KEY))
+    stream = scope.get(STREAM_SCOPE_KEY)  # one per POST: the call's progress and log messages hold together
+    if stream is None or stream.transport is not transport or stream.request_id != str(request_id):
+        stream = scope[STREAM_SCOPE_KEY] = RequestStream(
+            transport, str(request_id), scope.get(WIRE_SCOPE_KEY)
+        )
+    return stream

@@ -190,7 +190,14 @@ class SessionEvents(EventStore):
         return await self.store_body(stream_id, body, job_label(message), ending)
 
     async def store_body(self, stream_id: str, body: str, label: str = "", ending: bool = False) -> str:
-        """Store one event already in its JSON form (messenger.session_sdk.RequestStream writes so)."""
+        """Store one event already in its JSON form."""
+        return (await self.store_bodies(stream_id, [(body, label)], ending))[0]
+
+    async def store_bodies(
+        self, stream_id: str, events: list[tuple[str, str]], ending: bool = False
+    ) -> list[str]:
+        """Store events already in their JSON form, (body, label) each, in one Batch entry
+        (messenger.session_sdk.RequestStream writes so): their event ids, in order."""
         key = stream_key(self.session_id, stream_id)
         now = time.monotonic()
         expire = None
@@ -200,15 +207,24 @@ class SessionEvents(EventStore):
         elif now - self.expiry_set.get(stream_id, -1e9) > self.registry.ttl / 2:
             expire = self.registry.ttl
             self.expiry_set[stream_id] = now
+        commands = [
+            ("XADD", key, "MAXLEN", "~", EVENTS_KEPT, "*", "m", body, "r", self.replica) for body, _ in events
+        ]
         try:
-            add = ("XADD", key, "MAXLEN", "~", EVENTS_KEPT, "*", "m", body, "r", self.replica)
-            entry = _text(
-                await self.batch.run(add, *([("EXPIRE", key, expire)] if expire is not None else []))
+            replies = await self.batch.run_each(
+                *commands, *([("EXPIRE", key, expire)] if expire is not None else [])
             )
-        except Exception as e:  # the live stream goes on; only resuming from here is lost
-            log.warning("session %s: an event not stored (Redis: %s)", self.session_id[:12], type(e).__name__)
-            entry = "0-0"  # names no entry: a Last-Event-ID of it gets 404
-        return f"{stream_id}/{entry}{label}"
+        except Exception as e:
+            replies = [e] * len(events)
+        entries = []
+        for reply in replies[: len(events)]:
+            if isinstance(reply, BaseException):  # the live stream goes on; only resuming from here is lost
+                log.warning(
+                    "session %s: an event not stored (Redis: %s)", self.session_id[:12], type(reply).__name__
+                )
+                reply = "0-0"  # names no entry: a Last-Event-ID of it gets 404
+            entries.append(_text(reply))
+        return [f"{stream_id}/{entry}{label}" for entry, (_, label) in zip(entries, events, strict=True)]
 
     async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> None:
         """Send what followed `last_event_id`, then what comes, until the response (or a reason to stop).

@@ -251,7 +251,7 @@ class Batch:
 
     def __init__(self, redis):
         self.redis = redis
-        self.pending: list[tuple[tuple[tuple[Any, ...], ...], asyncio.Future[Any]]] = []
+        self.pending: list[tuple[tuple[tuple[Any, ...], ...], asyncio.Future[Any], bool]] = []
         self.flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -265,17 +265,25 @@ class Batch:
     async def run(self, *commands: tuple[Any, ...]) -> Any:
         """Send `commands` (each one command's arguments) in the next pipeline: the first one's reply,
         raised if it is an error (the others' replies are not looked at)."""
+        return await self._submit(commands, False)
+
+    async def run_each(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send `commands` in the next pipeline: every one's reply, an error one as its exception
+        (not raised; a pipeline that failed as a whole raises)."""
+        return await self._submit(commands, True)
+
+    def _submit(self, commands: tuple[tuple[Any, ...], ...], each: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending.append((commands, future))
+        self.pending.append((commands, future, each))
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.create_task(self._flush(), name="redis-batch")
-        return await future
+        return future
 
     async def _flush(self) -> None:
         while self.pending:
             batch, self.pending = self.pending, []
             pipe = self.redis.pipeline(transaction=False)
-            for commands, _ in batch:
+            for commands, _, _ in batch:
                 for args in commands:
                     pipe.execute_command(*args)
             replies: list | BaseException
@@ -288,8 +296,13 @@ class Batch:
             except Exception as e:  # each waiting caller gets it: none may wait for ever
                 replies = e
             at = 0
-            for commands, future in batch:
-                reply = replies if isinstance(replies, BaseException) else replies[at]
+            for commands, future, each in batch:
+                if isinstance(replies, BaseException):
+                    reply: Any = replies
+                elif each:
+                    reply = replies[at : at + len(commands)]
+                else:
+                    reply = replies[at]
                 at += len(commands)
                 if future.done():  # its caller went away meanwhile
                     continue

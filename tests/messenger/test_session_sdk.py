@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from messenger import session_sdk
 from messenger.client_log import JobLog
 from messenger.collector import Transcript
-from messenger.progress import ATTEMPT, JOB_ID, SEQ, ProgressOut
+from messenger.progress import ATTEMPT, JOB_ID, SEQ, ProgressOut, ProgressRelay
 from messenger.sessions import (
     RETRY_MS,
     SessionEvents,
@@ -40,6 +40,7 @@ from messenger.sessions import (
 )
 from shared import keys
 from shared.connection import connect
+from shared.events import DoneEvent, StartEvent, TokenEvent
 
 POST = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "pin", "version": "1"}}
@@ -316,12 +317,17 @@ async def test_with_redis_refusing_a_session_request_gets_503_and_a_live_call_st
             monkeypatch.setattr(gate.registry, "touch", refused)
             unavailable = await http.post(url, headers=headers, json=call)
             monkeypatch.undo()
-            run = gate.registry.batch.run
+            batch = gate.registry.batch
+            run, run_each = batch.run, batch.run_each
 
             async def no_event_stored(*commands):
                 return await (refused() if commands[0][0] == "XADD" else run(*commands))
 
-            monkeypatch.setattr(gate.registry.batch, "run", no_event_stored)
+            async def no_events_stored(*commands):
+                return await (refused() if commands[0][0] == "XADD" else run_each(*commands))
+
+            monkeypatch.setattr(batch, "run", no_event_stored)
+            monkeypatch.setattr(batch, "run_each", no_events_stored)
             answered = events((await http.post(url, headers=headers, json=call)).text)
     assert unavailable.status_code == 503 and "Redis" in unavailable.json()["error"]["message"]
     assert json.loads(answered[-1]["data"])["result"]["structuredContent"] == {"result": "P Q"}
@@ -485,3 +491,64 @@ async def test_a_posts_events_are_written_without_the_sdks_sse_writer_task(redis
     assert transport is None or (
         "2" not in transport._request_streams and "2" not in transport._sse_stream_writers
     )
+
+
+async def test_a_job_events_log_message_text_and_status_go_out_in_one_write(redis, monkeypatch):
+    """ProgressRelay holds what one job event makes (its log message, the text, the status) and
+    RequestStream sends it together: one Batch entry and one socket write, in the order and with the
+    ids the events have in the session's store."""
+    sends: list[list[str]] = []  # the methods of each RequestStream send: one Batch entry, one write
+    send = session_sdk.RequestStream._send
+
+    async def recorded(self, held):
+        sends.append([json.loads(body)["method"] for body, _ in held])
+        await send(self, held)
+
+    monkeypatch.setattr(session_sdk.RequestStream, "_send", recorded)
+    server = MCPServer("story")
+
+    @server.tool()
+    async def story(ctx: Context) -> str:
+        relay, transcript = ProgressRelay(ctx, None, JobLog(ctx, 0)), Transcript("job-7")
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        for event in (
+            StartEvent(job_id="job-7", seq=0, attempt=1, ts=0, worker_id="w", model="m"),
+            TokenEvent(job_id="job-7", seq=1, attempt=1, ts=0, text="hi"),
+            DoneEvent(
+                job_id="job-7",
+                seq=2,
+                attempt=1,
+                ts=0,
+                usage=usage,
+                model="m",
+                cost=None,
+                finish_reason="stop",
+            ),
+        ):
+            transcript.apply(event)
+            await relay(event, transcript)
+        return "done"
+
+    app = server.streamable_http_app(retry_interval=RETRY_MS)
+    gate = SessionGate(app, server.session_manager, redis, 60, "replica-story")
+    url = "http://127.0.0.1:8000/mcp"
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "story", "arguments": {}, "_meta": {"progressToken": "t"}}}  # fmt: skip
+    with anyio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            (client,) = await serve(stack, (gate, server.session_manager))
+            sid, headers = await open_session(client, url)
+            sent = events((await client.post(url, headers=headers, json=call)).text)
+    log, progress = "notifications/message", "notifications/progress"
+    assert sends == [[log, progress], [progress], [log, progress]]  # started; "hi"; completed (text went)
+    assert [json.loads(e["data"]).get("method") for e in sent[1:]] == [
+        log,
+        progress,
+        progress,
+        log,
+        progress,
+        None,
+    ]
+    assert [e["id"].split("@")[0] for e in sent] == [
+        f"2/{i.decode()}" for i, _ in await redis.xrange(f"mcpq:session:{sid}:events:2")
+    ]
