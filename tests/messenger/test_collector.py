@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 from messenger import collector
-from messenger.collector import Transcript, follow_events
+from messenger.collector import Transcript, follow_events, replay
 from messenger.hub import Mailbox
+from shared import keys
 from shared.events import (
     DoneEvent,
     StartEvent,
@@ -17,6 +18,7 @@ from shared.events import (
     ToolCallEvent,
     ToolResultEvent,
     dump_event,
+    publish_events,
 )
 from shared.models import ToolCallRecord
 
@@ -184,20 +186,15 @@ def test_a_rerun_that_did_not_resume_drops_everything_of_the_old_attempt():
     assert transcript.text == "" and transcript.tool_calls == {}
 
 
-class EmptyStream:
-    async def xrange(self, key, min="-"):
-        return []
-
-
 @pytest.mark.anyio
-async def test_a_quiet_follower_is_told_each_idle_tick_and_still_gets_every_event(monkeypatch):
+async def test_a_quiet_follower_is_told_each_idle_tick_and_still_gets_every_event(redis, monkeypatch):
     """None after IDLE_SECONDS without a message (the follower re-checks the job then), however
     many messages came before; the events stay whole and in order around it."""
     monkeypatch.setattr(collector, "IDLE_SECONDS", 0.01)
     live = Mailbox()
     e = Events()
     told = []
-    events = follow_events(EmptyStream(), Transcript(JOB), live)
+    events = follow_events(redis, Transcript(JOB), live)  # (its stream is empty)
     assert await anext(events) is None
     for event in (e.start(), *(e.token(f"t{i} ") for i in range(50))):
         live.put_nowait(dump_event(event))
@@ -229,3 +226,23 @@ async def test_a_followers_mailbox_hands_over_every_message_in_order_and_wakes_i
     assert live.empty()
     with pytest.raises(asyncio.QueueEmpty):
         live.get_nowait()
+
+
+@pytest.mark.anyio
+async def test_the_replays_of_many_followers_share_one_pipeline_and_each_gets_its_own_events(
+    redis, monkeypatch
+):
+    """Every follower reads its job's stream once it is subscribed: 1,000 jobs submitted together
+    were 1,000 commands, each a pool connection and a round trip of its own. Those asked in one
+    turn go out in one pipeline; a key that is not a stream still reads as empty for its job alone."""
+    e = Events()
+    await publish_events(redis, [e.start(), e.token("hi ")])
+    await redis.set(keys.stream("junk"), "not a stream")
+    pipelines = []
+    real = redis.pipeline
+    monkeypatch.setattr(redis, "pipeline", lambda **kw: pipelines.append(kw) or real(**kw))
+    jobs = [JOB, "junk", *(f"none-{i}" for i in range(100))]
+    got = await asyncio.gather(*(replay(redis, Transcript(job)) for job in jobs))
+    assert [(event.type, event.seq) for event in got[0][0]] == [("start", 0), ("token", 1)]
+    assert all(events == [] for events, _ in got[1:])
+    assert len(pipelines) == 1
