@@ -282,30 +282,36 @@ class PostStream:
         _PINGED.add(wire)
         try:
             async with self.content:
-                await self._write_events(wire, send)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                ended = await self._write_events(wire, send)
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             _PINGED.discard(wire)
 
-    async def _write_events(self, wire: Wire, send: Send) -> None:
+    async def _write_events(self, wire: Wire, send: Send) -> bool:
         """The SDK's `_run_sse_writer` (the priming event, then the request's stream up to its
         response; a stream closed under it, by `close_sse_stream` or the session's end, ends it),
-        each event written as the SDK's `sse_stream_reader` would have handed it over."""
+        each event written as the SDK's `sse_stream_reader` would have handed it over. The response
+        goes with the body's end (one socket write with uvicorn's httptools): True once it went."""
         transport, request_id, sse_writer, request_reader, priming = _sse_writer_args(self.sender)  # type: ignore[misc]
-
-        async def write(event: dict[str, Any]) -> None:
-            if not wire.ended:
-                await send(
-                    {"type": "http.response.body", "body": ensure_bytes(event, "\r\n"), "more_body": True}
-                )
-
         try:
             async with sse_writer, request_reader:
-                if priming is not None:
-                    await write(priming)
+                if priming is not None and not wire.ended:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": ensure_bytes(priming, "\r\n"),
+                            "more_body": True,
+                        }
+                    )
                 async for event_message in request_reader:
-                    await write(transport._create_event_data(event_message))
-                    if isinstance(event_message.message, JSONRPCResponse | JSONRPCError):
+                    last = isinstance(event_message.message, JSONRPCResponse | JSONRPCError)
+                    if not wire.ended:
+                        body = ensure_bytes(transport._create_event_data(event_message), "\r\n")
+                        await send({"type": "http.response.body", "body": body, "more_body": not last})
+                        if last:
+                            return True
+                    if last:
                         break
         except anyio.ClosedResourceError:
             log.debug("SSE stream closed by close_sse_stream()")
@@ -314,6 +320,7 @@ class PostStream:
         finally:
             transport._sse_stream_writers.pop(request_id, None)
             await transport._clean_up_memory_streams(request_id)
+        return False
 
 
 def _sse_writer_args(sender: Any) -> tuple[StreamableHTTPServerTransport, Any, Any, Any, Any] | None:

@@ -552,3 +552,34 @@ async def test_a_job_events_log_message_text_and_status_go_out_in_one_write(redi
     assert [e["id"].split("@")[0] for e in sent] == [
         f"2/{i.decode()}" for i, _ in await redis.xrange(f"mcpq:session:{sid}:events:2")
     ]
+
+
+async def test_a_posts_response_goes_out_with_the_bodys_end(redis, monkeypatch):
+    """The response event is sent as the body's last message (more_body false): with uvicorn's
+    httptools, the event and the chunked body's end are one socket write, not two."""
+    bodies: list[tuple[bytes, bool]] = []
+    seen = session_sdk.Wire.__call__
+
+    async def recorded(self, message):
+        if message["type"] == "http.response.body":
+            bodies.append((message["body"], message.get("more_body", False)))
+        await seen(self, message)
+
+    monkeypatch.setattr(session_sdk.Wire, "__call__", recorded)
+    server, _, gate = quiet_replica(redis)
+    url = "http://127.0.0.1:8000/mcp"
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "wait", "arguments": {"seconds": 0}},
+    }
+    with anyio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            (client,) = await serve(stack, (gate, server.session_manager))
+            _, headers = await open_session(client, url)
+            answered = await client.post(url, headers=headers, json=call)
+    last, more = bodies[-1]
+    assert not more and [e["data"] for e in events(last.decode())] == [events(answered.text)[-1]["data"]]
+    assert json.loads(events(last.decode())[0]["data"])["result"]["structuredContent"] == {"result": "done"}
+    assert [m for _, m in bodies].count(False) == 1
