@@ -1,6 +1,7 @@
 """N concurrent MCP callers on one messenger, beside the same jobs followed without MCP.
 
     uv run python bench/callers.py [--callers 100,300,1000] [--workers 2]
+    uv run python bench/callers.py --per-call 50,30    # 50 callers × 30 short calls: CPU per call
 
 One redis-server, worker processes with the mock provider pacing 20 tokens/s, one real
 `messenger serve --transport http` process. For each N: N bare streamable-HTTP callers
@@ -235,6 +236,31 @@ async def measure(
     return rows
 
 
+async def per_call(lab: Lab, site: Site, callers: int, each: int) -> str:
+    """`callers` bare callers make `each` calls one after another, short answers at once (no pacing):
+    the messenger's CPU per call, the whole of it (way in, enqueue, follow, notifications, result)."""
+    messenger, port = lab.messenger(site)
+    await asyncio.to_thread(lab.wait_healthy, messenger, port)
+    pool = [Caller("127.0.0.1", port) for _ in range(callers)]
+    await asyncio.gather(*(c.open() for c in pool))
+
+    async def calls(caller: Caller, count: int) -> None:
+        for _ in range(count):
+            async for _, msg in caller.call("send_message_to_ai", {"message": "hi there"}):  # to its end
+                if "error" in msg or (msg.get("result") or {}).get("isError"):
+                    raise RuntimeError(f"a call failed: {str(msg)[:200]}")
+
+    try:
+        await asyncio.gather(*(calls(c, 2) for c in pool))  # warm up
+        cpu0, wall0 = cpu_seconds(messenger.pid), time.monotonic()
+        await asyncio.gather(*(calls(c, each) for c in pool))
+        cpu, wall = cpu_seconds(messenger.pid) - cpu0, time.monotonic() - wall0
+    finally:
+        await asyncio.gather(*(c.close() for c in pool))
+    n = callers * each
+    return f"{callers} callers × {each} calls: messenger CPU per call {1e3 * cpu / n:.2f} ms, {n / wall:.0f} calls/s"
+
+
 def table(rows: list[tuple[int, dict, dict, str]]) -> list[str]:
     lines = [
         "| callers | first token p50 / p99 (MCP) | goal p99 ≤ 1 s | first token p99 (raw) "
@@ -262,8 +288,19 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (slots split evenly)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the messenger's largest round to FILE")
     parser.add_argument("--repeat", type=int, default=1, help="longer answers: 35 tokens, +30 per repeat")
+    parser.add_argument("--per-call", metavar="N,K", help="instead: N callers × K short calls, CPU per call")
     args = parser.parse_args()
     REPEAT[0] = args.repeat
+    if args.per_call:
+        callers, each = (int(x) for x in args.per_call.split(","))
+        with scratch_lab("mcpq-calls-") as lab:
+            site = lab.site("calls")
+            lab.add_workers(site, args.workers, WORKER_CONCURRENCY=callers + 10)
+            line = asyncio.run(per_call(lab, site, callers, each))
+        print(f"$ uv run python bench/callers.py {' '.join(sys.argv[1:])}")
+        print(f"load average at end {' '.join(open('/proc/loadavg').read().split()[:3])}")
+        print(line)
+        return 0
     counts = [int(c) for c in args.callers.split(",")]
     with scratch_lab("mcpq-callers-") as lab:
         site = lab.site("callers")

@@ -80,12 +80,12 @@ async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
             "MCP_ALLOWED_HOSTS to the names clients use", host, host,
         )  # fmt: skip
     # log_config=None: uvicorn's records go through our handler (format, redaction), not its own
-    # http="httptools": the C parser, and a response's last event and its end in one socket write
-    # (h11 parses and frames in Python, and writes the end apart: ~9 % of the messenger's CPU at
-    # 1,000 callers, bench/callers.py)
+    # uvicorn's "auto" takes httptools, a dependency: the C parser, and a response's last event and
+    # its end in one socket write (h11 parses and frames in Python, and writes the end apart: ~9 % of
+    # the messenger's CPU at 1,000 callers, bench/callers.py); an environment without it gets h11
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", lifespan="on", log_config=None,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS, http="httptools",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )  # fmt: skip
     async with anyio.create_task_group() as tg:
         tg.start_soon(beat, runtime.redis, replica)  # resumed streams learn when this replica is gone
