@@ -1,7 +1,7 @@
 """One way into the queue: `JobQueue.submit` admits a request (known MCP servers, budgets, rate
-limit), writes the job with one atomic script and wakes the workers. The MCP tools, MCP tasks,
-forwarded `server/tool` calls, the dashboard and the CLI all submit through it; reading, following,
-listing and cancelling are the JobClient's (messenger/jobs.py).
+limit), writes the job with one atomic script and hands it to an idle worker (or wakes the workers).
+The MCP tools, MCP tasks, forwarded `server/tool` calls, the dashboard and the CLI all submit through
+it; reading, following, listing and cancelling are the JobClient's (messenger/jobs.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import uuid
 
 from arq.jobs import serialize_job
 
-from shared import keys, turns
+from shared import handoff, keys, turns
 from shared.errors import InvalidRequest, QueueFull, ToolServerError
 from shared.models import ChatRequest, ToolCallRequest
 from shared.scripts import Arg, Key, script
@@ -21,11 +21,14 @@ from shared.tool_config import unknown_servers_message
 
 
 # arq's enqueue (WATCH, EXISTS, MULTI PSETEX ZADD EXEC: three round trips) as one atomic script, which
-# also records the owner and the job as recent and wakes the workers with its id: one round trip.
+# also records the owner and the job as recent, and hands the job, leased, to an idle worker
+# (shared/handoff.py) or, with none, wakes the workers with its id: one round trip.
 # A recent-jobs index of the wrong type (written by hand) cannot be read, so it is started afresh.
 # Its score is the caller's next turn in its priority's band (shared/turns.py), not the time.
 @script(
-    """
+    handoff.LEASE_LUA
+    + handoff.HAND_OFF_LUA
+    + """
 if redis.call('EXISTS', job, result) > 0 then return 0 end
 local depth = redis.call('ZCARD', queue)
 if depth >= max_depth then return -depth end
@@ -43,7 +46,7 @@ local at = now_ms  -- a job enqueued in the same ms (or by a replica whose clock
 if newest and tonumber(newest) >= at then at = tonumber(newest) + 0.001 end
 redis.call('ZADD', recent, at, job_id)
 redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
-redis.call('PUBLISH', wakeup, job_id)
+if not hand_off(job_id, string.format('%.0f', turn)) then redis.call('PUBLISH', wakeup, job_id) end
 return 1
 """
 )
@@ -57,6 +60,8 @@ async def enqueue_job(
     wakeup: Key,
     owner: Key,
     turns: Key,
+    idle: Key,
+    abort_set: Key,
     job_id: Arg[str],
     payload: Arg[bytes],
     now_ms: Arg[int],
@@ -67,6 +72,12 @@ async def enqueue_job(
     owner_ttl_s: Arg[int],
     band: Arg[int],
     band_width: Arg[int],
+    handoff_prefix: Arg[str],
+    lease_prefix: Arg[str],
+    retry_prefix: Arg[str],
+    retry_ttl: Arg[int],
+    job_prefix: Arg[str],
+    owner_prefix: Arg[str],
 ) -> int:
     """1 once queued; 0 if the id is taken (queued, running or ended); -depth if the queue is full."""
     ...
@@ -136,7 +147,10 @@ class JobQueue:
             wakeup=keys.WAKEUP_CHANNEL, owner=keys.owner(job_id), job_id=job_id, payload=payload,
             now_ms=now_ms, job_ttl_ms=keys.JOB_EXPIRES_MS, recent_kept=keys.RECENT_JOBS_KEPT,
             max_depth=self.settings.max_queue_depth, caller=caller, owner_ttl_s=owner_ttl,
-            turns=keys.TURNS, band=turns.band(priority), band_width=turns.BAND_WIDTH,
+            turns=keys.TURNS, band=turns.band(priority), band_width=turns.BAND_WIDTH, idle=keys.IDLE_WORKERS,
+            abort_set=keys.ABORT_SET, handoff_prefix=keys.HANDOFF_PREFIX, lease_prefix=keys.IN_PROGRESS_PREFIX,
+            retry_prefix=keys.RETRY_PREFIX, retry_ttl=keys.RETRY_KEPT_SECONDS, job_prefix=keys.JOB_PREFIX,
+            owner_prefix=keys.OWNER_PREFIX,
         )  # fmt: skip
         if added < 0:
             raise QueueFull(-added, self.settings.max_queue_depth)

@@ -67,20 +67,21 @@ QUIET_READ_SECONDS = 3600.0  # subscribe_forever's read: None after this long wi
 
 
 async def subscribe_forever(
-    redis, channel: str, on_message: Callable[[bytes], None], *, on_subscribed: Callable[[], None],
-    what: str,
-) -> None:  # fmt: skip
-    """Hand every message published on `channel` to `on_message`, for as long as the task runs. A
-    lost subscription is made again, waiting `SERVICE.delay` between tries, with one WARNING per
-    outage; `on_subscribed` runs on each (re)subscribe: what was published meanwhile is gone, so
-    the caller looks again. Messages are read straight off the connection: every worker reads every
+    redis, handlers: dict[str, Callable[[bytes], None]], *, on_subscribed: Callable[[], None], what: str
+) -> None:
+    """Hand every message published on each channel of `handlers` to that channel's handler, on one
+    connection (so in the order they were published), for as long as the task runs. A lost
+    subscription is made again, waiting `SERVICE.delay` between tries, with one WARNING per outage;
+    `on_subscribed` runs on each (re)subscribe: what was published meanwhile is gone, so the caller
+    looks again. Messages are read straight off the connection: every worker reads every
     wake-up, and redis-py's `listen()` wraps each read in its retry and health-check layers (a lost
     connection raises here and is subscribed again, as above)."""
+    by_channel = {channel.encode(): handler for channel, handler in handlers.items()}
     failures = 0
     while True:
         pubsub = redis.pubsub()
         try:
-            await pubsub.subscribe(channel)
+            await pubsub.subscribe(*handlers)
             failures = 0
             on_subscribed()
             connection = pubsub.connection
@@ -91,8 +92,9 @@ async def subscribe_forever(
                     timeout=QUIET_READ_SECONDS, disconnect_on_error=False, push_request=True
                 )
                 if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
-                    if isinstance(reply[2], bytes):
-                        on_message(reply[2])
+                    handler = by_channel.get(reply[1])
+                    if handler is not None and isinstance(reply[2], bytes):
+                        handler(reply[2])
         except (RedisError, OSError) as e:
             failures += 1
             level = logging.WARNING if failures == 1 else logging.DEBUG
@@ -351,6 +353,7 @@ async def probe_access(redis) -> None:
     refused at start-up (NOPERM names what is missing) rather than on some later call."""
     await redis.exists(keys.QUEUE, keys.RECENT_JOBS)
     await redis.publish(PROBE_CHANNEL, "")
+    await redis.pubsub_numsub(PROBE_CHANNEL)  # the enqueue asks whether an idle worker is still there
     pubsub = redis.pubsub()  # the event hub and the workers' wake-ups SUBSCRIBE, and retry a refusal
     try:
         await pubsub.subscribe(PROBE_CHANNEL)

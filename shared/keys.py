@@ -10,10 +10,15 @@ JOB_PREFIX = "arq:job:"  # the job definition (JSON), deleted when the job finis
 IN_PROGRESS_PREFIX = "arq:in-progress:"  # exists while a worker holds the job
 RESULT_PREFIX = "arq:result:"  # the finished job's result (JSON)
 RETRY_PREFIX = "arq:retry:"  # how many times the job has been started
+RETRY_KEPT_SECONDS = 88_400  # arq's: how long a job's retry counter outlives its last start
 ABORT_SET = "arq:abort"  # zset of job ids asked to stop
 
 # ours
 WAKEUP_CHANNEL = "mcpq:wakeup"  # pub/sub: "a job was enqueued or cancelled, poll now"
+# idle workers (shared/handoff.py): zset of {"worker": id, "lease_ms": n} -> free slots it offers, and
+# each worker's channel, on which the enqueue hands it a job, leased, with what it needs to start (JSON)
+IDLE_WORKERS = "mcpq:workers:idle"
+HANDOFF_PREFIX = "mcpq:handoff:"
 RECENT_JOBS = "mcpq:jobs:recent"  # zset: job id -> enqueue time in ms (+µs: enqueue order), trimmed
 RECENT_JOBS_KEPT = 1000
 WORKER_PREFIX = "mcpq:worker:"  # heartbeat JSON, expires when the worker stops beating
@@ -63,6 +68,10 @@ def stream(job_id: str) -> str:
 
 def worker(worker_id: str) -> str:
     return WORKER_PREFIX + worker_id
+
+
+def handoff(worker_id: str) -> str:
+    return HANDOFF_PREFIX + worker_id
 
 
 CANCEL_PREFIX = (

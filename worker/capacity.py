@@ -445,7 +445,9 @@ class Capacity:
             elif kind == "cool":
                 self._cooling[model] = math.inf
 
-        await subscribe_forever(redis, keys.CAPACITY_CHANNEL, told, on_subscribed=subscribed, what="capacity")
+        await subscribe_forever(
+            redis, {keys.CAPACITY_CHANNEL: told}, on_subscribed=subscribed, what="capacity"
+        )
 
     async def aclose(self) -> None:
         if self._listener is not None:

@@ -4,83 +4,92 @@ arq's claim is four round trips a job (WATCH, EXISTS, ZSCORE, MULTI PSETEX EXEC)
 reads the job in one more (GET the job, INCR its retry counter, ZREM it from the abort set); our job
 then read its owner in a third. Here one atomic script does all of that for a whole batch of ids,
 stopping once the worker's free slots are filled, so a woken job starts without another round trip.
-The worker checks each job's value before running it (worker/intake.py).
+The same script offers the slots it could not fill in `mcpq:workers:idle`, once it has seen that no
+due job waits: the enqueue then hands a new job straight to the worker (shared/handoff.py), leased
+by the same Lua. The worker checks each job's value before running it (worker/intake.py).
+
+A worker's free slots are either its own (`unreported`: freed since it last said) or offered; the
+script takes from its own first, and answers how many of them are left and how many it offers now.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
+from shared.handoff import LEASE_LUA
 from shared.scripts import Arg, Args, Key, script
-
-RETRY_KEPT_SECONDS = 88_400  # arq's: how long a job's retry counter outlives its last start
 
 
 # Given no candidates, the script reads them itself: the first `scan` due ids of the queue, lowest
-# score first, as arq's poll would (one round trip for a freed slot instead of a poll's read and claim).
-# A retry counter arq's INCR would choke on (not a count, another type) is reset and said why.
-@script("""
--- answers {id, score, job value ('' = none), tries (this start's), note ('' or 'reset: why'),
---          aborted ('1' = it was in the abort set), owner record ('' = none), ...} for the jobs leased
+# score first, as arq's poll would (one round trip for a freed slot instead of a poll's read and claim);
+# a freed slot (`trust_offers`) skips that read while some worker offers slots: nothing is waiting then.
+@script(
+    LEASE_LUA
+    + """
+-- answers {own slots left, slots offered now, then seven values per job leased (lease_job)}
+local offered = 0
+if not reset then offered = tonumber(redis.pcall('ZSCORE', idle, me)) or 0 end  -- (a damaged key: none)
+local slots = unreported + offered
 local claimed = {}
+local seen = candidates
 if #candidates == 0 and scan > 0 then
-  candidates = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'LIMIT', 0, scan)
-end
-local function text(key)  -- '' when missing or not a string (GET's error: read, not raised)
-  local value = redis.pcall('GET', key)
-  return type(value) == 'string' and value or ''
-end
-local abortable = redis.call('TYPE', abort_set)['ok'] == 'zset'  -- junk there is arq's poll's to name
-for _, id in ipairs(candidates) do
-  if #claimed >= 7 * free then break end
-  local lease = lease_prefix .. id
-  if redis.call('EXISTS', lease) == 0 then
-    local score = redis.call('ZSCORE', queue, id)
-    local due = score and tonumber(score)
-    if due and due <= now_ms then
-      redis.call('PSETEX', lease, lease_ms, '1')
-      local retry, note = retry_prefix .. id, ''
-      local tries = redis.pcall('GET', retry)
-      if type(tries) == 'string' then
-        if #tries > 9 or not (tries == '0' or string.match(tries, '^[1-9][0-9]*$')) then
-          note = 'reset: it was not a count'
-        end
-      elseif tries then  -- not a string
-        note = 'reset: it was a ' .. redis.call('TYPE', retry)['ok']
-      end
-      if note ~= '' then redis.call('DEL', retry) end
-      local tries = redis.call('INCR', retry)
-      redis.call('EXPIRE', retry, retry_ttl)
-      claimed[#claimed + 1] = id
-      claimed[#claimed + 1] = score
-      claimed[#claimed + 1] = text(job_prefix .. id)
-      claimed[#claimed + 1] = tostring(tries)
-      claimed[#claimed + 1] = note
-      claimed[#claimed + 1] = tostring(abortable and redis.call('ZREM', abort_set, id) or 0)
-      claimed[#claimed + 1] = text(owner_prefix .. id)
-    end
+  if trust_offers and offering and (offered > 0 or (tonumber(redis.pcall('ZCARD', idle)) or 0) > 0) then
+    seen = {}
+  else
+    seen = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'LIMIT', 0, scan)
   end
 end
+for _, id in ipairs(seen) do
+  if #claimed >= 7 * slots then break end
+  if redis.call('EXISTS', lease_prefix .. id) == 0 then
+    local score = redis.call('ZSCORE', queue, id)
+    local due = score and tonumber(score)
+    if due and due <= now_ms then lease_job(claimed, id, score, lease_ms) end
+  end
+end
+local taken = #claimed / 7
+local left, offer
+if not offering then
+  left, offer = slots - taken, 0
+elseif scan > 0 and #seen < scan then  -- every due job is leased: the free slots wait for the next one
+  left, offer = 0, slots - taken
+else
+  local own = math.min(unreported, taken)
+  left, offer = unreported - own, offered - (taken - own)
+end
+if offer > 0 and (reset or offer ~= offered) then redis.call('ZADD', idle, offer, me)
+elseif offer <= 0 and (reset or offered > 0) then redis.call('ZREM', idle, me) end
+table.insert(claimed, 1, offer)
+table.insert(claimed, 1, left)
 return claimed
-""")
+"""
+)
 async def claim_jobs(
     redis,
     *,
     queue: Key,
     abort_set: Key,
+    idle: Key,
     now_ms: Arg[int],
     lease_ms: Arg[int],
-    free: Arg[int],
+    unreported: Arg[int],
     scan: Arg[int],
+    offering: Arg[bool],
+    trust_offers: Arg[bool],
+    reset: Arg[bool],
+    me: Arg[str],
     retry_ttl: Arg[int],
     lease_prefix: Arg[str],
     job_prefix: Arg[str],
     retry_prefix: Arg[str],
     owner_prefix: Arg[str],
     candidates: Args,
-) -> list[bytes]:
-    """Lease up to `free` of the candidates (none: of the queue's first `scan`) that are due; answers
-    seven values per job leased (see `Claimed.batch`)."""
+) -> list:
+    """Lease up to the worker's free slots (`unreported` plus those it offers as `me`; `reset`: only
+    `unreported`) of the candidates (none: of the queue's first `scan`) that are due, and offer what is
+    left when `offering` and the scan saw every due job; answers (own slots left, slots offered, then
+    seven values per job leased: see `Claimed.batch`)."""
     ...
 
 
@@ -102,3 +111,36 @@ class Claimed:
             cls(raw_id, score, job or None, int(tries), note.decode()[7:], aborted == b"1", owner or None)
             for raw_id, score, job, tries, note, aborted, owner in zip(*[iter(reply)] * 7, strict=True)
         ]
+
+    @classmethod
+    def from_message(cls, data: bytes) -> Claimed:
+        """A job handed to this worker (shared/handoff.py); ValueError when the message is not one."""
+        try:
+            m = json.loads(data)
+            job = cls(
+                m["id"].encode(), m["score"].encode(), m["job"].encode() or None, int(m["try"]),
+                m["note"][7:], m["aborted"] is True, m["owner"].encode() or None,
+            )  # fmt: skip
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"not a hand-off ({type(e).__name__})") from None
+        if job.job_try < 1:
+            raise ValueError("not a hand-off (its try is not a start's number)")
+        return job
+
+
+# A job handed to a worker that cannot start it (full after a lost offer, or stopping): what the hand-off
+# did is undone (its lease, its start's count, its abort request) and the idle workers are woken for it.
+@script("""
+if redis.call('DEL', lease) == 0 then return 0 end  -- (lapsed: the poll has it already)
+local tries = tonumber(redis.pcall('GET', retry))
+if tries and tries > 1 then redis.call('DECR', retry) else redis.call('DEL', retry) end
+if aborted then redis.call('ZADD', abort_set, now_ms, job_id) end
+redis.call('PUBLISH', wakeup, job_id)
+return 1
+""")
+async def give_back(
+    redis, *, lease: Key, retry: Key, abort_set: Key, wakeup: Key, job_id: Arg[str], aborted: Arg[bool],
+    now_ms: Arg[int],
+) -> int:  # fmt: skip
+    """1 once the job is back in the queue, free for any worker."""
+    ...

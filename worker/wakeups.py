@@ -1,8 +1,11 @@
-"""An arq Worker that is woken the moment a job is enqueued, instead of polling for it.
+"""An arq Worker that is handed a job the moment it is enqueued, instead of polling for it.
 
-The messenger PUBLISHes on `mcpq:wakeup` after every enqueue and cancel; each worker keeps one
-subscription and polls at once when a message arrives, or when one of its slots frees up.
-arq's poll (`poll_delay`) stays only as a slow safety net, so an idle worker costs nothing.
+A worker with free slots and an empty queue offers them (worker/claim.py); the messenger's enqueue
+hands a new job to one such worker, leased, on the worker's own channel, and the worker starts it
+from that message (shared/handoff.py). With no slot offered, the enqueue PUBLISHes on `mcpq:wakeup`
+(as cancels do); each worker keeps one subscription to both channels and claims at once when a
+wake-up arrives, or when one of its slots frees up. arq's poll (`poll_delay`) stays only as a slow
+safety net, so an idle worker costs nothing.
 Every claimed job is checked (worker/intake.py) before arq reads it; one that cannot run goes to the
 dead-letter place, and nothing a queue entry does reaches the worker's main loop.
 """
@@ -33,13 +36,13 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from shared import damaged, dead_letter, keys, turns
+from shared import damaged, dead_letter, handoff, keys, turns
 from shared.connection import connect, probe_access, redacted, subscribe_forever, tls_refusal
 from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.sentinel import UnknownMaster
 from shared.settings import Settings
 from worker import accounting, pause
-from worker.claim import RETRY_KEPT_SECONDS, Claimed, claim_jobs
+from worker.claim import Claimed, claim_jobs, give_back
 from worker.endings import Endings
 from worker.heartbeat import beat_interval
 from worker.intake import job_id_problem, job_problem
@@ -68,8 +71,9 @@ async def redis_ready(settings: Settings) -> None:
             await client.ping()
             await probe_access(client)
             await claim_jobs(
-                client, queue=keys.QUEUE, abort_set=keys.ABORT_SET, now_ms=0, lease_ms=1, free=0, scan=0,
-                retry_ttl=RETRY_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
+                client, queue=keys.QUEUE, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS, now_ms=0, lease_ms=1,
+                unreported=0, scan=0, offering=False, trust_offers=False, reset=False, me="",
+                retry_ttl=keys.RETRY_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
                 retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX, candidates=[],
             )  # fmt: skip
             return
@@ -107,12 +111,15 @@ def _why(e: BaseException) -> str:
 
 
 class QueueWorker(Worker):
-    """arq's Worker with a wake-up path; keys, retries and aborts stay arq's.
+    """arq's Worker with a hand-off and a wake-up path; keys, retries and aborts stay arq's.
 
-    A wake-up message carries the new job's id, so an idle worker claims that job directly (one
-    script call) instead of scanning the queue; a freed slot claims from the head of the queue
-    (one script call too: a backlog drains lowest score first without a poll per job); every other
-    message, or a second without a full poll, runs arq's full poll (queue scan, aborts, health).
+    A job handed to this worker starts from its message, with no round trip. A wake-up message
+    carries a job's id, so a worker with a free slot claims that job directly (one script call)
+    instead of scanning the queue; a freed slot claims from the head of the queue, or offers itself
+    when nothing waits (one script call too: a backlog drains lowest score first without a poll per
+    job); every other message, or a second without a full poll, runs arq's full poll (queue scan,
+    aborts, health). Every free slot is this worker's own or offered (`_own_slots`, `_offered`):
+    one that is neither belongs to a job handed to it and not yet received.
     """
 
     def __init__(self, *args, **kwargs):
@@ -125,6 +132,13 @@ class QueueWorker(Worker):
         self._claims_paused_until = 0.0  # loop time; see main()
         self._refused = False
         self._endings: Endings | None = None  # made on the first ending, on the worker's pool
+        self._own_slots = self.max_jobs  # free slots not offered (shared/handoff.py)
+        self._offered = 0  # free slots offered in mcpq:workers:idle, as the last claim left them
+        self._reset = True  # (re)subscribed: what we offered before may be gone; start afresh
+        self._me = ""  # our member of mcpq:workers:idle (shared.handoff.offer), known once started
+        self._handed = 0  # hand-offs received
+        self._missing_since: int | None = None  # _handed when slots were last seen missing (a poll)
+        self._errands: set[asyncio.Task] = set()  # hand-offs given back or dead-lettered, held until done
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -135,6 +149,7 @@ class QueueWorker(Worker):
             raise
         if self.on_startup:
             await self.on_startup(self.ctx)
+        self._me = handoff.offer(self._worker_id(), int(self.in_progress_timeout_s * 1000))
         listener = asyncio.create_task(self._listen_for_wakeups())
         loop = asyncio.get_running_loop()
         last_poll = 0.0
@@ -150,13 +165,20 @@ class QueueWorker(Worker):
                         and loop.time() - last_poll < self.poll_delay_s
                     ):
                         if self.allow_pick_jobs:
-                            await (self.claim_queued() if freed else self.start_jobs(woken))
+                            # (woken ids too: the scan reads them, so it cannot skip the queue then)
+                            await (
+                                self.claim_queued(not woken)
+                                if freed
+                                else self._claim(await self._job_ids(woken))
+                            )
                     else:
                         self._full_poll_due = False
                         last_poll = loop.time()
                         await self._poll_iteration()
                         if self.burst and await self._burst_done():
                             return
+                    if not self.allow_pick_jobs and self._offered:
+                        await self._withdraw()  # stopping: hand-offs come back to the queue from now on
                 except (RedisError, OSError) as e:  # Redis away: keep the jobs we hold, try again
                     log.warning(
                         "queue poll failed (%s); retrying in %.1fs", type(e).__name__, self.poll_delay_s
@@ -173,43 +195,108 @@ class QueueWorker(Worker):
         finally:
             listener.cancel()
 
-    async def start_jobs(self, job_ids: list) -> None:
-        await self._claim(await self._job_ids(job_ids))
+    def _worker_id(self) -> str:
+        return self.ctx["mcpq"].worker_id  # (set by on_startup: worker/runner.py)
 
-    async def claim_queued(self) -> None:
-        """A slot is free: the jobs at the head of the queue, as arq's poll would pick them."""
+    async def start_jobs(self, job_ids: list) -> None:
+        """arq's poll: the head of the queue (as the script reads it, which may offer what is left)."""
+        self._find_lost_slots()
         await self._claim([], scan=self.queue_read_limit)
 
-    async def _claim(self, candidates: list[bytes], scan: int = 0) -> None:
+    def _find_lost_slots(self) -> None:
+        """A slot neither running, our own nor offered belongs to a hand-off on its way; one that has
+        not come in a whole poll interval never will (the offer went with a flushed Redis, the message
+        with a dropped connection): then start afresh, or the slot is lost for good."""
+        missing = self.max_jobs - self.job_counter - self._own_slots - self._offered
+        if missing > 0 and self._missing_since == self._handed:
+            self._reset = True
+        self._missing_since = self._handed if missing > 0 else None
+
+    async def claim_queued(self, trust_offers: bool = True) -> None:
+        """A slot is free: the jobs at the head of the queue, as arq's poll would pick them; none
+        read while some worker offers slots (nothing waits then, unless we were just woken for
+        one): the slot is offered."""
+        await self._claim([], scan=self.queue_read_limit, trust_offers=trust_offers)
+
+    async def _claim(self, candidates: list[bytes], scan: int = 0, *, trust_offers: bool = False) -> None:
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
-        free = self.max_jobs - self.job_counter
-        if free <= 0 or not (candidates or scan):
+        reset = self._reset
+        if reset:  # what we offered may be gone: our free slots are all our own again
+            self._own_slots = self.max_jobs - self.job_counter
+        own = self._own_slots
+        if not (own or self._offered or reset) or not (candidates or scan):
             return
         if self.loop.time() < self._claims_paused_until:
             return  # the safety poll looks again
-        claimed = await claim_jobs(
-            self.pool, queue=self.queue_name, abort_set=keys.ABORT_SET, now_ms=int(time.time() * 1000),
-            lease_ms=int(self.in_progress_timeout_s * 1000), free=free, scan=scan, retry_ttl=RETRY_KEPT_SECONDS,
-            lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX,
-            owner_prefix=keys.OWNER_PREFIX, candidates=candidates,
-        )  # fmt: skip
-        for job in Claimed.batch(claimed):
-            if scan and (problem := job_id_problem(job.raw_id)) is not None:  # read from the queue itself
-                await self._bury(job.raw_id, job.raw_job, problem)
-                continue
-            if await self._buried(job):
-                continue
-            await self.sem.acquire()  # never waits: the script claimed no more than the free slots
-            self.job_counter += 1
-            due = float(job.score)
-            # a turn (shared/turns.py) is not a time: arq would log it as a delay of decades
-            due = due if math.isfinite(due) and not turns.is_turn(due) else time.time() * 1000
-            job_id = job.raw_id.decode()
-            task = self.loop.create_task(self.run_claimed(job, job_id, int(due)))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+        self._reset = False
+        try:
+            claimed = await claim_jobs(
+                self.pool, queue=self.queue_name, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS,
+                now_ms=int(time.time() * 1000), lease_ms=int(self.in_progress_timeout_s * 1000), unreported=own,
+                scan=scan, offering=not self.burst, trust_offers=trust_offers, reset=reset, me=self._me,
+                retry_ttl=keys.RETRY_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
+                retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX, candidates=candidates,
+            )  # fmt: skip
+        except BaseException:
+            self._reset = self._reset or reset
+            raise
+        self._own_slots -= own - int(claimed[0])
+        self._offered = int(claimed[1])
+        for job in Claimed.batch(claimed[2:]):
+            problem, details = self._problem(job)
+            if problem is None:
+                self._start(job)
+            else:  # in order: what was queued before a job is dead-lettered before it starts
+                await self._bury(job.raw_id, job.raw_job, problem, **details)
+                self._slot_free()
+
+    def _start(self, job: Claimed) -> None:
+        """Run a job leased for this worker in a slot of its own; one it has no slot for (more was
+        handed to it than it offered, after a lost offer; or it is stopping) goes back to the queue."""
+        if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
+            return self._errand(self._give_back(job))
+        self.job_counter += 1
+        job_id = job.raw_id.decode(errors="backslashreplace")
+        task = self.loop.create_task(self._begin(job, job_id))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
+
+    def _errand(self, coroutine) -> None:
+        task = self.loop.create_task(coroutine)
+        self._errands.add(task)
+        task.add_done_callback(self._errands.discard)
+
+    async def _begin(self, job: Claimed, job_id: str) -> None:
+        await self.sem.acquire()  # never waits: job_counter counted this slot
+        due = float(job.score)
+        # a turn (shared/turns.py) is not a time: arq would log it as a delay of decades
+        due = due if math.isfinite(due) and not turns.is_turn(due) else time.time() * 1000
+        await self.run_claimed(job, job_id, int(due))
+
+    async def _give_back(self, job: Claimed) -> None:
+        job_id = job.raw_id.decode(errors="replace")
+        try:
+            await give_back(
+                self.pool, lease=keys.in_progress(job_id), retry=keys.retry(job_id), abort_set=keys.ABORT_SET,
+                wakeup=keys.WAKEUP_CHANNEL, job_id=job_id, aborted=job.aborted, now_ms=int(time.time() * 1000),
+            )  # fmt: skip
+        except (RedisError, OSError) as e:
+            log.warning(
+                "job %s: could not hand it back (%s); its lease lapses and a poll finds it",
+                job_id,
+                type(e).__name__,
+            )
+
+    async def _withdraw(self) -> None:
+        """Take back the slots we offer: a job handed to us from now on goes back to the queue."""
+        self._offered = 0
+        await self.pool.zrem(keys.IDLE_WORKERS, self._me)
+
+    def handle_sig_wait_for_completion(self, signum) -> None:
+        super().handle_sig_wait_for_completion(signum)
+        self._wake.set()  # withdraw our offer now, not at the next poll
 
     async def _job_ids(self, raw_ids: list) -> list[bytes]:
         """The ids worth claiming; a queue member that can never be a job id is dead-lettered."""
@@ -225,15 +312,23 @@ class QueueWorker(Worker):
                 log.warning("ignoring a wake-up that is not a job id: %.100r", raw_id)
         return candidates
 
-    async def _buried(self, job: Claimed) -> bool:
-        """Check a claimed job before it runs; a poison one is dead-lettered (True)."""
+    def _problem(self, job: Claimed) -> tuple[str | None, dict]:
+        """Why a leased job cannot run (None: it can), and what its dead-letter entry says of it."""
+        if (problem := job_id_problem(job.raw_id)) is not None:  # a queue member read by the scan
+            return problem, {}
         if job.note:
             log.warning("job %s: its retry counter was reset (%s)", job.raw_id.decode(), job.note)
         problem, function = job_problem(job.raw_job, set(self.functions))
-        if problem is None:
-            return False
-        await self._bury(job.raw_id, job.raw_job, problem, function=function, attempt=job.job_try)
-        return True
+        return problem, {"function": function, "attempt": job.job_try}
+
+    async def _bury_handed(self, job: Claimed, problem: str, details: dict) -> None:
+        await self._bury(job.raw_id, job.raw_job, problem, **details)
+        self._slot_free()
+
+    def _slot_free(self) -> None:
+        self._own_slots += 1
+        self._slot_freed = True  # look for queued work now (or offer the slot), not at the next poll
+        self._wake.set()
 
     async def _bury(self, raw_id: bytes, raw_job: bytes | None, problem: str, **details) -> None:
         shown = raw_id.decode(errors="backslashreplace")
@@ -272,7 +367,7 @@ class QueueWorker(Worker):
             return await ending(job_try, start_ms, failed=asyncio.CancelledError())
         if d["t"] and d["t"] > job_try:  # enqueued as a later try than its counter says
             job_try = d["t"]
-            await self.pool.setex(keys.retry(job_id), RETRY_KEPT_SECONDS, str(job_try))
+            await self.pool.setex(keys.retry(job_id), keys.RETRY_KEPT_SECONDS, str(job_try))
         max_tries = self.max_tries if function.max_tries is None else function.max_tries
         if job_try > max_tries:
             arq_log.warning(
@@ -366,6 +461,9 @@ class QueueWorker(Worker):
             await self.pool.zrem(keys.ABORT_SET, *aborted)
 
     async def close(self) -> None:
+        if self._offered and self._pool is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._withdraw()  # (without it too, the enqueue sees no subscriber and drops the offer)
         if not self._refused:
             return await super().close()
         # refused at start-up: nothing started, and arq's clean-up write would only be refused (or,
@@ -432,12 +530,12 @@ class QueueWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._slot_freed = True  # look for queued work now, not at the next poll
-        self._wake.set()
+        self._slot_free()
 
     async def _listen_for_wakeups(self) -> None:
         def subscribed() -> None:
             self._full_poll_due = True  # anything enqueued while we were not listening
+            self._reset = True  # and what was handed to us meanwhile is gone: offer afresh
             self._wake.set()
 
         def woken(data: bytes) -> None:
@@ -446,10 +544,25 @@ class QueueWorker(Worker):
             elif data == b"config":
                 self.ctx["mcpq"].defaults_read_at = float("-inf")  # configure_ai_model: re-read
                 return
-            else:
+            elif self._own_slots or self._offered or self._reset:
                 self._woken.append(data)
+            else:
+                return  # every slot busy: a freed one looks at the queue anyway
             self._wake.set()
 
+        def handed(data: bytes) -> None:
+            self._handed += 1
+            try:
+                job = Claimed.from_message(data)
+            except ValueError as e:  # published by hand: nothing leased, nothing to run
+                log.warning("ignoring a hand-off message: %s: %.100r", e, data)
+                return
+            problem, details = self._problem(job)
+            if problem is None:
+                return self._start(job)
+            self._errand(self._bury_handed(job, problem, details))
+
         await subscribe_forever(
-            self.pool, keys.WAKEUP_CHANNEL, woken, on_subscribed=subscribed, what="wake-up"
-        )
+            self.pool, {keys.WAKEUP_CHANNEL: woken, keys.handoff(self._worker_id()): handed},
+            on_subscribed=subscribed, what="wake-up",
+        )  # fmt: skip

@@ -32,7 +32,7 @@ def test_arq_constants_match_ours():
 
 def test_everything_of_ours_lives_under_mcpq():
     ours = [keys.WAKEUP_CHANNEL, keys.RECENT_JOBS, keys.WORKER_PREFIX, keys.EVENTS_PREFIX, keys.STREAM_PREFIX]
-    ours.append(keys.CANCEL_PREFIX)
+    ours += [keys.CANCEL_PREFIX, keys.IDLE_WORKERS, keys.HANDOFF_PREFIX]
     assert all(name.startswith("mcpq:") for name in ours)
     assert len(set(ours)) == len(ours)
 

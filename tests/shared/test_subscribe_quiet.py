@@ -16,8 +16,7 @@ async def test_a_quiet_subscription_with_a_socket_timeout_is_not_lost(redis_url,
     task = asyncio.create_task(
         subscribe_forever(
             client,
-            "quiet",
-            lambda _: None,
+            {"quiet": lambda _: None},
             on_subscribed=lambda: subscribed.append(1),
             what="a quiet channel",
         )

@@ -1,0 +1,87 @@
+"""Handing a new job straight to an idle worker: the Lua the enqueue and the worker's claim share.
+
+A worker with free slots and nothing due in the queue offers them in `mcpq:workers:idle` (worker/
+claim.py does, in the same script that found the queue empty). The enqueue script (messenger/
+queue.py) takes one offered slot, leases the job for that worker and reads what it needs to start,
+exactly as the worker's claim would (`LEASE_LUA`, one text for both), and PUBLISHes all of it on the
+worker's own channel `mcpq:handoff:<worker id>`: the job starts from that message, with no claim
+round trip. A worker that is gone has no subscriber on its channel: its offer is dropped there and
+then, and the next one (or the queue and `mcpq:wakeup`) takes the job. One that died after the
+hand-off never renews the lease; it lapses and a poll runs the job elsewhere, as for any job a dead
+worker held.
+"""
+
+from __future__ import annotations
+
+import json
+
+# Lua: `lease_job(claimed, id, score, lease_ms)` leases a due job and appends seven values to `claimed`:
+# id, score, job value ('' = none), tries (this start's), note ('' or 'reset: why'), aborted ('1' =
+# it was in the abort set, which it leaves), owner record ('' = none). A retry counter arq's INCR
+# would choke on (not a count, another type) is reset and says why. Needs lease_prefix, retry_prefix,
+# retry_ttl, job_prefix, abort_set and owner_prefix in scope.
+LEASE_LUA = """
+local function text(key)  -- '' when missing or not a string (GET's error: read, not raised)
+  local value = redis.pcall('GET', key)
+  return type(value) == 'string' and value or ''
+end
+local function lease_job(claimed, id, score, lease_ms)
+  redis.call('PSETEX', lease_prefix .. id, lease_ms, '1')
+  local retry, note = retry_prefix .. id, ''
+  local tries = redis.pcall('GET', retry)
+  if type(tries) == 'string' then
+    if #tries > 9 or not (tries == '0' or string.match(tries, '^[1-9][0-9]*$')) then
+      note = 'reset: it was not a count'
+    end
+  elseif tries then  -- not a string
+    note = 'reset: it was a ' .. redis.call('TYPE', retry)['ok']
+  end
+  if note ~= '' then redis.call('DEL', retry) end
+  tries = redis.call('INCR', retry)
+  redis.call('EXPIRE', retry, retry_ttl)
+  local aborted = 0  -- junk in the abort set is arq's poll's to name
+  if redis.call('TYPE', abort_set)['ok'] == 'zset' then aborted = redis.call('ZREM', abort_set, id) end
+  claimed[#claimed + 1] = id
+  claimed[#claimed + 1] = score
+  claimed[#claimed + 1] = text(job_prefix .. id)
+  claimed[#claimed + 1] = tostring(tries)
+  claimed[#claimed + 1] = note
+  claimed[#claimed + 1] = tostring(aborted)
+  claimed[#claimed + 1] = text(owner_prefix .. id)
+end
+"""
+
+# Lua: `hand_off(id, score)` gives a queued job to the worker offering the most free slots, leased for
+# it, as one JSON message on its channel; false when no live worker offers one. An offer whose worker
+# has no subscriber (it is gone), or that is not one (written by hand), is dropped on the way; an
+# offers key of the wrong type is started afresh. Needs LEASE_LUA, `idle` and `handoff_prefix`.
+HAND_OFF_LUA = """
+local function hand_off(id, score)
+  while true do
+    local top = redis.pcall('ZREVRANGE', idle, 0, 0, 'WITHSCORES')
+    if top['err'] then redis.call('DEL', idle) return false end
+    local member, slots = top[1], tonumber(top[2])
+    if not member or not slots or slots < 1 then return false end
+    local ok, offer = pcall(cjson.decode, member)
+    local worker = ok and type(offer) == 'table' and offer['worker']
+    local lease_ms = ok and type(offer) == 'table' and tonumber(offer['lease_ms'])
+    local channel = handoff_prefix .. tostring(worker)
+    if type(worker) == 'string' and lease_ms and lease_ms >= 1
+        and redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
+      if slots < 2 then redis.call('ZREM', idle, member) else redis.call('ZINCRBY', idle, -1, member) end
+      local c = {}
+      lease_job(c, id, score, lease_ms)
+      redis.call('PUBLISH', channel, cjson.encode({id = c[1], score = c[2], job = c[3], try = tonumber(c[4]),
+        note = c[5], aborted = c[6] == '1', owner = c[7]}))
+      return true
+    end
+    redis.call('ZREM', idle, member)
+  end
+end
+"""
+
+
+def offer(worker_id: str, lease_ms: int) -> str:
+    """A worker's member of `mcpq:workers:idle`: who it is and how long a job handed to it stays leased
+    before the worker's heartbeat renews it (its WORKER_LEASE_SECONDS, not the messenger's)."""
+    return json.dumps({"worker": worker_id, "lease_ms": lease_ms}, separators=(",", ":"))
