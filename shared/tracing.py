@@ -9,6 +9,7 @@ exporter (e.g. `opentelemetry-instrument`) to see the spans.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator, Mapping
 
@@ -44,6 +45,12 @@ def current_carrier() -> dict[str, str]:
     return carrier(out)
 
 
+@functools.cache
+def _tracer(name: str) -> trace.Tracer:
+    """One per name (a proxy until a provider is set, then the provider's): not one per job."""
+    return trace.get_tracer(name)
+
+
 @contextlib.contextmanager
 def span(
     tracer_name: str,
@@ -53,7 +60,7 @@ def span(
     attributes: dict | None = None,
 ) -> Iterator[trace.Span]:
     """A span under `parent` (a carrier) when it names a valid one, else under the current span."""
-    tracer = trace.get_tracer(tracer_name)
+    tracer = _tracer(tracer_name)
     with tracer.start_as_current_span(
         name, context=context_of(parent), kind=kind, attributes=attributes
     ) as s:

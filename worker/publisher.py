@@ -182,11 +182,12 @@ class EventPublisher:
     def start_soon(self, worker_id: str, model: str, resumed: int | None = None) -> None:
         """Queue the start event without waiting for its write (the model call need not wait that round
         trip): it is written before every later event, and should it never be, the job stops at its
-        next event (token, settle or ending) with the JobStopped that says why."""
+        next event (token, settle or ending) with the JobStopped that says why. Its `ts` is now, when
+        the job starts, not when the write goes out."""
         if self._failure is not None:
             raise self._failure
         more = {"resumed": resumed} if resumed is not None else {}
-        self._pending.append(("start", {"worker_id": worker_id, "model": model, **more}))
+        self._pending.append(("start", {"ts": time.time(), "worker_id": worker_id, "model": model, **more}))
         self.writer._schedule(self)
 
     async def journaled(self, entries: list[tuple[int, bytes]], events: list[tuple[str, dict]]) -> None:
@@ -261,7 +262,7 @@ class EventPublisher:
                 data = token_body(seq, attempt, stamp, fields["text"])
             else:
                 cls = _EVENT_TYPES.get(kind, CancelledEvent)
-                event = cls(job_id=self.job_id, seq=seq, attempt=attempt, ts=now, **fields)
+                event = cls(job_id=self.job_id, seq=seq, attempt=attempt, **{"ts": now, **fields})
                 data = dump_event(event)[self._head :]
             self._unwritten.append((kind, data))
             seq += 1

@@ -291,3 +291,18 @@ async def test_a_write_that_landed_though_its_reply_was_lost_is_not_stored_twice
     assert_well_formed(streamed)
     assert "".join(e.text for e in streamed if e.type == "token") == "once only"
     assert streamed == await channel_events(channel), "published once each too"
+
+
+async def test_the_start_event_says_when_the_job_started_not_when_its_write_went_out(
+    redis, channel, monkeypatch
+):
+    now = [1_000.0]
+    monkeypatch.setattr("worker.publisher.time.time", lambda: now[0])
+    publisher = EventWriter(redis).publisher(JOB, attempt=1)
+    publisher.start_soon("worker-a", "mock-1")
+    now[0] = 2_000.0  # the job went on before its start event was written
+    publisher.token("Hi")
+    await done(publisher)
+    events = await channel_events(channel)
+    assert (events[0].type, events[0].ts) == ("start", 1_000.0)
+    assert {e.ts for e in events[1:]} == {2_000.0}, "the later events are stamped when written"
