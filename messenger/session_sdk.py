@@ -197,17 +197,17 @@ class RequestStream:
         self.wire = wire
         self.store = getattr(transport._event_store, "store_bodies", None)  # messenger.sessions.SessionEvents
         self.held: list[tuple[str, str]] | None = None  # inside `async with`: sent at its end
+        self.holds = 0  # the `async with`s open (nested or overlapping: the last to end sends)
 
     async def __aenter__(self) -> RequestStream:
+        self.holds += 1
         if self.held is None:
             self.held = []
-            self.holding = True
-        else:
-            self.holding = False  # (nested: the outer one sends)
         return self
 
     async def __aexit__(self, kind, *_: Any) -> None:
-        if not self.holding:
+        self.holds -= 1
+        if self.holds:
             return
         held, self.held = self.held, None
         if held and kind is None:

@@ -583,3 +583,30 @@ async def test_a_posts_response_goes_out_with_the_bodys_end(redis, monkeypatch):
     assert not more and [e["data"] for e in events(last.decode())] == [events(answered.text)[-1]["data"]]
     assert json.loads(events(last.decode())[0]["data"])["result"]["structuredContent"] == {"result": "done"}
     assert [m for _, m in bodies].count(False) == 1
+
+
+async def test_holds_that_nest_or_overlap_send_everything_once_the_last_ends():
+    """RequestStream held by two `async with`s at once (nested, or overlapping in two tasks): what
+    was sent goes out, in order, when the last one ends; after that, at once."""
+    stored: list[list[str]] = []
+
+    class Store:
+        async def store_bodies(self, stream_id: str, events: list[tuple[str, str]]) -> list[str]:
+            stored.append([body for body, _ in events])
+            return [f"{stream_id}/{len(stored)}-{i}" for i in range(len(events))]
+
+    writer, reader = anyio.create_memory_object_stream(10)
+    transport = type("T", (), {"_event_store": Store(), "_request_streams": {"1": (writer, reader)}})()
+    stream = session_sdk.RequestStream(transport, "1", None)  # type: ignore[arg-type]
+    first, second = stream, stream
+    await first.__aenter__()
+    await stream.send("a")
+    await second.__aenter__()
+    await stream.send("b")
+    await first.__aexit__(None, None, None)  # the first ends while the second still holds
+    assert stored == []
+    await stream.send("c")
+    await second.__aexit__(None, None, None)
+    await stream.send("d")
+    assert stored == [["a", "b", "c"], ["d"]]
+    assert [reader.receive_nowait().event_id for _ in range(4)] == ["1/1-0", "1/1-1", "1/1-2", "1/2-0"]
