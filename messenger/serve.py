@@ -3,6 +3,7 @@ passes messenger.guards first (Host/Origin, one identity, operator paths, body c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import anyio
@@ -79,15 +80,28 @@ async def serve(runtime: Runtime, transport: str, host: str, port: int) -> None:
             "listening on %s but answering only to Host localhost (and %s itself): set "
             "MCP_ALLOWED_HOSTS to the names clients use", host, host,
         )  # fmt: skip
-    # log_config=None: uvicorn's records go through our handler (format, redaction), not its own
-    # uvicorn's "auto" takes httptools, a dependency: the C parser, and a response's last event and
-    # its end in one socket write (h11 parses and frames in Python, and writes the end apart: ~9 % of
-    # the messenger's CPU at 1,000 callers, bench/callers.py); an environment without it gets h11
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="on", log_config=None,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-    )  # fmt: skip
     async with anyio.create_task_group() as tg:
         tg.start_soon(beat, runtime.redis, replica)  # resumed streams learn when this replica is gone
-        await uvicorn.Server(config).serve()
+        await uvicorn.Server(server_config(app, host, port)).serve()
         tg.cancel_scope.cancel()
+
+
+def server_config(app, host: str, port: int) -> uvicorn.Config:
+    # log_config=None: uvicorn's records go through our handler (format, redaction), not its own
+    # httptools, a dependency: the C parser, and a response's last event and its end in one socket
+    # write (h11 parses and frames in Python, and writes the end apart: ~9 % of the messenger's CPU
+    # at 1,000 callers, bench/callers.py), with h11's cap on a request's head (messenger.http_head)
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", log_config=None,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS, http=_http_protocol(),
+    )  # fmt: skip
+
+
+def _http_protocol() -> type[asyncio.Protocol] | str:
+    """httptools with the head cap; in an environment not yet synced, uvicorn's "auto": h11, which
+    caps a head itself."""
+    try:
+        from messenger.http_head import CappedHead
+    except ImportError:
+        return "auto"
+    return CappedHead
