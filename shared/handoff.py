@@ -53,8 +53,9 @@ end
 
 # Lua: `hand_off(id, score)` gives a queued job to the worker offering the most free slots, leased for
 # it, as one JSON message on its channel; false when no live worker offers one. An offer whose worker
-# has no subscriber (it is gone), or that is not one (written by hand), is dropped on the way; an
-# offers key of the wrong type is started afresh. Needs LEASE_LUA, `idle` and `handoff_prefix`.
+# has no subscriber (it is gone), or that is not one (written by hand; its lease one PSETEX refuses),
+# is dropped on the way; an offers key of the wrong type is started afresh. Needs LEASE_LUA, `idle`
+# and `handoff_prefix`.
 HAND_OFF_LUA = """
 local function hand_off(id, score)
   while true do
@@ -66,7 +67,9 @@ local function hand_off(id, score)
     local worker = ok and type(offer) == 'table' and offer['worker']
     local lease_ms = ok and type(offer) == 'table' and tonumber(offer['lease_ms'])
     local channel = handoff_prefix .. tostring(worker)
-    if type(worker) == 'string' and lease_ms and lease_ms >= 1
+    -- (a lease PSETEX refuses, a fraction or beyond a year, would fail the enqueue with the job queued)
+    if type(worker) == 'string' and lease_ms and lease_ms >= 1 and lease_ms <= 31536000000
+        and lease_ms == math.floor(lease_ms)
         and redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
       if slots < 2 then redis.call('ZREM', idle, member) else redis.call('ZINCRBY', idle, -1, member) end
       local c = {}

@@ -23,7 +23,8 @@ from shared.scripts import Arg, Args, Key, script
 
 # Given no candidates, the script reads them itself: the first `scan` due ids of the queue, lowest
 # score first, as arq's poll would (one round trip for a freed slot instead of a poll's read and claim);
-# a freed slot (`trust_offers`) skips that read while some worker offers slots: nothing is waiting then.
+# a freed slot (`trust_offers`) skips that read while some worker offers slots: nothing is waiting then
+# (a member offering none, written by hand, is no offer: the enqueue neither takes nor drops it).
 @script(
     LEASE_LUA
     + """
@@ -34,7 +35,7 @@ local slots = unreported + offered
 local claimed = {}
 local seen = candidates
 if #candidates == 0 and scan > 0 then
-  if trust_offers and offering and (offered > 0 or (tonumber(redis.pcall('ZCARD', idle)) or 0) > 0) then
+  if trust_offers and offering and (offered > 0 or (tonumber(redis.pcall('ZCOUNT', idle, 1, '+inf')) or 0) > 0) then
     seen = {}
   else
     seen = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'LIMIT', 0, scan)

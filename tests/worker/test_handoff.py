@@ -240,3 +240,45 @@ async def test_a_worker_whose_offer_redis_lost_takes_jobs_again(redis_url, worke
         result = await runtime.jobs.wait(job_id, timeout=15)
     assert result.status == "completed" and result.attempt == 1, result
     wait_until(lambda: len(offers(client)) == 1, "the worker offers its slots again")
+
+
+async def test_an_offer_with_a_lease_redis_cannot_set_is_dropped_and_the_enqueue_goes_on(
+    redis_url, workers, redis_server, clean_env
+):
+    """An offer written by hand for a live worker, its lease a fraction or beyond PSETEX's range: the
+    enqueue drops it (as any junk offer) instead of failing half-way with the job already queued."""
+    workers.start(redis_url, WORKER_CONCURRENCY="2")
+    client = redis_server.client()
+    worker_id = the_worker_id(client)
+    wait_until(lambda: offers(client).get(worker_id) == 2, "the idle worker offers its slots")
+    for lease in (1.5, 1e30):
+        client.zadd(keys.IDLE_WORKERS, {json.dumps({"worker": worker_id, "lease_ms": lease}): 100})
+        async with runtime_for(redis_url) as runtime:
+            job_id = await runtime.queue.submit(REQUEST, caller="alice")
+            result = await runtime.jobs.wait(job_id, timeout=10)
+        assert result.status == "completed" and result.attempt == 1, result
+
+
+async def test_junk_in_the_offers_does_not_make_a_freed_slot_skip_a_due_job(redis_url):
+    """A freed slot trusts the offers (someone offers: nothing waits) only for ones of a slot or more:
+    a member offering none (written by hand), which the enqueue never takes nor drops, must not leave
+    every due job to the polls (and to be overtaken by the next enqueue's hand-off) for good."""
+    from shared.connection import connect
+
+    redis = connect(redis_url)
+    try:
+        for junk, slots in (("junk", 0), (offer("ghost", 1000), 0), (offer("ghost", 1000), -3)):
+            await redis.flushall()
+            await redis.zadd(keys.QUEUE, {"job-1": 1000})
+            await redis.set(keys.JOB_PREFIX + "job-1", b"x")
+            await redis.zadd(keys.IDLE_WORKERS, {junk: slots})
+            claimed = await claim_jobs(
+                redis, queue=keys.QUEUE, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS,
+                now_ms=int(time.time() * 1000), lease_ms=1000, unreported=1, scan=10, offering=True,
+                trust_offers=True, reset=False, me=offer("me", 1000), retry_ttl=60,
+                lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX,
+                owner_prefix=keys.OWNER_PREFIX, candidates=[],
+            )  # fmt: skip
+            assert claimed[2:3] == [b"job-1"], (junk, slots, claimed)
+    finally:
+        await redis.aclose()
