@@ -145,3 +145,19 @@ async def give_back(
 ) -> int:  # fmt: skip
     """1 once the job is back in the queue, free for any worker."""
     ...
+
+
+# A job handed over while its worker was stalled past its lease (stopped, its loop blocked): the lease
+# may have lapsed and another worker's start taken the job (or ended it) meanwhile. Still the hand-off's
+# when its lease is there, the start count is the hand-off's and the job is still queued.
+@script("""
+if redis.call('EXISTS', lease) == 0 or not redis.call('ZSCORE', queue, job_id) then return 0 end
+if redis.pcall('GET', retry) ~= tries then return 0 end
+redis.call('PEXPIRE', lease, lease_ms)
+return 1
+""")
+async def still_handed(
+    redis, *, lease: Key, retry: Key, queue: Key, job_id: Arg[str], tries: Arg[str], lease_ms: Arg[int]
+) -> int:
+    """1 when the job is still this hand-off's (its lease renewed), 0 when another start took it."""
+    ...

@@ -54,6 +54,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
                     pipe.set(keys.in_progress(job_id), b"1", px=lease_ms)  # again, if it lapsed in an outage
                     pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
                 await pipe.execute()
+            state.leases_renewed_at = time.monotonic()  # (a hand-off read long after it is checked)
             await state.capacity.renew(redis)
             await pause.wake_expired(redis)  # paused jobs whose question expired: each fails when it runs
             await timeseries.sample_depth(redis)  # the dashboard's chart of jobs waiting or running

@@ -63,6 +63,7 @@ class WorkerState:
     tool_servers: ToolServers = field(default_factory=lambda: ToolServers({}))
     paused: dict[str, pause.Park] = field(default_factory=dict)  # job id -> how to park it (worker/pause.py)
     capacity: Capacity = field(init=False)  # MODEL_LIMITS and 429 cool-downs, shared by every worker
+    leases_renewed_at: float = float("-inf")  # monotonic: the heartbeat's last renewal of our leases
 
     def __post_init__(self) -> None:
         self.metrics.watch_running(lambda: len(self.running))

@@ -42,7 +42,7 @@ from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.sentinel import UnknownMaster
 from shared.settings import Settings
 from worker import accounting, pause
-from worker.claim import Claimed, claim_jobs, give_back
+from worker.claim import Claimed, claim_jobs, give_back, still_handed
 from worker.endings import Endings
 from worker.heartbeat import beat_interval
 from worker.intake import job_id_problem, job_problem
@@ -288,6 +288,27 @@ class QueueWorker(Worker):
                 job_id,
                 type(e).__name__,
             )
+
+    def _stalled(self) -> bool:
+        """The heartbeat has not renewed our leases for a whole lease (this process was stopped, its
+        loop blocked, or Redis away): a hand-off read now may be older than its lease."""
+        return time.monotonic() - self.ctx["mcpq"].leases_renewed_at > self.in_progress_timeout_s
+
+    async def _start_if_still_handed(self, job: Claimed) -> None:
+        """Start a job handed over while we were stalled only if no other start took it meanwhile (its
+        lease lapsed, a poll ran it, maybe to its end): it must not run twice."""
+        job_id = job.raw_id.decode(errors="replace")
+        try:
+            held = await still_handed(
+                self.pool, lease=keys.in_progress(job_id), retry=keys.retry(job_id), queue=self.queue_name,
+                job_id=job_id, tries=str(job.job_try), lease_ms=int(self.in_progress_timeout_s * 1000),
+            )  # fmt: skip
+        except (RedisError, OSError):
+            held = 0  # its lease lapses and a poll finds it
+        if held:
+            return self._start(job)
+        log.info("job %s: handed over while this worker was stalled; another start has it", job_id)
+        self._slot_free()
 
     async def _withdraw(self) -> None:
         """Take back the slots we offer: a job handed to us from now on goes back to the queue."""
@@ -561,6 +582,8 @@ class QueueWorker(Worker):
                 log.warning("ignoring a hand-off message: %s: %.100r", e, data)
                 return
             problem, details = self._problem(job)
+            if problem is None and self._stalled():  # read late: the job may be another start's by now
+                return self._errand(self._start_if_still_handed(job))
             if problem is None:
                 return self._start(job)
             self._errand(self._bury_handed(job, problem, details))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
 import threading
 import time
 
@@ -282,3 +284,28 @@ async def test_junk_in_the_offers_does_not_make_a_freed_slot_skip_a_due_job(redi
             assert claimed[2:3] == [b"job-1"], (junk, slots, claimed)
     finally:
         await redis.aclose()
+
+
+async def test_a_worker_stopped_after_its_hand_off_does_not_run_the_job_again_once_it_ran_elsewhere(
+    redis_url, workers, redis_server, clean_env
+):
+    """SIGSTOP: subscribed, so handed jobs, but not reading. Its lease lapses and another worker runs
+    the job; once the stopped worker goes on, the old hand-off must not start the ended job again."""
+    client = redis_server.client()
+    (stopped,) = workers.start(redis_url, WORKER_CONCURRENCY="5", WORKER_LEASE_SECONDS="1")
+    stopped_id = the_worker_id(client)
+    workers.start(redis_url, WORKER_CONCURRENCY="1", WORKER_LEASE_SECONDS="1")
+    offers_when(client, 2)
+    os.kill(stopped.pid, signal.SIGSTOP)
+    try:
+        async with runtime_for(redis_url) as runtime, asyncio.timeout(30):
+            job_id = await runtime.queue.submit(REQUEST, caller="alice")
+            result = await runtime.jobs.wait(job_id, timeout=20)
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+    assert result.status == "completed", result
+    wait_until(
+        lambda: offers(client).get(stopped_id) == 5, "the stopped worker read its hand-off and offers again"
+    )
+    runs = workers.logs().count(f"→ {job_id}:chat")
+    assert runs == 1, f"the job ran {runs} times"
