@@ -46,7 +46,7 @@ local at = now_ms  -- a job enqueued in the same ms (or by a replica whose clock
 if newest and tonumber(newest) >= at then at = tonumber(newest) + 0.001 end
 redis.call('ZADD', recent, at, job_id)
 redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
-if not hand_off(job_id, string.format('%.0f', turn)) then redis.call('PUBLISH', wakeup, job_id) end
+if not hand_off(job_id, string.format('%.0f', turn), #payload) then redis.call('PUBLISH', wakeup, job_id) end
 return 1
 """
 )

@@ -51,13 +51,24 @@ local function lease_job(claimed, id, score, lease_ms)
 end
 """
 
-# Lua: `hand_off(id, score)` gives a queued job to the worker offering the most free slots, leased for
-# it, as one JSON message on its channel; false when no live worker offers one. An offer whose worker
+# Lua: `hand_off(id, score, size)` gives a queued job to the worker offering the most free slots, leased
+# for it, as one JSON message on its channel; false when no live worker offers one, or when the job's
+# value (`size` bytes) is over HANDOFF_MAX_BYTES. An offer whose worker
 # has no subscriber (it is gone), or that is not one (written by hand; its lease one PSETEX refuses),
 # is dropped on the way; an offers key of the wrong type is started afresh. Needs LEASE_LUA, `idle`
 # and `handoff_prefix`.
-HAND_OFF_LUA = """
-local function hand_off(id, score)
+# Why a cap: a hand-off carries the job's whole value (up to ~1.2 MB) on pub/sub, and Redis drops a
+# subscriber whose unread messages pass its pub/sub buffer limit (32 MB by default, or 8 MB for a
+# minute): a burst of large jobs to one busy worker would cut its connection and leave them to their
+# leases. A prompt of a few KB is handed off; a job over 64 KiB is woken and claimed as before (its
+# one round trip more is nothing beside its size), so a worker's unread hand-offs stay small.
+HANDOFF_MAX_BYTES = 64 * 1024
+
+HAND_OFF_LUA = (
+    f"local handoff_max_bytes = {HANDOFF_MAX_BYTES}\n"
+    + """
+local function hand_off(id, score, size)
+  if size > handoff_max_bytes then return false end
   while true do
     local top = redis.pcall('ZREVRANGE', idle, 0, 0, 'WITHSCORES')
     if top['err'] then redis.call('DEL', idle) return false end
@@ -82,6 +93,7 @@ local function hand_off(id, score)
   end
 end
 """
+)
 
 
 def offer(worker_id: str, lease_ms: int) -> str:

@@ -16,7 +16,7 @@ import time
 from runtimes import runtime_for
 
 from shared import keys
-from shared.handoff import offer
+from shared.handoff import HANDOFF_MAX_BYTES, offer
 from shared.models import ChatRequest
 from worker.claim import claim_jobs
 
@@ -309,3 +309,24 @@ async def test_a_worker_stopped_after_its_hand_off_does_not_run_the_job_again_on
     )
     runs = workers.logs().count(f"→ {job_id}:chat")
     assert runs == 1, f"the job ran {runs} times"
+
+
+async def test_a_job_too_large_to_hand_off_is_woken_and_claimed_and_runs(
+    redis_url, workers, redis_server, clean_env
+):
+    """A job over HANDOFF_MAX_BYTES goes the wake-up way (a hand-off carries the whole value on
+    pub/sub, where Redis drops a subscriber that falls a buffer's worth behind): it still runs once."""
+    workers.start(redis_url, WORKER_CONCURRENCY="3")
+    client = redis_server.client()
+    worker_id = the_worker_id(client)
+    wait_until(lambda: offers(client).get(worker_id) == 3, "the idle worker offers its 3 slots")
+    big = ChatRequest(message="x" * (HANDOFF_MAX_BYTES + 1))
+    async with runtime_for(redis_url) as runtime:
+        with Monitor(client) as monitor:
+            job_id = await runtime.queue.submit(big, caller="alice")
+            result = await runtime.jobs.wait(job_id, timeout=10)
+    assert result.status == "completed" and result.attempt == 1, result
+    assert not [c for c in monitor.lines if c.startswith(f"PUBLISH {keys.handoff(worker_id)} ")], (
+        "not handed off"
+    )
+    assert [c for c in monitor.lines if c == f"PUBLISH {keys.WAKEUP_CHANNEL} {job_id}"], "woken instead"
