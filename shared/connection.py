@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import ssl
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -59,6 +61,10 @@ class RetryPolicy(NamedTuple):
 
 
 SERVICE = RetryPolicy(retries=8, cap=2.0, connect_timeout=None)  # servers, workers: outlive a restart
+# a worker's claims: one new connection for one that was dropped, never an outage ridden out in
+# retries (a claim that lands as Redis comes back could take a job whose live holder has not yet
+# renewed the lease that lapsed meanwhile; it fails instead, and the worker waits: failed_within)
+CLAIM = RetryPolicy(retries=1, cap=0.0, connect_timeout=None)
 # a CLI command: an operator has the one-line answer within start-up + 2.5 s, whatever Redis does
 COMMAND = RetryPolicy(retries=1, cap=0.25, connect_timeout=1.0, give_up=2.5)
 
@@ -97,6 +103,8 @@ async def subscribe_forever(
                         handler(reply[2])
         except (RedisError, OSError) as e:
             failures += 1
+            if failures > 1:  # subscribing again failed too: Redis is away
+                note_failure()
             level = logging.WARNING if failures == 1 else logging.DEBUG
             log.log(level, "%s subscription lost (%s); retrying until Redis answers", what, type(e).__name__)
             await asyncio.sleep(SERVICE.delay(failures))
@@ -105,11 +113,36 @@ async def subscribe_forever(
                 await pubsub.aclose()
 
 
+_failed_at = [-math.inf]  # time.monotonic() when a Redis command or subscription of this process last failed
+
+
+def note_failure() -> None:
+    _failed_at[0] = time.monotonic()
+
+
+def failed_within(seconds: float) -> bool:
+    """Whether Redis was away for this process in the last `seconds`: a command or a subscription
+    failed twice in a row (its new connection too). Why: a worker whose poll rode out an outage inside redis-py's retries saw no
+    error, yet the leases of running jobs may have lapsed meanwhile (worker/wakeups.py waits before
+    it claims, so live holders renew theirs first)."""
+    return time.monotonic() - _failed_at[0] < seconds
+
+
 class _Retry(Retry):
     """redis-py's Retry, except that a refused password or user is final: retrying it only delays
-    the one line that says so (nested in redis-py's connect, it took minutes)."""
+    the one line that says so (nested in redis-py's connect, it took minutes); Redis away is noted
+    (`failed_within`)."""
 
     async def call_with_retry(self, do, fail):
+        failures = 0
+
+        async def noted(error):
+            nonlocal failures
+            failures += 1
+            if failures > 1:  # a new connection failed too: Redis is away (not one closed for idling)
+                note_failure()
+            await fail(error)
+
         async def once():
             try:
                 return await do()
@@ -119,7 +152,7 @@ class _Retry(Retry):
                 raise _Final(e) from None
 
         try:
-            return await super().call_with_retry(once, fail)
+            return await super().call_with_retry(once, noted)
         except _Final as final:
             error = final.error
         raise error  # outside the except: the error's context stays its own (no cycle through _Final)

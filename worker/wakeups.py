@@ -37,7 +37,16 @@ from redis.exceptions import (
 )
 
 from shared import damaged, dead_letter, handoff, keys, turns
-from shared.connection import connect, probe_access, redacted, subscribe_forever, tls_refusal
+from shared.connection import (
+    CLAIM,
+    connect,
+    failed_within,
+    note_failure,
+    probe_access,
+    redacted,
+    subscribe_forever,
+    tls_refusal,
+)
 from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.sentinel import UnknownMaster
 from shared.settings import Settings
@@ -129,7 +138,6 @@ class QueueWorker(Worker):
         self._woken: list[bytes] = []  # job ids as published
         self._full_poll_due = True
         self._slot_freed = False
-        self._claims_paused_until = 0.0  # loop time; see main()
         self._refused = False
         self._endings: Endings | None = None  # made on the first ending, on the worker's pool
         self._own_slots = self.max_jobs  # free slots not offered (shared/handoff.py)
@@ -139,6 +147,7 @@ class QueueWorker(Worker):
         self._handed = 0  # hand-offs received
         self._missing_since: int | None = None  # _handed when slots were last seen missing (a poll)
         self._errands: set[asyncio.Task] = set()  # hand-offs given back or dead-lettered, held until done
+        self._claimer = None  # the connection claims go on (shared.connection.CLAIM), made in main()
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -150,6 +159,7 @@ class QueueWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._me = handoff.offer(self._worker_id(), int(self.in_progress_timeout_s * 1000))
+        self._claimer = connect(self.ctx["settings"].redis_url, CLAIM)
         listener = asyncio.create_task(self._listen_for_wakeups())
         loop = asyncio.get_running_loop()
         last_poll = 0.0
@@ -184,8 +194,7 @@ class QueueWorker(Worker):
                         "queue poll failed (%s); retrying in %.1fs", type(e).__name__, self.poll_delay_s
                     )
                     self._full_poll_due = True
-                    # leases may have lapsed while Redis was away: let live holders renew theirs first
-                    self._claims_paused_until = loop.time() + 2 * beat_interval(self.in_progress_timeout_s)
+                    note_failure()  # (_claim waits: leases may have lapsed while Redis was away)
                     await asyncio.sleep(self.poll_delay_s)
                     continue
                 if not (self._woken or self._slot_freed or self._full_poll_due):
@@ -228,12 +237,15 @@ class QueueWorker(Worker):
         own = self._own_slots
         if not (own or self._offered or reset) or not (candidates or scan):
             return
-        if self.loop.time() < self._claims_paused_until:
-            return  # the safety poll looks again
+        if failed_within(2 * beat_interval(self.in_progress_timeout_s)):
+            # Redis was away just now (a claim never rides it out: shared.connection.CLAIM): the
+            # leases of running jobs may have lapsed meanwhile, so their live holders renew theirs
+            # first; the safety poll looks again
+            return
         self._reset = False
         try:
             claimed = await claim_jobs(
-                self.pool, queue=self.queue_name, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS,
+                self._claimer or self.pool, queue=self.queue_name, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS,
                 now_ms=int(time.time() * 1000), lease_ms=int(self.in_progress_timeout_s * 1000), unreported=own,
                 scan=scan, offering=not self.burst, trust_offers=trust_offers, reset=reset, me=self._me,
                 retry_ttl=keys.RETRY_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
@@ -485,6 +497,9 @@ class QueueWorker(Worker):
             await self.pool.zrem(keys.ABORT_SET, *aborted)
 
     async def close(self) -> None:
+        if self._claimer is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._claimer.aclose()
         if self._offered and self._pool is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._withdraw()  # (without it too, the enqueue sees no subscriber and drops the offer)

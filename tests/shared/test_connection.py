@@ -1,14 +1,19 @@
-"""The pool's quick checkout (shared/connection.py): no lock and no probe for a clean connection,
-yet a connection left with an unread reply never hands that reply to the next command."""
+"""shared/connection.py: the pool's quick checkout (no lock and no probe for a clean connection, yet a
+connection left with an unread reply never hands that reply to the next command), the Batch, and
+what a claim does while Redis is away."""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis_server import RedisServer
 
-from shared.connection import Batch, QuickCheckout, connect
+from shared import connection
+from shared.connection import CLAIM, Batch, QuickCheckout, connect
 
 
 async def test_a_connection_returned_with_an_unread_reply_is_reconnected_not_reused(redis_url):
@@ -111,3 +116,29 @@ async def test_a_batched_commands_error_is_its_callers_alone(redis_url):
         assert 0 < await redis.ttl("k") <= 60
     finally:
         await redis.aclose()
+
+
+async def test_a_claim_never_rides_out_an_outage_and_the_process_notes_redis_away(tmp_path, monkeypatch):
+    """A worker's claims (CLAIM) fail at once while Redis is away, where a service connection would
+    retry for seconds and land as Redis comes back: before live holders renewed the leases that
+    lapsed meanwhile (tests/faults/test_redis_outage.py ran jobs twice on a loaded box). The process
+    notes Redis away (failed_within) so the worker waits; one dropped connection is not an outage."""
+    monkeypatch.setattr(connection, "_failed_at", [-math.inf])
+    server = RedisServer(tmp_path / "redis", persistent=False)
+    server.tmp.mkdir()
+    server.start()
+    claims = connect(server.url, CLAIM)
+    try:
+        await claims.ping()
+        server.client().client_kill_filter(_type="normal", skipme=True)  # a dropped connection
+        assert await claims.ping() is True
+        assert not connection.failed_within(60), "one dropped connection is not Redis away"
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises((RedisConnectionError, OSError)):
+            await claims.ping()
+        assert time.monotonic() - started < 1, "a claim is not retried across an outage"
+        assert connection.failed_within(60)
+    finally:
+        await claims.aclose()
+        server.stop()
