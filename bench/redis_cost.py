@@ -27,7 +27,7 @@ import time  # noqa: E402
 
 from bench.lab import scratch_lab  # noqa: E402
 from shared import keys  # noqa: E402
-from shared.events import TokenUsage  # noqa: E402
+from shared.events import TokenUsage, event_head  # noqa: E402
 
 INTERVAL = 0.02  # 50 tokens/s per stream
 
@@ -38,10 +38,13 @@ class Lost(Exception):
 
 async def old_write(redis, jobs: dict[str, list[tuple[str, bytes]]]) -> dict[str, Exception]:
     """The write before the script: MULTI, XADD + PUBLISH per event, EXPIRE per ended job, EXEC.
-    `redis` is the client itself, not the EventWriter's wrapper of it."""
+    `redis` is the client itself, not the EventWriter's wrapper of it; each event as it sent it,
+    whole (the writer hands over what follows event_head)."""
     async with redis.pipeline(transaction=True) as pipe:
         for job_id, events in jobs.items():
-            for _, data in events:
+            head = event_head(job_id)
+            for _, body in events:
+                data = head + body
                 pipe.xadd(keys.stream(job_id), {"event": data}, maxlen=keys.STREAM_MAXLEN, approximate=True)
                 pipe.publish(keys.events(job_id), data)
             if any(kind != "token" for kind, _ in events):
