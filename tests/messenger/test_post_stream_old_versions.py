@@ -9,7 +9,7 @@ import contextlib
 
 import anyio
 import pytest
-from test_session_sdk import POST, quiet_replica, serve
+from test_session_sdk import POST, quiet_replica, serve, wait_call
 
 from messenger import session_sdk
 
@@ -21,12 +21,7 @@ async def test_an_old_versions_quiet_call_is_pinged(redis, monkeypatch, version)
     url = "http://127.0.0.1:8000/mcp"
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "old", "version": "1"}}}  # fmt: skip
-    call = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "tools/call",
-        "params": {"name": "wait", "arguments": {"seconds": 0.4}},
-    }
+    call = wait_call(0.4)
     with anyio.fail_after(20):
         async with contextlib.AsyncExitStack() as stack:
             (client,) = await serve(stack, (gate, server.session_manager))

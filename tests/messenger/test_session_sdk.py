@@ -428,12 +428,7 @@ async def test_a_posts_light_response_has_sse_starlettes_headers_and_pings_a_qui
     monkeypatch.setattr(session_sdk, "PING_SECONDS", 0.05)
     server, app, gate = quiet_replica(redis)
     url = "http://127.0.0.1:8000/mcp"
-    call = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "tools/call",
-        "params": {"name": "wait", "arguments": {"seconds": 0.3}},
-    }
+    call = wait_call(0.3)
     with anyio.fail_after(20):
         async with contextlib.AsyncExitStack() as stack:
             (light,) = await serve(stack, (gate, server.session_manager))
@@ -455,6 +450,25 @@ async def test_a_posts_light_response_has_sse_starlettes_headers_and_pings_a_qui
     }
 
 
+def wait_call(seconds: float) -> dict:
+    """A tools/call of quiet_replica's `wait` tool, id 2."""
+    return {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "wait", "arguments": {"seconds": seconds}}}  # fmt: skip
+
+
+async def answer_one_wait(redis):
+    """(server, session id, response) of one `wait` call, 0 s, in a fresh session on a quiet replica."""
+    server, _, gate = quiet_replica(redis)
+    url = "http://127.0.0.1:8000/mcp"
+    call = wait_call(0)
+    with anyio.fail_after(20):
+        async with contextlib.AsyncExitStack() as stack:
+            (client,) = await serve(stack, (gate, server.session_manager))
+            sid, headers = await open_session(client, url)
+            answered = await client.post(url, headers=headers, json=call)
+    return server, sid, answered
+
+
 async def test_a_posts_events_are_written_without_the_sdks_sse_writer_task(redis, monkeypatch):
     """PostStream does the SDK's SSE writer's work in its own task (the priming event, then the
     request's stream up to the response, the streams cleaned up after): no writer task and no second
@@ -467,19 +481,7 @@ async def test_a_posts_events_are_written_without_the_sdks_sse_writer_task(redis
         await writer(self, request_id, *args)
 
     monkeypatch.setattr(StreamableHTTPServerTransport, "_run_sse_writer", counted)
-    server, _, gate = quiet_replica(redis)
-    url = "http://127.0.0.1:8000/mcp"
-    call = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "tools/call",
-        "params": {"name": "wait", "arguments": {"seconds": 0}},
-    }
-    with anyio.fail_after(20):
-        async with contextlib.AsyncExitStack() as stack:
-            (client,) = await serve(stack, (gate, server.session_manager))
-            sid, headers = await open_session(client, url)
-            answered = await client.post(url, headers=headers, json=call)
+    server, sid, answered = await answer_one_wait(redis)
     transport = server.session_manager._server_instances.get(sid)
     assert started == ["1"]  # the initialize's (its scope has no Wire): sse-starlette's, unchanged
     sent = [e for e in events(answered.text) if "id" in e]
@@ -566,19 +568,7 @@ async def test_a_posts_response_goes_out_with_the_bodys_end(redis, monkeypatch):
         await seen(self, message)
 
     monkeypatch.setattr(session_sdk.Wire, "__call__", recorded)
-    server, _, gate = quiet_replica(redis)
-    url = "http://127.0.0.1:8000/mcp"
-    call = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "tools/call",
-        "params": {"name": "wait", "arguments": {"seconds": 0}},
-    }
-    with anyio.fail_after(20):
-        async with contextlib.AsyncExitStack() as stack:
-            (client,) = await serve(stack, (gate, server.session_manager))
-            _, headers = await open_session(client, url)
-            answered = await client.post(url, headers=headers, json=call)
+    _, _, answered = await answer_one_wait(redis)
     last, more = bodies[-1]
     assert not more and [e["data"] for e in events(last.decode())] == [events(answered.text)[-1]["data"]]
     assert json.loads(events(last.decode())[0]["data"])["result"]["structuredContent"] == {"result": "done"}
