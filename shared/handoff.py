@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 
-# Lua: `lease_job(claimed, id, score, lease_ms)` leases a due job and appends seven values to `claimed`:
+# Lua: `lease_job(claimed, id, score, lease_ms, holder)` leases a due job for `holder` (the worker's
+# offer text, `offer()`: the lease's value says whose it is) and appends seven values to `claimed`:
 # id, score, job value ('' = none), tries (this start's), note ('' or 'reset: why'), aborted ('1' =
 # it was in the abort set, which it leaves), owner record ('' = none). A retry counter arq's INCR
 # would choke on (not a count, another type) is reset and says why. Needs lease_prefix, retry_prefix,
@@ -25,8 +26,8 @@ local function text(key)  -- '' when missing or not a string (GET's error: read,
   local value = redis.pcall('GET', key)
   return type(value) == 'string' and value or ''
 end
-local function lease_job(claimed, id, score, lease_ms)
-  redis.call('PSETEX', lease_prefix .. id, lease_ms, '1')
+local function lease_job(claimed, id, score, lease_ms, holder)
+  redis.call('PSETEX', lease_prefix .. id, lease_ms, holder)
   local retry, note = retry_prefix .. id, ''
   local tries = redis.pcall('GET', retry)
   if type(tries) == 'string' then
@@ -84,7 +85,7 @@ local function hand_off(id, score, size)
         and redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
       if slots < 2 then redis.call('ZREM', idle, member) else redis.call('ZINCRBY', idle, -1, member) end
       local c = {}
-      lease_job(c, id, score, lease_ms)
+      lease_job(c, id, score, lease_ms, member)
       redis.call('PUBLISH', channel, cjson.encode({id = c[1], score = c[2], job = c[3], try = tonumber(c[4]),
         note = c[5], aborted = c[6] == '1', owner = c[7]}))
       return true
@@ -98,5 +99,7 @@ end
 
 def offer(worker_id: str, lease_ms: int) -> str:
     """A worker's member of `mcpq:workers:idle`: who it is and how long a job handed to it stays leased
-    before the worker's heartbeat renews it (its WORKER_LEASE_SECONDS, not the messenger's)."""
+    before the worker's heartbeat renews it (its WORKER_LEASE_SECONDS, not the messenger's). The same
+    text is the value of every lease the worker holds (`arq:in-progress:<id>`), so its heartbeat renews
+    only its own: a job another worker took while this one was stalled is that worker's."""
     return json.dumps({"worker": worker_id, "lease_ms": lease_ms}, separators=(",", ":"))

@@ -46,7 +46,7 @@ for _, id in ipairs(seen) do
   if redis.call('EXISTS', lease_prefix .. id) == 0 then
     local score = redis.call('ZSCORE', queue, id)
     local due = score and tonumber(score)
-    if due and due <= now_ms then lease_job(claimed, id, score, lease_ms) end
+    if due and due <= now_ms then lease_job(claimed, id, score, lease_ms, me) end
   end
 end
 local taken = #claimed / 7
@@ -149,15 +149,23 @@ async def give_back(
 
 # A job handed over while its worker was stalled past its lease (stopped, its loop blocked): the lease
 # may have lapsed and another worker's start taken the job (or ended it) meanwhile. Still the hand-off's
-# when its lease is there, the start count is the hand-off's and the job is still queued.
+# when its lease is there and ours (`me`), the start count is the hand-off's and the job is still queued.
 @script("""
-if redis.call('EXISTS', lease) == 0 or not redis.call('ZSCORE', queue, job_id) then return 0 end
+if redis.pcall('GET', lease) ~= me or not redis.call('ZSCORE', queue, job_id) then return 0 end
 if redis.pcall('GET', retry) ~= tries then return 0 end
 redis.call('PEXPIRE', lease, lease_ms)
 return 1
 """)
 async def still_handed(
-    redis, *, lease: Key, retry: Key, queue: Key, job_id: Arg[str], tries: Arg[str], lease_ms: Arg[int]
+    redis,
+    *,
+    lease: Key,
+    retry: Key,
+    queue: Key,
+    job_id: Arg[str],
+    tries: Arg[str],
+    lease_ms: Arg[int],
+    me: Arg[str],
 ) -> int:
     """1 when the job is still this hand-off's (its lease renewed), 0 when another start took it."""
     ...

@@ -1,7 +1,12 @@
 """Each worker says it is alive, and what it is doing, in `mcpq:worker:<id>` (JSON with a TTL),
 and renews the lease (`arq:in-progress:<id>`) of every job it runs. A worker that dies stops
 renewing, so its jobs become free for another worker within WORKER_LEASE_SECONDS instead of arq's
-job-timeout-plus-10-seconds."""
+job-timeout-plus-10-seconds.
+
+A worker that was stalled past its lease (stopped, its loop blocked) may find a job of its own taken
+by another worker meanwhile: the lease's value is its holder (shared.handoff.offer), so the heartbeat
+renews only what is still its own and stops its run of the rest, which then writes no ending (the
+other worker's run is the job's now)."""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import os
 import socket
 import time
 
-from shared import keys, timeseries
+from shared import handoff, keys, timeseries
+from shared.scripts import Arg, Args, script
 from worker import pause
 from worker.job import WorkerState
 
@@ -41,19 +47,67 @@ def heartbeat(state: WorkerState, started_at: float) -> dict:
     }
 
 
+# A lease that is ours is renewed. One another worker holds (a holder's text: JSON with its "worker"),
+# or a job whose result is stored (it ended elsewhere), is not ours any more: answered. Any other lease
+# (lapsed while Redis was away or restarted without its data; junk; an older version's "1") is ours
+# again unless the job has a result. The job's stream is kept while we run it.
+@script("""
+local function holder_of(lease)
+  local value = redis.pcall('GET', lease)
+  if type(value) ~= 'string' then return nil end
+  local ok, holder = pcall(cjson.decode, value)
+  if ok and type(holder) == 'table' and type(holder['worker']) == 'string' then return value end
+  return nil
+end
+local taken = {}
+for _, id in ipairs(ids) do
+  local lease = lease_prefix .. id
+  local holder = holder_of(lease)
+  local mine = holder == me
+  if mine then
+    redis.call('PEXPIRE', lease, lease_ms)
+  elseif not holder and redis.call('EXISTS', result_prefix .. id) == 0 then
+    redis.call('DEL', lease)
+    redis.call('PSETEX', lease, lease_ms, me)
+    mine = true
+  end
+  if mine then redis.call('EXPIRE', stream_prefix .. id, stream_ttl) else taken[#taken + 1] = id end
+end
+return taken
+""")
+async def _renew_leases(
+    redis, *, me: Arg[str], lease_ms: Arg[int], lease_prefix: Arg[str], result_prefix: Arg[str],
+    stream_prefix: Arg[str], stream_ttl: Arg[int], ids: Args,
+) -> list[bytes]:  # fmt: skip
+    """The ids of `ids` whose lease is not ours any more."""
+    ...
+
+
+async def renew_leases(redis, state: WorkerState, job_ids: list[str]) -> set[str]:
+    """Renew our leases of `job_ids`; answers those another worker has taken (or ended) meanwhile,
+    which are marked taken (`state.taken`) and their runs stopped."""
+    lease_ms = int(state.settings.worker_lease_seconds * 1000)
+    if not job_ids:
+        return set()
+    taken = await _renew_leases(
+        redis, me=handoff.offer(state.worker_id, lease_ms), lease_ms=lease_ms, lease_prefix=keys.IN_PROGRESS_PREFIX,
+        result_prefix=keys.RESULT_PREFIX, stream_prefix=keys.STREAM_PREFIX,
+        stream_ttl=keys.STREAM_TTL_SECONDS, ids=job_ids,
+    )  # fmt: skip
+    lost = {raw.decode() for raw in taken}
+    for job_id in lost:
+        state.lose(job_id)
+    return lost
+
+
 async def beat_forever(redis, state: WorkerState) -> None:
     started_at = time.time()
-    lease_ms = int(state.settings.worker_lease_seconds * 1000)
     interval = beat_interval(state.settings.worker_lease_seconds)
     while True:
         try:
             payload = json.dumps(heartbeat(state, started_at))
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
-                for job_id in state.running:
-                    pipe.set(keys.in_progress(job_id), b"1", px=lease_ms)  # again, if it lapsed in an outage
-                    pipe.expire(keys.stream(job_id), keys.STREAM_TTL_SECONDS)
-                await pipe.execute()
+            await redis.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
+            await renew_leases(redis, state, list(state.running))
             state.leases_renewed_at = time.monotonic()  # (a hand-off read long after it is checked)
             await state.capacity.renew(redis)
             await pause.wake_expired(redis)  # paused jobs whose question expired: each fails when it runs

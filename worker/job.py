@@ -64,10 +64,25 @@ class WorkerState:
     paused: dict[str, pause.Park] = field(default_factory=dict)  # job id -> how to park it (worker/pause.py)
     capacity: Capacity = field(init=False)  # MODEL_LIMITS and 429 cool-downs, shared by every worker
     leases_renewed_at: float = float("-inf")  # monotonic: the heartbeat's last renewal of our leases
+    tasks: dict[str, asyncio.Task] = field(default_factory=dict)  # job id -> the task running its attempt
+    taken: set[str] = field(default_factory=set)  # jobs another worker took from us: no ending of ours
 
     def __post_init__(self) -> None:
         self.metrics.watch_running(lambda: len(self.running))
         self.capacity = Capacity(self.settings)
+
+    def lose(self, job_id: str) -> None:
+        """Another worker took this job while we were stalled past its lease (worker/heartbeat.py):
+        stop our run; it stores no ending, the other run is the job's now."""
+        if job_id in self.taken or job_id not in self.running:
+            return
+        self.taken.add(job_id)
+        log.warning(
+            "job %s: another worker took it while this one was stalled past its lease; stopping this run",
+            job_id,
+        )
+        if (task := self.tasks.get(job_id)) is not None:
+            task.cancel()
 
     def provider_said(self, error: str | None) -> None:
         self.provider_error, self.provider_seen_at = error, time.time()

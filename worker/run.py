@@ -66,6 +66,8 @@ class JobRun:
         # given by the worker (worker/wakeups.py): what it writes with the job's result, in one transaction
         self.ending: dict | None = ctx.get("ending")
         self.state.running[self.job_id] = self.attempt
+        if (task := asyncio.current_task()) is not None:
+            self.state.tasks[self.job_id] = task  # (the heartbeat stops a run another worker took)
 
     def rebase(self, base: int) -> None:
         """The job paused `base` attempts in (worker/pause.py): this attempt is numbered after them."""
@@ -77,6 +79,7 @@ class JobRun:
         """This worker no longer runs the attempt (once: a paused job closes before it returns)."""
         if self.state.running.get(self.job_id) == self.attempt:  # not a later attempt of the same job
             del self.state.running[self.job_id]
+            self.state.tasks.pop(self.job_id, None)
             self.state.jobs_done += 1
 
     def first_token(self) -> None:

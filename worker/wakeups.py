@@ -53,7 +53,7 @@ from shared.settings import Settings
 from worker import accounting, pause
 from worker.claim import Claimed, claim_jobs, give_back, still_handed
 from worker.endings import Endings
-from worker.heartbeat import beat_interval
+from worker.heartbeat import beat_interval, renew_leases
 from worker.intake import job_id_problem, job_problem
 from worker.publisher import why_not_written
 
@@ -313,7 +313,7 @@ class QueueWorker(Worker):
         try:
             held = await still_handed(
                 self.pool, lease=keys.in_progress(job_id), retry=keys.retry(job_id), queue=self.queue_name,
-                job_id=job_id, tries=str(job.job_try), lease_ms=int(self.in_progress_timeout_s * 1000),
+                job_id=job_id, tries=str(job.job_try), lease_ms=int(self.in_progress_timeout_s * 1000), me=self._me,
             )  # fmt: skip
         except (RedisError, OSError):
             held = 0  # its lease lapses and a poll finds it
@@ -524,6 +524,8 @@ class QueueWorker(Worker):
         job's usage `count` (worker/run.py), when it made one, goes first in the same MULTI, which
         the jobs that end meanwhile share (worker/endings.py)."""
         state = self.ctx.get("mcpq")
+        if state is not None and await self._taken(state, job_id):
+            return
         if state is not None and (how := state.paused.pop(job_id, None)) is not None:
             await pause.park(self.pool, job_id, how, state.settings)
             return
@@ -554,6 +556,20 @@ class QueueWorker(Worker):
         if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
             with contextlib.suppress(RedisError, OSError):
                 await self.pool.publish(keys.WAKEUP_CHANNEL, job_id)
+
+    async def _taken(self, state, job_id: str) -> bool:
+        """Another worker took this job while we were stalled past its lease: our run stores nothing
+        (no result, no lease or queue entry of the other run's touched). Checked at the ending too when
+        the heartbeat has not renewed our leases since (a run that ends before the heartbeat sees it)."""
+        if job_id not in state.taken and self._stalled():
+            if await renew_leases(self.pool, state, [job_id]):
+                state.taken.add(job_id)
+        if job_id not in state.taken:
+            return False
+        state.taken.discard(job_id)
+        state.paused.pop(job_id, None)
+        log.warning("job %s: this worker's run of it stopped; its ending is the other worker's", job_id)
+        return True
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's (a job that expired, could not be read, or ran out of tries), with the same rule."""

@@ -1,0 +1,92 @@
+"""A worker stalled past its lease (SIGSTOP here; a blocked loop or a paused VM alike) loses its running
+job to another worker. Once it goes on, it stops its own run of that job and stores nothing: the
+other worker's run is the job's, and the caller gets that run's one whole answer."""
+
+import asyncio
+import os
+import signal
+import time
+
+from observe import LONG_MESSAGE, expected_text, heartbeat, starts, terminal_events
+from readers import stream_events
+from runtimes import runtime_for
+
+from messenger.queue import ANONYMOUS
+from shared import keys
+from shared.handoff import offer
+from shared.models import ChatRequest
+
+PACE = dict(WORKER_CONCURRENCY="1", WORKER_LEASE_SECONDS="1", MOCK_TOKEN_DELAY_MS="40")  # ~2.2 s an answer
+
+
+def wait_for(condition, what: str, seconds: float = 20):
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+    return found
+
+
+async def test_a_worker_stalled_past_its_lease_stops_its_run_of_the_job_another_worker_took(
+    redis_url, workers, redis_server, clean_env
+):
+    client = redis_server.client()
+    (stalled,) = workers.start(redis_url, **PACE)
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
+        job_id = await runtime.queue.submit(ChatRequest(message=LONG_MESSAGE), caller=ANONYMOUS)
+        wait_for(
+            lambda: [e for e in stream_events(client, job_id) if e["type"] == "token"], "attempt 1 streams"
+        )
+        first = stream_events(client, job_id)[0]["worker_id"]
+        os.kill(stalled.pid, signal.SIGSTOP)
+        try:
+            workers.start(redis_url, **PACE)
+            wait_for(lambda: 2 in starts(stream_events(client, job_id)), "another worker starts attempt 2")
+            (second,) = [e["worker_id"] for e in stream_events(client, job_id) if e["type"] == "start"][1:]
+            assert client.get(keys.in_progress(job_id)) == offer(second, 1000).encode(), (
+                "the lease says whose"
+            )
+        finally:
+            os.kill(stalled.pid, signal.SIGCONT)
+        result = await runtime.jobs.wait(job_id, timeout=30)
+
+    assert result.status == "completed", result.error
+    assert (result.attempt, result.worker_id) == (2, second), "the answer is the run that took the job"
+    assert result.ai_response == expected_text(LONG_MESSAGE)
+    assert [e["attempt"] for e in terminal_events(stream_events(client, job_id))] == [2], (
+        "the stalled run wrote no ending"
+    )
+    log = workers.logs()
+    assert f"job {job_id}: another worker took it while this one was stalled" in log, log[-3000:]
+    assert heartbeat(client, first)["running_jobs"] == {}, "the stalled worker no longer runs it"
+
+
+async def test_the_heartbeat_renews_only_its_own_leases_and_names_the_jobs_another_run_has(redis_url):
+    """The renewal's rules, one job each, on real Redis: ours is renewed; another worker's, or a job
+    ended elsewhere (its result stored), is named taken and left alone; a lease that lapsed (Redis away
+    or restarted empty), junk, or an older version's "1" is ours again unless the job has a result."""
+    from shared.connection import connect
+    from worker.heartbeat import _renew_leases
+
+    me, other = offer("me", 5000), offer("other", 5000)
+    redis = connect(redis_url)
+    try:
+        await redis.set(keys.in_progress("ours"), me, px=100)
+        await redis.set(keys.in_progress("theirs"), other, px=100)
+        await redis.set(keys.result("ended"), b"{}")
+        await redis.set(keys.in_progress("junk"), b"not a holder")
+        await redis.set(keys.in_progress("old"), b"1")
+        await redis.hset(keys.in_progress("wrong-type"), "x", "y")
+        ids = ["ours", "theirs", "ended", "lapsed", "junk", "old", "wrong-type"]
+        taken = await _renew_leases(
+            redis, me=me, lease_ms=5000, lease_prefix=keys.IN_PROGRESS_PREFIX, result_prefix=keys.RESULT_PREFIX,
+            stream_prefix=keys.STREAM_PREFIX, stream_ttl=60, ids=ids,
+        )  # fmt: skip
+        assert sorted(taken) == [b"ended", b"theirs"]
+        assert await redis.get(keys.in_progress("theirs")) == other.encode(), "another's lease left alone"
+        assert not await redis.exists(keys.in_progress("ended")), "an ended job is not leased again"
+        for job_id in ("ours", "lapsed", "junk", "old", "wrong-type"):
+            assert await redis.get(keys.in_progress(job_id)) == me.encode(), job_id
+            assert await redis.pttl(keys.in_progress(job_id)) > 1000, f"{job_id}: renewed for a lease"
+    finally:
+        await redis.aclose()
