@@ -160,12 +160,6 @@ async def held_by_worker(redis, job_id: str) -> bool:
     return False
 
 
-async def restarted_since(redis, since: float) -> bool:
-    """Redis (re)started after `since` (epoch seconds): INFO server's uptime is shorter than that."""
-    info = await redis.info("server")
-    return float(info.get("uptime_in_seconds", 0)) < time.time() - since
-
-
 async def not_found(redis, job_id: str) -> JobNotFound:
     """ "No such job", saying when it may also have been lost: Redis without an append-only file
     restarted within a job's lifetime (a day queued, its run, its kept result) keeps none of its jobs."""
@@ -184,18 +178,24 @@ async def not_found(redis, job_id: str) -> JobNotFound:
     )
 
 
-async def promoted(redis) -> bool:
-    """This Redis was a replica once since it started (Sentinel promoted it): INFO replication keeps the
-    offset up to which its old primary's history is valid."""
-    info = await redis.info("replication")
-    return info.get("role") == "master" and int(info.get("second_repl_offset", -1)) != -1
-
-
 async def lost_message(redis, job_id: str, since: float) -> str:
-    if await restarted_since(redis, since):
+    """What a caller is told of a job it followed since `since` (epoch seconds) that Redis no longer
+    holds: Redis restarted without its data, failed over to a replica that had not received it
+    (a promoted replica keeps, in INFO replication, the offset up to which its old primary's history
+    is valid), or the keys were removed. Logged (WARNING) with which Redis answered, so a loss can be
+    told apart from a process reading a server it should not (the failover tests print it)."""
+    info = await redis.info()  # server and replication sections, one round trip
+    uptime = float(info.get("uptime_in_seconds", 0))
+    if uptime < time.time() - since:
         why = "Redis restarted without its data (no persistence?)"
-    elif await promoted(redis):
+    elif info.get("role") == "master" and int(info.get("second_repl_offset", -1)) != -1:
         why = "Redis failed over to a replica that had not received it (replication is asynchronous)"
     else:
         why = "its keys were removed from Redis (FLUSHALL, eviction or by hand)"
+    log.warning(
+        "job %s: lost (%s); the Redis that answered: port %s, role %s, up %.0f s, run id %.8s, "
+        "replication id %.8s at offset %s (valid from the old primary up to %s)",
+        job_id, why, info.get("tcp_port"), info.get("role"), uptime, info.get("run_id"),
+        info.get("master_replid"), info.get("master_repl_offset"), info.get("second_repl_offset"),
+    )  # fmt: skip
     return f"job {job_id} was lost: {why} before the job finished; submit it again"

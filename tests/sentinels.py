@@ -3,6 +3,9 @@ their own, for failover tests and benches: SIGKILL (or SIGSTOP) the primary, the
 Sentinels have promoted a replica and every replica left follows it.
 
 Sentinel's clocks are turned down (down after 1 s, failover timeout 3 s) so a failover takes seconds.
+A primary that stalls for longer than that is failed over too, whether or not the test meant it, and
+what it acknowledged meanwhile is lost with it (replication is asynchronous): `config_epoch` tells a
+test how many failovers happened, `state` and `logs` what each node and Sentinel saw.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from redis_server import RedisServer, free_port
 MASTER = "mcpq-main"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
-NODE_ARGS = ("--repl-diskless-sync-delay", "0")
+# appendfsync everysec (production's default) and not RedisServer's always: with always, the primary's
+# main thread waits for each write's fsync, and one fsync of a second on a busy CI disk is a primary that
+# stops answering for longer than DOWN_AFTER_MS: a failover the test did not make, which loses the jobs
+# enqueued in that stall (tried by hand, one fdatasync delayed 2.5 s by strace during 20 calls:
+# always, a failover in 5 of 5 tries, 12 and 8 calls lost in two; everysec, none; see README)
+NODE_ARGS = ("--repl-diskless-sync-delay", "0", "--appendfsync", "everysec")
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> object:
@@ -87,19 +95,18 @@ class SentinelCluster:
     def __init__(self, tmp: Path, replicas: int = 1):
         self.tmp = tmp
         # a replica's full sync starts at once, not after diskless sync's default 5 s wait for company
-        self.nodes = [RedisServer(self._dir(0), persistent=True, args=NODE_ARGS)]
+        self.nodes = [self._node(0)]
         primary = ("--replicaof", "127.0.0.1", str(self.nodes[0].port))
-        self.nodes += [
-            RedisServer(self._dir(n), persistent=True, args=(*NODE_ARGS, *primary))
-            for n in range(1, replicas + 1)
-        ]
+        self.nodes += [self._node(n, primary) for n in range(1, replicas + 1)]
         self.sentinels = [SentinelProcess(tmp, self.nodes[0].port) for _ in range(3)]
         self.frozen: list[RedisServer] = []
 
-    def _dir(self, n: int) -> Path:
+    def _node(self, n: int, args: tuple[str, ...] = ()) -> RedisServer:
         path = self.tmp / f"redis-{n}"
         path.mkdir(parents=True, exist_ok=True)
-        return path
+        return RedisServer(
+            path, persistent=True, args=(*NODE_ARGS, "--logfile", str(path / "redis.log"), *args)
+        )
 
     def start(self) -> None:
         for node in self.nodes:
@@ -128,6 +135,43 @@ class SentinelCluster:
         sentinel = next(s for s in self.sentinels if s.alive())
         _, port = sentinel.client().sentinel_get_master_addr_by_name(MASTER)
         return next(node for node in self.nodes if node.port == int(port))
+
+    def config_epoch(self) -> int:
+        """The epoch of the failover that made the primary what it is (0: none yet); it grows by at least
+        one with each failover, so a test can tell one it did not make."""
+        sentinel = next(s for s in self.sentinels if s.alive())
+        return int(sentinel.client().sentinel_master(MASTER)["config-epoch"])
+
+    def state(self) -> str:
+        """One line a node (role, whom it follows, replication offsets) and what each Sentinel names:
+        for a failure message. A frozen or dead node is said to be so, not asked."""
+        lines = []
+        for sentinel in self.sentinels:
+            named = "down"
+            if sentinel.alive():
+                with contextlib.suppress(sync_redis.RedisError, OSError):
+                    master = sentinel.client().sentinel_master(MASTER)
+                    named = f"names {master['port']} (config epoch {master['config-epoch']}, flags {master['flags']})"
+            lines.append(f"sentinel {sentinel.port}: {named}")
+        for node in self.nodes:
+            if node in self.frozen or node.proc is None or node.proc.poll() is not None:
+                lines.append(f"redis {node.port}: {'frozen' if node in self.frozen else 'dead'}")
+                continue
+            try:
+                info = sync_redis.Redis(port=node.port, socket_timeout=2).info("replication")
+            except (sync_redis.RedisError, OSError) as e:
+                lines.append(f"redis {node.port}: no answer ({type(e).__name__})")
+                continue
+            follows = (
+                f" of {info.get('master_port')} (link {info.get('master_link_status')})"
+                if info["role"] == "slave"
+                else ""
+            )
+            lines.append(
+                f"redis {node.port}: {info['role']}{follows}, offset {info['master_repl_offset']}, "
+                f"replication id {info['master_replid'][:8]}, old primary's valid up to {info['second_repl_offset']}"
+            )
+        return "\n".join(lines)
 
     def kill_primary(self) -> RedisServer:
         """SIGKILL the primary (no shutdown, no last write to disk); answers the node killed."""
@@ -193,4 +237,15 @@ class SentinelCluster:
             node.stop()
 
     def logs(self) -> str:
-        return "\n".join(f"--- sentinel {s.port} ---\n{s.log()[-5000:]}" for s in self.sentinels)
+        """Each Sentinel's events (its '#' lines: sdown, failovers, switches; not its start-up chatter)
+        and each node's log tail (role changes, syncs, slow disk)."""
+        parts = []
+        for s in self.sentinels:
+            events = [line for line in s.log().splitlines() if " # " in line]
+            parts.append(f"--- sentinel {s.port} ---\n" + "\n".join(events[-200:]))
+        for node in self.nodes:
+            log = node.tmp / "redis.log"
+            parts.append(
+                f"--- redis {node.port} ---\n{log.read_text(errors='replace')[-6000:] if log.exists() else ''}"
+            )
+        return "\n".join(parts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -90,7 +91,11 @@ def stack(cluster, tmp_path_factory):
             workers.start(url, count=2, MOCK_TOKEN_DELAY_MS=TOKEN_DELAY_MS)
             messenger.wait_ready(60)
             yield Stack(cluster, messenger, workers)
-            print(f"----- workers -----\n{workers.logs()[-20_000:]}")
+            for path in sorted(tmp.glob("worker-*.log")):  # what each saw go wrong, then its last lines
+                text = path.read_text(errors="replace")
+                warned = [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line]
+                print(f"----- {path.name}: warnings -----\n" + "\n".join(warned[-300:]))
+                print(f"----- {path.name}: tail -----\n{text[-10_000:]}")
     finally:
         workers.stop_all()
 
@@ -131,6 +136,32 @@ async def calls(clients: list[Client], phase: str, count: int, mid_stream=None) 
     return outcomes
 
 
+def why_not_exact(cluster: SentinelCluster, outcomes: Outcomes, epoch: int) -> str:
+    """A failure message with what tells a loss from a bug: the outcomes, whether the Sentinels failed
+    over on their own meanwhile (a primary that stalled past DOWN_AFTER_MS: what it acknowledged in that
+    stall is lost with it, as asynchronous replication allows), every node's replication state, and
+    which node holds which key of the first job told lost (the logs follow: messenger, workers, Sentinel
+    events, each node's log)."""
+    lines = [str(outcomes), *outcomes.errors[:3], *outcomes.wrong[:3]]
+    now = cluster.config_epoch()
+    if now != epoch:
+        lines.append(
+            f"the Sentinels failed over on their own during these calls (config epoch {epoch} -> {now})"
+        )
+    lines.append(cluster.state())
+    lost = next((m[1] for e in outcomes.errors if (m := re.search(r"job ([0-9a-f]{32})", e))), None)
+    for node in cluster.nodes if lost else ():
+        if node in cluster.frozen or node.proc is None or node.proc.poll() is not None:
+            continue
+        held = [
+            k
+            for k in (keys.job, keys.in_progress, keys.result, keys.stream, keys.owner)
+            if node.client().exists(k(lost))
+        ]
+        lines.append(f"redis {node.port} holds of job {lost}: {[k.__name__ for k in held] or 'nothing'}")
+    return "\n".join(lines)
+
+
 async def test_primary_killed_mid_stream_every_answer_exact_or_a_clear_error_and_nothing_restarted(stack):
     cluster = stack.cluster
     pids = {p.pid for p in stack.workers.procs}
@@ -146,19 +177,21 @@ async def test_primary_killed_mid_stream_every_answer_exact_or_a_clear_error_and
             modes = ("auto", "legacy") * 2
             clients = [await opened.enter_async_context(Client(stack.messenger.url, mode=m)) for m in modes]
             during = await calls(clients, "during", 20, mid_stream=fail_over)
+            epoch = cluster.config_epoch()
             after = await calls(clients, "after", 20)
             print(f"first failover: {during}; the 20 calls after it: {after}; errors: {during.errors}")
-            assert not during.wrong, during.wrong
-            assert after.exact == 20, after
+            assert not during.wrong, why_not_exact(cluster, during, epoch)
+            assert after.exact == 20, why_not_exact(cluster, after, epoch)
 
             cluster.sentinels[0].kill()  # two of three Sentinels still make a quorum and elect a leader
             again = await calls(clients, "again", 10, mid_stream=freeze)
+            epoch = cluster.config_epoch()
             last = await calls(clients, "last", 10)
             print(
                 f"second failover, primary frozen, a Sentinel down: {again}; the 10 after: {last}; {again.errors}"
             )
-            assert not again.wrong, again.wrong
-            assert last.exact == 10, last
+            assert not again.wrong, why_not_exact(cluster, again, epoch)
+            assert last.exact == 10, why_not_exact(cluster, last, epoch)
 
     assert stack.messenger.proc.poll() is None and all(p.poll() is None for p in stack.workers.procs)
     primary = cluster.primary()
@@ -213,9 +246,11 @@ def test_cli_commands_through_sentinel_answer_and_exit(cluster, clean_env, capsy
         assert messenger_cli(["jobs"]) == 0, capsys.readouterr().err
 
 
-async def test_a_job_lost_in_a_failover_is_told_as_such(tmp_path):
+async def test_a_job_lost_in_a_failover_is_told_as_such(tmp_path, caplog):
     """A promoted replica lacks what its primary had not sent it yet: a job lost so is not blamed on
-    FLUSHALL (the new primary's uptime is long; it is its replication history that tells)."""
+    FLUSHALL (the new primary's uptime is long; it is its replication history that tells). The
+    messenger's log names the job and the Redis that answered, so a loss can be told from a process
+    reading a server it should not."""
     primary = RedisServer(tmp_path / "a")
     primary.tmp.mkdir()
     primary.start()
@@ -229,6 +264,9 @@ async def test_a_job_lost_in_a_failover_is_told_as_such(tmp_path):
             redis = connect(server.url)
             try:
                 assert why in await lost_message(redis, "j1", since=followed_since)
+                logged = caplog.records[-1].getMessage()
+                assert logged.startswith("job j1: lost (") and why in logged, logged
+                assert f"port {server.port}, role master" in logged, logged
             finally:
                 await redis.aclose()
     finally:
