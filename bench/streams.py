@@ -9,7 +9,8 @@ token delay (the worker's event `ts` → this process has it, p50/p99), the deli
 stream's tokens after its first token event over the time to its last, against the paced rate: a
 stream paced exactly reads 100 %), the token delay while all N stream at once (between the last stream's first token and the first stream's last: no job
 starts or ends then, so it is the cost of tokens alone, where the whole run's p99 also holds the
-ramp of N job starts in STAGGER seconds), the CPU of the worker and of this process (the messenger
+ramp of N job starts in STAGGER seconds), the p99 of the tokens written before that (while jobs
+start) and after it (while jobs end), the CPU of the worker and of this process (the messenger
 side), each also per token, and in the same round the floor: this machine's bare PUBLISH →
 subscriber delay at the same pacing (bench/publisher_proc.py raw mode, through
 token_delivery.floor). Every answer must be whole.
@@ -95,12 +96,16 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
     # while every stream is between its first and last token: no job starts or ends, tokens only
     lo, hi = max(t0 for t0, _ in spans), min(t1 for _, t1 in spans)
     steady_ms = ms([d for ts, d in delays if lo <= ts <= hi]) or [float("nan")]
+    ramp_ms = ms([d for ts, d in delays if ts < lo]) or [float("nan")]  # job starts while others stream
+    ends_ms = ms([d for ts, d in delays if ts > hi]) or [float("nan")]  # job ends while others stream
     return {
         "delay_p50": percentile(delays_ms, 50),
         "delay_p99": percentile(delays_ms, 99),
         "steady_p50": percentile(steady_ms, 50),
         "steady_p99": percentile(steady_ms, 99),
         "steady_s": max(0.0, hi - lo),
+        "ramp_p99": percentile(ramp_ms, 99),
+        "ends_p99": percentile(ends_ms, 99),
         "rate_p50": percentile(rates, 50) / rate,
         "rate_p1": percentile(rates, 1) / rate,
         "worker_cpu": 100 * cpu / wall,
@@ -146,17 +151,17 @@ def steady(ours: dict) -> str:
 def table(rows: list[tuple[int, dict, dict]], rate: float) -> list[str]:
     lines = [
         f"| streams in one worker ({rate:.0f} tok/s each) | token delay p50 / p99 | goal p99 ≤ 50 ms "
-        "| while all N stream: delay p50 / p99 (for how long) "
+        "| while all N stream: delay p50 / p99 (for how long) | p99 while jobs start / end "
         "| floor p50 / p99 (bare PUBLISH) | p99 ÷ floor p99 | delivered rate p50 / p1 (of paced) "
         "| goal ≥ 95 % | CPU worker / messenger / redis | CPU per token worker / messenger "
         "| worker waited for a CPU | tokens per event |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, ours, floor in rows:
         lines.append(
             f"| {n} | {ours['delay_p50']:.1f} / {ours['delay_p99']:.1f} ms "
             f"| {'yes' if ours['delay_p99'] <= 50 else 'no'} "
-            f"| {steady(ours)} "
+            f"| {steady(ours)} | {ours['ramp_p99']:.1f} / {ours['ends_p99']:.1f} ms "
             f"| {floor['floor_p50']:.1f} / {floor['floor_p99']:.1f} ms "
             f"| ×{ours['delay_p99'] / max(floor['floor_p99'], 1e-9):.1f} "
             f"| {100 * ours['rate_p50']:.0f} % / {100 * ours['rate_p1']:.0f} % "

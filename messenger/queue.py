@@ -10,8 +10,10 @@ import time
 import uuid
 
 from arq.jobs import serialize_job
+from redis.exceptions import NoScriptError
 
 from shared import handoff, keys, turns
+from shared.connection import Batch
 from shared.errors import InvalidRequest, QueueFull, ToolServerError
 from shared.models import ChatRequest, ToolCallRequest
 from shared.scripts import Arg, Key, script
@@ -83,6 +85,17 @@ async def enqueue_job(
     ...
 
 
+async def _enqueue(redis, **given) -> int:
+    """enqueue_job in the process's shared pipeline (shared.connection.Batch): the submits of one
+    moment go to Redis together on one connection. Each its own command, 1,000 submits in half a
+    second checked out (and opened) hundreds of pool connections: 39 % of the messenger's samples
+    while bench/streams.py started 1,000 jobs."""
+    try:
+        return await Batch.of(redis).run(enqueue_job.command(**given))  # type: ignore[attr-defined]
+    except NoScriptError:  # first use on this server, or its script cache was flushed
+        return await enqueue_job(redis, **given)
+
+
 ANONYMOUS = OPERATOR  # a request without an API key (stdio, the CLI) is the local operator's
 
 
@@ -141,7 +154,7 @@ class JobQueue:
         owner_ttl = (
             keys.JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + keys.KEEP_RESULT_SECONDS
         )
-        added = await enqueue_job(
+        added = await _enqueue(
             self.redis,
             job=keys.job(job_id), result=keys.result(job_id), queue=keys.QUEUE, recent=keys.RECENT_JOBS,
             wakeup=keys.WAKEUP_CHANNEL, owner=keys.owner(job_id), job_id=job_id, payload=payload,
