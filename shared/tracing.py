@@ -40,6 +40,8 @@ def context_of(fields: Mapping[str, str] | None) -> Context | None:
 
 def current_carrier() -> dict[str, str]:
     """The current span's context as traceparent/tracestate; empty when nothing is being traced."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}  # nothing to carry (the propagators' work, per job, for nothing)
     out: dict[str, str] = {}
     propagate.inject(out)
     return carrier(out)
@@ -60,11 +62,23 @@ def span(
     attributes: dict | None = None,
 ) -> Iterator[trace.Span]:
     """A span under `parent` (a carrier) when it names a valid one, else under the current span."""
-    tracer = _tracer(tracer_name)
-    with tracer.start_as_current_span(
-        name, context=context_of(parent), kind=kind, attributes=attributes
+    context = context_of(parent)
+    if context is None and _untraced():
+        # no SDK and no trace to pass on: the API would make and enter an invalid span, which records
+        # nothing (about 5 % of a worker's CPU per no-op job)
+        yield trace.INVALID_SPAN
+        return
+    with _tracer(tracer_name).start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes
     ) as s:
         yield s
+
+
+def _untraced() -> bool:
+    """No tracer provider is set (spans record nothing) and no span is current (nothing to join)."""
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) and not (
+        trace.get_current_span().get_span_context().is_valid
+    )
 
 
 def trace_id(s: trace.Span) -> str | None:
