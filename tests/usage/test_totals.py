@@ -381,3 +381,27 @@ async def test_a_batch_of_endings_counts_as_the_same_jobs_counted_one_by_one(red
     assert [r[2:] for r in replies] == [[], [], [b"mcpq:usage:tenant:bob:total"], [], []]
     assert batch[b"mcpq:budget:reserved"] == {b"other": 1.0}
     assert batch[b"mcpq:usage:total"][b"requests"] == 4
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param("naïve — 日本語", id="non-ascii"),
+        # a lone surrogate (a job value pushed by hand: "\ud800" in its JSON): the fast encoder refuses
+        # it, json.dumps takes over
+        pytest.param("odd \ud800 text é", id="lone-surrogate"),
+    ],
+)
+async def test_a_count_lists_the_message_and_its_turns_as_sent(redis_url, redis_server, message):
+    client = redis_server.client()
+    client.flushall()
+    redis = connect(redis_url)
+    try:
+        request = {"message": message, "conversation_id": "conv-text"}
+        assert await accounting.record(redis, finished("job-text"), request, history_ttl=600) is True
+    finally:
+        await redis.aclose()
+    (entry,) = [json.loads(e) for e in client.lrange("mcpq:received", 0, -1)]
+    assert (entry["job_id"], entry["message"]) == ("job-text", message)
+    turns = [json.loads(t) for t in client.lrange("mcpq:conversation:operator:conv-text", 0, -1)]
+    assert [(t["role"], t["content"]) for t in turns] == [("user", message), ("assistant", "an answer")]
