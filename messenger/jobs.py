@@ -20,7 +20,15 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay, retold
 from messenger.hub import EventHub, Mailbox
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
-from messenger.stored import ResultReads, held_by_worker, lost_message, not_found, read_job, stored_result
+from messenger.stored import (
+    ResultReads,
+    held_by_worker,
+    lost_answer,
+    lost_message,
+    not_found,
+    read_job,
+    stored_result,
+)
 from shared import approvals, damaged, dead_letter, keys
 from shared.errors import InvalidRequest, JobLost, JobNotFound
 from shared.events import CancelledEvent, Event, publish_events
@@ -128,8 +136,8 @@ class JobClient:
                 pending.waiting_for = await _capacity_wait(self.redis, job_id)
             return pending, False
         if transcript.final:  # ended, but the stored result and some of its events are gone
-            lost = JobResult(job_id=job_id, status="failed", attempt=transcript.attempt, error=_LOST_ANSWER)
-            return lost, True
+            why = await lost_answer(self.redis, transcript.ended_ts or time.time())
+            return JobResult(job_id=job_id, status="failed", attempt=transcript.attempt, error=why), True
         raise await not_found(self.redis, job_id)  # nothing left of it, and no worker runs it
 
     async def cancel(self, job_id: str, reader: str | None = None) -> JobResult:
@@ -351,12 +359,6 @@ async def _queued_with(redis, job_id: str, result: bytes | None) -> tuple[str, l
             function, args, *_ = deserialize_job_raw(entry.raw.encode(), deserializer=deserialize)
             return function, list(args)
     raise LookupError(job_id)
-
-
-_LOST_ANSWER = (
-    "the job ended, but Redis lost its stored result and part of its text (restarted without "
-    "persistence?); submit it again"
-)
 
 
 async def _capacity_wait(redis, job_id: str) -> CapacityWait | None:

@@ -178,24 +178,39 @@ async def not_found(redis, job_id: str) -> JobNotFound:
     )
 
 
+async def why_gone(redis, since: float) -> tuple[str, dict]:
+    """Why Redis no longer holds what it held at `since` (epoch seconds): it restarted without its data,
+    it failed over to a replica that had not received it (a promoted replica keeps, in INFO replication,
+    the offset up to which its old primary's history is valid), or the keys were removed; and the INFO
+    that tells (empty from a server without INFO: the embedded fakeredis)."""
+    try:
+        info = await redis.info()  # server and replication sections, one round trip
+    except ResponseError:
+        info = {}
+    uptime = info.get("uptime_in_seconds")  # whole seconds, rounded down: up to one more
+    if uptime is not None and float(uptime) + 1 < time.time() - since:
+        return "Redis restarted without its data (no persistence?)", info
+    if info.get("role") == "master" and int(info.get("second_repl_offset", -1)) != -1:
+        return "Redis failed over to a replica that had not received it (replication is asynchronous)", info
+    return "its keys were removed from Redis (FLUSHALL, eviction or by hand)", info
+
+
 async def lost_message(redis, job_id: str, since: float) -> str:
-    """What a caller is told of a job it followed since `since` (epoch seconds) that Redis no longer
-    holds: Redis restarted without its data, failed over to a replica that had not received it
-    (a promoted replica keeps, in INFO replication, the offset up to which its old primary's history
-    is valid), or the keys were removed. Logged (WARNING) with which Redis answered, so a loss can be
-    told apart from a process reading a server it should not (the failover tests print it)."""
-    info = await redis.info()  # server and replication sections, one round trip
-    uptime = float(info.get("uptime_in_seconds", 0))
-    if uptime < time.time() - since:
-        why = "Redis restarted without its data (no persistence?)"
-    elif info.get("role") == "master" and int(info.get("second_repl_offset", -1)) != -1:
-        why = "Redis failed over to a replica that had not received it (replication is asynchronous)"
-    else:
-        why = "its keys were removed from Redis (FLUSHALL, eviction or by hand)"
+    """What a caller is told of a job it followed since `since` that Redis no longer holds; logged
+    (WARNING) with which Redis answered, so a loss can be told apart from a process reading a server it
+    should not (the failover tests print it)."""
+    why, info = await why_gone(redis, since)
     log.warning(
-        "job %s: lost (%s); the Redis that answered: port %s, role %s, up %.0f s, run id %.8s, "
+        "job %s: lost (%s); the Redis that answered: port %s, role %s, up %s s, run id %.8s, "
         "replication id %.8s at offset %s (valid from the old primary up to %s)",
-        job_id, why, info.get("tcp_port"), info.get("role"), uptime, info.get("run_id"),
+        job_id, why, info.get("tcp_port"), info.get("role"), info.get("uptime_in_seconds"), info.get("run_id"),
         info.get("master_replid"), info.get("master_repl_offset"), info.get("second_repl_offset"),
     )  # fmt: skip
     return f"job {job_id} was lost: {why} before the job finished; submit it again"
+
+
+async def lost_answer(redis, ended: float) -> str:
+    """What a reader is told of a job that ended at `ended` (its last event) whose stored result, and
+    some of its events, Redis no longer holds."""
+    why, _ = await why_gone(redis, ended)
+    return f"the job ended, but Redis lost its stored result and part of its text: {why}; submit it again"

@@ -28,11 +28,14 @@ from redis_server import RedisServer
 from sentinels import MASTER, SentinelCluster, SentinelProcess, wait_until
 
 from messenger.cli import main as messenger_cli
-from messenger.hub import KEEPALIVE_CHANNEL
+from messenger.hub import KEEPALIVE_CHANNEL, EventHub
+from messenger.jobs import JobClient
+from messenger.queue import JobQueue
 from messenger.stored import lost_message
 from shared import keys
 from shared.connection import connect
 from shared.errors import QueueUnavailable
+from shared.events import DoneEvent, Event, StartEvent, TokenUsage, publish_events
 from shared.settings import load_settings
 from worker.providers.mock import mock_reply
 from worker.wakeups import redis_ready
@@ -134,6 +137,17 @@ async def calls(clients: list[Client], phase: str, count: int, mid_stream=None) 
                 await event.wait()
             await anyio.to_thread.run_sync(mid_stream)
     return outcomes
+
+
+def ended_with_a_gap(job_id: str) -> list[Event]:
+    """A job's start and its ending, the token between them missing: what a new primary may hold of a
+    job whose events reached it but whose stored result did not."""
+    at = {"job_id": job_id, "attempt": 1, "ts": time.time()}
+    usage = TokenUsage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+    return [
+        StartEvent(**at, seq=0, worker_id="w1", model="mock-1"),
+        DoneEvent(**at, seq=2, usage=usage, cost=None, finish_reason="stop", model="mock-1"),
+    ]
 
 
 def why_not_exact(cluster: SentinelCluster, outcomes: Outcomes, epoch: int) -> str:
@@ -248,9 +262,10 @@ def test_cli_commands_through_sentinel_answer_and_exit(cluster, clean_env, capsy
 
 async def test_a_job_lost_in_a_failover_is_told_as_such(tmp_path, caplog):
     """A promoted replica lacks what its primary had not sent it yet: a job lost so is not blamed on
-    FLUSHALL (the new primary's uptime is long; it is its replication history that tells). The
-    messenger's log names the job and the Redis that answered, so a loss can be told from a process
-    reading a server it should not."""
+    FLUSHALL (the new primary's uptime is long; it is its replication history that tells), nor is one
+    whose events came through but whose stored result did not blamed on a restart. The messenger's log
+    names the lost job and the Redis that answered, so a loss can be told from a process reading a
+    server it should not."""
     primary = RedisServer(tmp_path / "a")
     primary.tmp.mkdir()
     primary.start()
@@ -267,6 +282,11 @@ async def test_a_job_lost_in_a_failover_is_told_as_such(tmp_path, caplog):
                 logged = caplog.records[-1].getMessage()
                 assert logged.startswith("job j1: lost (") and why in logged, logged
                 assert f"port {server.port}, role master" in logged, logged
+                await publish_events(redis, ended_with_a_gap("j2"))  # no result, no keys, no worker
+                settings = load_settings(redis_url=server.url)
+                ended = await JobClient(redis, EventHub(redis), settings, JobQueue(redis, settings)).get("j2")
+                assert ended.status == "failed" and ended.error is not None, ended
+                assert "lost its stored result" in ended.error and why in ended.error, ended.error
             finally:
                 await redis.aclose()
     finally:

@@ -15,6 +15,7 @@ from arq.jobs import serialize_result
 from test_tools import FakeContext
 
 from messenger.collector import Transcript, replay, retold
+from messenger.stored import lost_message
 from messenger.tools import QueueTools
 from shared import keys
 from shared.errors import JobNotFound
@@ -104,6 +105,12 @@ async def test_an_ended_job_whose_result_and_some_events_redis_lost_reads_as_fai
     lost = await embedded_runtime.jobs.get(JOB)
     assert lost.status == "failed" and lost.ai_response == ""
     assert lost.error is not None and "Redis lost its stored result" in lost.error
+
+
+async def test_a_followed_job_the_embedded_redis_lost_is_told_as_lost_not_a_redis_error(embedded_runtime):
+    """The embedded fakeredis has no INFO, which says why a job was lost: the caller still gets the line."""
+    told = await lost_message(embedded_runtime.redis, JOB, since=time.time())
+    assert told.startswith(f"job {JOB} was lost: its keys were removed from Redis"), told
 
 
 async def test_a_reader_arriving_just_after_the_last_event_still_answers_with_the_stored_result(
