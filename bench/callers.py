@@ -236,7 +236,7 @@ async def measure(
     return rows
 
 
-async def per_call(lab: Lab, site: Site, callers: int, each: int) -> str:
+async def per_call(lab: Lab, site: Site, callers: int, each: int, profile_to: str | None = None) -> str:
     """`callers` bare callers make `each` calls one after another, short answers at once (no pacing):
     the messenger's CPU per call, the whole of it (way in, enqueue, follow, notifications, result)."""
     messenger, port = lab.messenger(site)
@@ -253,6 +253,8 @@ async def per_call(lab: Lab, site: Site, callers: int, each: int) -> str:
     try:
         await asyncio.gather(*(calls(c, 2) for c in pool))  # warm up
         cpu0, wall0 = cpu_seconds(messenger.pid), time.monotonic()
+        if profile_to:
+            profile(messenger.pid, profile_to, 8)
         await asyncio.gather(*(calls(c, each) for c in pool))
         cpu, wall = cpu_seconds(messenger.pid) - cpu0, time.monotonic() - wall0
     finally:
@@ -286,7 +288,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--callers", default="100,300,1000", help="comma-separated caller counts")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (slots split evenly)")
-    parser.add_argument("--profile", metavar="FILE", help="py-spy the messenger's largest round to FILE")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy the messenger's largest round (or the per-call calls) to FILE",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="longer answers: 35 tokens, +30 per repeat")
     parser.add_argument("--per-call", metavar="N,K", help="instead: N callers × K short calls, CPU per call")
     args = parser.parse_args()
@@ -296,7 +302,7 @@ def main() -> int:
         with scratch_lab("mcpq-calls-") as lab:
             site = lab.site("calls")
             lab.add_workers(site, args.workers, WORKER_CONCURRENCY=callers + 10)
-            line = asyncio.run(per_call(lab, site, callers, each))
+            line = asyncio.run(per_call(lab, site, callers, each, args.profile))
         print(f"$ uv run python bench/callers.py {' '.join(sys.argv[1:])}")
         print(f"load average at end {' '.join(open('/proc/loadavg').read().split()[:3])}")
         print(line)

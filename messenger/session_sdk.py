@@ -1,5 +1,6 @@
-"""The one place mcp-queue reaches below the mcp SDK's public API for shared HTTP sessions, pinned
-by tests/messenger/test_session_sdk.py so an SDK upgrade that moves any of it fails loudly there.
+"""Where mcp-queue reaches below the mcp SDK's public API for shared HTTP sessions (with
+messenger.session_post, a session's POST handed to its dispatcher), pinned by
+tests/messenger/test_session_sdk.py so an SDK upgrade that moves any of it fails loudly there.
 
 Why: the SDK keeps a 2025-11-25 session as a transport object in one process's session manager
 (`StreamableHTTPSessionManager._server_instances`), and gives it one event store for all its

@@ -41,8 +41,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from messenger import session_sdk
-from messenger.guards import owner_name
+from messenger import session_post, session_sdk
+from messenger.guards import MCP_BODY_MAX_BYTES, owner_name
 from messenger.progress import JOB_ID as JOB_META
 from messenger.progress import job_label as progress_label
 from shared import damaged, keys
@@ -507,7 +507,8 @@ class SessionGate:
 
     Per request with an `Mcp-Session-Id`: read (and refresh) the record, 404 unless it exists and
     belongs to the caller's tenant, rebuild the session here if this replica does not hold it;
-    check a `Last-Event-ID` (400 malformed, 404 not an event of this session); after a DELETE the
+    check a `Last-Event-ID` (400 malformed, 404 not an event of this session); hand a POST to the
+    session's dispatcher directly where messenger.session_post can, as the SDK would; after a DELETE the
     SDK accepted, delete the record so every replica stops serving it. An initialize (a POST with
     no session) has its record written before the response, and so the session id, leaves.
     2026-07-28 requests (no sessions) pass straight through.
@@ -525,6 +526,7 @@ class SessionGate:
         self.tails = Tails(redis, wake_key(replica))
         session_sdk.give_each_session_a_store(manager, self.store_for)
         session_sdk.answer_posts_lightly()
+        session_post.watch_dispatchers()
 
     def store_for(self, session_id: str) -> SessionEvents:
         return SessionEvents(self.redis, session_id, self.registry, self.replica, self.tails)
@@ -548,7 +550,15 @@ class SessionGate:
             await refuse(send, *refusal)
             return
         scope[session_sdk.MANAGER_SCOPE_KEY] = self.manager  # RequestStream writes this session's events
-        await self.app(scope, receive, self._after(scope, session_id, send))
+        send = self._after(scope, session_id, send)
+        if isinstance(send, session_sdk.Wire):  # a POST: to the session's dispatcher from here if it can
+            passed = await session_post.post(
+                self.manager, scope, receive, send, session_id, MCP_BODY_MAX_BYTES
+            )
+            if passed is None:
+                return
+            receive = passed
+        await self.app(scope, receive, send)
 
     async def _admit(self, scope: Scope, session_id: str) -> tuple[int, str] | None:
         record = await self.registry.touch(session_id)

@@ -54,6 +54,14 @@ async def redis(monkeypatch):
 
 
 @pytest.fixture
+async def real_redis(redis_url):
+    """A client of the real Redis of `redis_url`, for the tests that compare against what Redis does."""
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[WorkerProcesses]:
     procs = WorkerProcesses(redis_server, tmp_path)
     yield procs
