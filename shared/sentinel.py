@@ -186,6 +186,18 @@ class FollowingPool(SentinelConnectionPool):
             self._watcher.cancel()
         await super().disconnect(inuse_connections)
 
+    async def get_master_address(self):
+        """The primary the Sentinels name now; when it is another, every connection to the old one is
+        dropped, whoever asked first (a connection being made, or the once-a-second watcher). redis-py's
+        own update dropped only the idle ones, and the watcher then found the address already new and
+        dropped nothing: the connections waiting on a frozen primary (the event hub's subscription, a
+        pipeline) waited for good, and the calls that needed them with them."""
+        address = await self.sentinel_manager.discover_master(self.service_name)
+        if self.master_address is not None and tuple(address) != tuple(self.master_address):
+            await self.leave(address)
+        self.master_address = address
+        return address
+
     async def leave(self, address: tuple[str, int]) -> None:
         old, self.master_address = self.master_address, address
         was = f"{old[0]}:{old[1]}" if old else "?"
@@ -202,9 +214,7 @@ async def _follow(pool_ref: weakref.ref[FollowingPool]) -> None:
         if pool is None:
             return
         with contextlib.suppress(RedisError, OSError):  # none answered, or a failover under way
-            address = await pool.sentinel_manager.discover_master(pool.service_name)
-            if pool.master_address is not None and tuple(address) != tuple(pool.master_address):
-                await pool.leave(address)
+            await pool.get_master_address()  # (leaves the old primary when the Sentinels name another)
         del pool
 
 
