@@ -31,7 +31,12 @@ from shared.tool_config import unknown_servers_message
     handoff.LEASE_LUA
     + handoff.HAND_OFF_LUA
     + """
-if redis.call('EXISTS', job, result) > 0 then return 0 end
+if redis.call('EXISTS', job, result) > 0 then
+  -- this very submit, sent again (redis-py retries a command whose reply a dropped connection lost,
+  -- e.g. in a failover): it is queued already; telling its caller no would leave the job to run unasked
+  if redis.pcall('GET', job) == payload then return 1 end
+  return 0
+end
 local depth = redis.call('ZCARD', queue)
 if depth >= max_depth then return -depth end
 redis.call('SET', owner, caller, 'EX', owner_ttl_s)
@@ -81,7 +86,8 @@ async def enqueue_job(
     job_prefix: Arg[str],
     owner_prefix: Arg[str],
 ) -> int:
-    """1 once queued; 0 if the id is taken (queued, running or ended); -depth if the queue is full."""
+    """1 once queued (also for this same submit sent again: its value is there already); 0 if the id is
+    taken (queued, running or ended); -depth if the queue is full."""
     ...
 
 

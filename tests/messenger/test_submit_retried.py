@@ -1,0 +1,66 @@
+"""A submit whose reply a dropped connection lost (a failover, a network blip) is sent again by
+redis-py's retry: the job it queued the first time is its job, never "already exists" to a caller
+whose job then runs anyway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from runtimes import runtime_for
+
+from shared import keys
+from shared.models import ChatRequest
+
+JOB = "b" * 32
+
+
+@contextlib.asynccontextmanager
+async def losing_one_reply(redis_port: int, marker: bytes) -> AsyncIterator[int]:
+    """A TCP relay to Redis (its port answered) that, once, lets through the first command holding
+    `marker` and cuts that connection before the command's reply comes back."""
+    cut = asyncio.Event()
+
+    async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", redis_port)
+
+        async def replies() -> None:
+            while data := await redis_r.read(65536):
+                if carried:  # the marked command's reply: Redis ran it, the client never hears so
+                    break
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+            redis_w.close()
+
+        carried = False  # this connection carries the marked command
+        relaying = asyncio.create_task(replies())
+        with contextlib.suppress(OSError):
+            while data := await client_r.read(65536):
+                if marker in data and not cut.is_set():
+                    carried = True  # (before it reaches Redis: its reply is never relayed)
+                    cut.set()
+                redis_w.write(data)
+                await redis_w.drain()
+        await relaying
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        assert cut.is_set(), "no command held the marker"
+
+
+async def test_a_submit_sent_again_after_its_reply_was_lost_answers_its_job_queued_once(
+    redis_server, redis_url
+):
+    async with losing_one_reply(redis_server.port, JOB.encode()) as port:
+        async with runtime_for(f"redis://127.0.0.1:{port}/0") as runtime:
+            await runtime.queue.submit(ChatRequest(message="first"), caller="alice")  # Redis knows the script
+            assert await runtime.queue.submit(ChatRequest(message="hi"), caller="alice", job_id=JOB) == JOB
+            queued = await runtime.jobs.get(JOB)
+    assert queued.status == "queued", queued
+    client = redis_server.client()
+    assert client.zscore(keys.QUEUE, JOB) is not None and client.zcard(keys.QUEUE) == 2
