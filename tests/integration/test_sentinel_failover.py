@@ -152,10 +152,10 @@ def ended_with_a_gap(job_id: str) -> list[Event]:
 
 def why_not_exact(cluster: SentinelCluster, outcomes: Outcomes, epoch: int) -> str:
     """A failure message with what tells a loss from a bug: the outcomes, whether the Sentinels failed
-    over on their own meanwhile (a primary that stalled past DOWN_AFTER_MS: what it acknowledged in that
-    stall is lost with it, as asynchronous replication allows), every node's replication state, and
-    which node holds which key of the first job told lost (the logs follow: messenger, workers, Sentinel
-    events, each node's log)."""
+    over on their own since the test's last failover left `epoch` (a primary that did not answer them
+    within DOWN_AFTER_MS: what it acknowledged and had not passed on is lost with it, as asynchronous
+    replication allows), every node's replication state, and which node holds which key of the first
+    job told lost (the logs follow: messenger, workers, Sentinel events, each node's log)."""
     lines = [str(outcomes), *outcomes.errors[:3], *outcomes.wrong[:3]]
     now = cluster.config_epoch()
     if now != epoch:
@@ -180,32 +180,38 @@ async def test_primary_killed_mid_stream_every_answer_exact_or_a_clear_error_and
     cluster = stack.cluster
     pids = {p.pid for p in stack.workers.procs}
 
+    epochs: list[int] = []  # the config epoch each failover the test made left
+
     def fail_over() -> None:
+        started = time.monotonic()
         cluster.wait_for_failover(cluster.kill_primary())
+        epochs.append(cluster.config_epoch())
+        print(f"primary killed: failed over in {time.monotonic() - started:.1f}s")
 
     def freeze() -> None:
+        started = time.monotonic()
         cluster.wait_for_failover(cluster.freeze_primary())
+        epochs.append(cluster.config_epoch())
+        print(f"primary frozen: failed over in {time.monotonic() - started:.1f}s")
 
     with anyio.fail_after(150):
         async with contextlib.AsyncExitStack() as opened:  # both protocol eras; sessions outlive failovers
             modes = ("auto", "legacy") * 2
             clients = [await opened.enter_async_context(Client(stack.messenger.url, mode=m)) for m in modes]
             during = await calls(clients, "during", 20, mid_stream=fail_over)
-            epoch = cluster.config_epoch()
             after = await calls(clients, "after", 20)
             print(f"first failover: {during}; the 20 calls after it: {after}; errors: {during.errors}")
-            assert not during.wrong, why_not_exact(cluster, during, epoch)
-            assert after.exact == 20, why_not_exact(cluster, after, epoch)
+            assert not during.wrong, why_not_exact(cluster, during, epochs[-1])
+            assert after.exact == 20, why_not_exact(cluster, after, epochs[-1])
 
             cluster.sentinels[0].kill()  # two of three Sentinels still make a quorum and elect a leader
             again = await calls(clients, "again", 10, mid_stream=freeze)
-            epoch = cluster.config_epoch()
             last = await calls(clients, "last", 10)
             print(
                 f"second failover, primary frozen, a Sentinel down: {again}; the 10 after: {last}; {again.errors}"
             )
-            assert not again.wrong, why_not_exact(cluster, again, epoch)
-            assert last.exact == 10, why_not_exact(cluster, last, epoch)
+            assert not again.wrong, why_not_exact(cluster, again, epochs[-1])
+            assert last.exact == 10, why_not_exact(cluster, last, epochs[-1])
 
     assert stack.messenger.proc.poll() is None and all(p.poll() is None for p in stack.workers.procs)
     primary = cluster.primary()
