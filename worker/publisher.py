@@ -209,19 +209,19 @@ class EventPublisher:
             self._pending.append(("token", {"text": text}))
         self.writer._schedule(self)
 
-    async def done(
+    def done(
         self, *, usage: TokenUsage, cost: float | None, finish_reason: str | None, model: str,
         fallback_from: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> asyncio.Future[None]:  # fmt: skip
         more = (
             {"fallback_from": fallback_from} if fallback_from else {}
         )  # the usual done event stays as it was
-        await self._write("done", usage=usage, cost=cost, finish_reason=finish_reason, model=model, **more)
+        return self._queue("done", usage=usage, cost=cost, finish_reason=finish_reason, model=model, **more)
 
-    async def error(
+    def error(
         self, message: str, *, usage: TokenUsage | None = None, cost: float | None = None
-    ) -> None:
-        await self._write("error", error=message, usage=usage, cost=cost)
+    ) -> asyncio.Future[None]:
+        return self._queue("error", error=message, usage=usage, cost=cost)
 
     async def input_required(self, question) -> None:
         """The job pauses on `question` (a shared.models.Question); written before this returns."""
@@ -230,8 +230,14 @@ class EventPublisher:
             arguments=question.arguments, question=question.question, expires_at=question.expires_at,
         )  # fmt: skip
 
-    async def cancelled(self, *, usage: TokenUsage | None = None, cost: float | None = None) -> None:
-        await self._write("cancelled", usage=usage, cost=cost)
+    def cancelled(
+        self, *, usage: TokenUsage | None = None, cost: float | None = None
+    ) -> asyncio.Future[None]:
+        return self._queue("cancelled", usage=usage, cost=cost)
+
+    def stopped(self) -> JobStopped | None:
+        """Why this job's events can no longer be written (None: they still can), without waiting."""
+        return self._failure
 
     async def settle(self) -> None:
         """Wait until every event queued so far is in Redis; raises JobStopped if it never can be."""
@@ -242,16 +248,25 @@ class EventPublisher:
 
     async def _write(self, kind: str, **fields) -> None:
         """Queue an event and wait until it, and everything before it, is in Redis."""
+        await self._queue(kind, **fields)
+
+    def _queue(self, kind: str, **fields) -> asyncio.Future[None]:
+        """Queue an event now; answers the future of its write and everything's before it. (A terminal
+        event is queued at once, not in a task of its own a loop turn later, so it goes in the same
+        write as the events still pending: a no-op job's start, text and done are one round trip.)"""
         if self._failure is not None:
             raise self._failure
         self._pending.append((kind, fields))
-        await self._wait()
+        return self._waiter()
 
     async def _wait(self) -> None:
+        await self._waiter()
+
+    def _waiter(self) -> asyncio.Future[None]:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self.writer._schedule(self)
-        await waiter
+        return waiter
 
     def _take_events(self, now: float, stamp: bytes) -> list[tuple[str, bytes]]:
         """Number what is pending, written at `now` (`stamp`: its JSON), and answer every unwritten

@@ -3,11 +3,13 @@
 Every way a job attempt ends (answered, failed, stopped, cancelled, a bug) goes through
 `JobRun.end()`, which does the same things in the same order, once:
 
-1. wait until every event before the ending is in Redis (`publisher.settle()`); if they cannot be
-   written before the job's deadline, the job has failed, whatever it was about to say;
+1. if an event before the ending could not be written by the job's deadline (`publisher.stopped()`),
+   the job has failed, whatever it was about to say;
 2. build the result (text, usage, cost);
-3. write the one terminal event (`done`, `error` or `cancelled`); a `done` that cannot be written
-   turns the ending into `failed`, so a job never completes while its own events are unwritten;
+3. write the one terminal event (`done`, `error` or `cancelled`), with the events still on their way
+   before it, in order, and wait until all of them are in Redis; a `done` that cannot be written (or
+   an event before it) turns the ending into `failed`, so a job never completes while its own events
+   are unwritten;
 4. count it (usage, cost, budget, the dashboard's history, a lost owner record written again:
    `accounting`, one script, idempotent per job), metrics, the log line; then the result goes back
    to the worker, which stores it as the answer. Run by our worker, the count goes with the result
@@ -91,14 +93,14 @@ class JobRun:
         """The job's one ending (see the module's docstring); never raises, answers the result."""
         if self.result is not None:
             return self.result
-        try:
-            await self.publisher.settle()
-        except JobStopped as e:
-            status, error = "failed", e.message
+        if (stopped := self.publisher.stopped()) is not None:
+            status, error = "failed", stopped.message
+        # the events still on their way go in the terminal event's write, which waits for all of them
+        # (waiting for them first cost every job one more round trip)
         usage = self.usage(status)
         result = self._result(status, error, usage)
         try:
-            await asyncio.shield(self._terminal(result, usage))
+            await asyncio.shield(self._terminal(result, usage))  # (a cancel does not stop its write)
         except JobStopped as e:
             if status == "completed":
                 result = self._result("failed", e.message, usage)
@@ -127,21 +129,19 @@ class JobRun:
             tool_calls=self.tool_calls,
         )
 
-    async def _terminal(self, result: JobResult, usage: TokenUsage) -> None:
+    def _terminal(self, result: JobResult, usage: TokenUsage) -> asyncio.Future[None]:
+        """The terminal event, queued now; its write's future (raises JobStopped: it never can be)."""
         if result.status == "completed":
-            await self.publisher.done(
+            return self.publisher.done(
                 usage=usage,
                 cost=result.usage.estimated_cost,
                 finish_reason=result.finish_reason,
                 model=self.model,
                 fallback_from=self.fallback_from,
             )
-        elif result.status == "cancelled":
-            await self.publisher.cancelled(usage=usage, cost=result.usage.estimated_cost)
-        else:
-            await self.publisher.error(
-                result.error or "failed", usage=usage, cost=result.usage.estimated_cost
-            )
+        if result.status == "cancelled":
+            return self.publisher.cancelled(usage=usage, cost=result.usage.estimated_cost)
+        return self.publisher.error(result.error or "failed", usage=usage, cost=result.usage.estimated_cost)
 
     async def _count(self) -> None:
         result = self.result

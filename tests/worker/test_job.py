@@ -159,6 +159,26 @@ async def test_the_model_is_asked_while_the_start_event_is_written(redis, clean)
     assert_one_terminal_last(events, "done")
 
 
+async def test_a_job_answered_at_once_writes_its_start_text_and_done_in_one_round_trip(redis, clean):
+    """Its ending does not wait for the events before it on their own (a round trip per job more, 1 of
+    4 a no-op job made): the done event goes in their write, after them, and the job completes once
+    all are in Redis."""
+    ctx = make_ctx(redis, ScriptedProvider(["Hello ", "there."]))
+    writer, writes = ctx["mcpq"].writer, []
+    write = writer._write
+
+    async def counted(ready):
+        writes.append([p.job_id for p in ready])
+        return await write(ready)
+
+    writer._write = counted
+    out = await chat(ctx, {"message": "hi"})
+    events = await job_events(redis, JOB)
+    assert out["status"] == "completed" and out["aiResponse"] == token_text(events) == "Hello there."
+    assert_one_terminal_last(events, "done")
+    assert writes == [[JOB]]  # (before: the start and text, then the done event)
+
+
 async def test_request_options_reach_the_provider(redis, clean):
     out = await chat(
         make_ctx(redis), {"message": "one two three four five", "max_tokens": 3, "model": "mock-x"}
