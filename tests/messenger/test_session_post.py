@@ -173,25 +173,43 @@ async def test_a_client_sees_the_same_through_both_ways(real_redis, monkeypatch)
     assert first[-1]["data"]["result"]["structuredContent"] == {"result": "X Y Z"}
 
 
-@pytest.mark.parametrize("direct", [True, False])
-async def test_a_cancelled_call_ends_the_same_and_resumes_to_its_end(real_redis, monkeypatch, direct):
-    """notifications/cancelled (the SDK's own dispatcher applies it) ends a call either way with the
-    SDK's error, stored: a Last-Event-ID from its priming event replays what the client saw, in order,
-    up to that same end. (Either way a notification being stored as the cancel ends the call may
-    miss the live stream; the replay has it.)"""
+async def mid_call(redis, monkeypatch, direct: bool, then) -> tuple[Any, list[dict], Any]:
+    """Start the endless `talk` call (the direct way or the SDK's), let it stream, then `then(client,
+    headers)`: what that gave, the events the call's POST got, and a ping sent afterwards."""
     if not direct:
         monkeypatch.setattr(session_post, "post", lambda manager, scope, receive, *_: _passed(receive))
-    gate, manager = relaying_replica(real_redis)
+    gate, manager = relaying_replica(redis)
     with anyio.fail_after(20):
         async with contextlib.AsyncExitStack() as stack:
             (client,) = await serve(stack, (gate, manager))
             _, headers = await open_session(client, URL)
             calling = asyncio.create_task(client.post(URL, headers=headers, json=call(5, "talk", {})))
             await asyncio.sleep(0.3)
-            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}}
-            accepted = await client.post(URL, headers=headers, json=cancel)
+            done = await then(client, headers)
             sent = events((await calling).text)
-            again = events((await client.get(URL, headers={**headers, "Last-Event-ID": sent[0]["id"]})).text)
+            last = sent[0]["id"]
+            after = await client.get(URL, headers={**headers, "Last-Event-ID": last})
+    return done, sent, after
+
+
+async def _passed(receive):
+    return receive
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_cancelled_call_ends_the_same_and_resumes_to_its_end(real_redis, monkeypatch, direct):
+    """notifications/cancelled (the SDK's own dispatcher applies it) ends a call either way with the
+    SDK's error, stored: a Last-Event-ID from its priming event replays what the client saw, in order,
+    up to that same end. (Either way a notification being stored as the cancel ends the call may
+    miss the live stream; the replay has it.)"""
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}}
+    accepted, sent, resumed = await mid_call(
+        real_redis,
+        monkeypatch,
+        direct,
+        lambda client, headers: client.post(URL, headers=headers, json=cancel),
+    )
+    again = events(resumed.text)
     assert accepted.status_code == 202
     assert json.loads(sent[-1]["data"]) == {
         "jsonrpc": "2.0", "id": 5, "error": {"code": -32800, "message": "Request cancelled"}
@@ -201,8 +219,16 @@ async def test_a_cancelled_call_ends_the_same_and_resumes_to_its_end(real_redis,
     assert all(event in replayed for event in sent[1:])  # each one live, in the replay's order
 
 
-async def _passed(receive):
-    return receive
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_session_deleted_mid_call_ends_the_call_either_way(real_redis, monkeypatch, direct):
+    """DELETE ends the session's calls in flight (the SDK's transport closes their streams, its
+    dispatcher cancels their handlers): the POST's response ends, without the call's answer, and the
+    session is gone."""
+    deleted, sent, resumed = await mid_call(
+        real_redis, monkeypatch, direct, lambda client, headers: client.delete(URL, headers=headers)
+    )
+    assert deleted.status_code == 200 and resumed.status_code == 404
+    assert sent and all("result" not in json.loads(e["data"]) for e in sent if e.get("data"))
 
 
 async def test_a_body_over_the_cap_goes_the_sdks_way_whole(real_redis, monkeypatch):
