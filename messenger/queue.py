@@ -33,8 +33,16 @@ from shared.tool_config import unknown_servers_message
     + """
 if redis.call('EXISTS', job, result) > 0 then
   -- this very submit, sent again (redis-py retries a command whose reply a dropped connection lost,
-  -- e.g. in a failover): it is queued already; telling its caller no would leave the job to run unasked
-  if redis.pcall('GET', job) == payload then return 1 end
+  -- e.g. in a failover): it is queued already, or ran to its end meanwhile (its result tells this
+  -- enqueue's id and time); telling its caller no would leave the job to run unasked
+  local queued = redis.pcall('GET', job)
+  if queued == payload then return 1 end
+  if not queued then
+    local ok, ended = pcall(cjson.decode, text(result))
+    if ok and type(ended) == 'table' and ended['id'] == job_id and ended['et'] == tonumber(now_ms) then
+      return 1
+    end
+  end
   return 0
 end
 local depth = redis.call('ZCARD', queue)
@@ -86,8 +94,8 @@ async def enqueue_job(
     job_prefix: Arg[str],
     owner_prefix: Arg[str],
 ) -> int:
-    """1 once queued (also for this same submit sent again: its value is there already); 0 if the id is
-    taken (queued, running or ended); -depth if the queue is full."""
+    """1 once queued (also for this same submit sent again: its value is there already, or its result
+    once it ran); 0 if the id is taken (queued, running or ended); -depth if the queue is full."""
     ...
 
 

@@ -11,18 +11,24 @@ from collections.abc import AsyncIterator
 from runtimes import runtime_for
 
 from shared import keys
+from shared.connection import connect
 from shared.models import ChatRequest
 
 JOB = "b" * 32
 
 
 @contextlib.asynccontextmanager
-async def losing_one_reply(redis_port: int, marker: bytes) -> AsyncIterator[int]:
+async def losing_one_reply(
+    redis_port: int, marker: bytes, reconnect: asyncio.Event | None = None
+) -> AsyncIterator[int]:
     """A TCP relay to Redis (its port answered) that, once, lets through the first command holding
-    `marker` and cuts that connection before the command's reply comes back."""
+    `marker` and cuts that connection before the command's reply comes back; a connection made after
+    the cut reaches Redis once `reconnect` is set (when given)."""
     cut = asyncio.Event()
 
     async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if cut.is_set() and reconnect is not None:
+            await reconnect.wait()
         redis_r, redis_w = await asyncio.open_connection("127.0.0.1", redis_port)
 
         async def replies() -> None:
@@ -64,3 +70,36 @@ async def test_a_submit_sent_again_after_its_reply_was_lost_answers_its_job_queu
     assert queued.status == "queued", queued
     client = redis_server.client()
     assert client.zscore(keys.QUEUE, JOB) is not None and client.zcard(keys.QUEUE) == 2
+
+
+async def test_a_submit_sent_again_after_its_job_already_ran_answers_its_job(
+    redis_server, redis_url, workers
+):
+    """The job the first try queued ran to its end before the retry came (a worker took it at once: a
+    short job, a retry after a failover's seconds): the retry still answers its job id, whose answer
+    the caller then reads, not 'job … already exists'."""
+    workers.start(redis_url)
+    reconnect = asyncio.Event()
+    watcher = connect(redis_url)
+    await watcher.config_set("notify-keyspace-events", "K$")  # (SET of a key: an event on its channel)
+    stored = watcher.pubsub()
+    await stored.subscribe(f"__keyspace@0__:{keys.result(JOB)}")
+    try:
+        async with losing_one_reply(redis_server.port, JOB.encode(), reconnect) as port:
+            async with runtime_for(f"redis://127.0.0.1:{port}/0") as runtime, asyncio.timeout(30):
+                await runtime.queue.submit(
+                    ChatRequest(message="first"), caller="alice"
+                )  # Redis knows the script
+                submitting = asyncio.create_task(
+                    runtime.queue.submit(ChatRequest(message="hi"), caller="alice", job_id=JOB)
+                )
+                while await stored.get_message(ignore_subscribe_messages=True, timeout=None) is None:
+                    pass  # until the job ran to its end (its result stored), before the retry
+                reconnect.set()
+                assert await submitting == JOB
+                done = await runtime.jobs.get(JOB)
+    finally:
+        await watcher.config_set("notify-keyspace-events", "")
+        await stored.aclose()
+        await watcher.aclose()
+    assert done.status == "completed", done
