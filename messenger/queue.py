@@ -108,6 +108,11 @@ async def _enqueue(redis, **given) -> int:
         return await Batch.of(redis).run(enqueue_job.command(**given))  # type: ignore[attr-defined]
     except NoScriptError:  # first use on this server, or its script cache was flushed
         return await enqueue_job(redis, **given)
+    except TimeoutError:
+        # the pipeline gave up waiting (BATCH_STUCK_SECONDS: a frozen or stalled Redis may still run
+        # it once it thaws): asked again, on a connection of its own, the script answers this same
+        # submit as queued if the first try ran, and queues it if not; never "failed" for a job that runs
+        return await enqueue_job(redis, **given)
 
 
 ANONYMOUS = OPERATOR  # a request without an API key (stdio, the CLI) is the local operator's

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
+from redis_server import RedisServer
 from runtimes import runtime_for
 
 from shared import keys
@@ -103,3 +106,33 @@ async def test_a_submit_sent_again_after_its_job_already_ran_answers_its_job(
         await stored.aclose()
         await watcher.aclose()
     assert done.status == "completed", done
+
+
+async def test_a_submit_while_redis_is_frozen_past_the_batchs_wait_answers_its_job_once_it_thaws(
+    tmp_path, monkeypatch
+):
+    """Redis stopped (a frozen VM, a stall) for longer than the shared pipeline waits: the submit it
+    held cannot tell whether Redis will run it, so it asks again and answers once Redis does; never an
+    error for a job that Redis, once thawed, queues and runs anyway."""
+    monkeypatch.setattr("shared.connection.BATCH_STUCK_SECONDS", 0.2)
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        async with runtime_for(server.url) as runtime:
+            await runtime.queue.submit(ChatRequest(message="first"), caller="alice")
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                submitting = asyncio.create_task(
+                    runtime.queue.submit(ChatRequest(message="hi"), caller="alice", job_id=JOB)
+                )
+                await asyncio.wait([submitting], timeout=1.5)  # well past the pipeline's wait
+                assert not submitting.done() or submitting.result() == JOB, "told before Redis answered"
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            async with asyncio.timeout(20):
+                assert await submitting == JOB
+        client = server.client()
+        assert client.zscore(keys.QUEUE, JOB) is not None and client.zcard(keys.QUEUE) == 2
+    finally:
+        server.stop()
