@@ -107,8 +107,9 @@ async def beat_forever(redis, state: WorkerState) -> None:
         try:
             payload = json.dumps(heartbeat(state, started_at))
             await redis.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
-            await renew_leases(redis, state, list(state.running))
-            state.leases_renewed_at = time.monotonic()  # (a hand-off read long after it is checked)
+            asked = time.monotonic()  # Redis renews them after this, however late its reply is read
+            await renew_leases(redis, state, list(state.running))  # (a stall before then: they may lapse)
+            state.leases_renewed_at = asked  # (a hand-off read long after it is checked)
             await state.capacity.renew(redis)
             await pause.wake_expired(redis)  # paused jobs whose question expired: each fails when it runs
             await timeseries.sample_depth(redis)  # the dashboard's chart of jobs waiting or running

@@ -90,3 +90,66 @@ async def test_the_heartbeat_renews_only_its_own_leases_and_names_the_jobs_anoth
             assert await redis.pttl(keys.in_progress(job_id)) > 1000, f"{job_id}: renewed for a lease"
     finally:
         await redis.aclose()
+
+
+async def test_a_renewal_whose_reply_came_after_a_stall_does_not_count_as_fresh(redis_url, clean_env):
+    """Stalled after Redis renewed its leases and before it read the reply: the lease lapsed meanwhile
+    and another worker took the job. The worker must still count its leases as not renewed for a whole
+    lease (what decides whether a hand-off or an ending is checked against the lease first), not as
+    renewed the moment the reply was read."""
+    from types import SimpleNamespace
+
+    from shared.connection import connect
+    from shared.settings import load_settings
+    from worker import heartbeat as beat
+    from worker.job import WorkerState
+    from worker.providers.mock import MockProvider
+    from worker.publisher import EventWriter
+    from worker.wakeups import QueueWorker
+
+    redis = connect(redis_url)
+    settings = load_settings(redis_url=redis_url, worker_lease_seconds=1)
+    state = WorkerState(settings=settings, provider=MockProvider(), worker_id="me", writer=EventWriter(redis))
+    state.running["job-1"] = 1
+    lease = keys.in_progress("job-1")
+    await redis.set(lease, offer("me", 1000), px=1000)
+    renewed, release, beaten = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    class StalledAfterTheRenewal:  # the process stops once Redis ran the renewal, before its reply is read
+        def __getattr__(self, name):
+            return getattr(redis, name)
+
+        async def evalsha(self, *args):
+            reply = await redis.evalsha(*args)
+            if not renewed.is_set():
+                renewed.set()
+                await release.wait()
+            return reply
+
+    async def capacity_renewed(_redis) -> None:  # the beat's next step, after it noted the renewal
+        if release.is_set():
+            beaten.set()
+
+    state.capacity.renew = capacity_renewed  # type: ignore[method-assign]
+    await redis.script_load(beat._renew_leases.lua)  # type: ignore[attr-defined]  # (its first call: EVALSHA)
+    await redis.config_set("notify-keyspace-events", "Kx")
+    expired = redis.pubsub()
+    await expired.subscribe(f"__keyspace@0__:{lease}")
+    beating = asyncio.create_task(beat.beat_forever(StalledAfterTheRenewal(), state))
+    try:
+        async with asyncio.timeout(20):
+            await renewed.wait()
+            while (await expired.get_message(ignore_subscribe_messages=True, timeout=None) or {}).get(
+                "data"
+            ) != b"expired":
+                pass  # stalled past the lease: it lapsed
+            await redis.set(lease, offer("other", 1000))  # another worker's start took the job
+            release.set()
+            await beaten.wait()
+        worker = SimpleNamespace(ctx={"mcpq": state}, in_progress_timeout_s=settings.worker_lease_seconds)
+        assert QueueWorker._stalled(worker), "a renewal made before the stall taken as fresh"  # type: ignore[arg-type]
+    finally:
+        beating.cancel()
+        await redis.config_set("notify-keyspace-events", "")
+        await expired.aclose()
+        await redis.aclose()
