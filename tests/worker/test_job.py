@@ -122,6 +122,8 @@ class HeldWrites:
         self.released = asyncio.Event()
 
     def __getattr__(self, name: str):
+        if name == "connection_pool":  # else the EventWriter writes on the pool itself, past the hold
+            raise AttributeError(name)
         return getattr(self.redis, name)
 
     async def evalsha(self, *args):
