@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -59,6 +60,11 @@ COMMANDS_AT_ONCE = 4  # the waiting GETs' own Redis commands in flight at once (
 TAIL_SECONDS = 300  # a resumed or standalone GET ends after this; the client reconnects with its last id
 ANSWERED_SECONDS = 300  # how long a request's events are kept after its response (to resume and read it)
 RETRY_MS = 1_000  # the `retry:` hint on each stream's first (priming) event
+# Each stored event's `w` field: this process's nonce and a count, rising in the order events go to
+# Redis. redis-py sends a pipeline again when its connection drops after Redis ran it (the reply lost
+# on the way: a failover, a blip), which stores those events twice; a reader delivers each `w` once.
+_WRITER = uuid.uuid4().hex[:12]
+_written = itertools.count(1)
 
 
 def replica_id() -> str:
@@ -208,8 +214,9 @@ class SessionEvents(EventStore):
             expire = self.registry.ttl
             self.expiry_set[stream_id] = now
         commands = [
-            ("XADD", key, "MAXLEN", "~", EVENTS_KEPT, "*", "m", body, "r", self.replica) for body, _ in events
-        ]
+            ("XADD", key, "MAXLEN", "~", EVENTS_KEPT, "*", "m", body, "r", self.replica, "w", f"{_WRITER}:{next(_written)}")
+            for body, _ in events
+        ]  # fmt: skip
         try:
             replies = await self.batch.run_each(
                 *commands, *([("EXPIRE", key, expire)] if expire is not None else [])
@@ -357,6 +364,7 @@ class Tail:
         self.cursor = "0-0"  # the latest entry handled
         self.writer: str | None = None  # the replica that wrote the latest entry
         self.job_id: str | None = None  # the job the stream's progress is about, once seen
+        self.written: dict[str, int] = {}  # writer nonce -> the highest count delivered (see _WRITER)
 
     async def run(self, cursor: str) -> None:
         if cursor == FROM_NOW:
@@ -407,6 +415,8 @@ class Tail:
 
     async def _deliver(self, entry_id: str, fields: dict) -> bool:
         """Send one entry; True once it was the stream's response (the end)."""
+        if self._again(fields.get(b"w")):
+            return False
         self.writer = _text(fields.get(b"r", b"")) or self.writer
         body = fields.get(b"m", b"")
         if not body:  # a priming event: an id for the client, nothing to send again
@@ -421,6 +431,16 @@ class Tail:
         self.job_id = _job_of(message) or self.job_id
         await self.send(EventMessage(message, f"{self.stream_id}/{entry_id}{job_label(message)}"))
         return isinstance(message, JSONRPCResponse | JSONRPCError)
+
+    def _again(self, mark: bytes | None) -> bool:
+        """The entry is a second copy of one delivered already (a pipeline redis-py sent again)."""
+        writer, _, count = (mark or b"").decode(errors="replace").partition(":")
+        if not count.isdigit():  # no mark (written by an older version, or by hand): delivered
+            return False
+        if int(count) <= self.written.get(writer, 0):
+            return True
+        self.written[writer] = int(count)
+        return False
 
     async def _ended_at(self, cursor: str) -> bool:
         entry = await self.tails.command(self.redis.xrange(self.key, cursor, cursor, count=1))

@@ -1,0 +1,51 @@
+"""A TCP relay to Redis that loses one reply: what a failover or a network blip does to a command
+Redis ran, whose answer never came back. redis-py then sends the command (a pipeline: all of it)
+again on a new connection. Importable by any suite."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+
+@contextlib.asynccontextmanager
+async def losing_one_reply(
+    redis_port: int, marker: bytes, reconnect: asyncio.Event | None = None
+) -> AsyncIterator[int]:
+    """A TCP relay to Redis (its port answered) that, once, lets through the first command holding
+    `marker` and cuts that connection before the command's reply comes back; a connection made after
+    the cut reaches Redis once `reconnect` is set (when given)."""
+    cut = asyncio.Event()
+
+    async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if cut.is_set() and reconnect is not None:
+            await reconnect.wait()
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", redis_port)
+
+        async def replies() -> None:
+            while data := await redis_r.read(65536):
+                if carried:  # the marked command's reply: Redis ran it, the client never hears so
+                    break
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+            redis_w.close()
+
+        carried = False  # this connection carries the marked command
+        relaying = asyncio.create_task(replies())
+        with contextlib.suppress(OSError):
+            while data := await client_r.read(65536):
+                if marker in data and not cut.is_set():
+                    carried = True  # (before it reaches Redis: its reply is never relayed)
+                    cut.set()
+                redis_w.write(data)
+                await redis_w.drain()
+        await relaying
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        assert cut.is_set(), "no command held the marker"
