@@ -65,6 +65,7 @@ RETRY_MS = 1_000  # the `retry:` hint on each stream's first (priming) event
 # on the way: a failover, a blip), which stores those events twice; a reader delivers each `w` once.
 _WRITER = uuid.uuid4().hex[:12]
 _written = itertools.count(1)
+MARKS_READ_BACK = 32  # entries up to a resumed cursor whose marks say what the client had (other writers')
 
 
 def replica_id() -> str:
@@ -370,7 +371,7 @@ class Tail:
         if cursor == FROM_NOW:
             latest = await self.tails.command(self.redis.xrevrange(self.key, "+", "-", count=1))
             cursor = _text(latest[0][0]) if latest else "0-0"
-        elif self.stream_id != GET_STREAM and await self._ended_at(cursor):
+        elif await self._had(cursor) and self.stream_id != GET_STREAM:
             return  # the client had the response already: nothing follows
         self.cursor = cursor
         deadline = time.monotonic() + TAIL_SECONDS
@@ -442,9 +443,14 @@ class Tail:
         self.written[writer] = int(count)
         return False
 
-    async def _ended_at(self, cursor: str) -> bool:
-        entry = await self.tails.command(self.redis.xrange(self.key, cursor, cursor, count=1))
-        body = entry[0][1].get(b"m", b"") if entry else b""
+    async def _had(self, cursor: str) -> bool:
+        """What the client had, up to its last entry: each writer's mark there (a second copy of an
+        event it had follows that event, after the cursor too, and is not sent again); True when that
+        entry was the response."""
+        entries = await self.tails.command(self.redis.xrevrange(self.key, cursor, "-", count=MARKS_READ_BACK))
+        for _, fields in reversed(entries):
+            self._again(fields.get(b"w"))
+        body = entries[0][1].get(b"m", b"") if entries and _text(entries[0][0]) == cursor else b""
         return bool(body) and _is_end(body)
 
     async def _abandoned(self) -> bool:
