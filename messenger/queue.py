@@ -6,6 +6,7 @@ it; reading, following, listing and cancelling are the JobClient's (messenger/jo
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -14,7 +15,7 @@ from redis.exceptions import NoScriptError
 
 from shared import handoff, keys, turns
 from shared.connection import Batch
-from shared.errors import InvalidRequest, QueueFull, ToolServerError
+from shared.errors import InvalidRequest, QueueFull, QueueUnavailable, ToolServerError
 from shared.models import ChatRequest, ToolCallRequest
 from shared.scripts import Arg, Key, script
 from shared.serializer import serialize
@@ -112,7 +113,18 @@ async def _enqueue(redis, **given) -> int:
         # the pipeline gave up waiting (BATCH_STUCK_SECONDS: a frozen or stalled Redis may still run
         # it once it thaws): asked again, on a connection of its own, the script answers this same
         # submit as queued if the first try ran, and queues it if not; never "failed" for a job that runs
-        return await enqueue_job(redis, **given)
+        try:
+            async with asyncio.timeout(SUBMIT_PATIENCE_SECONDS):
+                return await enqueue_job(redis, **given)
+        except TimeoutError:  # (a dead connection too: no socket timeout)
+            job_id = given["job_id"]
+            raise QueueUnavailable(
+                f"Redis has not answered the submit of job {job_id} for {SUBMIT_PATIENCE_SECONDS:g} s: "
+                f"it may still queue and run it (see get_job {job_id})"
+            ) from None
+
+
+SUBMIT_PATIENCE_SECONDS = 60.0  # a submit asked again after its pipeline gave up: how long it waits then
 
 
 ANONYMOUS = OPERATOR  # a request without an API key (stdio, the CLI) is the local operator's

@@ -5,15 +5,19 @@ whose job then runs anyway."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 
+import pytest
 from redis_server import RedisServer
 from relays import losing_one_reply
 from runtimes import runtime_for
 
 from shared import keys
 from shared.connection import connect
+from shared.errors import QueueUnavailable
 from shared.models import ChatRequest
 
 JOB = "b" * 32
@@ -65,31 +69,53 @@ async def test_a_submit_sent_again_after_its_job_already_ran_answers_its_job(
     assert done.status == "completed", done
 
 
-async def test_a_submit_while_redis_is_frozen_past_the_batchs_wait_answers_its_job_once_it_thaws(
-    tmp_path, monkeypatch
-):
-    """Redis stopped (a frozen VM, a stall) for longer than the shared pipeline waits: the submit it
-    held cannot tell whether Redis will run it, so it asks again and answers once Redis does; never an
-    error for a job that Redis, once thawed, queues and runs anyway."""
-    monkeypatch.setattr("shared.connection.BATCH_STUCK_SECONDS", 0.2)
+@contextlib.asynccontextmanager
+async def frozen_during_a_submit(
+    tmp_path, thaw_after: float
+) -> AsyncIterator[tuple[RedisServer, asyncio.Task]]:
+    """A Redis of its own, stopped (SIGSTOP: a frozen VM, a stall) while a submit of JOB is made, and
+    thawed once the submit answered or `thaw_after` seconds passed; the server and the submit."""
     server = RedisServer(tmp_path)
     server.start()
+    assert server.proc is not None
     try:
         async with runtime_for(server.url) as runtime:
             await runtime.queue.submit(ChatRequest(message="first"), caller="alice")
-            assert server.proc is not None
             os.kill(server.proc.pid, signal.SIGSTOP)
             try:
                 submitting = asyncio.create_task(
                     runtime.queue.submit(ChatRequest(message="hi"), caller="alice", job_id=JOB)
                 )
-                await asyncio.wait([submitting], timeout=1.5)  # well past the pipeline's wait
-                assert not submitting.done() or submitting.result() == JOB, "told before Redis answered"
+                await asyncio.wait([submitting], timeout=thaw_after)
             finally:
                 os.kill(server.proc.pid, signal.SIGCONT)
-            async with asyncio.timeout(20):
-                assert await submitting == JOB
-        client = server.client()
-        assert client.zscore(keys.QUEUE, JOB) is not None and client.zcard(keys.QUEUE) == 2
+            yield server, submitting
     finally:
         server.stop()
+
+
+async def test_a_submit_while_redis_is_frozen_past_the_batchs_wait_answers_its_job_once_it_thaws(
+    tmp_path, monkeypatch
+):
+    """Redis stopped for longer than the shared pipeline waits: the submit it held cannot tell whether
+    Redis will run it, so it asks again and answers once Redis does; never an error for a job that
+    Redis, once thawed, queues and runs anyway."""
+    monkeypatch.setattr("shared.connection.BATCH_STUCK_SECONDS", 0.2)
+    async with frozen_during_a_submit(tmp_path, thaw_after=1.5) as (server, submitting):  # well past it
+        assert not submitting.done() or submitting.result() == JOB, "told before Redis answered"
+        async with asyncio.timeout(20):
+            assert await submitting == JOB
+        client = server.client()
+        assert client.zscore(keys.QUEUE, JOB) is not None and client.zcard(keys.QUEUE) == 2
+
+
+async def test_a_submit_redis_never_answers_is_told_its_job_may_still_run(tmp_path, monkeypatch):
+    """Redis stopped past the submit's patience too (or the connection dead): one line naming the job
+    that Redis may still queue and run, not a wait for ever nor a plain "unreachable"."""
+    monkeypatch.setattr("shared.connection.BATCH_STUCK_SECONDS", 0.2)
+    monkeypatch.setattr("messenger.queue.SUBMIT_PATIENCE_SECONDS", 0.3)
+    async with frozen_during_a_submit(tmp_path, thaw_after=10) as (_, submitting):
+        assert submitting.done(), "still waiting after both waits"
+        with pytest.raises(QueueUnavailable) as told:
+            submitting.result()
+    assert f"may still queue and run it (see get_job {JOB})" in str(told.value)
