@@ -48,9 +48,10 @@ def heartbeat(state: WorkerState, started_at: float) -> dict:
 
 
 # A lease that is ours is renewed. One another worker holds (a holder's text: JSON with its "worker"),
-# or a job whose result is stored (it ended elsewhere), is not ours any more: answered. Any other lease
-# (lapsed while Redis was away or restarted without its data; junk; an older version's "1") is ours
-# again unless the job has a result. The job's stream is kept while we run it.
+# a job whose result is stored (it ended elsewhere) or that another run parked for its caller's answer
+# (worker/pause.py) is not ours any more: answered. Any other lease (lapsed while Redis was away or
+# restarted without its data; junk; an older version's "1") is ours again. The job's stream is kept
+# while we run it.
 @script("""
 local function holder_of(lease)
   local value = redis.pcall('GET', lease)
@@ -66,7 +67,8 @@ for _, id in ipairs(ids) do
   local mine = holder == me
   if mine then
     redis.call('PEXPIRE', lease, lease_ms)
-  elseif not holder and redis.call('EXISTS', result_prefix .. id) == 0 then
+  elseif not holder and redis.call('EXISTS', result_prefix .. id) == 0
+      and redis.pcall('HGET', input_prefix .. id, 'parked') ~= 'true' then
     redis.call('DEL', lease)
     redis.call('PSETEX', lease, lease_ms, me)
     mine = true
@@ -77,7 +79,7 @@ return taken
 """)
 async def _renew_leases(
     redis, *, me: Arg[str], lease_ms: Arg[int], lease_prefix: Arg[str], result_prefix: Arg[str],
-    stream_prefix: Arg[str], stream_ttl: Arg[int], ids: Args,
+    input_prefix: Arg[str], stream_prefix: Arg[str], stream_ttl: Arg[int], ids: Args,
 ) -> list[bytes]:  # fmt: skip
     """The ids of `ids` whose lease is not ours any more."""
     ...
@@ -91,7 +93,7 @@ async def renew_leases(redis, state: WorkerState, job_ids: list[str]) -> set[str
         return set()
     taken = await _renew_leases(
         redis, me=handoff.offer(state.worker_id, lease_ms), lease_ms=lease_ms, lease_prefix=keys.IN_PROGRESS_PREFIX,
-        result_prefix=keys.RESULT_PREFIX, stream_prefix=keys.STREAM_PREFIX,
+        result_prefix=keys.RESULT_PREFIX, input_prefix=keys.INPUT_PREFIX, stream_prefix=keys.STREAM_PREFIX,
         stream_ttl=keys.STREAM_TTL_SECONDS, ids=job_ids,
     )  # fmt: skip
     lost = {raw.decode() for raw in taken}

@@ -62,9 +62,10 @@ async def test_a_worker_stalled_past_its_lease_stops_its_run_of_the_job_another_
 
 
 async def test_the_heartbeat_renews_only_its_own_leases_and_names_the_jobs_another_run_has(redis_url):
-    """The renewal's rules, one job each, on real Redis: ours is renewed; another worker's, or a job
-    ended elsewhere (its result stored), is named taken and left alone; a lease that lapsed (Redis away
-    or restarted empty), junk, or an older version's "1" is ours again unless the job has a result."""
+    """The renewal's rules, one job each, on real Redis: ours is renewed; another worker's, a job
+    ended elsewhere (its result stored) or parked by another run for its caller's answer, is named
+    taken and left alone; a lease that lapsed (Redis away or restarted empty), junk, or an older
+    version's "1" is ours again."""
     from shared.connection import connect
     from worker.heartbeat import _renew_leases
 
@@ -74,15 +75,17 @@ async def test_the_heartbeat_renews_only_its_own_leases_and_names_the_jobs_anoth
         await redis.set(keys.in_progress("ours"), me, px=100)
         await redis.set(keys.in_progress("theirs"), other, px=100)
         await redis.set(keys.result("ended"), b"{}")
+        await redis.hset(keys.input_request("parked"), mapping={"question": "{}", "parked": "true"})
         await redis.set(keys.in_progress("junk"), b"not a holder")
         await redis.set(keys.in_progress("old"), b"1")
         await redis.hset(keys.in_progress("wrong-type"), "x", "y")
-        ids = ["ours", "theirs", "ended", "lapsed", "junk", "old", "wrong-type"]
+        ids = ["ours", "theirs", "ended", "parked", "lapsed", "junk", "old", "wrong-type"]
         taken = await _renew_leases(
             redis, me=me, lease_ms=5000, lease_prefix=keys.IN_PROGRESS_PREFIX, result_prefix=keys.RESULT_PREFIX,
-            stream_prefix=keys.STREAM_PREFIX, stream_ttl=60, ids=ids,
+            input_prefix=keys.INPUT_PREFIX, stream_prefix=keys.STREAM_PREFIX, stream_ttl=60, ids=ids,
         )  # fmt: skip
-        assert sorted(taken) == [b"ended", b"theirs"]
+        assert sorted(taken) == [b"ended", b"parked", b"theirs"]
+        assert not await redis.exists(keys.in_progress("parked")), "a parked job is not leased again"
         assert await redis.get(keys.in_progress("theirs")) == other.encode(), "another's lease left alone"
         assert not await redis.exists(keys.in_progress("ended")), "an ended job is not leased again"
         for job_id in ("ours", "lapsed", "junk", "old", "wrong-type"):
