@@ -52,6 +52,27 @@ local function lease_job(claimed, id, score, lease_ms, holder)
 end
 """
 
+# Lua: `held_elsewhere(lease, me, result, record)`: true when a job is no longer the run of `me` (a
+# worker's `offer()`, the value of every lease it holds): its lease names another holder (an offer's
+# JSON, with its "worker"), or names none and the job ended elsewhere (its `result` is stored) or
+# another run parked it for its caller's answer (its input `record` says parked: worker/pause.py). Any
+# other lease (lapsed while Redis was away or restarted without its data; junk; an older version's
+# "1") is still `me`'s. The heartbeat's renewal and a job's ending read a lease by this one rule.
+HOLDER_LUA = """
+local function holder_of(lease)
+  local value = redis.pcall('GET', lease)
+  if type(value) ~= 'string' then return nil end
+  local ok, holder = pcall(cjson.decode, value)
+  if ok and type(holder) == 'table' and type(holder['worker']) == 'string' then return value end
+  return nil
+end
+local function held_elsewhere(lease, me, result, record)
+  local holder = holder_of(lease)
+  if holder then return holder ~= me end
+  return redis.call('EXISTS', result) == 1 or redis.pcall('HGET', record, 'parked') == 'true'
+end
+"""
+
 # Lua: `hand_off(id, score, size)` gives a queued job to the worker offering the most free slots, leased
 # for it, as one JSON message on its channel; false when no live worker offers one, or when the job's
 # value (`size` bytes) is over HANDOFF_MAX_BYTES. An offer whose worker

@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError
 
 from shared import damaged, keys, prices, timeseries
 from shared.events import ToolCallEvent, ToolResultEvent, parse_event
+from shared.handoff import HOLDER_LUA
 from shared.scripts import Args, script
 from shared.settings import OPERATOR, TENANT_NAME, UNOWNED
 from shared.tokens import estimate_tokens
@@ -39,7 +40,9 @@ SPENT_DAY_TTL_SECONDS = 172_800
 # (about 75 commands a job before). Every job is a JSON object (`prepare`'s dict without its None
 # values); a key that refuses a write (wrong type, a counter that is not a number: damaged or written
 # by hand) is skipped and named in the reply of each job that wrote to it; every other key, the budget
-# settlement included, is still written. Answers each job's [counted now (0/1), owner written again
+# settlement included, is still written. A count that names its run (`holder`, with `lease`,
+# `result_key` and `record`: worker/wakeups.py) is skipped when the job is another run's now
+# (shared.handoff.HOLDER_LUA), in the same MULTI as that run's ending. Answers each job's [counted now (0/1), owner written again
 # (0/1), <each key skipped>...], in order.
 BATCH_LUA = """
 local replies, counted = {}, {}
@@ -55,6 +58,9 @@ end
 local function append(t, key, v) local s = slot(t, key); s[#s + 1] = v end
 for i, raw in ipairs(counts) do
   local c = cjson.decode(raw)
+  if c.holder and held_elsewhere(c.lease, c.holder, c.result_key, c.record) then
+    replies[i] = {0, 0}  -- the job is another run's now (worker/endings.py): that run counts it
+  else
   local kept = 0
   if c.keep_owner then
     local set = redis.pcall('SET', c.owner, c.tenant, 'NX', 'EX', c.owner_ttl)
@@ -116,6 +122,7 @@ for i, raw in ipairs(counts) do
       expire[c.conversation], expire[c.conversations] = c.history_ttl, c.history_ttl
     end
   end
+  end
 end
 local broken = {}
 local function call(cmd, key, ...)
@@ -171,7 +178,7 @@ return replies
 """
 
 
-@script(BATCH_LUA)
+@script(HOLDER_LUA + BATCH_LUA)
 async def _record(redis, *, counts: Args) -> list:
     """Count ended jobs, each once, for everyone, its tenant and the dashboard's minute; settle their
     budget holds into the spend; add their turns to their tenants' conversations; write an owner

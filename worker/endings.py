@@ -8,12 +8,54 @@ batch (worker/accounting.py), which adds up the counters the jobs share. Each jo
 commands' replies back, and its own count's: an error on one job's key is that job's; a write that
 fails whole (Redis away, refused) fails every job in it, and each job's lease lapses so it runs
 again, as it would after its own MULTI failed.
+
+A job's ending is one script call (`end_job`) that first checks the job is still this run's (its
+lease's holder, shared.handoff.HOLDER_LUA): a run that lost its lease to another worker while it was
+stalled stores nothing, with no window between that check and the write, and its usage count (the
+batch's script reads the same rule) is not added either.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+
+from shared.handoff import HOLDER_LUA
+from shared.scripts import Arg, Key, script
+
+
+# arq's ending of a job (finish_job's MULTI), if the job is still `me`'s: a finished one's result
+# (only if none is stored: a job's first stored ending stays its only one), its queue entry and keys
+# dropped; one handed back (not `finish`) goes back in the queue `incr_score` ms later, its lease
+# dropped. 1: stored; 0: the job is another run's now, nothing touched.
+@script(
+    HOLDER_LUA
+    + """
+if held_elsewhere(lease, me, result, record) then return 0 end
+if finish then
+  if result_data and px then
+    redis.call('SET', result, result_data, 'PX', px, 'NX')
+  elseif result_data then
+    redis.call('SET', result, result_data, 'NX')
+  end
+  redis.call('DEL', retry, job, lease)
+  redis.call('ZREM', abort_set, job_id)
+  redis.call('ZREM', queue, job_id)
+else
+  if incr_score then redis.call('ZINCRBY', queue, incr_score, job_id) end
+  redis.call('DEL', lease)
+end
+return 1
+"""
+)
+async def end_job(
+    redis, *, lease: Key, result: Key, record: Key, retry: Key, job: Key, abort_set: Key, queue: Key,
+    me: Arg[str], job_id: Arg[str], finish: Arg[bool], result_data: Arg[bytes | None], px: Arg[int | None],
+    incr_score: Arg[int | None],
+) -> int:  # fmt: skip
+    """1: the ending is stored; 0: the job is another run's, nothing was written."""
+    ...
+
 
 Waiting = tuple[list[tuple], object, asyncio.Future[tuple[object, list]]]
 

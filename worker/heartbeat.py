@@ -47,28 +47,19 @@ def heartbeat(state: WorkerState, started_at: float) -> dict:
     }
 
 
-# A lease that is ours is renewed. One another worker holds (a holder's text: JSON with its "worker"),
-# a job whose result is stored (it ended elsewhere) or that another run parked for its caller's answer
-# (worker/pause.py) is not ours any more: answered. Any other lease (lapsed while Redis was away or
-# restarted without its data; junk; an older version's "1") is ours again. The job's stream is kept
-# while we run it.
-@script("""
-local function holder_of(lease)
-  local value = redis.pcall('GET', lease)
-  if type(value) ~= 'string' then return nil end
-  local ok, holder = pcall(cjson.decode, value)
-  if ok and type(holder) == 'table' and type(holder['worker']) == 'string' then return value end
-  return nil
-end
+# A lease that is ours is renewed. One held elsewhere (shared.handoff.HOLDER_LUA: another worker's, or
+# the job ended or was parked by another run) is not ours any more: answered. Any other lease is ours
+# again. The job's stream is kept while we run it.
+@script(
+    handoff.HOLDER_LUA
+    + """
 local taken = {}
 for _, id in ipairs(ids) do
   local lease = lease_prefix .. id
-  local holder = holder_of(lease)
-  local mine = holder == me
+  local mine = holder_of(lease) == me
   if mine then
     redis.call('PEXPIRE', lease, lease_ms)
-  elseif not holder and redis.call('EXISTS', result_prefix .. id) == 0
-      and redis.pcall('HGET', input_prefix .. id, 'parked') ~= 'true' then
+  elseif not held_elsewhere(lease, me, result_prefix .. id, input_prefix .. id) then
     redis.call('DEL', lease)
     redis.call('PSETEX', lease, lease_ms, me)
     mine = true
@@ -76,7 +67,8 @@ for _, id in ipairs(ids) do
   if mine then redis.call('EXPIRE', stream_prefix .. id, stream_ttl) else taken[#taken + 1] = id end
 end
 return taken
-""")
+"""
+)
 async def _renew_leases(
     redis, *, me: Arg[str], lease_ms: Arg[int], lease_prefix: Arg[str], result_prefix: Arg[str],
     input_prefix: Arg[str], stream_prefix: Arg[str], stream_ttl: Arg[int], ids: Args,

@@ -18,6 +18,7 @@ import functools
 import logging
 import math
 import time
+from typing import Any
 
 from arq.constants import abort_job_max_age
 from arq.cron import CronJob
@@ -32,6 +33,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     NoPermissionError,
+    NoScriptError,
     RedisError,
     ResponseError,
 )
@@ -52,7 +54,7 @@ from shared.sentinel import UnknownMaster
 from shared.settings import Settings
 from worker import accounting, pause
 from worker.claim import Claimed, claim_jobs, give_back, still_handed
-from worker.endings import Endings
+from worker.endings import Endings, end_job
 from worker.heartbeat import beat_interval, renew_leases
 from worker.intake import job_id_problem, job_problem
 from worker.publisher import why_not_written
@@ -520,9 +522,11 @@ class QueueWorker(Worker):
         """arq's, except that a job's first stored ending stays its only one: a result is written
         only if none is there (an attempt that overlapped another after a Redis outage cannot
         overwrite the answer a caller may already have read); and a job that paused for its
-        caller's answer has no ending yet: it is parked (worker/pause.py), nothing stored. The
-        job's usage `count` (worker/run.py), when it made one, goes first in the same MULTI, which
-        the jobs that end meanwhile share (worker/endings.py)."""
+        caller's answer has no ending yet: it is parked (worker/pause.py), nothing stored; and a run
+        whose job another worker took stores nothing, checked in the ending's own script (between a
+        check and the MULTI, another worker could take it: worker/endings.py `end_job`). The job's
+        usage `count` (worker/run.py), when it made one, goes first in the same MULTI, which the jobs
+        that end meanwhile share, under the same check."""
         state = self.ctx.get("mcpq")
         if state is not None and await self._taken(state, job_id):
             return
@@ -530,29 +534,28 @@ class QueueWorker(Worker):
             await pause.park(self.pool, job_id, how, state.settings)
             return
         count = count if finish else None
-        commands: list[tuple] = []
-        if finish:
-            if result_data:
-                expire = None if keep_result_forever else result_timeout_s
-                px = () if expire is None else ("PX", int(expire * 1000))
-                commands.append(("SET", keys.result(job_id), result_data, *px, "NX"))
-            commands += [
-                ("DEL", keys.retry(job_id), keys.job(job_id), keys.in_progress(job_id)),
-                ("ZREM", keys.ABORT_SET, job_id),
-                ("ZREM", self.queue_name, job_id),
-            ]
-        else:
-            if incr_score:
-                commands.append(("ZINCRBY", self.queue_name, incr_score, job_id))
-            commands.append(("DEL", keys.in_progress(job_id)))
+        if count is not None:  # counted only while the job is ours (worker/accounting.py)
+            count = {**count, "holder": self._me, "lease": keys.in_progress(job_id),
+                     "result_key": keys.result(job_id), "record": keys.input_request(job_id)}  # fmt: skip
+        expire = None if keep_result_forever else result_timeout_s
+        ending: dict[str, Any] = dict(
+            lease=keys.in_progress(job_id), result=keys.result(job_id), record=keys.input_request(job_id),
+            retry=keys.retry(job_id), job=keys.job(job_id), abort_set=keys.ABORT_SET, queue=self.queue_name,
+            me=self._me, job_id=job_id, finish=finish, result_data=result_data or None,
+            px=None if expire is None else int(expire * 1000), incr_score=incr_score or None,
+        )  # fmt: skip
         if self._endings is None:
             self._endings = Endings(self.pool, accounting.command)
         # in one MULTI with the other jobs ending now, their counts first (see run.py)
-        counted, replies = await self._endings.store(commands, count)
-        if failed := next((r for r in replies if isinstance(r, BaseException)), None):
-            raise failed  # as arq's MULTI would
+        counted, (stored,) = await self._endings.store([end_job.command(**ending)], count)  # type: ignore[attr-defined]
+        if isinstance(stored, BaseException) and not isinstance(stored, NoScriptError):
+            raise stored  # as arq's MULTI would
         if count is not None:
             await accounting.recorded(self.pool, count, counted)
+        if isinstance(stored, NoScriptError):  # Redis lost its scripts (restarted, flushed): the usual
+            stored = await end_job(self.pool, **ending)  # way, after the count as in the MULTI
+        if not stored:  # another worker took the job between our check and the write: nothing stored
+            return self._stopped(state, job_id)
         if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
             with contextlib.suppress(RedisError, OSError):
                 await self.pool.publish(keys.WAKEUP_CHANNEL, job_id)
@@ -566,10 +569,15 @@ class QueueWorker(Worker):
                 state.taken.add(job_id)
         if job_id not in state.taken:
             return False
-        state.taken.discard(job_id)
-        state.paused.pop(job_id, None)
-        log.warning("job %s: this worker's run of it stopped; its ending is the other worker's", job_id)
+        self._stopped(state, job_id)
         return True
+
+    @staticmethod
+    def _stopped(state, job_id: str) -> None:
+        if state is not None:
+            state.taken.discard(job_id)
+            state.paused.pop(job_id, None)
+        log.warning("job %s: this worker's run of it stopped; its ending is the other worker's", job_id)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's (a job that expired, could not be read, or ran out of tries), with the same rule."""

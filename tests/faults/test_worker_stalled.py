@@ -156,3 +156,68 @@ async def test_a_renewal_whose_reply_came_after_a_stall_does_not_count_as_fresh(
         await redis.config_set("notify-keyspace-events", "")
         await expired.aclose()
         await redis.aclose()
+
+
+async def _ending_under(redis_url: str, lease_holder: str, *, finish: bool) -> dict:
+    """One job's ending by a worker whose heartbeat renewed its leases just now (so the ending does not
+    ask Redis first), with the job's lease set to `lease_holder`'s offer: what Redis holds after it."""
+    from shared.models import JobResult
+    from shared.settings import load_settings
+    from worker import accounting
+    from worker.job import WorkerState
+    from worker.providers.mock import MockProvider
+    from worker.publisher import EventWriter
+    from worker.runner import build_worker
+
+    settings = load_settings(redis_url=redis_url, worker_lease_seconds=1)
+    worker = build_worker(settings, handle_signals=False)
+    redis = worker.pool
+    state = WorkerState(settings=settings, provider=MockProvider(), worker_id="me", writer=EventWriter(redis))
+    state.leases_renewed_at = time.monotonic()
+    worker.ctx["mcpq"], worker._me = state, offer("me", 1000)
+    job_id = f"ending-{lease_holder}-{finish}-{time.monotonic_ns()}"
+    await redis.set(keys.job(job_id), b"{}")
+    await redis.zadd(keys.QUEUE, {job_id: 1})
+    await redis.set(keys.in_progress(job_id), offer(lease_holder, 1000))
+    result = JobResult(job_id=job_id, status="completed", ai_response="attempt 1", model="mock", attempt=1)
+    count = await accounting.prepare(redis, result.model_dump(mode="json", by_alias=True), {"message": "hi"},
+                                     history_ttl=60)  # fmt: skip
+    state.running[job_id] = 1
+    try:
+        await worker.finish_job(job_id, finish, b"stored", 60, False, 5000 if not finish else None, None,
+                                count=count if finish else None)  # fmt: skip
+        return {
+            "result": await redis.get(keys.result(job_id)),
+            "lease": await redis.get(keys.in_progress(job_id)),
+            "job": await redis.get(keys.job(job_id)),
+            "queued": await redis.zscore(keys.QUEUE, job_id),
+            "counted": await redis.exists(keys.usage_counted(job_id)),
+        }
+    finally:
+        await redis.delete(keys.job(job_id), keys.in_progress(job_id), keys.result(job_id))
+        await redis.zrem(keys.QUEUE, job_id)
+        await redis.aclose()
+
+
+async def test_an_ending_stores_nothing_once_another_worker_holds_the_lease_whenever_it_took_it(
+    redis_url, clean_env
+):
+    """The job was taken after the run's last look at its lease (the lease lapsed between the
+    heartbeat's renewal and the ending): the check is in the ending's own write, so the run stores no
+    result, drops none of the other run's keys (its lease, the job, the queue entry) and counts no
+    usage; handed back at shutdown, it leaves the other run's lease and queue entry alone."""
+    after = await _ending_under(redis_url, "other", finish=True)
+    assert after["result"] is None, "attempt 1's result stored over the run that took the job"
+    assert after["lease"] == offer("other", 1000).encode(), "the other worker's lease deleted"
+    assert (after["job"], after["queued"]) == (b"{}", 1), "the other run's job dropped"
+    assert not after["counted"], "attempt 1 counted: the other run's count would be skipped"
+    handed_back = await _ending_under(redis_url, "other", finish=False)
+    assert (handed_back["lease"], handed_back["queued"]) == (offer("other", 1000).encode(), 1)
+    mine = await _ending_under(redis_url, "me", finish=True)
+    assert (mine["result"], mine["lease"], mine["job"], mine["queued"], mine["counted"]) == (
+        b"stored",
+        None,
+        None,
+        None,
+        1,
+    ), "a job still ours ends as before"
