@@ -41,13 +41,17 @@ class WorkerProcesses:
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, redis_url: str, count: int = 1, **env: str) -> list[subprocess.Popen]:
+    def start(
+        self, redis_url: str, count: int = 1, *, arq_cli: bool = False, **env: str
+    ) -> list[subprocess.Popen]:
+        """`arq_cli`: run them as `arq worker.WorkerSettings` (arq's own CLI), not `worker`."""
         client = self.redis_server.client()
+        command = ["-m", "arq", "worker.WorkerSettings"] if arq_cli else ["-m", "worker.cli"]
         started = []
         for _ in range(count):
             log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli"],
+                [sys.executable, *command],
                 env=process_env(redis_url, **env),
                 cwd=ROOT,
                 stdout=log,

@@ -33,15 +33,26 @@ def __getattr__(name: str) -> Any:
 
 
 def _worker_settings() -> type:
+    import inspect
+
+    import arq.worker
+
     from shared.connection import connect
     from shared.settings import load_settings
     from worker.runner import worker_options
+    from worker.wakeups import QueueWorker
 
     settings = load_settings()
     if settings.embedded:
         raise SystemExit(
             "arq worker.WorkerSettings needs REDIS_URL=redis://… (memory:// lives inside one process)"
         )
+    # arq's CLI builds `arq.worker.Worker(**WorkerSettings)`: it gets ours, so a job run under it ends
+    # as under `worker` (its ending only while it holds the job's lease, a result never written over;
+    # arq's own finish_job deletes whatever lease the job has, another worker's too) and is handed
+    # jobs the moment they are enqueued. (arq reads the settings it takes from the class's signature.)
+    QueueWorker.__signature__ = inspect.signature(arq.worker.Worker)  # type: ignore[attr-defined]
+    arq.worker.Worker = QueueWorker  # type: ignore[misc]
     return type(
         "WorkerSettings",
         (),

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import pytest
 from observe import LONG_MESSAGE, expected_text, heartbeat, starts, terminal_events
 from readers import stream_events
 from runtimes import runtime_for
@@ -27,11 +28,14 @@ def wait_for(condition, what: str, seconds: float = 20):
     return found
 
 
+@pytest.mark.parametrize("arq_cli", [False, True], ids=["worker", "arq-cli"])
 async def test_a_worker_stalled_past_its_lease_stops_its_run_of_the_job_another_worker_took(
-    redis_url, workers, redis_server, clean_env
+    redis_url, workers, redis_server, clean_env, arq_cli
 ):
+    """Run by `worker` or by `arq worker.WorkerSettings` (arq's CLI) alike: the stalled run's ending
+    touches nothing of the other run's, its lease least of all (arq's own finish_job deleted it)."""
     client = redis_server.client()
-    (stalled,) = workers.start(redis_url, **PACE)
+    (stalled,) = workers.start(redis_url, arq_cli=arq_cli, **PACE)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
         job_id = await runtime.queue.submit(ChatRequest(message=LONG_MESSAGE), caller=ANONYMOUS)
         wait_for(
@@ -46,9 +50,20 @@ async def test_a_worker_stalled_past_its_lease_stops_its_run_of_the_job_another_
             assert client.get(keys.in_progress(job_id)) == offer(second, 1000).encode(), (
                 "the lease says whose"
             )
+            client.config_set("notify-keyspace-events", "Kg")
+            lease_events = client.pubsub()
+            lease_events.subscribe(f"__keyspace@0__:{keys.in_progress(job_id)}")
         finally:
             os.kill(stalled.pid, signal.SIGCONT)
-        result = await runtime.jobs.wait(job_id, timeout=30)
+        try:
+            result = await runtime.jobs.wait(job_id, timeout=30)
+            seen = []
+            while (message := lease_events.get_message(timeout=0.5)) is not None:  # all, then quiet
+                if message["type"] == "message":
+                    seen.append(message["data"])
+        finally:
+            client.config_set("notify-keyspace-events", "")
+            lease_events.close()
 
     assert result.status == "completed", result.error
     assert (result.attempt, result.worker_id) == (2, second), "the answer is the run that took the job"
@@ -59,6 +74,9 @@ async def test_a_worker_stalled_past_its_lease_stops_its_run_of_the_job_another_
     log = workers.logs()
     assert f"job {job_id}: another worker took it while this one was stalled" in log, log[-3000:]
     assert heartbeat(client, first)["running_jobs"] == {}, "the stalled worker no longer runs it"
+    assert seen.count(b"del") == 1, (
+        f"the lease of the run that took the job deleted before its ending: {seen}"
+    )
 
 
 async def test_the_heartbeat_renews_only_its_own_leases_and_names_the_jobs_another_run_has(redis_url):
