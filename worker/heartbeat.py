@@ -11,6 +11,7 @@ other worker's run is the job's now)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -98,16 +99,23 @@ async def beat_forever(redis, state: WorkerState) -> None:
     started_at = time.time()
     interval = beat_interval(state.settings.worker_lease_seconds)
     while True:
+        state.look_now.clear()
         try:
             payload = json.dumps(heartbeat(state, started_at))
             await redis.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
             asked = time.monotonic()  # Redis renews them after this, however late its reply is read
-            await renew_leases(redis, state, list(state.running))  # (a stall before then: they may lapse)
-            state.leases_renewed_at = asked  # (a hand-off read long after it is checked)
+            try:
+                await renew_leases(redis, state, list(state.running))  # (a stall before: they may lapse)
+                state.leases_renewed_at = asked  # (a hand-off read long after it is checked)
+            finally:
+                state.looked()  # event writes held while our leases were stale go on (worker/publisher.py)
             await state.capacity.renew(redis)
             await pause.wake_expired(redis)  # paused jobs whose question expired: each fails when it runs
             await timeseries.sample_depth(redis)  # the dashboard's chart of jobs waiting or running
             state.metrics.heartbeat.set_to_current_time()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)
-        await asyncio.sleep(interval)
+            state.looked()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):  # or at once when an event write waits for a look
+                await state.look_now.wait()

@@ -66,10 +66,33 @@ class WorkerState:
     leases_renewed_at: float = float("-inf")  # monotonic: the heartbeat's last renewal of our leases
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)  # job id -> the task running its attempt
     taken: set[str] = field(default_factory=set)  # jobs another worker took from us: no ending of ours
+    look_now: asyncio.Event = field(default_factory=asyncio.Event)  # set: the heartbeat beats at once
+    _looked: asyncio.Event = field(default_factory=asyncio.Event)  # set by the heartbeat's next look
 
     def __post_init__(self) -> None:
         self.metrics.watch_running(lambda: len(self.running))
         self.capacity = Capacity(self.settings)
+
+    def stale(self) -> bool:
+        """The heartbeat has not renewed our leases for a whole lease (this process was stopped, its
+        loop blocked, or Redis away): a job of ours may be another worker's by now."""
+        return time.monotonic() - self.leases_renewed_at > self.settings.worker_lease_seconds
+
+    async def leases_looked_at(self) -> None:
+        """Wait for the heartbeat's next look at our leases (renewed, the jobs taken meanwhile lost; or
+        failed, Redis away), asking it to look now."""
+        looked = self._looked
+        self.look_now.set()
+        await looked.wait()
+
+    def looked(self) -> None:
+        """The heartbeat looked at our leases (worker/heartbeat.py)."""
+        self._looked.set()
+        self._looked = asyncio.Event()
+
+    def lost(self, job_id: str) -> bool:
+        """Another worker took this job from us: our run of it publishes nothing more."""
+        return job_id in self.taken
 
     def lose(self, job_id: str) -> None:
         """Another worker took this job while we were stalled past its lease (worker/heartbeat.py):

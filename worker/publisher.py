@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Protocol
 
 from pydantic_core import to_json
 from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
@@ -102,9 +103,21 @@ class _SentOnce:
         return await self._once("EVAL", *args)
 
 
+class Leases(Protocol):
+    """What a worker knows of its leases (worker/job.py WorkerState): a job another worker took from
+    it (its lease lapsed while this process was stalled) gets no more events from its run here."""
+
+    def stale(self) -> bool: ...  # not renewed for a whole lease: any job may be another's by now
+    async def leases_looked_at(self) -> None: ...  # the heartbeat's next look (renewed, or lost)
+    def lost(self, job_id: str) -> bool: ...
+
+
 class EventWriter:
     def __init__(self, redis):
         self.redis = _SentOnce(redis) if hasattr(redis, "connection_pool") else redis
+        # set by a worker (worker/runner.py): writes wait while its leases are stale, and a job it lost
+        # writes nothing more (its followers would drop its events by attempt; the stream keeps them)
+        self.leases: Leases | None = None
         self._dirty: dict[EventPublisher, None] = {}  # insertion-ordered set
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -129,11 +142,17 @@ class EventWriter:
                     async with asyncio.timeout(min(p._retry_at for p in self._dirty) - now):
                         await self._wake.wait()
                 continue
+            if self.leases is not None and self.leases.stale():  # stalled: whose are our jobs now?
+                await self.leases.leases_looked_at()  # (once: Redis away, the write fails as before)
             for publisher in ready:
                 del self._dirty[publisher]
             await self._write(ready)
 
     async def _write(self, publishers: list[EventPublisher]) -> None:
+        if self.leases is not None and (lost := [p for p in publishers if self.leases.lost(p.job_id)]):
+            for publisher in lost:
+                publisher._stop(JobStopped("another worker took this job; this run of it was stopped"))
+            publishers = [p for p in publishers if p not in lost]
         now = time.time()  # one time for the write's events: all were pending when it began
         stamp = to_json(now)
         batch = [(p, p._take_events(now, stamp), p._take_waiters()) for p in publishers]
@@ -319,13 +338,18 @@ class EventPublisher:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             return True
         waited = f" for {now - self._failing_since:.0f} s" if transient else ""
-        self._failure = JobStopped(
+        failure = JobStopped(
             f"this job's events could not be written to Redis{waited}: {reason}; "
             "the job was stopped so that nobody gets an answer with parts missing"
         )
-        log.warning("job %s stopped: %s", self.job_id, self._failure.message)
+        log.warning("job %s stopped: %s", self.job_id, failure.message)
+        self._stop(failure)
+        return False
+
+    def _stop(self, failure: JobStopped) -> None:
+        """No event of this job's is written from now on: what waits raises `failure`, as will the next."""
+        self._failure = failure
         self._pending, self._unwritten, self._journal = [], [], []
         for waiter in self._take_waiters():
             if not waiter.done():
-                waiter.set_exception(self._failure)
-        return False
+                waiter.set_exception(failure)

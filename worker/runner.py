@@ -52,6 +52,7 @@ async def startup(ctx: dict) -> None:
     if state.provider_error:
         log.warning("provider %s not reachable yet: %s", provider.name, state.provider_error)
     ctx["mcpq"] = state
+    state.writer.leases = state  # a run whose job another worker took publishes nothing more
     ctx["heartbeat"] = asyncio.create_task(beat_forever(ctx["redis"], state))
     if settings.worker_metrics_port is not None:
         ctx["metrics_server"] = MetricsServer(state.metrics.registry, settings.worker_metrics_port)
@@ -70,6 +71,8 @@ async def shutdown(ctx: dict) -> None:
             await task
     state: WorkerState | None = ctx.get("mcpq")
     if state:
+        state.writer.leases = None  # no heartbeat looks at them any more: writes wait for none
+        state.looked()
         with contextlib.suppress(RedisError):
             await ctx["redis"].delete(keys.worker(state.worker_id))
         await state.provider.aclose()

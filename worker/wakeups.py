@@ -306,7 +306,7 @@ class QueueWorker(Worker):
     def _stalled(self) -> bool:
         """The heartbeat has not renewed our leases for a whole lease (this process was stopped, its
         loop blocked, or Redis away): a hand-off read now may be older than its lease."""
-        return time.monotonic() - self.ctx["mcpq"].leases_renewed_at > self.in_progress_timeout_s
+        return self.ctx["mcpq"].stale()
 
     async def _start_if_still_handed(self, job: Claimed) -> None:
         """Start a job handed over while we were stalled only if no other start took it meanwhile (its

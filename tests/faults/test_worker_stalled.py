@@ -74,6 +74,11 @@ async def test_a_worker_stalled_past_its_lease_stops_its_run_of_the_job_another_
     log = workers.logs()
     assert f"job {job_id}: another worker took it while this one was stalled" in log, log[-3000:]
     assert heartbeat(client, first)["running_jobs"] == {}, "the stalled worker no longer runs it"
+    events = stream_events(client, job_id)
+    taken_at = next(i for i, e in enumerate(events) if e["attempt"] == 2)
+    assert [e["type"] for e in events[taken_at:] if e["attempt"] == 1] == [], (
+        "the stalled run published into the stream after the other worker took the job"
+    )
     assert seen.count(b"del") == 1, (
         f"the lease of the run that took the job deleted before its ending: {seen}"
     )
