@@ -11,6 +11,7 @@ from openai_server import eventually
 from runtimes import runtime_for
 
 from shared import keys
+from shared.connection import connect
 from shared.errors import JobLost, JobNotFound
 from shared.models import ChatRequest, JobResult
 
@@ -75,3 +76,39 @@ async def test_a_tenants_running_job_stays_the_tenants_after_redis_loses_its_own
         assert found.status == "completed" and found.ai_response == expected_text(LONG_MESSAGE)
         assert client.get(keys.owner(job_id)) == b"acme"
         assert await runtime.jobs.list(reader="other") == [], "and no other tenant's"
+
+
+async def test_a_result_stored_after_redis_lost_its_scripts_comes_with_its_owner_record(
+    make_redis, workers, clean_env
+):
+    """Redis that lost its data lost its script cache too. The owner record the worker writes again is
+    there the moment the result is, so the tenant never reads "never existed" for an answer that is
+    stored: the count's EVALSHA (which writes the owner) and the ending's fail together and are sent
+    again, count first. (Before 4879abe the result was a plain SET in that MULTI and landed alone, the
+    owner a round trip later: the CI failure of the test above, 2 of 50 runs under a busy loop.)"""
+    volatile_redis = make_redis(False)
+    workers.start(volatile_redis.url, count=1, MOCK_TOKEN_DELAY_MS="50")
+    client = volatile_redis.client()
+    watcher = connect(volatile_redis.url)
+    written = watcher.pubsub()
+    async with runtime_for(volatile_redis.url) as runtime, asyncio.timeout(60):
+        job_id = await runtime.queue.submit(ChatRequest(message=LONG_MESSAGE), caller="acme")
+        await eventually(lambda: client.xlen(keys.stream(job_id)) >= 3, timeout=30)  # started, streaming
+        await watcher.config_set("notify-keyspace-events", "K$")  # (a SET: an event on the key's channel)
+        try:
+            owner, result = (f"__keyspace@0__:{key}" for key in (keys.owner(job_id), keys.result(job_id)))
+            await written.subscribe(owner, result)
+            client.script_flush()  # what a restart without data loses, but the worker's connections
+            client.delete(keys.owner(job_id))
+            order = []
+            while result not in order:
+                message = await written.get_message(ignore_subscribe_messages=True, timeout=None)
+                if message is not None:
+                    order.append(message["channel"].decode())
+            assert order[0] == owner, f"the result was stored before its owner record: {order}"
+            found = await runtime.jobs.get(job_id, reader="acme")
+            assert found.status == "completed" and found.ai_response == expected_text(LONG_MESSAGE)
+        finally:
+            await watcher.config_set("notify-keyspace-events", "")
+            await written.aclose()
+            await watcher.aclose()
