@@ -42,7 +42,6 @@ _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # fullmatch: "$" would let a trai
 # a followed job missing this long (keys, stream, and from every worker heartbeat) is lost: longer than
 # a worker takes to write its heartbeat again after Redis comes back empty
 LOST_AFTER_SECONDS = keys.HEARTBEAT_TTL_SECONDS
-STORED_POLL_SECONDS = 0.0005  # first wait for arq's result record after a job's last event; doubles
 log = logging.getLogger("messenger.jobs")
 
 OnEvent = Callable[[Event | None, Transcript], Awaitable[None]]
@@ -56,7 +55,7 @@ class JobClient:
         self.hub = hub
         self.settings = settings
         self.queue = queue
-        self.results = ResultReads(redis)  # followers waiting for stored results share one MGET a turn
+        self.results = ResultReads(redis)  # followers waiting for stored results share one poll schedule
 
     async def run(
         self,
@@ -253,20 +252,13 @@ class JobClient:
         Should it not come (the worker died first), the job re-runs and stores one later; meanwhile
         the job is re-checked every IDLE_SECONDS, so a job Redis lost is reported as lost."""
         job_id = transcript.job_id
-        delay, waited = STORED_POLL_SECONDS, 0.0
         while True:
-            with contextlib.suppress(RedisError, OSError):
-                raw = await self.results.get(job_id)
-                if raw is not None:
-                    return stored_result(job_id, raw, transcript)
-            if waited >= IDLE_SECONDS:
-                waited = 0.0
-                snapshot = await self._recheck(job_id, vanished)
-                if snapshot is not None and snapshot.status in FINAL_STATUSES:
-                    return snapshot
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 0.25)
+            raw = await self.results.wait(job_id, IDLE_SECONDS)
+            if raw is not None:
+                return stored_result(job_id, raw, transcript)
+            snapshot = await self._recheck(job_id, vanished)
+            if snapshot is not None and snapshot.status in FINAL_STATUSES:
+                return snapshot
 
     async def _recheck(self, job_id: str, vanished: Vanished) -> JobResult | None:
         """The job's state, or None while Redis is away; raises JobLost once the job has been gone,
