@@ -69,6 +69,9 @@ class Transcript:
         self._steps: list[tuple[int, int, int]] = []
         self._result_told: dict[str, int] = {}
         self.after_pause = False  # this attempt went on after the job paused for its caller's answer
+        # messages already waiting for the follower after the event it hands over (follow_events):
+        # a backlog, whose text a relay sends together once it has caught up, not a notification each
+        self.behind = 0
 
     @property
     def whole(self) -> bool:
@@ -247,8 +250,10 @@ async def follow_events(redis, transcript: Transcript, live: Mailbox) -> AsyncIt
     reading live messages misses nothing.
     """
     fresh, cursor = await replay(redis, transcript)
-    for event in fresh:
+    for i, event in enumerate(fresh):
+        transcript.behind = len(fresh) - 1 - i + live.qsize()
         yield event
+    transcript.behind = 0
     alarm, clock = _IdleAlarm(live), asyncio.get_running_loop().time
     try:
         while not transcript.final:
@@ -270,11 +275,14 @@ async def follow_events(redis, transcript: Transcript, live: Mailbox) -> AsyncIt
                 where = transcript.position(event)
             if where == "next" and event is not None:
                 transcript.apply(event)
+                transcript.behind = live.qsize()
                 yield event
             elif where == "gap":
                 fresh, cursor = await replay_patiently(redis, transcript, cursor)
-                for event in fresh:
+                for i, event in enumerate(fresh):
+                    transcript.behind = len(fresh) - 1 - i + live.qsize()
                     yield event
+            transcript.behind = 0
     finally:
         alarm.close()
 

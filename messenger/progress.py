@@ -150,8 +150,12 @@ class ProgressRelay:
     Text goes out at most once per PROGRESS_INTERVAL (BUSY_INTERVAL while more than BUSY_CALLS calls
     stream in this process), except the first text of each attempt, which
     goes out at once; text held back goes out when the interval ends even if no event follows (a
-    model that pauses mid-answer does not hold its last words). `progress` counts the attempt's tokens and rises with every notification (the
-    spec asks it to): a notification without new tokens adds a hair.
+    model that pauses mid-answer does not hold its last words). Nor does the follower wait for a
+    notification of its call on its way (a busy messenger's store round trip: 0.1-1 s at 1,000
+    callers) or send text while messages wait behind the token (a backlog): what comes meanwhile
+    goes out together after it, so a stream catches up instead of a token per round trip.
+    `progress` counts the attempt's tokens and rises with every notification (the spec asks it to):
+    a notification without new tokens adds a hair.
     """
 
     def __init__(self, ctx, total: int | None, lifecycle=None):
@@ -177,7 +181,7 @@ class ProgressRelay:
             await self._status(transcript)
         elif event.type == "token":
             self.pending.append(event.text)
-            if self.sent_text_of != event.attempt or time.monotonic() - self.text_sent_at >= text_interval():
+            if self.sent_text_of != event.attempt or self._due(transcript):
                 await self._flush(transcript)
             elif self.held is None:
                 self.held = asyncio.create_task(self._flush_held(transcript))
@@ -201,11 +205,20 @@ class ProgressRelay:
             if self.held is not None:
                 self.held.cancel()
 
+    def _due(self, transcript: Transcript) -> bool:
+        """Whether text goes out with this token: its interval has passed, no notification of this
+        call is on its way (a text send waits for it: the one after takes what came meanwhile), and
+        no message waits behind it for the follower (a backlog goes out together once caught up)."""
+        return (
+            not transcript.behind
+            and not self.sending.locked()
+            and time.monotonic() - self.text_sent_at >= text_interval()
+        )
+
     async def _flush_held(self, transcript: Transcript) -> None:
         await asyncio.sleep(max(0.0, self.text_sent_at + text_interval() - time.monotonic()))
-        self.held = None
         try:
-            await self._flush(transcript)
+            await self._flush(transcript, held=True)
         except Exception as e:  # the call ended meanwhile: its stream is gone, and so is the need
             log.debug("held-back progress of job %s not sent: %r", transcript.job_id, e)
 
@@ -215,8 +228,10 @@ class ProgressRelay:
             SEQ: transcript.last_seq,
         }  # fmt: skip
 
-    async def _flush(self, transcript: Transcript) -> None:
+    async def _flush(self, transcript: Transcript, held: bool = False) -> None:
         async with self.sending:
+            if held:  # from here on a token schedules the next held flush (this one has its text)
+                self.held = None
             if not self.pending:
                 return
             text, self.pending = "".join(self.pending), []

@@ -246,3 +246,24 @@ async def test_the_replays_of_many_followers_share_one_pipeline_and_each_gets_it
     assert [(event.type, event.seq) for event in got[0][0]] == [("start", 0), ("token", 1)]
     assert all(events == [] for events, _ in got[1:])
     assert len(pipelines) == 1
+
+
+@pytest.mark.anyio
+async def test_a_follower_is_told_how_many_messages_wait_behind_each_event(redis):
+    """transcript.behind: the messages already in the mailbox after the event handed over (a relay
+    sends a backlog's text together once it has caught up), 0 for the last of a burst."""
+    live = Mailbox()
+    e = Events()
+    transcript = Transcript(JOB)
+    events = follow_events(redis, transcript, live)
+    for event in (e.start(), e.token("a"), e.token("b")):
+        live.put_nowait(dump_event(event))
+    behind = []
+    for _ in range(3):
+        await anext(events)
+        behind.append(transcript.behind)
+    live.put_nowait(dump_event(e.token("c")))
+    await anext(events)
+    behind.append(transcript.behind)
+    assert behind == [2, 1, 0, 0]
+    await events.aclose()

@@ -68,6 +68,56 @@ async def test_held_back_text_goes_out_at_the_interval_end_with_no_event_after_i
     assert [m for _, m in sink.sent if m] == ["first ", "second"]
 
 
+class SlowSink(Sink):
+    """A client whose text notifications are slow to go out (a busy messenger's store round trip)
+    until `go` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = anyio.Event()
+
+    async def report_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        if message:
+            await self.go.wait()
+        await super().report_progress(progress, total, message)
+
+
+async def test_tokens_that_come_while_a_notification_is_on_its_way_go_out_together_after_it(monkeypatch):
+    """The follower does not wait for its call's notification in flight: the tokens that come
+    meanwhile are held and go out in one notification once it is out (a token each, each waiting
+    for the one before, never caught up with a stream at 1,000 callers: bench/callers.py)."""
+    monkeypatch.setattr("messenger.progress.PROGRESS_INTERVAL", 0.0)
+    sink, t = SlowSink(), Transcript("j1")
+    relay = ProgressRelay(sink, None)
+    await feed(relay, t, StartEvent(job_id="j1", seq=0, attempt=1, ts=0, worker_id="w", model="m"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed, relay, t, TokenEvent(job_id="j1", seq=1, attempt=1, ts=0, text="first "))
+        await anyio.sleep(0.01)  # its notification is on its way
+        with anyio.fail_after(1):
+            for seq in range(2, 6):
+                await feed(relay, t, TokenEvent(job_id="j1", seq=seq, attempt=1, ts=0, text=f"t{seq} "))
+        sink.go.set()
+    with anyio.fail_after(2):
+        while len([m for _, m in sink.sent if m]) < 2:
+            sink.arrived = anyio.Event()
+            await sink.arrived.wait()
+    assert [m for _, m in sink.sent if m] == ["first ", "t2 t3 t4 t5 "]
+
+
+async def test_a_backlog_of_tokens_goes_out_together_once_the_follower_has_caught_up(monkeypatch):
+    """Tokens with messages waiting behind them (transcript.behind) are held even when the interval
+    has passed; the last of the backlog sends them all, at once."""
+    monkeypatch.setattr("messenger.progress.PROGRESS_INTERVAL", 0.0)
+    sink, t = Sink(), Transcript("j1")
+    relay = ProgressRelay(sink, None)
+    await feed(relay, t, StartEvent(job_id="j1", seq=0, attempt=1, ts=0, worker_id="w", model="m"))
+    await feed(relay, t, TokenEvent(job_id="j1", seq=1, attempt=1, ts=0, text="first "))
+    for seq, behind in zip(range(2, 6), (3, 2, 1, 0), strict=True):
+        t.behind = behind
+        await feed(relay, t, TokenEvent(job_id="j1", seq=seq, attempt=1, ts=0, text=f"t{seq} "))
+    assert [m for _, m in sink.sent if m] == ["first ", "t2 t3 t4 t5 "]
+
+
 async def test_with_many_calls_streaming_text_goes_out_less_often_until_they_end():
     """More than BUSY_CALLS relays with text under way: each sends text every BUSY_INTERVAL (half
     the notifications at 1,000 callers); as they end, the interval is PROGRESS_INTERVAL again."""
