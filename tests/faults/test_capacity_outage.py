@@ -15,14 +15,14 @@ from shared.models import ChatRequest
 from shared.settings import load_settings
 
 MODEL = "gpt-4o-mini"
-REPLY = " ".join(f"w{i}" for i in range(40))  # 2 s a call at 50 ms a token
+REPLY = " ".join(f"w{i}" for i in range(40))  # 10 s a call at 250 ms a token, until the outage is over
 
 
 async def test_redis_down_while_jobs_wait_for_capacity_every_job_completes_and_no_slot_leaks(
     make_redis, workers, openai_server, clean_env
 ):
     server = make_redis(True)
-    openai_server.script(reply=REPLY, token_delay=0.05, concurrency=2)
+    openai_server.script(reply=REPLY, token_delay=0.25, concurrency=2)  # jobs wait long enough to be seen
     start_openai_workers(
         workers, server.url, openai_server, MODEL_LIMITS=json.dumps({"*": {"concurrency": 2}}),
         WORKER_CONCURRENCY="8", OPENAI_DEFAULT_MODEL=MODEL,
@@ -41,6 +41,7 @@ async def test_redis_down_while_jobs_wait_for_capacity_every_job_completes_and_n
         await asyncio.to_thread(server.stop)
         await asyncio.sleep(10)
         await asyncio.to_thread(server.start)
+        openai_server.script(token_delay=0.05)  # (the streams under way too) the rest goes quickly
         results = await asyncio.gather(*calls)
         client = server.client()
         await eventually(lambda: client.zcard(f"mcpq:capacity:slots:{MODEL}") == 0, timeout=10)
