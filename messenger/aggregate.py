@@ -12,7 +12,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools.base import Tool
@@ -98,16 +97,12 @@ def _forwarder(runtime: Runtime, server: str, tool: str, log_levels: LevelStore 
                     relay,
                     timeout=settings.tool_call_timeout_seconds + 60,
                     caller=caller_from(ctx.headers, settings),
+                    cancel_when_dropped=True,
                 ),
                 settings,
             )
         except ToolError as e:
             return error_result(str(e))
-        except anyio.get_cancelled_exc_class():
-            if relay.job_id is not None:
-                with anyio.CancelScope(shield=True):
-                    await runtime.jobs.cancel(relay.job_id)
-            raise
         meta = {JOB_ID_META: job.job_id}
         if job.status in ("queued", "running"):  # waited too long: do not let it run unseen later
             job = await guarded(runtime.jobs.cancel(job.job_id), settings)

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
 from arq.jobs import deserialize_job_raw, deserialize_result, serialize_result
 from redis.exceptions import RedisError, ResponseError, WatchError
 
@@ -63,14 +64,42 @@ class JobClient:
         on_event: OnEvent | None = None,
         timeout: float | None = None,
         caller: str = ANONYMOUS,
+        cancel_when_dropped: bool = False,
     ) -> JobResult:
         """Submit and follow to the end, or until the job waits for its caller's answer (status
         input_required). Subscribes first, so not one token can be missed (what the job publishes
-        before Redis confirms the subscription is read from its stream)."""
+        before Redis confirms the subscription is read from its stream). `cancel_when_dropped`: a
+        call cancelled at any time after the submit was sent (its client went away, or cancelled it)
+        cancels the job too, once the submit is answered (a submit under way when the call is dropped
+        still lands)."""
         job_id = new_job_id()
-        enqueue = lambda: self.queue.submit(request, caller=caller, job_id=job_id)  # noqa: E731
-        async with self.hub.follow(job_id, meanwhile=enqueue) as live:  # enqueued while Redis confirms
-            return await self._follow(job_id, live, on_event, timeout, until_input=True)
+        submit: asyncio.Future[str] | None = None
+
+        def enqueue() -> Awaitable[str]:
+            nonlocal submit
+            submit = asyncio.ensure_future(self.queue.submit(request, caller=caller, job_id=job_id))
+            return asyncio.shield(submit)  # a dropped call still learns whether its job was queued
+
+        try:
+            async with self.hub.follow(job_id, meanwhile=enqueue) as live:  # enqueued while Redis confirms
+                return await self._follow(job_id, live, on_event, timeout, until_input=True)
+        except asyncio.CancelledError:
+            if cancel_when_dropped and submit is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._cancel_dropped(job_id, submit)
+            raise
+
+    async def _cancel_dropped(self, job_id: str, submit: asyncio.Future[str]) -> None:
+        """The caller gave up on job `job_id`: stop the work it no longer wants."""
+        with contextlib.suppress(Exception):
+            await submit  # (not queued: nothing to stop; the submit's own error is the caller's no more)
+        if not submit.done() or submit.cancelled() or submit.exception() is not None:
+            return
+        try:
+            await self.cancel(job_id)
+        except Exception as e:  # the caller is gone: nobody to tell but the log
+            log.warning("job %s: its call was dropped and the job could not be cancelled: %s",
+                        job_id, type(e).__name__)  # fmt: skip
 
     async def wait(
         self,

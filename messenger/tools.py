@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -102,15 +101,11 @@ class QueueTools:
         total = request.max_tokens or self.settings.openai_max_tokens
         relay = ProgressRelay(ctx, total, job_log(ctx, self.log_levels))
         timeout = self.settings.job_timeout_seconds + 60
-        try:
-            result = await self._guard(
-                self.jobs.run(request, relay, timeout=timeout, caller=self.identity(ctx).name)
-            )
-        except anyio.get_cancelled_exc_class():
-            if relay.job_id is not None:  # the caller gave up: stop the work it no longer wants
-                with anyio.CancelScope(shield=True):
-                    await self.jobs.cancel(relay.job_id)
-            raise
+        caller = self.identity(ctx).name
+        # the caller gave up (dropped the stream, or cancelled the call): stop the work it no longer wants
+        result = await self._guard(
+            self.jobs.run(request, relay, timeout=timeout, caller=caller, cancel_when_dropped=True)
+        )
         return final_answer(result)
 
     async def submit_message(

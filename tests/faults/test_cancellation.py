@@ -112,3 +112,45 @@ async def test_an_mcp_client_cancelling_send_message_cancels_the_job(
     assert job.status == "cancelled", job
     assert 0 < job.usage.completion_tokens < len(words(SLOW_REPLY))
     assert len(openai_server.chat_requests) == 1
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"], ids=["modern", "legacy"])
+async def test_an_mcp_client_dropping_send_message_before_any_event_cancels_the_queued_job(
+    redis_url, clean_env, mode
+):
+    """The client gives up (drops its stream in the 2026-07-28 era, sends notifications/cancelled in
+    2025-11-25) while its submit's reply is on its way: the job is queued (no worker yet) and nothing
+    about it has reached the call. The job is cancelled all the same once the submit answers, not left
+    to run for nobody."""
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
+        submit, queued, answered = runtime.queue.submit, asyncio.Event(), asyncio.Event()
+
+        async def reply_held(*args, **kwargs):  # Redis queued the job; its reply comes once released
+            job_id = await submit(*args, **kwargs)
+            queued.set()
+            await answered.wait()
+            return job_id
+
+        runtime.queue.submit = reply_held  # type: ignore[method-assign]
+        async with Client(build_server(runtime), mode=mode) as client:
+            async with anyio.create_task_group() as tg:
+
+                async def ask():
+                    await client.call_tool("send_message_to_ai", {"message": "talk", "max_tokens": 10})
+
+                tg.start_soon(ask)
+                await queued.wait()
+
+                async def answer_once_dropped():  # the call stopped following its job: it was dropped
+                    await eventually(lambda: not runtime.hub.following, timeout=20)
+                    answered.set()
+
+                answering = asyncio.create_task(answer_once_dropped())
+                tg.cancel_scope.cancel()  # the client gives up on its request
+            await answering
+            (job,) = await runtime.jobs.list()
+            job = await runtime.jobs.wait(job.job_id, timeout=10)  # its state when it ends, or by then
+            queued_now = await runtime.redis.zcard(keys.QUEUE)
+
+    assert job.status == "cancelled", f"the dropped call's job is {job.status}"
+    assert not queued_now, "the job is no longer queued"
