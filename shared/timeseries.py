@@ -26,23 +26,49 @@ STATUSES = ("completed", "failed", "cancelled")
 MODELS_SHOWN = 5  # cost lines per chart; the rest are summed as "other"
 
 
+# One ended job into its minute. With a `counted` marker (the job's: keys.usage_counted), only once: a
+# call sent again (redis-py sends a command again when the connection drops with its reply on the
+# way, and a job's re-run after its worker died ends it again) adds nothing. A field Redis refuses (a
+# damaged minute) is skipped, the rest still written: answers Redis's error text, or '' (or 'again').
+@script("""
+if counted ~= '' and not redis.call('SET', counted, '1', 'NX', 'EX', counted_ttl) then return 'again' end
+local refused = ''
+local function add(command, field, n)
+  local reply = redis.pcall(command, key, field, n)
+  if type(reply) == 'table' and reply.err and refused == '' then refused = reply.err end
+end
+add('HINCRBY', 'ended:' .. status, '1')
+add('HINCRBY', 'prompt_tokens', prompt_tokens)
+add('HINCRBY', 'completion_tokens', completion_tokens)
+if cost then add('HINCRBYFLOAT', 'cost:' .. model, cost) end
+if ttft then add('HINCRBY', ttft, '1') end
+redis.pcall('EXPIRE', key, ttl)
+return refused
+""")
+async def _record_job(
+    redis, *, key: Key, counted: Key, counted_ttl: Arg[int], ttl: Arg[int], status: Arg[str], model: Arg[str],
+    prompt_tokens: Arg[str], completion_tokens: Arg[str], cost: Arg[str | None], ttft: Arg[str | None],
+) -> bytes:  # fmt: skip
+    ...
+
+
 async def record_job(
     redis, *, status: str, model: str, prompt_tokens: int, completion_tokens: int,
     cost: float | None, first_token_s: float | None, now: float | None = None,
+    counted: str | None = None, counted_ttl: int = 0,
 ) -> None:  # fmt: skip
-    """Add one ended job to its minute (one round trip); a damaged minute is skipped with a WARNING."""
+    """Add one ended job to its minute (one round trip); a damaged minute is skipped with a WARNING.
+    `counted`: the job's marker (kept `counted_ttl` seconds), so that it is added once."""
     key = keys.series(int((now or time.time()) // 60))
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hincrby(key, f"ended:{status}", 1)
-        pipe.hincrby(key, "prompt_tokens", max(0, prompt_tokens))
-        pipe.hincrby(key, "completion_tokens", max(0, completion_tokens))
-        if cost is not None:
-            pipe.hincrbyfloat(key, f"cost:{model}", cost)
-        if (ttft := ttft_field(first_token_s)) is not None:
-            pipe.hincrby(key, ttft, 1)
-        pipe.expire(key, keys.SERIES_KEPT_SECONDS)
-        replies = await pipe.execute(raise_on_error=False)
-    _warn_damaged(key, replies)
+    refused = await _record_job(
+        redis, key=key, counted=counted or "", counted_ttl=counted_ttl, ttl=keys.SERIES_KEPT_SECONDS,
+        status=status, model=model, prompt_tokens=str(max(0, prompt_tokens)),
+        completion_tokens=str(max(0, completion_tokens)), cost=None if cost is None else repr(float(cost)),
+        ttft=ttft_field(first_token_s),
+    )  # fmt: skip
+    said = refused.decode(errors="replace") if isinstance(refused, bytes) else str(refused or "")
+    if said and said != "again":
+        damaged.warn(key, damaged.refused(ResponseError(said)))
 
 
 def ttft_field(first_token_s: float | None) -> str | None:
@@ -73,15 +99,6 @@ async def sample_depth(redis, now: float | None = None) -> None:
             damaged.warn(key)
     except ResponseError as e:  # the queue key itself is junk: nothing to sample
         damaged.warn(keys.QUEUE, damaged.refused(e))
-
-
-def _warn_damaged(key: str, replies: list) -> None:
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            damaged.warn(key, damaged.refused(reply))
-            return
-        if isinstance(reply, BaseException):
-            raise reply
 
 
 async def read(redis, minutes: int = 60, step: int = 1, now: float | None = None) -> dict:

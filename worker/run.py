@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from shared import prices, timeseries, tracing
+from shared import keys, prices, timeseries, tracing
 from shared.errors import JobStopped
 from shared.events import TokenUsage
 from shared.models import JobResult, ResultUsage, ToolCallRecord
@@ -181,6 +181,7 @@ class JobRun:
                     self.redis, status=result["status"], model=result.get("model") or "?",
                     prompt_tokens=usage["promptTokens"], completion_tokens=usage["completionTokens"],
                     cost=usage.get("estimatedCost"), first_token_s=self.first_token_s,
+                    counted=keys.usage_counted(self.job_id), counted_ttl=accounting.COUNTED_TTL_SECONDS,
                 )
             )  # fmt: skip
         except Exception as e:  # only the dashboard's chart misses it

@@ -95,3 +95,23 @@ async def test_junk_in_the_history_is_skipped_and_named(redis, caplog):
     await timeseries.sample_depth(redis, now=NOW)
     assert await redis.get(keys.series(MINUTE - 1)) == b"not a hash"
     assert keys.QUEUE in caplog.text
+
+
+async def test_a_job_sent_again_after_its_reply_was_lost_is_added_to_its_minute_once(redis_url, redis_server):
+    """redis-py sends a command again when its connection drops with the reply on the way (a
+    failover, a network blip): the job's ending is in the dashboard's minute once, not twice."""
+    from relays import losing_one_reply
+
+    from shared.connection import connect
+
+    async with losing_one_reply(redis_server.port, b"MARKED") as port:
+        redis = connect(f"redis://127.0.0.1:{port}/0")
+        try:
+            await timeseries.record_job(
+                redis, status="completed", model="MARKED", prompt_tokens=10, completion_tokens=30,
+                cost=0.001, first_token_s=0.4, now=NOW, counted=keys.usage_counted("sent-twice"), counted_ttl=60,
+            )  # fmt: skip
+            minute = await redis.hgetall(keys.series(MINUTE))
+        finally:
+            await redis.aclose()
+    assert (minute[b"ended:completed"], minute[b"completion_tokens"]) == (b"1", b"30"), minute
