@@ -24,14 +24,20 @@ from shared.handoff import HOLDER_LUA
 from shared.scripts import Arg, Key, script
 
 
-# arq's ending of a job (finish_job's MULTI), if the job is still `me`'s: a finished one's result
-# (only if none is stored: a job's first stored ending stays its only one), its queue entry and keys
-# dropped; one handed back (not `finish`) goes back in the queue `incr_score` ms later, its lease
-# dropped. 1: stored; 0: the job is another run's now, nothing touched.
+# arq's ending of a job (finish_job's MULTI), unless another run holds the job (its lease names
+# another worker, or none does and another run parked it: shared.handoff.HOLDER_LUA): a finished one's
+# result (only if none is stored: a job's first stored ending stays its only one), its queue entry and
+# keys dropped; one handed back (not `finish`) goes back in the queue `incr_score` ms later while its
+# lease is still ours, its lease dropped. Sent again (redis-py sends the MULTI again when the
+# connection drops with its reply on the way), it finds its own ending done: the same answer, the
+# same keys, no second delay. 1: stored; 0: the job is another run's now, nothing touched.
 @script(
     HOLDER_LUA
     + """
-if held_elsewhere(lease, me, result, record) then return 0 end
+local holder = holder_of(lease)
+if (holder and holder ~= me) or (not holder and redis.pcall('HGET', record, 'parked') == 'true') then
+  return 0
+end
 if finish then
   if result_data and px then
     redis.call('SET', result, result_data, 'PX', px, 'NX')
@@ -42,7 +48,7 @@ if finish then
   redis.call('ZREM', abort_set, job_id)
   redis.call('ZREM', queue, job_id)
 else
-  if incr_score then redis.call('ZINCRBY', queue, incr_score, job_id) end
+  if incr_score and holder == me then redis.call('ZINCRBY', queue, incr_score, job_id) end
   redis.call('DEL', lease)
 end
 return 1

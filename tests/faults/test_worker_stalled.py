@@ -215,6 +215,7 @@ async def _ending_under(redis_url: str, lease_holder: str, *, finish: bool) -> d
             "job": await redis.get(keys.job(job_id)),
             "queued": await redis.zscore(keys.QUEUE, job_id),
             "counted": await redis.exists(keys.usage_counted(job_id)),
+            "requests": await redis.hget(keys.USAGE_TOTAL, "requests"),
         }
     finally:
         await redis.delete(keys.job(job_id), keys.in_progress(job_id), keys.result(job_id))
@@ -244,3 +245,34 @@ async def test_an_ending_stores_nothing_once_another_worker_holds_the_lease_when
         None,
         1,
     ), "a job still ours ends as before"
+
+
+async def test_an_ending_sent_again_after_its_reply_was_lost_finds_its_own_ending_done(
+    redis_url, redis_server, clean_env, caplog
+):
+    """redis-py sends the endings' MULTI again when the connection drops with its reply on the way:
+    the second run finds the job's ending its own, not another worker's (no 'stopped' warning), counts
+    nothing twice, and a job handed back with a delay is delayed once."""
+    import hashlib
+
+    from relays import losing_one_reply
+
+    from worker import accounting
+    from worker.endings import end_job
+
+    client = redis_server.client()
+    client.script_load(end_job.lua)  # type: ignore[attr-defined]  # (the MULTI's EVALSHA finds it)
+    client.script_load(accounting._record.lua)  # type: ignore[attr-defined]
+    ending = hashlib.sha1(end_job.lua.encode()).hexdigest().encode()  # type: ignore[attr-defined]
+    async with losing_one_reply(redis_server.port, ending) as port:  # (only the ending's MULTI holds it)
+        ended = await _ending_under(f"redis://127.0.0.1:{port}/0", "me", finish=True)
+    async with losing_one_reply(redis_server.port, ending) as port:
+        handed_back = await _ending_under(f"redis://127.0.0.1:{port}/0", "me", finish=False)
+    assert "its ending is the other worker's" not in caplog.text, "a replay taken for another's run"
+    assert (ended["result"], ended["lease"], ended["counted"], ended["requests"]) == (
+        b"stored",
+        None,
+        1,
+        b"1",
+    )
+    assert handed_back["queued"] == 5001, "the hand-back's delay added twice"
