@@ -59,15 +59,16 @@ end
 # other lease (lapsed while Redis was away or restarted without its data; junk; an older version's
 # "1") is still `me`'s. The heartbeat's renewal and a job's ending read a lease by this one rule.
 HOLDER_LUA = """
-local function holder_of(lease)
+local function holder_of(lease, me)
   local value = redis.pcall('GET', lease)
+  if value == me then return me end  -- (the usual answer: no JSON decoded)
   if type(value) ~= 'string' then return nil end
   local ok, holder = pcall(cjson.decode, value)
   if ok and type(holder) == 'table' and type(holder['worker']) == 'string' then return value end
   return nil
 end
 local function held_elsewhere(lease, me, result, record)
-  local holder = holder_of(lease)
+  local holder = holder_of(lease, me)
   if holder then return holder ~= me end
   return redis.call('EXISTS', result) == 1 or redis.pcall('HGET', record, 'parked') == 'true'
 end

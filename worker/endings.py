@@ -34,7 +34,7 @@ from shared.scripts import Arg, Key, script
 @script(
     HOLDER_LUA
     + """
-local holder = holder_of(lease)
+local holder = holder_of(lease, me)
 if (holder and holder ~= me) or (not holder and redis.pcall('HGET', record, 'parked') == 'true') then
   return 0
 end

@@ -57,7 +57,7 @@ def heartbeat(state: WorkerState, started_at: float) -> dict:
 local taken = {}
 for _, id in ipairs(ids) do
   local lease = lease_prefix .. id
-  local mine = holder_of(lease) == me
+  local mine = holder_of(lease, me) == me
   if mine then
     redis.call('PEXPIRE', lease, lease_ms)
   elseif not held_elsewhere(lease, me, result_prefix .. id, input_prefix .. id) then

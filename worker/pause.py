@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from shared import keys
 from shared.approvals import RESUME_SCORE, WAITING_LUA
+from shared.handoff import HOLDER_LUA
 from shared.models import Question
 from shared.scripts import Arg, Key, script
 from shared.settings import Settings
@@ -62,7 +63,11 @@ end
 @script(
     _KEEP_LUA
     + WAITING_LUA
+    + HOLDER_LUA
     + """
+local holder = holder_of(lease, me)
+if holder and holder ~= me or not holder and redis.call('EXISTS', result) == 1 then return -1 end
+if not holder and redis.pcall('HGET', record, 'parked') == 'true' then return 1 end  -- (this park sent again)
 redis.call('DEL', lease, retry)
 redis.call('HINCRBY', record, 'base', job_try)
 if redis.call('HEXISTS', record, 'question') == 1 and redis.call('EXISTS', cancel) == 0 then
@@ -79,21 +84,24 @@ return 0
 )
 async def _park(
     redis, *, lease: Key, retry: Key, record: Key, cancel: Key, queue: Key, waiting: Key, job: Key,
-    journal: Key, stream: Key, owner: Key, wakeup: Key, job_id: Arg[str], job_try: Arg[int],
-    expires_ms: Arg[int], keep_ms: Arg[int], owner_ms: Arg[int],
+    journal: Key, stream: Key, owner: Key, wakeup: Key, result: Key, job_id: Arg[str], job_try: Arg[int],
+    expires_ms: Arg[int], keep_ms: Arg[int], owner_ms: Arg[int], me: Arg[str],
 ) -> int:  # fmt: skip
-    """1: parked until an answer; 0: an answer (or a cancel) came first, the job is due again."""
+    """1: parked until an answer; 0: an answer (or a cancel) came first, the job is due again; -1: the
+    job is another run's (another worker took it while this one was stalled: nothing touched)."""
     ...
 
 
-async def park(redis, job_id: str, how: Park, settings: Settings) -> int:
+async def park(redis, job_id: str, how: Park, settings: Settings, me: str) -> int:
+    """Park the job if it is still the run of `me` (the worker's offer: its leases' value)."""
     keep = how.expires_at - time.time() + settings.job_timeout_seconds + KEEP_MARGIN_SECONDS
     return await _park(
         redis, lease=keys.in_progress(job_id), retry=keys.retry(job_id), record=keys.input_request(job_id),
         cancel=keys.cancel(job_id), queue=keys.QUEUE, waiting=keys.INPUT_WAITING, job=keys.job(job_id),
         journal=keys.journal(job_id), stream=keys.stream(job_id), owner=keys.owner(job_id),
-        wakeup=keys.WAKEUP_CHANNEL, job_id=job_id, job_try=how.job_try, expires_ms=int(how.expires_at * 1000),
-        keep_ms=int(keep * 1000), owner_ms=int((keep + keys.KEEP_RESULT_SECONDS) * 1000),
+        wakeup=keys.WAKEUP_CHANNEL, result=keys.result(job_id), job_id=job_id, job_try=how.job_try,
+        expires_ms=int(how.expires_at * 1000), keep_ms=int(keep * 1000),
+        owner_ms=int((keep + keys.KEEP_RESULT_SECONDS) * 1000), me=me,
     )  # fmt: skip
 
 

@@ -531,7 +531,8 @@ class QueueWorker(Worker):
         if state is not None and await self._taken(state, job_id):
             return
         if state is not None and (how := state.paused.pop(job_id, None)) is not None:
-            await pause.park(self.pool, job_id, how, state.settings)
+            if await pause.park(self.pool, job_id, how, state.settings, self._me) < 0:
+                self._stopped(state, job_id)  # taken between our check and the park: nothing parked
             return
         count = count if finish else None
         if count is not None:  # counted only while the job is ours (worker/accounting.py)

@@ -276,3 +276,30 @@ async def test_an_ending_sent_again_after_its_reply_was_lost_finds_its_own_endin
         b"1",
     )
     assert handed_back["queued"] == 5001, "the hand-back's delay added twice"
+
+
+async def test_a_pause_parks_the_job_only_while_the_run_holds_it_and_once(redis_url, clean_env):
+    """A run that paused for its caller's answer parks its job in one script: not when another worker
+    took the job after the run's last look at its lease (the other run's lease and attempt count left
+    alone), and once when the park is sent again (redis-py, after a reply lost): its attempt base is
+    added once."""
+    from shared.connection import connect
+    from shared.settings import load_settings
+    from worker import pause
+
+    redis = connect(redis_url)
+    settings = load_settings(redis_url=redis_url)
+    how = pause.Park(job_try=2, expires_at=time.time() + 60)
+    try:
+        for job_id, holder in (("taken", "other"), ("ours", "me")):
+            await redis.set(keys.job(job_id), b"{}")
+            await redis.set(keys.in_progress(job_id), offer(holder, 1000))
+            await redis.hset(keys.input_request(job_id), "question", "{}")
+        assert await pause.park(redis, "taken", how, settings, offer("me", 1000)) == -1
+        assert await redis.get(keys.in_progress("taken")) == offer("other", 1000).encode()
+        assert await redis.hget(keys.input_request("taken"), "base") is None, "the other run's attempts"
+        assert await pause.park(redis, "ours", how, settings, offer("me", 1000)) == 1
+        assert await pause.park(redis, "ours", how, settings, offer("me", 1000)) == 1  # sent again
+        assert await redis.hget(keys.input_request("ours"), "base") == b"2", "its attempts added twice"
+    finally:
+        await redis.aclose()

@@ -14,6 +14,7 @@ from runtimes import clock_worker
 from messenger.approvals import _answer
 from shared import keys
 from shared.approvals import RESUME_SCORE, Answer, read
+from shared.handoff import offer
 from shared.models import ChatRequest, Question
 from shared.settings import load_settings
 from worker.job import chat
@@ -61,7 +62,7 @@ async def answer(redis, key: str = KEY) -> list[bytes]:
 
 async def park_it(redis, expires_at: float | None = None) -> int:
     how = Park(job_try=1, expires_at=expires_at or time.time() + 60)
-    return await park(redis, JOB, how, load_settings(redis_url="memory://"))
+    return await park(redis, JOB, how, load_settings(redis_url="memory://"), offer("w", 1000))
 
 
 async def test_a_parked_job_leaves_the_queue_and_an_answer_puts_it_back_at_the_head(redis):
@@ -147,7 +148,7 @@ async def run_chat(redis, state) -> dict:
     )
     out = await chat({"mcpq": state, "job_id": JOB, "job_try": job_try, "redis": redis}, request)
     if (how := state.paused.pop(JOB, None)) is not None:
-        await park(redis, JOB, how, state.settings)
+        await park(redis, JOB, how, state.settings, offer(state.worker_id, 1000))
     return out
 
 
