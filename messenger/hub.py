@@ -16,11 +16,10 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import RedisError
 
 from shared import keys
-from shared.connection import SERVICE, RetryPolicy
+from shared.connection import SERVICE, RetryPolicy, buffered_reply
 
 log = logging.getLogger("messenger.hub")
 
@@ -208,26 +207,10 @@ class EventHub:
                 await asyncio.sleep(delay)
 
     def _buffered(self):
-        """The next reply the connection has already read from its socket, or None. A burst of 1,000
-        events costs one parse_response (health check, retry wrapper, timeout), not 1,000."""
-        parser = getattr(self._pubsub.connection, "_parser", None)
-        reader = parser._reader if type(parser) is _AsyncHiredisParser and parser._connected else None
-        if reader is None:
-            return None
-        try:
-            response = reader.gets()
-        except Exception:  # a protocol error: the reader is spoilt (redis-py would disconnect too)
-            self._pubsub.connection._parser.on_disconnect()
-            raise
-        if response is NOT_ENOUGH_DATA:
-            return None
-        # an error reply (NOPERM for a SUBSCRIBE an ACL refuses, LOADING…) is raised, as
-        # parse_response raises it, never handed to handle_message as if it were a message
-        if isinstance(response, Exception):
-            raise response
-        if type(response) is list and response and isinstance(response[0], ConnectionError):
-            raise response[0]
-        return response
+        """The next reply the connection has already read from its socket, or None: a burst of 1,000
+        events costs one parse_response (health check, retry wrapper, timeout), not 1,000. An error
+        reply is raised, as parse_response raises it, never handed to handle_message as a message."""
+        return buffered_reply(self._pubsub.connection)
 
     async def _dispatch(self, response) -> None:
         self._reads += 1

@@ -198,6 +198,11 @@ async def job_tenant(redis, job_id: str, ctx: dict) -> str:
     return UNOWNED
 
 
+def reads_nothing(result: dict) -> bool:
+    """Whether `prepare` reads nothing from Redis for this result (a first attempt: no dead ones)."""
+    return int(result.get("attempt") or 1) <= 1
+
+
 async def dead_attempts(redis, job_id: str, final_attempt: int, request: dict) -> dict | None:
     """What earlier attempts of this job streamed before their worker died, estimated like an answer
     cut short: one token per streamed piece, plus the prompt (about four characters a token) of each
@@ -336,7 +341,9 @@ async def prepare(
 ) -> dict:  # fmt: skip
     """What `record` writes, as the script's arguments (reads what dead attempts streamed, if any)."""
     job_id, model, usage = result["jobId"], result.get("model") or "?", result["usage"]
-    dead = await dead_attempts(redis, job_id, int(result.get("attempt") or 1), request)
+    dead = (
+        None if reads_nothing(result) else await dead_attempts(redis, job_id, int(result["attempt"]), request)
+    )
     prompt, completion = _tokens(usage["promptTokens"]), _tokens(usage["completionTokens"])
     cost = usage.get("estimatedCost")
     if dead:

@@ -149,10 +149,11 @@ class JobRun:
         status, usage = result["status"], result["usage"]
         if self.counted:  # with its minute of the dashboard's history, once; and a lost owner record again
             try:
-                count = await asyncio.shield(
-                    accounting.prepare(self.redis, result, self.request, history_ttl=self.settings.history_ttl_seconds,
-                                       tenant=self.tenant, first_token_s=self.first_token_s)
-                )  # fmt: skip
+                prepared = accounting.prepare(self.redis, result, self.request, tenant=self.tenant,
+                    history_ttl=self.settings.history_ttl_seconds, first_token_s=self.first_token_s)  # fmt: skip
+                # a first attempt's count reads nothing (no dead attempts): prepare returns without a
+                # pause, where no cancel can reach it, so it needs no shield (a task, two loop turns)
+                count = await (prepared if accounting.reads_nothing(result) else asyncio.shield(prepared))
                 if self.ending is not None:  # the worker counts it in the transaction that stores the result
                     self.ending["count"] = count
                 else:

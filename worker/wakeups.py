@@ -51,6 +51,7 @@ from shared.connection import (
 )
 from shared.errors import McpQueueError, QueueUnavailable, SettingsError
 from shared.sentinel import UnknownMaster
+from shared.serializer import serialize_plain
 from shared.settings import Settings
 from worker import accounting, pause
 from worker.claim import Claimed, claim_jobs, give_back, still_handed
@@ -473,7 +474,7 @@ class QueueWorker(Worker):
         if result is not NO_RESULT and (forever or keep_s > 0):
             result_data = serialize_result(
                 function.name, args, kwargs, job_try, enqueued_ms, success, result, start_ms, timestamp_ms(), ref,
-                self.queue_name, job_id=job_id, serializer=self.job_serializer,
+                self.queue_name, job_id=job_id, serializer=serialize_plain,
             )  # fmt: skip
         if failed is not None:
             return await asyncio.shield(self.finish_failed_job(job_id, result_data))

@@ -17,7 +17,7 @@ from arq.jobs import (
 )
 
 from shared.models import ChatRequest, JobResult
-from shared.serializer import deserialize, serialize
+from shared.serializer import deserialize, serialize, serialize_plain
 
 REQUEST = {"message": "héllo 👋 \x00 مرحبا", "model": "mock-1", "temperature": 0.5}
 
@@ -107,6 +107,33 @@ def test_datetimes_and_sets_are_written_readably():
     when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     record = json.loads(serialize({"when": when, "tags": {"b", "a", "c"}, "frozen": frozenset({2, 1})}))
     assert record == {"when": "2025-01-02T03:04:05+00:00", "tags": ["a", "b", "c"], "frozen": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        JobResult(job_id="j", status="completed", ai_response="héllo 👋 \x00", model="mock-1").model_dump(
+            mode="json"
+        ),
+        {"cost": 1.2e-05, "big": 2**70, "nested": [1.5, None, True, {"x": "y"}], "nan": float("nan")},
+        ValueError("bad \ud800 input"),  # a failed job's exception
+        {"text": "a lone surrogate \ud800 from a model"},  # pydantic-core refuses it: json.dumps writes it
+    ],
+)
+def test_a_worker_stores_a_result_as_the_same_json_by_pydantic_cores_encoder(result):
+    """The worker's result writer (serialize_plain): the record reads back as serialize's does."""
+    plain = serialize_result(
+        "chat", ({"message": "hi"},), {}, 1, 1_700_000_000_000, True, result, 1_700_000_000_100,
+        1_700_000_001_100, "job-1:chat", "arq:queue", "job-1", serializer=serialize_plain,
+    )  # fmt: skip
+    usual = serialize_result(
+        "chat", ({"message": "hi"},), {}, 1, 1_700_000_000_000, True, result, 1_700_000_000_100,
+        1_700_000_001_100, "job-1:chat", "arq:queue", "job-1", serializer=serialize,
+    )  # fmt: skip
+    assert plain is not None and usual is not None
+    assert repr(json.loads(plain)) == repr(json.loads(usual))  # (repr: NaN is not equal to itself)
+    if isinstance(result, dict) and "aiResponse" in result:
+        assert "héllo 👋".encode() in plain  # UTF-8, not \\u escapes
 
 
 def test_unserializable_job_argument_is_a_serialization_error():

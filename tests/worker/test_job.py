@@ -325,3 +325,26 @@ async def test_running_jobs_are_tracked_while_they_run(redis, clean):
         await task
     assert ctx["mcpq"].running == {}
     assert ctx["mcpq"].jobs_done == 1
+
+
+@pytest.mark.parametrize("job_try", [1, 2])
+async def test_a_first_attempts_count_is_made_without_a_task_of_its_own(redis, clean, monkeypatch, job_try):
+    """A first attempt's usage count reads nothing from Redis, so it is made in the job's task (no
+    cancel can reach it there) instead of behind asyncio.shield: a task and two loop turns a job less.
+    A later attempt reads what dead attempts streamed: that read stays shielded."""
+    import worker.run
+
+    shielded: list[str] = []
+    shield = asyncio.shield
+
+    def watched(awaitable):
+        shielded.append(getattr(awaitable, "__name__", type(awaitable).__name__))
+        return shield(awaitable)
+
+    monkeypatch.setattr(worker.run.asyncio, "shield", watched)
+    ctx = make_ctx(redis, job_try=job_try)
+    ctx["ending"] = {}  # as the worker runs it: the count goes with the job's ending
+    out = await chat(ctx, {"message": "hi"})
+    assert out["status"] == "completed" and out["attempt"] == job_try
+    assert ctx["ending"]["count"]["job_id"] == JOB
+    assert ("prepare" in shielded) == (job_try > 1), shielded
