@@ -18,7 +18,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from messenger.collector import Transcript
 from messenger.health import live_workers
-from shared import keys
+from shared import connection, keys
 from shared.errors import JobNotFound, shown_id
 from shared.keys import JOB_EXPIRES_MS, KEEP_RESULT_SECONDS
 from shared.models import JobResult, Question
@@ -58,8 +58,8 @@ class ResultReads:
 
     async def wait(self, job_id: str, patience: float) -> bytes | None:
         """The stored result, raw, read at once and then on the schedule; None when it has not come
-        within `patience` seconds. A read Redis does not answer (RedisError, OSError) is retried on the
-        schedule; any other error is raised."""
+        within `patience` seconds. A read Redis does not answer (RedisError, OSError, or no reply within
+        BATCH_STUCK_SECONDS) is retried on the schedule; any other error is raised."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         waiter = _Waiter(keys.result(job_id), loop.create_future(), FIRST_POLL_SECONDS, now + patience)
@@ -105,7 +105,11 @@ class ResultReads:
     async def _read(self, batch: list[_Waiter], loop: asyncio.AbstractEventLoop) -> None:
         names = list(dict.fromkeys(w.key for w in batch))
         try:
-            values = dict(zip(names, await self.redis.mget(names), strict=True))
+            # every waiter waits for this one read: one on a dead connection (half-open TCP after a
+            # failover, no socket_timeout) must not hold all of them for the kernel's ~15 min;
+            # cancelled, redis-py drops that connection (TimeoutError is an OSError)
+            async with asyncio.timeout(connection.BATCH_STUCK_SECONDS):
+                values = dict(zip(names, await self.redis.mget(names), strict=True))
         except (RedisError, OSError):
             values = {}  # as if not stored yet: read again on the schedule
         except Exception as e:  # every waiter of this read sees the failure its own GET would have

@@ -1,6 +1,7 @@
-"""A TCP relay to Redis that loses one reply: what a failover or a network blip does to a command
+"""TCP relays to Redis. One loses one reply: what a failover or a network blip does to a command
 Redis ran, whose answer never came back. redis-py then sends the command (a pipeline: all of it)
-again on a new connection. Importable by any suite."""
+again on a new connection. The other freezes its connections: a half-open TCP connection after a
+failover or partition (no answer, no RST). Importable by any suite."""
 
 from __future__ import annotations
 
@@ -49,3 +50,29 @@ async def losing_one_reply(
     finally:
         server.close()
         assert cut.is_set(), "no command held the marker"
+
+
+class FreezingProxy:
+    """TCP proxy to Redis; `freeze()` makes every connection open now a black hole (no RST)."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.frozen: list[asyncio.Event] = []
+
+    async def handle(self, reader, writer):
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        cold = asyncio.Event()
+        self.frozen.append(cold)
+
+        async def pump(src, dst):
+            while data := await src.read(65536):
+                if cold.is_set():
+                    await asyncio.Event().wait()  # swallowed: neither answer nor close
+                dst.write(data)
+                await dst.drain()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
+
+    def freeze(self):
+        for cold in self.frozen:
+            cold.set()

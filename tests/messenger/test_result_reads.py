@@ -4,12 +4,15 @@ waiter due (or nearly) in one MGET, and each gets its own result."""
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from messenger.stored import FIRST_POLL_SECONDS, ResultReads
 from shared import keys
+from shared.connection import connect
+from tests.relays import FreezingProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +111,30 @@ async def test_a_waiter_that_stops_waiting_is_read_no_more_and_the_others_still_
     sent = len(counting.sent)
     assert await reads.wait("other", patience=0) is None
     assert counting.sent[sent:] == [("MGET", 1)]  # "gone" is not read with it
+
+
+async def test_a_read_stuck_on_a_dead_connection_does_not_hold_every_waiter_for_ever(redis_url, monkeypatch):
+    """The waiters share one MGET at a time: one sent on a connection that went dead (half-open TCP
+    after a failover: no answer, no RST, no socket_timeout in SERVICE) held every follower of the
+    process, each past its patience, for the kernel's ~15 min, where a GET of its own took another
+    connection. Given up after BATCH_STUCK_SECONDS (as the Batch's pipeline), it is read again."""
+    monkeypatch.setattr("shared.connection.BATCH_STUCK_SECONDS", 0.5)
+    url = urlsplit(redis_url)
+    proxy = FreezingProxy(url.hostname or "127.0.0.1", url.port or 6379)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    redis = connect(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}{url.path}")
+    try:
+        await redis.set(keys.result("a"), b"result of a")
+        reads = ResultReads(redis)
+        assert await reads.wait("a", patience=0) == b"result of a"  # one pooled connection, now idle
+        proxy.freeze()
+        stuck = asyncio.ensure_future(reads.wait("b", patience=0.1))  # its MGET takes the frozen one
+        await asyncio.sleep(0.1)
+        try:
+            assert await asyncio.wait_for(reads.wait("a", patience=60), 5) == b"result of a"
+            assert await asyncio.wait_for(stuck, 5) is None
+        except TimeoutError:
+            pytest.fail("a waiter waited behind a read stuck on a dead connection")
+    finally:
+        server.close()
+        await redis.aclose()

@@ -13,32 +13,7 @@ import pytest
 from messenger.sessions import SessionRecord, SessionRegistry
 from shared import keys
 from shared.connection import connect
-
-
-class FreezingProxy:
-    """TCP proxy to Redis; `freeze()` makes every connection open now a black hole (no RST)."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.frozen: list[asyncio.Event] = []
-
-    async def handle(self, reader, writer):
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        cold = asyncio.Event()
-        self.frozen.append(cold)
-
-        async def pump(src, dst):
-            while data := await src.read(65536):
-                if cold.is_set():
-                    await asyncio.Event().wait()  # swallowed: neither answer nor close
-                dst.write(data)
-                await dst.drain()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
-
-    def freeze(self):
-        for cold in self.frozen:
-            cold.set()
+from tests.relays import FreezingProxy
 
 
 async def test_one_stuck_connection_does_not_hold_up_every_session_request(redis_url, monkeypatch):
