@@ -202,8 +202,9 @@ class ProgressRelay:
             STREAMING.discard(self)
             await self._flush(transcript)
             await self._status(transcript)
-            if self.held is not None:
-                self.held.cancel()
+            if self.held is not None:  # (its text went out above; a job that goes on holds text anew:
+                self.held.cancel()  # an input_required its caller answered, the follower goes on past)
+                self.held = None
 
     def _due(self, transcript: Transcript) -> bool:
         """Whether text goes out with this token: its interval has passed, no notification of this

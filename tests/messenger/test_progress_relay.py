@@ -9,7 +9,7 @@ import anyio
 
 from messenger.collector import Transcript
 from messenger.progress import BUSY_CALLS, BUSY_INTERVAL, PROGRESS_INTERVAL, ProgressRelay, text_interval
-from shared.events import DoneEvent, StartEvent, TokenEvent
+from shared.events import DoneEvent, InputRequiredEvent, StartEvent, TokenEvent
 
 
 class Sink:
@@ -139,3 +139,31 @@ async def test_with_many_calls_streaming_text_goes_out_less_often_until_they_end
         ),
     )
     assert text_interval() == PROGRESS_INTERVAL  # BUSY_CALLS left: not more than that
+
+
+async def test_text_held_back_after_an_answered_pause_still_goes_out_at_the_interval_end(monkeypatch):
+    """A follower goes on past an input_required its caller has answered already (wait_for_job on a
+    job that paused and resumed: the replay holds the old pause). The pause ended the held flush
+    but left it the relay's `held` task, so no later text was ever held for an interval's end: text
+    held back in the resumed attempt waited for the job's next event (a model that paused: its last
+    words)."""
+    monkeypatch.setattr("messenger.progress.PROGRESS_INTERVAL", 0.2)
+    sink, t = Sink(), Transcript("j1")
+    relay = ProgressRelay(sink, None)
+    await feed(relay, t, StartEvent(job_id="j1", seq=0, attempt=1, ts=0, worker_id="w", model="m"))
+    await feed(relay, t, TokenEvent(job_id="j1", seq=1, attempt=1, ts=0, text="Shall I? "))
+    await feed(relay, t, TokenEvent(job_id="j1", seq=2, attempt=1, ts=0, text="Asking. "))  # held
+    pause = InputRequiredEvent(
+        job_id="j1", seq=3, attempt=1, ts=0, key="j1:1", server="s", tool="t", arguments={},
+        question="May I?", expires_at=time.time() + 60,
+    )  # fmt: skip
+    await feed(relay, t, pause)
+    await feed(relay, t, StartEvent(job_id="j1", seq=0, attempt=2, ts=0, worker_id="w", model="m"))
+    await feed(relay, t, TokenEvent(job_id="j1", seq=1, attempt=2, ts=0, text="Yes: "))
+    await feed(relay, t, TokenEvent(job_id="j1", seq=2, attempt=2, ts=0, text="done."))  # held
+    sink.arrived = anyio.Event()
+    with anyio.fail_after(2):  # no further event: the model paused
+        while [m for _, m in sink.sent if m][-1] != "done.":
+            await sink.arrived.wait()
+            sink.arrived = anyio.Event()
+    assert [m for _, m in sink.sent if m] == ["Shall I? ", "Asking. ", "Yes: ", "done."]
