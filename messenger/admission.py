@@ -29,6 +29,10 @@ RATE_WINDOW_TTL_SECONDS = 120  # a minute's request count outlives its minute, t
 
 
 @script("""
+-- sent again (redis-py sends a command again when the connection drops with its reply on the way): this
+-- job was admitted already; counting its request and holding its cost a second time would refuse it
+local again = redis.call('GET', admitted)
+if again then return {'ok', again} end
 -- holds due for a check: kept while their job waits in the queue or runs, released once it is gone
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', reserved_until, '-inf', now_ms, 'LIMIT', 0, 500)) do
   if redis.call('EXISTS', job_prefix .. id, in_progress_prefix .. id) > 0 then
@@ -71,11 +75,12 @@ if per_minute then
   redis.call('INCR', rate)
   redis.call('EXPIRE', rate, rate_ttl)
 end
+redis.call('SET', admitted, worst, 'EX', rate_ttl)
 return {'ok', worst}
 """)
 async def _admit(
     redis, *, reserved: Key, reserved_tenant: Key, reserved_until: Key, spent_hour: Key, spent_day: Key,
-    tenant_spent_hour: Key, tenant_spent_day: Key, rate: Key, job_id: Arg[str], worst: Arg[str],
+    tenant_spent_hour: Key, tenant_spent_day: Key, rate: Key, admitted: Key, job_id: Arg[str], worst: Arg[str],
     now_ms: Arg[int], hold_ms: Arg[int], hourly_cap: Arg[float | None], daily_cap: Arg[float | None],
     per_minute: Arg[int | None], tenant: Arg[str], tenant_hourly_cap: Arg[float | None],
     tenant_daily_cap: Arg[float | None], job_prefix: Arg[str], in_progress_prefix: Arg[str], rate_ttl: Arg[int],
@@ -174,7 +179,7 @@ async def admit(
         reserved_until=keys.BUDGET_RESERVED_UNTIL, spent_hour=keys.spent_hour(hour), spent_day=keys.spent_day(day),
         tenant_spent_hour=keys.spent_tenant(caller, f"hour:{hour}"),
         tenant_spent_day=keys.spent_tenant(caller, f"day:{day}"), rate=keys.rate(caller, int(now // 60)),
-        job_id=job_id, worst=repr(worst), now_ms=int(now * 1000),
+        admitted=keys.admitted(job_id), job_id=job_id, worst=repr(worst), now_ms=int(now * 1000),
         hold_ms=int(settings.budget_reservation_seconds * 1000), hourly_cap=settings.budget_hourly_usd,
         daily_cap=settings.budget_daily_usd, per_minute=rpm, tenant=caller,
         tenant_hourly_cap=limits.hourly_usd if limits else None, tenant_daily_cap=limits.daily_usd if limits else None,

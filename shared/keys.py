@@ -135,6 +135,7 @@ BUDGET_RESERVED_TENANT = "mcpq:budget:reserved-tenant"  # hash: job id -> the te
 BUDGET_RESERVED_UNTIL = "mcpq:budget:reserved-until"  # zset: job id -> ms when the hold is checked again
 BUDGET_SPENT_PREFIX = "mcpq:budget:spent:"  # + hour:<YYYY-MM-DDTHH> / day:<YYYY-MM-DD>: settled USD
 RATE_PREFIX = "mcpq:rate:"  # + <tenant>:<minute>: requests admitted in that minute
+ADMITTED_PREFIX = "mcpq:admitted:"  # + <job id>: its worst case, once admitted (an admission sent again)
 
 
 def usage_model(model: str) -> str:
@@ -192,6 +193,10 @@ def spent_day(day: str) -> str:
 
 def rate(caller: str, minute: int) -> str:
     return f"{RATE_PREFIX}{caller}:{minute}"
+
+
+def admitted(job_id: str) -> str:
+    return f"{ADMITTED_PREFIX}{job_id}"
 
 
 # priorities and fair turns (shared/turns.py): hash of each tenant's next turn per priority band

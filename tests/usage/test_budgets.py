@@ -355,3 +355,27 @@ async def test_a_tool_request_over_the_per_request_cap_names_tool_max_rounds(red
         with pytest.raises(Refused) as refused:
             await rt.queue.submit(tools, caller=ANONYMOUS)  # nine turns do not
     assert "9 model turns" in str(refused.value) and "TOOL_MAX_ROUNDS" in str(refused.value)
+
+
+async def test_an_admission_sent_again_after_its_reply_was_lost_counts_the_request_once(
+    redis_url, redis_server, clean_env
+):
+    """redis-py sends the admission script again when the connection drops with its reply on the way:
+    the second run finds the job admitted, instead of counting its request a second time (a limit of
+    one a minute refused the only request made) or holding its cost twice."""
+    from relays import losing_one_reply
+
+    from shared.connection import connect
+
+    settings = load_settings(redis_url=redis_url, rate_limit_per_minute=1, budget_hourly_usd=1.0)
+    request = ChatRequest(message="hi", model="gpt-4o-mini", max_tokens=10)
+    redis_server.client().script_load(admission._admit.lua)  # type: ignore[attr-defined]  # (its EVALSHA runs)
+    async with losing_one_reply(redis_server.port, b"admitted-once") as port:
+        redis = connect(f"redis://127.0.0.1:{port}/0")
+        try:
+            await admission.admit(redis, settings, request, job_id="admitted-once")
+            rate = [await redis.get(k) for k in await redis.keys(f"{keys.RATE_PREFIX}*")]
+            held = await redis.hlen(keys.BUDGET_RESERVED)
+        finally:
+            await redis.aclose()
+    assert (rate, held) == ([b"1"], 1)
