@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 from mcp.server.context import ServerRequestContext
@@ -36,6 +37,7 @@ from shared import damaged, keys
 from shared.errors import McpQueueError
 from shared.events import Event
 from shared.models import FINAL_STATUSES, JobResult
+from shared.scripts import Arg, Key, script
 
 log = logging.getLogger("messenger.subscriptions")
 
@@ -44,6 +46,26 @@ PER_SESSION = 100  # a session's subscriptions at once: each follows a job
 SESSION_HEADER = "mcp-session-id"
 LOCAL = "local"  # stdio or in-memory: one session per process, kept here only
 SSE_SESSION = "sse-"  # + SSE's session_id (no session record in Redis: an SSE session is one replica's)
+
+
+@script("""
+if redis.call('EXISTS', mine) == 1 then  -- sent again, its reply lost: the first run added it
+  return {1, redis.call('SCARD', subscriptions)}
+end
+local added = redis.call('SADD', subscriptions, uri)
+if added == 1 then redis.call('SET', mine, '1', 'EX', mine_ttl) end
+local count = redis.call('SCARD', subscriptions)
+redis.call('EXPIRE', subscriptions, ttl)
+return {added, count}
+""")
+async def add_subscription(
+    redis: Any, *, subscriptions: Key, mine: Key, uri: Arg[str], ttl: Arg[int], mine_ttl: Arg[int]
+) -> list[int]:
+    """[1 when the session's set gains `uri` with this call, the set's size]. redis-py sends a command
+    again when its connection drops with the reply on the way; `mine` (this call's own key) tells that
+    second run the URI is this call's, where the SADD alone would answer 0 ("another replica follows
+    it") and the subscription would follow nothing."""
+    ...
 
 
 class JobSubscriptions:
@@ -123,13 +145,12 @@ class JobSubscriptions:
 
     async def _add(self, session: str, uri: str) -> tuple[bool, int]:
         """SADD the URI to the session's set: whether it is new there, and the set's size."""
-        name = keys.subscriptions(session)
         try:
-            async with self.runtime.redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(name, uri)
-                pipe.scard(name)
-                pipe.expire(name, keys.SUBSCRIPTIONS_TTL_SECONDS)
-                added, count, _ = await pipe.execute()
+            added, count = await add_subscription(
+                self.runtime.redis, subscriptions=keys.subscriptions(session),
+                mine=keys.subscribed(uuid.uuid4().hex), uri=uri, ttl=keys.SUBSCRIPTIONS_TTL_SECONDS,
+                mine_ttl=keys.SUBSCRIBED_TTL_SECONDS,
+            )  # fmt: skip
         except (RedisError, OSError) as e:
             raise MCPError(
                 code=INTERNAL_ERROR, message=unavailable(e, self.runtime.settings).message

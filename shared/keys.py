@@ -96,6 +96,10 @@ def owner(job_id: str) -> str:
 # resources/unsubscribe removes one, and the replica following that job stops notifying
 SUBSCRIPTIONS_PREFIX = "mcpq:subscriptions:"
 SUBSCRIPTIONS_TTL_SECONDS = 86_400  # from the latest subscribe of the session
+# + <nonce of one resources/subscribe>: written with the URI it added, so that the same write sent
+# again (its reply lost) knows the URI for its own and follows the job
+SUBSCRIBED_PREFIX = "mcpq:subscribed:"
+SUBSCRIBED_TTL_SECONDS = 120  # far past redis-py's retries
 
 
 # the MCP log level a 2025-11-25 session set with logging/setLevel, read by any replica
@@ -109,6 +113,10 @@ def log_level(session_id: str) -> str:
 
 def subscriptions(session_id: str) -> str:
     return SUBSCRIPTIONS_PREFIX + session_id
+
+
+def subscribed(nonce: str) -> str:
+    return SUBSCRIBED_PREFIX + nonce
 
 
 # usage and cost, summed by every worker (hashes of counters: requests, completed, failed, cancelled,
