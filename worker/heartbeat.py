@@ -100,6 +100,7 @@ async def beat_forever(redis, state: WorkerState) -> None:
     interval = beat_interval(state.settings.worker_lease_seconds)
     while True:
         state.look_now.clear()
+        began = time.monotonic()
         try:
             payload = json.dumps(heartbeat(state, started_at))
             await redis.set(keys.worker(state.worker_id), payload, ex=int(keys.HEARTBEAT_TTL_SECONDS))
@@ -108,14 +109,14 @@ async def beat_forever(redis, state: WorkerState) -> None:
                 await renew_leases(redis, state, list(state.running))  # (a stall before: they may lapse)
                 state.leases_renewed_at = asked  # (a hand-off read long after it is checked)
             finally:
-                state.looked()  # event writes held while our leases were stale go on (worker/publisher.py)
+                state.looked(began)  # writes held while our leases were stale go on (worker/publisher.py)
             await state.capacity.renew(redis)
             await pause.wake_expired(redis)  # paused jobs whose question expired: each fails when it runs
             await timeseries.sample_depth(redis)  # the dashboard's chart of jobs waiting or running
             state.metrics.heartbeat.set_to_current_time()
         except Exception as e:  # Redis away: keep beating, the TTL tells readers we were gone
             log.warning("heartbeat failed: %s", e)
-            state.looked()
+            state.looked(began)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):  # or at once when an event write waits for a look
                 await state.look_now.wait()

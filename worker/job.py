@@ -68,6 +68,7 @@ class WorkerState:
     taken: set[str] = field(default_factory=set)  # jobs another worker took from us: no ending of ours
     look_now: asyncio.Event = field(default_factory=asyncio.Event)  # set: the heartbeat beats at once
     _looked: asyncio.Event = field(default_factory=asyncio.Event)  # set by the heartbeat's next look
+    _look_began: float = float("-inf")  # monotonic: when the heartbeat's last look began
 
     def __post_init__(self) -> None:
         self.metrics.watch_running(lambda: len(self.running))
@@ -79,14 +80,19 @@ class WorkerState:
         return time.monotonic() - self.leases_renewed_at > self.settings.worker_lease_seconds
 
     async def leases_looked_at(self) -> None:
-        """Wait for the heartbeat's next look at our leases (renewed, the jobs taken meanwhile lost; or
-        failed, Redis away), asking it to look now."""
-        looked = self._looked
-        self.look_now.set()
-        await looked.wait()
+        """Wait for a look of the heartbeat's at our leases begun after this ask (renewed, the jobs
+        taken meanwhile lost; or failed, Redis away), asking it to look now. Not the look under way: its
+        renewal may have run before the stall (the job ours then, another worker's since)."""
+        asked = time.monotonic()
+        while self._look_began < asked:
+            looked = self._looked
+            self.look_now.set()
+            await looked.wait()
 
-    def looked(self) -> None:
-        """The heartbeat looked at our leases (worker/heartbeat.py)."""
+    def looked(self, began: float = float("inf")) -> None:
+        """The heartbeat's look at our leases that began at `began` is over (worker/heartbeat.py); inf:
+        no heartbeat looks any more (shutdown), waiting writes go on."""
+        self._look_began = began
         self._looked.set()
         self._looked = asyncio.Event()
 

@@ -145,14 +145,21 @@ class EventWriter:
             if self.leases is not None and self.leases.stale():  # stalled: whose are our jobs now?
                 await self.leases.leases_looked_at()  # (once: Redis away, the write fails as before)
             for publisher in ready:
-                del self._dirty[publisher]
+                self._dirty.pop(publisher, None)  # (gone already: its job lost while we waited)
             await self._write(ready)
 
+    def lose(self, job_id: str) -> None:
+        """Another worker took `job_id` from us: what our run of it has not written yet never is, and
+        its next event raises JobStopped."""
+        for publisher in [p for p in self._dirty if p.job_id == job_id]:
+            del self._dirty[publisher]
+            publisher._stop(JobStopped("another worker took this job; this run of it was stopped"))
+
     async def _write(self, publishers: list[EventPublisher]) -> None:
-        if self.leases is not None and (lost := [p for p in publishers if self.leases.lost(p.job_id)]):
-            for publisher in lost:
+        if self.leases is not None:
+            for publisher in [p for p in publishers if self.leases.lost(p.job_id)]:
                 publisher._stop(JobStopped("another worker took this job; this run of it was stopped"))
-            publishers = [p for p in publishers if p not in lost]
+        publishers = [p for p in publishers if p._failure is None]
         now = time.time()  # one time for the write's events: all were pending when it began
         stamp = to_json(now)
         batch = [(p, p._take_events(now, stamp), p._take_waiters()) for p in publishers]

@@ -577,6 +577,7 @@ class QueueWorker(Worker):
     @staticmethod
     def _stopped(state, job_id: str) -> None:
         if state is not None:
+            state.writer.lose(job_id)  # (once it is not `taken`, a write would let its events through)
             state.taken.discard(job_id)
             state.paused.pop(job_id, None)
         log.warning("job %s: this worker's run of it stopped; its ending is the other worker's", job_id)

@@ -3,6 +3,7 @@ job to another worker. Once it goes on, it stops its own run of that job and sto
 other worker's run is the job's, and the caller gets that run's one whole answer."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -118,6 +119,75 @@ async def test_the_heartbeat_renews_only_its_own_leases_and_names_the_jobs_anoth
         await redis.aclose()
 
 
+class RenewalHeld:
+    """A worker's heartbeat (its state: `state`, one running job `JOB`) stalled once Redis ran its first
+    renewal and before it read the reply; `take()`: the lease lapses meanwhile and another worker's
+    start takes the job; `release` set: the stall ends; `beaten`: the beat's next step came after it."""
+
+    JOB = "job-1"
+
+    def __init__(self, redis, state):
+        self.redis, self.state = redis, state
+        self.renewed, self.release, self.beaten = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name):  # the heartbeat's Redis
+        return getattr(self.redis, name)
+
+    async def evalsha(self, *args):
+        reply = await self.redis.evalsha(*args)
+        if not self.renewed.is_set():
+            self.renewed.set()
+            await self.release.wait()
+        return reply
+
+    async def capacity_renewed(self, _redis) -> None:  # the beat's next step, after it noted the renewal
+        if self.release.is_set():
+            self.beaten.set()
+
+    async def take(self) -> None:
+        lease = keys.in_progress(self.JOB)
+        await self.redis.config_set("notify-keyspace-events", "Kx")
+        expired = self.redis.pubsub()
+        await expired.subscribe(f"__keyspace@0__:{lease}")
+        try:
+            await self.renewed.wait()
+            while (await expired.get_message(ignore_subscribe_messages=True, timeout=None) or {}).get(
+                "data"
+            ) != b"expired":
+                pass  # stalled past the lease: it lapsed
+        finally:
+            await self.redis.config_set("notify-keyspace-events", "")
+            await expired.aclose()
+        await self.redis.set(lease, offer("other", 1000))  # another worker's start took the job
+
+
+@contextlib.asynccontextmanager
+async def renewal_held(redis_url: str):
+    from shared.connection import connect
+    from shared.settings import load_settings
+    from worker import heartbeat as beat
+    from worker.job import WorkerState
+    from worker.providers.mock import MockProvider
+    from worker.publisher import EventWriter
+
+    redis = connect(redis_url)
+    settings = load_settings(redis_url=redis_url, worker_lease_seconds=1)
+    state = WorkerState(settings=settings, provider=MockProvider(), worker_id="me", writer=EventWriter(redis))
+    state.running[RenewalHeld.JOB] = 1
+    await redis.set(keys.in_progress(RenewalHeld.JOB), offer("me", 1000), px=1000)
+    held = RenewalHeld(redis, state)
+    state.capacity.renew = held.capacity_renewed  # type: ignore[method-assign]
+    await redis.script_load(beat._renew_leases.lua)  # type: ignore[attr-defined]  # (its first call: EVALSHA)
+    beating = asyncio.create_task(beat.beat_forever(held, state))
+    try:
+        async with asyncio.timeout(20):
+            yield held
+    finally:
+        beating.cancel()
+        await redis.delete(keys.in_progress(RenewalHeld.JOB), keys.stream(RenewalHeld.JOB))
+        await redis.aclose()
+
+
 async def test_a_renewal_whose_reply_came_after_a_stall_does_not_count_as_fresh(redis_url, clean_env):
     """Stalled after Redis renewed its leases and before it read the reply: the lease lapsed meanwhile
     and another worker took the job. The worker must still count its leases as not renewed for a whole
@@ -125,9 +195,44 @@ async def test_a_renewal_whose_reply_came_after_a_stall_does_not_count_as_fresh(
     renewed the moment the reply was read."""
     from types import SimpleNamespace
 
+    from worker.wakeups import QueueWorker
+
+    async with renewal_held(redis_url) as held:
+        await held.take()
+        held.release.set()
+        await held.beaten.wait()
+    worker = SimpleNamespace(ctx={"mcpq": held.state}, in_progress_timeout_s=1)
+    assert QueueWorker._stalled(worker), "a renewal made before the stall taken as fresh"  # type: ignore[arg-type]
+
+
+async def test_an_event_write_waits_for_a_look_at_the_leases_made_after_the_stall(redis_url, clean_env):
+    """An event write that finds the leases stale waits for the heartbeat's look; the look then under
+    way (its renewal run by Redis before the stall, the job ours then) tells nothing of now: the stalled
+    run's token was written after another worker took the job. It waits for the next look, which finds
+    the job taken and stops the run."""
+    from shared.errors import JobStopped
+
+    async with renewal_held(redis_url) as held:
+        held.state.writer.leases = held.state
+        await held.take()
+        run = held.state.writer.publisher(held.JOB, 1)
+        started = asyncio.ensure_future(run.start("me", "mock"))  # stale: waits for a look
+        await held.state.look_now.wait()  # (the beat under way is still stalled: nothing clears it)
+        held.release.set()
+        with pytest.raises(JobStopped):
+            await started
+        assert await held.redis.xlen(keys.stream(held.JOB)) == 0, (
+            "the stalled run wrote into the job's stream"
+        )
+
+
+async def test_a_stopped_run_of_a_taken_job_writes_none_of_its_pending_events(redis_url, clean_env):
+    """The heartbeat finds the job taken (WorkerState.lose) and the run's ending forgets it
+    (QueueWorker._stopped) before the writer's next write: that write let the run's pending token
+    through (its job no longer `taken`) into the stream of the run that took it."""
     from shared.connection import connect
+    from shared.errors import JobStopped
     from shared.settings import load_settings
-    from worker import heartbeat as beat
     from worker.job import WorkerState
     from worker.providers.mock import MockProvider
     from worker.publisher import EventWriter
@@ -136,48 +241,20 @@ async def test_a_renewal_whose_reply_came_after_a_stall_does_not_count_as_fresh(
     redis = connect(redis_url)
     settings = load_settings(redis_url=redis_url, worker_lease_seconds=1)
     state = WorkerState(settings=settings, provider=MockProvider(), worker_id="me", writer=EventWriter(redis))
-    state.running["job-1"] = 1
-    lease = keys.in_progress("job-1")
-    await redis.set(lease, offer("me", 1000), px=1000)
-    renewed, release, beaten = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-    class StalledAfterTheRenewal:  # the process stops once Redis ran the renewal, before its reply is read
-        def __getattr__(self, name):
-            return getattr(redis, name)
-
-        async def evalsha(self, *args):
-            reply = await redis.evalsha(*args)
-            if not renewed.is_set():
-                renewed.set()
-                await release.wait()
-            return reply
-
-    async def capacity_renewed(_redis) -> None:  # the beat's next step, after it noted the renewal
-        if release.is_set():
-            beaten.set()
-
-    state.capacity.renew = capacity_renewed  # type: ignore[method-assign]
-    await redis.script_load(beat._renew_leases.lua)  # type: ignore[attr-defined]  # (its first call: EVALSHA)
-    await redis.config_set("notify-keyspace-events", "Kx")
-    expired = redis.pubsub()
-    await expired.subscribe(f"__keyspace@0__:{lease}")
-    beating = asyncio.create_task(beat.beat_forever(StalledAfterTheRenewal(), state))
+    state.writer.leases = state
+    state.leases_renewed_at = time.monotonic()  # (not stale: the write goes at the writer's next turn)
+    job_id = f"stopped-{time.monotonic_ns()}"
+    state.running[job_id] = 1
+    run = state.writer.publisher(job_id, 1)
     try:
-        async with asyncio.timeout(20):
-            await renewed.wait()
-            while (await expired.get_message(ignore_subscribe_messages=True, timeout=None) or {}).get(
-                "data"
-            ) != b"expired":
-                pass  # stalled past the lease: it lapsed
-            await redis.set(lease, offer("other", 1000))  # another worker's start took the job
-            release.set()
-            await beaten.wait()
-        worker = SimpleNamespace(ctx={"mcpq": state}, in_progress_timeout_s=settings.worker_lease_seconds)
-        assert QueueWorker._stalled(worker), "a renewal made before the stall taken as fresh"  # type: ignore[arg-type]
+        run.token("written after the take")
+        state.lose(job_id)
+        QueueWorker._stopped(state, job_id)
+        with pytest.raises(JobStopped):
+            await asyncio.wait_for(run.settle(), 5)
+        assert await redis.xlen(keys.stream(job_id)) == 0, "the stopped run wrote into the job's stream"
     finally:
-        beating.cancel()
-        await redis.config_set("notify-keyspace-events", "")
-        await expired.aclose()
+        await redis.delete(keys.stream(job_id))
         await redis.aclose()
 
 
