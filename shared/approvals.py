@@ -3,7 +3,8 @@ worker (worker/pause.py) and the messenger (messenger/approvals.py) read them.
 
 `mcpq:input:<job_id>` is a hash of JSON values (shared/keys.py): `question` while one waits for an
 answer, `answer:<step>` for each answer given (kept until the job ends: a re-run after a crash needs
-it again), `base` (attempts before the last pause) and `parked` (no worker holds the job).
+it again), `base` (attempts before the last pause), `parked` (no worker holds the job) and `resumed` (the last
+park that found its answer come first: a park sent again after a lost reply knows it ran).
 A question's key is `<job_id>:<step>`, the step of the tool call it asks about: unique for the job's
 lifetime, the same as that call's idempotency key.
 """

@@ -15,6 +15,7 @@ heartbeat), and it fails, saying so.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 
 from shared import keys
@@ -65,6 +66,7 @@ end
     + WAITING_LUA
     + HOLDER_LUA
     + """
+if redis.pcall('HGET', record, 'resumed') == pause then return 0 end  -- (this park sent again, below)
 local holder = holder_of(lease, me)
 if holder and holder ~= me or not holder and redis.call('EXISTS', result) == 1 then return -1 end
 if not holder and redis.pcall('HGET', record, 'parked') == 'true' then return 1 end  -- (this park sent again)
@@ -78,17 +80,22 @@ if redis.call('HEXISTS', record, 'question') == 1 and redis.call('EXISTS', cance
   redis.call('PEXPIRE', record, keep_ms)
   return 1
 end
-redis.call('PUBLISH', wakeup, job_id)  -- answered (or cancelled) before it was parked: on with it now
+-- answered (or cancelled) before it was parked: on with it now, and this park marked done (`pause`:
+-- its own text), where its second run would find no lease nor park and add its attempts again
+redis.call('HSET', record, 'resumed', pause)
+redis.call('PUBLISH', wakeup, job_id)
 return 0
 """
 )
 async def _park(
     redis, *, lease: Key, retry: Key, record: Key, cancel: Key, queue: Key, waiting: Key, job: Key,
     journal: Key, stream: Key, owner: Key, wakeup: Key, result: Key, job_id: Arg[str], job_try: Arg[int],
-    expires_ms: Arg[int], keep_ms: Arg[int], owner_ms: Arg[int], me: Arg[str],
+    expires_ms: Arg[int], keep_ms: Arg[int], owner_ms: Arg[int], me: Arg[str], pause: Arg[str],
 ) -> int:  # fmt: skip
     """1: parked until an answer; 0: an answer (or a cancel) came first, the job is due again; -1: the
-    job is another run's (another worker took it while this one was stalled: nothing touched)."""
+    job is another run's (another worker took it while this one was stalled: nothing touched).
+    `pause`: this park's own text, so that the park sent again (redis-py, after a lost reply) answers
+    as it did and adds the run's attempts once."""
     ...
 
 
@@ -101,7 +108,7 @@ async def park(redis, job_id: str, how: Park, settings: Settings, me: str) -> in
         journal=keys.journal(job_id), stream=keys.stream(job_id), owner=keys.owner(job_id),
         wakeup=keys.WAKEUP_CHANNEL, result=keys.result(job_id), job_id=job_id, job_try=how.job_try,
         expires_ms=int(how.expires_at * 1000), keep_ms=int(keep * 1000),
-        owner_ms=int((keep + keys.KEEP_RESULT_SECONDS) * 1000), me=me,
+        owner_ms=int((keep + keys.KEEP_RESULT_SECONDS) * 1000), me=me, pause=uuid.uuid4().hex,
     )  # fmt: skip
 
 

@@ -380,3 +380,32 @@ async def test_a_pause_parks_the_job_only_while_the_run_holds_it_and_once(redis_
         assert await redis.hget(keys.input_request("ours"), "base") == b"2", "its attempts added twice"
     finally:
         await redis.aclose()
+
+
+async def test_a_park_sent_again_after_an_answer_came_first_adds_its_attempts_once(
+    redis_url, redis_server, clean_env
+):
+    """The caller answered before the run's park (the question gone from the record): the park puts
+    the job back on its way, and redis-py sends it again after its reply was lost (a failover, a blip).
+    That second run finds no lease and no park, yet must not add the run's attempts a second time."""
+    from relays import losing_one_reply
+
+    from shared.connection import connect
+    from shared.settings import load_settings
+    from worker import pause
+
+    client = redis_server.client()
+    client.set(keys.in_progress("answered-MARKED"), offer("me", 1000))
+    client.hset(keys.input_request("answered-MARKED"), mapping={"base": "3", "answer:1": "{}"})
+    client.script_load(pause._park.lua)  # type: ignore[attr-defined]  # (the EVALSHA finds it)
+    how = pause.Park(job_try=2, expires_at=time.time() + 60)
+    async with losing_one_reply(redis_server.port, b"answered-MARKED") as port:
+        redis = connect(f"redis://127.0.0.1:{port}/0")
+        try:
+            parked = await pause.park(
+                redis, "answered-MARKED", how, load_settings(redis_url=redis_url), offer("me", 1000)
+            )
+        finally:
+            await redis.aclose()
+    assert parked == 0
+    assert client.hget(keys.input_request("answered-MARKED"), "base") == b"5", "its attempts added twice"
