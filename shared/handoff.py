@@ -54,7 +54,8 @@ end
 
 # Lua: `held_elsewhere(lease, me, result, record)`: true when a job is no longer the run of `me` (a
 # worker's `offer()`, the value of every lease it holds): its lease names another holder (an offer's
-# JSON, with its "worker"), or names none and the job ended elsewhere (its `result` is stored) or
+# JSON whose "worker" is not ours: our own offer spelt otherwise, as a hand-off under an idle member
+# written so leases it, is ours), or names none and the job ended elsewhere (its `result` is stored) or
 # another run parked it for its caller's answer (its input `record` says parked: worker/pause.py). Any
 # other lease (lapsed while Redis was away or restarted without its data; junk; an older version's
 # "1") is still `me`'s. The heartbeat's renewal and a job's ending read a lease by this one rule.
@@ -64,8 +65,10 @@ local function holder_of(lease, me)
   if value == me then return me end  -- (the usual answer: no JSON decoded)
   if type(value) ~= 'string' then return nil end
   local ok, holder = pcall(cjson.decode, value)
-  if ok and type(holder) == 'table' and type(holder['worker']) == 'string' then return value end
-  return nil
+  if not (ok and type(holder) == 'table' and type(holder['worker']) == 'string') then return nil end
+  local mine_ok, mine = pcall(cjson.decode, me)
+  if mine_ok and type(mine) == 'table' and mine['worker'] == holder['worker'] then return me end
+  return value
 end
 local function held_elsewhere(lease, me, result, record)
   local holder = holder_of(lease, me)

@@ -119,6 +119,37 @@ async def test_the_heartbeat_renews_only_its_own_leases_and_names_the_jobs_anoth
         await redis.aclose()
 
 
+async def test_a_job_handed_off_under_its_workers_offer_written_otherwise_stays_that_workers(redis_url):
+    """An idle workers' member is JSON: one that names the worker the same way in another spelling
+    (its keys reordered, spaced: junk, or another client's encoder) is still its offer, and the job
+    handed off under it is leased with that text. The worker's heartbeat took that lease for another
+    worker's, named the job taken and stopped its own run (and its ending stored nothing), so each job
+    handed to it ran twice."""
+    from shared.connection import connect
+    from worker.heartbeat import _renew_leases
+
+    me = offer("me", 5000)
+    redis = connect(redis_url)
+    listening = redis.pubsub()
+    try:
+        await listening.subscribe(keys.handoff("me"))  # the worker "me" is listening
+        await redis.zadd(keys.IDLE_WORKERS, {'{"lease_ms": 5000, "worker": "me"}': 1})
+        async with runtime_for(redis_url) as runtime:
+            job_id = await runtime.queue.submit(ChatRequest(message="hi"), caller=ANONYMOUS)
+        assert await redis.get(keys.in_progress(job_id)) == b'{"lease_ms": 5000, "worker": "me"}', (
+            "handed off"
+        )
+        taken = await _renew_leases(
+            redis, me=me, lease_ms=5000, lease_prefix=keys.IN_PROGRESS_PREFIX, result_prefix=keys.RESULT_PREFIX,
+            input_prefix=keys.INPUT_PREFIX, stream_prefix=keys.STREAM_PREFIX, stream_ttl=60, ids=[job_id],
+        )  # fmt: skip
+        assert taken == [], "the worker's own job named taken"
+    finally:
+        await redis.delete(keys.IDLE_WORKERS)
+        await listening.aclose()
+        await redis.aclose()
+
+
 class RenewalHeld:
     """A worker's heartbeat (its state: `state`, one running job `JOB`) stalled once Redis ran its first
     renewal and before it read the reply; `take()`: the lease lapses meanwhile and another worker's
