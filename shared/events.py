@@ -264,10 +264,13 @@ async def write_wired(
 
 
 async def publish_events(redis, events: Sequence[Event]) -> None:
-    """Append events to their job's stream, then publish them, in one round trip; raises on a refusal."""
+    """Append events to their job's stream, then publish them, in one round trip; raises on a refusal.
+    Each write looks first for its events at the stream's end (`retried`): redis-py sends the write
+    again when its connection drops with the reply on the way, and that second run stores nothing
+    twice (a queued job's `cancelled`, the one caller: one XREVRANGE more in the script)."""
     jobs: dict[str, list[tuple[str, bytes]]] = {}
     for event in events:
         body = dump_event(event)[len(event_head(event.job_id)) :]
         jobs.setdefault(event.job_id, []).append((event.type, body))
-    for error in (await write_wired(redis, jobs)).values():
+    for error in (await write_wired(redis, jobs, retried=frozenset(jobs))).values():
         raise error
