@@ -2,7 +2,7 @@
 
 Callers `follow(job_id)` to get a Mailbox of that job's raw events; the subscription is confirmed by
 Redis before `follow` returns, so a job enqueued afterwards cannot publish into the void. A job
-enqueued `meanwhile` (while Redis confirms) may publish before the subscription is live: those
+enqueued `meanwhile` (sent before the SUBSCRIBE) may publish before the subscription is live: those
 events are in its stream, which the follower reads after `follow` returns (collector.follow_events
 replays first). After a reconnect every follower gets RESYNC and re-reads the job's stream for what
 it missed.
@@ -67,6 +67,12 @@ class Mailbox:
         return self._items.popleft()
 
 
+def _outcome_read(future: asyncio.Future[None]) -> None:
+    """Mark a future's exception as read (asyncio logs one nobody read)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class EventHub:
     def __init__(self, redis, policy: RetryPolicy = SERVICE):
         self._redis = redis
@@ -100,27 +106,35 @@ class EventHub:
     async def follow(
         self, job_id: str, meanwhile: Callable[[], Awaitable[object]] | None = None
     ) -> AsyncIterator[Mailbox]:
-        """`meanwhile` (the job's enqueue) runs once the SUBSCRIBE is sent, not after Redis confirms
-        it: a caller's first token does not wait that round trip. Read the job's stream before its
-        live events (collector.follow_events does) to see what it published before the confirmation.
-        The follows that start in one loop turn share one SUBSCRIBE (and their ends one UNSUBSCRIBE)."""
+        """`meanwhile` (the job's enqueue) runs at once, while the SUBSCRIBE is sent and confirmed: a
+        caller's first token waits for neither (the SUBSCRIBE goes from a task of its own, a loop turn
+        later or more: 0.4 ms p50 on a busy box, bench/NOTES.md). Read the job's stream before its live
+        events (collector.follow_events does) to see what it published before the confirmation. A
+        SUBSCRIBE that cannot be sent fails the follow, as a confirmation that never comes does, with
+        the job enqueued. The follows that start in one loop turn share one SUBSCRIBE (and their ends
+        one UNSUBSCRIBE)."""
         channel = keys.events(job_id)
         queue = Mailbox()
         followers = self._followers.setdefault(channel, set())
         followers.add(queue)
+        sent: asyncio.Future[None] | None = None
         try:
             if len(followers) == 1:
                 self._confirmations[channel] = asyncio.get_running_loop().create_future()
                 if not self._connected.is_set():  # (wait_for would cost a task and a loop turn even so)
                     await asyncio.wait_for(self._connected.wait(), SUBSCRIBE_TIMEOUT)
-                await self._change("SUBSCRIBE", channel)
+                sent = self._change("SUBSCRIBE", channel)
             if meanwhile is not None:
                 await meanwhile()
+            if sent is not None:
+                await sent
             pending = self._confirmations.get(channel)
             if pending is not None:
                 await self._confirmed(pending)
             yield queue
         finally:
+            if sent is not None:  # (meanwhile raised: nobody awaits its outcome)
+                sent.add_done_callback(_outcome_read)
             followers.discard(queue)
             if not followers:
                 self._followers.pop(channel, None)

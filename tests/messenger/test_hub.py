@@ -65,6 +65,36 @@ async def test_a_job_is_enqueued_before_its_subscription_is_confirmed_and_no_eve
     assert "".join(told) == result.ai_response
 
 
+async def test_a_job_is_enqueued_without_waiting_for_its_subscribe_to_be_sent(redis):
+    """The enqueue goes out at once, not a loop turn (or a busy messenger's 0.4 ms) after the
+    SUBSCRIBE's send: here the SUBSCRIBE is sent only once the job is enqueued, and the follow
+    still gets its job's messages."""
+    hub = EventHub(redis)
+    await hub.start()
+    channel, enqueued, order = keys.events("enqueued-first"), asyncio.Event(), []
+    subscribe = hub._pubsub.subscribe
+
+    async def after_the_enqueue(*channels):
+        if channel in channels:
+            with contextlib.suppress(TimeoutError):  # (an enqueue that waits for it never comes)
+                await asyncio.wait_for(enqueued.wait(), 2)
+            order.append("subscribe")
+        return await subscribe(*channels)
+
+    async def enqueue() -> None:
+        order.append("enqueue")
+        enqueued.set()
+
+    hub._pubsub.subscribe = after_the_enqueue
+    try:
+        async with asyncio.timeout(10), hub.follow("enqueued-first", meanwhile=enqueue) as queue:
+            await redis.publish(channel, b"first")
+            assert await queue.get() == b"first"
+    finally:
+        await hub.close()
+    assert order == ["enqueue", "subscribe"]
+
+
 async def test_a_burst_of_messages_reaches_every_follower_whole_and_in_order_beside_a_new_subscription(redis):
     """One script publishes 3 × 500 messages at once, so the hub reads them buffered in a few socket
     reads; a follow that starts meanwhile is confirmed, and every follower gets its own, in order."""
