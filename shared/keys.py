@@ -19,6 +19,11 @@ WAKEUP_CHANNEL = "mcpq:wakeup"  # pub/sub: "a job was enqueued or cancelled, pol
 # each worker's channel, on which the enqueue hands it a job, leased, with what it needs to start (JSON)
 IDLE_WORKERS = "mcpq:workers:idle"
 HANDOFF_PREFIX = "mcpq:handoff:"
+# + <worker id>:<count>: one claim's answer without the jobs' values, kept a minute (written when the
+# claim leased a job or changed the worker's offer): the claim sent again after a lost reply
+# (shared.connection.CLAIM's one retry) answers the same, not leasing its jobs unheard of
+CLAIM_PREFIX = "mcpq:claim:"
+CLAIM_KEPT_SECONDS = 60
 RECENT_JOBS = "mcpq:jobs:recent"  # zset: job id -> enqueue time in ms (+µs: enqueue order), trimmed
 RECENT_JOBS_KEPT = 1000
 WORKER_PREFIX = "mcpq:worker:"  # heartbeat JSON, expires when the worker stops beating
@@ -52,6 +57,10 @@ def in_progress(job_id: str) -> str:
 
 def result(job_id: str) -> str:
     return RESULT_PREFIX + job_id
+
+
+def claim(nonce: str) -> str:
+    return CLAIM_PREFIX + nonce
 
 
 def retry(job_id: str) -> str:

@@ -20,15 +20,22 @@ from dataclasses import dataclass
 from shared.handoff import LEASE_LUA
 from shared.scripts import Arg, Args, Key, script
 
-
 # Given no candidates, the script reads them itself: the first `scan` due ids of the queue, lowest
 # score first, as arq's poll would (one round trip for a freed slot instead of a poll's read and claim);
 # a freed slot (`trust_offers`) skips that read while some worker offers slots: nothing is waiting then
 # (a member offering none, written by hand, is no offer: the enqueue neither takes nor drops it).
-@script(
+CLAIM_LUA = (
     LEASE_LUA
     + """
 -- answers {own slots left, slots offered now, then seven values per job leased (lease_job)}
+local earlier = redis.pcall('GET', mine)
+if type(earlier) == 'string' then  -- sent again, its reply lost: the first run's answer, values read again
+  local first = cjson.decode(earlier)
+  for i = 3, #first, 7 do
+    first[i + 2], first[i + 6] = text(job_prefix .. first[i]), text(owner_prefix .. first[i])
+  end
+  return first
+end
 local offered = 0
 if not reset then offered = tonumber(redis.pcall('ZSCORE', idle, me)) or 0 end  -- (a damaged key: none)
 local slots = unreported + offered
@@ -59,19 +66,31 @@ else
   local own = math.min(unreported, taken)
   left, offer = unreported - own, offered - (taken - own)
 end
+local wrote = true
 if offer > 0 and (reset or offer ~= offered) then redis.call('ZADD', idle, offer, me)
-elseif offer <= 0 and (reset or offered > 0) then redis.call('ZREM', idle, me) end
+elseif offer <= 0 and (reset or offered > 0) then redis.call('ZREM', idle, me)
+else wrote = taken > 0 end
 table.insert(claimed, 1, offer)
 table.insert(claimed, 1, left)
+if wrote then  -- this answer, for the same claim sent again (the job values and owners: read then)
+  local kept = {}
+  for i, value in ipairs(claimed) do kept[i] = value end
+  for i = 3, #kept, 7 do kept[i + 2], kept[i + 6] = '', '' end
+  redis.call('SET', mine, cjson.encode(kept), 'EX', mine_ttl)
+end
 return claimed
 """
 )
+
+
+@script(CLAIM_LUA)
 async def claim_jobs(
     redis,
     *,
     queue: Key,
     abort_set: Key,
     idle: Key,
+    mine: Key,
     now_ms: Arg[int],
     lease_ms: Arg[int],
     unreported: Arg[int],
@@ -81,6 +100,7 @@ async def claim_jobs(
     reset: Arg[bool],
     me: Arg[str],
     retry_ttl: Arg[int],
+    mine_ttl: Arg[int],
     lease_prefix: Arg[str],
     job_prefix: Arg[str],
     retry_prefix: Arg[str],
@@ -90,7 +110,10 @@ async def claim_jobs(
     """Lease up to the worker's free slots (`unreported` plus those it offers as `me`; `reset`: only
     `unreported`) of the candidates (none: of the queue's first `scan`) that are due, and offer what is
     left when `offering` and the scan saw every due job; answers (own slots left, slots offered, then
-    seven values per job leased: see `Claimed.batch`)."""
+    seven values per job leased: see `Claimed.batch`). `mine` is this call's own key: the answer is kept
+    there, so the call sent again after a lost reply (shared.connection.CLAIM's one retry) answers the
+    same, where it found its jobs leased (by its first run) and answered none of them, leaving them to
+    wait out their leases with a start counted, their abort requests gone, and its offer counted twice."""
     ...
 
 

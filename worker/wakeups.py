@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import time
@@ -83,9 +84,9 @@ async def redis_ready(settings: Settings) -> None:
             await client.ping()
             await probe_access(client)
             await claim_jobs(
-                client, queue=keys.QUEUE, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS, now_ms=0, lease_ms=1,
-                unreported=0, scan=0, offering=False, trust_offers=False, reset=False, me="",
-                retry_ttl=keys.RETRY_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
+                client, queue=keys.QUEUE, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS, mine=keys.claim("probe"),
+                now_ms=0, lease_ms=1, unreported=0, scan=0, offering=False, trust_offers=False, reset=False, me="",
+                retry_ttl=keys.RETRY_KEPT_SECONDS, mine_ttl=1, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
                 retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX, candidates=[],
             )  # fmt: skip
             return
@@ -151,6 +152,7 @@ class QueueWorker(Worker):
         self._missing_since: int | None = None  # _handed when slots were last seen missing (a poll)
         self._errands: set[asyncio.Task] = set()  # hand-offs given back or dead-lettered, held until done
         self._claimer = None  # the connection claims go on (shared.connection.CLAIM), made in main()
+        self._claims = itertools.count()  # each claim's own key (keys.claim): a claim sent again knows it
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -249,9 +251,10 @@ class QueueWorker(Worker):
         try:
             claimed = await claim_jobs(
                 self._claimer or self.pool, queue=self.queue_name, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS,
+                mine=keys.claim(f"{self._worker_id()}:{next(self._claims)}"),
                 now_ms=int(time.time() * 1000), lease_ms=int(self.in_progress_timeout_s * 1000), unreported=own,
                 scan=scan, offering=not self.burst, trust_offers=trust_offers, reset=reset, me=self._me,
-                retry_ttl=keys.RETRY_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
+                retry_ttl=keys.RETRY_KEPT_SECONDS, mine_ttl=keys.CLAIM_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
                 retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX, candidates=candidates,
             )  # fmt: skip
         except BaseException:

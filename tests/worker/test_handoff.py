@@ -275,8 +275,8 @@ async def test_junk_in_the_offers_does_not_make_a_freed_slot_skip_a_due_job(redi
             await redis.set(keys.JOB_PREFIX + "job-1", b"x")
             await redis.zadd(keys.IDLE_WORKERS, {junk: slots})
             claimed = await claim_jobs(
-                redis, queue=keys.QUEUE, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS,
-                now_ms=int(time.time() * 1000), lease_ms=1000, unreported=1, scan=10, offering=True,
+                redis, queue=keys.QUEUE, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS, mine=keys.claim(junk),
+                mine_ttl=60, now_ms=int(time.time() * 1000), lease_ms=1000, unreported=1, scan=10, offering=True,
                 trust_offers=True, reset=False, me=offer("me", 1000), retry_ttl=60,
                 lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX,
                 owner_prefix=keys.OWNER_PREFIX, candidates=[],
