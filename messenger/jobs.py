@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-import anyio
 from arq.jobs import deserialize_job_raw, deserialize_result, serialize_result
 from redis.exceptions import RedisError, ResponseError, WatchError
 
@@ -85,6 +84,8 @@ class JobClient:
                 return await self._follow(job_id, live, on_event, timeout, until_input=True)
         except asyncio.CancelledError:
             if cancel_when_dropped and submit is not None:
+                import anyio  # (only the MCP tools drop calls; the CLI's commands must not load it)
+
                 with anyio.CancelScope(shield=True):
                     await self._cancel_dropped(job_id, submit)
             raise
