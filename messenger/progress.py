@@ -22,7 +22,7 @@ from mcp_types import ProgressNotification, ProgressNotificationParams
 
 from messenger.collector import Transcript
 from messenger.session_sdk import RequestStream, request_stream
-from shared.events import Event, ToolCallEvent, ToolResultEvent
+from shared.events import TERMINAL, Event, ToolCallEvent, ToolResultEvent
 
 log = logging.getLogger("messenger.progress")
 
@@ -137,6 +137,26 @@ def job_label(meta: dict[str, Any] | None) -> str:
 
 
 STREAMING: weakref.WeakSet[ProgressRelay] = weakref.WeakSet()  # this process's relays of started jobs
+_ENDING: set[asyncio.Task[Any]] = set()  # bursts' holds being sent off the follower's path
+
+
+def _off_path(coro) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _ENDING.add(task)
+    task.add_done_callback(_ENDING.discard)
+
+
+def _bursting(event: Event | None, transcript: Transcript, hold: Any) -> bool:
+    """Whether this event's notifications wait for the next events' (messages wait behind it for the
+    follower, and the call goes on: an ending or a pause for the caller's answer goes out at once)."""
+    return (
+        isinstance(hold, RequestStream)
+        and bool(hold.held)  # (a backlog of tokens whose text waits holds nothing: no need)
+        and transcript.behind > 0
+        and event is not None
+        and event.type not in TERMINAL
+        and event.type != "input_required"
+    )
 
 
 def text_interval() -> float:
@@ -168,11 +188,50 @@ class ProgressRelay:
         self.job_id: str | None = None  # the followed job, once its first event (or tick) came
         self.sending = asyncio.Lock()  # the held-back flush and the events' notifications, in order
         self.held: asyncio.Task | None = None  # the flush of text held back, due at the interval's end
+        self.burst: Any = None  # the hold (RequestStream) kept open across a burst's events
+        self.burst_ends = False  # the loop turned while an event of the burst was being relayed
+        self.relaying = False  # inside `_relay` (it may wait: for the sending lock, the SDK's stream)
 
     async def __call__(self, event: Event | None, transcript: Transcript) -> None:
+        """Relay one event. Its log message, text and status go out together (one store entry, one
+        write); so do those of a burst, events already waiting behind it in the follower's mailbox
+        (`transcript.behind`: an instant job's start, text and ending come in one hub read): the hold
+        stays open until the burst's last event, or the loop's next turn, whichever comes first."""
         self.job_id = transcript.job_id
-        async with self.out.together():  # the event's log message, text and status: one write
+        hold = self.burst
+        if hold is None:
+            hold = self.out.together()
+            await hold.__aenter__()
+        self.relaying = True
+        try:
             await self._relay(event, transcript)
+        except BaseException:
+            if self.burst is None:  # its own hold: dropped (the call is failing or cancelled: its
+                await hold.__aexit__(RuntimeError, None, None)  # response ends it; nothing waits here)
+            elif self.burst_ends:  # (else the burst's task sends it at the loop's next turn)
+                _off_path(self._end_burst())
+            raise
+        finally:
+            self.relaying = False
+        if self.burst_ends or not _bursting(event, transcript, hold):
+            self.burst, self.burst_ends = None, False
+            await hold.__aexit__(None, None, None)
+        elif self.burst is None:
+            self.burst = hold
+            _off_path(self._end_burst())
+
+    async def _end_burst(self) -> None:
+        """Send what a burst's hold has at the loop's next turn (the follower waits, or ended, or was
+        cancelled, or its next message was no event of the job's), in order: its store entry is queued
+        before anything the call sends after it. A task: a follower that failed or was cancelled
+        cannot wait for the store."""
+        if self.burst is None:  # (the burst's last event sent it)
+            return
+        if self.relaying:  # the follower waits inside an event's relay: it sends at that event's end
+            self.burst_ends = True
+            return
+        hold, self.burst, self.burst_ends = self.burst, None, False
+        await hold.__aexit__(None, None, None)
 
     async def _relay(self, event: Event | None, transcript: Transcript) -> None:
         if self.lifecycle is not None:

@@ -3,12 +3,18 @@ text held back by the interval goes out when it ends even if no event follows.""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
 import anyio
+import anyio.lowlevel
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from messenger.collector import Transcript
 from messenger.progress import BUSY_CALLS, BUSY_INTERVAL, PROGRESS_INTERVAL, ProgressRelay, text_interval
+from messenger.session_sdk import RequestStream
 from shared.events import DoneEvent, InputRequiredEvent, StartEvent, TokenEvent
 
 
@@ -167,3 +173,164 @@ async def test_text_held_back_after_an_answered_pause_still_goes_out_at_the_inte
             await sink.arrived.wait()
             sink.arrived = anyio.Event()
     assert [m for _, m in sink.sent if m] == ["Shall I? ", "Asking. ", "Yes: ", "done."]
+
+
+class Stored:
+    """A session's event store, recording each store call (one Batch entry, one socket write)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def store_bodies(self, stream_id: str, events: list[tuple[str, str]]) -> list[str]:
+        self.calls.append([_said(body) for body, _ in events])
+        return [f"{stream_id}/{len(self.calls)}-{i}" for i in range(len(events))]
+
+
+def _said(body: str) -> str:
+    """A progress notification in short: its text, else its status."""
+    params = json.loads(body)["params"]
+    return params.get("message") or params["_meta"]["mcp-queue/status"]
+
+
+def direct_relay(streams: bool = True) -> tuple[ProgressRelay, Stored, MemoryObjectReceiveStream, Transcript]:
+    """A relay writing to a RequestStream (no Wire: the request's own stream), as in a 2025-11-25
+    call, its store, the request's stream (what the response's writer reads) and its job's transcript."""
+    store = Stored()
+    writer, reader = anyio.create_memory_object_stream(50)
+    request_streams = {"2": (writer, reader)} if streams else {}
+    transport = type("T", (), {"_event_store": store, "_request_streams": request_streams})()
+    relay = ProgressRelay(Sink(), None)
+    relay.out.token, relay.out.direct = "t", RequestStream(transport, "2", None)  # type: ignore[arg-type]
+    return relay, store, reader, Transcript("j1")
+
+
+START = StartEvent(job_id="j1", seq=0, attempt=1, ts=0, worker_id="w", model="m")
+HI = TokenEvent(job_id="j1", seq=1, attempt=1, ts=0, text="hi")
+DONE = DoneEvent(
+    job_id="j1", seq=2, attempt=1, ts=0, model="m", cost=None, finish_reason="stop",
+    usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+)  # fmt: skip
+
+
+async def feed_behind(relay: ProgressRelay, t: Transcript, event, behind: int) -> None:
+    t.apply(event)
+    t.behind = behind  # as collector.follow_events sets it: messages waiting after this one
+    await relay(event, t)
+
+
+async def test_a_bursts_notifications_go_out_in_one_write_in_order_with_their_ids():
+    """An instant job's start, text and ending come in one hub read (each with the rest behind it):
+    their notifications are one store entry and one write, where they were three (bench/callers.py
+    --per-call: 7 socket writes a call, the write system call 37 % of the messenger's samples)."""
+    relay, store, reader, t = direct_relay()
+    for event, behind in ((START, 2), (HI, 1), (DONE, 0)):
+        await feed_behind(relay, t, event, behind)
+    assert store.calls == [["running", "hi", "completed"]]
+    sent = [reader.receive_nowait() for _ in range(3)]
+    assert [e.event_id for e in sent] == ["2/1-0", "2/1-1", "2/1-2"]
+    assert [_said(e.message.body) for e in sent] == ["running", "hi", "completed"]
+
+
+async def test_an_ending_or_a_burst_that_ends_goes_out_before_the_relay_returns():
+    """The ending is never held, even with messages behind it (the follower stops at it and waits
+    for the stored result, 0.5-1 s): it goes out with the burst before it, at once."""
+    relay, store, _, t = direct_relay()
+    await feed_behind(relay, t, START, 3)
+    await feed_behind(relay, t, HI, 2)
+    assert store.calls == []  # held: more of the burst is coming
+    await feed_behind(relay, t, DONE, 1)
+    assert store.calls == [["running", "hi", "completed"]]
+
+
+async def _wait_for(store: Stored, calls: int) -> None:
+    with anyio.fail_after(2):
+        while len(store.calls) < calls:
+            await anyio.lowlevel.checkpoint()
+
+
+async def test_a_burst_the_follower_leaves_goes_out_at_the_loops_next_turn():
+    """Every way out of the follower with a burst's hold open sends what it holds, in order: the
+    next message was no event (it waits), it was cancelled (the caller went away, a timeout), an
+    event failed, the client's stream is gone (stored for its resume)."""
+    # it waits: no event comes after the burst's first
+    relay, store, reader, t = direct_relay()
+    await feed_behind(relay, t, START, 1)
+    await _wait_for(store, 1)
+    with anyio.fail_after(2):
+        assert (await reader.receive()).event_id == "2/1-0"
+    assert store.calls == [["running"]]
+    # cancelled between two events of a burst
+    relay, store, _, t = direct_relay()
+
+    async def follower(t: Transcript) -> None:
+        await feed_behind(relay, t, START, 2)
+        await feed_behind(relay, t, HI, 1)
+        await anyio.sleep(10)  # (a follower never sleeps here; it is where the cancel finds it)
+
+    task = asyncio.create_task(follower(t))
+    await asyncio.sleep(0)
+    task.cancel()
+    await _wait_for(store, 1)
+    assert store.calls == [["running", "hi"]]
+    # an event that fails inside the burst: the earlier events' notifications still go out
+    relay, store, _, t = direct_relay()
+    await feed_behind(relay, t, START, 2)
+
+    async def failing(event, transcript):
+        raise RuntimeError("boom")
+
+    relay.lifecycle = failing
+    with pytest.raises(RuntimeError):
+        await feed_behind(relay, t, HI, 1)
+    await _wait_for(store, 1)
+    assert store.calls == [["running"]]
+    # the client went away: its stream is gone, the store still gets them (a resume replays them)
+    relay, store, _, t = direct_relay(streams=False)
+    await feed_behind(relay, t, START, 1)
+    await _wait_for(store, 1)
+    assert store.calls == [["running"]]
+
+
+async def test_events_after_a_burst_went_out_follow_it_in_order():
+    """A burst cut short by the loop's turn, then the next event: two sends, in the events' order."""
+    relay, store, reader, t = direct_relay()
+    await feed_behind(relay, t, START, 1)
+    await _wait_for(store, 1)  # the loop turned: the hold is being sent, in a task of its own
+    await feed_behind(relay, t, HI, 0)
+    assert store.calls == [["running"], ["hi"]]
+    with anyio.fail_after(2):
+        assert [_said((await reader.receive()).message.body) for _ in range(2)] == ["running", "hi"]
+
+
+async def test_a_burst_whose_event_waits_inside_the_relay_goes_out_at_that_events_end():
+    """The loop turns while an event of the burst is being relayed (its relay waits: a lock, the
+    SDK's stream): the burst goes out as that event ends, with it, once; and if that event fails, the
+    earlier events' notifications still go out."""
+    for fails in (False, True):
+        relay, store, _, t = direct_relay()
+        gate = anyio.Event()
+
+        async def slow(event, transcript, gate=gate, fails=fails):
+            if event is HI:
+                await gate.wait()
+                if fails:
+                    raise RuntimeError("boom")
+
+        async def follower(relay=relay, t=t) -> None:
+            await feed_behind(relay, t, START, 2)
+            await feed_behind(relay, t, HI, 1)  # (in the same turn, as a follower's burst)
+
+        relay.lifecycle = slow
+        task = asyncio.create_task(follower())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the burst's own turn comes and goes: the event is still inside
+        assert store.calls == []
+        gate.set()
+        with anyio.fail_after(2):
+            if fails:
+                with pytest.raises(RuntimeError):
+                    await task
+            else:
+                await task
+        await _wait_for(store, 1)
+        assert store.calls == [["running", "hi"]] if not fails else [["running"]]

@@ -495,10 +495,13 @@ async def test_a_posts_events_are_written_without_the_sdks_sse_writer_task(redis
     )
 
 
-async def test_a_job_events_log_message_text_and_status_go_out_in_one_write(redis, monkeypatch):
+@pytest.mark.parametrize("burst", [False, True])
+async def test_a_job_events_log_message_text_and_status_go_out_in_one_write(redis, monkeypatch, burst):
     """ProgressRelay holds what one job event makes (its log message, the text, the status) and
     RequestStream sends it together: one Batch entry and one socket write, in the order and with the
-    ids the events have in the session's store."""
+    ids the events have in the session's store. Events that come in one burst (each with the rest
+    behind it in the follower's mailbox: an instant job) go out together as a whole, the same
+    events in the same order with the same ids."""
     sends: list[list[str]] = []  # the methods of each RequestStream send: one Batch entry, one write
     send = session_sdk.RequestStream._send
 
@@ -528,6 +531,7 @@ async def test_a_job_events_log_message_text_and_status_go_out_in_one_write(redi
             ),
         ):
             transcript.apply(event)
+            transcript.behind = 2 - event.seq if burst else 0  # as collector.follow_events sets it
             await relay(event, transcript)
         return "done"
 
@@ -542,7 +546,10 @@ async def test_a_job_events_log_message_text_and_status_go_out_in_one_write(redi
             sid, headers = await open_session(client, url)
             sent = events((await client.post(url, headers=headers, json=call)).text)
     log, progress = "notifications/message", "notifications/progress"
-    assert sends == [[log, progress], [progress], [log, progress]]  # started; "hi"; completed (text went)
+    if burst:
+        assert sends == [[log, progress, progress, log, progress]]
+    else:
+        assert sends == [[log, progress], [progress], [log, progress]]  # started; "hi"; completed (text went)
     assert [json.loads(e["data"]).get("method") for e in sent[1:]] == [
         log,
         progress,
