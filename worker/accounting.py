@@ -10,6 +10,7 @@ attempt's text after its last journaled step is counted as dead.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from redis.exceptions import NoScriptError
 from shared import damaged, keys, prices, timeseries
 from shared.events import ToolCallEvent, ToolResultEvent, parse_event
 from shared.handoff import HOLDER_LUA
-from shared.scripts import Args, script
+from shared.scripts import Arg, Args, script
 from shared.settings import OPERATOR, TENANT_NAME, UNOWNED
 from shared.tokens import estimate_tokens
 
@@ -33,6 +34,41 @@ SPENT_HOUR_TTL_SECONDS = 7200  # an hour's spend is read during its hour; kept o
 SPENT_DAY_TTL_SECONDS = 172_800
 
 
+# The key names a count writes, as shared/keys.py makes them, with a marker (\x01 and a letter) where
+# the job's own value goes: BATCH_LUA puts them in (`named`), so a job's count carries its tenant,
+# model, hour and id, not ~25 key names (its JSON, and Redis's decode of it, were most of a count's
+# cost). `shared`: those of a tenant, model and hour, made once a batch; `own`: the job's.
+_T, _M, _D, _H, _J, _C, _N = "\x01t", "\x01m", "\x01d", "\x01h", "\x01j", "\x01c", "\x01n"
+
+
+def _mine(part: str) -> str:
+    return keys.usage_tenant(_T, part)
+
+
+_NAMES = to_json({
+    "shared": dict(
+        total=keys.USAGE_TOTAL, by_model=keys.usage_model(_M), by_day=keys.usage_day(_D), tenant_total=_mine("total"),
+        tenant_by_model=_mine(f"model:{_M}"), tenant_by_day=_mine(f"day:{_D}"), models=keys.USAGE_MODELS,
+        tenant_models=_mine("models"), tenants=keys.TENANTS, latency=keys.usage_latency(_M),
+        tenant_latency=_mine(f"latency:{_M}"), received=keys.RECEIVED, tenant_received=keys.received(_T),
+        reserved=keys.BUDGET_RESERVED, reserved_tenant=keys.BUDGET_RESERVED_TENANT,
+        reserved_until=keys.BUDGET_RESERVED_UNTIL, spent_hour=keys.spent_hour(_H), spent_day=keys.spent_day(_D),
+        tenant_spent_hour=keys.spent_tenant(_T, f"hour:{_H}"), tenant_spent_day=keys.spent_tenant(_T, f"day:{_D}"),
+        conversations=keys.conversations(_T),
+    ),
+    "own": dict(
+        counted=keys.usage_counted(_J), owner=keys.owner(_J), lease=keys.in_progress(_J), result_key=keys.result(_J),
+        record=keys.input_request(_J), conversation=keys.conversation(_T, _C),
+        series=keys.series(_N),  # pyright: ignore[reportArgumentType]  (the minute's marker)
+    ),
+}).decode()  # fmt: skip
+_BATCH: dict = dict(
+    names=_NAMES, counted_ttl=COUNTED_TTL_SECONDS, owner_ttl=OWNER_KEPT_SECONDS, latencies_kept=keys.USAGE_LATENCY_KEPT,
+    received_kept=keys.RECEIVED_KEPT, spent_hour_ttl=SPENT_HOUR_TTL_SECONDS, spent_day_ttl=SPENT_DAY_TTL_SECONDS,
+    series_ttl=keys.SERIES_KEPT_SECONDS,
+)  # fmt: skip
+
+
 # One call counts a batch of ended jobs (the jobs whose endings share one MULTI, worker/endings.py):
 # each job's marker, and its owner record when Redis lost it (a tenant's: written again so the
 # tenant can still read the answer), one by one; then the counts of the jobs counted now are added up
@@ -40,11 +76,11 @@ SPENT_DAY_TTL_SECONDS = 172_800
 # (about 75 commands a job before). Every job is a JSON object (`prepare`'s dict without its None
 # values); a key that refuses a write (wrong type, a counter that is not a number: damaged or written
 # by hand) is skipped and named in the reply of each job that wrote to it; every other key, the budget
-# settlement included, is still written. A count that names its run (`holder`, with `lease`,
-# `result_key` and `record`: worker/wakeups.py) is skipped when the job is another run's now
+# settlement included, is still written. A count that names its run (`holder`: worker/wakeups.py; its
+# job's lease, result and input record named from its id) is skipped when the job is another run's now
 # (shared.handoff.HOLDER_LUA), in the same MULTI as that run's ending. Answers each job's [counted now (0/1), owner written again
 # (0/1), <each key skipped>...], in order.
-BATCH_LUA = """
+BATCH_LUA = r"""
 local replies, counted = {}, {}
 local hinc, hflt, htext, hset, incr, itext, expire, trim = {}, {}, {}, {}, {}, {}, {}, {}
 local sadd, push, rpush, hdel, zrem, zadd = {}, {}, {}, {}, {}, {}
@@ -56,18 +92,39 @@ local function add_float(key, field, text)  -- one job's amount goes as given (e
   s[field] = (s[field] or 0) + tonumber(text)
 end
 local function append(t, key, v) local s = slot(t, key); s[#s + 1] = v end
+local templates, shared = cjson.decode(names), {}
+local own = templates.own
+local function named(c)  -- the job's key names (`_NAMES`: shared/keys.py's, with its values put in)
+  -- (one tenant's: a tenant name has no NUL; nor have the hour and day, read from the end)
+  local at = c.tenant .. '\0' .. c.model .. '\0' .. c.hour .. '\0' .. c.day
+  local names = shared[at]  -- the names of its tenant, model and hour: the batch's jobs share them
+  if not names then
+    local vars = {t = c.tenant, m = c.model, d = c.day, h = c.hour}
+    names = {}
+    for name, template in pairs(templates.shared) do names[name] = string.gsub(template, '\1(%a)', vars) end
+    shared[at] = {__index = function(t, name)  -- the job's own names, each made when first read
+      local template = own[name]
+      if not template then return names[name] end
+      local vars = {j = t.job_id, c = t.conversation_id or '-', n = t.minute, t = t.tenant}
+      local key = string.gsub(template, '\1(%a)', vars)
+      rawset(t, name, key)
+      return key
+    end}
+  end
+  return setmetatable(c, shared[at])
+end
 for i, raw in ipairs(counts) do
-  local c = cjson.decode(raw)
+  local c = named(cjson.decode(raw))
   if c.holder and held_elsewhere(c.lease, c.holder, c.result_key, c.record) then
     replies[i] = {0, 0}  -- the job is another run's now (worker/endings.py): that run counts it
   else
   local kept = 0
   if c.keep_owner then
-    local set = redis.pcall('SET', c.owner, c.tenant, 'NX', 'EX', c.owner_ttl)
+    local set = redis.pcall('SET', c.owner, c.tenant, 'NX', 'EX', owner_ttl)
     if type(set) == 'table' and set.ok then kept = 1 end
   end
   replies[i] = {0, kept}
-  if redis.call('SET', c.counted, '1', 'NX', 'EX', c.counted_ttl) then
+  if redis.call('SET', c.counted, '1', 'NX', 'EX', counted_ttl) then
     replies[i][1] = 1
     counted[#counted + 1] = i
     counts[i] = c
@@ -90,11 +147,11 @@ for i, raw in ipairs(counts) do
     append(sadd, c.tenants, c.tenant)
     for _, latencies in ipairs({c.latency, c.tenant_latency}) do
       append(push, latencies, c.latency_ms)
-      trim[latencies] = c.latencies_kept
+      trim[latencies] = latencies_kept
     end
     for _, log in ipairs({c.received, c.tenant_received}) do
       append(push, log, c.received_entry)
-      trim[log] = c.received_kept
+      trim[log] = received_kept
     end
     append(hdel, c.reserved, c.job_id)
     append(hdel, c.reserved_tenant, c.job_id)
@@ -104,8 +161,8 @@ for i, raw in ipairs(counts) do
         itext[spent] = incr[spent] == nil and c.cost
         incr[spent] = (incr[spent] or 0) + tonumber(c.cost)
       end
-      expire[c.spent_hour], expire[c.tenant_spent_hour] = c.spent_hour_ttl, c.spent_hour_ttl
-      expire[c.spent_day], expire[c.tenant_spent_day] = c.spent_day_ttl, c.spent_day_ttl
+      expire[c.spent_hour], expire[c.tenant_spent_hour] = spent_hour_ttl, spent_hour_ttl
+      expire[c.spent_day], expire[c.tenant_spent_day] = spent_day_ttl, spent_day_ttl
     end
     -- the dashboard's minute (shared/timeseries.py): this job's own usage, without earlier attempts'
     add(hinc, c.series, 'ended:' .. c.status, 1)
@@ -113,7 +170,7 @@ for i, raw in ipairs(counts) do
     add(hinc, c.series, 'completion_tokens', c.series_completion)
     if c.series_cost then add_float(c.series, 'cost:' .. c.model, c.series_cost) end
     if c.ttft_field then add(hinc, c.series, c.ttft_field, 1) end
-    expire[c.series] = c.series_ttl
+    expire[c.series] = series_ttl
     if c.conversation_id then  -- the job's turn in its tenant's conversation
       append(rpush, c.conversation, c.user_turn)
       append(rpush, c.conversation, c.assistant_turn)
@@ -179,7 +236,10 @@ return replies
 
 
 @script(HOLDER_LUA + BATCH_LUA)
-async def _record(redis, *, counts: Args) -> list:
+async def _record(
+    redis, *, names: Arg[str], counted_ttl: Arg[int], owner_ttl: Arg[int], latencies_kept: Arg[int],
+    received_kept: Arg[int], spent_hour_ttl: Arg[int], spent_day_ttl: Arg[int], series_ttl: Arg[int], counts: Args,
+) -> list:  # fmt: skip
     """Count ended jobs, each once, for everyone, its tenant and the dashboard's minute; settle their
     budget holds into the spend; add their turns to their tenants' conversations; write an owner
     record again if it was lost. One reply per job (see BATCH_LUA)."""
@@ -284,14 +344,14 @@ async def record(
 
 async def write(redis, count: dict) -> bool:
     """Write the count `prepare` made (its own round trip); False if the job was counted before."""
-    return _counted(count["job_id"], (await _record(redis, counts=[_encoded(count)]))[0])
+    return _counted(count["job_id"], (await _record(redis, **_BATCH, counts=[_encoded(count)]))[0])
 
 
 def command(counts: list[dict]) -> tuple:
     """The counts `prepare` made for the jobs ending together, as one command for the MULTI that
     stores their results (worker/endings.py), so they land together; its reply is one per job, in
     order, each for `recorded`."""
-    return _record.command(counts=[_encoded(count) for count in counts])  # type: ignore[attr-defined]
+    return _record.command(**_BATCH, counts=[_encoded(count) for count in counts])  # type: ignore[attr-defined]
 
 
 def _encoded(count: dict) -> str | bytes:
@@ -350,8 +410,8 @@ async def prepare(
         prompt, completion = prompt + dead["prompt_tokens"], completion + dead["completion_tokens"]
         cost = None if cost is None or dead["cost_usd"] is None else cost + dead["cost_usd"]
     now = time.time()
-    day = time.strftime("%Y-%m-%d", time.gmtime(now))
-    hour = time.strftime("%Y-%m-%dT%H", time.gmtime(now))
+    minute = int(now // 60)
+    day, hour = _day_hour(minute)
     latency_ms = int((result.get("processingTime") or 0) * 1000)
     received = {
         "job_id": job_id, "tenant": tenant, "worker_id": result.get("workerId"), "model": model,
@@ -361,34 +421,30 @@ async def prepare(
         "dead_attempts": dead, "ts": round(now, 3),
     }  # fmt: skip
     conversation_id = request.get("conversation_id") if result["status"] == "completed" else None
-    user_turn, assistant_turn = _turns(result, request, now) if conversation_id else ({}, {})
+    user_turn, assistant_turn = _turns(result, request, now) if conversation_id else (None, None)
     dead_tokens = dead["prompt_tokens"] + dead["completion_tokens"] if dead else 0
-
-    def mine(part: str) -> str:
-        return keys.usage_tenant(tenant, part)
-
-    return dict(
-        counted=keys.usage_counted(job_id), total=keys.USAGE_TOTAL, by_model=keys.usage_model(model),
-        by_day=keys.usage_day(day), tenant_total=mine("total"), tenant_by_model=mine(f"model:{model}"),
-        tenant_by_day=mine(f"day:{day}"), models=keys.USAGE_MODELS, tenant_models=mine("models"),
-        tenants=keys.TENANTS, latency=keys.usage_latency(model), tenant_latency=mine(f"latency:{model}"),
-        received=keys.RECEIVED, tenant_received=keys.received(tenant), reserved=keys.BUDGET_RESERVED,
-        reserved_tenant=keys.BUDGET_RESERVED_TENANT, reserved_until=keys.BUDGET_RESERVED_UNTIL,
-        spent_hour=keys.spent_hour(hour), spent_day=keys.spent_day(day),
-        tenant_spent_hour=keys.spent_tenant(tenant, f"hour:{hour}"),
-        tenant_spent_day=keys.spent_tenant(tenant, f"day:{day}"),
-        conversation=keys.conversation(tenant, conversation_id or "-"), conversations=keys.conversations(tenant),
-        job_id=job_id, model=model, status=result["status"], prompt_tokens=prompt, completion_tokens=completion,
-        total_tokens=_tokens(usage["totalTokens"]) + dead_tokens, cost=None if cost is None else repr(float(cost)),
-        latency_ms=latency_ms, dead_attempt_tokens=dead_tokens, received_entry=_text(received),
-        latencies_kept=keys.USAGE_LATENCY_KEPT, received_kept=keys.RECEIVED_KEPT, counted_ttl=COUNTED_TTL_SECONDS,
-        conversation_id=conversation_id or None, user_turn=_text(user_turn),
-        assistant_turn=_text(assistant_turn), history_ttl=history_ttl, now=round(now, 3), tenant=tenant,
-        spent_hour_ttl=SPENT_HOUR_TTL_SECONDS, spent_day_ttl=SPENT_DAY_TTL_SECONDS,
-        price_source=prices.source(model) if cost is not None else None, owner=keys.owner(job_id),
-        keep_owner=tenant not in (OPERATOR, UNOWNED), owner_ttl=OWNER_KEPT_SECONDS,
-        **_series(usage, now, first_token_s),
+    series_cost = usage.get("estimatedCost")
+    return dict(  # the key names are BATCH_LUA's to make (`_NAMES`)
+        job_id=job_id, tenant=tenant, model=model, day=day, hour=hour, minute=str(minute), status=result["status"],
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=_tokens(usage["totalTokens"]) + dead_tokens,
+        cost=None if cost is None else repr(float(cost)), latency_ms=latency_ms, dead_attempt_tokens=dead_tokens,
+        received_entry=_text(received), conversation_id=conversation_id or None,
+        user_turn=user_turn and _text(user_turn), assistant_turn=assistant_turn and _text(assistant_turn),
+        history_ttl=history_ttl, now=round(now, 3),
+        price_source=prices.source(model) if cost is not None else None,
+        keep_owner=tenant not in (OPERATOR, UNOWNED) or None,
+        # the dashboard's minute (shared/timeseries.py): the job's own usage, without earlier attempts'
+        series_prompt=max(0, usage["promptTokens"]), series_completion=max(0, usage["completionTokens"]),
+        series_cost=None if series_cost is None else repr(float(series_cost)),
+        ttft_field=timeseries.ttft_field(first_token_s),
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _day_hour(minute: int) -> tuple[str, str]:
+    """A minute's UTC day and hour, as the budget and usage keys name them."""
+    at = time.gmtime(minute * 60)
+    return time.strftime("%Y-%m-%d", at), time.strftime("%Y-%m-%dT%H", at)
 
 
 MAX_TOKENS = 2**40  # a job's count as the batch script adds it up (Lua's doubles are exact to 2**53)
@@ -397,13 +453,3 @@ MAX_TOKENS = 2**40  # a job's count as the batch script adds it up (Lua's double
 def _tokens(n: object) -> int:
     """A token count from a provider's usage (any number a server said), as the script can add it."""
     return min(max(int(n), 0), MAX_TOKENS) if isinstance(n, int | float) and n == n else 0
-
-
-def _series(usage: dict, now: float, first_token_s: float | None) -> dict:
-    """The dashboard's minute (shared/timeseries.py): the job's own usage, without earlier attempts'."""
-    return dict(
-        series=keys.series(int(now // 60)), series_prompt=max(0, usage["promptTokens"]),
-        series_completion=max(0, usage["completionTokens"]),
-        series_cost=None if usage.get("estimatedCost") is None else repr(float(usage["estimatedCost"])),
-        ttft_field=timeseries.ttft_field(first_token_s), series_ttl=keys.SERIES_KEPT_SECONDS,
-    )  # fmt: skip

@@ -540,8 +540,7 @@ class QueueWorker(Worker):
             return
         count = count if finish else None
         if count is not None:  # counted only while the job is ours (worker/accounting.py)
-            count = {**count, "holder": self._me, "lease": keys.in_progress(job_id),
-                     "result_key": keys.result(job_id), "record": keys.input_request(job_id)}  # fmt: skip
+            count = {**count, "holder": self._me}  # (its lease, result and record: BATCH_LUA names them)
         expire = None if keep_result_forever else result_timeout_s
         ending: dict[str, Any] = dict(
             lease=keys.in_progress(job_id), result=keys.result(job_id), record=keys.input_request(job_id),
