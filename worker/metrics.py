@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -56,6 +57,7 @@ class WorkerMetrics:
             ["from_model", "model"],
             registry=r,
         )
+        self._children: dict[tuple, Any] = {}  # (metric, label values) -> its child (`_of`)
         self.heartbeat = Gauge(
             "mcpq_worker_heartbeat_timestamp_seconds", "Unix time of this worker's last heartbeat", registry=r
         )
@@ -63,22 +65,30 @@ class WorkerMetrics:
     def watch_running(self, running: Callable[[], int]) -> None:
         self.in_flight.set_function(running)
 
+    def _of(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, kept: prometheus_client's takes a lock and checks every label each
+        call (~1 µs; four a job were 2/3 of `job_ended`'s CPU)."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
+
     def job_ended(self, result: dict) -> None:
         """Count a JobResult (as JSON, camelCase) once."""
-        self.jobs.labels(result["status"]).inc()
+        self._of(self.jobs, result["status"]).inc()
         if result.get("processingTime") is not None:
             self.duration.observe(result["processingTime"])
         model, usage = result.get("model") or "?", result.get("usage") or {}
         for kind in ("prompt", "completion"):
             if usage.get(f"{kind}Tokens"):
-                self.tokens.labels(model, kind).inc(usage[f"{kind}Tokens"])
+                self._of(self.tokens, model, kind).inc(usage[f"{kind}Tokens"])
         if usage.get("estimatedCost"):
-            self.cost.labels(model).inc(usage["estimatedCost"])
+            self._of(self.cost, model).inc(usage["estimatedCost"])
         if result.get("fallbackFrom"):
-            self.fallbacks.labels(result["fallbackFrom"], model).inc()
+            self._of(self.fallbacks, result["fallbackFrom"], model).inc()
         for call in result.get("toolCalls") or []:
             if call.get("result") is not None:  # it answered (a cancelled job's last call may not have)
-                self.tool_calls.labels(call["server"], "error" if call["isError"] else "ok").inc()
+                self._of(self.tool_calls, call["server"], "error" if call["isError"] else "ok").inc()
                 self.tool_duration.observe((call.get("durationMs") or 0) / 1000)
 
 
