@@ -35,9 +35,10 @@ SPENT_DAY_TTL_SECONDS = 172_800
 
 
 # The key names a count writes, as shared/keys.py makes them, with a marker (\x01 and a letter) where
-# the job's own value goes: BATCH_LUA puts them in (`named`), so a job's count carries its tenant,
-# model, hour and id, not ~25 key names (its JSON, and Redis's decode of it, were most of a count's
-# cost). `shared`: those of a tenant, model and hour, made once a batch; `own`: the job's.
+# the job's own value goes, written into the script as Lua (NAMES_LUA: `'mcpq:usage:model:' .. c.model`),
+# so a job's count carries its tenant, model, hour and id, not ~25 key names (its JSON, and Redis's
+# decode of it, were most of a count's cost). `shared`: those of a tenant, model and hour, made once
+# a batch (BATCH_LUA `named`); `own`: the job's, each made when the script first reads it.
 _T, _M, _D, _H, _J, _C, _N = "\x01t", "\x01m", "\x01d", "\x01h", "\x01j", "\x01c", "\x01n"
 
 
@@ -45,7 +46,7 @@ def _mine(part: str) -> str:
     return keys.usage_tenant(_T, part)
 
 
-_NAMES = to_json({
+_NAMES = {
     "shared": dict(
         total=keys.USAGE_TOTAL, by_model=keys.usage_model(_M), by_day=keys.usage_day(_D), tenant_total=_mine("total"),
         tenant_by_model=_mine(f"model:{_M}"), tenant_by_day=_mine(f"day:{_D}"), models=keys.USAGE_MODELS,
@@ -61,9 +62,37 @@ _NAMES = to_json({
         record=keys.input_request(_J), conversation=keys.conversation(_T, _C),
         series=keys.series(_N),  # pyright: ignore[reportArgumentType]  (the minute's marker)
     ),
-}).decode()  # fmt: skip
+}  # fmt: skip
+# the Lua expression of each template's name, from the job's count `c`
+_VARS = {"t": "c.tenant", "m": "c.model", "d": "c.day", "h": "c.hour", "j": "c.job_id", "n": "c.minute",
+         "c": "(c.conversation_id or '-')"}  # fmt: skip
+
+
+def _lua(template: str) -> str:
+    """A `_NAMES` template as a Lua expression: its text as Lua string literals (every byte but a plain
+    one written as \\ddd), its markers as the count's values, joined by `..`."""
+
+    def text(part: str) -> str:
+        plain = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-"
+        return "'" + "".join(chr(b) if b in plain else f"\\{b}" for b in part.encode()) + "'"
+
+    first, *rest = template.split("\x01")
+    parts = [text(first)] if first else []
+    for part in rest:
+        parts += [_VARS[part[0]], *([text(part[1:])] if part[1:] else [])]
+    return " .. ".join(parts)
+
+
+# Lua: `shared_names(c)`, the names of a count's tenant, model and hour; `own[name](c)`, one of its own
+NAMES_LUA = (
+    "local function shared_names(c)\n  return {"
+    + ", ".join(f"{name} = {_lua(t)}" for name, t in _NAMES["shared"].items())
+    + "}\nend\nlocal own = {"
+    + ", ".join(f"{name} = function(c) return {_lua(t)} end" for name, t in _NAMES["own"].items())
+    + "}\n"
+)
 _BATCH: dict = dict(
-    names=_NAMES, counted_ttl=COUNTED_TTL_SECONDS, owner_ttl=OWNER_KEPT_SECONDS, latencies_kept=keys.USAGE_LATENCY_KEPT,
+    counted_ttl=COUNTED_TTL_SECONDS, owner_ttl=OWNER_KEPT_SECONDS, latencies_kept=keys.USAGE_LATENCY_KEPT,
     received_kept=keys.RECEIVED_KEPT, spent_hour_ttl=SPENT_HOUR_TTL_SECONDS, spent_day_ttl=SPENT_DAY_TTL_SECONDS,
     series_ttl=keys.SERIES_KEPT_SECONDS,
 )  # fmt: skip
@@ -92,21 +121,16 @@ local function add_float(key, field, text)  -- one job's amount goes as given (e
   s[field] = (s[field] or 0) + tonumber(text)
 end
 local function append(t, key, v) local s = slot(t, key); s[#s + 1] = v end
-local templates, shared = cjson.decode(names), {}
-local own = templates.own
+local shared = {}
 local function named(c)  -- the job's key names (`_NAMES`: shared/keys.py's, with its values put in)
   -- (one tenant's: a tenant name has no NUL; nor have the hour and day, read from the end)
   local at = c.tenant .. '\0' .. c.model .. '\0' .. c.hour .. '\0' .. c.day
-  local names = shared[at]  -- the names of its tenant, model and hour: the batch's jobs share them
-  if not names then
-    local vars = {t = c.tenant, m = c.model, d = c.day, h = c.hour}
-    names = {}
-    for name, template in pairs(templates.shared) do names[name] = string.gsub(template, '\1(%a)', vars) end
+  if not shared[at] then  -- the names of its tenant, model and hour: the batch's jobs share them
+    local names = shared_names(c)
     shared[at] = {__index = function(t, name)  -- the job's own names, each made when first read
-      local template = own[name]
-      if not template then return names[name] end
-      local vars = {j = t.job_id, c = t.conversation_id or '-', n = t.minute, t = t.tenant}
-      local key = string.gsub(template, '\1(%a)', vars)
+      local make = own[name]
+      if not make then return names[name] end
+      local key = make(t)
       rawset(t, name, key)
       return key
     end}
@@ -235,9 +259,9 @@ return replies
 """
 
 
-@script(HOLDER_LUA + BATCH_LUA)
+@script(HOLDER_LUA + NAMES_LUA + BATCH_LUA)
 async def _record(
-    redis, *, names: Arg[str], counted_ttl: Arg[int], owner_ttl: Arg[int], latencies_kept: Arg[int],
+    redis, *, counted_ttl: Arg[int], owner_ttl: Arg[int], latencies_kept: Arg[int],
     received_kept: Arg[int], spent_hour_ttl: Arg[int], spent_day_ttl: Arg[int], series_ttl: Arg[int], counts: Args,
 ) -> list:  # fmt: skip
     """Count ended jobs, each once, for everyone, its tenant and the dashboard's minute; settle their
