@@ -305,44 +305,76 @@ class JobClient:
         return snapshot
 
     async def _cancel_queued(self, job_id: str, attempt: int) -> bool:
-        """Atomically take a job that no worker holds off the queue and record it as cancelled.
+        """Atomically take a job that no worker holds off the queue and record it as cancelled, with
+        its `cancelled` event. Tried again when its WATCH fails: the job changed meanwhile, or the
+        connection dropped, maybe with the EXEC's reply on the way (redis-py sends no WATCHed MULTI
+        again); a try that finds the job cancelled so (by itself or another replica) writes the event,
+        once (publish_events), and answers True."""
+        for _ in range(CANCEL_TRIES):
+            try:
+                cancelled = await self._cancel_queued_once(job_id, attempt)
+            except WatchError:
+                continue
+            if cancelled is None:
+                return False
+            event = CancelledEvent(job_id=job_id, seq=0, attempt=cancelled, ts=time.time())
+            await publish_events(self.redis, [event])
+            return True
+        return False
+
+    async def _cancel_queued_once(self, job_id: str, attempt: int) -> int | None:
+        """One try of _cancel_queued: the attempt of the job's cancel (this try's, or one's before it
+        whose reply was lost), or None when a worker holds the job or it is gone.
 
         Writing the in-progress key makes a worker that is about to claim the job fail its WATCH.
         """
         async with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(keys.in_progress(job_id), keys.job(job_id))
-                if await pipe.exists(keys.in_progress(job_id)):
-                    return False
-                raw_job = await pipe.get(keys.job(job_id))
-                if raw_job is None:
-                    return False
-                function, args, kwargs, _, enqueue_ms = deserialize_job_raw(raw_job, deserializer=deserialize)
-                now_ms = int(time.time() * 1000)
-                result = JobResult(job_id=job_id, status="cancelled", error="cancelled before it started")
-                data = serialize_result(
-                    function, args, kwargs, attempt, enqueue_ms, True, result.model_dump(mode="json"),
-                    now_ms, now_ms, f"{job_id}:{function}", keys.QUEUE, job_id=job_id, serializer=serialize,
-                )  # fmt: skip
-                pipe.multi()
-                pipe.psetex(keys.in_progress(job_id), 1000, b"cancelled")
-                pipe.zrem(keys.QUEUE, job_id)
-                pipe.delete(keys.job(job_id), keys.retry(job_id))
-                pipe.set(keys.result(job_id), data, ex=keys.KEEP_RESULT_SECONDS)
-                approvals.forget(pipe, job_id)  # paused: its question goes unanswered
-                pipe.hdel(keys.BUDGET_RESERVED, job_id)  # it will never run: give back its budget
-                pipe.hdel(keys.BUDGET_RESERVED_TENANT, job_id)
-                pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)
-                for reply in await pipe.execute(raise_on_error=False):  # EXEC ran every write
-                    if isinstance(reply, ResponseError) and damaged.wrong_type(reply):
-                        log.warning("job %s: cancelled; %s", job_id, damaged.refused(reply))
-                    elif isinstance(reply, BaseException):
-                        raise reply
-            except WatchError:
-                return False
-        event = CancelledEvent(job_id=job_id, seq=0, attempt=attempt, ts=time.time())
-        await publish_events(self.redis, [event])
-        return True
+            await pipe.watch(keys.in_progress(job_id), keys.job(job_id))
+            if (before := _cancelled_queued(await pipe.get(keys.result(job_id)))) is not None:
+                return before
+            if await pipe.exists(keys.in_progress(job_id)):
+                return None
+            raw_job = await pipe.get(keys.job(job_id))
+            if raw_job is None:
+                return None
+            function, args, kwargs, _, enqueue_ms = deserialize_job_raw(raw_job, deserializer=deserialize)
+            now_ms = int(time.time() * 1000)
+            result = JobResult(job_id=job_id, status="cancelled", error=CANCELLED_QUEUED)
+            data = serialize_result(
+                function, args, kwargs, attempt, enqueue_ms, True, result.model_dump(mode="json"),
+                now_ms, now_ms, f"{job_id}:{function}", keys.QUEUE, job_id=job_id, serializer=serialize,
+            )  # fmt: skip
+            pipe.multi()
+            pipe.psetex(keys.in_progress(job_id), 1000, b"cancelled")
+            pipe.zrem(keys.QUEUE, job_id)
+            pipe.delete(keys.job(job_id), keys.retry(job_id))
+            pipe.set(keys.result(job_id), data, ex=keys.KEEP_RESULT_SECONDS)
+            approvals.forget(pipe, job_id)  # paused: its question goes unanswered
+            pipe.hdel(keys.BUDGET_RESERVED, job_id)  # it will never run: give back its budget
+            pipe.hdel(keys.BUDGET_RESERVED_TENANT, job_id)
+            pipe.zrem(keys.BUDGET_RESERVED_UNTIL, job_id)
+            for reply in await pipe.execute(raise_on_error=False):  # EXEC ran every write
+                if isinstance(reply, ResponseError) and damaged.wrong_type(reply):
+                    log.warning("job %s: cancelled; %s", job_id, damaged.refused(reply))
+                elif isinstance(reply, BaseException):
+                    raise reply
+        return attempt
+
+
+CANCEL_TRIES = 3  # a queued job's cancel's WATCH: a job that keeps changing is left to the abort path
+CANCELLED_QUEUED = "cancelled before it started"
+
+
+def _cancelled_queued(raw: bytes | None) -> int | None:
+    """The attempt of a stored result that is a queued job's cancel (_cancel_queued's), else None."""
+    if raw is None:
+        return None
+    try:
+        info = deserialize_result(raw, deserializer=deserialize)
+        ours = isinstance(info.result, dict) and info.result.get("error") == CANCELLED_QUEUED
+        return info.job_try if ours and info.result.get("status") == "cancelled" else None
+    except Exception:  # junk, or not arq's: not ours
+        return None
 
 
 RETRIABLE = frozenset({"failed", "cancelled"})

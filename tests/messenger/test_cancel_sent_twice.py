@@ -4,7 +4,9 @@ stream (redis-cli, a follower resuming by event id) sees no copy."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 
 from relays import losing_one_reply
 from runtimes import runtime_for
@@ -25,3 +27,30 @@ async def test_a_cancel_event_sent_again_after_its_reply_was_lost_is_stored_once
     assert cancelled.status == "cancelled"
     stored = [fields[b"event"] for _, fields in client.xrange(keys.stream(job_id))]
     assert sum(b'"type":"cancelled"' in event for event in stored) == 1, stored
+
+
+async def test_a_queued_cancel_whose_reply_was_lost_ends_the_job_with_its_event(redis_server, redis_url):
+    """The cancel's MULTI ran, its reply lost: redis-py cannot send a WATCHed transaction again (it
+    raises WatchError). The job is cancelled all the same: its `cancelled` event is in the stream for
+    its followers, and no abort request is left for a job that is gone."""
+    client = redis_server.client()
+    async with losing_one_reply(redis_server.port, b"cancelled before it started") as port:
+        async with runtime_for(f"redis://127.0.0.1:{port}/0") as runtime:
+            job_id = await runtime.queue.submit(ChatRequest(message="never runs"), caller="operator")
+            heard: list[str] = []
+
+            async def on_event(event, _) -> None:
+                if event is not None:
+                    heard.append(event.type)
+
+            following = asyncio.create_task(runtime.jobs.wait(job_id, timeout=30, on_event=on_event))
+            await asyncio.sleep(0.2)  # (following)
+            cancelled = await runtime.jobs.cancel(job_id)
+            started = time.monotonic()
+            followed = await following
+            waited = time.monotonic() - started
+    assert cancelled.status == "cancelled" and followed.status == "cancelled", (cancelled, followed)
+    assert heard == ["cancelled"] and waited < 2, (heard, waited)  # (not its idle re-check, 5 s on)
+    stored = [fields[b"event"] for _, fields in client.xrange(keys.stream(job_id))]
+    assert sum(b'"type":"cancelled"' in event for event in stored) == 1, stored
+    assert client.zscore(keys.ABORT_SET, job_id) is None and not client.exists(keys.cancel(job_id))
