@@ -30,7 +30,9 @@ from shared.scripts import Arg, Key, script
 # keys dropped; one handed back (not `finish`) goes back in the queue `incr_score` ms later while its
 # lease is still ours, its lease dropped. Sent again (redis-py sends the MULTI again when the
 # connection drops with its reply on the way), it finds its own ending done: the same answer, the
-# same keys, no second delay. 1: stored; 0: the job is another run's now, nothing touched.
+# same keys, no second delay; a hand-back sent again after this worker started the job again (the
+# same lease value: its start counted past `tries`, the run's own) leaves that run's lease alone. 1:
+# stored; 0: the job is another run's now, nothing touched.
 @script(
     HOLDER_LUA
     + """
@@ -48,6 +50,8 @@ if finish then
   redis.call('ZREM', abort_set, job_id)
   redis.call('ZREM', queue, job_id)
 else
+  local started = tonumber(redis.pcall('GET', retry))  -- (a start counts it up: worker/claim.py)
+  if holder == me and tries and started and started > tries then return 1 end  -- ours again, a later start's
   if incr_score and holder == me then redis.call('ZINCRBY', queue, incr_score, job_id) end
   redis.call('DEL', lease)
 end
@@ -57,7 +61,7 @@ return 1
 async def end_job(
     redis, *, lease: Key, result: Key, record: Key, retry: Key, job: Key, abort_set: Key, queue: Key,
     me: Arg[str], job_id: Arg[str], finish: Arg[bool], result_data: Arg[bytes | None], px: Arg[int | None],
-    incr_score: Arg[int | None],
+    incr_score: Arg[int | None], tries: Arg[int | None],
 ) -> int:  # fmt: skip
     """1: the ending is stored; 0: the job is another run's, nothing was written."""
     ...

@@ -482,7 +482,9 @@ class QueueWorker(Worker):
         if failed is not None:
             return await asyncio.shield(self.finish_failed_job(job_id, result_data))
         await asyncio.shield(
-            self.finish_job(job_id, finish, result_data, keep_s, forever, incr_score, None, count=count)
+            self.finish_job(
+                job_id, finish, result_data, keep_s, forever, incr_score, None, count=count, attempt=job_try
+            )
         )
 
     async def _cancel_aborted_jobs(self) -> None:
@@ -521,7 +523,7 @@ class QueueWorker(Worker):
     async def finish_job(
         self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
         keep_result_forever: bool, incr_score: int | None, keep_in_progress: float | None,
-        *, count: dict | None = None,
+        *, count: dict | None = None, attempt: int | None = None,
     ) -> None:  # fmt: skip
         """arq's, except that a job's first stored ending stays its only one: a result is written
         only if none is there (an attempt that overlapped another after a Redis outage cannot
@@ -530,7 +532,8 @@ class QueueWorker(Worker):
         whose job another worker took stores nothing, checked in the ending's own script (between a
         check and the MULTI, another worker could take it: worker/endings.py `end_job`). The job's
         usage `count` (worker/run.py), when it made one, goes first in the same MULTI, which the jobs
-        that end meanwhile share, under the same check."""
+        that end meanwhile share, under the same check. `attempt`: the run's start number (a
+        hand-back sent again after this worker started the job again leaves that start's run be)."""
         state = self.ctx.get("mcpq")
         if state is not None and await self._taken(state, job_id):
             return
@@ -546,7 +549,7 @@ class QueueWorker(Worker):
             lease=keys.in_progress(job_id), result=keys.result(job_id), record=keys.input_request(job_id),
             retry=keys.retry(job_id), job=keys.job(job_id), abort_set=keys.ABORT_SET, queue=self.queue_name,
             me=self._me, job_id=job_id, finish=finish, result_data=result_data or None,
-            px=None if expire is None else int(expire * 1000), incr_score=incr_score or None,
+            px=None if expire is None else int(expire * 1000), incr_score=incr_score or None, tries=attempt,
         )  # fmt: skip
         if self._endings is None:
             self._endings = Endings(self.pool, accounting.command)

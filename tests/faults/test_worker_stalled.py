@@ -386,6 +386,54 @@ async def test_an_ending_sent_again_after_its_reply_was_lost_finds_its_own_endin
     assert handed_back["queued"] == 5001, "the hand-back's delay added twice"
 
 
+async def test_a_hand_back_sent_again_after_the_same_worker_started_the_job_again_leaves_that_run(
+    redis_url, redis_server, clean_env
+):
+    """A hand-back's reply lost, and before redis-py's second send reaches Redis this worker's claim (on
+    its own connection) starts the job again, under the same lease value: the second send must not
+    take that run's lease (another worker would start the job too) nor delay the job again."""
+    import hashlib
+
+    from relays import losing_one_reply
+
+    from shared.settings import load_settings
+    from worker.endings import end_job
+    from worker.job import WorkerState
+    from worker.providers.mock import MockProvider
+    from worker.publisher import EventWriter
+    from worker.runner import build_worker
+
+    client = redis_server.client()
+    client.script_load(end_job.lua)  # type: ignore[attr-defined]  # (the MULTI's EVALSHA finds it)
+    ending = hashlib.sha1(end_job.lua.encode()).hexdigest().encode()  # type: ignore[attr-defined]
+    job_id, lease = f"handed-back-{time.monotonic_ns()}", offer("me", 1000)
+    client.set(keys.job(job_id), b"{}")
+    client.zadd(keys.QUEUE, {job_id: 1})
+    client.set(keys.in_progress(job_id), lease)
+    client.set(keys.retry(job_id), b"1")  # (this run is the job's first start)
+    reconnect = asyncio.Event()
+    async with losing_one_reply(redis_server.port, ending, reconnect) as port:
+        settings = load_settings(redis_url=f"redis://127.0.0.1:{port}/0", worker_lease_seconds=1)
+        worker = build_worker(settings, handle_signals=False)
+        state = WorkerState(
+            settings=settings, provider=MockProvider(), worker_id="me", writer=EventWriter(worker.pool)
+        )
+        state.leases_renewed_at = time.monotonic()
+        worker.ctx["mcpq"], worker._me = state, lease
+        state.running[job_id] = 1
+        handing_back = asyncio.create_task(
+            worker.finish_job(job_id, False, None, 60, False, 5000, None, attempt=1)
+        )
+        await asyncio.to_thread(wait_for, lambda: not client.exists(keys.in_progress(job_id)), "handed back")
+        client.set(keys.in_progress(job_id), lease)  # this worker's claim: started again, try 2
+        client.incr(keys.retry(job_id))
+        reconnect.set()
+        await handing_back
+        await worker.pool.aclose()
+    assert client.get(keys.in_progress(job_id)) == lease.encode(), "the run started again lost its lease"
+    assert client.zscore(keys.QUEUE, job_id) == 5001, "the hand-back's delay added twice"
+
+
 async def test_a_pause_parks_the_job_only_while_the_run_holds_it_and_once(redis_url, clean_env):
     """A run that paused for its caller's answer parks its job in one script: not when another worker
     took the job after the run's last look at its lease (the other run's lease and attempt count left
