@@ -243,6 +243,9 @@ CAPACITY_CHANNEL = "mcpq:capacity"  # pub/sub: `free <model>` (a slot freed), `c
 CAPACITY_MODELS = "mcpq:capacity:models"  # set: every model that has had a limit or a cool-down
 CAPACITY_429S = "mcpq:capacity:429s"  # hash: model -> upstream 429s received, by every worker
 CAPACITY_WAITING_PREFIX = "mcpq:capacity:waiting:"  # + job id: JSON while the job waits for capacity
+# + a nonce: one 429's cool-down, counted (a cool-down redis-py sends again after a lost reply counts none)
+CAPACITY_COOLED_PREFIX = "mcpq:capacity:cooled:"
+CAPACITY_COOLED_SECONDS = 60
 
 
 def capacity(part: str, model: str) -> str:
@@ -253,6 +256,10 @@ def capacity(part: str, model: str) -> str:
 
 def capacity_waiting(job_id: str) -> str:
     return CAPACITY_WAITING_PREFIX + job_id
+
+
+def capacity_cooled(nonce: str) -> str:
+    return CAPACITY_COOLED_PREFIX + nonce
 
 
 # the dashboard's history (shared/timeseries.py): one hash per minute, + <unix minute>

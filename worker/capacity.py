@@ -165,6 +165,10 @@ async def _give_back(
     _OWN
     + _NOW
     + """
+if redis.call('EXISTS', mine) == 1 then  -- sent again, its reply lost: the first run counted this 429
+  return math.max(redis.call('PTTL', cooldown), 0)
+end
+redis.call('SET', mine, '1', 'EX', mine_ttl)
 local ms = given_ms
 if not ms then
   own(strikes, 'string')
@@ -188,11 +192,12 @@ return redis.call('PTTL', cooldown)
 """
 )
 async def _cool_down(
-    redis, *, cooldown: Key, strikes: Key, models: Key, counted: Key, model: Arg[str], channel: Arg[str],
-    given_ms: Arg[int | None], backoff_ms: Arg[int], backoff_max_ms: Arg[int],
+    redis, *, cooldown: Key, strikes: Key, models: Key, counted: Key, mine: Key, model: Arg[str], channel: Arg[str],
+    given_ms: Arg[int | None], backoff_ms: Arg[int], backoff_max_ms: Arg[int], mine_ttl: Arg[int],
 ) -> int:  # fmt: skip
     """Count a 429 and pause the model for everyone: for the provider's Retry-After, else an
-    exponential backoff; never shortens a cool-down already running. Answers its ms left."""
+    exponential backoff; never shortens a cool-down already running. Answers its ms left. `mine`:
+    this call's own key (a nonce), so the call sent again after a lost reply counts nothing twice."""
     ...
 
 
@@ -388,8 +393,9 @@ class Capacity:
         given = int(e.retry_after * 1000) if e.retry_after is not None else None
         left_ms = await _cool_down(
             redis, cooldown=keys.capacity("cooldown", model), strikes=keys.capacity("strikes", model),
-            models=keys.CAPACITY_MODELS, counted=keys.CAPACITY_429S, model=model, channel=keys.CAPACITY_CHANNEL,
-            given_ms=given, backoff_ms=int(BACKOFF_SECONDS[0] * 1000), backoff_max_ms=int(BACKOFF_SECONDS[1] * 1000),
+            models=keys.CAPACITY_MODELS, counted=keys.CAPACITY_429S, mine=keys.capacity_cooled(uuid.uuid4().hex),
+            model=model, channel=keys.CAPACITY_CHANNEL, given_ms=given, backoff_ms=int(BACKOFF_SECONDS[0] * 1000),
+            backoff_max_ms=int(BACKOFF_SECONDS[1] * 1000), mine_ttl=keys.CAPACITY_COOLED_SECONDS,
         )  # fmt: skip
         self._cooling[model] = time.monotonic() + int(left_ms) / 1000
         log.warning("model %s answered 429: every worker waits %.1f s for it", model, int(left_ms) / 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 from openai_server import eventually
@@ -40,8 +41,9 @@ async def take(redis, *, holder="h1", rpm=None, tpm=None, cost=0, concurrency=No
 async def cool(redis, given_ms=None) -> int:
     return await _cool_down(
         redis, cooldown=keys.capacity("cooldown", MODEL), strikes=keys.capacity("strikes", MODEL),
-        models=keys.CAPACITY_MODELS, counted=keys.CAPACITY_429S, model=MODEL, channel=keys.CAPACITY_CHANNEL,
-        given_ms=given_ms, backoff_ms=1000, backoff_max_ms=60_000,
+        models=keys.CAPACITY_MODELS, counted=keys.CAPACITY_429S, mine=keys.capacity_cooled(uuid.uuid4().hex),
+        model=MODEL, channel=keys.CAPACITY_CHANNEL, given_ms=given_ms, backoff_ms=1000, backoff_max_ms=60_000,
+        mine_ttl=60,
     )  # fmt: skip
 
 
@@ -282,3 +284,25 @@ async def test_with_a_fallback_a_429_moves_on_at_once_and_a_full_model_after_a_s
     assert 0.9 <= time.monotonic() - started < 5, "it waited its patience, not the job's deadline"
     release.set()
     assert await first is END
+
+
+async def test_a_429_whose_cool_down_was_sent_again_after_its_reply_was_lost_counts_once(redis_server, redis):
+    """redis-py sends the cool-down again when the connection drops with its reply on the way: the
+    429 is counted once, and the model cools down for one 429 in a row (1 s), not two (2 s)."""
+    import hashlib
+
+    from relays import losing_one_reply
+
+    redis_server.client().script_load(_cool_down.lua)  # type: ignore[attr-defined]  # (EVALSHA finds it)
+    marker = hashlib.sha1(_cool_down.lua.encode()).hexdigest().encode()  # type: ignore[attr-defined]
+    async with losing_one_reply(redis_server.port, marker) as port:
+        relayed = connect(f"redis://127.0.0.1:{port}/0")
+        try:
+            waits = await capacity()._upstream_429(
+                relayed, MODEL, ProviderError("429", retryable=True, status=429)
+            )
+        finally:
+            await relayed.aclose()
+    assert await redis.hget(keys.CAPACITY_429S, MODEL) == b"1", "one 429 counted twice"
+    assert await redis.get(keys.capacity("strikes", MODEL)) == b"1"
+    assert 0.5 <= waits <= 1.0, "the cool-down of a second 429 in a row"
