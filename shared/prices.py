@@ -83,13 +83,12 @@ def configure(overrides: dict[str, tuple[float, float]] | None) -> None:
 
 def lookup(model: str) -> Priced | None:
     """The price of `model` and its source, or None if no source knows it."""
-    names = list(dict.fromkeys(_candidates(model.strip().lower())))
+    names, unprefixed = _names(model)
     for name in names:
         if name in _overrides:
             return Priced(_overrides[name], OVERRIDE)
-    unprefixed = names[0].split("/")[-1]
-    today = datetime.now(UTC).date()  # a price the list dates (a change announced ahead) applies that day
-    if not unprefixed.startswith(_OURS) and (found := _from_library(unprefixed, today)):
+    # (a price the list dates, a change announced ahead, applies that day)
+    if not unprefixed.startswith(_OURS) and (found := _from_library(unprefixed, datetime.now(UTC).date())):
         return found
     for name in names:
         if name in PRICES:
@@ -127,6 +126,14 @@ def warm(default_model: str) -> None:
         timer = threading.Timer(WARM_AFTER_SECONDS, _library)
         timer.daemon = True
         timer.start()
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: model names come from callers
+def _names(model: str) -> tuple[tuple[str, ...], str]:
+    """The names `model` is looked up by, first match wins, and its name without a provider prefix;
+    made once a model (a job's ending looks its price up twice: its cost, then where the price came from)."""
+    names = tuple(dict.fromkeys(_candidates(model.strip().lower())))
+    return names, names[0].split("/")[-1]
 
 
 def _candidates(name: str):

@@ -50,7 +50,7 @@ async def first_turn(
     failures: list[str] = []
     first_failed = ""
     for i, model in enumerate(models):
-        this = replace(call, model=model)
+        this = call if model == call.model else replace(call, model=model)  # (frozen: the same call)
         try:
             end = await turn(this)
         except McpQueueError as e:

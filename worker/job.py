@@ -192,6 +192,7 @@ def build_messages(request: ChatRequest, history: list[dict[str, str]]) -> list[
 
 
 INVALID = "invalid request in the queue: "
+NOTHING_ASKED = approvals.InputRecord()  # a job without tools: never read, never changed (2.4 µs a job made)
 
 
 async def chat(ctx: dict, request: dict, trace: dict | None = None) -> dict:
@@ -215,7 +216,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             req = req.model_copy(update={"conversation_id": None})
             run.request = {k: v for k, v in run.request.items() if k != "conversation_id"}
         call = await _model_call(run, req)
-        replay, asked = journal.Replay(), approvals.InputRecord()
+        replay, asked = journal.Replay(), NOTHING_ASKED  # (only a job with tools can have paused)
         if req.mcp_servers:
             run.journaled = True
             asked = await approvals.read(run.redis, run.job_id)
@@ -378,7 +379,7 @@ async def _stream_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamE
     async with aclosing(run.state.provider.stream(call)) as pieces:
         async for piece in pieces:
             if isinstance(piece, StreamEnd):
-                end = replace(piece, tool_calls=tuple(
+                end = piece if not piece.tool_calls else replace(piece, tool_calls=tuple(
                     replace(c, name=well_formed(c.name), arguments=well_formed(c.arguments)) for c in piece.tool_calls
                 ))  # fmt: skip
                 continue

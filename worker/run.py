@@ -165,6 +165,8 @@ class JobRun:
         self.state.metrics.job_ended(result)
         if self.span is not None:
             self.span.set_attributes({"gen_ai.request.model": self.model, "mcpq.outcome": status})
+        if not log.isEnabledFor(logging.INFO):  # (LOG_LEVEL=WARNING: its fields are not even gathered)
+            return
         log.info(
             "job %s %s", self.job_id, status,
             extra={"job_id": self.job_id, "worker_id": self.state.worker_id, "model": self.model,

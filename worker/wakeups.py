@@ -58,7 +58,7 @@ from worker import accounting, pause
 from worker.claim import Claimed, claim_jobs, give_back, still_handed
 from worker.endings import Endings, end_job
 from worker.heartbeat import beat_interval, renew_leases
-from worker.intake import job_id_problem, job_problem
+from worker.intake import job_id_problem, read_job
 from worker.publisher import why_not_written
 
 log = logging.getLogger("worker")
@@ -263,21 +263,22 @@ class QueueWorker(Worker):
         self._own_slots -= own - int(claimed[0])
         self._offered = int(claimed[1])
         for job in Claimed.batch(claimed[2:]):
-            problem, details = self._problem(job)
+            problem, details, value = self._problem(job)
             if problem is None:
-                self._start(job)
+                self._start(job, value)
             else:  # in order: what was queued before a job is dead-lettered before it starts
                 await self._bury(job.raw_id, job.raw_job, problem, **details)
                 self._slot_free()
 
-    def _start(self, job: Claimed) -> None:
-        """Run a job leased for this worker in a slot of its own; one it has no slot for (more was
-        handed to it than it offered, after a lost offer; or it is stopping) goes back to the queue."""
+    def _start(self, job: Claimed, value: dict | None) -> None:
+        """Run a job leased for this worker (`value`: its job value, read by `_problem`) in a slot of its
+        own; one it has no slot for (more was handed to it than it offered, after a lost offer; or it is
+        stopping) goes back to the queue."""
         if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
             return self._errand(self._give_back(job))
         self.job_counter += 1
         job_id = job.raw_id.decode(errors="backslashreplace")
-        task = self.loop.create_task(self._begin(job, job_id))
+        task = self.loop.create_task(self._begin(job, job_id, value))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[job_id] = task
 
@@ -286,12 +287,12 @@ class QueueWorker(Worker):
         self._errands.add(task)
         task.add_done_callback(self._errands.discard)
 
-    async def _begin(self, job: Claimed, job_id: str) -> None:
+    async def _begin(self, job: Claimed, job_id: str, value: dict | None) -> None:
         await self.sem.acquire()  # never waits: job_counter counted this slot
         due = float(job.score)
         # a turn (shared/turns.py) is not a time: arq would log it as a delay of decades
         due = due if math.isfinite(due) and not turns.is_turn(due) else time.time() * 1000
-        await self.run_claimed(job, job_id, int(due))
+        await self.run_claimed(job, job_id, int(due), value)
 
     async def _give_back(self, job: Claimed) -> None:
         job_id = job.raw_id.decode(errors="replace")
@@ -312,7 +313,7 @@ class QueueWorker(Worker):
         loop blocked, or Redis away): a hand-off read now may be older than its lease."""
         return self.ctx["mcpq"].stale()
 
-    async def _start_if_still_handed(self, job: Claimed) -> None:
+    async def _start_if_still_handed(self, job: Claimed, value: dict | None) -> None:
         """Start a job handed over while we were stalled only if no other start took it meanwhile (its
         lease lapsed, a poll ran it, maybe to its end): it must not run twice."""
         job_id = job.raw_id.decode(errors="replace")
@@ -324,7 +325,7 @@ class QueueWorker(Worker):
         except (RedisError, OSError):
             held = 0  # its lease lapses and a poll finds it
         if held:
-            return self._start(job)
+            return self._start(job, value)
         log.info("job %s: handed over while this worker was stalled; another start has it", job_id)
         self._slot_free()
 
@@ -351,14 +352,15 @@ class QueueWorker(Worker):
                 log.warning("ignoring a wake-up that is not a job id: %.100r", raw_id)
         return candidates
 
-    def _problem(self, job: Claimed) -> tuple[str | None, dict]:
-        """Why a leased job cannot run (None: it can), and what its dead-letter entry says of it."""
+    def _problem(self, job: Claimed) -> tuple[str | None, dict, dict | None]:
+        """Why a leased job cannot run (None: it can), what its dead-letter entry says of it, and its
+        job value read (None unless it can run)."""
         if (problem := job_id_problem(job.raw_id)) is not None:  # a queue member read by the scan
-            return problem, {}
+            return problem, {}, None
         if job.note:
             log.warning("job %s: its retry counter was reset (%s)", job.raw_id.decode(), job.note)
-        problem, function = job_problem(job.raw_job, set(self.functions))
-        return problem, {"function": function, "attempt": job.job_try}
+        problem, function, value = read_job(job.raw_job, self.functions.keys())
+        return problem, {"function": function, "attempt": job.job_try}, value
 
     async def _bury_handed(self, job: Claimed, problem: str, details: dict) -> None:
         await self._bury(job.raw_id, job.raw_job, problem, **details)
@@ -377,10 +379,10 @@ class QueueWorker(Worker):
         except (RedisError, OSError) as e:  # its lease lapses and the next claim tries again
             log.warning("could not dead-letter queue entry %.100s (%s)", shown, type(e).__name__)
 
-    async def run_claimed(self, job: Claimed, job_id: str, score: int) -> None:
+    async def run_claimed(self, job: Claimed, job_id: str, score: int, value: dict | None) -> None:
         """Run a claimed job, with nothing it raises reaching the main loop (which would stop the worker)."""
         try:
-            await self._run_claimed(job, job_id, score)
+            await self._run_claimed(job, job_id, score, value)
         except (RedisError, OSError) as e:  # Redis went away around the job: its lease lapses, it runs again
             # (never str(e): a pipeline's error quotes its commands, the job's result among them)
             log.warning(
@@ -391,11 +393,12 @@ class QueueWorker(Worker):
         except Exception:
             log.exception("job %s: arq failed around the job; it will run again", job_id)
 
-    async def _run_claimed(self, job: Claimed, job_id: str, score: int) -> None:
+    async def _run_claimed(self, job: Claimed, job_id: str, score: int, value: dict | None) -> None:
         """arq 0.28's `run_job` from where its pipeline has read the job (the claim read it, and
-        intake.py checked it): the same abort, retry and timeout rules, counters and stored result."""
+        intake.py checked it and read its `value`): the same abort, retry and timeout rules, counters
+        and stored result."""
         start_ms = timestamp_ms()
-        d = self.job_deserializer(job.raw_job)  # type: ignore[misc]  # checked: an arq job of ours
+        d = value if value is not None else self.job_deserializer(job.raw_job)  # type: ignore[misc]
         name, args, kwargs, job_try, enqueued_ms = d["f"], tuple(d["a"]), d["k"], job.job_try, d["et"]
         function = self.functions[name]
         ref = f"{job_id}:{name}"
@@ -628,11 +631,11 @@ class QueueWorker(Worker):
             except ValueError as e:  # published by hand: nothing leased, nothing to run
                 log.warning("ignoring a hand-off message: %s: %.100r", e, data)
                 return
-            problem, details = self._problem(job)
+            problem, details, value = self._problem(job)
             if problem is None and self._stalled():  # read late: the job may be another start's by now
-                return self._errand(self._start_if_still_handed(job))
+                return self._errand(self._start_if_still_handed(job, value))
             if problem is None:
-                return self._start(job)
+                return self._start(job, value)
             self._errand(self._bury_handed(job, problem, details))
 
         await subscribe_forever(
