@@ -40,7 +40,7 @@ from messenger.collector import Transcript
 from messenger.progress import direct_stream, notification
 from shared import damaged, keys
 from shared.connection import Batch
-from shared.events import Event, InputRequiredEvent, ToolCallEvent, ToolResultEvent
+from shared.events import Event, InputRequiredEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 
 if TYPE_CHECKING:
     from messenger.runtime import Runtime
@@ -107,6 +107,8 @@ def job_log(ctx, store: LevelStore | None) -> Listener | None:
     async def tell(event: Event | None, transcript: Transcript) -> None:
         if not log:
             log.append(_at(ctx, await reading))
+        elif type(event) is TokenEvent:  # (the usual event: never a log message, and not the first)
+            return
         if log[0] is not None:
             await log[0](event, transcript)
 
@@ -172,6 +174,9 @@ class JobLog:
         self.first = True
 
     async def __call__(self, event: Event | None, transcript: Transcript) -> None:
+        if type(event) is TokenEvent:  # the usual event, in short: never a message (describe)
+            self.first = False
+            return
         said, self.first = describe(event, transcript, self.first), False
         if said is None or LEVELS.index(said[0]) < self.threshold:
             return
