@@ -83,7 +83,8 @@ class EventHub:
         self._connected = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._subscribe_lock = asyncio.Lock()  # concurrent first subscribes would each open a connection
-        self._changes: list[tuple[str, str, asyncio.Future[None]]] = []  # (SUBSCRIBE|UNSUBSCRIBE, channel)
+        # (SUBSCRIBE|UNSUBSCRIBE, channel, the future its sender waits on: None for an UNSUBSCRIBE)
+        self._changes: list[tuple[str, str, asyncio.Future[None] | None]] = []
         self._changer: asyncio.Task[None] | None = None
         self._reads = 0  # messages read so far: a reader that reads is alive, however far behind
 
@@ -112,7 +113,8 @@ class EventHub:
         events (collector.follow_events does) to see what it published before the confirmation. A
         SUBSCRIBE that cannot be sent fails the follow, as a confirmation that never comes does, with
         the job enqueued. The follows that start in one loop turn share one SUBSCRIBE (and their ends
-        one UNSUBSCRIBE)."""
+        one UNSUBSCRIBE, which a follow's end queues and does not wait for: a call's answer went out a
+        loop turn or more later, its task woken once more, for a command whose outcome nobody used)."""
         channel = keys.events(job_id)
         queue = Mailbox()
         followers = self._followers.setdefault(channel, set())
@@ -136,19 +138,21 @@ class EventHub:
             if sent is not None:  # (meanwhile raised: nobody awaits its outcome)
                 sent.add_done_callback(_outcome_read)
             followers.discard(queue)
-            if not followers:
+            if not followers:  # the UNSUBSCRIBE goes in order with the changes after it; nobody waits for it
                 self._followers.pop(channel, None)
                 self._confirmations.pop(channel, None)
-                with contextlib.suppress(RedisError, OSError):
-                    await self._change("UNSUBSCRIBE", channel)
+                self._queue_change("UNSUBSCRIBE", channel, None)
 
     def _change(self, command: str, channel: str) -> asyncio.Future[None]:
         """Queue a SUBSCRIBE or UNSUBSCRIBE of `channel`: done once sent (or failed as the send did)."""
         future = asyncio.get_running_loop().create_future()
+        self._queue_change(command, channel, future)
+        return future
+
+    def _queue_change(self, command: str, channel: str, future: asyncio.Future[None] | None) -> None:
         self._changes.append((command, channel, future))
         if self._changer is None or self._changer.done():
             self._changer = asyncio.create_task(self._send_changes(), name="event-hub-subscriptions")
-        return future
 
     async def _send_changes(self) -> None:
         """Send the queued changes in order, each run of one command as one command with all its
@@ -160,10 +164,10 @@ class EventHub:
                 await self._send_batch(batch)
             finally:  # (cancelled: the hub is closing) no follow waits for ever on its change
                 for *_, future in batch:
-                    if not future.done():
+                    if future is not None and not future.done():
                         future.cancel()
 
-    async def _send_batch(self, batch: list[tuple[str, str, asyncio.Future[None]]]) -> None:
+    async def _send_batch(self, batch: list[tuple[str, str, asyncio.Future[None] | None]]) -> None:
         async with self._subscribe_lock:
             start = 0
             for end in range(1, len(batch) + 1):
@@ -175,11 +179,11 @@ class EventHub:
                     await send(*(channel for _, channel, _ in run))
                 except Exception as e:
                     for *_, future in run:
-                        if not future.done():
+                        if future is not None and not future.done():
                             future.set_exception(e)
                 else:
                     for *_, future in run:
-                        if not future.done():
+                        if future is not None and not future.done():
                             future.set_result(None)
 
     async def _confirmed(self, pending: asyncio.Future[None]) -> None:

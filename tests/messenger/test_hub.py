@@ -72,20 +72,12 @@ async def test_a_job_is_enqueued_without_waiting_for_its_subscribe_to_be_sent(re
     hub = EventHub(redis)
     await hub.start()
     channel, enqueued, order = keys.events("enqueued-first"), asyncio.Event(), []
-    subscribe = hub._pubsub.subscribe
-
-    async def after_the_enqueue(*channels):
-        if channel in channels:
-            with contextlib.suppress(TimeoutError):  # (an enqueue that waits for it never comes)
-                await asyncio.wait_for(enqueued.wait(), 2)
-            order.append("subscribe")
-        return await subscribe(*channels)
+    _sent_after(hub, "subscribe", channel, enqueued, order)
 
     async def enqueue() -> None:
         order.append("enqueue")
         enqueued.set()
 
-    hub._pubsub.subscribe = after_the_enqueue
     try:
         async with asyncio.timeout(10), hub.follow("enqueued-first", meanwhile=enqueue) as queue:
             await redis.publish(channel, b"first")
@@ -93,6 +85,48 @@ async def test_a_job_is_enqueued_without_waiting_for_its_subscribe_to_be_sent(re
     finally:
         await hub.close()
     assert order == ["enqueue", "subscribe"]
+
+
+async def test_a_follow_ends_without_waiting_for_its_unsubscribe_which_still_goes_out(redis):
+    """A follower's end (a call's answer) does not wait for its channel's UNSUBSCRIBE to be sent: here
+    the UNSUBSCRIBE waits until the follow has ended, and Redis still drops the channel after it; a
+    follow of the same job right after is subscribed again, in order."""
+    hub = EventHub(redis)
+    await hub.start()
+    channel, ended, order = keys.events("ends-first"), asyncio.Event(), []
+    _sent_after(hub, "unsubscribe", channel, ended, order)
+    try:
+        async with asyncio.timeout(10):
+            async with hub.follow("ends-first"):
+                pass
+            order.append("ended")
+            ended.set()
+            await eventually(lambda: order == ["ended", "unsubscribe"])
+            await eventually(lambda: _no_subscriber(redis, channel))
+            async with hub.follow("ends-first") as queue:  # subscribed anew after the UNSUBSCRIBE
+                await redis.publish(channel, b"again")
+                assert await queue.get() == b"again"
+    finally:
+        await hub.close()
+
+
+def _sent_after(hub: EventHub, command: str, channel: str, event: asyncio.Event, order: list[str]) -> None:
+    """The hub's `command` (subscribe, unsubscribe) of `channel` is sent only once `event` is set (or
+    2 s later: a caller that waits for it never sets it), noting its name in `order`."""
+    send = getattr(hub._pubsub, command)
+
+    async def later(*channels):
+        if channel in channels:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 2)
+            order.append(command)
+        return await send(*channels)
+
+    setattr(hub._pubsub, command, later)
+
+
+async def _no_subscriber(redis, channel: str) -> bool:
+    return (await redis.pubsub_numsub(channel))[0][1] == 0
 
 
 async def test_a_burst_of_messages_reaches_every_follower_whole_and_in_order_beside_a_new_subscription(redis):
