@@ -105,11 +105,22 @@ class WorkerState:
         stop our run; it stores no ending, the other run is the job's now."""
         if job_id in self.taken or job_id not in self.running:
             return
-        self.taken.add(job_id)
         log.warning(
             "job %s: another worker took it while this one was stalled past its lease; stopping this run",
             job_id,
         )
+        self._stop_run(job_id)
+
+    def heart_stopped(self) -> None:
+        """The heartbeat died (worker/wakeups.py): every run stops as if its job were taken (it stores
+        nothing; its lease lapses to another worker), and no write waits for a look that never comes."""
+        for job_id in list(self.running):
+            if job_id not in self.taken:
+                self._stop_run(job_id)
+        self.looked()
+
+    def _stop_run(self, job_id: str) -> None:
+        self.taken.add(job_id)
         if (task := self.tasks.get(job_id)) is not None:
             task.cancel()
 

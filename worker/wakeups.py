@@ -153,6 +153,7 @@ class QueueWorker(Worker):
         self._errands: set[asyncio.Task] = set()  # hand-offs given back or dead-lettered, held until done
         self._claimer = None  # the connection claims go on (shared.connection.CLAIM), made in main()
         self._claims = itertools.count()  # each claim's own key (keys.claim): a claim sent again knows it
+        self._heartless: str | None = None  # why the heartbeat stopped while we run: main() ends with it
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -164,12 +165,16 @@ class QueueWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._me = handoff.offer(self._worker_id(), int(self.in_progress_timeout_s * 1000))
+        if (beating := self.ctx.get("heartbeat")) is not None:
+            beating.add_done_callback(self._heart_stopped)
         self._claimer = connect(self.ctx["settings"].redis_url, CLAIM)
         listener = asyncio.create_task(self._listen_for_wakeups())
         loop = asyncio.get_running_loop()
         last_poll = 0.0
         try:
             while True:
+                if self._heartless is not None:
+                    raise RuntimeError(self._heartless)
                 self._wake.clear()
                 woken, self._woken = self._woken, []
                 freed, self._slot_freed = self._slot_freed and not self.burst, False
@@ -211,6 +216,26 @@ class QueueWorker(Worker):
 
     def _worker_id(self) -> str:
         return self.ctx["mcpq"].worker_id  # (set by on_startup: worker/runner.py)
+
+    def _heart_stopped(self, beating: asyncio.Task) -> None:
+        """The heartbeat task ended while the worker runs (a stray cancellation, which its `except
+        Exception` lets through; a bug): nothing renews our leases or looks at them any more, so an
+        event write that waits for a look would wait for ever, and every job we hold lapses to another
+        worker. Say so, stop our runs (they store nothing: another worker runs each job once its lease
+        lapses), take no more jobs, and end main() with the reason. (Shutdown takes it out of ctx first.)"""
+        if self.ctx.get("heartbeat") is not beating:
+            return
+        why = "cancelled" if beating.cancelled() else repr(beating.exception())
+        self._heartless = (
+            f"the heartbeat stopped ({why}): this worker cannot keep its jobs' leases; restart it"
+        )
+        log.error(
+            "%s; its runs are stopped (another worker runs their jobs) and it takes no more jobs",
+            self._heartless,
+        )
+        self.allow_pick_jobs = False
+        self.ctx["mcpq"].heart_stopped()
+        self._wake.set()
 
     async def start_jobs(self, job_ids: list) -> None:
         """arq's poll: the head of the queue (as the script reads it, which may offer what is left)."""
