@@ -118,6 +118,59 @@ async def test_a_batched_commands_error_is_its_callers_alone(redis_url):
         await redis.aclose()
 
 
+async def test_a_batch_reads_the_replies_redis_py_would(redis_url):
+    """A Batch takes each reply from the parser (messenger's stores, reads, enqueues): the replies are
+    a plain pipeline's, each through its response callback (EXPIRE's bool, XRANGE's entries, a missing
+    key's None, HGETALL's dict), an error reply in its command's place, and replies too long for one
+    socket read (a 3 MB value, 2,000 entries) read whole after those before them."""
+    redis = connect(redis_url)
+    try:
+        await redis.set("big", b"x" * 3_000_000)
+        await redis.hset("h", "f", "v")
+        for i in range(2000):
+            await redis.xadd("s", {"m": str(i)})
+        commands = [
+            ("XADD", "s2", "*", "m", "é"), ("EXPIRE", "s2", 60), ("EXPIRE", "missing", 60), ("GET", "missing"),
+            ("GET", "big"), ("XRANGE", "s", "-", "+"), ("GETEX", "h", "EX", 60), ("HGETALL", "h"),
+            ("HGETALL", "missing"), ("EXISTS", "big", "h"), ("SET", "k", "v"), ("XRANGE", "missing", "-", "+"),
+        ]  # fmt: skip
+        plain = redis.pipeline(transaction=False)
+        for args in commands:
+            plain.execute_command(*args)
+        expected = await plain.execute(raise_on_error=False)
+        got = await Batch(redis).run_each(*commands)
+        assert [repr(r) if isinstance(r, Exception) else r for r in got][1:] == [
+            repr(r) if isinstance(r, Exception) else r for r in expected
+        ][1:]
+        assert isinstance(got[0], bytes) and isinstance(got[6], Exception) and "WRONGTYPE" in str(got[6])
+        assert got[1] is True and got[2] is False and len(got[4]) == 3_000_000 and len(got[5]) == 2000
+    finally:
+        await redis.aclose()
+
+
+async def test_a_batch_whose_connection_drops_mid_reply_is_sent_again(redis_url, monkeypatch):
+    """A connection that closes while a Batch reads its replies (the second one not whole yet) is
+    closed, and the pipeline goes again once connected anew, as with redis-py's own read."""
+    redis = connect(redis_url)
+    cls = redis.connection_pool.connection_class
+    read, cut = cls.read_response, []
+
+    async def cut_once(self, *args, **kwargs):
+        if not cut:  # the first read of a reply not in the parser yet: the socket closes under it
+            cut.append(self)
+            self._writer.transport.abort()
+        return await read(self, *args, **kwargs)
+
+    try:
+        await redis.set("big", b"y" * 3_000_000)
+        await redis.set("small", b"s")
+        monkeypatch.setattr(cls, "read_response", cut_once)
+        assert await Batch(redis).run_each(("GET", "small"), ("GET", "big")) == [b"s", b"y" * 3_000_000]
+        assert cut  # (the retry connected it again)
+    finally:
+        await redis.aclose()
+
+
 async def test_a_claim_never_rides_out_an_outage_and_the_process_notes_redis_away(tmp_path, monkeypatch):
     """A worker's claims (CLAIM) fail at once while Redis is away, where a service connection would
     retry for seconds and land as Redis comes back: before live holders renewed the leases that
