@@ -12,6 +12,7 @@ whether the call succeeded, failed or was cancelled. A CancelledError that is no
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -59,6 +60,9 @@ class WorkerState:
     provider_seen_at: float = 0.0  # unix time of that outcome (health trusts the newest across workers)
     defaults: dict[str, ModelDefaults] = field(default_factory=dict)  # tenant -> its defaults over the global
     defaults_read_at: float = float("-inf")  # monotonic; -inf: read before the next job
+    _defaults_reads: dict[str, asyncio.Future[ModelDefaults]] = field(
+        default_factory=dict
+    )  # tenant -> its read
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     tool_servers: ToolServers = field(default_factory=lambda: ToolServers({}))
     paused: dict[str, pause.Park] = field(default_factory=dict)  # job id -> how to park it (worker/pause.py)
@@ -128,24 +132,41 @@ class WorkerState:
         self.provider_error, self.provider_seen_at = error, time.time()
 
     async def model_defaults(self, redis, tenant: str = OPERATOR) -> ModelDefaults:
-        """configure_ai_model's defaults for this tenant: its own over the global ones."""
+        """configure_ai_model's defaults for this tenant: its own over the global ones. The jobs that
+        start while they are read share that one read: each its own, a claim's 25 jobs made 25 reads
+        each time the copy aged out, and the jobs claimed meanwhile more."""
         if time.monotonic() - self.defaults_read_at > DEFAULTS_MAX_AGE:
             self.defaults.clear()
+            self._defaults_reads.clear()  # (a read begun before is not joined: it may be older)
             self.defaults_read_at = time.monotonic()
-        if tenant not in self.defaults:
-            found = ModelDefaults()
-            names = [keys.MODEL_DEFAULTS, keys.model_defaults(tenant)]
-            async with redis.pipeline(transaction=False) as pipe:  # one round trip: a job waits for it
-                for key in names:
-                    pipe.get(key)
-                stored = damaged.replies(await pipe.execute(raise_on_error=False), names, [None, None])
-            for key, raw in zip(names, stored, strict=True):  # not a string: as if unset
-                try:
-                    found = (ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()).over(found)
-                except ValidationError:
-                    log.warning("ignoring invalid %s: %.200r", key, raw)
-            self.defaults[tenant] = found
-        return self.defaults[tenant]
+        if (found := self.defaults.get(tenant)) is not None:
+            return found
+        read = self._defaults_reads.get(tenant)
+        if read is None:
+            read = self._defaults_reads[tenant] = asyncio.ensure_future(self._read_defaults(redis, tenant))
+            read.add_done_callback(functools.partial(self._defaults_read, tenant))
+        return await asyncio.shield(read)  # (a job cancelled while it waits leaves the read to the others)
+
+    def _defaults_read(self, tenant: str, read: asyncio.Future[ModelDefaults]) -> None:
+        if self._defaults_reads.get(tenant) is read:
+            del self._defaults_reads[tenant]
+        if not read.cancelled():
+            read.exception()  # (seen: every job that waited for it may have gone)
+
+    async def _read_defaults(self, redis, tenant: str) -> ModelDefaults:
+        found = ModelDefaults()
+        names = [keys.MODEL_DEFAULTS, keys.model_defaults(tenant)]
+        async with redis.pipeline(transaction=False) as pipe:  # one round trip: a job waits for it
+            for key in names:
+                pipe.get(key)
+            stored = damaged.replies(await pipe.execute(raise_on_error=False), names, [None, None])
+        for key, raw in zip(names, stored, strict=True):  # not a string: as if unset
+            try:
+                found = (ModelDefaults.model_validate_json(raw) if raw else ModelDefaults()).over(found)
+            except ValidationError:
+                log.warning("ignoring invalid %s: %.200r", key, raw)
+        self.defaults[tenant] = found
+        return found
 
 
 async def _check_reservation(
