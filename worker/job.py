@@ -20,7 +20,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import INVALID_SPAN, SpanKind
 from pydantic import ValidationError
 
 from shared import approvals, damaged, keys, prices, tracing
@@ -229,6 +229,8 @@ NOTHING_ASKED = approvals.InputRecord()  # a job without tools: never read, neve
 
 async def chat(ctx: dict, request: dict, trace: dict | None = None) -> dict:
     """`trace`: the caller's W3C trace context (traceparent, tracestate), when it sent one."""
+    if tracing.needless(trace):
+        return await _chat(ctx, request, INVALID_SPAN)
     attributes = {"messaging.message.id": ctx["job_id"], "mcpq.attempt": ctx["job_try"]}
     with tracing.span("mcp-queue.worker", "chat", trace, SpanKind.CONSUMER, attributes) as span:
         return await _chat(ctx, request, span)
