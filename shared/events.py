@@ -158,6 +158,43 @@ def token_body(seq: int, attempt: int, ts: bytes, text: str) -> bytes:
     return b'"seq":%d,"attempt":%d,"ts":%b,"type":"token","text":%b}' % (seq, attempt, ts, to_json(text))
 
 
+def start_body(seq: int, attempt: int, ts: float, worker_id: str, model: str) -> bytes:
+    """A StartEvent's JSON (not resumed) after event_head, byte for byte as dump_event writes it,
+    without building the model: every job starts with one."""
+    return b'"seq":%d,"attempt":%d,"ts":%b,"type":"start","worker_id":%b,"model":%b}' % (
+        seq,
+        attempt,
+        to_json(ts),
+        to_json(worker_id),
+        to_json(model),
+    )
+
+
+def done_body(
+    seq: int,
+    attempt: int,
+    ts: bytes,
+    usage: TokenUsage,
+    cost: float | None,
+    finish_reason: str | None,
+    model: str,
+) -> bytes:
+    """A DoneEvent's JSON (no fallback) after event_head, byte for byte as dump_event writes it (`ts`:
+    to_json of the time), without building the model: every completed job ends with one."""
+    return (
+        b'"seq":%d,"attempt":%d,"ts":%b,"type":"done","usage":%b,"cost":%b,"finish_reason":%b,"model":%b}'
+        % (
+            seq,
+            attempt,
+            ts,
+            usage.model_dump_json().encode(),
+            to_json(cost),
+            to_json(finish_reason),
+            to_json(model),
+        )
+    )
+
+
 @functools.lru_cache(maxsize=4096)
 def _spliced(job_id: str) -> bool:
     """Whether the script can put the job's head back itself (an id JSON does not escape)."""

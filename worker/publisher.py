@@ -37,8 +37,10 @@ from shared.events import (
     TokenUsage,
     ToolCallEvent,
     ToolResultEvent,
+    done_body,
     dump_event,
     event_head,
+    start_body,
     token_body,
     write_wired,
 )
@@ -301,6 +303,10 @@ class EventPublisher:
         for kind, fields in self._pending:
             if kind == "token":  # (the usual event: its JSON without a model)
                 data = token_body(seq, attempt, stamp, fields["text"])
+            elif kind == "start" and "resumed" not in fields:  # (every job's first and last: the same)
+                data = start_body(seq, attempt, fields["ts"], fields["worker_id"], fields["model"])
+            elif kind == "done" and "fallback_from" not in fields:
+                data = done_body(seq, attempt, stamp, **fields)
             else:
                 cls = _EVENT_TYPES.get(kind, CancelledEvent)
                 event = cls(job_id=self.job_id, seq=seq, attempt=attempt, **{"ts": now, **fields})

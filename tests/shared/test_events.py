@@ -19,9 +19,11 @@ from shared.events import (
     StartEvent,
     TokenEvent,
     TokenUsage,
+    done_body,
     dump_event,
     event_head,
     parse_event,
+    start_body,
     token_body,
 )
 
@@ -213,6 +215,32 @@ def test_a_token_written_without_its_model_is_the_same_bytes(fields, text):
     job_id, seq, attempt, ts = fields["job_id"], fields["seq"], fields["attempt"], fields["ts"]
     wired = event_head(job_id) + token_body(seq, attempt, to_json(ts), text)
     assert wired == dump_event(TokenEvent(**fields, text=text))
+
+
+@FAST
+@given(st.fixed_dictionaries(envelope), st.text(), st.text())
+def test_a_start_written_without_its_model_is_the_same_bytes(fields, worker_id, model):
+    """The worker writes a job's start event with start_body: a reader cannot tell it from dump_event's."""
+    job_id, seq, attempt, ts = fields["job_id"], fields["seq"], fields["attempt"], fields["ts"]
+    wired = event_head(job_id) + start_body(seq, attempt, ts, worker_id, model)
+    assert wired == dump_event(StartEvent(**fields, worker_id=worker_id, model=model))
+
+
+@FAST
+@given(
+    st.fixed_dictionaries(envelope),
+    usages,
+    st.one_of(st.none(), finite),
+    st.one_of(st.none(), st.text()),
+    st.text(),
+)
+def test_a_done_written_without_its_model_is_the_same_bytes(fields, usage, cost, finish_reason, model):
+    """The worker writes a completed job's done event with done_body: a reader cannot tell it from
+    dump_event's."""
+    job_id, seq, attempt, ts = fields["job_id"], fields["seq"], fields["attempt"], fields["ts"]
+    wired = event_head(job_id) + done_body(seq, attempt, to_json(ts), usage, cost, finish_reason, model)
+    event = DoneEvent(**fields, usage=usage, cost=cost, finish_reason=finish_reason, model=model)
+    assert wired == dump_event(event)
 
 
 @FAST
