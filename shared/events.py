@@ -208,19 +208,22 @@ def _spliced(job_id: str) -> bool:
 # event; the prefixes and limits are constants of the script, not arguments sent with every call.
 @script(
     f"""
-local failures = {{}}
+local failures, answered, size = {{}}, 0, #batch
 local i = 1
-while i <= #batch do
-  local job, count, flags = batch[i], tonumber(batch[i + 1]), batch[i + 2]
-  local stream, head, failed, skip = '{keys.STREAM_PREFIX}' .. job, '', '', 0
-  local journal, entries = '{keys.JOURNAL_PREFIX}' .. job, 0
-  if string.sub(flags, 4, 4) == '1' then entries = tonumber(batch[i + 3 + count]) end
+while i <= size do
+  local job, count = batch[i], tonumber(batch[i + 1])
+  -- the flags' bytes (49: '1'), read in one call: ended? retried? job id left out? journal entries?
+  local ended, retried, spliced, journaled = string.byte(batch[i + 2], 1, 4)
+  local stream, channel = '{keys.STREAM_PREFIX}' .. job, '{keys.EVENTS_PREFIX}' .. job
+  local head, failed, skip, journal, entries = '', '', 0, nil, 0
+  if journaled == 49 then entries = tonumber(batch[i + 3 + count]) end
   if entries > 0 then  -- the journal entries and the events announcing them: all written, or none
+    journal = '{keys.JOURNAL_PREFIX}' .. job
     local t = redis.call('TYPE', journal)['ok']
     if t ~= 'none' and t ~= 'hash' then failed = 'WRONGTYPE ' .. journal .. ' is not a hash' end
   end
-  if string.sub(flags, 3, 3) == '1' then head = '{{"job_id":"' .. job .. '",' end
-  if string.sub(flags, 2, 2) == '1' then  -- a failed write may have landed: never store an event twice
+  if spliced == 49 then head = '{{"job_id":"' .. job .. '",' end
+  if retried == 49 then  -- a failed write may have landed: never store an event twice
     local last = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
     if type(last) == 'table' and last[1] then
       local ok, seen = pcall(cjson.decode, last[1][2][2])
@@ -235,9 +238,9 @@ while i <= #batch do
     local data = head .. batch[i + 2 + k]
     local added = redis.pcall('XADD', stream, 'MAXLEN', '~', {keys.STREAM_MAXLEN}, '*', 'event', data)
     if type(added) == 'table' and added.err then failed = added.err break end
-    redis.call('PUBLISH', '{keys.EVENTS_PREFIX}' .. job, data)
+    redis.call('PUBLISH', channel, data)
   end
-  if failed == '' and string.sub(flags, 1, 1) == '1' then
+  if failed == '' and ended == 49 then
     redis.call('EXPIRE', stream, {keys.ENDED_STREAM_SECONDS})
   end
   if failed == '' and entries > 0 then  -- HSET by step: a retried write stores an entry once
@@ -246,7 +249,8 @@ while i <= #batch do
     end
     redis.call('EXPIRE', journal, {keys.JOURNAL_TTL_SECONDS})
   end
-  failures[#failures + 1] = failed
+  answered = answered + 1
+  failures[answered] = failed
   i = i + 3 + count + (entries > 0 and 1 + 2 * entries or 0)
 end
 return failures

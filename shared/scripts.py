@@ -121,7 +121,9 @@ def _slots(fn: Callable[..., Any]) -> tuple[list[str], list[tuple[str, Any]], st
 def _preamble(keys: list[str], args: list[tuple[str, Any]], rest: str | None) -> str:
     lines = [f"local {name} = KEYS[{i}]" for i, name in enumerate(keys, 1)]
     lines += [f"local {name} = {_decoder(hint).format(i)}" for i, (name, hint) in enumerate(args, 1)]
-    if rest is not None:
+    if rest is not None and not args:  # (ARGV itself: an event write's has thousands, not copied)
+        lines.append(f"local {rest} = ARGV")
+    elif rest is not None:
         lines.append(f"local {rest} = {{}}")
         lines.append(f"for i = {len(args) + 1}, #ARGV do {rest}[#{rest} + 1] = ARGV[i] end")
     return "\n".join(lines)
@@ -141,8 +143,8 @@ def script(body: str) -> Callable[[F], F]:
                 missing, extra = sorted(names - given.keys()), sorted(given.keys() - names)
                 raise TypeError(f"{fn.__qualname__}: missing {missing}, unexpected {extra}")
             argv = [_encode(given[name]) for name, _ in args]
-            if rest is not None:
-                argv += [_encode(value) for value in given[rest]]
+            if rest is not None:  # (most are text already: no call each, an event write has thousands)
+                argv += [v if type(v) is bytes or type(v) is str else _encode(v) for v in given[rest]]
             return [*(given[name] for name in keys), *argv]
 
         @functools.wraps(fn)
