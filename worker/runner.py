@@ -45,7 +45,7 @@ async def startup(ctx: dict) -> None:
         provider=provider,
         worker_id=ctx.get("worker_id") or new_worker_id(),
         writer=EventWriter(ctx["redis"]),
-        metrics=WorkerMetrics(ctx.get("metrics_registry")),  # the messenger's, in embedded mode
+        metrics=ctx.get("worker_metrics") or WorkerMetrics(),  # embedded: into the messenger's registry
         tool_servers=ToolServers(settings.mcp_servers, settings.tool_call_timeout_seconds),
     )
     state.provider_said(await provider.check())
