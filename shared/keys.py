@@ -245,7 +245,11 @@ CAPACITY_429S = "mcpq:capacity:429s"  # hash: model -> upstream 429s received, b
 CAPACITY_WAITING_PREFIX = "mcpq:capacity:waiting:"  # + job id: JSON while the job waits for capacity
 # + a nonce: one 429's cool-down, counted (a cool-down redis-py sends again after a lost reply counts none)
 CAPACITY_COOLED_PREFIX = "mcpq:capacity:cooled:"
-CAPACITY_COOLED_SECONDS = 60
+# an hour: it must outlive redis-py sending the cool-down again, for as long as a worker's retries
+# last (~80-90 s of a Redis that refuses connects while it restarts; a host that drops packets makes
+# each connect wait for the OS) -- a resend after the key expired counts the 429 again and cools the
+# model down afresh. A few hundred bytes a 429, and 429s come at most once a cool-down a worker.
+CAPACITY_COOLED_SECONDS = 3600
 
 
 def capacity(part: str, model: str) -> str:

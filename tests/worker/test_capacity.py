@@ -306,3 +306,15 @@ async def test_a_429_whose_cool_down_was_sent_again_after_its_reply_was_lost_cou
     assert await redis.hget(keys.CAPACITY_429S, MODEL) == b"1", "one 429 counted twice"
     assert await redis.get(keys.capacity("strikes", MODEL)) == b"1"
     assert 0.5 <= waits <= 1.0, "the cool-down of a second 429 in a row"
+
+
+def test_a_cool_downs_own_key_outlives_redis_py_sending_it_again():
+    """A cool-down whose reply was lost is sent again for as long as a worker's redis-py retries last
+    (SERVICE: 8 retries, each reconnect retried the same way: ~80 s measured, README Redis restarts):
+    a Redis that restarts with its data after a minute would run it again once its own key had
+    expired, counting the 429 twice and cooling the model down afresh for a 429 long past."""
+    from shared.connection import SERVICE
+
+    waits = sum(SERVICE.delay(failures) for failures in range(1, SERVICE.retries + 1))
+    resent_within = (SERVICE.retries + 1) * waits + waits  # each try's reconnect waits as long, then the try
+    assert keys.CAPACITY_COOLED_SECONDS > resent_within, resent_within
