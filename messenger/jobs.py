@@ -330,11 +330,12 @@ class JobClient:
         """
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(keys.in_progress(job_id), keys.job(job_id))
-            if (before := _cancelled_queued(await pipe.get(keys.result(job_id)))) is not None:
-                return before
+            # held: by a worker, or for a second by a queued cancel that just ended it (its reply lost)
             if await pipe.exists(keys.in_progress(job_id)):
-                return None
-            raw_job = await pipe.get(keys.job(job_id))
+                return _cancelled_queued(await pipe.get(keys.result(job_id)))
+            raw_result, raw_job = await pipe.mget(keys.result(job_id), keys.job(job_id))  # (one round trip)
+            if (before := _cancelled_queued(raw_result)) is not None:
+                return before
             if raw_job is None:
                 return None
             function, args, kwargs, _, enqueue_ms = deserialize_job_raw(raw_job, deserializer=deserialize)
