@@ -40,6 +40,17 @@ async def started(worker: QueueWorker) -> None:
     await eventually(lambda: "heartbeat" in worker.ctx and "mcpq" in worker.ctx)
 
 
+def break_the_poll(worker: QueueWorker) -> None:
+    """The worker's main loop raises at its next poll (any error but the heartbeat's)."""
+
+    async def broken() -> None:
+        raise ValueError("a bug in the poll")
+
+    worker._poll_iteration = broken  # type: ignore[method-assign]
+    worker._full_poll_due = True
+    worker._wake.set()
+
+
 async def test_a_call_after_the_embedded_workers_heartbeat_died_gets_its_answer(built, clean_env, caplog):
     async with embedded(clean_env) as runtime:
         await started(built[0])
@@ -61,6 +72,7 @@ async def test_a_job_running_when_the_embedded_worker_failed_ends_whole(built, c
         built[0].ctx["heartbeat"].cancel()  # mid-job: its run stops, the job runs again once its lease lapses
         async with asyncio.timeout(20):
             result = await call
+        await eventually(lambda: built[0]._pool is None)  # the failed one stopped whole (arq's close ran)
     assert result.status == "completed", result
     assert result.ai_response == "".join(mock_reply([{"role": "user", "content": LONG_MESSAGE}]))
     assert result.attempt == 2  # (the first run stored nothing)
@@ -69,16 +81,24 @@ async def test_a_job_running_when_the_embedded_worker_failed_ends_whole(built, c
 async def test_an_embedded_worker_whose_loop_raised_is_replaced(built, clean_env, caplog):
     async with embedded(clean_env) as runtime:
         await started(built[0])
-
-        async def broken() -> None:
-            raise ValueError("a bug in the poll")
-
-        built[0]._poll_iteration = broken  # type: ignore[method-assign]
-        built[0]._full_poll_due = True
-        built[0]._wake.set()
+        break_the_poll(built[0])
         await eventually(lambda: len(built) == 2)
         async with asyncio.timeout(10):
             result = await runtime.jobs.run(ChatRequest(message="hello"))
     assert result.status == "completed", result
     said = [r.getMessage() for r in caplog.records if r.name == "worker.embedded"]
     assert said == ["the embedded worker stopped (a bug in the poll); a new one starts in 0 s"], said
+
+
+async def test_a_job_the_failed_worker_runs_past_its_grace_is_handed_back_and_ends_whole(built, clean_env):
+    clean_env.setenv("WORKER_SHUTDOWN_GRACE_SECONDS", "0.3")
+    async with embedded(clean_env, token_delay_ms=50) as runtime:
+        await started(built[0])
+        call = asyncio.create_task(runtime.jobs.run(ChatRequest(message=LONG_MESSAGE)))
+        await eventually(lambda: built[0].ctx["mcpq"].running)
+        break_the_poll(built[0])
+        async with asyncio.timeout(20):
+            result = await call
+        await eventually(lambda: built[0]._pool is None)  # the failed one stopped whole (arq's close ran)
+    assert result.status == "completed", result
+    assert result.ai_response == "".join(mock_reply([{"role": "user", "content": LONG_MESSAGE}]))
