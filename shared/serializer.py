@@ -36,10 +36,10 @@ def deserialize(data: bytes | str) -> Any:
 
 
 def serialize_plain(obj: Any) -> bytes:
-    """`serialize` for plain data (what json.loads and a model's JSON dump make, an exception as
-    `_default` writes it), as a worker stores a job's result: pydantic-core's encoder (a no-op job's
-    result 15 → 4 µs), the same JSON but for how some floats are written (1.2e-05 as 0.000012, the
-    same number); text with a lone surrogate, which it refuses, by json.dumps."""
+    """`serialize` for plain data (what json.loads and a model's dump make, an exception as
+    `_default` writes it), as a worker stores a job's result and a submit writes its job: pydantic-core's
+    encoder (a no-op job's result 15 → 4 µs), the same JSON but for how some floats are written
+    (1.2e-05 as 0.000012, the same number); text with a lone surrogate, which it refuses, by json.dumps."""
     try:
         return to_json(obj, fallback=_default, inf_nan_mode="constants")
     except ValueError:  # (PydanticSerializationError is one)
