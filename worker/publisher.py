@@ -171,7 +171,8 @@ class EventWriter:
         try:
             if jobs:
                 retried = frozenset(p.job_id for p in publishers if p._failing_since is not None)
-                failures = dict(await write_wired(self.redis, jobs, retried, journal))
+                short = frozenset(p.job_id for p in publishers if p._short())
+                failures = dict(await write_wired(self.redis, jobs, retried, journal, short))
         except Exception as e:  # the whole write failed: Redis away, or every write refused (OOM)
             failures = {p.job_id: e for p in publishers}
         for publisher, taken, waiters in batch:
@@ -316,6 +317,12 @@ class EventPublisher:
         self._seq = seq
         self._pending = []
         return list(self._unwritten)
+
+    def _short(self) -> bool:
+        """Whether the job's stream holds fewer than STREAM_MAXLEN events with those taken: a first
+        attempt's are all its own (numbered from 0; a queued job's `cancelled` is its only other),
+        a later attempt's follow its earlier ones."""
+        return self.attempt == 1 and self._seq < keys.STREAM_MAXLEN
 
     def _take_journal(self) -> list[tuple[int, bytes]]:
         self._journal_sent = len(self._journal)

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import keys
 from shared.errors import JobStopped
-from shared.events import TERMINAL, TokenUsage, parse_event
+from shared.events import TERMINAL, TokenUsage, parse_event, write_wired
 from worker.publisher import EventPublisher, EventWriter
 
 pytestmark = pytest.mark.anyio
@@ -306,3 +306,24 @@ async def test_the_start_event_says_when_the_job_started_not_when_its_write_went
     events = await channel_events(channel)
     assert (events[0].type, events[0].ts) == ("start", 1_000.0)
     assert {e.ts for e in events[1:]} == {2_000.0}, "the later events are stamped when written"
+
+
+async def test_a_stream_asks_for_its_trim_once_it_can_outgrow_its_length(redis):
+    """A first attempt's XADDs leave out MAXLEN while its events number fewer than STREAM_MAXLEN (a
+    trim's three arguments were ~15 % of Redis's CPU for a token write), so its stream never outgrows
+    the length; past it, and on any later attempt (the stream holds the attempts before), the trim
+    is asked for again."""
+    writer = EventWriter(redis)
+    first, later = writer.publisher(JOB, attempt=1), writer.publisher("job-pub-2", attempt=2)
+    assert first._short() and not later._short()
+    first._seq = keys.STREAM_MAXLEN - 1
+    assert first._short()
+    first._seq = keys.STREAM_MAXLEN
+    assert not first._short()
+
+    body = b'"seq":0,"attempt":1,"ts":1.0,"type":"token","text":"x"}'
+    events = [("token", body)] * (keys.STREAM_MAXLEN + 250)
+    await write_wired(redis, {JOB: events}, short=frozenset({JOB}))
+    assert await redis.xlen(keys.stream(JOB)) == keys.STREAM_MAXLEN + 250  # (as the flag says: untrimmed)
+    await write_wired(redis, {JOB: events[:1]})
+    assert await redis.xlen(keys.stream(JOB)) < keys.STREAM_MAXLEN + 250  # trimmed (approximately)
