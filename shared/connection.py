@@ -295,8 +295,10 @@ class _HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
         name = args[0]
         if not (b" " in name if isinstance(name, bytes) else " " in str(name)):
-            with contextlib.suppress(TypeError):
+            try:  # (not contextlib.suppress: a context manager object a command, 0.5 µs of 0.4-1.0)
                 return [pack_command(args)]
+            except TypeError:
+                pass
         return super().pack_command(*args)  # type: ignore[misc]  # the connection class it is mixed into
 
 
@@ -385,10 +387,22 @@ class Batch:
 _BATCHES: weakref.WeakKeyDictionary[Any, Batch] = weakref.WeakKeyDictionary()
 
 
+def _packed(connection, commands: list[tuple[Any, ...]]) -> list[bytes]:
+    """The pipeline's commands packed by hiredis into one buffer (redis-py's pack_commands cuts and
+    joins them in Python, command by command); anything hiredis does not take goes redis-py's way."""
+    if all(type(args[0]) is str and " " not in args[0] for args in commands):
+        try:
+            return [b"".join([pack_command(args) for args in commands])]
+        except TypeError:
+            pass
+    return connection.pack_commands(commands)
+
+
 async def _read_lean(pipe, connection, commands, raise_on_error: bool) -> list[Any]:
     """redis-py's `Pipeline._execute_pipeline` for a Batch's pipeline, each reply taken straight from
     the hiredis reader when the socket read that brought an earlier one brought it too (a pipeline's
-    replies mostly come in one read); only a reply not read yet goes through `read_response`.
+    replies mostly come in one read); only a reply not read yet goes through `read_response`. The
+    commands go packed by hiredis into one buffer (`_packed`).
 
     Why: per command redis-py's way is four nested awaits (the pipeline's and the client's
     `parse_response`, the connection's and the parser's `read_response`: its host string, a loop time,
@@ -399,7 +413,7 @@ async def _read_lean(pipe, connection, commands, raise_on_error: bool) -> list[A
     parser = connection._parser
     if type(parser) is not _AsyncHiredisParser or any(options for _, options in commands):
         return await type(pipe)._execute_pipeline(pipe, connection, commands, raise_on_error)
-    await connection.send_packed_command(connection.pack_commands([args for args, _ in commands]))
+    await connection.send_packed_command(_packed(connection, [args for args, _ in commands]))
     callbacks = pipe.response_callbacks
     replies: list[Any] = []
     for args, _ in commands:

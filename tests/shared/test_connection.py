@@ -148,6 +148,16 @@ async def test_a_batch_reads_the_replies_redis_py_would(redis_url):
         await redis.aclose()
 
 
+def test_a_batch_pipeline_is_packed_in_the_bytes_redis_py_packs(redis_url):
+    """One hiredis buffer for the Batch's pipeline: the bytes of redis-py's pack_commands, for str,
+    bytes, int, float and non-ASCII arguments, and a command name with a space (split by redis-py)."""
+    wire = connect(redis_url).connection_pool.make_connection()
+    commands = [("XADD", "s", "MAXLEN", "~", 10000, "*", "m", "é" * 7000), ("SET", b"k", 1.5), ("GET", "k")]
+    assert connection._packed(wire, commands) == [b"".join(wire.pack_commands(commands))]
+    spaced = [("CONFIG GET", "maxmemory"), ("GET", "k")]
+    assert b"".join(connection._packed(wire, spaced)) == b"".join(wire.pack_commands(spaced))
+
+
 async def test_a_batch_whose_connection_drops_mid_reply_is_sent_again(redis_url, monkeypatch):
     """A connection that closes while a Batch reads its replies (the second one not whole yet) is
     closed, and the pipeline goes again once connected anew, as with redis-py's own read."""
