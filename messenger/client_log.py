@@ -15,6 +15,7 @@ below it once (`_lowlevel_server.add_request_handler`), pinned by tests/messenge
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,7 @@ from mcp_types import (
     SetLevelRequestParams,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from messenger.calls import unavailable
 from messenger.collector import Transcript
@@ -78,13 +79,42 @@ class LevelStore:
         return EmptyResult()
 
     async def level(self, request: Any) -> str:
+        level = await self.reading(request)
+        if isinstance(level, BaseException):
+            raise level
+        return level
+
+    def reading(self, request: Any) -> asyncio.Future[str | BaseException]:
+        """level()'s read, started now in the next Batch pipeline, with no task of its own: a future of
+        the level or of the error the read failed with (a result, never raised: a call dropped before
+        its first event leaves no unread exception behind)."""
+        answer: asyncio.Future[str | BaseException] = asyncio.get_running_loop().create_future()
         sid = _session_id(request)
         if sid is None:
-            return self.local
+            answer.set_result(self.local)
+            return answer
         key = keys.log_level(sid)  # in the pipeline that reads the session's record (Batch.of)
-        stored = await damaged.read(Batch.of(self.runtime.redis).run(("GET", key)), key, None)
-        level = stored.decode(errors="replace") if isinstance(stored, bytes) else None
-        return level if level in LEVELS else DEFAULT_LEVEL  # unset, expired or junk: the default
+        reply = Batch.of(self.runtime.redis).send(("GET", key))
+        reply.add_done_callback(functools.partial(_level_read, answer, key))
+        return answer
+
+
+def _level_read(answer: asyncio.Future[str | BaseException], key: str, reply: asyncio.Future[Any]) -> None:
+    if reply.cancelled():
+        answer.cancel()
+        return
+    stored, error = None, reply.exception()  # (read even when nobody waits for the answer any more)
+    if answer.done():
+        return
+    if error is None:
+        stored = reply.result()
+    elif not (isinstance(error, ResponseError) and damaged.wrong_type(error)):
+        answer.set_result(error)
+        return
+    else:  # a key of another type: read as unset, said once in the log (damaged.read)
+        damaged.warn(key)
+    level = stored.decode(errors="replace") if isinstance(stored, bytes) else None
+    answer.set_result(level if level in LEVELS else DEFAULT_LEVEL)  # unset, expired or junk: the default
 
 
 Listener = Callable[[Event | None, Transcript], Awaitable[None]]
@@ -100,13 +130,15 @@ def job_log(ctx, store: LevelStore | None) -> Listener | None:
         return None
     if request.protocol_version in MODERN_PROTOCOL_VERSIONS:
         return _at(ctx, (request.meta or {}).get(LOG_LEVEL_META_KEY))
-    reading = asyncio.ensure_future(store.level(request.request))
-    reading.add_done_callback(lambda done: done.cancelled() or done.exception())  # never "not retrieved"
+    reading = store.reading(request.request)
     log: list[JobLog | None] = []
 
     async def tell(event: Event | None, transcript: Transcript) -> None:
         if not log:
-            log.append(_at(ctx, await reading))
+            level = await reading
+            if isinstance(level, BaseException):
+                raise level
+            log.append(_at(ctx, level))
         elif type(event) is TokenEvent:  # (the usual event: never a log message, and not the first)
             return
         if log[0] is not None:

@@ -343,6 +343,11 @@ class Batch:
         (not raised; a pipeline that failed as a whole raises)."""
         return await self._submit(commands, True)
 
+    def send(self, *commands: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """run() without a coroutine to await it: the future of the first command's reply (an error
+        reply as its exception), for a read that starts now and is awaited later, or never."""
+        return self._submit(commands, False)
+
     def _submit(self, commands: tuple[tuple[Any, ...], ...], each: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append((commands, future, each))

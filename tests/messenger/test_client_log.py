@@ -26,13 +26,16 @@ async def test_the_level_is_read_while_the_job_is_enqueued_not_before(embedded_r
     """A 2025-11-25 session's level is a Redis read; the caller's first token does not wait for it
     before the enqueue. Here the read answers only once the job has ended: the job ran meanwhile, and
     the log still tells its whole lifecycle, in order."""
-    read = LevelStore.level
+    read = LevelStore.reading
 
-    async def after_the_job_ended(self, request):
-        await eventually(lambda: embedded_runtime.redis.keys(keys.result("*")))
-        return await read(self, request)
+    def after_the_job_ended(self, request):
+        async def later():
+            await eventually(lambda: embedded_runtime.redis.keys(keys.result("*")))
+            return await read(self, request)
 
-    monkeypatch.setattr(LevelStore, "level", after_the_job_ended)
+        return asyncio.ensure_future(later())
+
+    monkeypatch.setattr(LevelStore, "reading", after_the_job_ended)
     logs: list[str] = []
 
     async def on_log(params) -> None:
