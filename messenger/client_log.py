@@ -201,8 +201,9 @@ class JobLog:
     def __init__(self, ctx, threshold: int):
         self.ctx = ctx
         self.threshold = threshold
-        self.request_id = ctx.request_context.request_id
-        self.direct = direct_stream(ctx.request_context)  # the same stream as the call's progress
+        request = ctx.request_context  # (a pydantic private attribute: looked up once)
+        self.request_id = request.request_id
+        self.direct = direct_stream(request)  # the same stream as the call's progress
         self.first = True
 
     async def __call__(self, event: Event | None, transcript: Transcript) -> None:

@@ -130,12 +130,13 @@ class EventHub:
                 await meanwhile()
             if sent is not None:
                 await sent
+                sent = None  # (its outcome read: no callback to read it at the end)
             pending = self._confirmations.get(channel)
             if pending is not None:
                 await self._confirmed(pending)
             yield queue
         finally:
-            if sent is not None:  # (meanwhile raised: nobody awaits its outcome)
+            if sent is not None:  # (meanwhile or the send raised: nobody else reads its outcome)
                 sent.add_done_callback(_outcome_read)
             followers.discard(queue)
             if not followers:  # the UNSUBSCRIBE goes in order with the changes after it; nobody waits for it
