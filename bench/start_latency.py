@@ -1,7 +1,8 @@
 """Figure 1: enqueue → job start, and what an idle worker costs.
 
 t0 is taken just before the messenger's enqueue (already subscribed to the job's events); the job
-start is the `start` event's `ts`, stamped by the worker when the job body starts (same clock).
+start is the `start` event's `ts`, stamped by the worker when the job's function begins (same clock;
+bench/peers/queues.py's job stamps taskiq's and SAQ's start on its first line, the same point).
 """
 
 from __future__ import annotations

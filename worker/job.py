@@ -229,22 +229,23 @@ NOTHING_ASKED = approvals.InputRecord()  # a job without tools: never read, neve
 
 async def chat(ctx: dict, request: dict, trace: dict | None = None) -> dict:
     """`trace`: the caller's W3C trace context (traceparent, tracestate), when it sent one."""
+    started = time.time()  # the job's start (its start event's ts: JobRun.started_at)
     if tracing.needless(trace):
-        return await _chat(ctx, request, INVALID_SPAN)
+        return await _chat(ctx, request, INVALID_SPAN, started)
     attributes = {"messaging.message.id": ctx["job_id"], "mcpq.attempt": ctx["job_try"]}
     with tracing.span("mcp-queue.worker", "chat", trace, SpanKind.CONSUMER, attributes) as span:
-        return await _chat(ctx, request, span)
+        return await _chat(ctx, request, span, started)
 
 
-async def _chat(ctx: dict, request: dict, span) -> dict:
-    run = JobRun(ctx, request, model="?", span=span)
+async def _chat(ctx: dict, request: dict, span, started: float) -> dict:
+    run = JobRun(ctx, request, model="?", span=span, started_at=started)
     state, settings = run.state, run.settings
     try:
         run.tenant = await accounting.job_tenant(run.redis, run.job_id, ctx)
         try:
             req = ChatRequest.model_validate(request)
         except ValidationError as e:
-            await run.publisher.start(state.worker_id, run.model)
+            await run.publisher.start(state.worker_id, run.model, at=run.started_at)
             return await run.end("failed", validation_message(e, INVALID))
         if run.tenant == UNOWNED and req.conversation_id:  # nobody's job: no one's conversation
             req = req.model_copy(update={"conversation_id": None})
@@ -258,7 +259,7 @@ async def _chat(ctx: dict, request: dict, span) -> dict:
             if run.attempt > 1:  # a re-run: go on from the last finished step of the attempts before
                 replay = await journal.read(run.redis, run.job_id)
         # the model is asked while the start event is written, not a round trip after
-        run.publisher.start_soon(state.worker_id, run.model, replay.last_step or None)
+        run.publisher.start_soon(state.worker_id, run.model, replay.last_step or None, at=run.started_at)
         if asked.base and await run.redis.exists(keys.cancel(run.job_id)):  # cancelled as it paused
             return await run.end("cancelled", "cancelled by request")
         if asked.question and asked.question.expires_at <= time.time():
@@ -447,11 +448,13 @@ async def _call_tool(ctx: dict, request: dict) -> dict:
         try:
             req = ToolCallRequest.model_validate(request)
         except ValidationError as e:
-            await run.publisher.start(state.worker_id, run.model)
+            await run.publisher.start(state.worker_id, run.model, at=run.started_at)
             return await run.end("failed", validation_message(e, INVALID))
         run.model, run.journaled = f"mcp:{req.server}", True
         replay = await journal.read(run.redis, run.job_id) if run.attempt > 1 else journal.Replay()
-        await run.publisher.start(state.worker_id, run.model, resumed=replay.last_step or None)
+        await run.publisher.start(
+            state.worker_id, run.model, resumed=replay.last_step or None, at=run.started_at
+        )
         toolbox = Toolbox(specs=(), routes={"call": (req.server, req.tool)})
         call = ToolCall(id=f"{run.job_id}-1", name="call", arguments=json.dumps(req.arguments))
         turn = TurnLog(run.job_id, 0, None, replayed=bool(replay.results), results=replay.results)

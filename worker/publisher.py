@@ -204,19 +204,24 @@ class EventPublisher:
         self._journal: list[tuple[int, bytes]] = []  # (step, entry) not yet confirmed in Redis, in order
         self._journal_sent = 0
 
-    async def start(self, worker_id: str, model: str, resumed: int | None = None) -> None:
-        self.start_soon(worker_id, model, resumed)
+    async def start(
+        self, worker_id: str, model: str, resumed: int | None = None, *, at: float | None = None
+    ) -> None:
+        self.start_soon(worker_id, model, resumed, at=at)
         await self._wait()
 
-    def start_soon(self, worker_id: str, model: str, resumed: int | None = None) -> None:
+    def start_soon(
+        self, worker_id: str, model: str, resumed: int | None = None, *, at: float | None = None
+    ) -> None:
         """Queue the start event without waiting for its write (the model call need not wait that round
         trip): it is written before every later event, and should it never be, the job stops at its
-        next event (token, settle or ending) with the JobStopped that says why. Its `ts` is now, when
-        the job starts, not when the write goes out."""
+        next event (token, settle or ending) with the JobStopped that says why. Its `ts` is `at` (the
+        job's start: worker/run.py JobRun.started_at) or now, not when the write goes out."""
         if self._failure is not None:
             raise self._failure
         more = {"resumed": resumed} if resumed is not None else {}
-        self._pending.append(("start", {"ts": time.time(), "worker_id": worker_id, "model": model, **more}))
+        ts = time.time() if at is None else at
+        self._pending.append(("start", {"ts": ts, "worker_id": worker_id, "model": model, **more}))
         self.writer._schedule(self)
 
     async def journaled(self, entries: list[tuple[int, bytes]], events: list[tuple[str, dict]]) -> None:

@@ -41,7 +41,19 @@ PUBLISH_GRACE_SECONDS = 10.0  # past JOB_TIMEOUT_SECONDS, for the last events (a
 class JobRun:
     """What one job attempt has produced so far, and the one way it ends."""
 
-    def __init__(self, ctx: dict, request: dict, *, model: str, span=None, counted: bool = True):
+    def __init__(
+        self,
+        ctx: dict,
+        request: dict,
+        *,
+        model: str,
+        span=None,
+        counted: bool = True,
+        started_at: float | None = None,
+    ):
+        # when the job's function began (its start event's ts, as a peer queue's job stamps its first
+        # line: the reads and checks before the event is queued are the job's, not the queue's)
+        self.started_at = time.time() if started_at is None else started_at
         self.state = ctx["mcpq"]
         self.settings = self.state.settings
         self.redis = ctx["redis"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import anyio
 import pytest
@@ -133,6 +134,26 @@ class HeldWrites:
     async def eval(self, *args):
         await self.released.wait()
         return await self.redis.eval(*args)
+
+
+async def test_the_start_events_ts_is_when_the_job_function_began(redis, clean, monkeypatch):
+    """The start event's `ts` is the job's start, as a peer queue's job stamps its first line
+    (bench/start_latency.py sets them side by side): not after the job's own reads (the model
+    defaults here, held for 50 ms) and checks."""
+    ctx = make_ctx(redis)
+    state = ctx["mcpq"]
+    read = state.model_defaults
+
+    async def slow(*args, **kwargs):
+        await asyncio.sleep(0.05)
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(state, "model_defaults", slow)
+    before = time.time()
+    out = await chat(ctx, {"message": "hi"})
+    events = await job_events(redis, JOB)
+    assert out["status"] == "completed"
+    assert before <= events[0].ts < before + 0.04 < events[1].ts
 
 
 async def test_the_model_is_asked_while_the_start_event_is_written(redis, clean):
