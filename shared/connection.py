@@ -113,6 +113,10 @@ async def subscribe_forever(
                         if handler is not None and isinstance(reply[2], bytes):
                             handler(reply[2])
                     reply = buffered_reply(connection)
+                # the tasks the handlers started (a job handed to this worker) take their first step
+                # before the next read is armed (its timer, the parser's read): what arrives meanwhile
+                # waits in the socket's buffer, and the job starts that much sooner
+                await asyncio.sleep(0)
         except (RedisError, OSError) as e:
             failures += 1
             if failures > 1:  # subscribing again failed too: Redis is away

@@ -62,3 +62,44 @@ async def test_a_burst_of_messages_is_handed_on_in_order_from_a_few_reads(redis_
     assert got == [str(i).encode() for i in range(BURST) if i % 10]
     assert other == [str(i).encode() for i in range(0, BURST, 10)]
     assert reads[0] <= BURST // 10, f"{reads[0]} reads for a burst of {BURST}"
+
+
+async def test_a_task_a_handler_starts_steps_before_the_next_read_is_armed(redis_url, monkeypatch):
+    """A job handed to a worker starts (its task's first step) before the subscription's next read
+    is set up: that read's timer and parser call are not on the way to the job's start."""
+    order: list[str] = []
+    read_response = AbstractConnection.read_response
+
+    async def noted(self, *args, **kwargs):
+        order.append("read")
+        return await read_response(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "read_response", noted)
+    client, publisher = connect(redis_url), redis.Redis.from_url(redis_url)
+    subscribed, started = asyncio.Event(), asyncio.Event()
+
+    async def job() -> None:
+        order.append("job")
+        started.set()
+
+    task = asyncio.create_task(
+        subscribe_forever(
+            client,
+            {"handoff": lambda _: order.append("handed") or asyncio.ensure_future(job())},
+            on_subscribed=subscribed.set,
+            what="a hand-off",
+        )
+    )
+    try:
+        async with asyncio.timeout(10):
+            await subscribed.wait()
+            await asyncio.sleep(0.05)  # (the first read is waiting)
+            order.clear()
+            publisher.publish("handoff", "job-1")
+            await started.wait()
+            await asyncio.sleep(0.05)
+        assert order[:3] == ["handed", "job", "read"], order
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
