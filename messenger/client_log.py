@@ -34,7 +34,7 @@ from mcp_types import (
     SetLevelRequestParams,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from messenger.calls import unavailable
 from messenger.collector import Transcript
@@ -103,16 +103,14 @@ def _level_read(answer: asyncio.Future[str | BaseException], key: str, reply: as
     if reply.cancelled():
         answer.cancel()
         return
-    stored, error = None, reply.exception()  # (read even when nobody waits for the answer any more)
+    error = reply.exception()  # (read even when nobody waits for the answer any more)
     if answer.done():
         return
-    if error is None:
-        stored = reply.result()
-    elif not (isinstance(error, ResponseError) and damaged.wrong_type(error)):
-        answer.set_result(error)
+    try:  # a key of another type reads as unset, said once in the log
+        stored = damaged.replies([error or reply.result()], [key], [None])[0]
+    except Exception as e:  # any other error: the answer, not raised here
+        answer.set_result(e)
         return
-    else:  # a key of another type: read as unset, said once in the log (damaged.read)
-        damaged.warn(key)
     level = stored.decode(errors="replace") if isinstance(stored, bytes) else None
     answer.set_result(level if level in LEVELS else DEFAULT_LEVEL)  # unset, expired or junk: the default
 

@@ -79,14 +79,10 @@ def _arguments_problem(function: str, args: list, kwargs: dict) -> str | None:
 _JSON = json.JSONDecoder(parse_constant=_no_constants)
 
 
-def job_problem(raw: bytes | None, functions: AbstractSet[str]) -> tuple[str | None, str | None]:
-    """(why this job value cannot be run, its function name when known); (None, name) when it can."""
-    return read_job(raw, functions)[:2]
-
-
 def read_job(raw: bytes | None, functions: AbstractSet[str]) -> tuple[str | None, str | None, dict | None]:
-    """`job_problem`'s answer and the job value read, as arq's deserializer reads it (None unless the
-    job can run): the worker runs it from this, not from a second parse."""
+    """(why this job value cannot be run, its function name when known, the job value read as arq's
+    deserializer reads it); (None, name, value) when it can: the worker runs it from this value, not
+    from a second parse."""
     if raw is None:
         return (
             "no job definition behind the queue entry (its arq:job key is missing, expired or not a string)",

@@ -9,7 +9,7 @@ import pytest
 from arq.jobs import serialize_job
 
 from shared.serializer import serialize
-from worker.intake import MAX_JOB_BYTES, job_id_problem, job_problem
+from worker.intake import MAX_JOB_BYTES, job_id_problem, read_job
 
 FUNCTIONS = {"chat", "call_tool"}
 
@@ -22,9 +22,9 @@ def job(**fields) -> bytes:
 def test_a_job_as_the_messenger_queues_it_passes():
     raw = serialize_job("chat", ({"message": "hi", "max_tokens": 5},), {"trace": {"traceparent": "00-x"}}, None,
                         1_700_000_000_000, serializer=serialize)  # fmt: skip
-    assert job_problem(raw, FUNCTIONS) == (None, "chat")
+    assert read_job(raw, FUNCTIONS)[:2] == (None, "chat")
     tool = job(f="call_tool", a=[{"server": "clock", "tool": "now", "arguments": {}}])
-    assert job_problem(tool, FUNCTIONS) == (None, "call_tool")
+    assert read_job(tool, FUNCTIONS)[:2] == (None, "call_tool")
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_a_job_as_the_messenger_queues_it_passes():
     ],
 )
 def test_a_job_that_cannot_run_is_named_with_a_reason(raw, reason):
-    problem, _ = job_problem(raw, FUNCTIONS)
+    problem, _, _ = read_job(raw, FUNCTIONS)
     assert problem is not None and reason in problem, problem
 
 
