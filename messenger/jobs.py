@@ -331,8 +331,8 @@ class JobClient:
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(keys.in_progress(job_id), keys.job(job_id))
             # held: by a worker, or for a second by a queued cancel that just ended it (its reply lost)
-            if await pipe.exists(keys.in_progress(job_id)):
-                return _cancelled_queued(await pipe.get(keys.result(job_id)))
+            if await pipe.exists(keys.in_progress(job_id)):  # (MGET: a result of another type reads as none)
+                return _cancelled_queued((await pipe.mget(keys.result(job_id)))[0])
             raw_result, raw_job = await pipe.mget(keys.result(job_id), keys.job(job_id))  # (one round trip)
             if (before := _cancelled_queued(raw_result)) is not None:
                 return before

@@ -14,6 +14,7 @@ from runtimes import runtime_for
 
 from messenger.server import build_server
 from shared import keys
+from shared.models import ChatRequest
 
 SLOW_REPLY = " ".join(f"w{i}" for i in range(400))  # 20 s at 50 ms a token: only a cancel ends it early
 
@@ -154,3 +155,27 @@ async def test_an_mcp_client_dropping_send_message_before_any_event_cancels_the_
 
     assert job.status == "cancelled", f"the dropped call's job is {job.status}"
     assert not queued_now, "the job is no longer queued"
+
+
+async def test_a_running_job_whose_result_key_holds_junk_is_cancelled_all_the_same(
+    redis_url, workers, clean_env, redis_server
+):
+    """A cancel reads the job's result key only to tell a queued cancel whose reply was lost: a key of
+    another type there (junk, which every read of the job passes over) must not stop the cancel of
+    the job a worker runs."""
+    workers.start(redis_url, MOCK_TOKEN_DELAY_MS="50")
+    client = redis_server.client()
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        job_id = await runtime.queue.submit(ChatRequest(message=" ".join(["long"] * 200)), caller="operator")
+        started = asyncio.Event()
+
+        async def on_event(event, _) -> None:
+            if event is not None and event.type == "token":
+                started.set()
+
+        following = asyncio.create_task(runtime.jobs.wait(job_id, timeout=30, on_event=on_event))
+        await started.wait()
+        client.hset(keys.result(job_id), "junk", "1")
+        cancelled = await runtime.jobs.cancel(job_id)
+        followed = await following
+    assert cancelled.status == "cancelled" and followed.status == "cancelled", (cancelled, followed)
