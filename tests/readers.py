@@ -3,6 +3,7 @@ MCP tool result. One copy for every suite."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import anyio
@@ -33,6 +34,19 @@ def stream_events(client, job_id: str) -> list[dict]:
 async def job_events(redis, job_id: str) -> list[Event]:
     """The job's event history (asyncio client), parsed into events."""
     return [parse_event(fields[b"event"]) for _, fields in await redis.xrange(keys.stream(job_id))]
+
+
+async def follow(jobs, job_id: str, timeout: float = 30) -> tuple[asyncio.Task, list[str]]:
+    """A follow of `job_id` (JobClient.wait) under way, and the types of the events it hears."""
+    heard: list[str] = []
+
+    async def on_event(event, _) -> None:
+        if event is not None:
+            heard.append(event.type)
+
+    following = asyncio.create_task(jobs.wait(job_id, timeout=timeout, on_event=on_event))
+    await asyncio.sleep(0.2)  # (following)
+    return following, heard
 
 
 def text_of(result) -> str:

@@ -51,6 +51,7 @@ from shared.connection import (
     tls_refusal,
 )
 from shared.errors import McpQueueError, QueueUnavailable, SettingsError
+from shared.events import CancelledEvent, ErrorEvent, publish_events
 from shared.sentinel import UnknownMaster
 from shared.serializer import serialize_plain
 from shared.settings import Settings
@@ -431,6 +432,7 @@ class QueueWorker(Worker):
         if job.aborted:
             arq_log.info("%6.2fs ⊘ %s aborted before start", (timestamp_ms() - enqueued_ms) / 1000, ref)
             self.jobs_failed += 1
+            await self._ended_unrun(job_id, job_try, None)
             return await ending(job_try, start_ms, failed=asyncio.CancelledError())
         if d["t"] and d["t"] > job_try:  # enqueued as a later try than its counter says
             job_try = d["t"]
@@ -441,9 +443,13 @@ class QueueWorker(Worker):
                 "%6.2fs ! %s max retries %d exceeded", (timestamp_ms() - enqueued_ms) / 1000, ref, max_tries
             )
             self.jobs_failed += 1
-            return await ending(
-                job_try, start_ms, failed=JobExecutionFailed(f"max {max_tries} retries exceeded")
+            why = f"max {max_tries} retries exceeded"
+            await self._ended_unrun(
+                job_id,
+                job_try,
+                f"{why}: started {max_tries} times, it never ended (its workers died or stopped under it)",
             )
+            return await ending(job_try, start_ms, failed=JobExecutionFailed(why))
         ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueued_ms),
                "score": score, "owner": job.owner, "ending": {}}  # fmt: skip
         if arq_log.isEnabledFor(logging.INFO):
@@ -488,6 +494,14 @@ class QueueWorker(Worker):
         arq_log.exception("%6.2fs ! %s failed, %s: %s", t, ref, type(e).__name__, e)
         self.jobs_failed += 1
         return e, True, None
+
+    async def _ended_unrun(self, job_id: str, job_try: int, error: str | None) -> None:
+        """The terminal event of a job ended before it ran (aborted, or out of tries; `error`: None for
+        cancelled), written before its result as a run's is: every job ends with one, and a follower
+        hears it now, not at its idle re-check."""
+        fields: dict[str, Any] = {"job_id": job_id, "seq": 0, "attempt": job_try, "ts": time.time()}
+        event = CancelledEvent(**fields) if error is None else ErrorEvent(**fields, error=error)
+        await publish_events(self.pool, [event])
 
     async def _ending(
         self, job_id: str, ref: str, function: Function | CronJob, args: tuple, kwargs: dict, enqueued_ms: int, job_try: int,

@@ -9,7 +9,7 @@ import pytest
 from mcp import Client
 from observe import ended, terminal_events
 from openai_server import eventually, words
-from readers import stream_events
+from readers import follow, stream_events
 from runtimes import runtime_for
 
 from messenger.server import build_server
@@ -179,3 +179,56 @@ async def test_a_running_job_whose_result_key_holds_junk_is_cancelled_all_the_sa
         cancelled = await runtime.jobs.cancel(job_id)
         followed = await following
     assert cancelled.status == "cancelled" and followed.status == "cancelled", (cancelled, followed)
+
+
+async def _followed_when_a_worker_claims(redis_url, workers, job_id: str, runtime, before) -> tuple:
+    """Follow `job_id`, do `before()`, then start a worker: (the follower's JobResult, the events it
+    heard)."""
+    following, heard = await follow(runtime.jobs, job_id)
+    await before()
+    workers.start(redis_url)
+    return await following, heard
+
+
+async def test_a_job_cancelled_while_a_dead_worker_holds_it_ends_with_its_cancelled_event(
+    redis_url, workers, clean_env, redis_server
+):
+    """Its worker died (its lease not lapsed yet) when the cancel came: the abort waits for the next
+    claim, which ends the job before it starts. Every job ends with one terminal event: the stream
+    says `cancelled`, and a follower hears it (not only the stored result, at its idle re-check)."""
+    client = redis_server.client()
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        job_id = await runtime.queue.submit(ChatRequest(message="never runs"), caller="operator")
+        client.set(keys.in_progress(job_id), b"a-dead-worker", px=1500)  # its lease, about to lapse
+        cancelling: list[asyncio.Task] = []
+
+        async def cancel() -> None:
+            cancelling.append(asyncio.create_task(runtime.jobs.cancel(job_id)))
+            await asyncio.sleep(0.2)  # (its abort request is written)
+
+        followed, heard = await _followed_when_a_worker_claims(redis_url, workers, job_id, runtime, cancel)
+        cancelled = await cancelling[0]
+    assert followed.status == "cancelled" and cancelled.status == "cancelled", (followed, cancelled)
+    assert [e["type"] for e in terminal_events(stream_events(client, job_id))] == ["cancelled"]
+    assert heard == ["cancelled"], heard
+    assert "aborted before start" in workers.logs()
+
+
+async def test_a_job_out_of_tries_ends_with_its_error_event(redis_url, workers, clean_env, redis_server):
+    """A job started MAX_TRIES times (its workers died under it) is not started again: it fails, and
+    like every job ends with one terminal event, `error`, that its follower hears."""
+    from worker.runner import MAX_TRIES
+
+    client = redis_server.client()
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        job_id = await runtime.queue.submit(ChatRequest(message="never runs"), caller="operator")
+
+        async def out_of_tries() -> None:
+            client.set(keys.retry(job_id), str(MAX_TRIES))  # started MAX_TRIES times already
+
+        followed, heard = await _followed_when_a_worker_claims(
+            redis_url, workers, job_id, runtime, out_of_tries
+        )
+    assert followed.status == "failed" and "retries exceeded" in (followed.error or ""), followed
+    assert [e["type"] for e in terminal_events(stream_events(client, job_id))] == ["error"]
+    assert heard == ["error"], heard

@@ -4,10 +4,10 @@ stream (redis-cli, a follower resuming by event id) sees no copy."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 
+from readers import follow
 from relays import losing_one_reply
 from runtimes import runtime_for
 
@@ -37,14 +37,7 @@ async def test_a_queued_cancel_whose_reply_was_lost_ends_the_job_with_its_event(
     async with losing_one_reply(redis_server.port, b"cancelled before it started") as port:
         async with runtime_for(f"redis://127.0.0.1:{port}/0") as runtime:
             job_id = await runtime.queue.submit(ChatRequest(message="never runs"), caller="operator")
-            heard: list[str] = []
-
-            async def on_event(event, _) -> None:
-                if event is not None:
-                    heard.append(event.type)
-
-            following = asyncio.create_task(runtime.jobs.wait(job_id, timeout=30, on_event=on_event))
-            await asyncio.sleep(0.2)  # (following)
+            following, heard = await follow(runtime.jobs, job_id)
             cancelled = await runtime.jobs.cancel(job_id)
             started = time.monotonic()
             followed = await following
