@@ -298,17 +298,11 @@ class PostStream:
         try:
             async with sse_writer, request_reader:
                 if priming is not None and not wire.ended:
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": ensure_bytes(priming, "\r\n"),
-                            "more_body": True,
-                        }
-                    )
+                    await send({"type": "http.response.body", "body": sse_event(priming), "more_body": True})
                 async for event_message in request_reader:
                     last = isinstance(event_message.message, JSONRPCResponse | JSONRPCError)
                     if not wire.ended:
-                        body = ensure_bytes(transport._create_event_data(event_message), "\r\n")
+                        body = _event_bytes(transport, event_message)
                         await send({"type": "http.response.body", "body": body, "more_body": not last})
                         if last:
                             return True
@@ -322,6 +316,42 @@ class PostStream:
             transport._sse_stream_writers.pop(request_id, None)
             await transport._clean_up_memory_streams(request_id)
         return False
+
+
+def _plain(value: Any) -> bool:
+    return value is None or (type(value) is str and "\n" not in value and "\r" not in value)
+
+
+def sse_event(event: dict[str, Any]) -> bytes:
+    """An SDK event (`id`, `event`, `data`, `retry`) as sse-starlette's `ensure_bytes(event, "\\r\\n")`
+    writes it, without its StringIO and a regex split per field (the priming event and the response,
+    each call); anything else, or a line break to split or strip, goes its way."""
+    ident, name, data, retry = event.get("id"), event.get("event"), event.get("data"), event.get("retry")
+    if not (
+        _plain(ident) and _plain(name) and _plain(data) and (retry is None or type(retry) is int)
+        and len(event) == (ident is not None) + (name is not None) + (data is not None) + (retry is not None)
+    ):  # fmt: skip
+        return ensure_bytes(event, "\r\n")
+    head = f"id: {ident}\r\n" if ident is not None else ""
+    if name is not None:
+        head += f"event: {name}\r\n"
+    if data is not None:
+        head += f"data: {data}\r\n"
+    return f"{head}retry: {retry}\r\n\r\n".encode() if retry is not None else f"{head}\r\n".encode()
+
+
+def _event_bytes(transport: StreamableHTTPServerTransport, event_message: EventMessage) -> bytes:
+    """The SDK's `_create_event_data` for a message of the request's stream, encoded; a message the
+    session's store has just dumped (the response, stored by the message router on its way here) is
+    not dumped again."""
+    message = event_message.message
+    dumped = getattr(transport._event_store, "dumped", None)  # messenger.sessions.SessionEvents
+    if dumped is not None and dumped[0] is message:
+        event: dict[str, Any] = {"event": "message", "data": dumped[1]}
+        if event_message.event_id:
+            event["id"] = event_message.event_id
+        return sse_event(event)
+    return sse_event(transport._create_event_data(event_message))  # type: ignore[arg-type]
 
 
 def _sse_writer_args(sender: Any) -> tuple[StreamableHTTPServerTransport, Any, Any, Any, Any] | None:

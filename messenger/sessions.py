@@ -190,9 +190,12 @@ class SessionEvents(EventStore):
         self.tails = tails or Tails(redis, wake_key(replica))  # the process's one, from SessionGate
         self.batch = batch or registry.batch  # the process's one, from SessionGate
         self.expiry_set: dict[str, float] = {}  # stream -> when its TTL was last set (this process writes it)
+        self.dumped: tuple[JSONRPCMessage, str] | None = None  # the last message stored, and its JSON
 
     async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
         body = message.model_dump_json(by_alias=True, exclude_unset=True) if message is not None else ""
+        if message is not None:  # the SSE writer sends the same message next: it takes this JSON
+            self.dumped = (message, body)  # (messenger.session_sdk._event_bytes, by identity)
         ending = isinstance(message, JSONRPCResponse | JSONRPCError)
         return await self.store_body(stream_id, body, job_label(message), ending)
 

@@ -334,3 +334,25 @@ async def test_a_burst_whose_event_waits_inside_the_relay_goes_out_at_that_event
                 await task
         await _wait_for(store, 1)
         assert store.calls == [["running", "hi"]] if not fails else [["running"]]
+
+
+def test_a_notification_is_the_json_rpc_message_and_text_json_cannot_encode_goes_as_json_dumps_writes_it():
+    """notification() writes with pydantic-core's encoder; text with a lone surrogate (which it
+    refuses) goes as json.dumps writes it, as before."""
+    import json
+
+    from messenger.progress import notification
+
+    params = {
+        "progressToken": "t",
+        "progress": 3.001,
+        "message": 'héllo "q"\n\u2028',
+        "_meta": {"k": [1, None]},
+    }
+    wire = notification("notifications/progress", params)
+    assert json.loads(wire) == {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
+    assert "\n" not in wire and "héllo" in wire
+    odd = {"message": "a\ud800b"}
+    assert notification("n", odd) == json.dumps(
+        {"jsonrpc": "2.0", "method": "n", "params": odd}, ensure_ascii=False, separators=(",", ":")
+    )

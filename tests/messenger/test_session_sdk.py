@@ -607,3 +607,32 @@ async def test_holds_that_nest_or_overlap_send_everything_once_the_last_ends():
     await stream.send("d")
     assert stored == [["a", "b", "c"], ["d"]]
     assert [reader.receive_nowait().event_id for _ in range(4)] == ["1/1-0", "1/1-1", "1/1-2", "1/2-0"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"id": "7/1733-0", "data": "", "retry": RETRY_MS},  # a priming event
+        {"event": "message", "data": '{"jsonrpc":"2.0","id":7,"result":{"é":"ü"}}', "id": "7/1733-1"},
+        {"event": "message", "data": "{}"},  # no event store: no id
+        {"id": "7\n/1-0", "data": ""},  # a line break in an id is stripped
+        {"event": "message", "data": "a\r\nb\rc"},  # data over lines: one data line each
+        {"id": "", "data": ""},
+        {"data": "x", "retry": True},  # (not an int: sse-starlette's own error)
+        {"comment": "hi", "data": "x"},
+    ],
+)
+def test_an_sdk_event_is_written_as_sse_starlette_writes_it(event):
+    """The priming event and the response are encoded without sse-starlette's ServerSentEvent, to
+    the same bytes (or its own error)."""
+    from sse_starlette.event import ensure_bytes
+
+    try:
+        expected: bytes | type[Exception] = ensure_bytes(event, "\r\n")
+    except Exception as e:
+        expected = type(e)
+    if isinstance(expected, bytes):
+        assert session_sdk.sse_event(event) == expected
+    else:
+        with pytest.raises(expected):
+            session_sdk.sse_event(event)
