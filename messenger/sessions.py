@@ -191,6 +191,7 @@ class SessionEvents(EventStore):
         self.batch = batch or registry.batch  # the process's one, from SessionGate
         self.expiry_set: dict[str, float] = {}  # stream -> when its TTL was last set (this process writes it)
         self.dumped: tuple[JSONRPCMessage, str] | None = None  # the last message stored, and its JSON
+        self.unstored: set[str] = set()  # streams whose last store failed (said once, not once an event)
 
     async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
         body = message.model_dump_json(by_alias=True, exclude_unset=True) if message is not None else ""
@@ -227,14 +228,22 @@ class SessionEvents(EventStore):
             )
         except Exception as e:
             replies = [e] * len(events)
-        entries = []
+        entries, failed = [], None
         for reply in replies[: len(events)]:
             if isinstance(reply, BaseException):  # the live stream goes on; only resuming from here is lost
-                log.warning(
-                    "session %s: an event not stored (Redis: %s)", self.session_id[:12], type(reply).__name__
-                )
+                failed = failed or reply
                 reply = "0-0"  # names no entry: a Last-Event-ID of it gets 404
             entries.append(_text(reply))
+        if failed is None:
+            self.unstored.discard(stream_id)
+        elif stream_id not in self.unstored:  # said once a run of failures, not once an event (a token)
+            self.unstored.add(stream_id)
+            log.warning(
+                "session %s: an event not stored (Redis: %s), nor those after it until one is",
+                self.session_id[:12], type(failed).__name__,
+            )  # fmt: skip
+        if ending:
+            self.unstored.discard(stream_id)
         return [f"{stream_id}/{entry}{label}" for entry, (_, label) in zip(entries, events, strict=True)]
 
     async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> None:
