@@ -501,7 +501,11 @@ class QueueWorker(Worker):
         hears it now, not at its idle re-check."""
         fields: dict[str, Any] = {"job_id": job_id, "seq": 0, "attempt": job_try, "ts": time.time()}
         event = CancelledEvent(**fields) if error is None else ErrorEvent(**fields, error=error)
-        await publish_events(self.pool, [event])
+        try:
+            await publish_events(self.pool, [event])
+        except ResponseError as e:  # its stream key holds junk: the job ends all the same, now (a
+            # later claim would no longer see its abort, and run it)
+            log.warning("job %s: its %s event not written: %s", job_id, event.type, damaged.refused(e))
 
     async def _ending(
         self, job_id: str, ref: str, function: Function | CronJob, args: tuple, kwargs: dict, enqueued_ms: int, job_try: int,

@@ -232,3 +232,25 @@ async def test_a_job_out_of_tries_ends_with_its_error_event(redis_url, workers, 
     assert followed.status == "failed" and "retries exceeded" in (followed.error or ""), followed
     assert [e["type"] for e in terminal_events(stream_events(client, job_id))] == ["error"]
     assert heard == ["error"], heard
+
+
+async def test_a_job_cancelled_before_its_start_with_a_junk_stream_key_still_never_runs(
+    redis_url, workers, clean_env, redis_server
+):
+    """Its stream key holds junk of another type, so its `cancelled` event cannot be written: the
+    job still ends cancelled at that claim (said in the log), never left to a later claim that no
+    longer sees the abort and would run it."""
+    client = redis_server.client()
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        job_id = await runtime.queue.submit(ChatRequest(message="never runs"), caller="operator")
+        client.set(keys.in_progress(job_id), b"a-dead-worker", px=1500)  # its lease, about to lapse
+        cancelling = asyncio.create_task(runtime.jobs.cancel(job_id))
+        await asyncio.sleep(0.2)  # (its abort request is written)
+        client.set(keys.stream(job_id), b"junk")
+        workers.start(redis_url)
+        cancelled = await cancelling
+        if cancelled.status != "cancelled":
+            cancelled = await runtime.jobs.wait(job_id, timeout=20)
+    assert cancelled.status == "cancelled", cancelled
+    assert workers.logs().count("aborted before start") == 1, workers.logs()[-3000:]
+    assert json.loads(client.get(keys.result(job_id)))["r"]["error"] == "CancelledError"
