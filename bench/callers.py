@@ -9,8 +9,10 @@ One redis-server, worker processes with the mock provider pacing 20 tokens/s, on
 then N jobs followed in this process through a raw JobClient (the no-MCP path: hub, collector,
 no HTTP, no SDK). Per path: first token after the call (p50/p99), token delay (the worker's event
 `ts` → the caller has it, p99), and CPU per relayed token (the messenger process's, resp. this
-process's). Every answer must be whole and in order: the table counts calls that were not, and
-the exit status is 1 if there was one.
+process's). Under the table, the MCP round's CPU seconds of each process of the box (the
+messenger, this process's callers, redis-server, each worker) and of the whole box: the load
+generator shares the cores it loads. Every answer must be whole and in order: the table counts
+calls that were not, and the exit status is 1 if there was one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import random  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
-from bench.lab import Lab, Site, cpu_seconds, runqueue_seconds, scratch_lab  # noqa: E402
+from bench.lab import Lab, Site, box_cpu_seconds, cpu_seconds, runqueue_seconds, scratch_lab  # noqa: E402
 from bench.mcp_wire import Caller  # noqa: E402
 from bench.stats import ms, percentile  # noqa: E402
 from shared import keys  # noqa: E402
@@ -51,6 +53,7 @@ class Tally:
     wall: float = 0.0
     starved: float = 0.0  # seconds the follower's process was runnable but had no CPU
     setup_cpu: float = 0.0  # the messenger's CPU opening the N sessions (initialize), before any call
+    box: dict[str, float] = field(default_factory=dict)  # CPU seconds of each process of the box, the round
 
     def figures(self) -> dict[str, float]:
         first, delays = ms(self.first), ms(self.delays)
@@ -63,6 +66,8 @@ class Tally:
             "cpu_pct": 100 * self.cpu / max(self.wall, 1e-9),
             "starved_pct": 100 * self.starved / max(self.wall, 1e-9),
             "setup_ms": 1e3 * self.setup_cpu,
+            "wall_s": self.wall,
+            **{f"cpu {name}": seconds for name, seconds in self.box.items()},
         }
 
 
@@ -106,7 +111,9 @@ def delays_of(ends: list[tuple[float, int]], seen: list[tuple[float, int]]) -> l
     return out
 
 
-async def mcp_path(port: int, redis, n: int, rng: random.Random, opened=lambda: None) -> Tally:
+async def mcp_path(
+    port: int, redis, n: int, rng: random.Random, opened=lambda: None, finished=lambda: None
+) -> Tally:
     tally = Tally()
     callers = [Caller("127.0.0.1", port) for _ in range(n)]
     sem = asyncio.Semaphore(100)
@@ -151,6 +158,7 @@ async def mcp_path(port: int, redis, n: int, rng: random.Random, opened=lambda: 
         await asyncio.gather(*(one(i, c) for i, c in enumerate(callers)))
     finally:
         await asyncio.gather(*(c.close() for c in callers))
+    finished()
     return tally
 
 
@@ -186,6 +194,48 @@ async def raw_path(runtime, n: int, rng: random.Random) -> Tally:
     return tally
 
 
+def box_pids(messenger, site: Site) -> dict[str, int]:
+    """Every process of the box a round runs on: whose CPU the round took."""
+    workers = {f"worker {i + 1}": pid for i, pid in enumerate(site.pids)}
+    return {
+        "messenger": messenger.pid,
+        "bench callers": os.getpid(),
+        "redis-server": site.server.proc.pid,
+        **workers,
+    }
+
+
+def box_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process, and of the whole box (every process, ours or not)."""
+    return {**{name: cpu_seconds(pid) for name, pid in pids.items()}, "box": box_cpu_seconds()[0]}
+
+
+class Round:
+    """The MCP round's marks: from the last session open (the calls start) to the last call's end."""
+
+    def __init__(self, messenger: int, pids: dict[str, int], profile_to: str | None):
+        self.messenger, self.pids, self.profile_to = messenger, pids, profile_to
+        self.cpu0 = cpu_seconds(messenger)
+
+    def opened(self) -> None:
+        self.setup = cpu_seconds(self.messenger) - self.cpu0
+        self.wall, self.wait, self.box = (
+            time.monotonic(),
+            runqueue_seconds(self.messenger),
+            box_cpu(self.pids),
+        )
+        if self.profile_to:
+            profile(self.messenger, self.profile_to, 8)
+
+    def finished(self) -> None:
+        self.wall, self.wait = time.monotonic() - self.wall, runqueue_seconds(self.messenger) - self.wait
+        self.box = {name: seconds - self.box[name] for name, seconds in box_cpu(self.pids).items()}
+
+    def fill(self, tally: Tally, n: int) -> None:
+        tally.cpu, tally.wall, tally.starved = self.box["messenger"], self.wall, self.wait
+        tally.setup_cpu, tally.box = self.setup / n, self.box
+
+
 def profile(pid: int, path: str, seconds: float) -> None:
     """py-spy (installed by hand, not a dependency) samples the messenger while the callers run."""
     import subprocess
@@ -213,18 +263,9 @@ async def measure(
         await raw_path(runtime, 5, rng)  # warm both paths up
         await mcp_path(port, runtime.redis, 5, rng)
         for n in counts:
-            cpu0, wall0, wait0 = cpu_seconds(messenger.pid), time.monotonic(), runqueue_seconds(messenger.pid)
-            marks: dict[str, float] = {}
-
-            def opened(n=n, cpu0=cpu0, marks=marks) -> None:  # the sessions are open: the calls start now
-                marks.update(cpu=cpu_seconds(messenger.pid), wall=time.monotonic(),
-                             wait=runqueue_seconds(messenger.pid), setup=cpu_seconds(messenger.pid) - cpu0)  # fmt: skip
-                if profile_to and n == max(counts):
-                    profile(messenger.pid, profile_to, 8)
-
-            mcp = await mcp_path(port, runtime.redis, n, rng, opened)
-            mcp.cpu, mcp.wall = cpu_seconds(messenger.pid) - marks["cpu"], time.monotonic() - marks["wall"]
-            mcp.starved, mcp.setup_cpu = runqueue_seconds(messenger.pid) - marks["wait"], marks["setup"] / n
+            marks = Round(messenger.pid, box_pids(messenger, site), profile_to if n == max(counts) else None)
+            mcp = await mcp_path(port, runtime.redis, n, rng, marks.opened, marks.finished)
+            marks.fill(mcp, n)
             cpu0, wall0, wait0 = time.process_time(), time.monotonic(), runqueue_seconds(os.getpid())
             raw = await raw_path(runtime, n, rng)
             raw.cpu, raw.wall = time.process_time() - cpu0, time.monotonic() - wall0
@@ -281,6 +322,12 @@ def table(rows: list[tuple[int, dict, dict, str]]) -> list[str]:
             f"| {raw['cpu_us_per_token']:.0f} µs | ×{ratio:.1f} | {mcp['cpu_pct']:.0f} % | {mcp['starved_pct']:.0f} % | {wrong or 0} "
             f"| {mcp['setup_ms']:.1f} ms |"
         )
+    for n, mcp, _raw, _wrong in rows:
+        each = ", ".join(
+            f"{name[4:]} {s:.2f}" for name, s in mcp.items() if name.startswith("cpu ") and name != "cpu box"
+        )
+        lines.append(f"\nMCP round, {n} callers, {mcp['wall_s']:.1f} s: CPU seconds {each}; "
+                     f"the box busy {mcp['cpu box']:.1f} of {mcp['wall_s'] * (os.cpu_count() or 1):.1f}")  # fmt: skip
     return lines
 
 

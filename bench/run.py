@@ -518,7 +518,8 @@ def at_scale(plan: Plan) -> tuple[list[str], bool]:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             lines += [f"{script} {flag} {n} did not finish (exit {done.returncode}): {tail}", ""]
             continue
-        lines += [*table_lines, ""]
+        rounds = [line for line in done.stdout.splitlines() if line.startswith("MCP round")]  # CPU a process
+        lines += [*table_lines, "", *rounds, *([""] if rounds else [])]
     return lines, whole
 
 
