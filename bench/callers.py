@@ -32,7 +32,7 @@ import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 from bench.lab import Lab, Site, box_cpu_seconds, cpu_seconds, runqueue_seconds, scratch_lab  # noqa: E402
-from bench.mcp_wire import Caller  # noqa: E402
+from bench.mcp_wire import Caller, Reply  # noqa: E402
 from bench.stats import ms, percentile  # noqa: E402
 from shared import keys  # noqa: E402
 
@@ -114,7 +114,9 @@ def delays_of(ends: list[tuple[float, int]], seen: list[tuple[float, int]]) -> l
 async def mcp_path(
     port: int, redis, n: int, rng: random.Random, opened=lambda: None, finished=lambda: None
 ) -> Tally:
-    tally = Tally()
+    """N callers spread over STAGGER; each answer is read after the last one has ended: during the
+    round a call's task only sleeps until its reply is whole, each piece stamped as its bytes came
+    (bench/mcp_wire.py), so the bench's process takes as little of the box as it can."""
     callers = [Caller("127.0.0.1", port) for _ in range(n)]
     sem = asyncio.Semaphore(100)
 
@@ -125,41 +127,52 @@ async def mcp_path(
     await asyncio.gather(*(open_one(c) for c in callers))
     opened()
     t_start = time.time() + 0.2
-    job_ends: dict[str, list[tuple[float, int]]] = {}
 
-    async def one(i: int, caller: Caller) -> None:
+    async def one(i: int, caller: Caller) -> tuple[float, Reply]:
         await asyncio.sleep(max(0.0, t_start + rng.uniform(0, STAGGER) - time.time()))
         called = time.time()
-        seen: list[tuple[float, int]] = []  # (arrival, answer length so far)
-        text = ""
-        result = None
-        async for arrived, msg in caller.call("send_message_to_ai", {"message": message(i)}):
-            if msg.get("method") == "notifications/progress":
-                chunk = msg["params"].get("message") or ""
-                if chunk.startswith("["):
-                    continue  # a keep-alive or notice, not answer text
-                if not text:
-                    tally.first.append(arrived - called)
-                text += chunk
-                seen.append((arrived, len(text)))
-            elif "result" in msg or "error" in msg:
-                result = msg
-                break
-        structured = ((result or {}).get("result") or {}).get("structuredContent") or {}
-        job_id = structured.get("jobId") or structured.get("job_id")
-        if text != expected(i) or not job_id:
-            tally.wrong.append(f"caller {i}: {len(text)} of {len(expected(i))} chars; {str(result)[:200]}")
-            return
-        tally.tokens += len(expected(i).split(" "))
-        job_ends[job_id] = seen  # type: ignore[assignment]
-        tally.delays += delays_of(await stream_events(redis, job_id), seen)
+        return called, await caller.record("send_message_to_ai", {"message": message(i)})
 
     try:
-        await asyncio.gather(*(one(i, c) for i, c in enumerate(callers)))
+        replies = await asyncio.gather(*(one(i, c) for i, c in enumerate(callers)))
     finally:
         await asyncio.gather(*(c.close() for c in callers))
     finished()
+    tally = Tally()
+    for i, (called, reply) in enumerate(replies):
+        job_id, seen = read_answer(i, called, reply, tally)
+        if job_id:
+            tally.delays += delays_of(await stream_events(redis, job_id), seen)
     return tally
+
+
+def read_answer(
+    i: int, called: float, reply: Reply, tally: Tally
+) -> tuple[str | None, list[tuple[float, int]]]:
+    """Caller i's answer into the tally: its first token, whether it is whole; (job id, (arrival,
+    answer length so far) of each notification), the job id None if the answer is wrong."""
+    seen: list[tuple[float, int]] = []
+    text, result = "", None
+    for arrived, msg in reply.messages():
+        if msg.get("method") == "notifications/progress":
+            chunk = msg["params"].get("message") or ""
+            if chunk.startswith("["):
+                continue  # a keep-alive or notice, not answer text
+            if not text:
+                tally.first.append(arrived - called)
+            text += chunk
+            seen.append((arrived, len(text)))
+        elif "result" in msg or "error" in msg:
+            result = msg
+            break
+    structured = ((result or {}).get("result") or {}).get("structuredContent") or {}
+    job_id = structured.get("jobId") or structured.get("job_id")
+    want = expected(i)
+    if text != want or not job_id:
+        tally.wrong.append(f"caller {i}: {len(text)} of {len(want)} chars; {str(result)[:200]}")
+        return None, seen
+    tally.tokens += len(want.split(" "))
+    return job_id, seen
 
 
 async def raw_path(runtime, n: int, rng: random.Random) -> Tally:
