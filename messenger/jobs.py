@@ -318,7 +318,10 @@ class JobClient:
             if cancelled is None:
                 return False
             event = CancelledEvent(job_id=job_id, seq=0, attempt=cancelled, ts=time.time())
-            await publish_events(self.redis, [event])
+            try:
+                await publish_events(self.redis, [event])
+            except ResponseError as e:  # its stream key holds junk: the job is cancelled all the same
+                log.warning("job %s: cancelled; its event not written: %s", job_id, damaged.refused(e))
             return True
         return False
 

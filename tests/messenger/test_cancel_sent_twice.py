@@ -47,3 +47,19 @@ async def test_a_queued_cancel_whose_reply_was_lost_ends_the_job_with_its_event(
     stored = [fields[b"event"] for _, fields in client.xrange(keys.stream(job_id))]
     assert sum(b'"type":"cancelled"' in event for event in stored) == 1, stored
     assert client.zscore(keys.ABORT_SET, job_id) is None and not client.exists(keys.cancel(job_id))
+
+
+async def test_a_queued_job_whose_stream_key_holds_junk_is_cancelled_and_its_cancel_says_so(
+    redis_server, redis_url, caplog
+):
+    """The job is taken off the queue and its result stored; only its `cancelled` event cannot be
+    written (a stream key of another type): the cancel answers `cancelled`, the refusal is logged,
+    where the cancel raised Redis's WRONGTYPE for a job it had cancelled."""
+    client = redis_server.client()
+    async with runtime_for(redis_url) as runtime:
+        job_id = await runtime.queue.submit(ChatRequest(message="never runs"), caller="operator")
+        client.hset(keys.stream(job_id), "junk", "1")
+        cancelled = await runtime.jobs.cancel(job_id)
+    assert cancelled.status == "cancelled", cancelled
+    assert client.zscore(keys.QUEUE, job_id) is None
+    assert "WRONGTYPE" in caplog.text and "cancelled" in caplog.text
