@@ -336,11 +336,11 @@ def table(rows: list[tuple[int, dict, dict, str]]) -> list[str]:
             f"| {mcp['setup_ms']:.1f} ms |"
         )
     for n, mcp, _raw, _wrong in rows:
-        each = ", ".join(
-            f"{name[4:]} {s:.2f}" for name, s in mcp.items() if name.startswith("cpu ") and name != "cpu box"
-        )
+        ours = {name[4:]: s for name, s in mcp.items() if name.startswith("cpu ") and name != "cpu box"}
+        each = ", ".join(f"{name} {s:.2f}" for name, s in ours.items())
         lines.append(f"\nMCP round, {n} callers, {mcp['wall_s']:.1f} s: CPU seconds {each}; "
-                     f"the box busy {mcp['cpu box']:.1f} of {mcp['wall_s'] * (os.cpu_count() or 1):.1f}")  # fmt: skip
+                     f"the box busy {mcp['cpu box']:.1f} of {mcp['wall_s'] * (os.cpu_count() or 1):.1f}, "
+                     f"{max(mcp['cpu box'] - sum(ours.values()), 0):.1f} of it other processes'")  # fmt: skip
     return lines
 
 
