@@ -124,6 +124,13 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if isinstance(e, MasterNotFoundError) else type(e).__name__
 
 
+# (why_not_written's wrong type names the job's stream: an event write's only key, not the ending's)
+_ending_refused = (
+    "a key the ending writes holds another type: the job's lease, result, retry counter or value, "
+    f"{keys.ABORT_SET} or {keys.QUEUE} (damaged or written by hand?)"
+)
+
+
 class QueueWorker(Worker):
     """arq's Worker with a hand-off and a wake-up path; keys, retries and aborts stay arq's.
 
@@ -414,7 +421,9 @@ class QueueWorker(Worker):
             log.warning(
                 "job %s: its ending was not stored (%s); it will run again",
                 job_id,
-                why_not_written(e, job_id)[0],
+                _ending_refused
+                if isinstance(e, ResponseError) and "WRONGTYPE" in str(e)
+                else why_not_written(e, job_id)[0],
             )
         except Exception:
             log.exception("job %s: arq failed around the job; it will run again", job_id)

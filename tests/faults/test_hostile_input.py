@@ -89,3 +89,19 @@ async def test_garbage_in_redis_ends_each_bad_job_readably_and_everything_keeps_
     assert [w["worker_id"] for w in report["workers"]] == [answer.worker_id]
     left = client.zrange(keys.QUEUE, 0, -1)
     assert not left, f"nothing stays in the queue (where it would count towards MAX_QUEUE_DEPTH): {left}"
+
+
+async def test_an_ending_refused_over_a_damaged_shared_key_does_not_blame_the_jobs_stream(
+    redis_url, workers, clean_env, redis_server
+):
+    """arq:abort of another type refuses the ending's script (its ZREM): the warning says a key the
+    ending writes is damaged, not that the job's stream is (which holds the job's events, whole)."""
+    client = redis_server.client()
+    client.set(keys.ABORT_SET, b"junk")
+    workers.start(redis_url)
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(30):
+        result = await runtime.jobs.run(ChatRequest(message="over a damaged abort set"), timeout=20)
+        await eventually(lambda: "its ending was not stored" in workers.logs(), timeout=10)
+    assert result.status == "completed"
+    said = [line for line in workers.logs().splitlines() if "its ending was not stored" in line]
+    assert said and all("not a stream" not in line and "arq:abort" in line for line in said), said
