@@ -8,6 +8,7 @@ reconnecting readers). `seq` rises by one per event within an `attempt`; an atte
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -195,6 +196,14 @@ def done_body(
     )
 
 
+_COUNTS = tuple(str(n) for n in range(64))  # a job's event count as the script's argument
+# its flags' bytes (shared.events._append), by (ended, retried, spliced, journaled, short)
+_FLAGS = {
+    flags: "".join("1" if flag else "0" for flag in flags)
+    for flags in itertools.product((False, True), repeat=5)
+}
+
+
 @functools.lru_cache(maxsize=4096)
 def _spliced(job_id: str) -> bool:
     """Whether the script can put the job's head back itself (an id JSON does not escape)."""
@@ -291,19 +300,23 @@ async def write_wired(
     """
     batch: list[str | bytes] = []
     journal = journal or {}
-    for job_id, owned in jobs.items():  # (per job and event: 1,000 streams make 1,000 jobs a write)
+    add, more = batch.append, batch.extend  # (per job and event: 1,000 streams make 1,000 jobs a write)
+    for job_id, owned in jobs.items():
         spliced = _spliced(job_id)  # the script puts the head back; a job id JSON escapes goes whole
-        data = [d for _, d in owned] if spliced else [event_head(job_id) + d for _, d in owned]
         # (a paused job's stream lives as long as its question: worker/pause.py set its expiry)
         ended = False
         for kind, _ in owned:  # (a loop, not any(): a generator per job is a cost at 1,000 jobs)
             if kind not in _GOING_ON:
                 ended = True
                 break
-        flags = ("1" if ended else "0") + ("1" if job_id in retried else "0") + ("1" if spliced else "0")
-        entries = journal.get(job_id)
-        flags += ("1" if entries else "0") + ("1" if job_id in short else "0")
-        batch += [job_id, str(len(owned)), flags, *data]
+        entries = journal.get(job_id) if journal else None
+        add(job_id)
+        add(_COUNTS[len(owned)] if len(owned) < len(_COUNTS) else str(len(owned)))
+        add(_FLAGS[ended, job_id in retried, spliced, bool(entries), job_id in short])
+        if len(owned) == 1:  # (the usual: one token event a job)
+            add(owned[0][1] if spliced else event_head(job_id) + owned[0][1])
+        else:
+            more([d for _, d in owned] if spliced else [event_head(job_id) + d for _, d in owned])
         if entries:
             batch += [str(len(entries)), *(x for step, entry in entries for x in (str(step), entry))]
     answers = await _append(redis, batch=batch)

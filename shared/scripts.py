@@ -60,6 +60,9 @@ Args = Annotated[Sequence[str | bytes | int | float], _ArgsMark]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+_TEXT = frozenset({bytes, str})  # argument types Redis takes as they are
+
+
 def _encode(value: object) -> str | bytes:
     """One ARGV value as Redis will see it; `_decoder` reads it back in Lua."""
     if type(value) is bytes or type(value) is str:  # most values: first (an event write has thousands)
@@ -144,8 +147,12 @@ def script(body: str) -> Callable[[F], F]:
                 raise TypeError(f"{fn.__qualname__}: missing {missing}, unexpected {extra}")
             argv = [_encode(given[name]) for name, _ in args]
             if rest is not None:  # (most are text already: no call each, an event write has thousands)
-                argv += [v if type(v) is bytes or type(v) is str else _encode(v) for v in given[rest]]
-            return [*(given[name] for name in keys), *argv]
+                values = given[rest]
+                if _TEXT.issuperset(map(type, values)):  # (all text: checked in C, ~4x the listcomp's speed)
+                    argv += values
+                else:
+                    argv += [v if type(v) is bytes or type(v) is str else _encode(v) for v in values]
+            return [*(given[name] for name in keys), *argv] if keys else argv
 
         @functools.wraps(fn)
         async def call(redis: Any, **given: Any) -> Any:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 from pydantic_core import to_json
@@ -161,22 +162,34 @@ class EventWriter:
         if self.leases is not None:
             for publisher in [p for p in publishers if self.leases.lost(p.job_id)]:
                 publisher._stop(JobStopped("another worker took this job; this run of it was stopped"))
-        publishers = [p for p in publishers if p._failure is None]
         now = time.time()  # one time for the write's events: all were pending when it began
         stamp = to_json(now)
-        batch = [(p, p._take_events(now, stamp), p._take_waiters()) for p in publishers]
-        jobs = {p.job_id: taken for p, taken, _ in batch if taken}
-        journal = {p.job_id: p._take_journal() for p in publishers if p._journal}
-        failures: dict[str, BaseException] = {}
+        batch: list[tuple[EventPublisher, list[tuple[str, bytes]], list[asyncio.Future[None]]]] = []
+        jobs: dict[str, list[tuple[str, bytes]]] = {}
+        journal: dict[str, list[tuple[int, bytes]]] = {}
+        retried: set[str] = set()
+        short: set[str] = set()
+        for p in publishers:  # (one pass: 1,000 streams make 1,000 publishers a write)
+            if p._failure is not None:
+                continue
+            taken = p._take_events(now, stamp)
+            batch.append((p, taken, p._take_waiters()))
+            if p._journal:
+                journal[p.job_id] = p._take_journal()
+            if taken:
+                jobs[p.job_id] = taken
+                if p._failing_since is not None:
+                    retried.add(p.job_id)
+                if p._short():
+                    short.add(p.job_id)
+        failures: Mapping[str, BaseException] = {}
         try:
             if jobs:
-                retried = frozenset(p.job_id for p in publishers if p._failing_since is not None)
-                short = frozenset(p.job_id for p in publishers if p._short())
-                failures = dict(await write_wired(self.redis, jobs, retried, journal, short))
+                failures = await write_wired(self.redis, jobs, frozenset(retried), journal, frozenset(short))
         except Exception as e:  # the whole write failed: Redis away, or every write refused (OOM)
-            failures = {p.job_id: e for p in publishers}
+            failures = {p.job_id: e for p, _, _ in batch}
         for publisher, taken, waiters in batch:
-            error = failures.get(publisher.job_id)
+            error = failures.get(publisher.job_id) if failures else None
             if error is None:
                 publisher._written(len(taken), waiters)
             elif publisher._failed(error, waiters):
