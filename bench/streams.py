@@ -65,26 +65,37 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
 
     async def one(i: int) -> None:
         await asyncio.sleep(max(0.0, t_start + rng.uniform(0, STAGGER) - time.time()))
-        seen: list[tuple[float, int]] = []  # (event ts, tokens so far): one per token event
-        words = 0  # a merged token event carries several: each mock token is one word (the last has no space)
+        # per token event: its ts, when we had it, its text. Only noted while the round runs (this
+        # process is the messenger side being measured; floats and strings in lists are no new objects
+        # for the collector to scan); the delays and rates are worked out once every stream has ended
+        stamps: list[float] = []
+        had: list[float] = []
+        texts: list[str] = []
 
         async def on_event(event, transcript) -> None:
-            nonlocal words
             if event is not None and event.type == "token":
-                delays.append((event.ts, time.time() - event.ts))
-                words += len(event.text.split())
-                seen.append((event.ts, words))
+                stamps.append(event.ts)
+                had.append(time.time())
+                texts.append(event.text)
 
         request = ChatRequest(message=f"s{i} {WORDS}")
         result = await runtime.jobs.run(request, on_event=on_event, timeout=120)
         if result.ai_response != answers[i]:
             wrong.append(f"job {result.job_id}: {result.status} {result.error or ''}")
-        elif len(seen) > 1 and seen[-1][0] > seen[0][0]:
-            (t0, k0), (t1, k1) = seen[0], seen[-1]
-            rates.append((k1 - k0) / (t1 - t0))
-            spans.append((t0, t1))
-        events.append(len(seen))
+        else:
+            followed.append((stamps, had, texts))
 
+    def measured(stamps: list[float], had: list[float], texts: list[str]) -> None:
+        """One stream's token delays, and its rate: a merged token event carries several tokens,
+        each mock token one word (the last has no space)."""
+        delays.extend((ts, at - ts) for ts, at in zip(stamps, had, strict=True))
+        events.append(len(stamps))
+        if len(stamps) > 1 and stamps[-1] > stamps[0]:
+            k0, k1 = len(texts[0].split()), sum(len(text.split()) for text in texts)
+            rates.append((k1 - k0) / (stamps[-1] - stamps[0]))
+            spans.append((stamps[0], stamps[-1]))
+
+    followed: list[tuple[list[float], list[float], list[str]]] = []
     worker_pid, redis_pid = site.pids[0], site.server.proc.pid
     events: list[int] = []  # per stream: its token events
     cpu0, wall0, wait0 = cpu_seconds(worker_pid), time.monotonic(), runqueue_seconds(worker_pid)
@@ -95,6 +106,8 @@ async def follow(site: Site, n: int, rate: float) -> dict[str, float]:
     waited = runqueue_seconds(worker_pid) - wait0
     if wrong:
         raise Lost(f"{n} streams: {len(wrong)} wrong; e.g. {wrong[0]}")
+    for stream in followed:
+        measured(*stream)
     delays_ms = ms([d for _, d in delays])
     # while every stream is between its first and last token: no job starts or ends, tokens only
     lo, hi = max(t0 for t0, _ in spans), min(t1 for _, t1 in spans)
