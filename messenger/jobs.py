@@ -76,8 +76,9 @@ class JobClient:
 
         def enqueue() -> Awaitable[str]:
             nonlocal submit
-            submit = asyncio.ensure_future(self.queue.submit(request, caller=caller, job_id=job_id))
-            return asyncio.shield(submit)  # a dropped call still learns whether its job was queued
+            submitted = self.queue.submitting(request, caller=caller, job_id=job_id)
+            submit = submitted.outcome  # a dropped call still learns whether its job was queued
+            return submitted.answer
 
         try:
             async with self.hub.follow(job_id, meanwhile=enqueue) as live:  # enqueued while Redis confirms

@@ -212,7 +212,7 @@ class ProgressRelay:
         except BaseException:
             if self.burst is None:  # its own hold: dropped (the call is failing or cancelled: its
                 await hold.__aexit__(RuntimeError, None, None)  # response ends it; nothing waits here)
-            elif self.burst_ends:  # (else the burst's task sends it at the loop's next turn)
+            elif self.burst_ends:  # (else _burst_due has it sent at the loop's next turn)
                 _off_path(self._end_burst())
             raise
         finally:
@@ -222,10 +222,17 @@ class ProgressRelay:
             await hold.__aexit__(None, None, None)
         elif self.burst is None:
             self.burst = hold
+            asyncio.get_running_loop().call_soon(self._burst_due)
+
+    def _burst_due(self) -> None:
+        """The loop's next turn after a burst began: mostly its last event has sent it by now (an
+        instant job's start, text and ending came in one read), and nothing is left to do: a task to
+        send it only when it is still open (a task a call, and its done callback, were most of that)."""
+        if self.burst is not None:
             _off_path(self._end_burst())
 
     async def _end_burst(self) -> None:
-        """Send what a burst's hold has at the loop's next turn (the follower waits, or ended, or was
+        """Send what a burst's hold has once the loop has turned (the follower waits, or ended, or was
         cancelled, or its next message was no event of the job's), in order: its store entry is queued
         before anything the call sends after it. A task: a follower that failed or was cancelled
         cannot wait for the store."""

@@ -7,6 +7,7 @@ it; reading, following, listing and cancelling are the JobClient's (messenger/jo
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 
@@ -107,21 +108,27 @@ async def _enqueue(redis, **given) -> int:
     while bench/streams.py started 1,000 jobs."""
     try:
         return await Batch.of(redis).run(enqueue_job.command(**given))  # type: ignore[attr-defined]
-    except NoScriptError:  # first use on this server, or its script cache was flushed
+    except (NoScriptError, TimeoutError) as e:
+        return await _enqueue_again(redis, e, given)
+
+
+async def _enqueue_again(redis, error: Exception, given: dict) -> int:
+    """The submit once more, after its pipeline's `error`: its script unknown to Redis (first use on
+    this server, or its script cache was flushed), or the pipeline gave up waiting
+    (BATCH_STUCK_SECONDS: a frozen or stalled Redis may still run it once it thaws): asked again, on
+    a connection of its own, the script answers this same submit as queued if the first try ran, and
+    queues it if not; never "failed" for a job that runs."""
+    if isinstance(error, NoScriptError):
         return await enqueue_job(redis, **given)
-    except TimeoutError:
-        # the pipeline gave up waiting (BATCH_STUCK_SECONDS: a frozen or stalled Redis may still run
-        # it once it thaws): asked again, on a connection of its own, the script answers this same
-        # submit as queued if the first try ran, and queues it if not; never "failed" for a job that runs
-        try:
-            async with asyncio.timeout(SUBMIT_PATIENCE_SECONDS):
-                return await enqueue_job(redis, **given)
-        except TimeoutError:  # (a dead connection too: no socket timeout)
-            job_id = given["job_id"]
-            raise QueueUnavailable(
-                f"Redis has not answered the submit of job {job_id} for {SUBMIT_PATIENCE_SECONDS:g} s: "
-                f"it may still queue and run it (see get_job {job_id})"
-            ) from None
+    try:
+        async with asyncio.timeout(SUBMIT_PATIENCE_SECONDS):
+            return await enqueue_job(redis, **given)
+    except TimeoutError:  # (a dead connection too: no socket timeout)
+        job_id = given["job_id"]
+        raise QueueUnavailable(
+            f"Redis has not answered the submit of job {job_id} for {SUBMIT_PATIENCE_SECONDS:g} s: "
+            f"it may still queue and run it (see get_job {job_id})"
+        ) from None
 
 
 SUBMIT_PATIENCE_SECONDS = 60.0  # a submit asked again after its pipeline gave up: how long it waits then
@@ -133,6 +140,34 @@ ANONYMOUS = OPERATOR  # a request without an API key (stdio, the CLI) is the loc
 def new_job_id() -> str:
     """122 random bits: unguessable, so a job id is also a handle only its holder knows."""
     return uuid.uuid4().hex
+
+
+class Submitted:
+    """A submit on its way (JobQueue.submitting): `outcome`, the job id or the submit's error, for
+    whoever must know whether the job was queued; `answer`, the same, for the caller to await: its
+    cancellation (a dropped call) leaves the submit and its outcome be."""
+
+    __slots__ = ("answer", "outcome")
+
+    def __init__(self, outcome: asyncio.Future[str], answer: asyncio.Future[str]):
+        self.outcome = outcome
+        self.answer = answer
+
+    def tell(self, job_id: str, error: BaseException | None) -> None:
+        for future in (self.outcome, self.answer):
+            if future.done():  # (the answer: its caller went away)
+                continue
+            if isinstance(error, asyncio.CancelledError):
+                future.cancel()
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(job_id)
+        if error is not None and not self.outcome.cancelled():
+            self.outcome.exception()  # (the answer tells it: the outcome's copy is not "never retrieved")
+
+
+_AGAIN: set[asyncio.Task[None]] = set()  # submits being sent again (kept referenced until done)
 
 
 class JobQueue:
@@ -147,33 +182,93 @@ class JobQueue:
         subscribe to its events first). A ToolCallRequest (one downstream tool call) becomes a
         `call_tool` job: no model, no budget. Raises QueueFull, Refused, ToolServerError."""
         job_id = job_id or new_job_id()
+        if isinstance(request, ToolCallRequest) or self._admitting():
+            return await self._submit_slowly(request, caller, job_id)
+        return await self.submitting(request, caller=caller, job_id=job_id).answer
+
+    def submitting(
+        self, request: ChatRequest | ToolCallRequest, *, caller: str, job_id: str | None = None
+    ) -> Submitted:
+        """`submit`, under way once this returns: a chat request's enqueue is in the next Batch
+        pipeline and one callback tells its outcome (a call's submit was a task, a shield and four
+        loop callbacks); a ToolCallRequest, or any submit when budgets or rate limits are set (reads
+        first), runs in a task. Raises ToolServerError at once."""
+        job_id = job_id or new_job_id()
+        if isinstance(request, ToolCallRequest) or self._admitting():
+            task = asyncio.ensure_future(self._submit_slowly(request, caller, job_id))
+            return Submitted(task, asyncio.shield(task))
+        if request.mcp_servers:
+            _check_servers(request.mcp_servers, self.settings)
+        payload = request.model_dump(exclude_none=True, exclude={"priority"})  # (priority: the queue's)
+        given = self._given(job_id, "chat", payload, caller, priority=request.priority)
+        sent: asyncio.Future[int] = Batch.of(self.redis).send(enqueue_job.command(**given))  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        submitted = Submitted(loop.create_future(), loop.create_future())
+        sent.add_done_callback(functools.partial(self._landed, given, submitted))
+        return submitted
+
+    def _admitting(self) -> bool:
+        """Whether budgets or rate limits are set (a submit reads first)."""
+        from messenger import admission  # only a submit needs it, not `messenger jobs`
+
+        return admission.enabled(self.settings)
+
+    def _landed(self, given: dict, submitted: Submitted, sent: asyncio.Future[int]) -> None:
+        job_id = given["job_id"]
+        if sent.cancelled():
+            submitted.tell(job_id, asyncio.CancelledError())
+            return
+        error = sent.exception()
+        if isinstance(error, NoScriptError | TimeoutError):
+            task = asyncio.create_task(self._again(error, given, submitted))
+            _AGAIN.add(task)
+            task.add_done_callback(_AGAIN.discard)
+            return
+        submitted.tell(job_id, error or self._refusal(sent.result(), job_id))
+
+    async def _again(self, error: Exception, given: dict, submitted: Submitted) -> None:
+        job_id = given["job_id"]
+        try:
+            added = await _enqueue_again(self.redis, error, given)
+        except asyncio.CancelledError:  # (the process is stopping)
+            submitted.tell(job_id, asyncio.CancelledError())
+            raise
+        except Exception as e:
+            submitted.tell(job_id, e)
+            return
+        submitted.tell(job_id, self._refusal(added, job_id))
+
+    async def _submit_slowly(self, request: ChatRequest | ToolCallRequest, caller: str, job_id: str) -> str:
+        """A ToolCallRequest's submit, or a chat request's with admission (budgets, rate limits)."""
         if isinstance(request, ToolCallRequest):
             await self._write(job_id, "call_tool", request.model_dump(), caller, priority=None)
             return job_id
         if request.mcp_servers:
-            unknown = [n for n in request.mcp_servers if n not in self.settings.mcp_servers]
-            if unknown:
-                raise ToolServerError(unknown_servers_message(unknown, self.settings.mcp_servers))
+            _check_servers(request.mcp_servers, self.settings)
         from messenger import admission, usage  # only a submit needs them, not `messenger jobs`
 
-        admitting = admission.enabled(self.settings)
-        if admitting:  # one more round trip, only when budgets or rate limits are set
-            request = admission.pinned(request, await usage.model_defaults(self.redis, caller), self.settings)
-            await admission.admit(self.redis, self.settings, request, job_id=job_id, caller=caller)
+        request = admission.pinned(request, await usage.model_defaults(self.redis, caller), self.settings)
+        await admission.admit(self.redis, self.settings, request, job_id=job_id, caller=caller)
         try:
             payload = request.model_dump(
                 exclude_none=True, exclude={"priority"}
             )  # the queue's, not the model's
             await self._write(job_id, "chat", payload, caller, priority=request.priority)
         except BaseException:
-            if admitting:
-                await admission.release(self.redis, job_id)
+            await admission.release(self.redis, job_id)
             raise
         return job_id
 
     async def _write(
         self, job_id: str, function: str, request: dict, caller: str, *, priority: str | None
     ) -> None:
+        given = self._given(job_id, function, request, caller, priority=priority)
+        refused = self._refusal(await _enqueue(self.redis, **given), job_id)
+        if refused is not None:
+            raise refused
+
+    def _given(self, job_id: str, function: str, request: dict, caller: str, *, priority: str | None) -> dict:
+        """The enqueue script's keys and arguments for this job."""
         from shared import tracing  # only a submit needs it (OpenTelemetry), not `messenger jobs`
 
         now_ms = int(time.time() * 1000)
@@ -185,8 +280,7 @@ class JobQueue:
         owner_ttl = (
             keys.JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + keys.KEEP_RESULT_SECONDS
         )
-        added = await _enqueue(
-            self.redis,
+        return dict(
             job=keys.job(job_id), result=keys.result(job_id), queue=keys.QUEUE, recent=keys.RECENT_JOBS,
             wakeup=keys.WAKEUP_CHANNEL, owner=keys.owner(job_id), job_id=job_id, payload=payload,
             now_ms=now_ms, job_ttl_ms=keys.JOB_EXPIRES_MS, recent_kept=keys.RECENT_JOBS_KEPT,
@@ -196,7 +290,16 @@ class JobQueue:
             retry_prefix=keys.RETRY_PREFIX, retry_ttl=keys.RETRY_KEPT_SECONDS, job_prefix=keys.JOB_PREFIX,
             owner_prefix=keys.OWNER_PREFIX,
         )  # fmt: skip
+
+    def _refusal(self, added: int, job_id: str) -> Exception | None:
         if added < 0:
-            raise QueueFull(-added, self.settings.max_queue_depth)
+            return QueueFull(-added, self.settings.max_queue_depth)
         if not added:  # the same id twice: never run a job twice
-            raise InvalidRequest(f"job {job_id} already exists")
+            return InvalidRequest(f"job {job_id} already exists")
+        return None
+
+
+def _check_servers(names: list[str], settings: Settings) -> None:
+    unknown = [n for n in names if n not in settings.mcp_servers]
+    if unknown:
+        raise ToolServerError(unknown_servers_message(unknown, settings.mcp_servers))

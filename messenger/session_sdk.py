@@ -39,6 +39,7 @@ from mcp_types import InitializeRequestParams, JSONRPCError, JSONRPCResponse
 from sse_starlette import EventSourceResponse
 from sse_starlette.event import ensure_bytes
 from starlette.types import Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 log = logging.getLogger("messenger")
 
@@ -146,7 +147,7 @@ class Wire:
     wake-ups, sse-starlette's encoder, a cancel scope per event and the ASGI middleware chain, more
     CPU than all the rest of relaying a token (bench/callers.py)."""
 
-    __slots__ = ("ended", "headed", "pinging", "queued", "send", "started")
+    __slots__ = ("ended", "head", "headed", "pinging", "queued", "send", "started")
 
     def __init__(self, send: Send):
         self.send = send
@@ -155,6 +156,7 @@ class Wire:
         self.ended = False  # the response is complete (or failed): the stream is gone
         self.queued = False  # a notification went the SDK's way: the rest follow it, in order
         self.pinging = False  # a ping is being written (waits while the client does not read)
+        self.head: Message | None = None  # the response's head, held for its first body (`headed`)
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -165,6 +167,56 @@ class Wire:
             else:
                 self.ended = True
         await self.send(message)
+
+    def hold_head(self, head: Message) -> bool:
+        """Keep the response's head for its first body, to go out in one socket write with it (uvicorn's
+        httptools writes each ASGI message at once: the head and the priming event were two writes of
+        the five a call makes); False where `send` is not uvicorn's httptools response (send it)."""
+        cycle = getattr(self.send, "__self__", None)
+        if type(cycle) is not RequestResponseCycle or not isinstance(cycle.transport, asyncio.Transport):
+            return False
+        self.head = head
+        return True
+
+    async def body(self, message: Message) -> None:
+        """A body message of the response, with its held head (`hold_head`) if any, in one write."""
+        head, self.head = self.head, None
+        if head is None:
+            await self(message)
+            return
+        cycle = self.send.__self__  # type: ignore[attr-defined]  # (hold_head saw uvicorn's)
+        real = cycle.transport
+        cycle.transport = joined = _Joined(real)
+        try:
+            await self(head)
+            await self(message)
+        finally:
+            cycle.transport = real
+            joined.flush()
+
+
+class _Joined:
+    """A transport's writes kept and written as one (Wire.body); anything else is the transport's."""
+
+    def __init__(self, transport: asyncio.Transport):
+        self.transport = transport
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def flush(self) -> None:
+        if self.parts:
+            data, self.parts = b"".join(self.parts), []
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+    def close(self) -> None:  # (uvicorn closes after a response's end when the client asked it to)
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 def sse(event_id: str | None, body: str) -> bytes:
@@ -278,14 +330,19 @@ class PostStream:
             return
         headers = [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         headers.append((b"x-accel-buffering", b"no"))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        head = {"type": "http.response.start", "status": 200, "headers": headers}
+        priming = _sse_writer_args(self.sender)[4]  # type: ignore[index]
+        if send is not wire or priming is None or not wire.hold_head(head):  # (held: with the priming
+            await send(head)  # event, in one write; without one, the first event may be long in coming)
         _keep_pinging()
         _PINGED.add(wire)
         try:
             async with self.content:
                 ended = await self._write_events(wire, send)
             if not ended:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await (wire.body if send is wire else send)(
+                    {"type": "http.response.body", "body": b"", "more_body": False}
+                )
         finally:
             _PINGED.discard(wire)
 
@@ -297,8 +354,9 @@ class PostStream:
         transport, request_id, sse_writer, request_reader, priming = _sse_writer_args(self.sender)  # type: ignore[misc]
         try:
             async with sse_writer, request_reader:
-                if priming is not None and not wire.ended:
-                    await send({"type": "http.response.body", "body": sse_event(priming), "more_body": True})
+                if priming is not None and not wire.ended:  # (with the response's head, if held: one write)
+                    first = {"type": "http.response.body", "body": sse_event(priming), "more_body": True}
+                    await (wire.body if send is wire else send)(first)
                 async for event_message in request_reader:
                     last = isinstance(event_message.message, JSONRPCResponse | JSONRPCError)
                     if not wire.ended:

@@ -12,6 +12,7 @@ from openai_server import eventually, words
 from readers import follow, stream_events
 from runtimes import runtime_for
 
+from messenger.queue import Submitted
 from messenger.server import build_server
 from shared import keys
 from shared.models import ChatRequest
@@ -124,15 +125,21 @@ async def test_an_mcp_client_dropping_send_message_before_any_event_cancels_the_
     about it has reached the call. The job is cancelled all the same once the submit answers, not left
     to run for nobody."""
     async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
-        submit, queued, answered = runtime.queue.submit, asyncio.Event(), asyncio.Event()
+        submitting, queued, answered = runtime.queue.submitting, asyncio.Event(), asyncio.Event()
 
-        async def reply_held(*args, **kwargs):  # Redis queued the job; its reply comes once released
-            job_id = await submit(*args, **kwargs)
-            queued.set()
-            await answered.wait()
-            return job_id
+        def reply_held(*args, **kwargs) -> Submitted:  # Redis queued the job; its reply comes once released
+            sent = submitting(*args, **kwargs).outcome
 
-        runtime.queue.submit = reply_held  # type: ignore[method-assign]
+            async def held() -> str:
+                job_id = await sent
+                queued.set()
+                await answered.wait()
+                return job_id
+
+            outcome = asyncio.ensure_future(held())
+            return Submitted(outcome, asyncio.shield(outcome))
+
+        runtime.queue.submitting = reply_held  # type: ignore[method-assign]
         async with Client(build_server(runtime), mode=mode) as client:
             async with anyio.create_task_group() as tg:
 

@@ -95,3 +95,28 @@ async def test_a_call_that_ends_early_logs_nothing_bad(redis, caplog, how):
             assert '"result"' in again.text
     bad = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not bad, [(r.name, r.getMessage()[:200], r.exc_info and r.exc_info[1]) for r in bad]
+
+
+async def test_a_calls_head_goes_out_with_its_priming_event_in_one_socket_write(redis, monkeypatch):
+    """Behind uvicorn's httptools, a call's response head and its first (priming) event are one
+    socket write, not two; what the client reads is the same: a 200 SSE stream, the priming event
+    first, every note, the result."""
+    writes: list[bytes] = []
+    write = asyncio.selector_events._SelectorSocketTransport.write  # type: ignore[attr-defined]
+
+    def counted(self, data) -> None:
+        writes.append(bytes(data))
+        write(self, data)
+
+    with anyio.fail_after(30):
+        async with served(redis) as url, httpx2.AsyncClient(timeout=20) as client:
+            _sid, headers = await open_session(client, url)
+            monkeypatch.setattr(asyncio.selector_events._SelectorSocketTransport, "write", counted)  # type: ignore[attr-defined]
+            small = {**CALL, "params": {**CALL["params"], "arguments": {"n": 3}}}
+            answered = await client.post(url, headers=headers, json=small)
+    assert answered.status_code == 200 and answered.headers["content-type"].startswith("text/event-stream")
+    first, *_, last = answered.text.split("\r\n\r\n")[:-1]
+    assert f"retry: {RETRY_MS}" in first and "data: \r\n" in first + "\r\n" and '"result"' in last
+    assert answered.text.count("notifications/progress") == 3
+    (head,) = [w for w in writes if w.startswith(b"HTTP/1.1 200")]
+    assert b"text/event-stream" in head and f"retry: {RETRY_MS}".encode() in head
