@@ -280,6 +280,11 @@ class QueueWorker(Worker):
             # leases of running jobs may have lapsed meanwhile, so their live holders renew theirs
             # first; the safety poll looks again
             return
+        if self._stalled() and self.ctx["mcpq"].running:
+            # stalled past a lease (stopped, loop blocked): a job we run may have lapsed, and a claim
+            # now would start it again beside our run (same lease value: our heartbeat would not tell);
+            # the heartbeat takes its lease back first (worker/heartbeat.py), the safety poll looks again
+            return
         self._reset = False
         try:
             claimed = await claim_jobs(

@@ -85,6 +85,36 @@ async def test_a_worker_stalled_past_its_lease_stops_its_run_of_the_job_another_
     )
 
 
+async def test_a_lone_worker_stalled_past_its_lease_goes_on_with_its_run_and_does_not_claim_it_again(
+    redis_url, workers, redis_server, clean_env
+):
+    """No other worker took the job while this one was stopped: once it goes on, its heartbeat takes
+    the lapsed lease back and the run goes on. Its own claims (a poll after the stall) must not start
+    the job a second time beside that run: the model called again, an ERROR (the two runs' shared
+    bookkeeping: KeyError), and an attempt 2 `start` left after the job's `done`."""
+    client = redis_server.client()
+    (stalled,) = workers.start(redis_url, **{**PACE, "WORKER_CONCURRENCY": "4"})  # (a slot free to claim)
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(60):
+        job_id = await runtime.queue.submit(ChatRequest(message=LONG_MESSAGE), caller=ANONYMOUS)
+        wait_for(
+            lambda: [e for e in stream_events(client, job_id) if e["type"] == "token"], "attempt 1 streams"
+        )
+        os.kill(stalled.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not client.exists(keys.in_progress(job_id)), "the lease lapses")
+            await asyncio.sleep(1)  # (a poll is due when it goes on)
+        finally:
+            os.kill(stalled.pid, signal.SIGCONT)
+        result = await runtime.jobs.wait(job_id, timeout=30)
+
+    assert result.status == "completed" and result.attempt == 1, result
+    assert result.ai_response == expected_text(LONG_MESSAGE)
+    assert starts(stream_events(client, job_id)) == [1], [
+        (e["attempt"], e["type"]) for e in stream_events(client, job_id) if e["type"] != "token"
+    ]
+    assert "ERROR" not in workers.logs(), workers.logs()[-3000:]
+
+
 async def test_the_heartbeat_renews_only_its_own_leases_and_names_the_jobs_another_run_has(redis_url):
     """The renewal's rules, one job each, on real Redis: ours is renewed; another worker's, a job
     ended elsewhere (its result stored) or parked by another run for its caller's answer, is named
