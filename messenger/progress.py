@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import weakref
 from typing import Any
@@ -168,12 +169,50 @@ def text_interval() -> float:
     return BUSY_INTERVAL if len(STREAMING) > BUSY_CALLS else PROGRESS_INTERVAL
 
 
+def next_text_at(sent: float, due: float) -> float:
+    """When a call's text may go out again after text sent at `sent` (due at `due`): PROGRESS_INTERVAL
+    later, and while more than BUSY_CALLS calls stream on the tick of a clock every call keeps (ticks
+    BUSY_INTERVAL apart, so the calls' held text goes out together): the tick after the one it was due
+    at, or a later one when it went out over a fifth of an interval late (a busy loop sends no more
+    often for it)."""
+    if len(STREAMING) <= BUSY_CALLS:  # a few calls: each at its own pace (a small model's ~30 ms gaps)
+        return sent + PROGRESS_INTERVAL
+    earliest = max(due + BUSY_INTERVAL, sent + BUSY_INTERVAL * 0.8)
+    return math.ceil(earliest / BUSY_INTERVAL - 1e-6) * BUSY_INTERVAL  # (the same float for every call)
+
+
+_TICKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, list[asyncio.Future[None]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _tick(at: float) -> asyncio.Future[None]:
+    """Done at `at` (time.monotonic) by one timer for every call's held text due then: their stores
+    go in one Batch pipeline and their socket writes one after another, where a timer and a Batch
+    pipeline each, at their own moments, cost a third more CPU a token (bench/NOTES.md)."""
+    loop = asyncio.get_running_loop()
+    ticks = _TICKS.setdefault(loop, {})
+    waiting = ticks.get(at)
+    if waiting is None:
+        waiting = ticks[at] = []
+        loop.call_later(max(0.0, at - time.monotonic()), _ring, ticks, at)
+    future = loop.create_future()  # its own: a held flush cancelled cancels no other's wait
+    waiting.append(future)
+    return future
+
+
+def _ring(ticks: dict[float, list[asyncio.Future[None]]], at: float) -> None:
+    for future in ticks.pop(at, ()):
+        if not future.done():
+            future.set_result(None)
+
+
 class ProgressRelay:
     """Relays a job's events to the caller as progress (an `OnEvent` for JobClient.run / wait).
 
-    Text goes out at most once per PROGRESS_INTERVAL (BUSY_INTERVAL while more than BUSY_CALLS calls
-    stream in this process), except the first text of each attempt, which
-    goes out at once; text held back goes out when the interval ends even if no event follows (a
+    Text goes out at most once per PROGRESS_INTERVAL (about every BUSY_INTERVAL, on a clock all calls
+    share, while more than BUSY_CALLS calls stream in this process: next_text_at), except the first
+    text of each attempt, which goes out at once; text held back goes out when the interval ends even if no event follows (a
     model that pauses mid-answer does not hold its last words). Nor does the follower wait for a
     notification of its call on its way (a busy messenger's store round trip: 0.1-1 s at 1,000
     callers) or send text while messages wait behind the token (a backlog): what comes meanwhile
@@ -186,7 +225,7 @@ class ProgressRelay:
         self.out = ProgressOut(ctx, total)
         self.lifecycle = lifecycle  # messenger.client_log.JobLog: the same story as log messages
         self.pending: list[str] = []
-        self.text_sent_at = 0.0  # when text last went out (status notices do not hold text back)
+        self.text_free_at = 0.0  # when text may go out again (next_text_at; status notices do not hold it)
         self.sent_text_of = 0  # the attempt whose text has started going out
         self.progress = 0.0
         self.job_id: str | None = None  # the followed job, once its first event (or tick) came
@@ -280,14 +319,10 @@ class ProgressRelay:
         """Whether text goes out with this token: its interval has passed, no notification of this
         call is on its way (a text send waits for it: the one after takes what came meanwhile), and
         no message waits behind it for the follower (a backlog goes out together once caught up)."""
-        return (
-            not transcript.behind
-            and not self.sending.locked()
-            and time.monotonic() - self.text_sent_at >= text_interval()
-        )
+        return not transcript.behind and not self.sending.locked() and time.monotonic() >= self.text_free_at
 
     async def _flush_held(self, transcript: Transcript) -> None:
-        await asyncio.sleep(max(0.0, self.text_sent_at + text_interval() - time.monotonic()))
+        await _tick(self.text_free_at)
         try:
             await self._flush(transcript, held=True)
         except Exception as e:  # the call ended meanwhile: its stream is gone, and so is the need
@@ -307,7 +342,8 @@ class ProgressRelay:
                 return
             text, self.pending = "".join(self.pending), []
             self._advance(transcript)
-            self.text_sent_at, self.sent_text_of = time.monotonic(), transcript.attempt
+            self.text_free_at = next_text_at(time.monotonic(), self.text_free_at)
+            self.sent_text_of = transcript.attempt
             await self.out.send(self.progress, text, self._meta(transcript))
 
     def _advance(self, transcript: Transcript) -> None:

@@ -13,7 +13,13 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from messenger.collector import Transcript
-from messenger.progress import BUSY_CALLS, BUSY_INTERVAL, PROGRESS_INTERVAL, ProgressRelay, text_interval
+from messenger.progress import (
+    BUSY_CALLS,
+    BUSY_INTERVAL,
+    PROGRESS_INTERVAL,
+    ProgressRelay,
+    text_interval,
+)
 from messenger.session_sdk import RequestStream
 from shared.events import DoneEvent, InputRequiredEvent, StartEvent, TokenEvent
 
@@ -145,6 +151,64 @@ async def test_with_many_calls_streaming_text_goes_out_less_often_until_they_end
         ),
     )
     assert text_interval() == PROGRESS_INTERVAL  # BUSY_CALLS left: not more than that
+
+
+async def test_with_many_calls_streaming_their_held_text_goes_out_together_an_interval_apart():
+    """While more than BUSY_CALLS calls stream, text held back goes out on a tick every call keeps:
+    calls whose text went out at different moments send the next at the same loop turn (one Batch
+    pipeline, writes one after another; each call's at its own moment: 26-59 turns), each still
+    about a BUSY_INTERVAL after its last (a fifth less at most: a tick's lateness is not carried on)."""
+    loop, turn = asyncio.get_running_loop(), [0]
+
+    def count_turns() -> None:
+        turn[0] += 1
+        loop.call_soon(count_turns)
+
+    loop.call_soon(count_turns)
+    sinks = [Sink() for _ in range(BUSY_CALLS + 1)]
+    relays = [ProgressRelay(sink, None) for sink in sinks]
+    transcripts = [Transcript(f"j{i}") for i in range(len(relays))]
+    sent_at: dict[int, tuple[float, int]] = {}
+    all_sent = anyio.Event()
+    for i, (relay, t, sink) in enumerate(zip(relays, transcripts, sinks, strict=True)):
+        sink.report_progress = _noting(sink, i, sent_at, turn, all_sent, len(relays))  # type: ignore[method-assign]
+        await feed(relay, t, StartEvent(job_id=t.job_id, seq=0, attempt=1, ts=0, worker_id="w", model="m"))
+    assert text_interval() == BUSY_INTERVAL
+    for i, (relay, t) in enumerate(zip(relays, transcripts, strict=True)):
+        await feed(relay, t, TokenEvent(job_id=t.job_id, seq=1, attempt=1, ts=0, text="a"))  # at once
+        if i % 10 == 0:
+            await anyio.sleep(0.002)  # the calls' first text goes out over ~20-30 ms
+    assert text_interval() == BUSY_INTERVAL
+    for relay, t in zip(relays, transcripts, strict=True):
+        await feed(relay, t, TokenEvent(job_id=t.job_id, seq=2, attempt=1, ts=0, text="b"))  # held
+    assert not sent_at, "within the interval: held back"
+    with anyio.fail_after(2):
+        await all_sent.wait()
+    turns = {at_turn for _, at_turn in sent_at.values()}  # two when a tick fell among their first texts
+    assert len(turns) <= 2, f"{len(turns)} loop turns sent them"
+    for i, sink in enumerate(sinks):
+        first = next(when for when, text in sink.sent if text == "a")
+        assert sent_at[i][0] - first >= BUSY_INTERVAL * 0.8
+    for relay, t in zip(relays, transcripts, strict=True):  # (the calls end: not busy for the next test)
+        usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+        end = DoneEvent(
+            job_id=t.job_id, seq=3, attempt=1, ts=0, usage=usage, model="m", cost=None, finish_reason="stop"
+        )
+        await feed(relay, t, end)
+
+
+def _noting(sink: Sink, i: int, sent_at: dict[int, tuple[float, int]], turn: list[int], all_sent, n: int):
+    """The sink's report_progress, noting when (and at which loop turn) its held text "b" went out."""
+    said = sink.report_progress
+
+    async def report_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message == "b":
+            sent_at[i] = (time.monotonic(), turn[0])
+            if len(sent_at) == n:
+                all_sent.set()
+        await said(progress, total, message)
+
+    return report_progress
 
 
 async def test_text_held_back_after_an_answered_pause_still_goes_out_at_the_interval_end(monkeypatch):
