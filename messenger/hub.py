@@ -197,7 +197,18 @@ class EventHub:
                 return await asyncio.wait_for(asyncio.shield(pending), SUBSCRIBE_TIMEOUT)
             except TimeoutError:
                 if self._reads == read:
+                    await self._drop_stuck()
                     raise
+
+    async def _drop_stuck(self) -> None:
+        """Close the connection a confirmation never came on, nothing read: half-open (a partition or
+        failover: no answer, no RST), the reader would wait on it for good and every later follow fail
+        the same way. Its read then fails and it connects anew: redis-py subscribes every channel again
+        and _on_reconnect has each follower re-read its stream."""
+        connection = self._pubsub.connection
+        if connection is not None:  # (a follow timed out beside it: reads since then keep the new one)
+            log.warning("event subscription stuck (no reply in %.0f s); connecting again", SUBSCRIBE_TIMEOUT)
+            await connection.disconnect(nowait=True)
 
     async def _on_reconnect(self, _connection) -> None:
         log.warning("event subscription reconnected; %d jobs re-read their streams", len(self._followers))

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit
 
 import pytest
 from openai_server import eventually
+from relays import FreezingProxy
 from runtimes import embedded
 
 from messenger import hub as hub_module
 from messenger.hub import EventHub
 from shared import keys
+from shared.connection import connect
 from shared.models import ChatRequest
 
 
@@ -155,3 +158,38 @@ async def test_a_burst_of_messages_reaches_every_follower_whole_and_in_order_bes
             assert late.empty()
     finally:
         await hub.close()
+
+
+async def test_a_stuck_subscription_connection_is_replaced_for_the_follows_after_it(redis_url, monkeypatch):
+    """The hub's connection went half-open (a partition or failover: no answer, no RST): a follow whose
+    SUBSCRIBE is never confirmed with nothing read fails (SUBSCRIBE_TIMEOUT), and the hub drops that
+    connection, so the next follow subscribes on a new one and hears its job. Before, the reader
+    waited on the dead connection for good and every later call failed the same way, Redis up."""
+    monkeypatch.setattr(hub_module, "SUBSCRIBE_TIMEOUT", 0.3)
+    url = urlsplit(redis_url)
+    proxy = FreezingProxy(url.hostname, url.port)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    redis = connect(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}{url.path}")
+    direct = connect(redis_url)
+    hub = EventHub(redis)
+    await hub.start()
+    try:
+        async with asyncio.timeout(10):
+            async with hub.follow("before") as queue:
+                await direct.publish(keys.events("before"), b"live")
+                assert await queue.get() == b"live"
+            proxy.freeze()
+            with pytest.raises(TimeoutError):
+                async with hub.follow("stuck"):
+                    pass
+            async with hub.follow("after") as queue:
+                await direct.publish(keys.events("after"), b"heard")
+                item = await queue.get()
+                while item is hub_module.RESYNC:  # (the reconnect: its followers re-read their streams)
+                    item = await queue.get()
+                assert item == b"heard"
+    finally:
+        await hub.close()
+        await redis.aclose()
+        await direct.aclose()
+        server.close()
