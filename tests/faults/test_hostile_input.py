@@ -110,6 +110,18 @@ async def test_a_job_ends_whole_and_once_over_a_damaged_abort_set(
     assert [e["type"] for e in terminal_events(stream_events(client, result.job_id))] == ["done"]
     assert not client.hexists(keys.DEAD_LETTER, result.job_id)
     assert "its ending was not stored" not in workers.logs()
+    # the abort poll (arq's safety poll's first step) names the key once and the poll goes on, where
+    # every poll failed ('queue poll failed (ResponseError)', each second) and claimed nothing
+    polls = zranges(client)
+    await eventually(lambda: zranges(client) >= polls + 3, timeout=10)  # (three more abort polls)
+    logs = workers.logs()
+    assert logs.count(f"Redis key {keys.ABORT_SET} holds the wrong type") == 1, logs[-2000:]
+    assert "queue poll failed" not in logs, logs[-2000:]
+
+
+def zranges(client) -> int:
+    """ZRANGEs Redis ran so far: the worker's abort poll (its 1-second safety poll's first step) is one."""
+    return int(client.info("commandstats").get("cmdstat_zrange", {}).get("calls", 0))
 
 
 def test_an_ending_refused_over_a_key_of_another_type_does_not_blame_the_jobs_stream(caplog):
