@@ -181,30 +181,52 @@ def next_text_at(sent: float, due: float) -> float:
     return math.ceil(earliest / BUSY_INTERVAL - 1e-6) * BUSY_INTERVAL  # (the same float for every call)
 
 
-_TICKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, list[asyncio.Future[None]]]] = (
+_TICKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, list[_Held]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _tick(at: float) -> asyncio.Future[None]:
-    """Done at `at` (time.monotonic) by one timer for every call's held text due then: their stores
-    go in one Batch pipeline and their socket writes one after another, where a timer and a Batch
-    pipeline each, at their own moments, cost a third more CPU a token (bench/NOTES.md)."""
+class _Held:
+    """A call's held text, sent at its tick (`_at_tick`) by a task started then.
+
+    Why: a task started when the text was held waited for its tick: a step to start it, a wake-up
+    at the tick (two loop callbacks a notification, of the ~3.9 a relayed token took); one timer
+    starts the flushes of every call due at a tick."""
+
+    __slots__ = ("cancelled", "relay", "task", "transcript")
+
+    def __init__(self, relay: ProgressRelay, transcript: Transcript):
+        self.relay = relay
+        self.transcript = transcript
+        self.cancelled = False
+        self.task: asyncio.Task[None] | None = None
+
+    def due(self) -> None:
+        if not self.cancelled:
+            self.task = asyncio.get_running_loop().create_task(self.relay._flush_held(self.transcript))
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.task is not None:
+            self.task.cancel()
+
+
+def _at_tick(at: float, held: _Held) -> None:
+    """Start `held`'s flush at `at` (time.monotonic), by one timer for every call's held text due
+    then: their stores go in one Batch pipeline and their socket writes one after another (a timer
+    and a few calls a pipeline, each at its own moment, cost more CPU a token: bench/NOTES.md)."""
     loop = asyncio.get_running_loop()
     ticks = _TICKS.setdefault(loop, {})
     waiting = ticks.get(at)
     if waiting is None:
         waiting = ticks[at] = []
         loop.call_later(max(0.0, at - time.monotonic()), _ring, ticks, at)
-    future = loop.create_future()  # its own: a held flush cancelled cancels no other's wait
-    waiting.append(future)
-    return future
+    waiting.append(held)
 
 
-def _ring(ticks: dict[float, list[asyncio.Future[None]]], at: float) -> None:
-    for future in ticks.pop(at, ()):
-        if not future.done():
-            future.set_result(None)
+def _ring(ticks: dict[float, list[_Held]], at: float) -> None:
+    for held in ticks.pop(at, ()):
+        held.due()
 
 
 class ProgressRelay:
@@ -212,8 +234,8 @@ class ProgressRelay:
 
     Text goes out at most once per PROGRESS_INTERVAL (about every BUSY_INTERVAL, on a clock all calls
     share, while more than BUSY_CALLS calls stream in this process: next_text_at), except the first
-    text of each attempt, which goes out at once; text held back goes out when the interval ends even if no event follows (a
-    model that pauses mid-answer does not hold its last words). Nor does the follower wait for a
+    text of each attempt, which goes out at once; text held back goes out when the interval ends even
+    if no event follows (a model that pauses mid-answer does not hold its last words). Nor does the follower wait for a
     notification of its call on its way (a busy messenger's store round trip: 0.1-1 s at 1,000
     callers) or send text while messages wait behind the token (a backlog): what comes meanwhile
     goes out together after it, so a stream catches up instead of a token per round trip.
@@ -230,7 +252,7 @@ class ProgressRelay:
         self.progress = 0.0
         self.job_id: str | None = None  # the followed job, once its first event (or tick) came
         self.sending = asyncio.Lock()  # the held-back flush and the events' notifications, in order
-        self.held: asyncio.Task | None = None  # the flush of text held back, due at the interval's end
+        self.held: _Held | None = None  # the flush of text held back, due at the interval's end
         self.burst: Any = None  # the hold (RequestStream) kept open across a burst's events
         self.burst_ends = False  # the loop turned while an event of the burst was being relayed
         self.relaying = False  # inside `_relay` (it may wait: for the sending lock, the SDK's stream)
@@ -293,7 +315,8 @@ class ProgressRelay:
             if self.sent_text_of != event.attempt or self._due(transcript):
                 await self._flush(transcript)
             elif self.held is None:
-                self.held = asyncio.create_task(self._flush_held(transcript))
+                self.held = _Held(self, transcript)
+                _at_tick(self.text_free_at, self.held)
         elif event.type == "start":
             STREAMING.add(self)  # (once an attempt, not a new weak reference every token)
             self.pending.clear()  # a re-run: its tokens replace the old attempt's
@@ -322,7 +345,6 @@ class ProgressRelay:
         return not transcript.behind and not self.sending.locked() and time.monotonic() >= self.text_free_at
 
     async def _flush_held(self, transcript: Transcript) -> None:
-        await _tick(self.text_free_at)
         try:
             await self._flush(transcript, held=True)
         except Exception as e:  # the call ended meanwhile: its stream is gone, and so is the need
