@@ -47,7 +47,7 @@ if finish then
     redis.call('SET', result, result_data, 'NX')
   end
   redis.call('DEL', retry, job, lease)
-  redis.call('ZREM', abort_set, job_id)
+  redis.pcall('ZREM', abort_set, job_id)  -- (junk there, by hand: its abort request is moot, the job ends)
   redis.call('ZREM', queue, job_id)
 else
   local started = tonumber(redis.pcall('GET', retry))  -- (a start counts it up: worker/claim.py)

@@ -162,6 +162,7 @@ class QueueWorker(Worker):
         self._claimer = None  # the connection claims go on (shared.connection.CLAIM), made in main()
         self._claims = itertools.count()  # each claim's own key (keys.claim): a claim sent again knows it
         self._heartless: str | None = None  # why the heartbeat stopped while we run: main() ends with it
+        self._abort_set_junk = False  # arq:abort holds another type (said once)
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -548,11 +549,26 @@ class QueueWorker(Worker):
         )
 
     async def _cancel_aborted_jobs(self) -> None:
-        """arq's abort poll, minus its crash on an `arq:abort` member that is not text."""
-        async with self.pool.pipeline(transaction=True) as pipe:
-            pipe.zrange(keys.ABORT_SET, start=0, end=-1)
-            pipe.zremrangebyscore(keys.ABORT_SET, min=timestamp_ms() + abort_job_max_age, max=float("inf"))
-            abort_job_ids, _ = await pipe.execute()
+        """arq's abort poll, minus its crash on an `arq:abort` member that is not text, and with an
+        `arq:abort` of another type said once, not failing every poll (the rest of it claims)."""
+        try:
+            async with self.pool.pipeline(transaction=True) as pipe:
+                pipe.zrange(keys.ABORT_SET, start=0, end=-1)
+                pipe.zremrangebyscore(
+                    keys.ABORT_SET, min=timestamp_ms() + abort_job_max_age, max=float("inf")
+                )
+                abort_job_ids, _ = await pipe.execute()
+        except ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            if not self._abort_set_junk:
+                log.warning(
+                    "%s; running jobs cannot be cancelled until it is deleted",
+                    damaged.wrong_type_message(keys.ABORT_SET),
+                )
+            self._abort_set_junk = True
+            return
+        self._abort_set_junk = False
         aborted: set[str] = set()
         for raw_id in abort_job_ids:
             job_id = raw_id.decode(errors="replace")

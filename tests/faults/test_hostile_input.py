@@ -6,8 +6,9 @@ import asyncio
 import json
 import time
 
-from observe import LONG_MESSAGE, ended, expected_text
+from observe import LONG_MESSAGE, ended, expected_text, terminal_events
 from openai_server import eventually
+from readers import stream_events
 from runtimes import runtime_for
 
 from messenger.health import health
@@ -91,17 +92,49 @@ async def test_garbage_in_redis_ends_each_bad_job_readably_and_everything_keeps_
     assert not left, f"nothing stays in the queue (where it would count towards MAX_QUEUE_DEPTH): {left}"
 
 
-async def test_an_ending_refused_over_a_damaged_shared_key_does_not_blame_the_jobs_stream(
+async def test_a_job_ends_whole_and_once_over_a_damaged_abort_set(
     redis_url, workers, clean_env, redis_server
 ):
-    """arq:abort of another type refuses the ending's script (its ZREM): the warning says a key the
-    ending writes is damaged, not that the job's stream is (which holds the job's events, whole)."""
+    """arq:abort of another type (junk written by hand): a job still ends once. Its ending takes it off
+    the queue (the abort request's ZREM over junk is moot), where the ending's script stopped at that
+    ZREM with the result stored and the job value deleted, the job left queued: a later claim
+    dead-lettered it ("no job definition"), a second terminal event, `error`, after its `done`."""
     client = redis_server.client()
     client.set(keys.ABORT_SET, b"junk")
     workers.start(redis_url)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(30):
         result = await runtime.jobs.run(ChatRequest(message="over a damaged abort set"), timeout=20)
-        await eventually(lambda: "its ending was not stored" in workers.logs(), timeout=10)
+        await eventually(lambda: client.zscore(keys.QUEUE, result.job_id) is None, timeout=10)
+        await runtime.jobs.run(ChatRequest(message="one more, to free a slot and claim"), timeout=20)
     assert result.status == "completed"
-    said = [line for line in workers.logs().splitlines() if "its ending was not stored" in line]
-    assert said and all("not a stream" not in line and "arq:abort" in line for line in said), said
+    assert [e["type"] for e in terminal_events(stream_events(client, result.job_id))] == ["done"]
+    assert not client.hexists(keys.DEAD_LETTER, result.job_id)
+    assert "its ending was not stored" not in workers.logs()
+    # the abort poll (arq's safety poll's first step) names the key once and the poll goes on, where
+    # every poll failed ('queue poll failed (ResponseError)', each second) and claimed nothing
+    polls = zranges(client)
+    await eventually(lambda: zranges(client) >= polls + 3, timeout=10)  # (three more abort polls)
+    logs = workers.logs()
+    assert logs.count(f"Redis key {keys.ABORT_SET} holds the wrong type") == 1, logs[-2000:]
+    assert "queue poll failed" not in logs, logs[-2000:]
+
+
+def zranges(client) -> int:
+    """ZRANGEs Redis ran so far: the worker's abort poll (its 1-second safety poll's first step) is one."""
+    return int(client.info("commandstats").get("cmdstat_zrange", {}).get("calls", 0))
+
+
+def test_an_ending_refused_over_a_key_of_another_type_does_not_blame_the_jobs_stream(caplog):
+    """A WRONGTYPE around a run (its ending's script) names the keys the ending writes, not the job's
+    stream (publisher.why_not_written's words, for an event write, whose only key it is)."""
+    from redis.exceptions import ResponseError
+
+    from worker.wakeups import QueueWorker
+
+    async def refused(*_args) -> None:
+        raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    worker = type("Fake", (), {"_run_claimed": staticmethod(refused)})()
+    asyncio.run(QueueWorker.run_claimed(worker, None, "j1", 0, None))  # type: ignore[arg-type]
+    said = [r.getMessage() for r in caplog.records if "its ending was not stored" in r.getMessage()]
+    assert said and "not a stream" not in said[0] and keys.ABORT_SET in said[0], said
