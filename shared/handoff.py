@@ -18,7 +18,7 @@ import json
 # Lua: `lease_job(claimed, id, score, lease_ms, holder)` leases a due job for `holder` (the worker's
 # offer text, `offer()`: the lease's value says whose it is) and appends seven values to `claimed`:
 # id, score, job value ('' = none), tries (this start's), note ('' or 'reset: why'), aborted ('1' =
-# it was in the abort set, which it leaves), owner record ('' = none). A retry counter arq's INCR
+# it is in the abort set), owner record ('' = none). A retry counter arq's INCR
 # would choke on (not a count, another type) is reset and says why. Needs lease_prefix, retry_prefix,
 # retry_ttl, job_prefix, abort_set and owner_prefix in scope.
 LEASE_LUA = """
@@ -40,8 +40,10 @@ local function lease_job(claimed, id, score, lease_ms, holder)
   if note ~= '' then redis.call('DEL', retry) end
   tries = redis.call('INCR', retry)
   redis.call('EXPIRE', retry, retry_ttl)
-  local aborted = 0  -- junk in the abort set is arq's poll's to name
-  if redis.call('TYPE', abort_set)['ok'] == 'zset' then aborted = redis.call('ZREM', abort_set, id) end
+  -- the abort stays in the set until the job's ending is stored (worker/endings.py): an ending that
+  -- failed (Redis away) leaves the job to a later claim, which must see the abort too, not run the job
+  local aborted = 0  -- (junk in the abort set is arq's poll's to name)
+  if redis.call('TYPE', abort_set)['ok'] == 'zset' and redis.call('ZSCORE', abort_set, id) then aborted = 1 end
   claimed[#claimed + 1] = id
   claimed[#claimed + 1] = score
   claimed[#claimed + 1] = text(job_prefix .. id)

@@ -126,7 +126,7 @@ class Claimed:
     raw_job: bytes | None  # arq's job value; None when there was none (or not a string)
     job_try: int  # this start's number (arq's retry counter, counted up by the claim)
     note: str  # why the retry counter was reset, or ""
-    aborted: bool  # the job had been asked to stop before it started (it left the abort set)
+    aborted: bool  # the job had been asked to stop before it started (its ending takes it off the abort set)
     owner: bytes | None  # its owner record (shared/keys.py: owner), None when there was none
 
     @classmethod
@@ -153,19 +153,16 @@ class Claimed:
 
 
 # A job handed to a worker that cannot start it (full after a lost offer, or stopping): what the hand-off
-# did is undone (its lease, its start's count, its abort request) and the idle workers are woken for it.
+# did is undone (its lease, its start's count; an abort request stays where it was) and the idle
+# workers are woken for it.
 @script("""
 if redis.call('DEL', lease) == 0 then return 0 end  -- (lapsed: the poll has it already)
 local tries = tonumber(redis.pcall('GET', retry))
 if tries and tries > 1 then redis.call('DECR', retry) else redis.call('DEL', retry) end
-if aborted then redis.call('ZADD', abort_set, now_ms, job_id) end
 redis.call('PUBLISH', wakeup, job_id)
 return 1
 """)
-async def give_back(
-    redis, *, lease: Key, retry: Key, abort_set: Key, wakeup: Key, job_id: Arg[str], aborted: Arg[bool],
-    now_ms: Arg[int],
-) -> int:  # fmt: skip
+async def give_back(redis, *, lease: Key, retry: Key, wakeup: Key, job_id: Arg[str]) -> int:
     """1 once the job is back in the queue, free for any worker."""
     ...
 

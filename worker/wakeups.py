@@ -337,8 +337,8 @@ class QueueWorker(Worker):
         job_id = job.raw_id.decode(errors="replace")
         try:
             await give_back(
-                self.pool, lease=keys.in_progress(job_id), retry=keys.retry(job_id), abort_set=keys.ABORT_SET,
-                wakeup=keys.WAKEUP_CHANNEL, job_id=job_id, aborted=job.aborted, now_ms=int(time.time() * 1000),
+                self.pool, lease=keys.in_progress(job_id), retry=keys.retry(job_id), wakeup=keys.WAKEUP_CHANNEL,
+                job_id=job_id,
             )  # fmt: skip
         except (RedisError, OSError) as e:
             log.warning(
@@ -518,8 +518,8 @@ class QueueWorker(Worker):
         event = CancelledEvent(**fields) if error is None else ErrorEvent(**fields, error=error)
         try:
             await publish_events(self.pool, [event])
-        except ResponseError as e:  # its stream key holds junk: the job ends all the same, now (a
-            # later claim would no longer see its abort, and run it)
+        except ResponseError as e:  # its stream key holds junk: the job ends all the same, now (the
+            # next claim would find the same junk)
             log.warning("job %s: its %s event not written: %s", job_id, event.type, damaged.refused(e))
 
     async def _ending(

@@ -261,3 +261,47 @@ async def test_a_job_cancelled_before_its_start_with_a_junk_stream_key_still_nev
     assert cancelled.status == "cancelled", cancelled
     assert workers.logs().count("aborted before start") == 1, workers.logs()[-3000:]
     assert json.loads(client.get(keys.result(job_id)))["r"]["error"] == "CancelledError"
+
+
+async def test_a_job_cancelled_before_its_start_whose_ending_was_lost_never_runs(
+    redis_url, clean_env, redis_server, monkeypatch
+):
+    """The claim finds the job's cancel waiting and ends it unrun, but storing that ending fails (Redis
+    went away at that moment): its lease lapses, and the next claim must still see the cancel and end
+    it, never run it. Before, the first claim had taken the job off arq:abort: the next one ran it."""
+    from redis.exceptions import ConnectionError
+
+    from shared.settings import load_settings
+    from worker.embedded import stop
+    from worker.endings import Endings
+    from worker.runner import build_worker
+
+    store, lost = Endings.store, []
+
+    async def lost_once(self, commands, count=None):
+        if not lost:
+            lost.append(commands)
+            raise ConnectionError("Connection closed by server.")
+        return await store(self, commands, count)
+
+    monkeypatch.setattr(Endings, "store", lost_once)
+    client = redis_server.client()
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        job_id = await runtime.queue.submit(ChatRequest(message="never runs"), caller="operator")
+        client.set(keys.in_progress(job_id), b"a-dead-worker", px=1500)  # its lease, about to lapse
+        cancelling = asyncio.create_task(runtime.jobs.cancel(job_id))
+        await eventually(lambda: client.zscore(keys.ABORT_SET, job_id) is not None)
+        settings = load_settings(redis_url=redis_url, worker_lease_seconds=1)
+        worker = build_worker(settings, handle_signals=False)
+        running = asyncio.create_task(worker.async_run())
+        try:
+            await eventually(lambda: client.exists(keys.result(job_id)), timeout=30)
+        finally:
+            await stop(worker, 5, running)
+        await cancelling
+        job = await runtime.jobs.get(job_id)
+    assert lost, "no ending was lost"
+    kinds = [e["type"] for e in stream_events(client, job_id)]
+    assert "start" not in kinds, f"the cancelled job ran: {kinds}"
+    assert job.status == "cancelled", job
+    assert json.loads(client.get(keys.result(job_id)))["r"]["error"] == "CancelledError"

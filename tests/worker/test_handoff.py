@@ -194,7 +194,7 @@ async def test_a_job_handed_to_a_worker_with_no_free_slot_goes_back_and_runs_onc
     redis_url, workers, redis_server, clean_env
 ):
     """A worker is handed more than it can run (an offer left over from before Redis lost track): it
-    gives the job back (lease, start count, abort request undone) instead of running it over its
+    gives the job back (lease and start count undone) instead of running it over its
     WORKER_CONCURRENCY, and the job runs when a slot frees."""
     client = redis_server.client()
     workers.start(redis_url, WORKER_CONCURRENCY="1", MOCK_TOKEN_DELAY_MS=SLOW)
