@@ -17,7 +17,7 @@ import math
 import ssl
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from arq.connections import ArqRedis
@@ -78,11 +78,25 @@ CLAIM = RetryPolicy(retries=1, cap=0.0, connect_timeout=None)
 COMMAND = RetryPolicy(retries=1, cap=0.25, connect_timeout=1.0, give_up=2.5)
 
 
-QUIET_READ_SECONDS = 3600.0  # subscribe_forever's read: None after this long without a message
+# subscribe_forever's liveness check: a subscription quiet this long is asked a PING, and one that then
+# reads nothing for STUCK_SECONDS is taken for half-open and made again. Why: a connection a frozen
+# proxy or NAT holds (no answer, no RST) still counts as a subscriber in Redis, which PUBLISHes into it
+# for good (a worker's hand-offs too); a PING a few seconds is nothing to an idle worker.
+QUIET_SECONDS = 2.0
+STUCK_SECONDS = 5.0  # (above a loaded box's slowest answer: a PING unanswered as long is no hiccup)
+
+
+class SubscriptionStuck(ConnectionError):
+    """A subscription's connection did not answer a PING in STUCK_SECONDS: it was closed."""
 
 
 async def subscribe_forever(
-    redis, handlers: dict[str, Callable[[bytes], None]], *, on_subscribed: Callable[[], None], what: str
+    redis,
+    handlers: dict[str, Callable[[bytes], None]],
+    *,
+    on_subscribed: Callable[[], None],
+    what: str,
+    on_stuck: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Hand every message published on each channel of `handlers` to that channel's handler, on one
     connection (so in the order they were published), for as long as the task runs. A lost
@@ -91,7 +105,8 @@ async def subscribe_forever(
     looks again. Messages are read straight off the connection: every worker reads every
     wake-up, and redis-py's `listen()` wraps each read in its retry and health-check layers (a lost
     connection raises here and is subscribed again, as above); the messages a read brought in with
-    the first are taken from the parser (`buffered_reply`), without a timer each."""
+    the first are taken from the parser (`buffered_reply`), without a timer each. A connection that
+    answers nothing to a PING (see QUIET_SECONDS) is closed and subscribed again, `on_stuck` first."""
     by_channel = {channel.encode(): handler for channel, handler in handlers.items()}
     failures = 0
     while True:
@@ -101,12 +116,23 @@ async def subscribe_forever(
             failures = 0
             on_subscribed()
             connection = pubsub.connection
+            pinged = False
             while True:
                 # a timeout of its own (as listen(): none): the connection's socket_timeout (REDIS_URL)
                 # would end a quiet subscription every socket_timeout; a quiet read returns None here
                 reply = await connection.read_response(
-                    timeout=QUIET_READ_SECONDS, disconnect_on_error=False, push_request=True
+                    timeout=STUCK_SECONDS if pinged else QUIET_SECONDS,
+                    disconnect_on_error=False,
+                    push_request=True,
                 )
+                if reply is None and pinged:
+                    await connection.disconnect(nowait=True)
+                    raise SubscriptionStuck(f"no reply to a PING in {STUCK_SECONDS:g} s")
+                if reply is None:  # (subscribed, Redis answers a PING with a 'pong' reply, not a message)
+                    await connection.send_command("PING", check_health=False)
+                    pinged = True
+                    continue
+                pinged = False
                 while reply is not None:
                     if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
                         handler = by_channel.get(reply[1])
@@ -117,6 +143,12 @@ async def subscribe_forever(
                 # before the next read is armed (its timer, the parser's read): what arrives meanwhile
                 # waits in the socket's buffer, and the job starts that much sooner
                 await asyncio.sleep(0)
+        except SubscriptionStuck as e:
+            failures = 1
+            log.warning("%s subscription stuck (%s); connecting again", what, e)
+            if on_stuck is not None:
+                await on_stuck()
+            await asyncio.sleep(SERVICE.delay(failures))
         except (RedisError, OSError) as e:
             failures += 1
             if failures > 1:  # subscribing again failed too: Redis is away

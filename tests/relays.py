@@ -53,26 +53,34 @@ async def losing_one_reply(
 
 
 class FreezingProxy:
-    """TCP proxy to Redis; `freeze()` makes every connection open now a black hole (no RST)."""
+    """TCP proxy to Redis; `freeze()` makes every connection open now a black hole (no RST);
+    `freeze(subscriptions_only=True)` only those that SUBSCRIBEd (the idle ones, which a NAT forgets
+    while the busy ones carry on)."""
 
     def __init__(self, host: str, port: int):
         self.target = (host, port)
         self.frozen: list[asyncio.Event] = []
+        self.subscribed: set[asyncio.Event] = set()  # those whose client sent a SUBSCRIBE
 
     async def handle(self, reader, writer):
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         cold = asyncio.Event()
         self.frozen.append(cold)
 
-        async def pump(src, dst):
+        async def pump(src, dst, upward: bool):
             while data := await src.read(65536):
                 if cold.is_set():
                     await asyncio.Event().wait()  # swallowed: neither answer nor close
+                if upward and b"SUBSCRIBE" in data:
+                    self.subscribed.add(cold)
                 dst.write(data)
                 await dst.drain()
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
+        await asyncio.gather(
+            pump(reader, up_writer, True), pump(up_reader, writer, False), return_exceptions=True
+        )
 
-    def freeze(self):
+    def freeze(self, *, subscriptions_only: bool = False):
         for cold in self.frozen:
-            cold.set()
+            if not subscriptions_only or cold in self.subscribed:
+                cold.set()

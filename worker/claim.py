@@ -48,9 +48,15 @@ if #candidates == 0 and scan > 0 then
     seen = redis.call('ZRANGEBYSCORE', queue, '-inf', now_ms, 'LIMIT', 0, scan)
   end
 end
+-- (re)subscribed: a job leased to us that we do not run was handed over while we heard nothing (a
+-- stuck or dropped subscription): started again now, as once its lease lapsed, not a lease later
+local retake, running = running_ids ~= '', {}
+if retake then for _, id in ipairs(cjson.decode(running_ids)) do running[id] = true end end
 for _, id in ipairs(seen) do
   if #claimed >= 7 * slots then break end
-  if redis.call('EXISTS', lease_prefix .. id) == 0 then
+  local held = redis.call('EXISTS', lease_prefix .. id) == 1
+  if held and retake and not running[id] then held = redis.pcall('GET', lease_prefix .. id) ~= me end
+  if not held then
     local score = redis.call('ZSCORE', queue, id)
     local due = score and tonumber(score)
     if due and due <= now_ms then lease_job(claimed, id, score, lease_ms, me) end
@@ -105,12 +111,15 @@ async def claim_jobs(
     job_prefix: Arg[str],
     retry_prefix: Arg[str],
     owner_prefix: Arg[str],
+    running_ids: Arg[str],
     candidates: Args,
 ) -> list:
     """Lease up to the worker's free slots (`unreported` plus those it offers as `me`; `reset`: only
     `unreported`) of the candidates (none: of the queue's first `scan`) that are due, and offer what is
     left when `offering` and the scan saw every due job; answers (own slots left, slots offered, then
-    seven values per job leased: see `Claimed.batch`). `mine` is this call's own key: the answer is kept
+    seven values per job leased: see `Claimed.batch`). `running_ids`: '' or, after a (re)subscribe, the
+    JSON list of the jobs this worker runs: a job leased to `me` and not among them is leased again
+    (a hand-off it never heard). `mine` is this call's own key: the answer is kept
     there, so the call sent again after a lost reply (shared.connection.CLAIM's one retry) answers the
     same, where it found its jobs leased (by its first run) and answered none of them, leaving them to
     wait out their leases with a start counted, their abort requests gone, and its offer counted twice."""

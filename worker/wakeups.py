@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import json
 import logging
 import math
 import time
@@ -42,6 +43,7 @@ from redis.exceptions import (
 from shared import damaged, dead_letter, handoff, keys, turns
 from shared.connection import (
     CLAIM,
+    STUCK_SECONDS,
     connect,
     failed_within,
     note_failure,
@@ -88,7 +90,7 @@ async def redis_ready(settings: Settings) -> None:
                 client, queue=keys.QUEUE, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS, mine=keys.claim("probe"),
                 now_ms=0, lease_ms=1, unreported=0, scan=0, offering=False, trust_offers=False, reset=False, me="",
                 retry_ttl=keys.RETRY_KEPT_SECONDS, mine_ttl=1, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
-                retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX, candidates=[],
+                retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX, running_ids="", candidates=[],
             )  # fmt: skip
             return
         except UnknownMaster as e:
@@ -155,6 +157,7 @@ class QueueWorker(Worker):
         self._own_slots = self.max_jobs  # free slots not offered (shared/handoff.py)
         self._offered = 0  # free slots offered in mcpq:workers:idle, as the last claim left them
         self._reset = True  # (re)subscribed: what we offered before may be gone; start afresh
+        self._retake = False  # (re)subscribed: a job handed to us meanwhile was never heard (claim.py)
         self._me = ""  # our member of mcpq:workers:idle (shared.handoff.offer), known once started
         self._handed = 0  # hand-offs received
         self._missing_since: int | None = None  # _handed when slots were last seen missing (a poll)
@@ -286,7 +289,8 @@ class QueueWorker(Worker):
             # now would start it again beside our run (same lease value: our heartbeat would not tell);
             # the heartbeat takes its lease back first (worker/heartbeat.py), the safety poll looks again
             return
-        self._reset = False
+        retake = self._retake and scan > 0  # (a scan finds them)
+        self._reset, self._retake = False, self._retake and not retake
         try:
             claimed = await claim_jobs(
                 self._claimer or self.pool, queue=self.queue_name, abort_set=keys.ABORT_SET, idle=keys.IDLE_WORKERS,
@@ -294,10 +298,11 @@ class QueueWorker(Worker):
                 now_ms=int(time.time() * 1000), lease_ms=int(self.in_progress_timeout_s * 1000), unreported=own,
                 scan=scan, offering=not self.burst, trust_offers=trust_offers, reset=reset, me=self._me,
                 retry_ttl=keys.RETRY_KEPT_SECONDS, mine_ttl=keys.CLAIM_KEPT_SECONDS, lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX,
-                retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX, candidates=candidates,
+                retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX,
+                running_ids=json.dumps(list(self.tasks)) if retake else "", candidates=candidates,
             )  # fmt: skip
         except BaseException:
-            self._reset = self._reset or reset
+            self._reset, self._retake = self._reset or reset, self._retake or retake
             raise
         self._own_slots -= own - int(claimed[0])
         self._offered = int(claimed[1])
@@ -312,11 +317,14 @@ class QueueWorker(Worker):
     def _start(self, job: Claimed, value: dict | None) -> None:
         """Run a job leased for this worker (`value`: its job value, read by `_problem`) in a slot of its
         own; one it has no slot for (more was handed to it than it offered, after a lost offer; or it is
-        stopping) goes back to the queue."""
+        stopping) goes back to the queue; one it runs already (handed over again on the new connection
+        of a stuck subscription, and retaken by the claim after it) is run once."""
+        job_id = job.raw_id.decode(errors="backslashreplace")
+        if (running := self.tasks.get(job_id)) is not None and not running.done():
+            return self._slot_free()
         if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
             return self._errand(self._give_back(job))
         self.job_counter += 1
-        job_id = job.raw_id.decode(errors="backslashreplace")
         task = self.loop.create_task(self._begin(job, job_id, value))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[job_id] = task
@@ -682,7 +690,8 @@ class QueueWorker(Worker):
     async def _listen_for_wakeups(self) -> None:
         def subscribed() -> None:
             self._full_poll_due = True  # anything enqueued while we were not listening
-            self._reset = True  # and what was handed to us meanwhile is gone: offer afresh
+            self._reset = True  # and what was handed to us meanwhile is gone: offer afresh, and
+            self._retake = True  # start those jobs now, not once their leases lapse
             self._wake.set()
 
         def woken(data: bytes) -> None:
@@ -711,7 +720,15 @@ class QueueWorker(Worker):
                 return self._start(job, value)
             self._errand(self._bury_handed(job, problem, details))
 
+        async def stuck() -> None:
+            # Redis still counts the stuck connection as our subscriber, so the enqueue would go on
+            # handing jobs into it: our offer is taken back until subscribed() offers afresh (a job
+            # enqueued meanwhile waits in the queue for the full poll that follows)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(STUCK_SECONDS):  # (the pool's connection may be frozen too)
+                    await self._withdraw()
+
         await subscribe_forever(
             self.pool, {keys.WAKEUP_CHANNEL: woken, keys.handoff(self._worker_id()): handed},
-            on_subscribed=subscribed, what="wake-up",
+            on_subscribed=subscribed, what="wake-up", on_stuck=stuck,
         )  # fmt: skip

@@ -23,7 +23,7 @@ async def claim(redis, nonce: str, unreported: int, candidates: list[str], me: s
         now_ms=int(time.time() * 1000), lease_ms=60_000, unreported=unreported, scan=10 if not candidates else 0,
         offering=True, trust_offers=False, reset=False, me=me, retry_ttl=60, mine_ttl=60, lease_prefix=keys.IN_PROGRESS_PREFIX,
         job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX, owner_prefix=keys.OWNER_PREFIX,
-        candidates=candidates,
+        running_ids="", candidates=candidates,
     )  # fmt: skip
 
 

@@ -279,7 +279,7 @@ async def test_junk_in_the_offers_does_not_make_a_freed_slot_skip_a_due_job(redi
                 mine_ttl=60, now_ms=int(time.time() * 1000), lease_ms=1000, unreported=1, scan=10, offering=True,
                 trust_offers=True, reset=False, me=offer("me", 1000), retry_ttl=60,
                 lease_prefix=keys.IN_PROGRESS_PREFIX, job_prefix=keys.JOB_PREFIX, retry_prefix=keys.RETRY_PREFIX,
-                owner_prefix=keys.OWNER_PREFIX, candidates=[],
+                owner_prefix=keys.OWNER_PREFIX, running_ids="", candidates=[],
             )  # fmt: skip
             assert claimed[2:3] == [b"job-1"], (junk, slots, claimed)
     finally:
