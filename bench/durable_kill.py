@@ -40,14 +40,14 @@ async def run(trials: int, lease: float, verbose: bool) -> int:
         tempfile.TemporaryDirectory(prefix="durable-kill-") as tmp,
         tool_lab(Path(tmp), servers, WORKER_LEASE_SECONDS=lease) as (workers, model, ledger),
     ):
-        script(model)
+        holds = script(model, ledger)
         workers.start()
         workers.start()
         async with runtime_for(workers.redis.url, mcp_servers=servers(ledger)) as runtime:
             for n in range(trials):
                 await workers.all_ready()
                 trial = await kill_in_tool_loop(
-                    runtime, workers.procs, ledger, KINDS[n % 2], timeout=lease + 60
+                    runtime, workers.procs, ledger, holds, KINDS[n % 2], timeout=lease + 60
                 )
                 results.append(trial)
                 if trial.killed is not None:

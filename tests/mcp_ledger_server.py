@@ -1,6 +1,6 @@
 """A real stdio MCP server with a side effect, for the durable tool-loop tests: its `charge` tool
 appends one JSON line per call (with the idempotency key the caller sent in `_meta`) to the file
-named by LEDGER, then waits `seconds` before answering. It dedupes nothing: the ledger shows every
+named by LEDGER, then waits `seconds` (or for a file: `hold`) before answering. It dedupes nothing: the ledger shows every
 call that was sent. `charge` says it is destructive (its MCP annotations); `balance` that it only reads."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import ToolAnnotations
@@ -24,13 +25,22 @@ def _write(line: dict) -> None:
 
 
 @mcp.tool(annotations=ToolAnnotations(destructive_hint=True))  # TOOL_APPROVAL=destructive asks first
-async def charge(amount: int, ctx: Context, seconds: float = 0) -> str:
-    """Charge `amount`, then wait `seconds` before answering."""
+async def charge(amount: int, ctx: Context, seconds: float = 0, hold: str = "") -> str:
+    """Charge `amount`, then wait `seconds` and, given a `hold` path, until that file exists (a test's
+    kill lands while the call runs, however late it comes) before answering."""
     _write(
         {"amount": amount, "key": (ctx.request_context.meta or {}).get(IDEMPOTENCY_KEY), "pid": os.getpid()}
     )
     await asyncio.sleep(seconds)
+    if hold:
+        await asyncio.to_thread(_released, hold)
     return f"{PREFIX} charged {amount}"
+
+
+def _released(path: str) -> None:
+    """Return once the file `path` exists (another process makes it)."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
 
 
 @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))

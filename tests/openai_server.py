@@ -99,6 +99,7 @@ class Script:
     tool_calls: list[tuple[str, str]] = field(default_factory=list)
     tool_rounds: int = 1
     tool_preamble: str = ""
+    answer_gate: threading.Event | None = None  # an answer to tool results streams once it is set
     models_endpoint: bool = True  # False: GET /v1/models answers 404, like a server that has no such route
     broken_models: tuple[str, ...] = ()  # chat completions for these models always answer HTTP 500
     # A provider's limits, enforced the way providers do, with 429 + Retry-After: `rpm` over a sliding
@@ -375,6 +376,9 @@ class OpenAIServer:
                 self._finished()
 
         async def stream():
+            gate = script.answer_gate if results else None
+            while gate is not None and not await asyncio.to_thread(gate.wait, 0.5):
+                pass  # (set from the test's thread; waited in pieces, so a cancel ends the wait)
             yield chunk({"role": "assistant", "content": ""})
             for i, token in enumerate(tokens):
                 first = script.first_token_delay if i == 0 else None

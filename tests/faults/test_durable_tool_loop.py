@@ -21,13 +21,13 @@ async def test_a_tool_loop_whose_worker_is_killed_goes_on_from_its_journal(
     redis_url, redis_server, workers, openai_server, clean_env, tmp_path
 ):
     ledger = tmp_path / "ledger.jsonl"
-    script(openai_server)
+    holds = script(openai_server, ledger)
     env = {"MCP_SERVERS": json.dumps(servers(ledger)), "WORKER_LEASE_SECONDS": str(LEASE_SECONDS)}
     start_openai_workers(workers, redis_url, openai_server, count=2, **env)
     trials = []
     async with runtime_for(redis_url, mcp_servers=servers(ledger)) as runtime, asyncio.timeout(120):
         for when in ("after_result", "during_call"):
-            trial = await kill_in_tool_loop(runtime, workers.procs, ledger, when)
+            trial = await kill_in_tool_loop(runtime, workers.procs, ledger, holds, when)
             trials.append(trial)
             assert trial.killed is not None, trial.describe()
             if len(trials) == 1:  # the killed one's replacement, for the next kill

@@ -5,7 +5,8 @@ tool's result; the tool is tests/mcp_ledger_server.py over stdio, which writes o
 call it receives, with the call's idempotency key. The worker running the job gets SIGKILL either
 just after the tool's result was published (`after_result`: the re-run must not call it again) or
 while the tool runs (`during_call`: the re-run may call it again, with the same key). Another worker
-runs the job again; its caller must get one whole answer.
+runs the job again; its caller must get one whole answer. The first attempt waits where its kill
+must find it (`Holds`) until the kill, however late a loaded machine makes it: no kill misses.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,6 @@ LEDGER_SERVER = str(Path(__file__).resolve().parents[1] / "mcp_ledger_server.py"
 PREAMBLE = "Let me charge that for you. "
 REPLY = "The ledger says"
 EXPECTED = f"{PREAMBLE}{REPLY} {PREFIX} charged 5"
-TOOL_SECONDS = 1.5  # how long each charge takes: long enough to be killed in, on a loaded machine too
 
 
 def servers(ledger: Path) -> dict:
@@ -38,12 +39,37 @@ def servers(ledger: Path) -> dict:
     return {"ledger": {"command": sys.executable, "args": [LEDGER_SERVER], "env": {"LEDGER": str(ledger)}}}
 
 
-def script(openai_server) -> None:
+@dataclass(frozen=True)
+class Holds:
+    """Where a trial's first attempt waits for its kill: the model's answer to the tool's result until
+    `answer` is set (`after_result`), the tool's call until the file `release` exists (`during_call`)."""
+
+    answer: threading.Event
+    release: Path
+
+    def hold(self, when: str) -> None:
+        if when == "after_result":
+            self.answer.clear()
+            self.release.touch()
+        else:
+            self.answer.set()
+            self.release.unlink(missing_ok=True)
+
+    def let_go(self) -> None:
+        """The kill landed: the re-run goes on at once."""
+        self.answer.set()
+        self.release.touch()
+
+
+def script(openai_server, ledger: Path) -> Holds:
     """One tool turn (a preamble, then the call), then a slow answer carrying the tool's result."""
-    arguments = json.dumps({"amount": 5, "seconds": TOOL_SECONDS})
+    holds = Holds(threading.Event(), ledger.with_name(ledger.name + ".release"))
+    arguments = json.dumps({"amount": 5, "hold": str(holds.release)})
     openai_server.script(
-        reply=REPLY, tool_preamble=PREAMBLE, tool_calls=[("ledger__charge", arguments)], token_delay=0.1
-    )
+        reply=REPLY, tool_preamble=PREAMBLE, tool_calls=[("ledger__charge", arguments)], token_delay=0.1,
+        answer_gate=holds.answer,
+    )  # fmt: skip
+    return holds
 
 
 @dataclass
@@ -91,17 +117,19 @@ class ToolKillTrial:
 
 
 async def kill_in_tool_loop(
-    runtime, procs: list[subprocess.Popen], ledger: Path, when: str, timeout: float = 60.0
+    runtime, procs: list[subprocess.Popen], ledger: Path, holds: Holds, when: str, timeout: float = 60.0
 ) -> ToolKillTrial:
     """Run a job and SIGKILL the worker (one of `procs`) running it, `when` the trial says."""
     trial = ToolKillTrial(when)
     watcher: asyncio.Task | None = None
+    holds.hold(when)
 
     async def kill(worker_id: str) -> None:
         beat = json.loads(await runtime.redis.get(keys.worker(worker_id)))
         (proc,) = [p for p in procs if p.pid == beat["pid"]]  # only a process the caller started
         proc.kill()
         trial.killed = proc
+        holds.let_go()
 
     async def once_charged(job_id: str, worker_id: str) -> None:
         await eventually(lambda: any(c["key"] == f"{job_id}:2" for c in read_ledger(ledger)), timeout)
@@ -123,6 +151,7 @@ async def kill_in_tool_loop(
             ChatRequest(message="charge 5", mcp_servers=["ledger"]), on_event, timeout=timeout
         )
     finally:
+        holds.let_go()  # (a trial that failed before its kill leaves nothing waiting)
         if watcher is not None:
             watcher.cancel()
     trial.stream = parse_stream(await runtime.redis.xrange(keys.stream(trial.result.job_id)))
