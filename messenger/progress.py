@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import weakref
-from typing import Any
+from typing import Any, TypeAlias
 
 from mcp_types import ProgressNotification, ProgressNotificationParams
 from pydantic_core import to_json
@@ -96,18 +96,28 @@ class ProgressOut:
             await self.ctx.report_progress(progress, self.total, message)
             return
         if self.direct is not None:
-            params: dict[str, Any] = {"progressToken": self.token, "progress": progress}
-            if self.total is not None:
-                params["total"] = self.total
-            if message is not None:
-                params["message"] = message
-            params["_meta"] = meta
-            await self.direct.send(notification("notifications/progress", params), job_label(meta))
+            await self.direct.send(*self.encoded(progress, message, meta))
             return
         params_model = ProgressNotificationParams(
             progress_token=self.token, progress=progress, total=self.total, message=message, _meta=meta
         )
         await self.ctx.session.send_notification(ProgressNotification(params=params_model), self.request_id)
+
+    def encoded(self, progress: float, message: str | None, meta: dict[str, Any]) -> tuple[str, str]:
+        """The notification as RequestStream sends it: (its JSON, its job label)."""
+        params: dict[str, Any] = {"progressToken": self.token, "progress": progress}
+        if self.total is not None:
+            params["total"] = self.total
+        if message is not None:
+            params["message"] = message
+        params["_meta"] = meta
+        return notification("notifications/progress", params), job_label(meta)
+
+    def in_halves(self) -> RequestStream | None:
+        """The request's stream, where a notification can be sent in halves (RequestStream.submit,
+        finish) with other calls' (a tick's); None where it goes as `send` sends it."""
+        direct = self.direct
+        return direct if direct is not None and self.token is not None and direct.halves is not None else None
 
 
 _AT_ONCE = contextlib.nullcontext()
@@ -142,7 +152,7 @@ def job_label(meta: dict[str, Any] | None) -> str:
 
 
 STREAMING: weakref.WeakSet[ProgressRelay] = weakref.WeakSet()  # this process's relays of started jobs
-_ENDING: set[asyncio.Task[Any]] = set()  # bursts' holds being sent off the follower's path
+_ENDING: set[asyncio.Task[Any]] = set()  # bursts' holds and ticks' writes being sent off the follower's path
 
 
 def _off_path(coro) -> None:
@@ -187,11 +197,11 @@ _TICKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, list[_H
 
 
 class _Held:
-    """A call's held text, sent at its tick (`_at_tick`) by a task started then.
+    """A call's held text, sent at its tick (`_ring`) with every other call's due then.
 
-    Why: a task started when the text was held waited for its tick: a step to start it, a wake-up
-    at the tick (two loop callbacks a notification, of the ~3.9 a relayed token took); one timer
-    starts the flushes of every call due at a tick."""
+    Why: a task a call (started at the tick, or started when the text was held to wait for it) was
+    two of its notification's loop callbacks (its start, its wake-up after the store) and a task;
+    the tick stores every due call's text in one pipeline and one task writes them all."""
 
     __slots__ = ("cancelled", "relay", "task", "transcript")
 
@@ -202,6 +212,8 @@ class _Held:
         self.task: asyncio.Task[None] | None = None
 
     def due(self) -> None:
+        """Flush it in a task of its own (its call is sending: it waits its turn; or it cannot go in
+        halves)."""
         if not self.cancelled:
             self.task = asyncio.get_running_loop().create_task(self.relay._flush_held(self.transcript))
 
@@ -212,9 +224,9 @@ class _Held:
 
 
 def _at_tick(at: float, held: _Held) -> None:
-    """Start `held`'s flush at `at` (time.monotonic), by one timer for every call's held text due
-    then: their stores go in one Batch pipeline and their socket writes one after another (a timer
-    and a few calls a pipeline, each at its own moment, cost more CPU a token: bench/NOTES.md)."""
+    """Send `held` at `at` (time.monotonic), by one timer for every call's held text due then: their
+    stores go in one Batch pipeline and their socket writes one after another (a timer and a few
+    calls a pipeline, each at its own moment, cost more CPU a token: bench/NOTES.md)."""
     loop = asyncio.get_running_loop()
     ticks = _TICKS.setdefault(loop, {})
     waiting = ticks.get(at)
@@ -224,9 +236,85 @@ def _at_tick(at: float, held: _Held) -> None:
     waiting.append(held)
 
 
+# a held text under way at a tick: its relay (its `sending` taken), stream, events, their store, job id
+_Sent: TypeAlias = tuple[
+    "ProgressRelay", RequestStream, list[tuple[str, str]], "asyncio.Future[list[Any]]", str
+]
+
+
 def _ring(ticks: dict[float, list[_Held]], at: float) -> None:
+    """The tick: every due call's held text stored now (one Batch pipeline), and one task to write
+    them once it is back (`_write_tick`). A call that is sending (an event's notification on its
+    way: its text goes after it) or cannot be sent in halves flushes in a task of its own, as does a
+    call whose socket may make its write wait; a call that ended since it held text is skipped."""
+    sent: list[_Sent] = []
     for held in ticks.pop(at, ()):
-        held.due()
+        if held.cancelled:
+            continue
+        relay = held.relay
+        stream = relay.out.in_halves()
+        if stream is None or not _take_now(relay.sending):
+            held.due()
+            continue
+        events, stored = None, None
+        try:
+            events = relay._take_held(held.transcript)
+            stored = stream.submit(events) if events else None
+        except Exception as e:  # (its own call's: the others go on)
+            log.debug("held-back progress of job %s not sent: %r", held.transcript.job_id, e)
+        if events is None or stored is None:  # nothing to send, or the stream's open hold sends it
+            relay.sending.release()
+        else:
+            sent.append((relay, stream, events, stored, held.transcript.job_id))
+    if sent:
+        _off_path(_write_tick(sent))
+
+
+def _take_now(lock: asyncio.Lock) -> bool:
+    """Take `lock` if that needs no wait: asyncio.Lock.acquire ends at its first step when the lock
+    is free and nobody waits for it. False, and no wait begun, otherwise (a waiter woken by its
+    release has not taken it yet)."""
+    if lock.locked():
+        return False
+    acquiring = lock.acquire()
+    try:
+        acquiring.send(None)
+    except StopIteration:
+        return True
+    acquiring.close()
+    return False
+
+
+async def _write_tick(sent: list[_Sent]) -> None:
+    """A tick's writes once their stores are back, one after another in one task; a call whose write
+    may wait (its client does not read: RequestStream.writes_now) writes in a task of its own, so
+    it holds up no other call."""
+    handed = 0
+    try:
+        for relay, stream, events, stored, job_id in sent:
+            if not stored.done():  # (the first: the tick's pipeline; the others came back with it)
+                with contextlib.suppress(Exception):
+                    await stored
+            handed += 1
+            if stream.writes_now():
+                await _finish(relay, stream, events, stored, job_id)
+            else:
+                _off_path(_finish(relay, stream, events, stored, job_id))
+    finally:
+        for relay, *_ in sent[handed:]:  # (cancelled: the loop closes)
+            relay.sending.release()
+
+
+async def _finish(
+    relay: ProgressRelay, stream: RequestStream, events: list[tuple[str, str]],
+    stored: asyncio.Future[list[Any]], job_id: str,
+) -> None:  # fmt: skip
+    try:
+        await stream.finish(events, stored)
+    except Exception as e:  # the call ended meanwhile: its stream is gone, and so is the need
+        log.debug("held-back progress of job %s not sent: %r", job_id, e)
+    finally:
+        relay.sending.release()
 
 
 class ProgressRelay:
@@ -340,9 +428,13 @@ class ProgressRelay:
 
     def _due(self, transcript: Transcript) -> bool:
         """Whether text goes out with this token: its interval has passed, no notification of this
-        call is on its way (a text send waits for it: the one after takes what came meanwhile), and
-        no message waits behind it for the follower (a backlog goes out together once caught up)."""
-        return not transcript.behind and not self.sending.locked() and time.monotonic() >= self.text_free_at
+        call is on its way (a text send waits for it: the one after takes what came meanwhile), no
+        message waits behind it for the follower (a backlog goes out together once caught up), and,
+        while the calls share ticks, no held text waits for its tick (a busy loop runs it late: the
+        token joins the text there, in the tick's one pipeline and task, not alone a moment before)."""
+        if transcript.behind or self.sending.locked() or time.monotonic() < self.text_free_at:
+            return False
+        return self.held is None or len(STREAMING) <= BUSY_CALLS
 
     async def _flush_held(self, transcript: Transcript) -> None:
         try:
@@ -360,13 +452,26 @@ class ProgressRelay:
         async with self.sending:
             if held:  # from here on a token schedules the next held flush (this one has its text)
                 self.held = None
-            if not self.pending:
-                return
-            text, self.pending = "".join(self.pending), []
-            self._advance(transcript)
-            self.text_free_at = next_text_at(time.monotonic(), self.text_free_at)
-            self.sent_text_of = transcript.attempt
-            await self.out.send(self.progress, text, self._meta(transcript))
+            note = self._text(transcript)
+            if note is not None:
+                await self.out.send(*note)
+
+    def _text(self, transcript: Transcript) -> tuple[float, str, dict[str, Any]] | None:
+        """The pending text's notification (progress, text, `_meta`), the relay moved on as it goes
+        out (under `sending`); None: no text pending."""
+        if not self.pending:
+            return None
+        text, self.pending = "".join(self.pending), []
+        self._advance(transcript)
+        self.text_free_at = next_text_at(time.monotonic(), self.text_free_at)
+        self.sent_text_of = transcript.attempt
+        return self.progress, text, self._meta(transcript)
+
+    def _take_held(self, transcript: Transcript) -> list[tuple[str, str]] | None:
+        """_flush(held=True)'s text as RequestStream events, for the tick to send (under `sending`)."""
+        self.held = None
+        note = self._text(transcript)
+        return [self.out.encoded(*note)] if note is not None else None
 
     def _advance(self, transcript: Transcript) -> None:
         # the attempt's token count, but never back down (a restart counts from 0 again)

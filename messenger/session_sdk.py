@@ -178,6 +178,12 @@ class Wire:
         self.head = head
         return True
 
+    def takes_now(self) -> bool:
+        """Whether a body sent now is written without a wait: uvicorn's httptools response whose
+        transport is not paused (the client reads); False where it may wait, or this cannot tell."""
+        cycle = getattr(self.send, "__self__", None)
+        return type(cycle) is RequestResponseCycle and not cycle.flow.write_paused
+
     async def body(self, message: Message) -> None:
         """A body message of the response, with its held head (`hold_head`) if any, in one write."""
         head, self.head = self.head, None
@@ -249,6 +255,7 @@ class RequestStream:
         self.request_id = request_id
         self.wire = wire
         self.store = getattr(transport._event_store, "store_bodies", None)  # messenger.sessions.SessionEvents
+        self.halves = transport._event_store if hasattr(transport._event_store, "submit_bodies") else None
         self.held: list[tuple[str, str]] | None = None  # inside `async with`: sent at its end
         self.holds = 0  # the `async with`s open (nested or overlapping: the last to end sends)
 
@@ -274,6 +281,34 @@ class RequestStream:
 
     async def _send(self, events: list[tuple[str, str]]) -> None:
         ids = await self.store(self.request_id, events) if self.store is not None else [None] * len(events)
+        await self._write(events, ids)
+
+    def submit(self, events: list[tuple[str, str]]) -> asyncio.Future[list[Any]] | None:
+        """`send`'s first half, for a caller that sends many requests' events together (messenger.
+        progress's tick: their stores in one Batch pipeline, one task to wait for them): `events` go in
+        the session store's next pipeline now, and `finish` writes them once that future is done. None:
+        nothing to finish (inside `async with`: they go at its end, as `send`'s). Only where `halves`
+        is set (the session's store is messenger.sessions.SessionEvents)."""
+        if self.held is not None:
+            self.held.extend(events)
+            return None
+        return self.halves.submit_bodies(self.request_id, events)  # type: ignore[union-attr]
+
+    def writes_now(self) -> bool:
+        """Whether `finish` writes without a wait once its store is done: straight to a socket that
+        takes it (Wire.takes_now), or nowhere (the response ended); not on the request's own stream."""
+        wire = self.wire
+        return wire is not None and wire.started and not wire.queued and (wire.ended or wire.takes_now())
+
+    async def finish(self, events: list[tuple[str, str]], stored: asyncio.Future[list[Any]]) -> None:
+        """`send`'s second half (`submit`): the events' ids from the store's replies, then their write."""
+        try:
+            replies: list[Any] | BaseException = await stored
+        except Exception as e:
+            replies = e
+        await self._write(events, self.halves.stored_ids(self.request_id, events, replies))  # type: ignore[union-attr]
+
+    async def _write(self, events: list[tuple[str, str]], ids: list[str] | list[None]) -> None:
         wire = self.wire
         if wire is not None and wire.started and not wire.queued:
             if not wire.ended:

@@ -209,6 +209,19 @@ class SessionEvents(EventStore):
     ) -> list[str]:
         """Store events already in their JSON form, (body, label) each, in one Batch entry
         (messenger.session_sdk.RequestStream writes so): their event ids, in order."""
+        stored = self.submit_bodies(stream_id, events, ending)
+        try:
+            replies: list[Any] | BaseException = await stored
+        except Exception as e:
+            replies = e
+        return self.stored_ids(stream_id, events, replies, ending)
+
+    def submit_bodies(
+        self, stream_id: str, events: list[tuple[str, str]], ending: bool = False
+    ) -> asyncio.Future[list[Any]]:
+        """store_bodies' first half, for a caller that stores many streams' events in one pipeline
+        before it waits (messenger.progress's tick): the events in the Batch's next pipeline, now;
+        the future of Redis's replies, which `stored_ids` makes their ids."""
         key = stream_key(self.session_id, stream_id)
         now = time.monotonic()
         expire = None
@@ -222,12 +235,19 @@ class SessionEvents(EventStore):
             ("XADD", key, "MAXLEN", "~", EVENTS_KEPT, "*", "m", body, "r", self.replica, "w", f"{_WRITER}:{next(_written)}")
             for body, _ in events
         ]  # fmt: skip
-        try:
-            replies = await self.batch.run_each(
-                *commands, *([("EXPIRE", key, expire)] if expire is not None else [])
-            )
-        except Exception as e:
-            replies = [e] * len(events)
+        return self.batch.send_each(*commands, *([("EXPIRE", key, expire)] if expire is not None else []))
+
+    def stored_ids(
+        self,
+        stream_id: str,
+        events: list[tuple[str, str]],
+        replies: list[Any] | BaseException,
+        ending: bool = False,
+    ) -> list[str]:
+        """store_bodies' second half: the events' ids from Redis's replies to `submit_bodies` (an
+        exception: the pipeline failed); a refused store is said once a run of them a stream."""
+        if isinstance(replies, BaseException):
+            replies = [replies] * len(events)
         entries, failed = [], None
         for reply in replies[: len(events)]:
             if isinstance(reply, BaseException):  # the live stream goes on; only resuming from here is lost

@@ -384,6 +384,11 @@ class Batch:
         reply as its exception), for a read that starts now and is awaited later, or never."""
         return self._submit(commands, False)
 
+    def send_each(self, *commands: tuple[Any, ...]) -> asyncio.Future[list[Any]]:
+        """run_each() without a coroutine to await it: the future of every command's replies, for a
+        caller that puts many callers' commands in the next pipeline before it waits for one of them."""
+        return self._submit(commands, True)
+
     def _submit(self, commands: tuple[tuple[Any, ...], ...], each: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append((commands, future, each))

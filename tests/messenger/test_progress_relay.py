@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
+import uuid
 
 import anyio
 import anyio.lowlevel
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from messenger import progress
 from messenger.collector import Transcript
 from messenger.progress import (
     BUSY_CALLS,
@@ -20,7 +26,9 @@ from messenger.progress import (
     ProgressRelay,
     text_interval,
 )
-from messenger.session_sdk import RequestStream
+from messenger.session_sdk import RequestStream, Wire
+from messenger.sessions import SessionEvents, SessionRegistry, split_event_id
+from shared import keys
 from shared.events import DoneEvent, InputRequiredEvent, StartEvent, TokenEvent
 
 
@@ -420,3 +428,136 @@ def test_a_notification_is_the_json_rpc_message_and_text_json_cannot_encode_goes
     assert notification("n", odd) == json.dumps(
         {"jsonrpc": "2.0", "method": "n", "params": odd}, ensure_ascii=False, separators=(",", ":")
     )
+
+
+class Client(asyncio.Transport):
+    """A caller's connection as uvicorn's response writes to it: each write's bytes."""
+
+    def __init__(self, written: asyncio.Event) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.written = written
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+        self.written.set()
+
+    def is_closing(self) -> bool:
+        return False
+
+    def said(self) -> list[tuple[str, str]]:
+        """(event id, text or status) of each SSE event written, in order."""
+        events = re.findall(rb"id: (.*?)\r\nevent: message\r\ndata: (.*?)\r\n\r\n", b"".join(self.writes))
+        return [(event_id.decode(), _said(data.decode())) for event_id, data in events]
+
+
+async def wired_relay(store, request_id: str, written: asyncio.Event) -> tuple[ProgressRelay, Client]:
+    """A relay of a 2025-11-25 call whose response uvicorn's httptools writes (its priming event out)."""
+    client = Client(written)
+    cycle = RequestResponseCycle(
+        {"type": "http", "method": "POST"}, client, FlowControl(client), logging.getLogger("t"),  # type: ignore[arg-type]
+        logging.getLogger("t"), False, [], asyncio.Event(), False, True, lambda: None,
+    )  # fmt: skip
+    wire = Wire(cycle.send)
+    await wire({"type": "http.response.start", "status": 200, "headers": []})
+    await wire({"type": "http.response.body", "body": b"retry: 1\r\n\r\n", "more_body": True})
+    transport = type("T", (), {"_event_store": store, "_request_streams": {}})()
+    relay = ProgressRelay(Sink(), None)
+    relay.out.token, relay.out.direct = "t", RequestStream(transport, request_id, wire)  # type: ignore[arg-type]
+    return relay, client
+
+
+def _ending(t: Transcript) -> DoneEvent:
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    return DoneEvent(
+        job_id=t.job_id, seq=t.last_seq + 1, attempt=1, ts=0, usage=usage, model="m", cost=None, finish_reason="stop"
+    )  # fmt: skip
+
+
+async def test_the_held_text_of_calls_due_at_one_tick_is_one_task_and_one_pipeline_each_call_in_order(
+    real_redis, monkeypatch, caplog
+):
+    """While more than BUSY_CALLS calls stream, the held text of every call due at a tick is stored
+    in one Batch pipeline and written by one task, where each call's was a task of its own (101 tasks,
+    each two loop callbacks); each call's events keep their order and their stored ids; a call that
+    ended before its tick is skipped there (its text went with its ending); a call whose store Redis
+    refuses is said once and the others are not touched; an ending that comes while the tick's store
+    is on its way goes out after the held text; a token that comes once its tick is due, before the
+    busy loop ran it, joins the tick's text (it went out alone, a store and a write of its own)."""
+    monkeypatch.setattr(progress, "BUSY_INTERVAL", 1.0)  # (the held text waits for a tick 0.8-1.8 s on: a
+    session = f"tick-{uuid.uuid4().hex}"  # loaded box's store round trip does not ring it among the feeds)
+    store = SessionEvents(real_redis, session, SessionRegistry(real_redis, 60), "r1")
+    await real_redis.set(keys.session_events(session, "7"), b"junk")  # its XADDs refused
+    written = asyncio.Event()
+    calls = [await wired_relay(store, str(i), written) for i in range(BUSY_CALLS + 1)]
+    transcripts = [Transcript(f"j{i}") for i in range(len(calls))]
+
+    async def feed_all(event_of) -> None:
+        await asyncio.gather(
+            *(feed(relay, t, event_of(t)) for (relay, _), t in zip(calls, transcripts, strict=True))
+        )
+
+    await feed_all(lambda t: StartEvent(job_id=t.job_id, seq=0, attempt=1, ts=0, worker_id="w", model="m"))
+    await feed_all(lambda t: TokenEvent(job_id=t.job_id, seq=1, attempt=1, ts=0, text="a"))  # at once
+    assert text_interval() == progress.BUSY_INTERVAL
+    tasks: list[str] = []
+    pipelines = [0]
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(
+        lambda loop, coro, **kw: tasks.append(coro.__qualname__) or asyncio.Task(coro, loop=loop, **kw)
+    )
+    pipeline = real_redis.pipeline
+    monkeypatch.setattr(
+        real_redis, "pipeline", lambda **kw: pipelines.__setitem__(0, pipelines[0] + 1) or pipeline(**kw)
+    )
+    ring = progress._ring
+    ending_at_tick: list[asyncio.Task[None]] = []
+    rung: list[float] = []  # the ticks (two when one fell among the calls' first text)
+
+    def ringing(ticks, at) -> None:  # call 3's ending comes as the (first) tick's store is on its way
+        rung.append(at)
+        ring(ticks, at)
+        if not ending_at_tick:
+            ending_at_tick.append(
+                loop.create_task(feed(calls[3][0], transcripts[3], _ending(transcripts[3])))
+            )
+
+    monkeypatch.setattr(progress, "_ring", ringing)
+    try:
+        for (relay, _), t in zip(calls, transcripts, strict=True):
+            await feed(relay, t, TokenEvent(job_id=t.job_id, seq=2, attempt=1, ts=0, text="b"))  # held
+        calls[9][0].text_free_at = 0.0  # its tick's time has passed, the busy loop has not run it yet:
+        await feed(calls[9][0], transcripts[9], TokenEvent(job_id="j9", seq=3, attempt=1, ts=0, text="c"))
+        assert [s for _, s in calls[9][1].said()] == ["running", "a"]  # its token joins the tick's text
+        await feed(calls[5][0], transcripts[5], _ending(transcripts[5]))  # before its tick: "b" goes with it
+        with anyio.fail_after(5):
+            while not all(
+                any(said.startswith("b") for _, said in client.said()) for _, client in calls
+            ) or not (ending_at_tick and ending_at_tick[0].done()):
+                written.clear()
+                await written.wait()
+    finally:
+        loop.set_task_factory(None)
+    mine = [name for name in tasks if name not in ("Batch._flush", "feed")]  # (the store's, the test's)
+    assert len(rung) <= 2 and pipelines[0] <= len(rung) + 2, (rung, pipelines)  # (+2: the two endings)
+    assert len(mine) <= len(rung), f"{len(mine)} tasks for {len(rung)} ticks: {sorted(set(mine))}"
+    for i, (_, client) in enumerate(calls):
+        said = client.said()
+        want = {
+            3: ["running", "a", "b", "completed"],
+            5: ["running", "a", "b", "completed"],
+            9: ["running", "a", "bc"],
+        }
+        assert [s for _, s in said] == want.get(i, ["running", "a", "b"]), (i, said)
+        entries = [split_event_id(event_id) for event_id, _ in said]
+        assert all(e is not None and e[0] == str(i) for e in entries)
+        if i == 7:
+            assert {e[1] for e in entries if e} == {"0-0"}  # (names no entry: a resume from it gets 404)
+        else:
+            stored = await real_redis.xrange(keys.session_events(session, str(i)))
+            assert [e[1] for e in entries if e] == [entry.decode() for entry, _ in stored]
+    refused = [r for r in caplog.records if "not stored" in r.getMessage()]
+    assert len(refused) == 1, refused
+    for i, ((relay, _), t) in enumerate(zip(calls, transcripts, strict=True)):  # (not busy for the next test)
+        if i not in (3, 5):
+            await feed(relay, t, _ending(t))

@@ -318,16 +318,20 @@ async def test_with_redis_refusing_a_session_request_gets_503_and_a_live_call_st
             unavailable = await http.post(url, headers=headers, json=call)
             monkeypatch.undo()
             batch = gate.registry.batch
-            run, run_each = batch.run, batch.run_each
+            run, send_each = batch.run, batch.send_each
 
             async def no_event_stored(*commands):
                 return await (refused() if commands[0][0] == "XADD" else run(*commands))
 
-            async def no_events_stored(*commands):
-                return await (refused() if commands[0][0] == "XADD" else run_each(*commands))
+            def no_events_stored(*commands):
+                if commands[0][0] != "XADD":
+                    return send_each(*commands)
+                refusal = asyncio.get_running_loop().create_future()
+                refusal.set_exception(RedisConnectionError("Connection refused"))
+                return refusal
 
             monkeypatch.setattr(batch, "run", no_event_stored)
-            monkeypatch.setattr(batch, "run_each", no_events_stored)
+            monkeypatch.setattr(batch, "send_each", no_events_stored)
             answered = events((await http.post(url, headers=headers, json=call)).text)
     assert unavailable.status_code == 503 and "Redis" in unavailable.json()["error"]["message"]
     assert json.loads(answered[-1]["data"])["result"]["structuredContent"] == {"result": "P Q"}
