@@ -7,16 +7,20 @@ import time
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from readers import job_events
 
 from shared import keys
-from shared.events import TERMINAL
-from shared.models import JobResult
+from shared.events import TERMINAL, TokenUsage
+from shared.models import JobResult, ResultUsage, ToolCallRecord
+from shared.serializer import serialize_plain
 from shared.settings import load_settings
 from worker.job import WorkerState, chat
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
 from worker.providers.mock import MockProvider, mock_reply
 from worker.publisher import EventWriter
+from worker.run import result_json
 
 pytestmark = pytest.mark.anyio
 
@@ -369,3 +373,50 @@ async def test_a_first_attempts_count_is_made_without_a_task_of_its_own(redis, c
     assert out["status"] == "completed" and out["attempt"] == job_try
     assert ctx["ending"]["count"]["job_id"] == JOB
     assert ("prepare" in shielded) == (job_try > 1), shielded
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+counts = st.integers(min_value=0, max_value=2**53)
+records = st.builds(
+    ToolCallRecord, call_id=st.text(), server=st.text(), tool=st.text(),
+    arguments=st.text() | st.dictionaries(st.text(), st.integers() | st.text()), round=st.integers(),
+    result=st.none() | st.text(), is_error=st.booleans(), duration_ms=st.none() | finite,
+)  # fmt: skip
+
+
+@given(
+    status=st.sampled_from(["completed", "failed", "cancelled"]), text=st.text(), model=st.text(),
+    fallback_from=st.none() | st.text(), usage=st.builds(TokenUsage, prompt_tokens=counts,
+    completion_tokens=counts, total_tokens=counts, estimated=st.booleans()), cost=st.none() | finite,
+    took=finite, finish_reason=st.none() | st.text(), error=st.none() | st.text(), worker_id=st.text(),
+    attempt=st.integers(min_value=1, max_value=2**31), tool_calls=st.lists(records, max_size=3),
+)  # fmt: skip
+@settings(max_examples=300, deadline=None)
+def test_a_jobs_result_json_is_the_job_results_dump(
+    status,
+    text,
+    model,
+    fallback_from,
+    usage,
+    cost,
+    took,
+    finish_reason,
+    error,
+    worker_id,
+    attempt,
+    tool_calls,
+):
+    """A job's ending makes its result as a dict (worker/run.py result_json); the model's dump of the
+    same fields is the same JSON, key for key and in the same order (arq stores it as it is made)."""
+    made = result_json(
+        job_id=JOB, status=status, ai_response=text, model=model, fallback_from=fallback_from, usage=usage,
+        estimated_cost=cost, processing_time=took, finish_reason=finish_reason, error=error,
+        worker_id=worker_id, attempt=attempt, tool_calls=tool_calls,
+    )  # fmt: skip
+    dumped = JobResult(
+        job_id=JOB, status=status, ai_response=text, model=model, fallback_from=fallback_from,
+        usage=ResultUsage(**usage.model_dump(), estimated_cost=cost), processing_time=took,
+        finish_reason=finish_reason, error=error, worker_id=worker_id, attempt=attempt, tool_calls=tool_calls,
+    ).model_dump(mode="json")  # fmt: skip
+    assert made == dumped
+    assert serialize_plain(made) == serialize_plain(dumped)  # (the order too)
