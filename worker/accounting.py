@@ -401,6 +401,11 @@ async def recorded(redis, count: dict, reply: object) -> bool:
     """Read this job's reply to `command` (a script cache Redis lost: counted now, the usual way)."""
     if isinstance(reply, NoScriptError):
         return await write(redis, count)
+    return heard(count, reply)
+
+
+def heard(count: dict, reply: object) -> bool:
+    """`recorded` of a reply that needs no round trip (anything but a lost script cache)."""
     if isinstance(reply, BaseException):
         log.warning("could not count the usage of job %s: %s", count["job_id"], type(reply).__name__)
         return False

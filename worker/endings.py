@@ -4,15 +4,15 @@ arq writes one MULTI a job when it ends (its result, the queue entry and keys it
 such write is in flight at a time, and every job that ends meanwhile goes in the next one, so at
 1,000 jobs/s a batch of endings costs one round trip, not one each (the way EventWriter batches
 events, worker/publisher.py); their usage counts go first in it as one script call for the whole
-batch (worker/accounting.py), which adds up the counters the jobs share. Each job gets its own
-commands' replies back, and its own count's: an error on one job's key is that job's; a write that
-fails whole (Redis away, refused) fails every job in it, and each job's lease lapses so it runs
-again, as it would after its own MULTI failed.
+batch (worker/accounting.py), which adds up the counters the jobs share, then their endings as one
+script call too (`end_jobs`). Each job gets its own ending's reply back, and its own count's: an
+error on one job's key is that job's; a write that fails whole (Redis away, refused) fails every job
+in it, and each job's lease lapses so it runs again, as it would after its own MULTI failed.
 
-A job's ending is one script call (`end_job`) that first checks the job is still this run's (its
-lease's holder, shared.handoff.HOLDER_LUA): a run that lost its lease to another worker while it was
-stalled stores nothing, with no window between that check and the write, and its usage count (the
-batch's script reads the same rule) is not added either.
+A job's ending first checks the job is still this run's (its lease's holder,
+shared.handoff.HOLDER_LUA): a run that lost its lease to another worker while it was stalled stores
+nothing, with no window between that check and the write, and its usage count (the batch's script
+reads the same rule) is not added either.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from shared import keys
 from shared.handoff import HOLDER_LUA
-from shared.scripts import Arg, Key, script
+from shared.scripts import Arg, Args, Key, script
 
 
 # arq's ending of a job (finish_job's MULTI), unless another run holds the job (its lease names
@@ -33,62 +34,116 @@ from shared.scripts import Arg, Key, script
 # same keys, no second delay; a hand-back sent again after this worker started the job again (the
 # same lease value: its start counted past `tries`, the run's own) leaves that run's lease alone. 1:
 # stored; 0: the job is another run's now, nothing touched.
+# One call ends a batch of jobs (`jobs`: ENDING_FIELDS values a job, `ending` makes them; its keys named
+# from its id by the prefixes), each on its own: a job whose key refuses a write (another type) has
+# that error as its reply, as its own EVALSHA had in the MULTI, and the others are ended all the same.
+# (One EVALSHA a job was one more command a job to queue, pack, parse and answer, in Redis and here.)
 @script(
     HOLDER_LUA
     + """
-local holder = holder_of(lease, me)
-if (holder and holder ~= me) or (not holder and redis.pcall('HGET', record, 'parked') == 'true') then
-  return 0
-end
-if finish then
-  if result_data and px then
-    redis.call('SET', result, result_data, 'PX', px, 'NX')
-  elseif result_data then
-    redis.call('SET', result, result_data, 'NX')
+local function end_job(job_id, me, finish, result_data, px, incr_score, tries)
+  local lease, result, record = lease_prefix .. job_id, result_prefix .. job_id, record_prefix .. job_id
+  local retry, job = retry_prefix .. job_id, job_prefix .. job_id
+  local holder = holder_of(lease, me)
+  if (holder and holder ~= me) or (not holder and redis.pcall('HGET', record, 'parked') == 'true') then
+    return 0
   end
-  redis.call('DEL', retry, job, lease)
-  redis.pcall('ZREM', abort_set, job_id)  -- (junk there, by hand: its abort request is moot, the job ends)
-  redis.call('ZREM', queue, job_id)
-else
-  local started = tonumber(redis.pcall('GET', retry))  -- (a start counts it up: worker/claim.py)
-  if holder == me and tries and started and started > tries then return 1 end  -- ours again, a later start's
-  if incr_score and holder == me then redis.call('ZINCRBY', queue, incr_score, job_id) end
-  redis.call('DEL', lease)
+  if finish then
+    if result_data and px then
+      redis.call('SET', result, result_data, 'PX', px, 'NX')
+    elseif result_data then
+      redis.call('SET', result, result_data, 'NX')
+    end
+    redis.call('DEL', retry, job, lease)
+    redis.pcall('ZREM', abort_set, job_id)  -- (junk there, by hand: its abort request is moot, the job ends)
+    redis.call('ZREM', queue, job_id)
+  else
+    local started = tonumber(redis.pcall('GET', retry))  -- (a start counts it up: worker/claim.py)
+    if holder == me and tries and started and started > tries then return 1 end  -- ours again, a later start's
+    if incr_score and holder == me then redis.call('ZINCRBY', queue, incr_score, job_id) end
+    redis.call('DEL', lease)
+  end
+  return 1
 end
-return 1
+local function given(v) if v ~= '' then return v end end
+local replies = {}
+for i = 1, #jobs, 7 do
+  local ok, reply = pcall(end_job, jobs[i], jobs[i + 1], jobs[i + 2] == '1', given(jobs[i + 3]),
+    tonumber(jobs[i + 4]), tonumber(jobs[i + 5]), tonumber(jobs[i + 6]))
+  if ok then
+    replies[#replies + 1] = reply
+  elseif type(reply) == 'table' and reply['err'] then  -- a command's error: this job's reply
+    replies[#replies + 1] = reply
+  else
+    replies[#replies + 1] = {err = tostring(reply)}
+  end
+end
+return replies
 """
 )
-async def end_job(
-    redis, *, lease: Key, result: Key, record: Key, retry: Key, job: Key, abort_set: Key, queue: Key,
-    me: Arg[str], job_id: Arg[str], finish: Arg[bool], result_data: Arg[bytes | None], px: Arg[int | None],
-    incr_score: Arg[int | None], tries: Arg[int | None],
-) -> int:  # fmt: skip
-    """1: the ending is stored; 0: the job is another run's, nothing was written."""
+async def end_jobs(
+    redis, *, abort_set: Key, queue: Key, lease_prefix: Arg[str], result_prefix: Arg[str],
+    record_prefix: Arg[str], retry_prefix: Arg[str], job_prefix: Arg[str], jobs: Args,
+) -> list:  # fmt: skip
+    """Each job's 1: its ending is stored; 0: the job is another run's, nothing was written; or the
+    error a command of its ending met."""
     ...
 
 
-Waiting = tuple[list[tuple], object, asyncio.Future[tuple[object, list]]]
+ENDING_FIELDS = 7
+Ending = tuple[str, str, str, bytes | str, str, str, str]
+
+
+def ending(
+    job_id: str, *, me: str, finish: bool, result_data: bytes | None, px: int | None,
+    incr_score: int | None, tries: int | None,
+) -> Ending:  # fmt: skip
+    """One job's part of `end_jobs`'s `jobs` (None as '', as shared.scripts sends an Arg)."""
+    return (job_id, me, "1" if finish else "0", result_data or "", "" if px is None else str(px),
+            str(incr_score) if incr_score else "", "" if tries is None else str(tries))  # fmt: skip
+
+
+def end_command(queue: str, endings: list[Ending]) -> tuple:
+    """`end_jobs` of these endings, as one command for a MULTI."""
+    return end_jobs.command(  # type: ignore[attr-defined]
+        abort_set=keys.ABORT_SET, queue=queue, lease_prefix=keys.IN_PROGRESS_PREFIX,
+        result_prefix=keys.RESULT_PREFIX, record_prefix=keys.INPUT_PREFIX, retry_prefix=keys.RETRY_PREFIX,
+        job_prefix=keys.JOB_PREFIX, jobs=[value for one in endings for value in one],
+    )  # fmt: skip
+
+
+async def end_one(redis, queue: str, one: Ending) -> object:
+    """One job's ending on its own (Redis lost the script cache: this call loads it again)."""
+    (reply,) = await end_jobs(
+        redis, abort_set=keys.ABORT_SET, queue=queue, lease_prefix=keys.IN_PROGRESS_PREFIX,
+        result_prefix=keys.RESULT_PREFIX, record_prefix=keys.INPUT_PREFIX, retry_prefix=keys.RETRY_PREFIX,
+        job_prefix=keys.JOB_PREFIX, jobs=list(one),
+    )  # fmt: skip
+    return reply
+
+
+Waiting = tuple[Ending, object, asyncio.Future[tuple[object, object]]]
 
 
 class Endings:
     """One MULTI in flight; the endings that come meanwhile share the next."""
 
-    def __init__(self, redis, count_command: Callable[[list], tuple]):
+    def __init__(self, redis, queue: str, count_command: Callable[[list], tuple]):
         self.redis = redis
+        self.queue = queue
         self.count_command = count_command  # the counts of a batch as one command (one reply each)
         self._waiting: list[Waiting] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def store(self, commands: list[tuple], count: object = None) -> tuple[object, list]:
-        """Write `commands` (each a command and its arguments) and the job's usage `count` (None:
-        none) in a MULTI shared with the jobs ending now; answers (the count's reply, or None; the
-        commands' replies in order), a command's error as its exception (not raised). Raises when the
-        whole write fails."""
+    def store(self, one: Ending, count: object = None) -> asyncio.Future[tuple[object, object]]:
+        """Write the job's ending and its usage `count` (None: none) in a MULTI shared with the jobs
+        ending now; the future answers (the count's reply, or None; the ending's reply), an error as
+        its exception (not raised), or raises when the whole write fails."""
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((commands, count, future))
+        self._waiting.append((one, count, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
-        return await future
+        return future
 
     async def _write(self) -> None:
         while self._waiting:
@@ -98,22 +153,19 @@ class Endings:
                 async with self.redis.pipeline(transaction=True) as tr:
                     if counts:
                         tr.execute_command(*self.count_command(counts))
-                    for commands, _, _ in batch:
-                        for command in commands:
-                            tr.execute_command(*command)
+                    tr.execute_command(*end_command(self.queue, [one for one, _, _ in batch]))
                     replies = await tr.execute(raise_on_error=False)
             except Exception as e:  # the whole write: Redis away, or refused (out of memory)
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            counted, at = (replies[0], 1) if counts else (None, 0)
+            counted, ended = replies[0] if counts else None, replies[-1]
             nth = 0
-            for commands, count, future in batch:
+            for i, (_, count, future) in enumerate(batch):
                 reply = None
                 if count is not None:
                     reply = counted[nth] if isinstance(counted, list) else counted  # an error: everyone's
                     nth += 1
-                if not future.done():
-                    future.set_result((reply, replies[at : at + len(commands)]))
-                at += len(commands)
+                if not future.done():  # (not a list: an error, NOSCRIPT say, everyone's)
+                    future.set_result((reply, ended[i] if isinstance(ended, list) else ended))

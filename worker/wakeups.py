@@ -59,7 +59,7 @@ from shared.serializer import serialize_plain
 from shared.settings import Settings
 from worker import accounting, pause
 from worker.claim import Claimed, claim_jobs, give_back, still_handed
-from worker.endings import Endings, end_job
+from worker.endings import Ending, Endings, end_one, ending
 from worker.heartbeat import beat_interval, renew_leases
 from worker.intake import job_id_problem, read_job
 from worker.publisher import why_not_written
@@ -550,6 +550,10 @@ class QueueWorker(Worker):
             )  # fmt: skip
         if failed is not None:
             return await asyncio.shield(self.finish_failed_job(job_id, result_data))
+        if self._at_once(job_id):  # (no task, as asyncio.shield makes: the write's future alone)
+            return await self._store_ending(
+                job_id, finish, result_data, None if forever else keep_s, incr_score, count, job_try
+            )
         await asyncio.shield(
             self.finish_job(
                 job_id, finish, result_data, keep_s, forever, incr_score, None, count=count, attempt=job_try
@@ -614,7 +618,7 @@ class QueueWorker(Worker):
         overwrite the answer a caller may already have read); and a job that paused for its
         caller's answer has no ending yet: it is parked (worker/pause.py), nothing stored; and a run
         whose job another worker took stores nothing, checked in the ending's own script (between a
-        check and the MULTI, another worker could take it: worker/endings.py `end_job`). The job's
+        check and the MULTI, another worker could take it: worker/endings.py `end_jobs`). The job's
         usage `count` (worker/run.py), when it made one, goes first in the same MULTI, which the jobs
         that end meanwhile share, under the same check. `attempt`: the run's start number (a
         hand-back sent again after this worker started the job again leaves that start's run be)."""
@@ -625,31 +629,79 @@ class QueueWorker(Worker):
             if await pause.park(self.pool, job_id, how, state.settings, self._me) < 0:
                 self._stopped(state, job_id)  # taken between our check and the park: nothing parked
             return
+        await self._store_ending(job_id, finish, result_data, None if keep_result_forever else result_timeout_s,
+                                 incr_score, count, attempt)  # fmt: skip
+
+    def _at_once(self, job_id: str) -> bool:
+        """finish_job's checks before its write all pass without a pause: the job is not another
+        worker's, not paused, and our leases are not stale (the usual ending)."""
+        state = self.ctx.get("mcpq")
+        return state is None or not (job_id in state.taken or job_id in state.paused or self._stalled())
+
+    def _store_ending(
+        self, job_id: str, finish: bool, result_data: bytes | None, expire: float | None, incr_score: int | None,
+        count: dict | None, attempt: int | None,
+    ) -> asyncio.Future[None]:  # fmt: skip
+        """The job's ending in the next endings MULTI (its `count` first, see run.py), and what follows
+        from its reply, without a task of its own: done once all of it is. The usual ending's
+        follow-up runs in the write's callback; a rare one (a lost script cache, a hand-back's wake-up)
+        goes on in a task. A cancel of whoever awaits it stops none of it (as asyncio.shield's task did)."""
         count = count if finish else None
         if count is not None:  # counted only while the job is ours (worker/accounting.py)
             count = {**count, "holder": self._me}  # (its lease, result and record: BATCH_LUA names them)
-        expire = None if keep_result_forever else result_timeout_s
-        ending: dict[str, Any] = dict(
-            lease=keys.in_progress(job_id), result=keys.result(job_id), record=keys.input_request(job_id),
-            retry=keys.retry(job_id), job=keys.job(job_id), abort_set=keys.ABORT_SET, queue=self.queue_name,
-            me=self._me, job_id=job_id, finish=finish, result_data=result_data or None,
-            px=None if expire is None else int(expire * 1000), incr_score=incr_score or None, tries=attempt,
-        )  # fmt: skip
+        one = ending(job_id, me=self._me, finish=finish, result_data=result_data, incr_score=incr_score,
+                     px=None if expire is None else int(expire * 1000), tries=attempt)  # fmt: skip
         if self._endings is None:
-            self._endings = Endings(self.pool, accounting.command)
-        # in one MULTI with the other jobs ending now, their counts first (see run.py)
-        counted, (stored,) = await self._endings.store([end_job.command(**ending)], count)  # type: ignore[attr-defined]
-        if isinstance(stored, BaseException) and not isinstance(stored, NoScriptError):
-            raise stored  # as arq's MULTI would
-        if count is not None:
-            await accounting.recorded(self.pool, count, counted)
-        if isinstance(stored, NoScriptError):  # Redis lost its scripts (restarted, flushed): the usual
-            stored = await end_job(self.pool, **ending)  # way, after the count as in the MULTI
-        if not stored:  # another worker took the job between our check and the write: nothing stored
-            return self._stopped(state, job_id)
-        if not finish:  # handed back (shutdown): let an idle worker take it now, not at its next poll
-            with contextlib.suppress(RedisError, OSError):
-                await self.pool.publish(keys.WAKEUP_CHANNEL, job_id)
+            self._endings = Endings(self.pool, self.queue_name, accounting.command)
+        done = self.loop.create_future()
+        write = self._endings.store(one, count)
+        write.add_done_callback(functools.partial(self._ending_stored, one, count, done))
+        return done
+
+    def _ending_stored(
+        self, one: Ending, count: dict | None, done: asyncio.Future[None], write: asyncio.Future
+    ) -> None:
+        try:
+            counted, stored = write.result()
+            if isinstance(stored, BaseException) and not isinstance(stored, NoScriptError):
+                raise stored  # as arq's MULTI would
+            if isinstance(counted, NoScriptError) or isinstance(stored, NoScriptError) or one[2] != "1":
+                return self._errand(self._ending_followed(one, count, counted, stored, done))
+            if count is not None:
+                accounting.heard(count, counted)
+            if not stored:  # another worker took the job between our check and the write: nothing stored
+                self._stopped(self.ctx.get("mcpq"), one[0])
+        except BaseException as e:  # (the whole write failed, or this job's ending)
+            if not done.done():
+                done.set_exception(e)
+            return
+        if not done.done():
+            done.set_result(None)
+
+    async def _ending_followed(
+        self, one: Ending, count: dict | None, counted: object, stored: object, done: asyncio.Future[None]
+    ) -> None:
+        """The rest of an ending whose reply asks for a round trip more."""
+        try:
+            if count is not None:
+                await accounting.recorded(self.pool, count, counted)
+            if isinstance(stored, NoScriptError):  # Redis lost its scripts (restarted, flushed): the
+                stored = await end_one(self.pool, self.queue_name, one)  # usual way, after the count
+                if isinstance(stored, BaseException):
+                    raise stored
+            if not stored:  # another worker took the job between our check and the write: nothing stored
+                self._stopped(self.ctx.get("mcpq"), one[0])
+            elif (
+                one[2] != "1"
+            ):  # handed back (shutdown): let an idle worker take it now, not at its next poll
+                with contextlib.suppress(RedisError, OSError):
+                    await self.pool.publish(keys.WAKEUP_CHANNEL, one[0])
+        except BaseException as e:  # (told to whoever awaits the ending, not left in this task)
+            if not done.done():
+                done.set_exception(e)
+            return
+        if not done.done():
+            done.set_result(None)
 
     async def _taken(self, state, job_id: str) -> bool:
         """Another worker took this job while we were stalled past its lease: our run stores nothing

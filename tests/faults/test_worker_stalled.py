@@ -396,12 +396,12 @@ async def test_an_ending_sent_again_after_its_reply_was_lost_finds_its_own_endin
     from relays import losing_one_reply
 
     from worker import accounting
-    from worker.endings import end_job
+    from worker.endings import end_jobs
 
     client = redis_server.client()
-    client.script_load(end_job.lua)  # type: ignore[attr-defined]  # (the MULTI's EVALSHA finds it)
+    client.script_load(end_jobs.lua)  # type: ignore[attr-defined]  # (the MULTI's EVALSHA finds it)
     client.script_load(accounting._record.lua)  # type: ignore[attr-defined]
-    ending = hashlib.sha1(end_job.lua.encode()).hexdigest().encode()  # type: ignore[attr-defined]
+    ending = hashlib.sha1(end_jobs.lua.encode()).hexdigest().encode()  # type: ignore[attr-defined]
     async with losing_one_reply(redis_server.port, ending) as port:  # (only the ending's MULTI holds it)
         ended = await _ending_under(f"redis://127.0.0.1:{port}/0", "me", finish=True)
     async with losing_one_reply(redis_server.port, ending) as port:
@@ -427,15 +427,15 @@ async def test_a_hand_back_sent_again_after_the_same_worker_started_the_job_agai
     from relays import losing_one_reply
 
     from shared.settings import load_settings
-    from worker.endings import end_job
+    from worker.endings import end_jobs
     from worker.job import WorkerState
     from worker.providers.mock import MockProvider
     from worker.publisher import EventWriter
     from worker.runner import build_worker
 
     client = redis_server.client()
-    client.script_load(end_job.lua)  # type: ignore[attr-defined]  # (the MULTI's EVALSHA finds it)
-    ending = hashlib.sha1(end_job.lua.encode()).hexdigest().encode()  # type: ignore[attr-defined]
+    client.script_load(end_jobs.lua)  # type: ignore[attr-defined]  # (the MULTI's EVALSHA finds it)
+    ending = hashlib.sha1(end_jobs.lua.encode()).hexdigest().encode()  # type: ignore[attr-defined]
     job_id, lease = f"handed-back-{time.monotonic_ns()}", offer("me", 1000)
     client.set(keys.job(job_id), b"{}")
     client.zadd(keys.QUEUE, {job_id: 1})
