@@ -270,8 +270,13 @@ class Capacity:
                 model=call.model, limit="tpm", wait=None, upstream=False,
             )  # fmt: skip
         while True:
-            until = min(deadline, time.monotonic() + FALLBACK_PATIENCE_SECONDS) if fallback else deadline
-            holder, delay = await self._admit(redis, job_id, call.model, limits, cost, Until(until, fallback))
+            if limits is None and self._cooling.get(call.model, 0) <= time.monotonic():
+                holder, delay = None, 0.0  # nothing to enforce, and no cool-down heard of: no round trip
+            else:
+                until = min(deadline, time.monotonic() + FALLBACK_PATIENCE_SECONDS) if fallback else deadline
+                holder, delay = await self._admit(
+                    redis, job_id, call.model, limits, cost, Until(until, fallback)
+                )
             end, settle = None, 0
             try:
                 if delay > 0:  # its turn in the rpm schedule (no limits: no loop turn before the call)

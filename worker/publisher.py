@@ -251,9 +251,11 @@ class EventPublisher:
         if self._failure is not None:
             raise self._failure
         if self._pending and self._pending[-1][0] == "token":
+            # (scheduled already: what is pending stays in the writer's dirty set until a write takes
+            # it, so a model's burst of tokens costs one _schedule, not one a token)
             self._pending[-1][1]["text"] += text
-        else:
-            self._pending.append(("token", {"text": text}))
+            return
+        self._pending.append(("token", {"text": text}))
         self.writer._schedule(self)
 
     def done(

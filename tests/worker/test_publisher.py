@@ -112,6 +112,30 @@ async def test_many_unawaited_tokens_are_coalesced_without_losing_text(redis, ch
     assert 1 <= len(token_events) < len(emitted)
 
 
+async def test_a_burst_of_tokens_asks_the_writer_once(redis, channel, monkeypatch):
+    """Tokens with no write between them merge into the job's pending token event, which is in the
+    writer's queue already: a burst asks the writer once, not once a token (a no-op job's 17 did),
+    and every token still goes out, in order, with the ending."""
+    writer = EventWriter(redis)
+    asked = []
+    schedule = writer._schedule
+    monkeypatch.setattr(
+        writer, "_schedule", lambda publisher: (asked.append(publisher.job_id), schedule(publisher))
+    )
+    publisher = writer.publisher(JOB, attempt=1)
+    publisher.start_soon("worker-a", "mock-1")
+    emitted = [f"t{i} " for i in range(17)]
+    for token in emitted:
+        publisher.token(token)
+    await done(publisher)
+    assert asked == [JOB, JOB, JOB]  # the start, the first token, the ending
+    streamed = await job_events(redis, JOB)
+    assert streamed == await channel_events(channel)
+    assert_well_formed(streamed)
+    assert [e.type for e in streamed] == ["start", "token", "done"]
+    assert streamed[1].text == "".join(emitted)
+
+
 async def test_tokens_emitted_across_awaits_keep_their_order(redis, channel):
     publisher = EventWriter(redis).publisher(JOB, attempt=1)
     await publisher.start("worker-a", "mock-1")
