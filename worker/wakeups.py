@@ -158,6 +158,11 @@ class QueueWorker(Worker):
         self._offered = 0  # free slots offered in mcpq:workers:idle, as the last claim left them
         self._reset = True  # (re)subscribed: what we offered before may be gone; start afresh
         self._retake = False  # (re)subscribed: a job handed to us meanwhile was never heard (claim.py)
+        # a job both handed to us and retaken (its hand-off published just before the retake's script)
+        # runs once, even when its first start has ended by the second: the jobs started since the
+        # (re)subscribe, kept until the retake is answered (None: no retake due), and those it retook
+        self._heard: set[str] | None = None
+        self._retaken: set[str] = set()
         self._me = ""  # our member of mcpq:workers:idle (shared.handoff.offer), known once started
         self._handed = 0  # hand-offs received
         self._missing_since: int | None = None  # _handed when slots were last seen missing (a poll)
@@ -309,12 +314,16 @@ class QueueWorker(Worker):
         for job in Claimed.batch(claimed[2:]):
             problem, details, value = self._problem(job)
             if problem is None:
-                self._start(job, value)
+                self._start(job, value, retaken=retake)
             else:  # in order: what was queued before a job is dead-lettered before it starts
                 await self._bury(job.raw_id, job.raw_job, problem, **details)
                 self._slot_free()
+        if retake and not self._retake:
+            self._heard = None
 
-    def _start(self, job: Claimed, value: dict | None) -> None:
+    def _start(
+        self, job: Claimed, value: dict | None, *, retaken: bool = False, handed: bool = False
+    ) -> None:
         """Run a job leased for this worker (`value`: its job value, read by `_problem`) in a slot of its
         own; one it has no slot for (more was handed to it than it offered, after a lost offer; or it is
         stopping) goes back to the queue; one it runs already (handed over again on the new connection
@@ -322,8 +331,17 @@ class QueueWorker(Worker):
         job_id = job.raw_id.decode(errors="backslashreplace")
         if (running := self.tasks.get(job_id)) is not None and not running.done():
             return self._slot_free()
+        if (retaken and self._heard is not None and job_id in self._heard) or (
+            handed and job_id in self._retaken
+        ):
+            self._retaken.discard(job_id)  # started once already since the (re)subscribe (it may have ended)
+            return self._slot_free()
         if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
             return self._errand(self._give_back(job))
+        if self._heard is not None:
+            self._heard.add(job_id)
+        if retaken:
+            self._retaken.add(job_id)
         self.job_counter += 1
         task = self.loop.create_task(self._begin(job, job_id, value))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
@@ -744,6 +762,7 @@ class QueueWorker(Worker):
             self._full_poll_due = True  # anything enqueued while we were not listening
             self._reset = True  # and what was handed to us meanwhile is gone: offer afresh, and
             self._retake = True  # start those jobs now, not once their leases lapse
+            self._heard, self._retaken = set(), set()
             self._wake.set()
 
         def woken(data: bytes) -> None:
@@ -769,7 +788,7 @@ class QueueWorker(Worker):
             if problem is None and self._stalled():  # read late: the job may be another start's by now
                 return self._errand(self._start_if_still_handed(job, value))
             if problem is None:
-                return self._start(job, value)
+                return self._start(job, value, handed=True)
             self._errand(self._bury_handed(job, problem, details))
 
         async def stuck() -> None:

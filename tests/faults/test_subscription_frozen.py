@@ -12,6 +12,7 @@ import json
 from urllib.parse import urlsplit
 
 from openai_server import eventually
+from readers import stream_events
 from relays import FreezingProxy
 from runtimes import runtime_for
 
@@ -58,3 +59,50 @@ async def test_a_worker_whose_subscription_froze_while_idle_starts_the_jobs_hand
     # the hand-offs counted a start that never ran, as a worker that died before starting them would
     assert [(r.status, r.attempt) for r in results] == [("completed", 2)] * 2 + [("completed", 1)], results
     assert "wake-up subscription stuck" in workers.logs()
+
+
+async def test_a_job_handed_over_and_retaken_after_a_resubscribe_runs_once_even_when_quick(
+    redis_url, clean_env, redis_server, monkeypatch
+):
+    """After a (re)subscribe the claim retakes the jobs leased to this worker that it does not run. A
+    hand-off published just before that claim's script (on the new connection) is both heard and
+    retaken: the start that comes second must not run the job again, even once the first run has
+    ended (a quick job ends within the claim's round trip). Before, `_start` only skipped a job whose
+    first run was still going: the job ran twice (two `start` events, the model called again)."""
+    from shared.settings import load_settings
+    from worker import wakeups
+    from worker.claim import Claimed
+    from worker.embedded import stop
+    from worker.runner import build_worker
+
+    client = redis_server.client()
+    claim_jobs, job_ids, answered = wakeups.claim_jobs, [], asyncio.Event()
+
+    async def retake_after_a_hand_off(redis, **kwargs):
+        if kwargs["running_ids"] == "":  # (the usual claims)
+            return await claim_jobs(redis, **kwargs)
+        # a hand-off just before the retake's script, heard at once: its lease (a claim of that one job
+        # for us, as the enqueue's hand-off leases it) and its start, as `handed` makes them
+        job_ids.append(await runtime.queue.submit(ChatRequest(message="quick"), caller="operator"))
+        lease = {**kwargs, "mine": keys.claim("hand-off"), "scan": 0, "reset": False, "offering": False}
+        for job in Claimed.batch((await claim_jobs(redis, **{**lease, "candidates": [job_ids[0]]}))[2:]):
+            worker._start(job, worker._problem(job)[2])
+        reply = await claim_jobs(redis, **kwargs)  # (its running_ids were read before the hand-off)
+        await eventually(lambda: client.exists(keys.result(job_ids[0])), timeout=20)  # the run ended
+        answered.set()  # (the claim starts what it leased in this step)
+        return reply
+
+    monkeypatch.setattr(wakeups, "claim_jobs", retake_after_a_hand_off)
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        worker = build_worker(load_settings(redis_url=redis_url), handle_signals=False)
+        running = asyncio.create_task(worker.async_run())
+        try:
+            await eventually(lambda: client.zcard(keys.IDLE_WORKERS) > 0, timeout=20)  # idle, offering
+            worker._reset = worker._retake = worker._full_poll_due = True  # as a resubscribe does
+            worker._wake.set()
+            await answered.wait()
+            await eventually(lambda: worker.job_counter == 0, timeout=20)  # a second run, if any, ended
+        finally:
+            await stop(worker, 5, running)
+    kinds = [e["type"] for e in stream_events(client, job_ids[0])]
+    assert kinds.count("start") == 1, f"the job ran twice: {kinds}"
