@@ -599,16 +599,14 @@ class QueueWorker(Worker):
             self._abort_set_junk = True
             return
         self._abort_set_junk = False
-        aborted: set[str] = set()
+        # the abort stays in the set until the job's ending is stored (worker/endings.py): an ending that
+        # fails (Redis away) leaves the job to a later claim, which must see the abort too, not run it
         for raw_id in abort_job_ids:
             job_id = raw_id.decode(errors="replace")
             task = self.job_tasks.get(job_id)
-            if task is not None:
-                aborted.add(job_id)
+            if task is not None and job_id not in self.aborting_tasks:  # (once: not its cancel's ending)
+                self.aborting_tasks.add(job_id)
                 task.cancel()
-        if aborted:
-            self.aborting_tasks.update(aborted)
-            await self.pool.zrem(keys.ABORT_SET, *aborted)
 
     async def close(self) -> None:
         if self._claimer is not None:

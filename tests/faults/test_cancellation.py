@@ -263,18 +263,11 @@ async def test_a_job_cancelled_before_its_start_with_a_junk_stream_key_still_nev
     assert json.loads(client.get(keys.result(job_id)))["r"]["error"] == "CancelledError"
 
 
-async def test_a_job_cancelled_before_its_start_whose_ending_was_lost_never_runs(
-    redis_url, clean_env, redis_server, monkeypatch
-):
-    """The claim finds the job's cancel waiting and ends it unrun, but storing that ending fails (Redis
-    went away at that moment): its lease lapses, and the next claim must still see the cancel and end
-    it, never run it. Before, the first claim had taken the job off arq:abort: the next one ran it."""
+def losing_the_first_ending(monkeypatch) -> list:
+    """The worker's first ending write fails whole (Redis went away at that moment); the list holds it."""
     from redis.exceptions import ConnectionError
 
-    from shared.settings import load_settings
-    from worker.embedded import stop
     from worker.endings import Endings
-    from worker.runner import build_worker
 
     store, lost = Endings.store, []
 
@@ -287,6 +280,20 @@ async def test_a_job_cancelled_before_its_start_whose_ending_was_lost_never_runs
         return store(self, ending, count)
 
     monkeypatch.setattr(Endings, "store", lost_once)
+    return lost
+
+
+async def test_a_job_cancelled_before_its_start_whose_ending_was_lost_never_runs(
+    redis_url, clean_env, redis_server, monkeypatch
+):
+    """The claim finds the job's cancel waiting and ends it unrun, but storing that ending fails (Redis
+    went away at that moment): its lease lapses, and the next claim must still see the cancel and end
+    it, never run it. Before, the first claim had taken the job off arq:abort: the next one ran it."""
+    from shared.settings import load_settings
+    from worker.embedded import stop
+    from worker.runner import build_worker
+
+    lost = losing_the_first_ending(monkeypatch)
     client = redis_server.client()
     async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
         job_id = await runtime.queue.submit(ChatRequest(message="never runs"), caller="operator")
@@ -307,3 +314,40 @@ async def test_a_job_cancelled_before_its_start_whose_ending_was_lost_never_runs
     assert "start" not in kinds, f"the cancelled job ran: {kinds}"
     assert job.status == "cancelled", job
     assert json.loads(client.get(keys.result(job_id)))["r"]["error"] == "CancelledError"
+
+
+async def test_a_running_job_cancelled_whose_ending_was_lost_never_runs_again(
+    redis_url, clean_env, redis_server, monkeypatch, openai_server
+):
+    """A running job is cancelled: its worker's abort poll stops it, but storing its `cancelled` ending
+    fails (Redis went away at that moment): its lease lapses, and the next claim must still see the
+    cancel and end the job, never run it again. Before, the abort poll took the job off arq:abort as
+    it stopped it: the next claim ran the job again from its start, to the end of its answer."""
+    from shared.settings import load_settings
+    from worker.embedded import stop
+    from worker.runner import build_worker
+
+    lost = losing_the_first_ending(monkeypatch)
+    reply = " ".join(f"w{i}" for i in range(60))  # 3 s at 50 ms a token
+    openai_server.script(reply=reply, token_delay=0.05)
+    client = redis_server.client()
+    settings = load_settings(
+        redis_url=redis_url, worker_lease_seconds=1, ai_provider="openai",
+        openai_base_url=openai_server.base_url, openai_api_key="sk-x",
+    )  # fmt: skip
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        worker = build_worker(settings, handle_signals=False)
+        running = asyncio.create_task(worker.async_run())
+        try:
+            job_id = await runtime.queue.submit(ChatRequest(message="talk"), caller="operator")
+            await eventually(
+                lambda: "token" in [e["type"] for e in stream_events(client, job_id)], timeout=20
+            )
+            await runtime.jobs.cancel(job_id)
+            await eventually(lambda: lost and client.exists(keys.result(job_id)), timeout=30)
+        finally:
+            await stop(worker, 5, running)
+        job = await runtime.jobs.get(job_id)
+    kinds = [e["type"] for e in stream_events(client, job_id)]
+    assert kinds.count("start") == 1, f"the cancelled job ran again: {kinds}"
+    assert job.status == "cancelled", job
