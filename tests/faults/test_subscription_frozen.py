@@ -11,6 +11,7 @@ import asyncio
 import json
 from urllib.parse import urlsplit
 
+import pytest
 from openai_server import eventually
 from readers import stream_events
 from relays import FreezingProxy
@@ -61,14 +62,16 @@ async def test_a_worker_whose_subscription_froze_while_idle_starts_the_jobs_hand
     assert "wake-up subscription stuck" in workers.logs()
 
 
+@pytest.mark.parametrize("heard", ["before the retake", "after the retake"])
 async def test_a_job_handed_over_and_retaken_after_a_resubscribe_runs_once_even_when_quick(
-    redis_url, clean_env, redis_server, monkeypatch
+    redis_url, clean_env, redis_server, monkeypatch, heard
 ):
     """After a (re)subscribe the claim retakes the jobs leased to this worker that it does not run. A
     hand-off published just before that claim's script (on the new connection) is both heard and
     retaken: the start that comes second must not run the job again, even once the first run has
-    ended (a quick job ends within the claim's round trip). Before, `_start` only skipped a job whose
-    first run was still going: the job ran twice (two `start` events, the model called again)."""
+    ended (a quick job ends within the claim's round trip, or before its hand-off is read). Before,
+    `_start` only skipped a job whose first run was still going: the job ran twice (two `start`
+    events, the model called again)."""
     from shared.settings import load_settings
     from worker import wakeups
     from worker.claim import Claimed
@@ -76,19 +79,24 @@ async def test_a_job_handed_over_and_retaken_after_a_resubscribe_runs_once_even_
     from worker.runner import build_worker
 
     client = redis_server.client()
-    claim_jobs, job_ids, answered = wakeups.claim_jobs, [], asyncio.Event()
+    claim_jobs, handed, answered = wakeups.claim_jobs, [], asyncio.Event()
+
+    def done() -> bool:
+        return bool(client.exists(keys.result(handed[0].raw_id.decode())))
 
     async def retake_after_a_hand_off(redis, **kwargs):
         if kwargs["running_ids"] == "":  # (the usual claims)
             return await claim_jobs(redis, **kwargs)
-        # a hand-off just before the retake's script, heard at once: its lease (a claim of that one job
-        # for us, as the enqueue's hand-off leases it) and its start, as `handed` makes them
-        job_ids.append(await runtime.queue.submit(ChatRequest(message="quick"), caller="operator"))
+        # a hand-off just before the retake's script: its lease (a claim of that one job for us, as the
+        # enqueue's hand-off leases it), and its start as `handed` makes it, now or once the job ended
+        job_id = await runtime.queue.submit(ChatRequest(message="quick"), caller="operator")
         lease = {**kwargs, "mine": keys.claim("hand-off"), "scan": 0, "reset": False, "offering": False}
-        for job in Claimed.batch((await claim_jobs(redis, **{**lease, "candidates": [job_ids[0]]}))[2:]):
-            worker._start(job, worker._problem(job)[2])
+        handed.extend(Claimed.batch((await claim_jobs(redis, **{**lease, "candidates": [job_id]}))[2:]))
+        if heard == "before the retake":
+            worker._start(handed[0], worker._problem(handed[0])[2])  # (as `handed` does)
         reply = await claim_jobs(redis, **kwargs)  # (its running_ids were read before the hand-off)
-        await eventually(lambda: client.exists(keys.result(job_ids[0])), timeout=20)  # the run ended
+        if heard == "before the retake":
+            await eventually(done, timeout=20)  # the run ended
         answered.set()  # (the claim starts what it leased in this step)
         return reply
 
@@ -101,8 +109,16 @@ async def test_a_job_handed_over_and_retaken_after_a_resubscribe_runs_once_even_
             worker._reset = worker._retake = worker._full_poll_due = True  # as a resubscribe does
             worker._wake.set()
             await answered.wait()
+            if heard == "after the retake":  # its message read once the retake's run ended
+                await eventually(done, timeout=20)
+                job, count = handed[0], worker._handed
+                client.publish(keys.handoff(worker._worker_id()), json.dumps({
+                    "id": job.raw_id.decode(), "score": job.score.decode(), "job": job.raw_job.decode(),
+                    "try": job.job_try, "note": "", "aborted": False, "owner": job.owner.decode(),
+                }))  # fmt: skip
+                await eventually(lambda: worker._handed > count, timeout=20)
             await eventually(lambda: worker.job_counter == 0, timeout=20)  # a second run, if any, ended
         finally:
             await stop(worker, 5, running)
-    kinds = [e["type"] for e in stream_events(client, job_ids[0])]
+    kinds = [e["type"] for e in stream_events(client, handed[0].raw_id.decode())]
     assert kinds.count("start") == 1, f"the job ran twice: {kinds}"
