@@ -25,7 +25,8 @@ async def test_an_approved_call_whose_worker_dies_is_run_again_with_its_key_not_
 ):
     ledger = tmp_path / "ledger.jsonl"
     servers = {"ledger": {"command": sys.executable, "args": [LEDGER_SERVER], "env": {"LEDGER": str(ledger)}}}
-    arguments = json.dumps({"amount": 5, "seconds": 1.5})  # long enough to be killed in
+    release = tmp_path / "release"  # the charge answers once this exists: the kill lands while it runs
+    arguments = json.dumps({"amount": 5, "hold": str(release)})
     openai_server.script(
         reply="Done:", tool_preamble="Charging. ", tool_calls=[("ledger__charge", arguments)]
     )
@@ -46,7 +47,8 @@ async def test_an_approved_call_whose_worker_dies_is_run_again_with_its_key_not_
         (resumer,) = [e["worker_id"] for e in stream if e["type"] == "start" and e["attempt"] == 2]
         pid = json.loads(client.get(keys.worker(resumer)))["pid"]
         (proc,) = [p for p in procs if p.pid == pid]
-        proc.kill()  # while the approved charge runs
+        proc.kill()  # while the approved charge runs (held until `release`, however late the kill)
+        release.touch()  # the re-run's charge answers at once
 
         result = await runtime.jobs.wait(paused.job_id, timeout=60, until_input=False)
         stream = parse_stream(await runtime.redis.xrange(keys.stream(paused.job_id)))
