@@ -504,28 +504,32 @@ class QueueWorker(Worker):
         # the job starts); an abort cancels this task, which the function sees as arq's would
         self.job_tasks[job_id] = asyncio.current_task()  # type: ignore[assignment]
         timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        aborted = False
         try:
             try:
                 async with asyncio.timeout(timeout_s):
                     result = await function.coroutine(ctx, *args, **kwargs)
             finally:
                 del self.job_tasks[job_id]
+                # (a user's cancel mostly ends here: `chat` takes its CancelledError and returns the
+                # 'cancelled' ending, so _outcome never sees it: the id went nowhere, one a cancel)
+                aborted = job_id in self.aborting_tasks
+                self.aborting_tasks.discard(job_id)
         except (Exception, asyncio.CancelledError) as e:
-            await ending(job_try, start_ms, *self._outcome(job_id, ref, e, score, start_ms))
+            await ending(job_try, start_ms, *self._outcome(ref, e, score, start_ms, aborted=aborted))
         else:
             self.jobs_complete += 1
             await ending(job_try, start_ms, result, success=True, count=ctx["ending"].get("count"))
 
-    def _outcome(self, job_id: str, ref: str, e: BaseException, score: int, start_ms: int) -> tuple:
+    def _outcome(self, ref: str, e: BaseException, score: int, start_ms: int, *, aborted: bool) -> tuple:
         """arq's reading of a job that raised: (result to store or NO_RESULT, finish it?, retry delay)."""
         t = (timestamp_ms() - start_ms) / 1000
         if self.retry_jobs and isinstance(e, RetryLater):
             arq_log.info("%6.2fs ↻ %s retrying job in %0.2fs", t, ref, (e.defer_score or 0) / 1000)
             self.jobs_retried += 1
             return NO_RESULT, False, e.defer_score and e.defer_score + (timestamp_ms() - score)
-        if job_id in self.aborting_tasks and isinstance(e, asyncio.CancelledError):
+        if aborted and isinstance(e, asyncio.CancelledError):
             arq_log.info("%6.2fs ⊘ %s aborted", t, ref)
-            self.aborting_tasks.remove(job_id)
             self.jobs_failed += 1
             return e, True, None
         if self.retry_jobs and isinstance(e, asyncio.CancelledError | RetryJob):

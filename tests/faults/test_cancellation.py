@@ -351,3 +351,43 @@ async def test_a_running_job_cancelled_whose_ending_was_lost_never_runs_again(
     kinds = [e["type"] for e in stream_events(client, job_id)]
     assert kinds.count("start") == 1, f"the cancelled job ran again: {kinds}"
     assert job.status == "cancelled", job
+
+
+async def test_a_cancelled_running_job_leaves_nothing_behind_in_its_worker(
+    redis_url, clean_env, redis_server, openai_server
+):
+    """A running job's cancel is marked in its worker (`aborting_tasks`: its task is cancelled once,
+    not at every abort poll while its cancel ends it) until the job's task ends. `chat` takes a
+    user's cancel and returns its 'cancelled' ending, so the mark was only dropped for a job that
+    raised CancelledError: every cancelled job left its id there for the worker's life."""
+    from shared.settings import load_settings
+    from worker.embedded import stop
+    from worker.runner import build_worker
+
+    openai_server.script(reply=" ".join(f"w{i}" for i in range(60)), token_delay=0.05)
+    client = redis_server.client()
+    settings = load_settings(
+        redis_url=redis_url, ai_provider="openai", openai_base_url=openai_server.base_url,
+        openai_api_key="sk-x",
+    )  # fmt: skip
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        worker = build_worker(settings, handle_signals=False)
+        running = asyncio.create_task(worker.async_run())
+        try:
+            job_ids = [
+                await runtime.queue.submit(ChatRequest(message="talk"), caller="operator") for _ in range(3)
+            ]
+            await eventually(
+                lambda: all("token" in [e["type"] for e in stream_events(client, j)] for j in job_ids),
+                timeout=20,
+            )
+            for job_id in job_ids:
+                await runtime.jobs.cancel(job_id)
+            await eventually(lambda: all(client.exists(keys.result(j)) for j in job_ids), timeout=30)
+            await eventually(lambda: not worker.job_tasks, timeout=10)
+            left = set(worker.aborting_tasks)
+        finally:
+            await stop(worker, 5, running)
+        jobs = [await runtime.jobs.get(j) for j in job_ids]
+    assert [j.status for j in jobs] == ["cancelled"] * 3, jobs
+    assert left == set(), f"cancelled jobs' ids left in the worker: {left}"
