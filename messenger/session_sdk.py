@@ -302,11 +302,7 @@ class RequestStream:
 
     async def finish(self, events: list[tuple[str, str]], stored: asyncio.Future[list[Any]]) -> None:
         """`send`'s second half (`submit`): the events' ids from the store's replies, then their write."""
-        try:
-            replies: list[Any] | BaseException = await stored
-        except Exception as e:
-            replies = e
-        await self._write(events, self.halves.stored_ids(self.request_id, events, replies))  # type: ignore[union-attr]
+        await self._write(events, await self.halves.stored_ids(self.request_id, events, stored))  # type: ignore[union-attr]
 
     async def _write(self, events: list[tuple[str, str]], ids: list[str] | list[None]) -> None:
         wire = self.wire

@@ -209,12 +209,7 @@ class SessionEvents(EventStore):
     ) -> list[str]:
         """Store events already in their JSON form, (body, label) each, in one Batch entry
         (messenger.session_sdk.RequestStream writes so): their event ids, in order."""
-        stored = self.submit_bodies(stream_id, events, ending)
-        try:
-            replies: list[Any] | BaseException = await stored
-        except Exception as e:
-            replies = e
-        return self.stored_ids(stream_id, events, replies, ending)
+        return await self.stored_ids(stream_id, events, self.submit_bodies(stream_id, events, ending), ending)
 
     def submit_bodies(
         self, stream_id: str, events: list[tuple[str, str]], ending: bool = False
@@ -237,17 +232,19 @@ class SessionEvents(EventStore):
         ]  # fmt: skip
         return self.batch.send_each(*commands, *([("EXPIRE", key, expire)] if expire is not None else []))
 
-    def stored_ids(
+    async def stored_ids(
         self,
         stream_id: str,
         events: list[tuple[str, str]],
-        replies: list[Any] | BaseException,
+        stored: asyncio.Future[list[Any]],
         ending: bool = False,
     ) -> list[str]:
-        """store_bodies' second half: the events' ids from Redis's replies to `submit_bodies` (an
-        exception: the pipeline failed); a refused store is said once a run of them a stream."""
-        if isinstance(replies, BaseException):
-            replies = [replies] * len(events)
+        """store_bodies' second half: the events' ids from Redis's replies to `submit_bodies` (`stored`;
+        a failed pipeline fails each); a refused store is said once a run of them a stream."""
+        try:
+            replies: list[Any] = await stored
+        except Exception as e:
+            replies = [e] * len(events)
         entries, failed = [], None
         for reply in replies[: len(events)]:
             if isinstance(reply, BaseException):  # the live stream goes on; only resuming from here is lost

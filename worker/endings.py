@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import NamedTuple
 
 from shared import keys
 from shared.handoff import HOLDER_LUA
@@ -34,7 +35,7 @@ from shared.scripts import Arg, Args, Key, script
 # same keys, no second delay; a hand-back sent again after this worker started the job again (the
 # same lease value: its start counted past `tries`, the run's own) leaves that run's lease alone. 1:
 # stored; 0: the job is another run's now, nothing touched.
-# One call ends a batch of jobs (`jobs`: ENDING_FIELDS values a job, `ending` makes them; its keys named
+# One call ends a batch of jobs (`jobs`: an Ending's values a job, `ending` makes them; its keys named
 # from its id by the prefixes), each on its own: a job whose key refuses a write (another type) has
 # that error as its reply, as its own EVALSHA had in the MULTI, and the others are ended all the same.
 # (One EVALSHA a job was one more command a job to queue, pack, parse and answer, in Redis and here.)
@@ -90,35 +91,44 @@ async def end_jobs(
     ...
 
 
-ENDING_FIELDS = 7
-Ending = tuple[str, str, str, bytes | str, str, str, str]
+class Ending(NamedTuple):
+    """One job's part of `end_jobs`'s `jobs`, as its arguments (None as '', as shared.scripts sends an
+    Arg): `ending` makes one."""
+
+    job_id: str
+    me: str
+    finish: str  # '1': finish it; '0': hand it back
+    result_data: bytes | str
+    px: str
+    incr_score: str
+    tries: str
 
 
 def ending(
     job_id: str, *, me: str, finish: bool, result_data: bytes | None, px: int | None,
     incr_score: int | None, tries: int | None,
 ) -> Ending:  # fmt: skip
-    """One job's part of `end_jobs`'s `jobs` (None as '', as shared.scripts sends an Arg)."""
-    return (job_id, me, "1" if finish else "0", result_data or "", "" if px is None else str(px),
-            str(incr_score) if incr_score else "", "" if tries is None else str(tries))  # fmt: skip
+    return Ending(job_id, me, "1" if finish else "0", result_data or "", "" if px is None else str(px),
+                  str(incr_score) if incr_score else "", "" if tries is None else str(tries))  # fmt: skip
+
+
+def _named(queue: str) -> dict[str, str]:
+    """`end_jobs`'s keys and key prefixes."""
+    return dict(
+        abort_set=keys.ABORT_SET, queue=queue, lease_prefix=keys.IN_PROGRESS_PREFIX,
+        result_prefix=keys.RESULT_PREFIX, record_prefix=keys.INPUT_PREFIX, retry_prefix=keys.RETRY_PREFIX,
+        job_prefix=keys.JOB_PREFIX,
+    )  # fmt: skip
 
 
 def end_command(queue: str, endings: list[Ending]) -> tuple:
     """`end_jobs` of these endings, as one command for a MULTI."""
-    return end_jobs.command(  # type: ignore[attr-defined]
-        abort_set=keys.ABORT_SET, queue=queue, lease_prefix=keys.IN_PROGRESS_PREFIX,
-        result_prefix=keys.RESULT_PREFIX, record_prefix=keys.INPUT_PREFIX, retry_prefix=keys.RETRY_PREFIX,
-        job_prefix=keys.JOB_PREFIX, jobs=[value for one in endings for value in one],
-    )  # fmt: skip
+    return end_jobs.command(**_named(queue), jobs=[value for one in endings for value in one])  # type: ignore[attr-defined]
 
 
 async def end_one(redis, queue: str, one: Ending) -> object:
     """One job's ending on its own (Redis lost the script cache: this call loads it again)."""
-    (reply,) = await end_jobs(
-        redis, abort_set=keys.ABORT_SET, queue=queue, lease_prefix=keys.IN_PROGRESS_PREFIX,
-        result_prefix=keys.RESULT_PREFIX, record_prefix=keys.INPUT_PREFIX, retry_prefix=keys.RETRY_PREFIX,
-        job_prefix=keys.JOB_PREFIX, jobs=list(one),
-    )  # fmt: skip
+    (reply,) = await end_jobs(redis, **_named(queue), jobs=list(one))  # type: ignore[arg-type]
     return reply
 
 

@@ -685,12 +685,12 @@ class QueueWorker(Worker):
             counted, stored = write.result()
             if isinstance(stored, BaseException) and not isinstance(stored, NoScriptError):
                 raise stored  # as arq's MULTI would
-            if isinstance(counted, NoScriptError) or isinstance(stored, NoScriptError) or one[2] != "1":
+            if isinstance(counted, NoScriptError) or isinstance(stored, NoScriptError) or one.finish != "1":
                 return self._errand(self._ending_followed(one, count, counted, stored, done))
             if count is not None:
                 accounting.heard(count, counted)
             if not stored:  # another worker took the job between our check and the write: nothing stored
-                self._stopped(self.ctx.get("mcpq"), one[0])
+                self._stopped(self.ctx.get("mcpq"), one.job_id)
         except BaseException as e:  # (the whole write failed, or this job's ending)
             if not done.done():
                 done.set_exception(e)
@@ -710,12 +710,12 @@ class QueueWorker(Worker):
                 if isinstance(stored, BaseException):
                     raise stored
             if not stored:  # another worker took the job between our check and the write: nothing stored
-                self._stopped(self.ctx.get("mcpq"), one[0])
+                self._stopped(self.ctx.get("mcpq"), one.job_id)
             elif (
-                one[2] != "1"
+                one.finish != "1"
             ):  # handed back (shutdown): let an idle worker take it now, not at its next poll
                 with contextlib.suppress(RedisError, OSError):
-                    await self.pool.publish(keys.WAKEUP_CHANNEL, one[0])
+                    await self.pool.publish(keys.WAKEUP_CHANNEL, one.job_id)
         except BaseException as e:  # (told to whoever awaits the ending, not left in this task)
             if not done.done():
                 done.set_exception(e)
