@@ -128,21 +128,33 @@ def job_log(ctx, store: LevelStore | None) -> Listener | None:
         return None
     if request.protocol_version in MODERN_PROTOCOL_VERSIONS:
         return _at(ctx, (request.meta or {}).get(LOG_LEVEL_META_KEY))
-    reading = store.reading(request.request)
-    log: list[JobLog | None] = []
+    return _LevelRead(ctx, store.reading(request.request))
 
-    async def tell(event: Event | None, transcript: Transcript) -> None:
-        if not log:
-            level = await reading
+
+class _LevelRead:
+    """A 2025-11-25 call's JobLog, made once the session's level is read (its first event waits)."""
+
+    def __init__(self, ctx, reading):
+        self.ctx = ctx
+        self.reading = reading
+        self.read = False
+        self.log: JobLog | None = None
+
+    async def __call__(self, event: Event | None, transcript: Transcript) -> None:
+        if not self.read:
+            level = await self.reading
             if isinstance(level, BaseException):
                 raise level
-            log.append(_at(ctx, level))
+            self.log, self.read = _at(self.ctx, level), True
         elif type(event) is TokenEvent:  # (the usual event: never a log message, and not the first)
             return
-        if log[0] is not None:
-            await log[0](event, transcript)
+        if self.log is not None:
+            await self.log(event, transcript)
 
-    return tell
+    @property
+    def tokens_pass(self) -> bool:
+        """Whether a token may skip this listener: it would do nothing with it (ProgressRelay)."""
+        return self.read
 
 
 def _at(ctx, level: object) -> JobLog | None:
@@ -203,6 +215,11 @@ class JobLog:
         self.request_id = request.request_id
         self.direct = direct_stream(request)  # the same stream as the call's progress
         self.first = True
+
+    @property
+    def tokens_pass(self) -> bool:
+        """Whether a token may skip this listener: it would do nothing with it (ProgressRelay)."""
+        return not self.first
 
     async def __call__(self, event: Event | None, transcript: Transcript) -> None:
         if type(event) is TokenEvent:  # the usual event, in short: never a message (describe)
