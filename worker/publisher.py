@@ -206,9 +206,9 @@ class EventPublisher:
         self.deadline = deadline  # monotonic
         self._seq = 0
         self._pending: list[tuple[str, dict]] = []  # not numbered yet
+        self._open: dict | None = None  # the fields of the token last in _pending, which the next joins
         # (type, JSON after the event's head: shared.events.write_wired) numbered, not yet in Redis, in order
         self._unwritten: list[tuple[str, bytes]] = []
-        self._head = len(event_head(job_id))
         self._waiters: list[asyncio.Future[None]] = []
         self._failure: JobStopped | None = None
         self._retry_at = 0.0
@@ -235,6 +235,7 @@ class EventPublisher:
         more = {"resumed": resumed} if resumed is not None else {}
         ts = time.time() if at is None else at
         self._pending.append(("start", {"ts": ts, "worker_id": worker_id, "model": model, **more}))
+        self._open = None
         self.writer._schedule(self)
 
     async def journaled(self, entries: list[tuple[int, bytes]], events: list[tuple[str, dict]]) -> None:
@@ -243,6 +244,7 @@ class EventPublisher:
         if self._failure is not None:
             raise self._failure
         self._pending += events
+        self._open = events[-1][1] if events and events[-1][0] == "token" else None
         self._journal += entries
         await self._wait()
 
@@ -250,12 +252,13 @@ class EventPublisher:
         """Queue a token; raises JobStopped once this job's events can no longer be written."""
         if self._failure is not None:
             raise self._failure
-        if self._pending and self._pending[-1][0] == "token":
+        if (open_ := self._open) is not None:
             # (scheduled already: what is pending stays in the writer's dirty set until a write takes
             # it, so a model's burst of tokens costs one _schedule, not one a token)
-            self._pending[-1][1]["text"] += text
+            open_["text"] += text
             return
-        self._pending.append(("token", {"text": text}))
+        self._open = fields = {"text": text}
+        self._pending.append(("token", fields))
         self.writer._schedule(self)
 
     def done(
@@ -306,6 +309,7 @@ class EventPublisher:
         if self._failure is not None:
             raise self._failure
         self._pending.append((kind, fields))
+        self._open = None
         return self._waiter()
 
     async def _wait(self) -> None:
@@ -331,11 +335,11 @@ class EventPublisher:
             else:
                 cls = _EVENT_TYPES.get(kind, CancelledEvent)
                 event = cls(job_id=self.job_id, seq=seq, attempt=attempt, **{"ts": now, **fields})
-                data = dump_event(event)[self._head :]
+                data = dump_event(event)[len(event_head(self.job_id)) :]
             self._unwritten.append((kind, data))
             seq += 1
         self._seq = seq
-        self._pending = []
+        self._pending, self._open = [], None
         return list(self._unwritten)
 
     def _short(self) -> bool:
@@ -390,6 +394,7 @@ class EventPublisher:
         """No event of this job's is written from now on: what waits raises `failure`, as will the next."""
         self._failure = failure
         self._pending, self._unwritten, self._journal = [], [], []
+        self._open = None
         for waiter in self._take_waiters():
             if not waiter.done():
                 waiter.set_exception(failure)

@@ -74,13 +74,13 @@ class JobRun:
         self.text: list[str] = []
         self.finish_reason: str | None = None
         self.tool_calls: list[ToolCallRecord] = []
-        self.usage: Callable[[str], TokenUsage] = lambda status: TokenUsage()  # by the ending status
+        self.usage: Callable[[str], TokenUsage] = _no_usage  # by the ending status
         self.result: dict | None = None
         self.journaled = False  # True: a tool loop, whose journal goes once the job has its ending
         # given by the worker (worker/wakeups.py): what it writes with the job's result, in one transaction
         self.ending: dict | None = ctx.get("ending")
         self.state.running[self.job_id] = self.attempt
-        if (task := asyncio.current_task()) is not None:
+        if (task := ctx.get("task") or asyncio.current_task()) is not None:  # (the worker's ctx names it)
             self.state.tasks[self.job_id] = task  # (the heartbeat stops a run another worker took)
 
     def rebase(self, base: int) -> None:
@@ -195,6 +195,10 @@ class JobRun:
             )  # fmt: skip
         except Exception as e:  # only the dashboard's chart misses it
             log.warning("could not add job %s to the history: %s", self.job_id, type(e).__name__)
+
+
+def _no_usage(status: str) -> TokenUsage:
+    return TokenUsage()
 
 
 def result_json(

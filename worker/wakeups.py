@@ -69,6 +69,7 @@ arq_log = logging.getLogger("arq.worker")  # the lines arq's own run_job logs, u
 NO_RESULT = object()  # arq's `no_result`: a job handed back to the queue stores nothing
 
 
+TIMEOUT_SWEEP_SECONDS = 1.0  # how late arq's job timeout (a backstop, JOB_TIMEOUT_SECONDS + 30) may fire
 STARTUP_BACKOFF = (0.5, 5.0)  # seconds: first and longest wait between start-up checks of Redis
 
 
@@ -171,6 +172,12 @@ class QueueWorker(Worker):
         self._claims = itertools.count()  # each claim's own key (keys.claim): a claim sent again knows it
         self._heartless: str | None = None  # why the heartbeat stopped while we run: main() ends with it
         self._abort_set_junk = False  # arq:abort holds another type (said once)
+        # arq's job timeout, the backstop (the job enforces its own, worker/job.py): each running job's
+        # loop time past it and its task, looked at by one sweep a second (`_sweep`) while jobs run,
+        # where an asyncio.timeout a job was a timer of its own to set and cancel (~2 % of a no-op job)
+        self._timeouts: dict[str, tuple[float, asyncio.Task]] = {}
+        self._timed_out: set[str] = set()  # cancelled by the sweep, not yet ended
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -464,7 +471,6 @@ class QueueWorker(Worker):
         """arq 0.28's `run_job` from where its pipeline has read the job (the claim read it, and
         intake.py checked it and read its `value`): the same abort, retry and timeout rules, counters
         and stored result."""
-        start_ms = timestamp_ms()
         d = value if value is not None else self.job_deserializer(job.raw_job)  # type: ignore[misc]
         name, args, kwargs, job_try, enqueued_ms = d["f"], tuple(d["a"]), d["k"], job.job_try, d["et"]
         function = self.functions[name]
@@ -473,6 +479,7 @@ class QueueWorker(Worker):
         if job.aborted:
             arq_log.info("%6.2fs ⊘ %s aborted before start", (timestamp_ms() - enqueued_ms) / 1000, ref)
             self.jobs_failed += 1
+            start_ms = timestamp_ms()
             await self._ended_unrun(job_id, job_try, None)
             return await ending(job_try, start_ms, failed=asyncio.CancelledError())
         if d["t"] and d["t"] > job_try:  # enqueued as a later try than its counter says
@@ -484,6 +491,7 @@ class QueueWorker(Worker):
                 "%6.2fs ! %s max retries %d exceeded", (timestamp_ms() - enqueued_ms) / 1000, ref, max_tries
             )
             self.jobs_failed += 1
+            start_ms = timestamp_ms()
             why = f"max {max_tries} retries exceeded"
             await self._ended_unrun(
                 job_id,
@@ -491,8 +499,11 @@ class QueueWorker(Worker):
                 f"{why}: started {max_tries} times, it never ended (its workers died or stopped under it)",
             )
             return await ending(job_try, start_ms, failed=JobExecutionFailed(why))
+        # (run from _begin: this task is the job's, as _start made it; asyncio.current_task is ~0.3 µs)
+        task = self.tasks.get(job_id) or asyncio.current_task()
+        assert task is not None
         ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueued_ms),
-               "score": score, "owner": job.owner, "ending": {}}  # fmt: skip
+               "score": score, "owner": job.owner, "ending": {}, "task": task}  # fmt: skip
         if arq_log.isEnabledFor(logging.INFO):
             # said once the job's start event has gone out (a timer runs after the callbacks already
             # due: the job's first steps and its event write): a log line costs a cold worker about
@@ -502,15 +513,25 @@ class QueueWorker(Worker):
         start_ms = timestamp_ms()
         # the function runs in this task (arq starts a task of its own: one more event-loop turn before
         # the job starts); an abort cancels this task, which the function sees as arq's would
-        self.job_tasks[job_id] = asyncio.current_task()  # type: ignore[assignment]
+        self.job_tasks[job_id] = task  # type: ignore[assignment]
         timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        self._timeouts[job_id] = (self.loop.time() + timeout_s, task)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(TIMEOUT_SWEEP_SECONDS, self._sweep)
+        cancelling = task.cancelling()
         aborted = False
         try:
             try:
-                async with asyncio.timeout(timeout_s):
-                    result = await function.coroutine(ctx, *args, **kwargs)
+                result = await function.coroutine(ctx, *args, **kwargs)
+            except asyncio.CancelledError:
+                # the sweep's cancel (and no other since: asyncio.timeout's rule) is arq's timeout
+                if job_id in self._timed_out and task.uncancel() <= cancelling:
+                    raise TimeoutError from None
+                raise
             finally:
                 del self.job_tasks[job_id]
+                del self._timeouts[job_id]
+                self._timed_out.discard(job_id)
                 # (a user's cancel mostly ends here: `chat` takes its CancelledError and returns the
                 # 'cancelled' ending, so _outcome never sees it: the id went nowhere, one a cancel)
                 aborted = job_id in self.aborting_tasks
@@ -520,6 +541,16 @@ class QueueWorker(Worker):
         else:
             self.jobs_complete += 1
             await ending(job_try, start_ms, result, success=True, count=ctx["ending"].get("count"))
+
+    def _sweep(self) -> None:
+        """Cancel the running jobs past arq's timeout (`_run_claimed` raises their TimeoutError); again in
+        TIMEOUT_SWEEP_SECONDS while jobs run."""
+        now = self.loop.time()
+        for job_id, (due, task) in self._timeouts.items():
+            if due <= now and job_id not in self._timed_out:
+                self._timed_out.add(job_id)
+                task.cancel()
+        self._sweeper = self.loop.call_later(TIMEOUT_SWEEP_SECONDS, self._sweep) if self._timeouts else None
 
     def _outcome(self, ref: str, e: BaseException, score: int, start_ms: int, *, aborted: bool) -> tuple:
         """arq's reading of a job that raised: (result to store or NO_RESULT, finish it?, retry delay)."""

@@ -391,3 +391,39 @@ async def test_a_cancelled_running_job_leaves_nothing_behind_in_its_worker(
         jobs = [await runtime.jobs.get(j) for j in job_ids]
     assert [j.status for j in jobs] == ["cancelled"] * 3, jobs
     assert left == set(), f"cancelled jobs' ids left in the worker: {left}"
+
+
+async def test_a_job_past_arqs_timeout_is_stopped_by_the_sweep_and_fails_with_its_timeout(
+    redis_url, clean_env, redis_server, openai_server, monkeypatch
+):
+    """arq's job timeout (the backstop past JOB_TIMEOUT_SECONDS) is one sweep a worker while jobs run
+    (worker/wakeups.py `_sweep`), not a timer a job: a job still running past it is cancelled and ends
+    as asyncio.timeout ended it, failed with TimeoutError, and leaves nothing in the sweep's books."""
+    from shared.settings import load_settings
+    from worker import wakeups
+    from worker.embedded import stop
+    from worker.runner import build_worker
+
+    monkeypatch.setattr(wakeups, "TIMEOUT_SWEEP_SECONDS", 0.1)
+    openai_server.script(reply=" ".join(f"w{i}" for i in range(60)), token_delay=0.05)  # 3 s
+    client = redis_server.client()
+    settings = load_settings(
+        redis_url=redis_url, ai_provider="openai", openai_base_url=openai_server.base_url,
+        openai_api_key="sk-x",
+    )  # fmt: skip
+    async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
+        worker = build_worker(settings, handle_signals=False)
+        worker.job_timeout_s = 0.5  # (JOB_TIMEOUT_SECONDS + 30 as configured: the job's own never fires)
+        running = asyncio.create_task(worker.async_run())
+        try:
+            job_id = await runtime.queue.submit(ChatRequest(message="talk"), caller="operator")
+            await eventually(lambda: client.exists(keys.result(job_id)), timeout=20)
+            await eventually(lambda: worker._sweeper is None, timeout=5)
+            books = (dict(worker._timeouts), set(worker._timed_out), dict(worker.job_tasks))
+        finally:
+            await stop(worker, 5, running)
+        job = await runtime.jobs.get(job_id)
+    kinds = [e["type"] for e in stream_events(client, job_id)]
+    assert job.status == "failed" and "TimeoutError" in (job.error or ""), job
+    assert kinds.count("token") < 60 and "done" not in kinds, kinds
+    assert books == ({}, set(), {}), books
