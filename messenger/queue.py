@@ -55,15 +55,16 @@ local tenant = caller
 """
     + turns.PLACE_LUA
     + """
-redis.call('ZADD', queue, turn, job_id)
-local kind = redis.call('TYPE', recent).ok
-if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', recent) end  -- damaged: an unreadable index
-local newest = redis.call('ZREVRANGE', recent, 0, 0, 'WITHSCORES')[2]
+redis.call('ZADD', queue, turn_score, job_id)
+local newest = redis.pcall('ZREVRANGE', recent, '0', '0', 'WITHSCORES')
+if newest['err'] then redis.call('DEL', recent) newest = {} end  -- damaged: an unreadable index
+newest = newest[2]
 local at = now_ms  -- a job enqueued in the same ms (or by a replica whose clock lags) sorts after the last
 if newest and tonumber(newest) >= at then at = tonumber(newest) + 0.001 end
 redis.call('ZADD', recent, at, job_id)
-redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
-if not hand_off(job_id, string.format('%.0f', turn), #payload) then redis.call('PUBLISH', wakeup, job_id) end
+redis.call('ZREMRANGEBYRANK', recent, '0', -recent_kept - 1)
+-- (the job's value and owner record, just written: handed as they are, not read again)
+if not hand_off(job_id, turn_text, payload, caller) then redis.call('PUBLISH', wakeup, job_id) end
 return 1
 """
 )

@@ -83,7 +83,7 @@ if redis.call('TYPE', owner).ok == 'string' then tenant = redis.call('GET', owne
 """
     + turns.PLACE_LUA
     + """
-redis.call('ZADD', queue, turn, job_id)
+redis.call('ZADD', queue, turn_score, job_id)
 redis.call('ZADD', recent, now_ms, job_id)
 redis.call('ZREMRANGEBYRANK', recent, 0, -recent_kept - 1)
 redis.call('HDEL', dead, job_id)

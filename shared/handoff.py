@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 
-# Lua: `lease_job(claimed, id, score, lease_ms, holder)` leases a due job for `holder` (the worker's
-# offer text, `offer()`: the lease's value says whose it is) and appends seven values to `claimed`:
+# Lua: `lease_job(claimed, id, score, lease_ms, holder, value, owner)` leases a due job for `holder` (the
+# worker's offer text, `offer()`: the lease's value says whose it is) and appends seven values to `claimed`
+# (`value` and `owner`: the job's value and owner record when the caller has just written them, else nil:
+# read):
 # id, score, job value ('' = none), tries (this start's), note ('' or 'reset: why'), aborted ('1' =
 # it is in the abort set), owner record ('' = none). A retry counter arq's INCR
 # would choke on (not a count, another type) is reset and says why. Needs lease_prefix, retry_prefix,
@@ -26,7 +28,7 @@ local function text(key)  -- '' when missing or not a string (GET's error: read,
   local value = redis.pcall('GET', key)
   return type(value) == 'string' and value or ''
 end
-local function lease_job(claimed, id, score, lease_ms, holder)
+local function lease_job(claimed, id, score, lease_ms, holder, value, owner)
   redis.call('PSETEX', lease_prefix .. id, lease_ms, holder)
   local retry, note = retry_prefix .. id, ''
   local tries = redis.pcall('GET', retry)
@@ -42,15 +44,16 @@ local function lease_job(claimed, id, score, lease_ms, holder)
   redis.call('EXPIRE', retry, retry_ttl)
   -- the abort stays in the set until the job's ending is stored (worker/endings.py): an ending that
   -- failed (Redis away) leaves the job to a later claim, which must see the abort too, not run the job
-  local aborted = 0  -- (junk in the abort set is arq's poll's to name)
-  if redis.call('TYPE', abort_set)['ok'] == 'zset' and redis.call('ZSCORE', abort_set, id) then aborted = 1 end
-  claimed[#claimed + 1] = id
-  claimed[#claimed + 1] = score
-  claimed[#claimed + 1] = text(job_prefix .. id)
-  claimed[#claimed + 1] = tostring(tries)
-  claimed[#claimed + 1] = note
-  claimed[#claimed + 1] = tostring(aborted)
-  claimed[#claimed + 1] = text(owner_prefix .. id)
+  -- (junk in the abort set, not a zset, is arq's poll's to name: ZSCORE's error read as no abort)
+  local aborted = type(redis.pcall('ZSCORE', abort_set, id)) == 'string' and '1' or '0'
+  local n = #claimed
+  claimed[n + 1] = id
+  claimed[n + 2] = score
+  claimed[n + 3] = value or text(job_prefix .. id)
+  claimed[n + 4] = tostring(tries)
+  claimed[n + 5] = note
+  claimed[n + 6] = aborted
+  claimed[n + 7] = owner or text(owner_prefix .. id)
 end
 """
 
@@ -79,9 +82,10 @@ local function held_elsewhere(lease, me, result, record)
 end
 """
 
-# Lua: `hand_off(id, score, size)` gives a queued job to the worker offering the most free slots, leased
+# Lua: `hand_off(id, score, value, owner)` gives a queued job (its `value` and owner record `owner`, just
+# written) to the worker offering the most free slots, leased
 # for it, as one JSON message on its channel; false when no live worker offers one, or when the job's
-# value (`size` bytes) is over HANDOFF_MAX_BYTES. An offer whose worker
+# value is over HANDOFF_MAX_BYTES. An offer whose worker
 # has no subscriber (it is gone), or that is not one (written by hand; its lease one PSETEX refuses),
 # is dropped on the way; an offers key of the wrong type is started afresh. Needs LEASE_LUA, `idle`
 # and `handoff_prefix`.
@@ -95,10 +99,10 @@ HANDOFF_MAX_BYTES = 64 * 1024
 HAND_OFF_LUA = (
     f"local handoff_max_bytes = {HANDOFF_MAX_BYTES}\n"
     + """
-local function hand_off(id, score, size)
-  if size > handoff_max_bytes then return false end
+local function hand_off(id, score, value, owner)
+  if #value > handoff_max_bytes then return false end
   while true do
-    local top = redis.pcall('ZREVRANGE', idle, 0, 0, 'WITHSCORES')
+    local top = redis.pcall('ZREVRANGE', idle, '0', '0', 'WITHSCORES')
     if top['err'] then redis.call('DEL', idle) return false end
     local member, slots = top[1], tonumber(top[2])
     if not member or not slots or slots < 1 then return false end
@@ -110,9 +114,9 @@ local function hand_off(id, score, size)
     if type(worker) == 'string' and lease_ms and lease_ms >= 1 and lease_ms <= 31536000000
         and lease_ms == math.floor(lease_ms)
         and redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
-      if slots < 2 then redis.call('ZREM', idle, member) else redis.call('ZINCRBY', idle, -1, member) end
+      if slots < 2 then redis.call('ZREM', idle, member) else redis.call('ZINCRBY', idle, '-1', member) end
       local c = {}
-      lease_job(c, id, score, lease_ms, member)
+      lease_job(c, id, score, lease_ms, member, value, owner)
       redis.call('PUBLISH', channel, cjson.encode({id = c[1], score = c[2], job = c[3], try = tonumber(c[4]),
         note = c[5], aborted = c[6] == '1', owner = c[7]}))
       return true

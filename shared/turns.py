@@ -31,19 +31,24 @@ BAND_BASE = 1_000_000_000_000  # 2001-09-09 in ms: every banded score is long du
 BAND_WIDTH = 100_000_000_000  # turns per priority before a band would overflow into the next
 WALL_CLOCK_FROM = BAND_BASE + len(PRIORITIES) * BAND_WIDTH  # a score at or above this is a time in ms
 
-# Lua: the score of a new job of `tenant` in the band starting at `band`; `turns` is a hash of each
+# Lua: the score of a new job of `tenant` in the band starting at `band` (`turn`; `turn_score`, the same
+# as a ZADD's argument); `turns` is a hash of each
 # tenant's next turn ("next:<band>:<tenant>") and each band's last turn ("last:<band>"). A damaged
 # `turns` key (wrong type, a field that is not a number) is started afresh / read as unset.
 PLACE_LUA = """
-local kind = redis.call('TYPE', turns).ok
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', turns) end
 local top = band + band_width - 2
-local head = redis.call('ZRANGEBYSCORE', queue, band, top, 'WITHSCORES', 'LIMIT', 0, 1)
 local last_field, next_field = 'last:' .. band, 'next:' .. band .. ':' .. tenant
+local head = redis.call('ZRANGEBYSCORE', queue, band, top, 'WITHSCORES', 'LIMIT', '0', '1')
+local next_turn = redis.pcall('HGET', turns, next_field)  -- (its error says the key is not a hash)
+if type(next_turn) == 'table' then redis.call('DEL', turns) next_turn = false end
 local v = tonumber(head[2]) or tonumber(redis.call('HGET', turns, last_field)) or band
-local turn = math.max(v, tonumber(redis.call('HGET', turns, next_field)) or band)
+local turn = math.max(v, tonumber(next_turn) or band)
 if turn ~= turn or turn < band or turn > top then turn = band end  -- NaN or out of the band: damaged
-redis.call('HSET', turns, next_field, string.format('%.0f', turn + 1), last_field, string.format('%.0f', turn))
+-- the turn as text once, for the HSET, a hand-off and the queue's ZADD (`turn_score`: a number each
+-- command formats again), where a fraction (a score written by hand into the band) stays the number
+local turn_text = string.format('%.0f', turn)
+local turn_score = turn ~= math.floor(turn) and turn or turn_text
+redis.call('HSET', turns, next_field, string.format('%.0f', turn + 1), last_field, turn_text)
 """
 
 
