@@ -80,8 +80,9 @@ class JobRun:
         # given by the worker (worker/wakeups.py): what it writes with the job's result, in one transaction
         self.ending: dict | None = ctx.get("ending")
         self.state.running[self.job_id] = self.attempt
-        if (task := ctx.get("task") or asyncio.current_task()) is not None:  # (the worker's ctx names it)
-            self.state.tasks[self.job_id] = task  # (the heartbeat stops a run another worker took)
+        self.task: asyncio.Task = ctx.get("task") or asyncio.current_task()  # type: ignore[assignment]
+        if self.task is not None:  # (the worker's ctx names it)
+            self.state.tasks[self.job_id] = self.task  # (the heartbeat stops a run another worker took)
 
     def rebase(self, base: int) -> None:
         """The job paused `base` attempts in (worker/pause.py): this attempt is numbered after them."""

@@ -16,7 +16,7 @@ from shared.events import TERMINAL, TokenUsage
 from shared.models import JobResult, ResultUsage, ToolCallRecord
 from shared.serializer import serialize_plain
 from shared.settings import load_settings
-from worker.job import WorkerState, chat
+from worker.job import Deadlines, WorkerState, chat
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
 from worker.providers.mock import MockProvider, mock_reply
 from worker.publisher import EventWriter
@@ -281,6 +281,48 @@ async def test_provider_error_mid_stream_keeps_the_partial_text(redis, clean):
     assert_one_terminal_last(events, "error")
     assert events[-1].error == failure.message
     assert ctx["mcpq"].provider_error == failure.message  # health shows the provider is in trouble
+
+
+async def test_the_workers_deadlines_cancel_each_job_at_its_own_time_with_one_timer():
+    """worker/job.py Deadlines, asyncio.timeout's stand-in: the soonest deadline fires first whatever
+    order they were set in, a job out of its block in time is never cancelled, and a cancel of another's
+    on top of the deadline's is not the deadline's (the job raises CancelledError, not TimeoutError)."""
+    deadlines, ended = Deadlines(), {}
+
+    async def job(name: str, seconds: float, work: float, other_cancel: bool = False) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = deadlines.start(task, seconds)
+        began = time.monotonic()
+        try:
+            try:
+                await asyncio.sleep(work)
+            except asyncio.CancelledError:
+                if other_cancel:  # (a user's cancel lands as the deadline passes)
+                    task.cancel()
+                if deadlines.passed(task, cancelling):
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadlines.stop(task)
+            ended[name] = ("ok", time.monotonic() - began)
+        except TimeoutError:
+            ended[name] = ("timeout", time.monotonic() - began)
+        except asyncio.CancelledError:
+            ended[name] = ("cancelled", time.monotonic() - began)
+
+    await asyncio.gather(
+        job("late", 0.4, 5),
+        job("soon", 0.1, 5),
+        job("quick", 0.2, 0.05),
+        job("both", 0.1, 5, other_cancel=True),
+        return_exceptions=True,  # ("both" ends cancelled: its own cancel is still due as it returns)
+    )
+    assert {k: v[0] for k, v in ended.items()} == {
+        "late": "timeout", "soon": "timeout", "quick": "ok", "both": "cancelled"
+    }  # fmt: skip
+    assert 0.1 <= ended["soon"][1] < 0.3 and 0.4 <= ended["late"][1] < 0.6, ended
+    assert deadlines._due == {} and deadlines._expired == set() and deadlines._timer is None
 
 
 async def test_a_good_call_clears_the_provider_error(redis, clean):
