@@ -110,97 +110,99 @@ _BATCH: dict = dict(
 # (shared.handoff.HOLDER_LUA), in the same MULTI as that run's ending. Answers each job's [counted now (0/1), owner written again
 # (0/1), <each key skipped>...], in order.
 BATCH_LUA = r"""
-local replies, counted = {}, {}
+local replies, counted, names = {}, {}, {}
 local hinc, hflt, htext, hset, incr, itext, expire, trim = {}, {}, {}, {}, {}, {}, {}, {}
 local sadd, push, rpush, hdel, zrem, zadd = {}, {}, {}, {}, {}, {}
 local function slot(t, key) local s = t[key]; if not s then s = {}; t[key] = s end; return s end
-local function add(t, key, field, n) local s = slot(t, key); s[field] = (s[field] or 0) + n end
 local function add_float(key, field, text)  -- one job's amount goes as given (exact); more are added up
   local s, texts = slot(hflt, key), slot(htext, key)
   texts[field] = s[field] == nil and text
   s[field] = (s[field] or 0) + tonumber(text)
 end
 local function append(t, key, v) local s = slot(t, key); s[#s + 1] = v end
-local shared = {}
-local function named(c)  -- the job's key names (`_NAMES`: shared/keys.py's, with its values put in)
+-- the names of each tenant, model and hour (`_NAMES` shared: the batch's jobs share them), and their
+-- six totals; a job's own names (`own`) are made where they are used, each once
+local shared, totals_of = {}, {}
+local counted_ex = string.format('%d', counted_ttl)  -- (as text once: a number is formatted each call)
+for i, raw in ipairs(counts) do
+  local c = cjson.decode(raw)
   -- (one tenant's: a tenant name has no NUL; nor have the hour and day, read from the end)
   local at = c.tenant .. '\0' .. c.model .. '\0' .. c.hour .. '\0' .. c.day
-  if not shared[at] then  -- the names of its tenant, model and hour: the batch's jobs share them
-    local names = shared_names(c)
-    shared[at] = {__index = function(t, name)  -- the job's own names, each made when first read
-      local make = own[name]
-      if not make then return names[name] end
-      local key = make(t)
-      rawset(t, name, key)
-      return key
-    end}
+  local n = shared[at]
+  if not n then
+    n = shared_names(c)
+    shared[at] = n
+    totals_of[at] = {n.total, n.by_model, n.by_day, n.tenant_total, n.tenant_by_model, n.tenant_by_day}
   end
-  return setmetatable(c, shared[at])
-end
-for i, raw in ipairs(counts) do
-  local c = named(cjson.decode(raw))
-  if c.holder and held_elsewhere(c.lease, c.holder, c.result_key, c.record) then
+  names[i] = n
+  if c.holder and held_elsewhere(own.lease(c), c.holder, own.result_key(c), own.record(c)) then
     replies[i] = {0, 0}  -- the job is another run's now (worker/endings.py): that run counts it
   else
   local kept = 0
   if c.keep_owner then
-    local set = redis.pcall('SET', c.owner, c.tenant, 'NX', 'EX', owner_ttl)
+    local set = redis.pcall('SET', own.owner(c), c.tenant, 'NX', 'EX', owner_ttl)
     if type(set) == 'table' and set.ok then kept = 1 end
   end
   replies[i] = {0, kept}
-  if redis.call('SET', c.counted, '1', 'NX', 'EX', counted_ttl) then
+  if redis.call('SET', own.counted(c), '1', 'NX', 'EX', counted_ex) then
     replies[i][1] = 1
     counted[#counted + 1] = i
     counts[i] = c
-    for _, totals in ipairs({c.total, c.by_model, c.by_day, c.tenant_total, c.tenant_by_model, c.tenant_by_day}) do
-      add(hinc, totals, 'requests', 1)
-      add(hinc, totals, c.status, 1)
-      add(hinc, totals, 'prompt_tokens', c.prompt_tokens)
-      add(hinc, totals, 'completion_tokens', c.completion_tokens)
-      add(hinc, totals, 'total_tokens', c.total_tokens)
-      add(hinc, totals, 'latency_ms', c.latency_ms)
-      if c.dead_attempt_tokens > 0 then add(hinc, totals, 'dead_attempt_tokens', c.dead_attempt_tokens) end
-      if c.cost then add_float(totals, 'cost_usd', c.cost) else add(hinc, totals, 'unpriced', 1) end
+    local status, prompt, completion, total = c.status, c.prompt_tokens, c.completion_tokens, c.total_tokens
+    local latency, dead, cost = c.latency_ms, c.dead_attempt_tokens, c.cost
+    for _, totals in ipairs(totals_of[at]) do
+      local s = slot(hinc, totals)
+      s.requests = (s.requests or 0) + 1
+      s[status] = (s[status] or 0) + 1
+      s.prompt_tokens = (s.prompt_tokens or 0) + prompt
+      s.completion_tokens = (s.completion_tokens or 0) + completion
+      s.total_tokens = (s.total_tokens or 0) + total
+      s.latency_ms = (s.latency_ms or 0) + latency
+      if dead > 0 then s.dead_attempt_tokens = (s.dead_attempt_tokens or 0) + dead end
+      if cost then add_float(totals, 'cost_usd', cost) else s.unpriced = (s.unpriced or 0) + 1 end
     end
     if c.price_source then  -- where the worker took the price from: "MODEL_PRICES", "genai-prices x.y", "built-in"
-      slot(hset, c.by_model).price_source = c.price_source
-      slot(hset, c.tenant_by_model).price_source = c.price_source
+      slot(hset, n.by_model).price_source = c.price_source
+      slot(hset, n.tenant_by_model).price_source = c.price_source
     end
-    append(sadd, c.models, c.model)
-    append(sadd, c.tenant_models, c.model)
-    append(sadd, c.tenants, c.tenant)
-    for _, latencies in ipairs({c.latency, c.tenant_latency}) do
-      append(push, latencies, c.latency_ms)
-      trim[latencies] = latencies_kept
-    end
-    for _, log in ipairs({c.received, c.tenant_received}) do
-      append(push, log, c.received_entry)
-      trim[log] = received_kept
-    end
-    append(hdel, c.reserved, c.job_id)
-    append(hdel, c.reserved_tenant, c.job_id)
-    append(zrem, c.reserved_until, c.job_id)
-    if c.cost then
-      for _, spent in ipairs({c.spent_hour, c.tenant_spent_hour, c.spent_day, c.tenant_spent_day}) do
-        itext[spent] = incr[spent] == nil and c.cost
-        incr[spent] = (incr[spent] or 0) + tonumber(c.cost)
+    append(sadd, n.models, c.model)
+    append(sadd, n.tenant_models, c.model)
+    append(sadd, n.tenants, c.tenant)
+    append(push, n.latency, latency)
+    append(push, n.tenant_latency, latency)
+    trim[n.latency], trim[n.tenant_latency] = latencies_kept, latencies_kept
+    append(push, n.received, c.received_entry)
+    append(push, n.tenant_received, c.received_entry)
+    trim[n.received], trim[n.tenant_received] = received_kept, received_kept
+    append(hdel, n.reserved, c.job_id)
+    append(hdel, n.reserved_tenant, c.job_id)
+    append(zrem, n.reserved_until, c.job_id)
+    if cost then
+      for _, spent in ipairs({n.spent_hour, n.tenant_spent_hour, n.spent_day, n.tenant_spent_day}) do
+        itext[spent] = incr[spent] == nil and cost
+        incr[spent] = (incr[spent] or 0) + tonumber(cost)
       end
-      expire[c.spent_hour], expire[c.tenant_spent_hour] = spent_hour_ttl, spent_hour_ttl
-      expire[c.spent_day], expire[c.tenant_spent_day] = spent_day_ttl, spent_day_ttl
+      expire[n.spent_hour], expire[n.tenant_spent_hour] = spent_hour_ttl, spent_hour_ttl
+      expire[n.spent_day], expire[n.tenant_spent_day] = spent_day_ttl, spent_day_ttl
     end
     -- the dashboard's minute (shared/timeseries.py): this job's own usage, without earlier attempts'
-    add(hinc, c.series, 'ended:' .. c.status, 1)
-    add(hinc, c.series, 'prompt_tokens', c.series_prompt)
-    add(hinc, c.series, 'completion_tokens', c.series_completion)
-    if c.series_cost then add_float(c.series, 'cost:' .. c.model, c.series_cost) end
-    if c.ttft_field then add(hinc, c.series, c.ttft_field, 1) end
-    expire[c.series] = series_ttl
+    local series = own.series(c)
+    c.series = series  -- (kept for the names of its skipped keys, below)
+    local s = slot(hinc, series)
+    s['ended:' .. status] = (s['ended:' .. status] or 0) + 1
+    s.prompt_tokens = (s.prompt_tokens or 0) + c.series_prompt
+    s.completion_tokens = (s.completion_tokens or 0) + c.series_completion
+    if c.series_cost then add_float(series, 'cost:' .. c.model, c.series_cost) end
+    if c.ttft_field then s[c.ttft_field] = (s[c.ttft_field] or 0) + 1 end
+    expire[series] = series_ttl
     if c.conversation_id then  -- the job's turn in its tenant's conversation
-      append(rpush, c.conversation, c.user_turn)
-      append(rpush, c.conversation, c.assistant_turn)
-      append(zadd, c.conversations, c.now)
-      append(zadd, c.conversations, c.conversation_id)
-      expire[c.conversation], expire[c.conversations] = c.history_ttl, c.history_ttl
+      local conversation = own.conversation(c)
+      c.conversation = conversation
+      append(rpush, conversation, c.user_turn)
+      append(rpush, conversation, c.assistant_turn)
+      append(zadd, n.conversations, c.now)
+      append(zadd, n.conversations, c.conversation_id)
+      expire[conversation], expire[n.conversations] = c.history_ttl, c.history_ttl
     end
   end
   end
@@ -237,16 +239,16 @@ for key, sum in pairs(incr) do call('INCRBYFLOAT', key, amount(sum, itext[key]))
 for key, ttl in pairs(expire) do call('EXPIRE', key, ttl) end  -- last: a key must exist to expire
 if next(broken) then  -- name each skipped key in the reply of each job that wrote to it
   for _, i in ipairs(counted) do
-    local c, named = counts[i], {}
-    local mine = {c.total, c.by_model, c.by_day, c.tenant_total, c.tenant_by_model, c.tenant_by_day, c.models,
-                  c.tenant_models, c.tenants, c.latency, c.tenant_latency, c.received, c.tenant_received, c.reserved,
-                  c.reserved_tenant, c.reserved_until, c.series}
+    local c, n, named = counts[i], names[i], {}
+    local mine = {n.total, n.by_model, n.by_day, n.tenant_total, n.tenant_by_model, n.tenant_by_day, n.models,
+                  n.tenant_models, n.tenants, n.latency, n.tenant_latency, n.received, n.tenant_received, n.reserved,
+                  n.reserved_tenant, n.reserved_until, c.series}
     if c.cost then
-      for _, key in ipairs({c.spent_hour, c.tenant_spent_hour, c.spent_day, c.tenant_spent_day}) do
+      for _, key in ipairs({n.spent_hour, n.tenant_spent_hour, n.spent_day, n.tenant_spent_day}) do
         mine[#mine + 1] = key
       end
     end
-    if c.conversation_id then mine[#mine + 1] = c.conversation; mine[#mine + 1] = c.conversations end
+    if c.conversation_id then mine[#mine + 1] = c.conversation; mine[#mine + 1] = n.conversations end
     for _, key in ipairs(mine) do
       if broken[key] and not named[key] then
         named[key] = true
