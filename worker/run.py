@@ -113,7 +113,9 @@ class JobRun:
         usage = self.usage(status)
         result = self._result(status, error, usage)
         try:
-            await asyncio.shield(self._terminal(result, usage))  # (a cancel does not stop its write)
+            # (a cancel does not stop its write: it cancels only this wait, the write is the writer's
+            # task's; asyncio.shield did the same with a future and two callbacks more)
+            await self._terminal(result, usage)
         except JobStopped as e:
             if status == "completed":
                 result = self._result("failed", e.message, usage)
