@@ -108,7 +108,7 @@ async def _enqueue(redis, **given) -> int:
     second checked out (and opened) hundreds of pool connections: 39 % of the messenger's samples
     while bench/streams.py started 1,000 jobs."""
     try:
-        return await Batch.of(redis).run(enqueue_job.command(**given))  # type: ignore[attr-defined]
+        return await Batch.of(redis).run(enqueue_job.command_of(given))  # type: ignore[attr-defined]
     except (NoScriptError, TimeoutError) as e:
         return await _enqueue_again(redis, e, given)
 
@@ -134,6 +134,15 @@ async def _enqueue_again(redis, error: Exception, given: dict) -> int:
 
 SUBMIT_PATIENCE_SECONDS = 60.0  # a submit asked again after its pipeline gave up: how long it waits then
 
+
+# the enqueue script's keys and arguments that are the same for every job (JobQueue._given)
+_SHARED_SLOTS = dict(
+    queue=keys.QUEUE, recent=keys.RECENT_JOBS, wakeup=keys.WAKEUP_CHANNEL, job_ttl_ms=keys.JOB_EXPIRES_MS,
+    recent_kept=keys.RECENT_JOBS_KEPT, turns=keys.TURNS, band_width=turns.BAND_WIDTH, idle=keys.IDLE_WORKERS,
+    abort_set=keys.ABORT_SET, handoff_prefix=keys.HANDOFF_PREFIX, lease_prefix=keys.IN_PROGRESS_PREFIX,
+    retry_prefix=keys.RETRY_PREFIX, retry_ttl=keys.RETRY_KEPT_SECONDS, job_prefix=keys.JOB_PREFIX,
+    owner_prefix=keys.OWNER_PREFIX,
+)  # fmt: skip
 
 ANONYMOUS = OPERATOR  # a request without an API key (stdio, the CLI) is the local operator's
 
@@ -202,7 +211,7 @@ class JobQueue:
             _check_servers(request.mcp_servers, self.settings)
         payload = request.model_dump(exclude_none=True, exclude={"priority"})  # (priority: the queue's)
         given = self._given(job_id, "chat", payload, caller, priority=request.priority)
-        sent: asyncio.Future[int] = Batch.of(self.redis).send(enqueue_job.command(**given))  # type: ignore[attr-defined]
+        sent: asyncio.Future[int] = Batch.of(self.redis).send(enqueue_job.command_of(given))  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         submitted = Submitted(loop.create_future(), loop.create_future())
         sent.add_done_callback(functools.partial(self._landed, given, submitted))
@@ -281,15 +290,10 @@ class JobQueue:
         owner_ttl = (
             keys.JOB_EXPIRES_MS // 1000 + int(self.settings.job_timeout_seconds) + keys.KEEP_RESULT_SECONDS
         )
-        return dict(
-            job=keys.job(job_id), result=keys.result(job_id), queue=keys.QUEUE, recent=keys.RECENT_JOBS,
-            wakeup=keys.WAKEUP_CHANNEL, owner=keys.owner(job_id), job_id=job_id, payload=payload,
-            now_ms=now_ms, job_ttl_ms=keys.JOB_EXPIRES_MS, recent_kept=keys.RECENT_JOBS_KEPT,
-            max_depth=self.settings.max_queue_depth, caller=caller, owner_ttl_s=owner_ttl,
-            turns=keys.TURNS, band=turns.band(priority), band_width=turns.BAND_WIDTH, idle=keys.IDLE_WORKERS,
-            abort_set=keys.ABORT_SET, handoff_prefix=keys.HANDOFF_PREFIX, lease_prefix=keys.IN_PROGRESS_PREFIX,
-            retry_prefix=keys.RETRY_PREFIX, retry_ttl=keys.RETRY_KEPT_SECONDS, job_prefix=keys.JOB_PREFIX,
-            owner_prefix=keys.OWNER_PREFIX,
+        return dict(  # (the slots every job shares copied in one go: 26 keywords were 1.4 of 4.2 µs)
+            _SHARED_SLOTS, job=keys.job(job_id), result=keys.result(job_id), owner=keys.owner(job_id),
+            job_id=job_id, payload=payload, now_ms=now_ms, max_depth=self.settings.max_queue_depth,
+            caller=caller, owner_ttl_s=owner_ttl, band=turns.band(priority),
         )  # fmt: skip
 
     def _refusal(self, added: int, job_id: str) -> Exception | None:
