@@ -199,7 +199,7 @@ class JobQueue:
         job_id = job_id or new_job_id()
         if isinstance(request, ToolCallRequest) or self._admitting():
             return await self._submit_slowly(request, caller, job_id)
-        return await self.submitting(request, caller=caller, job_id=job_id).answer
+        return await self._sending(request, caller, job_id).answer
 
     def submitting(
         self, request: ChatRequest | ToolCallRequest, *, caller: str, job_id: str | None = None
@@ -212,14 +212,20 @@ class JobQueue:
         if isinstance(request, ToolCallRequest) or self._admitting():
             task = asyncio.ensure_future(self._submit_slowly(request, caller, job_id))
             return Submitted(task, asyncio.shield(task))
+        return self._sending(request, caller, job_id)
+
+    def _sending(self, request: ChatRequest, caller: str, job_id: str) -> Submitted:
+        """A chat request's enqueue put in the next Batch pipeline, no admission (its caller checked
+        that: once a submit, where `submit` asked it and then `submitting` again); the pipeline's
+        flush hands its reply to `_landed` (Batch.send_to), without a future and a loop callback."""
         if request.mcp_servers:
             _check_servers(request.mcp_servers, self.settings)
         payload = request.model_dump(exclude_none=True, exclude={"priority"})  # (priority: the queue's)
         given = self._given(job_id, "chat", payload, caller, priority=request.priority)
-        sent: asyncio.Future[int] = Batch.of(self.redis).send(enqueue_job.command_of(given))  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         submitted = Submitted(loop.create_future(), loop.create_future())
-        sent.add_done_callback(functools.partial(self._landed, given, submitted))
+        landed = functools.partial(self._landed, given, submitted)
+        Batch.of(self.redis).send_to(landed, enqueue_job.command_of(given))  # type: ignore[attr-defined]
         return submitted
 
     def _admitting(self) -> bool:
@@ -228,18 +234,17 @@ class JobQueue:
 
         return admission.enabled(self.settings)
 
-    def _landed(self, given: dict, submitted: Submitted, sent: asyncio.Future[int]) -> None:
+    def _landed(self, given: dict, submitted: Submitted, reply: int | BaseException) -> None:
         job_id = given["job_id"]
-        if sent.cancelled():
-            submitted.tell(job_id, asyncio.CancelledError())
-            return
-        error = sent.exception()
-        if isinstance(error, NoScriptError | TimeoutError):
-            task = asyncio.create_task(self._again(error, given, submitted))
+        if isinstance(reply, NoScriptError | TimeoutError):
+            task = asyncio.create_task(self._again(reply, given, submitted))
             _AGAIN.add(task)
             task.add_done_callback(_AGAIN.discard)
             return
-        submitted.tell(job_id, error or self._refusal(sent.result(), job_id))
+        if isinstance(reply, BaseException):
+            submitted.tell(job_id, reply)
+        else:
+            submitted.tell(job_id, self._refusal(reply, job_id))
 
     async def _again(self, error: Exception, given: dict, submitted: Submitted) -> None:
         job_id = given["job_id"]

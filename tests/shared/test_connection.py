@@ -10,6 +10,7 @@ import time
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis_server import RedisServer
 
 from shared import connection
@@ -115,6 +116,33 @@ async def test_a_batched_commands_error_is_its_callers_alone(redis_url):
         assert "WRONGTYPE" in str(results[0]) and results[1] == b"v"
         assert 0 < await redis.ttl("k") <= 60
     finally:
+        await redis.aclose()
+
+
+async def test_a_batch_hands_a_send_to_reply_to_its_callee_and_one_that_raises_fails_no_other(redis_url):
+    """Batch.send_to (a submit's enqueue): the reply, an error reply as its exception, goes to the
+    callee in the pipeline's flush; a callee that raises is the loop's exception handler's, and the
+    callers beside it in the same pipeline get their replies."""
+    redis = connect(redis_url)
+    batch = Batch(redis)
+    loop = asyncio.get_running_loop()
+    handled: list[dict] = []
+    loop.set_exception_handler(lambda _, context: handled.append(context))
+    got: list = []
+
+    def broken(reply):
+        raise RuntimeError("callee")
+
+    try:
+        await redis.hset("h", "x", "y")
+        batch.send_to(got.append, ("SET", "k", "v"))
+        batch.send_to(broken, ("GET", "k"))
+        batch.send_to(got.append, ("GETEX", "h", "EX", 60))
+        assert await batch.run(("GET", "k")) == b"v"  # (the same pipeline: all answered by then)
+        assert got[0] is True and isinstance(got[1], ResponseError) and "WRONGTYPE" in str(got[1])
+        assert [str(c["exception"]) for c in handled] == ["callee"]
+    finally:
+        loop.set_exception_handler(None)
         await redis.aclose()
 
 
