@@ -2,6 +2,7 @@
 the worker closes the provider stream, the caller gets `cancelled`, and partial usage is recorded."""
 
 import asyncio
+import contextlib
 import json
 
 import anyio
@@ -283,6 +284,31 @@ def losing_the_first_ending(monkeypatch) -> list:
     return lost
 
 
+@contextlib.asynccontextmanager
+async def in_process_worker(settings):
+    """A worker of `settings` running in this test's loop (its books can be read), stopped at the end."""
+    from worker.embedded import stop
+    from worker.runner import build_worker
+
+    worker = build_worker(settings, handle_signals=False)
+    running = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        await stop(worker, 5, running)
+
+
+def talking_slowly(openai_server, redis_url: str, **settings):
+    """Settings whose jobs stream 60 tokens 50 ms apart (3 s) from the test's OpenAI-compatible server."""
+    from shared.settings import load_settings
+
+    openai_server.script(reply=" ".join(f"w{i}" for i in range(60)), token_delay=0.05)
+    return load_settings(
+        redis_url=redis_url, ai_provider="openai", openai_base_url=openai_server.base_url,
+        openai_api_key="sk-x", **settings,
+    )  # fmt: skip
+
+
 async def test_a_job_cancelled_before_its_start_whose_ending_was_lost_never_runs(
     redis_url, clean_env, redis_server, monkeypatch
 ):
@@ -290,8 +316,6 @@ async def test_a_job_cancelled_before_its_start_whose_ending_was_lost_never_runs
     went away at that moment): its lease lapses, and the next claim must still see the cancel and end
     it, never run it. Before, the first claim had taken the job off arq:abort: the next one ran it."""
     from shared.settings import load_settings
-    from worker.embedded import stop
-    from worker.runner import build_worker
 
     lost = losing_the_first_ending(monkeypatch)
     client = redis_server.client()
@@ -300,13 +324,8 @@ async def test_a_job_cancelled_before_its_start_whose_ending_was_lost_never_runs
         client.set(keys.in_progress(job_id), b"a-dead-worker", px=1500)  # its lease, about to lapse
         cancelling = asyncio.create_task(runtime.jobs.cancel(job_id))
         await eventually(lambda: client.zscore(keys.ABORT_SET, job_id) is not None)
-        settings = load_settings(redis_url=redis_url, worker_lease_seconds=1)
-        worker = build_worker(settings, handle_signals=False)
-        running = asyncio.create_task(worker.async_run())
-        try:
+        async with in_process_worker(load_settings(redis_url=redis_url, worker_lease_seconds=1)):
             await eventually(lambda: client.exists(keys.result(job_id)), timeout=30)
-        finally:
-            await stop(worker, 5, running)
         await cancelling
         job = await runtime.jobs.get(job_id)
     assert lost, "no ending was lost"
@@ -323,30 +342,17 @@ async def test_a_running_job_cancelled_whose_ending_was_lost_never_runs_again(
     fails (Redis went away at that moment): its lease lapses, and the next claim must still see the
     cancel and end the job, never run it again. Before, the abort poll took the job off arq:abort as
     it stopped it: the next claim ran the job again from its start, to the end of its answer."""
-    from shared.settings import load_settings
-    from worker.embedded import stop
-    from worker.runner import build_worker
-
     lost = losing_the_first_ending(monkeypatch)
-    reply = " ".join(f"w{i}" for i in range(60))  # 3 s at 50 ms a token
-    openai_server.script(reply=reply, token_delay=0.05)
     client = redis_server.client()
-    settings = load_settings(
-        redis_url=redis_url, worker_lease_seconds=1, ai_provider="openai",
-        openai_base_url=openai_server.base_url, openai_api_key="sk-x",
-    )  # fmt: skip
+    settings = talking_slowly(openai_server, redis_url, worker_lease_seconds=1)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
-        worker = build_worker(settings, handle_signals=False)
-        running = asyncio.create_task(worker.async_run())
-        try:
+        async with in_process_worker(settings):
             job_id = await runtime.queue.submit(ChatRequest(message="talk"), caller="operator")
             await eventually(
                 lambda: "token" in [e["type"] for e in stream_events(client, job_id)], timeout=20
             )
             await runtime.jobs.cancel(job_id)
             await eventually(lambda: lost and client.exists(keys.result(job_id)), timeout=30)
-        finally:
-            await stop(worker, 5, running)
         job = await runtime.jobs.get(job_id)
     kinds = [e["type"] for e in stream_events(client, job_id)]
     assert kinds.count("start") == 1, f"the cancelled job ran again: {kinds}"
@@ -360,20 +366,10 @@ async def test_a_cancelled_running_job_leaves_nothing_behind_in_its_worker(
     not at every abort poll while its cancel ends it) until the job's task ends. `chat` takes a
     user's cancel and returns its 'cancelled' ending, so the mark was only dropped for a job that
     raised CancelledError: every cancelled job left its id there for the worker's life."""
-    from shared.settings import load_settings
-    from worker.embedded import stop
-    from worker.runner import build_worker
-
-    openai_server.script(reply=" ".join(f"w{i}" for i in range(60)), token_delay=0.05)
     client = redis_server.client()
-    settings = load_settings(
-        redis_url=redis_url, ai_provider="openai", openai_base_url=openai_server.base_url,
-        openai_api_key="sk-x",
-    )  # fmt: skip
+    settings = talking_slowly(openai_server, redis_url)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
-        worker = build_worker(settings, handle_signals=False)
-        running = asyncio.create_task(worker.async_run())
-        try:
+        async with in_process_worker(settings) as worker:
             job_ids = [
                 await runtime.queue.submit(ChatRequest(message="talk"), caller="operator") for _ in range(3)
             ]
@@ -386,8 +382,6 @@ async def test_a_cancelled_running_job_leaves_nothing_behind_in_its_worker(
             await eventually(lambda: all(client.exists(keys.result(j)) for j in job_ids), timeout=30)
             await eventually(lambda: not worker.job_tasks, timeout=10)
             left = set(worker.aborting_tasks)
-        finally:
-            await stop(worker, 5, running)
         jobs = [await runtime.jobs.get(j) for j in job_ids]
     assert [j.status for j in jobs] == ["cancelled"] * 3, jobs
     assert left == set(), f"cancelled jobs' ids left in the worker: {left}"
@@ -399,29 +393,18 @@ async def test_a_job_past_arqs_timeout_is_stopped_by_the_sweep_and_fails_with_it
     """arq's job timeout (the backstop past JOB_TIMEOUT_SECONDS) is one sweep a worker while jobs run
     (worker/wakeups.py `_sweep`), not a timer a job: a job still running past it is cancelled and ends
     as asyncio.timeout ended it, failed with TimeoutError, and leaves nothing in the sweep's books."""
-    from shared.settings import load_settings
     from worker import wakeups
-    from worker.embedded import stop
-    from worker.runner import build_worker
 
     monkeypatch.setattr(wakeups, "TIMEOUT_SWEEP_SECONDS", 0.1)
-    openai_server.script(reply=" ".join(f"w{i}" for i in range(60)), token_delay=0.05)  # 3 s
     client = redis_server.client()
-    settings = load_settings(
-        redis_url=redis_url, ai_provider="openai", openai_base_url=openai_server.base_url,
-        openai_api_key="sk-x",
-    )  # fmt: skip
+    settings = talking_slowly(openai_server, redis_url)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
-        worker = build_worker(settings, handle_signals=False)
-        worker.job_timeout_s = 0.5  # (JOB_TIMEOUT_SECONDS + 30 as configured: the job's own never fires)
-        running = asyncio.create_task(worker.async_run())
-        try:
+        async with in_process_worker(settings) as worker:
+            worker.job_timeout_s = 0.5  # (JOB_TIMEOUT_SECONDS + 30 as configured: the job's own never fires)
             job_id = await runtime.queue.submit(ChatRequest(message="talk"), caller="operator")
             await eventually(lambda: client.exists(keys.result(job_id)), timeout=20)
             await eventually(lambda: worker._sweeper is None, timeout=5)
             books = (dict(worker._timeouts), set(worker._timed_out), dict(worker.job_tasks))
-        finally:
-            await stop(worker, 5, running)
         job = await runtime.jobs.get(job_id)
     kinds = [e["type"] for e in stream_events(client, job_id)]
     assert job.status == "failed" and "TimeoutError" in (job.error or ""), job
