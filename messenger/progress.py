@@ -389,10 +389,14 @@ class ProgressRelay:
         ):
             return False
         self.pending.append(event.text)
+        self._hold(transcript)
+        return True
+
+    def _hold(self, transcript: Transcript) -> None:
+        """The pending text waits for the call's next tick (booked once: later tokens join it)."""
         if self.held is None:
             self.held = _Held(self, transcript)
             _at_tick(self.text_free_at, self.held)
-        return True
 
     def _burst_due(self) -> None:
         """The loop's next turn after a burst began: mostly its last event has sent it by now (an
@@ -423,9 +427,8 @@ class ProgressRelay:
             self.pending.append(event.text)
             if self.sent_text_of != event.attempt or self._due(transcript):
                 await self._flush(transcript)
-            elif self.held is None:
-                self.held = _Held(self, transcript)
-                _at_tick(self.text_free_at, self.held)
+            else:
+                self._hold(transcript)
         elif event.type == "start":
             STREAMING.add(self)  # (once an attempt, not a new weak reference every token)
             self.pending.clear()  # a re-run: its tokens replace the old attempt's

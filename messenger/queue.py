@@ -108,7 +108,7 @@ async def _enqueue(redis, **given) -> int:
     second checked out (and opened) hundreds of pool connections: 39 % of the messenger's samples
     while bench/streams.py started 1,000 jobs."""
     try:
-        return await Batch.of(redis).run(enqueue_job.command_of(given))  # type: ignore[attr-defined]
+        return await Batch.of(redis).run(enqueue_job.command(given))  # type: ignore[attr-defined]
     except (NoScriptError, TimeoutError) as e:
         return await _enqueue_again(redis, e, given)
 
@@ -225,7 +225,7 @@ class JobQueue:
         loop = asyncio.get_running_loop()
         submitted = Submitted(loop.create_future(), loop.create_future())
         landed = functools.partial(self._landed, given, submitted)
-        Batch.of(self.redis).send_to(landed, enqueue_job.command_of(given))  # type: ignore[attr-defined]
+        Batch.of(self.redis).send_to(landed, enqueue_job.command(given))  # type: ignore[attr-defined]
         return submitted
 
     def _admitting(self) -> bool:

@@ -377,7 +377,7 @@ def command(counts: list[dict]) -> tuple:
     """The counts `prepare` made for the jobs ending together, as one command for the MULTI that
     stores their results (worker/endings.py), so they land together; its reply is one per job, in
     order, each for `recorded`."""
-    return _record.command(**_BATCH, counts=[_encoded(count) for count in counts])  # type: ignore[attr-defined]
+    return _record.command({**_BATCH, "counts": [_encoded(count) for count in counts]})  # type: ignore[attr-defined]
 
 
 def _encoded(count: dict) -> str | bytes:

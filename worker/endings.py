@@ -123,7 +123,7 @@ def _named(queue: str) -> dict[str, str]:
 
 def end_command(queue: str, endings: list[Ending]) -> tuple:
     """`end_jobs` of these endings, as one command for a MULTI."""
-    return end_jobs.command(**_named(queue), jobs=[value for one in endings for value in one])  # type: ignore[attr-defined]
+    return end_jobs.command({**_named(queue), "jobs": [value for one in endings for value in one]})  # type: ignore[attr-defined]
 
 
 async def end_one(redis, queue: str, one: Ending) -> object:

@@ -33,6 +33,7 @@ from shared.tokens import estimate_tokens, well_formed
 from shared.tool_client import ToolServers
 from worker import accounting, fallbacks, journal, pause
 from worker.capacity import Capacity
+from worker.deadlines import Deadlines
 from worker.history import earlier_turns
 from worker.metrics import WorkerMetrics
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd, ToolCall
@@ -44,57 +45,6 @@ from worker.tool_use import Toolbox, TurnLog, open_toolbox, run_tool_calls
 log = logging.getLogger("worker.job")
 
 DEFAULTS_MAX_AGE = 1.0  # seconds a worker trusts its copy of configure_ai_model's defaults
-
-
-class Deadlines:
-    """asyncio.timeout for the running jobs of a worker, with one timer for all of them, set for the
-    soonest deadline (each asyncio.timeout set and cancelled a timer of its own: its Timeout object,
-    current_task, call_at, ~2 % of a no-op job's CPU). A job's deadline cancels its task; `passed`, in
-    the job's `except CancelledError`, says whether that cancel was the deadline's (asyncio.timeout's
-    rule: no other cancel since), and the job raises TimeoutError as asyncio.timeout did."""
-
-    def __init__(self) -> None:
-        self._due: dict[asyncio.Task, float] = {}  # task -> its loop time
-        self._expired: set[asyncio.Task] = set()  # cancelled by their deadline, not yet stopped
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = float("inf")  # when the timer fires
-
-    def start(self, task: asyncio.Task, seconds: float) -> int:
-        """`task` is cancelled `seconds` from now unless `stop` comes first; answers what `passed` needs."""
-        loop = task.get_loop()
-        self._due[task] = due = loop.time() + seconds
-        if due < self._at:  # (the first, or sooner than the rest: JOB_TIMEOUT_SECONDS changed)
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer, self._at = loop.call_at(due, self._fire, loop), due
-        return task.cancelling()
-
-    def passed(self, task: asyncio.Task, cancelling: int) -> bool:
-        """The CancelledError `task` is handling is its deadline's (then it raises TimeoutError)."""
-        if task not in self._expired:
-            return False
-        self._expired.discard(task)
-        return task.uncancel() <= cancelling
-
-    def stop(self, task: asyncio.Task) -> None:
-        """The task is out of the deadline's block (once, however it left it)."""
-        self._due.pop(task, None)
-        if task in self._expired:  # (cancelled as it left the block: asyncio.timeout takes it back too)
-            self._expired.discard(task)
-            task.uncancel()
-
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        now, soonest = loop.time(), float("inf")
-        for task, due in list(self._due.items()):
-            if due <= now:
-                del self._due[task]
-                self._expired.add(task)
-                task.cancel()
-            elif due < soonest:
-                soonest = due
-        self._timer, self._at = None, soonest
-        if soonest < float("inf"):
-            self._timer = loop.call_at(soonest, self._fire, loop)
 
 
 @dataclass

@@ -59,6 +59,7 @@ from shared.serializer import serialize_plain
 from shared.settings import Settings
 from worker import accounting, pause
 from worker.claim import Claimed, claim_jobs, give_back, still_handed
+from worker.deadlines import Deadlines
 from worker.endings import Ending, Endings, end_one, ending
 from worker.heartbeat import beat_interval, renew_leases
 from worker.intake import job_id_problem, read_job
@@ -69,7 +70,6 @@ arq_log = logging.getLogger("arq.worker")  # the lines arq's own run_job logs, u
 NO_RESULT = object()  # arq's `no_result`: a job handed back to the queue stores nothing
 
 
-TIMEOUT_SWEEP_SECONDS = 1.0  # how late arq's job timeout (a backstop, JOB_TIMEOUT_SECONDS + 30) may fire
 STARTUP_BACKOFF = (0.5, 5.0)  # seconds: first and longest wait between start-up checks of Redis
 
 
@@ -172,12 +172,9 @@ class QueueWorker(Worker):
         self._claims = itertools.count()  # each claim's own key (keys.claim): a claim sent again knows it
         self._heartless: str | None = None  # why the heartbeat stopped while we run: main() ends with it
         self._abort_set_junk = False  # arq:abort holds another type (said once)
-        # arq's job timeout, the backstop (the job enforces its own, worker/job.py): each running job's
-        # loop time past it and its task, looked at by one sweep a second (`_sweep`) while jobs run,
-        # where an asyncio.timeout a job was a timer of its own to set and cancel (~2 % of a no-op job)
-        self._timeouts: dict[str, tuple[float, asyncio.Task]] = {}
-        self._timed_out: set[str] = set()  # cancelled by the sweep, not yet ended
-        self._sweeper: asyncio.TimerHandle | None = None
+        # arq's job timeout, the backstop (the job enforces its own, worker/job.py): one timer for all
+        # running jobs, where an asyncio.timeout a job was a timer of its own to set and cancel
+        self._deadlines = Deadlines()
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -515,23 +512,18 @@ class QueueWorker(Worker):
         # the job starts); an abort cancels this task, which the function sees as arq's would
         self.job_tasks[job_id] = task  # type: ignore[assignment]
         timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
-        self._timeouts[job_id] = (self.loop.time() + timeout_s, task)
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(TIMEOUT_SWEEP_SECONDS, self._sweep)
-        cancelling = task.cancelling()
+        cancelling = self._deadlines.start(task, timeout_s)
         aborted = False
         try:
             try:
                 result = await function.coroutine(ctx, *args, **kwargs)
             except asyncio.CancelledError:
-                # the sweep's cancel (and no other since: asyncio.timeout's rule) is arq's timeout
-                if job_id in self._timed_out and task.uncancel() <= cancelling:
+                if self._deadlines.passed(task, cancelling):  # arq's timeout, as asyncio.timeout's
                     raise TimeoutError from None
                 raise
             finally:
                 del self.job_tasks[job_id]
-                del self._timeouts[job_id]
-                self._timed_out.discard(job_id)
+                self._deadlines.stop(task)
                 # (a user's cancel mostly ends here: `chat` takes its CancelledError and returns the
                 # 'cancelled' ending, so _outcome never sees it: the id went nowhere, one a cancel)
                 aborted = job_id in self.aborting_tasks
@@ -541,16 +533,6 @@ class QueueWorker(Worker):
         else:
             self.jobs_complete += 1
             await ending(job_try, start_ms, result, success=True, count=ctx["ending"].get("count"))
-
-    def _sweep(self) -> None:
-        """Cancel the running jobs past arq's timeout (`_run_claimed` raises their TimeoutError); again in
-        TIMEOUT_SWEEP_SECONDS while jobs run."""
-        now = self.loop.time()
-        for job_id, (due, task) in self._timeouts.items():
-            if due <= now and job_id not in self._timed_out:
-                self._timed_out.add(job_id)
-                task.cancel()
-        self._sweeper = self.loop.call_later(TIMEOUT_SWEEP_SECONDS, self._sweep) if self._timeouts else None
 
     def _outcome(self, ref: str, e: BaseException, score: int, start_ms: int, *, aborted: bool) -> tuple:
         """arq's reading of a job that raised: (result to store or NO_RESULT, finish it?, retry delay)."""

@@ -387,15 +387,12 @@ async def test_a_cancelled_running_job_leaves_nothing_behind_in_its_worker(
     assert left == set(), f"cancelled jobs' ids left in the worker: {left}"
 
 
-async def test_a_job_past_arqs_timeout_is_stopped_by_the_sweep_and_fails_with_its_timeout(
-    redis_url, clean_env, redis_server, openai_server, monkeypatch
+async def test_a_job_past_arqs_timeout_is_stopped_by_the_workers_deadlines_and_fails_with_its_timeout(
+    redis_url, clean_env, redis_server, openai_server
 ):
-    """arq's job timeout (the backstop past JOB_TIMEOUT_SECONDS) is one sweep a worker while jobs run
-    (worker/wakeups.py `_sweep`), not a timer a job: a job still running past it is cancelled and ends
-    as asyncio.timeout ended it, failed with TimeoutError, and leaves nothing in the sweep's books."""
-    from worker import wakeups
-
-    monkeypatch.setattr(wakeups, "TIMEOUT_SWEEP_SECONDS", 0.1)
+    """arq's job timeout (the backstop past JOB_TIMEOUT_SECONDS) is the worker's one Deadlines timer
+    (worker/deadlines.py), not a timer a job: a job still running past it is cancelled and ends as
+    asyncio.timeout ended it, failed with TimeoutError, and leaves nothing in the deadlines' books."""
     client = redis_server.client()
     settings = talking_slowly(openai_server, redis_url)
     async with runtime_for(redis_url) as runtime, asyncio.timeout(40):
@@ -403,9 +400,10 @@ async def test_a_job_past_arqs_timeout_is_stopped_by_the_sweep_and_fails_with_it
             worker.job_timeout_s = 0.5  # (JOB_TIMEOUT_SECONDS + 30 as configured: the job's own never fires)
             job_id = await runtime.queue.submit(ChatRequest(message="talk"), caller="operator")
             await eventually(lambda: client.exists(keys.result(job_id)), timeout=20)
-            await eventually(lambda: worker._sweeper is None, timeout=5)
-            books = (dict(worker._timeouts), set(worker._timed_out), dict(worker.job_tasks))
-        job = await runtime.jobs.get(job_id)
+            deadlines = worker._deadlines
+            await eventually(lambda: deadlines._timer is None, timeout=5)
+            books = (dict(deadlines._due), set(deadlines._expired), dict(worker.job_tasks))
+    job = await runtime.jobs.get(job_id)
     kinds = [e["type"] for e in stream_events(client, job_id)]
     assert job.status == "failed" and "TimeoutError" in (job.error or ""), job
     assert kinds.count("token") < 60 and "done" not in kinds, kinds

@@ -16,7 +16,8 @@ from shared.events import TERMINAL, TokenUsage
 from shared.models import JobResult, ResultUsage, ToolCallRecord
 from shared.serializer import serialize_plain
 from shared.settings import load_settings
-from worker.job import Deadlines, WorkerState, chat
+from worker.deadlines import Deadlines
+from worker.job import WorkerState, chat
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
 from worker.providers.mock import MockProvider, mock_reply
 from worker.publisher import EventWriter
@@ -284,7 +285,7 @@ async def test_provider_error_mid_stream_keeps_the_partial_text(redis, clean):
 
 
 async def test_the_workers_deadlines_cancel_each_job_at_its_own_time_with_one_timer():
-    """worker/job.py Deadlines, asyncio.timeout's stand-in: the soonest deadline fires first whatever
+    """worker/deadlines.py Deadlines, asyncio.timeout's stand-in: the soonest deadline fires first whatever
     order they were set in, a job out of its block in time is never cancelled, and a cancel of another's
     on top of the deadline's is not the deadline's (the job raises CancelledError, not TimeoutError)."""
     deadlines, ended = Deadlines(), {}
