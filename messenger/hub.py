@@ -33,17 +33,31 @@ class Mailbox:
     waiter. An asyncio.Queue's bookkeeping (unfinished-task count, its Event, getter and putter
     queues, a loop check per get) cost 1.5-2 µs of every relayed event with 1,000 jobs followed."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_waiter", "direct")
 
     def __init__(self) -> None:
         self._items: deque = deque()
         self._waiter: asyncio.Future[None] | None = None
+        # while the reader waits on an empty mailbox: takes a message in the putter's turn (None:
+        # taken) or hands back what to queue (collector.follow_events: a token its relay only holds)
+        self.direct: Callable[[object], object] | None = None
 
     def put_nowait(self, item: object) -> None:
-        self._items.append(item)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is None or waiter.done():
+            self._items.append(item)
+            return
+        if self.direct is not None and not self._items:
+            try:
+                left = self.direct(item)
+            except Exception as e:  # (the reader's own: it reads the message itself)
+                log.debug("a message taken at once failed (%r); queued", e)
+                left = item
+            if left is None:
+                return
+            item = left
+        self._items.append(item)
+        waiter.set_result(None)
 
     def empty(self) -> bool:
         return not self._items

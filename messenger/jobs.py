@@ -253,7 +253,8 @@ class JobClient:
             async with asyncio.timeout(timeout):
                 if on_event:  # the caller hears of its job at once (its id), not at its first event
                     await on_event(None, transcript)
-                async for event in follow_events(self.redis, transcript, live):
+                holder = on_event if hasattr(on_event, "takes") else None  # (a ProgressRelay)
+                async for event in follow_events(self.redis, transcript, live, holder):  # type: ignore[arg-type]
                     if on_event:
                         await on_event(event, transcript)
                     if until_input and event is not None and event.type == "input_required":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ log = logging.getLogger("messenger.progress")
 PROGRESS_INTERVAL = 0.02
 BUSY_CALLS = 100  # more calls than this streaming text in one process: each sends text less often,
 BUSY_INTERVAL = 0.1  # every BUSY_INTERVAL seconds (fewer notifications: the CPU for more callers)
+TICK_PHASES = 2  # on one of this many clocks, evenly apart: each tick's burst of writes a share of the calls
 NOTICE_CHARS = 300  # a tool's arguments or result in `_meta` are cut to this many characters
 
 JOB_ID = "mcp-queue/jobId"  # every notification: the job that answers this call
@@ -151,6 +153,7 @@ def job_label(meta: dict[str, Any] | None) -> str:
     return f"@{job}:{attempt}.{seq}"
 
 
+_RELAYS = itertools.count()  # relays made so far: each takes the next tick clock
 STREAMING: weakref.WeakSet[ProgressRelay] = weakref.WeakSet()  # this process's relays of started jobs
 _ENDING: set[asyncio.Task[Any]] = set()  # bursts' holds and ticks' writes being sent off the follower's path
 
@@ -179,16 +182,21 @@ def text_interval() -> float:
     return BUSY_INTERVAL if len(STREAMING) > BUSY_CALLS else PROGRESS_INTERVAL
 
 
-def next_text_at(sent: float, due: float) -> float:
+def next_text_at(sent: float, due: float, phase: float = 0.0) -> float:
     """When a call's text may go out again after text sent at `sent` (due at `due`): PROGRESS_INTERVAL
-    later, and while more than BUSY_CALLS calls stream on the tick of a clock every call keeps (ticks
-    BUSY_INTERVAL apart, so the calls' held text goes out together): the tick after the one it was due
-    at, or a later one when it went out over a fifth of an interval late (a busy loop sends no more
-    often for it)."""
+    later, and while more than BUSY_CALLS calls stream on the tick of the clock the call keeps (ticks
+    BUSY_INTERVAL apart, `phase` of an interval after the whole ones, so the held text of the calls
+    on that clock goes out together): the tick after the one it was due at, or a later one when it
+    went out over a fifth of an interval late (a busy loop sends no more often for it).
+
+    Why TICK_PHASES clocks, not one: a tick stores and writes each of its calls' text in turn, 30-45
+    ms for 1,000 calls, and the last call's tokens waited all of it; two clocks half an interval
+    apart each write half the calls, for the same CPU (bench/NOTES.md)."""
     if len(STREAMING) <= BUSY_CALLS:  # a few calls: each at its own pace (a small model's ~30 ms gaps)
         return sent + PROGRESS_INTERVAL
     earliest = max(due + BUSY_INTERVAL, sent + BUSY_INTERVAL * 0.8)
-    return math.ceil(earliest / BUSY_INTERVAL - 1e-6) * BUSY_INTERVAL  # (the same float for every call)
+    # (the same float for every call on the clock: the tick's key)
+    return (math.ceil(earliest / BUSY_INTERVAL - phase - 1e-6) + phase) * BUSY_INTERVAL
 
 
 _TICKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, list[_Held]]] = (
@@ -344,6 +352,7 @@ class ProgressRelay:
         self.burst: Any = None  # the hold (RequestStream) kept open across a burst's events
         self.burst_ends = False  # the loop turned while an event of the burst was being relayed
         self.relaying = False  # inside `_relay` (it may wait: for the sending lock, the SDK's stream)
+        self.phase = next(_RELAYS) % TICK_PHASES / TICK_PHASES  # its tick clock's (next_text_at)
 
     async def __call__(self, event: Event | None, transcript: Transcript) -> None:
         """Relay one event. Its log message, text and status go out together (one store entry, one
@@ -380,17 +389,25 @@ class ProgressRelay:
         token while many calls stream): no hold opened and closed, no listener called, no await;
         `_relay`'s token branch in short, where it sends nothing. Why: most tokens while many calls
         stream, each a hold's enter and exit and the listener's call for nothing (bench/NOTES.md)."""
-        if (
-            type(event) is not TokenEvent
-            or self.burst is not None
-            or self.sent_text_of != event.attempt
-            or not (self.lifecycle is None or getattr(self.lifecycle, "tokens_pass", False))
-            or self._due(transcript)
-        ):
+        if type(event) is not TokenEvent or not self.takes(event, transcript):
             return False
+        self.take(event, transcript)
+        return True
+
+    def takes(self, event: TokenEvent, transcript: Transcript) -> bool:
+        """Whether holding the token's text is all this relay would do with it (collector.Holder)."""
+        return (
+            self.burst is None
+            and self.sent_text_of == event.attempt
+            and (self.lifecycle is None or getattr(self.lifecycle, "tokens_pass", False))
+            and not self._due(transcript)
+        )
+
+    def take(self, event: TokenEvent, transcript: Transcript) -> None:
+        """Hold the token's text for the call's next tick (`takes` said so)."""
+        self.job_id = transcript.job_id
         self.pending.append(event.text)
         self._hold(transcript)
-        return True
 
     def _hold(self, transcript: Transcript) -> None:
         """The pending text waits for the call's next tick (booked once: later tokens join it)."""
@@ -487,7 +504,7 @@ class ProgressRelay:
             return None
         text, self.pending = "".join(self.pending), []
         self._advance(transcript)
-        self.text_free_at = next_text_at(time.monotonic(), self.text_free_at)
+        self.text_free_at = next_text_at(time.monotonic(), self.text_free_at, self.phase)
         self.sent_text_of = transcript.attempt
         return self.progress, text, self._meta(transcript)
 

@@ -267,3 +267,102 @@ async def test_a_follower_is_told_how_many_messages_wait_behind_each_event(redis
     behind.append(transcript.behind)
     assert behind == [2, 1, 0, 0]
     await events.aclose()
+
+
+class Holding:
+    """A holder (collector.Holder) like a busy ProgressRelay: it takes tokens while `willing`."""
+
+    def __init__(self, fail: bool = False):
+        self.willing, self.fail = True, fail
+        self.took: list[str] = []
+
+    def takes(self, event: TokenEvent, transcript: Transcript) -> bool:
+        return self.willing
+
+    def take(self, event: TokenEvent, transcript: Transcript) -> None:
+        if self.fail:
+            raise RuntimeError("the holder's own bug")
+        self.took.append(event.text)
+
+
+async def parked(events) -> asyncio.Task:
+    """The follower's next step, run until it waits on its empty mailbox."""
+    step = asyncio.ensure_future(anext(events))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not step.done()
+    return step
+
+
+@pytest.mark.anyio
+async def test_a_parked_followers_tokens_are_taken_in_the_putters_turn_and_the_rest_wake_it(redis, caplog):
+    """While the follower waits on an empty mailbox, a token that is the next event and that its
+    holder only holds is applied and taken inside put_nowait (the hub's turn: the follower is not
+    woken, one loop turn less on the token's way); anything else wakes it as before: an event the
+    holder does not take (yielded once, parsed once), a gap (filled from the stream), junk (skipped)."""
+    e = Events()
+    live, transcript, holder = Mailbox(), Transcript(JOB), Holding()
+    events = follow_events(redis, transcript, live, holder)
+    live.put_nowait(dump_event(e.start()))
+    assert (await anext(events)).type == "start"
+    step = await parked(events)
+    for i in range(3):
+        live.put_nowait(dump_event(e.token(f"t{i} ")))
+    assert (
+        holder.took == ["t0 ", "t1 ", "t2 "] and transcript.text == "t0 t1 t2 " and transcript.last_seq == 3
+    )
+    assert live.empty() and not step.done()
+    live.put_nowait(b"not an event")  # skipped where it came, with the follower's warning
+    assert "malformed event" in caplog.text and live.empty() and not step.done()
+    holder.willing = False  # (text due: the relay sends it, which needs the follower)
+    live.put_nowait(dump_event(e.token("t3 ")))
+    assert (await step).text == "t3 " and transcript.last_seq == 4 and holder.took == ["t0 ", "t1 ", "t2 "]
+    holder.willing = True
+    stored = [e.token("t4 "), e.token("t5 ")]
+    await publish_events(redis, stored)  # t4 reached the stream, its message was lost: t5 is a gap
+    step = await parked(events)
+    live.put_nowait(dump_event(stored[1]))
+    assert [(await step).text, (await anext(events)).text] == ["t4 ", "t5 "]  # replayed, in order
+    step = await parked(events)
+    live.put_nowait(dump_event(e.done()))
+    assert (await step).type == "done"
+    assert transcript.text == "t0 t1 t2 t3 t4 t5 " and transcript.whole
+    await events.aclose()
+    assert live.direct is None  # (the follow ended: nothing is taken for it any more)
+
+
+@pytest.mark.anyio
+async def test_a_holder_that_fails_loses_no_token_and_the_hub_goes_on(redis):
+    """A holder raising inside put_nowait (the hub's reading task) neither kills that task nor
+    loses the token: the message goes to the follower, which sees it as applied (stale) and the
+    transcript keeps it."""
+    e = Events()
+    live, transcript = Mailbox(), Transcript(JOB)
+    events = follow_events(redis, transcript, live, Holding(fail=True))
+    live.put_nowait(dump_event(e.start()))
+    await anext(events)
+    step = await parked(events)
+    live.put_nowait(dump_event(e.token("kept ")))  # (no exception here)
+    live.put_nowait(dump_event(e.done()))
+    assert (await step).type == "done" and transcript.text == "kept "
+    await events.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_follower_whose_tokens_are_all_taken_is_not_told_it_is_idle(redis, monkeypatch):
+    """Tokens taken in the hub's turn count as heard from the job: the idle tick (None: the follower
+    re-checks whether the job ended unseen) comes only after IDLE_SECONDS with none at all."""
+    monkeypatch.setattr(collector, "IDLE_SECONDS", 0.2)
+    e = Events()
+    live, transcript = Mailbox(), Transcript(JOB)
+    events = follow_events(redis, transcript, live, Holding())
+    assert await anext(events) is None  # (nothing yet: its first idle tick)
+    live.put_nowait(dump_event(e.start()))
+    assert (await anext(events)).type == "start"
+    step = asyncio.ensure_future(anext(events))
+    for i in range(8):  # 0.4 s of tokens, 0.05 s apart: two idle periods' worth, never idle
+        await asyncio.sleep(0.05)
+        live.put_nowait(dump_event(e.token(f"{i}")))
+    assert not step.done() and transcript.tokens == 8
+    assert await step is None  # and once they stop, it is told
+    await events.aclose()

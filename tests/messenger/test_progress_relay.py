@@ -192,8 +192,14 @@ async def test_with_many_calls_streaming_their_held_text_goes_out_together_an_in
     assert not sent_at, "within the interval: held back"
     with anyio.fail_after(2):
         await all_sent.wait()
-    turns = {at_turn for _, at_turn in sent_at.values()}  # two when a tick fell among their first texts
-    assert len(turns) <= 2, f"{len(turns)} loop turns sent them"
+    for phase in {relay.phase for relay in relays}:  # each clock's calls together (two turns when one
+        turns = {sent_at[i][1] for i, relay in enumerate(relays) if relay.phase == phase}  # of its ticks
+        assert len(turns) <= 2, f"{len(turns)} loop turns sent them"  # fell among their first texts)
+    phases = sorted(relay.phase for relay in relays)  # the calls split evenly between the clocks
+    assert (
+        len(set(phases)) == progress.TICK_PHASES
+        and phases.count(phases[0]) >= len(relays) // progress.TICK_PHASES
+    )
     for i, sink in enumerate(sinks):
         first = next(when for when, text in sink.sent if text == "a")
         assert sent_at[i][0] - first >= BUSY_INTERVAL * 0.8
@@ -539,7 +545,10 @@ async def test_the_held_text_of_calls_due_at_one_tick_is_one_task_and_one_pipeli
     finally:
         loop.set_task_factory(None)
     mine = [name for name in tasks if name not in ("Batch._flush", "feed")]  # (the store's, the test's)
-    assert len(rung) <= 2 and pipelines[0] <= len(rung) + 2, (rung, pipelines)  # (+2: the two endings)
+    assert len(rung) <= 2 * progress.TICK_PHASES and pipelines[0] <= len(rung) + 2, (
+        rung,
+        pipelines,
+    )  # (+2: the endings)
     assert len(mine) <= len(rung), f"{len(mine)} tasks for {len(rung)} ticks: {sorted(set(mine))}"
     for i, (_, client) in enumerate(calls):
         said = client.said()
