@@ -483,4 +483,6 @@ MAX_TOKENS = 2**40  # a job's count as the batch script adds it up (Lua's double
 
 def _tokens(n: object) -> int:
     """A token count from a provider's usage (any number a server said), as the script can add it."""
+    if type(n) is int and 0 <= n <= MAX_TOKENS:  # (the usual count, as it is: 3 a job)
+        return n
     return min(max(int(n), 0), MAX_TOKENS) if isinstance(n, int | float) and n == n else 0

@@ -420,21 +420,26 @@ async def _model_turn(
 async def _stream_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamEnd | None:
     """Stream one model turn into the job's text and events; answers how it ended."""
     end = None
+    text, token = run.text, run.publisher.token  # (per token: ~17 a no-op job, each lookup counts)
     async with aclosing(run.state.provider.stream(call)) as pieces:
         async for piece in pieces:
-            if isinstance(piece, StreamEnd):
-                end = piece if not piece.tool_calls else replace(piece, tool_calls=tuple(
-                    replace(c, name=well_formed(c.name), arguments=well_formed(c.arguments)) for c in piece.tool_calls
-                ))  # fmt: skip
-                continue
-            piece = well_formed(piece)
-            if not run.text:
-                run.first_token()
-            elif not turn and not run.text[-1][-1:].isspace():
-                piece = "\n\n" + piece  # a new turn's text starts a new paragraph
-            run.text.append(piece)
+            if type(piece) is not str:  # (a StreamEnd; a str subclass from a provider is rare)
+                if isinstance(piece, StreamEnd):
+                    end = piece if not piece.tool_calls else replace(piece, tool_calls=tuple(
+                        replace(c, name=well_formed(c.name), arguments=well_formed(c.arguments))
+                        for c in piece.tool_calls
+                    ))  # fmt: skip
+                    continue
+            if not piece.isascii():  # (ASCII has no lone surrogate; isascii is a flag's read)
+                piece = well_formed(piece)
+            if not turn:  # the turn's first piece
+                if not text:
+                    run.first_token()
+                elif not text[-1][-1:].isspace():
+                    piece = "\n\n" + piece  # a new turn's text starts a new paragraph
+            text.append(piece)
             turn.append(piece)
-            run.publisher.token(piece)
+            token(piece)
     return end
 
 
