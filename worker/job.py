@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import time
-from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -421,7 +420,8 @@ async def _stream_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamE
     """Stream one model turn into the job's text and events; answers how it ended."""
     end = None
     text, token = run.text, run.publisher.token  # (per token: ~17 a no-op job, each lookup counts)
-    async with aclosing(run.state.provider.stream(call)) as pieces:
+    pieces = run.state.provider.stream(call)
+    try:
         async for piece in pieces:
             if type(piece) is not str:  # (a StreamEnd; a str subclass from a provider is rare)
                 if isinstance(piece, StreamEnd):
@@ -440,6 +440,9 @@ async def _stream_turn(run: JobRun, call: ModelCall, turn: list[str]) -> StreamE
             text.append(piece)
             turn.append(piece)
             token(piece)
+    except BaseException:  # a stream left midway: its cleanup (a connection's release) runs now
+        await pieces.aclose()  # (aclosing's await of it, ~1 µs, was spent on every finished stream too)
+        raise
     return end
 
 
