@@ -23,7 +23,7 @@ from worker.providers import ModelCall, ProviderError, StreamEnd
 
 log = logging.getLogger("worker.fallbacks")
 
-Turn = Callable[[ModelCall], Awaitable[StreamEnd | None]]
+Turn = Callable[[ModelCall, bool], Awaitable[StreamEnd | None]]  # (the call, whether a model comes after)
 
 
 def chain(settings: Settings, model: str) -> list[str]:
@@ -45,14 +45,15 @@ async def first_turn(
 ) -> tuple[StreamEnd | None, ModelCall, str | None]:
     """Run the job's first model turn down the chain; answers how it ended, the call as it ran (its
     model is the one the later turns use) and the model first asked when another one answered.
-    `streamed`: the text the turn has yielded so far."""
+    `streamed`: the text the turn has yielded so far; `turn` is told whether a model comes after
+    the one it runs (a fallback: it waits less for its model's limits)."""
     models = chain(settings, call.model)
     failures: list[str] = []
     first_failed = ""
     for i, model in enumerate(models):
         this = call if model == call.model else replace(call, model=model)  # (frozen: the same call)
         try:
-            end = await turn(this)
+            end = await turn(this, i + 1 < len(models))
         except McpQueueError as e:
             if i and not replaceable(e):  # a fallback failed for good: say which, and after what
                 e.message = f"fallback model {model!r} (after {first_failed}): {e.message}"

@@ -17,10 +17,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.trace import INVALID_SPAN, SpanKind
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared import approvals, damaged, keys, prices, tracing
 from shared.errors import JobStopped, McpQueueError, ReservationSpent, ToolRoundsExceeded, validation_message
@@ -34,6 +34,7 @@ from worker import accounting, fallbacks, journal, pause
 from worker.capacity import Capacity
 from worker.deadlines import Deadlines
 from worker.history import earlier_turns
+from worker.intake import VALIDATED
 from worker.metrics import WorkerMetrics
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd, ToolCall
 from worker.providers.base import estimate_usage
@@ -225,6 +226,16 @@ def build_messages(request: ChatRequest, history: list[dict[str, str]]) -> list[
 
 
 INVALID = "invalid request in the queue: "
+_Request = TypeVar("_Request", bound=BaseModel)
+
+
+def validated(ctx: dict, request: dict, model: type[_Request]) -> _Request:
+    """The job's request as `model`: as the worker's intake validated it (worker/intake.py), else now."""
+    if type(found := ctx.get(VALIDATED)) is model:
+        return found  # type: ignore[return-value]
+    return model.model_validate(request)
+
+
 NOTHING_ASKED = approvals.InputRecord()  # a job without tools: never read, never changed (2.4 µs a job made)
 
 
@@ -244,7 +255,7 @@ async def _chat(ctx: dict, request: dict, span, started: float) -> dict:
     try:
         run.tenant = await accounting.job_tenant(run.redis, run.job_id, ctx)
         try:
-            req = ChatRequest.model_validate(request)
+            req = validated(ctx, request, ChatRequest)
         except ValidationError as e:
             await run.publisher.start(state.worker_id, run.model, at=run.started_at)
             return await run.end("failed", validation_message(e, INVALID))
@@ -391,13 +402,8 @@ async def _ask(
 ) -> tuple[StreamEnd | None, ModelCall]:
     """One model turn, streamed into `turn`; answers how it ended and the call as it ran."""
     if round_no == 1:  # MODEL_FALLBACKS: the first turn may go on with another model
-        last = fallbacks.chain(run.settings, call.model)[-1]
         end, call, run.fallback_from = await fallbacks.first_turn(
-            run.settings,
-            run.job_id,
-            call,
-            turn,
-            lambda c, t=turn, z=last: _model_turn(run, c, t, c.model != z),
+            run.settings, run.job_id, call, turn, lambda c, fallback: _model_turn(run, c, turn, fallback)
         )
         return end, call
     return await _model_turn(run, call, turn), call
@@ -463,7 +469,7 @@ async def _call_tool(ctx: dict, request: dict) -> dict:
     state, settings = run.state, run.settings
     try:
         try:
-            req = ToolCallRequest.model_validate(request)
+            req = validated(ctx, request, ToolCallRequest)
         except ValidationError as e:
             await run.publisher.start(state.worker_id, run.model, at=run.started_at)
             return await run.end("failed", validation_message(e, INVALID))

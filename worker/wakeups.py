@@ -62,7 +62,7 @@ from worker.claim import Claimed, claim_jobs, give_back, still_handed
 from worker.deadlines import Deadlines
 from worker.endings import Ending, Endings, end_one, ending
 from worker.heartbeat import beat_interval, renew_leases
-from worker.intake import job_id_problem, read_job
+from worker.intake import VALIDATED, job_id_problem, read_job
 from worker.publisher import why_not_written
 
 log = logging.getLogger("worker")
@@ -500,7 +500,7 @@ class QueueWorker(Worker):
         task = self.tasks.get(job_id) or asyncio.current_task()
         assert task is not None
         ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueued_ms),
-               "score": score, "owner": job.owner, "ending": {}, "task": task}  # fmt: skip
+               "score": score, "owner": job.owner, "ending": {}, "task": task, VALIDATED: d.get(VALIDATED)}  # fmt: skip
         if arq_log.isEnabledFor(logging.INFO):
             # said once the job's start event has gone out (a timer runs after the callbacks already
             # due: the job's first steps and its event write): a log line costs a cold worker about
