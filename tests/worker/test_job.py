@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import anyio
@@ -21,7 +22,7 @@ from worker.job import WorkerState, chat
 from worker.providers import ModelCall, Provider, ProviderError, StreamEnd
 from worker.providers.mock import MockProvider, mock_reply
 from worker.publisher import EventWriter
-from worker.run import result_json
+from worker.run import JobRun, result_json
 
 pytestmark = pytest.mark.anyio
 
@@ -139,6 +140,25 @@ class HeldWrites:
     async def eval(self, *args):
         await self.released.wait()
         return await self.redis.eval(*args)
+
+
+async def test_a_finished_job_is_freed_without_the_cyclic_collector(redis, clean):
+    """A job's run (its task, coroutines, events) goes when the job ends, not at the next cyclic
+    collection: a closure the run held that held the run made every job a cycle, ~8 µs a job."""
+    ctx = make_ctx(redis)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        out = await chat(ctx, {"message": "hi"})
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, JobRun)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert out["status"] == "completed"
+    assert left == []
 
 
 async def test_the_start_events_ts_is_when_the_job_function_began(redis, clean, monkeypatch):
