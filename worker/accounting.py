@@ -102,8 +102,8 @@ _BATCH: dict = dict(
 # each job's marker, and its owner record when Redis lost it (a tenant's: written again so the
 # tenant can still read the answer), one by one; then the counts of the jobs counted now are added up
 # key by key, so a batch of jobs of one model and tenant costs a counter's HINCRBY once, not once a job
-# (about 75 commands a job before). Every job is a JSON object (`prepare`'s dict without its None
-# values); a key that refuses a write (wrong type, a counter that is not a number: damaged or written
+# (about 75 commands a job before). Every job is two values: a JSON object (`prepare`'s dict without its
+# None values and its received-messages entry), then that entry; a key that refuses a write (wrong type, a counter that is not a number: damaged or written
 # by hand) is skipped and named in the reply of each job that wrote to it; every other key, the budget
 # settlement included, is still written. A count that names its run (`holder`: worker/wakeups.py; its
 # job's lease, result and input record named from its id) is skipped when the job is another run's now
@@ -122,10 +122,12 @@ end
 local function append(t, key, v) local s = slot(t, key); s[#s + 1] = v end
 -- the names of each tenant, model and hour (`_NAMES` shared: the batch's jobs share them), and their
 -- six totals; a job's own names (`own`) are made where they are used, each once
-local shared, totals_of = {}, {}
+local shared, totals_of, sums, priced = {}, {}, {}, {}
 local counted_ex = string.format('%d', counted_ttl)  -- (as text once: a number is formatted each call)
-for i, raw in ipairs(counts) do
-  local c = cjson.decode(raw)
+local jobs = {}
+for i = 1, #counts / 2 do
+  local c = cjson.decode(counts[2 * i - 1])
+  c.received_entry = counts[2 * i]  -- (JSON itself: beside the count, not escaped inside it)
   -- (one tenant's: a tenant name has no NUL; nor have the hour and day, read from the end)
   local at = c.tenant .. '\0' .. c.model .. '\0' .. c.hour .. '\0' .. c.day
   local n = shared[at]
@@ -147,44 +149,58 @@ for i, raw in ipairs(counts) do
   if redis.call('SET', own.counted(c), '1', 'NX', 'EX', counted_ex) then
     replies[i][1] = 1
     counted[#counted + 1] = i
-    counts[i] = c
-    local status, prompt, completion, total = c.status, c.prompt_tokens, c.completion_tokens, c.total_tokens
-    local latency, dead, cost = c.latency_ms, c.dead_attempt_tokens, c.cost
-    for _, totals in ipairs(totals_of[at]) do
-      local s = slot(hinc, totals)
-      s.requests = (s.requests or 0) + 1
-      s[status] = (s[status] or 0) + 1
-      s.prompt_tokens = (s.prompt_tokens or 0) + prompt
-      s.completion_tokens = (s.completion_tokens or 0) + completion
-      s.total_tokens = (s.total_tokens or 0) + total
-      s.latency_ms = (s.latency_ms or 0) + latency
-      if dead > 0 then s.dead_attempt_tokens = (s.dead_attempt_tokens or 0) + dead end
-      if cost then add_float(totals, 'cost_usd', cost) else s.unpriced = (s.unpriced or 0) + 1 end
+    jobs[i] = c
+    local status, latency, dead, cost = c.status, c.latency_ms, c.dead_attempt_tokens, c.cost
+    local s = sums[at]  -- (added to its six totals once a batch, below: whole numbers, in any order)
+    if not s then  -- the group's first job counted: what its jobs write alike, once
+      s = {}
+      sums[at] = s
+      append(sadd, n.models, c.model)
+      append(sadd, n.tenant_models, c.model)
+      append(sadd, n.tenants, c.tenant)
+      trim[n.latency], trim[n.tenant_latency] = latencies_kept, latencies_kept
+      trim[n.received], trim[n.tenant_received] = received_kept, received_kept
+    end
+    s.requests = (s.requests or 0) + 1
+    s[status] = (s[status] or 0) + 1
+    s.prompt_tokens = (s.prompt_tokens or 0) + c.prompt_tokens
+    s.completion_tokens = (s.completion_tokens or 0) + c.completion_tokens
+    s.total_tokens = (s.total_tokens or 0) + c.total_tokens
+    s.latency_ms = (s.latency_ms or 0) + latency
+    if dead > 0 then s.dead_attempt_tokens = (s.dead_attempt_tokens or 0) + dead end
+    if cost then  -- (a float: added job by job, in order, as the first job's text when it is the only one)
+      local amount, p = tonumber(cost), priced[at]
+      if not p then
+        p = {}
+        for k, totals in ipairs(totals_of[at]) do p[k] = {slot(hflt, totals), slot(htext, totals)} end
+        p.spent = {n.spent_hour, n.tenant_spent_hour, n.spent_day, n.tenant_spent_day}
+        priced[at] = p
+        expire[n.spent_hour], expire[n.tenant_spent_hour] = spent_hour_ttl, spent_hour_ttl
+        expire[n.spent_day], expire[n.tenant_spent_day] = spent_day_ttl, spent_day_ttl
+      end
+      for k = 1, 6 do
+        local sum, texts = p[k][1], p[k][2]
+        texts.cost_usd = sum.cost_usd == nil and cost
+        sum.cost_usd = (sum.cost_usd or 0) + amount
+      end
+      for _, spent in ipairs(p.spent) do
+        itext[spent] = incr[spent] == nil and cost
+        incr[spent] = (incr[spent] or 0) + amount
+      end
+    else
+      s.unpriced = (s.unpriced or 0) + 1
     end
     if c.price_source then  -- where the worker took the price from: "MODEL_PRICES", "genai-prices x.y", "built-in"
       slot(hset, n.by_model).price_source = c.price_source
       slot(hset, n.tenant_by_model).price_source = c.price_source
     end
-    append(sadd, n.models, c.model)
-    append(sadd, n.tenant_models, c.model)
-    append(sadd, n.tenants, c.tenant)
     append(push, n.latency, latency)
     append(push, n.tenant_latency, latency)
-    trim[n.latency], trim[n.tenant_latency] = latencies_kept, latencies_kept
     append(push, n.received, c.received_entry)
     append(push, n.tenant_received, c.received_entry)
-    trim[n.received], trim[n.tenant_received] = received_kept, received_kept
     append(hdel, n.reserved, c.job_id)
     append(hdel, n.reserved_tenant, c.job_id)
     append(zrem, n.reserved_until, c.job_id)
-    if cost then
-      for _, spent in ipairs({n.spent_hour, n.tenant_spent_hour, n.spent_day, n.tenant_spent_day}) do
-        itext[spent] = incr[spent] == nil and cost
-        incr[spent] = (incr[spent] or 0) + tonumber(cost)
-      end
-      expire[n.spent_hour], expire[n.tenant_spent_hour] = spent_hour_ttl, spent_hour_ttl
-      expire[n.spent_day], expire[n.tenant_spent_day] = spent_day_ttl, spent_day_ttl
-    end
     -- the dashboard's minute (shared/timeseries.py): this job's own usage, without earlier attempts'
     local series = own.series(c)
     c.series = series  -- (kept for the names of its skipped keys, below)
@@ -205,6 +221,12 @@ for i, raw in ipairs(counts) do
       expire[conversation], expire[n.conversations] = c.history_ttl, c.history_ttl
     end
   end
+  end
+end
+for at, s in pairs(sums) do
+  for _, totals in ipairs(totals_of[at]) do
+    local t = slot(hinc, totals)
+    for field, n in pairs(s) do t[field] = (t[field] or 0) + n end
   end
 end
 local broken = {}
@@ -239,7 +261,7 @@ for key, sum in pairs(incr) do call('INCRBYFLOAT', key, amount(sum, itext[key]))
 for key, ttl in pairs(expire) do call('EXPIRE', key, ttl) end  -- last: a key must exist to expire
 if next(broken) then  -- name each skipped key in the reply of each job that wrote to it
   for _, i in ipairs(counted) do
-    local c, n, named = counts[i], names[i], {}
+    local c, n, named = jobs[i], names[i], {}
     local mine = {n.total, n.by_model, n.by_day, n.tenant_total, n.tenant_by_model, n.tenant_by_day, n.models,
                   n.tenant_models, n.tenants, n.latency, n.tenant_latency, n.received, n.tenant_received, n.reserved,
                   n.reserved_tenant, n.reserved_until, c.series}
@@ -370,18 +392,21 @@ async def record(
 
 async def write(redis, count: dict) -> bool:
     """Write the count `prepare` made (its own round trip); False if the job was counted before."""
-    return _counted(count["job_id"], (await _record(redis, **_BATCH, counts=[_encoded(count)]))[0])
+    return _counted(count["job_id"], (await _record(redis, **_BATCH, counts=_encoded(count)))[0])
 
 
 def command(counts: list[dict]) -> tuple:
     """The counts `prepare` made for the jobs ending together, as one command for the MULTI that
     stores their results (worker/endings.py), so they land together; its reply is one per job, in
     order, each for `recorded`."""
-    return _record.command({**_BATCH, "counts": [_encoded(count) for count in counts]})  # type: ignore[attr-defined]
+    return _record.command({**_BATCH, "counts": [part for count in counts for part in _encoded(count)]})  # type: ignore[attr-defined]
 
 
-def _encoded(count: dict) -> str | bytes:
-    return _dumps({k: v for k, v in count.items() if v is not None})  # None: absent (nil) in Lua
+def _encoded(count: dict) -> tuple[str | bytes, str]:
+    """A count as the script's two values: its JSON, without its received-messages entry (None: absent,
+    nil in Lua), and that entry, JSON itself (cjson's decode of it escaped was ~15 % of a count's)."""
+    entry = count["received_entry"]
+    return _dumps({k: v for k, v in count.items() if v is not None and k != "received_entry"}), entry
 
 
 def _text(value: dict) -> str:
