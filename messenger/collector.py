@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
@@ -314,10 +314,11 @@ async def follow_events(
             if raw is RESYNC:
                 where, event = "gap", None
             else:
-                event = _parse(raw, transcript.job_id) if type(raw) is bytes else raw  # (parsed by `direct`)
+                # (a token `direct` parsed and did not take comes as its Event)
+                event = _parse(raw, transcript.job_id) if type(raw) is bytes else cast("Event", raw)
                 if event is None:
                     continue
-                where = transcript.position(event)  # type: ignore[arg-type]
+                where = transcript.position(event)
             if where == "next" and event is not None:
                 transcript.apply(event)
                 transcript.behind = live.qsize()
