@@ -65,7 +65,9 @@ async def test_waiters_that_start_apart_are_read_together_once_their_waits_have_
             await asyncio.sleep(FIRST_POLL_SECONDS / 2)
         got = await asyncio.gather(*waits)
     assert got == [f"result of {j}".encode() for j in jobs]
-    assert len(counting.sent) <= 2 * 100, counting.sent  # the first reads, then fewer and fewer shared ones
+    # the first reads (one a start: 100), then fewer and fewer shared ones: ~200 in all (175-202 on a
+    # 2-vCPU VM, as its timers fall), where a timer a follower read ~2,000 (~10 a waiter)
+    assert len(counting.sent) <= 3 * 100, counting.sent
 
 
 async def test_a_read_redis_does_not_answer_is_read_again_and_the_waiter_gets_its_result(redis):
