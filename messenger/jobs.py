@@ -13,11 +13,12 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from arq.jobs import deserialize_job_raw, deserialize_result, serialize_result
 from redis.exceptions import RedisError, ResponseError, WatchError
 
-from messenger.collector import IDLE_SECONDS, Transcript, follow_events, replay, retold
+from messenger.collector import IDLE_SECONDS, Holder, Transcript, follow_events, replay, retold
 from messenger.hub import EventHub, Mailbox
 from messenger.queue import ANONYMOUS, JobQueue, new_job_id
 from messenger.stored import (
@@ -253,8 +254,9 @@ class JobClient:
             async with asyncio.timeout(timeout):
                 if on_event:  # the caller hears of its job at once (its id), not at its first event
                     await on_event(None, transcript)
-                holder = on_event if hasattr(on_event, "takes") else None  # (a ProgressRelay)
-                async for event in follow_events(self.redis, transcript, live, holder):  # type: ignore[arg-type]
+                # (a ProgressRelay; hasattr, not a runtime Protocol check: 3.5-7 µs a call)
+                holder = cast("Holder", on_event) if hasattr(on_event, "takes") else None
+                async for event in follow_events(self.redis, transcript, live, holder):
                     if on_event:
                         await on_event(event, transcript)
                     if until_input and event is not None and event.type == "input_required":

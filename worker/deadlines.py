@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class Deadlines:
@@ -10,7 +14,8 @@ class Deadlines:
     soonest deadline (each asyncio.timeout set and cancelled a timer of its own: its Timeout object,
     current_task, call_at, ~2 % of a no-op job's CPU). A job's deadline cancels its task; `passed`, in
     the job's `except CancelledError`, says whether that cancel was the deadline's (asyncio.timeout's
-    rule: no other cancel since), and the job raises TimeoutError as asyncio.timeout did. Used for a
+    rule: no other cancel since), and the job raises TimeoutError as asyncio.timeout did (`within`
+    does all three around one await). Used for a
     job's JOB_TIMEOUT_SECONDS (worker/job.py) and for arq's timeout around the whole job, its backstop
     (worker/wakeups.py), each with its own instance."""
 
@@ -19,6 +24,19 @@ class Deadlines:
         self._expired: set[asyncio.Task] = set()  # cancelled by their deadline, not yet stopped
         self._timer: asyncio.TimerHandle | None = None
         self._at = float("inf")  # when the timer fires
+
+    async def within(self, task: asyncio.Task, seconds: float, awaitable: Awaitable[T]) -> T:
+        """`await awaitable` in `task` (the current one), as `async with asyncio.timeout(seconds)`
+        would: TimeoutError once the deadline cancelled it, any other cancel as it came."""
+        cancelling = self.start(task, seconds)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self.passed(task, cancelling):
+                raise TimeoutError from None
+            raise
+        finally:
+            self.stop(task)
 
     def start(self, task: asyncio.Task, seconds: float) -> int:
         """`task` is cancelled `seconds` from now unless `stop` comes first; answers what `passed` needs."""

@@ -278,15 +278,9 @@ async def _chat(ctx: dict, request: dict, span, started: float) -> dict:
             await run.redis.hdel(keys.input_request(run.job_id), "question")  # a late answer finds none
             return await run.end("failed", _unanswered(asked.question, settings))
         try:
-            cancelling = state.deadlines.start(run.task, settings.job_timeout_seconds)
-            try:
-                end = await _converse(run, req, call, replay, asked.answers)
-            except asyncio.CancelledError:
-                if state.deadlines.passed(run.task, cancelling):
-                    raise TimeoutError from None
-                raise
-            finally:
-                state.deadlines.stop(run.task)
+            end = await state.deadlines.within(
+                run.task, settings.job_timeout_seconds, _converse(run, req, call, replay, asked.answers)
+            )
         except pause.InputRequired as e:  # no answer yet: the job waits without its worker
             return await pause.ask(run, e.question)
         except McpQueueError as e:  # the provider, a tool server, or a stop (rounds, budget, Redis)

@@ -512,18 +512,14 @@ class QueueWorker(Worker):
         # the job starts); an abort cancels this task, which the function sees as arq's would
         self.job_tasks[job_id] = task  # type: ignore[assignment]
         timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
-        cancelling = self._deadlines.start(task, timeout_s)
         aborted = False
         try:
-            try:
-                result = await function.coroutine(ctx, *args, **kwargs)
-            except asyncio.CancelledError:
-                if self._deadlines.passed(task, cancelling):  # arq's timeout, as asyncio.timeout's
-                    raise TimeoutError from None
-                raise
+            try:  # (arq's timeout, as asyncio.timeout's)
+                result = await self._deadlines.within(
+                    task, timeout_s, function.coroutine(ctx, *args, **kwargs)
+                )
             finally:
                 del self.job_tasks[job_id]
-                self._deadlines.stop(task)
                 # (a user's cancel mostly ends here: `chat` takes its CancelledError and returns the
                 # 'cancelled' ending, so _outcome never sees it: the id went nowhere, one a cancel)
                 aborted = job_id in self.aborting_tasks

@@ -313,19 +313,18 @@ async def test_the_workers_deadlines_cancel_each_job_at_its_own_time_with_one_ti
     async def job(name: str, seconds: float, work: float, other_cancel: bool = False) -> None:
         task = asyncio.current_task()
         assert task is not None
-        cancelling = deadlines.start(task, seconds)
-        began = time.monotonic()
-        try:
+
+        async def working() -> None:
             try:
                 await asyncio.sleep(work)
             except asyncio.CancelledError:
                 if other_cancel:  # (a user's cancel lands as the deadline passes)
                     task.cancel()
-                if deadlines.passed(task, cancelling):
-                    raise TimeoutError from None
                 raise
-            finally:
-                deadlines.stop(task)
+
+        began = time.monotonic()
+        try:
+            await deadlines.within(task, seconds, working())
             ended[name] = ("ok", time.monotonic() - began)
         except TimeoutError:
             ended[name] = ("timeout", time.monotonic() - began)
